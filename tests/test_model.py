@@ -1,0 +1,159 @@
+import threading
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from workbench import runs
+from workbench.errors import InputError
+from workbench.model import COMPATIBILITY_MODE, MODELS_DIR, load_model, resolve
+
+
+def test_default_is_the_english_model(english):
+    assert resolve(None)[0] == "english"
+    info = english.info
+    assert info.kind == "shipped" and info.compatibility_mode and info.numeric_mode == COMPATIBILITY_MODE
+    assert (info.n_layers, info.n_heads, info.d_model, info.d_head) == (4, 4, 128, 32)
+    assert info.n_ctx == 256 and info.d_vocab == 4096 and not info.trust_remote_code
+    hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "english", use_safetensors=True)
+    assert info.n_params == sum(p.numel() for p in hf.parameters())
+
+
+@pytest.mark.parametrize("name", ["english", "circuits"])
+def test_logits_equal_plain_transformers(name, shipped):
+    if shipped.info.name != name:
+        pytest.skip("one model per parametrisation")
+    hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / name, use_safetensors=True).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, len(shipped.tokenizer), (3, 40), generator=gen)
+    ids[:, 0] = shipped.bos_id
+    with torch.no_grad():
+        ours = shipped.bridge(ids)
+        ref = hf(ids).logits
+    assert torch.allclose(ours, ref, atol=1e-4), (ours - ref).abs().max()
+
+
+def test_every_hook_fires_with_its_shape(shipped):
+    info = shipped.info
+    run = runs.run_prompt(
+        shipped, "apple river stone apple river" if info.name == "circuits" else "The whale swam.", runs.all_hook_names(shipped)
+    )
+    pos, L, H, D, Dh, M = run.n_tokens, info.n_layers, info.n_heads, info.d_model, info.d_head, info.d_mlp
+    expected = {
+        "hook_resid_pre": (pos, D), "hook_resid_mid": (pos, D), "hook_resid_post": (pos, D),
+        "hook_attn_out": (pos, D), "hook_mlp_out": (pos, D),
+        "attn.hook_q": (pos, H, Dh), "attn.hook_k": (pos, H, Dh), "attn.hook_v": (pos, H, Dh), "attn.hook_z": (pos, H, Dh),
+        "attn.hook_attn_scores": (H, pos, pos), "attn.hook_pattern": (H, pos, pos), "attn.hook_result": (pos, H, D),
+        "mlp.hook_pre": (pos, M), "mlp.hook_post": (pos, M),
+    }  # fmt: skip
+    for layer in range(L):
+        for suffix, shape in expected.items():
+            assert tuple(run[f"blocks.{layer}.{suffix}"].shape) == shape, suffix
+    assert tuple(run["hook_embed"].shape) == (pos, D)
+    # the residual stream adds up: pre + attn = mid, mid + mlp = post, post = next pre
+    for layer in range(L):
+        b = f"blocks.{layer}."
+        assert torch.allclose(run[b + "hook_resid_pre"] + run[b + "hook_attn_out"], run[b + "hook_resid_mid"], atol=1e-4)
+        assert torch.allclose(run[b + "hook_resid_mid"] + run[b + "hook_mlp_out"], run[b + "hook_resid_post"], atol=1e-4)
+        if layer + 1 < L:
+            assert torch.equal(run[b + "hook_resid_post"], run[f"blocks.{layer + 1}.hook_resid_pre"])
+        # per-head results add up to the attention output (plus the output bias)
+        b_o = shipped.bridge.blocks[layer].attn.b_O.detach()
+        assert torch.allclose(run[b + "attn.hook_result"].sum(1) + b_o, run[b + "hook_attn_out"], atol=1e-4)
+    # attention rows sum to one and never look ahead
+    pattern = run.stack("attn.hook_pattern")  # (layer, head, q, k)
+    assert torch.allclose(pattern.sum(-1), torch.ones(L, H, pos), atol=1e-5)
+    assert pattern.triu(1).abs().max() == 0
+
+
+def test_patterns_equal_transformers_attention(english):
+    hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "english", use_safetensors=True, attn_implementation="eager").eval()
+    run = runs.run_prompt(english, "Emma Woodhouse, handsome, clever, and rich.", runs.hook_names(english, "attn.hook_pattern"))
+    with torch.no_grad():
+        ref = torch.stack(hf(run.tokens[None], output_attentions=True).attentions)[:, 0]  # (layer, head, q, k)
+    assert torch.allclose(run.stack("attn.hook_pattern"), ref, atol=1e-5)
+
+
+def test_unknown_path_and_hub_name_say_what_to_do(tmp_path):
+    with pytest.raises(InputError, match="no model folder"):
+        load_model(str(tmp_path / "nope"))
+    with pytest.raises(InputError, match="huggingface-cli download"):
+        load_model("some-org/not-a-cached-model")
+
+
+def test_folder_without_weights_and_pickle_only_are_refused(tmp_path):
+    src = MODELS_DIR / "circuits"
+    (tmp_path / "config.json").write_text((src / "config.json").read_text())
+    with pytest.raises(InputError, match="no weights"):
+        load_model(str(tmp_path))
+    torch.save({"x": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(InputError, match="pickle"):
+        load_model(str(tmp_path))
+
+
+def test_corrupt_safetensors_is_a_clear_error(tmp_path):
+    src = MODELS_DIR / "circuits"
+    for f in src.iterdir():
+        if f.is_file():
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(InputError, match="could not load"):
+        load_model(str(tmp_path))
+    save_file({"unrelated": torch.zeros(2)}, tmp_path / "model.safetensors")
+    model = None
+    try:
+        model = load_model(str(tmp_path))
+    except InputError:
+        pass  # refusing a checkpoint with missing weights is fine too; a crash is not
+    assert model is None or model.info.n_layers == 2
+
+
+def test_local_folder_loads(tmp_path):
+    model = load_model(str(MODELS_DIR / "circuits"))
+    assert model.info.kind == "local folder" and model.info.n_layers == 2
+
+
+def test_cuda_asked_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        load_model("circuits", device="cuda")
+
+
+def test_concurrent_runs_never_see_each_others_hooks(circuits):
+    """Threads ablating a head and threads running plainly, on one shared model."""
+    ids = runs.encode(circuits, "apple river stone cloud apple river stone")[0][None]
+    with torch.no_grad():
+        clean = circuits.bridge(ids).clone()
+
+    def ablate(z, hook):
+        z[:, :, :] = 0.0
+        return z
+
+    with circuits.hooks([(f"blocks.{layer}.attn.hook_z", ablate) for layer in range(2)]) as bridge, torch.no_grad():
+        ablated = bridge(ids).clone()
+    assert not torch.allclose(clean, ablated)
+
+    errors = []
+
+    def worker(i):
+        for _ in range(6):
+            if i % 2:
+                with circuits.hooks([(f"blocks.{layer}.attn.hook_z", ablate) for layer in range(2)]) as bridge, torch.no_grad():
+                    out = bridge(ids)
+                if not torch.allclose(out, ablated, atol=1e-5):
+                    errors.append("ablated run lost its hook")
+            else:
+                with circuits.lock, torch.no_grad():
+                    out = circuits.bridge(ids)
+                if not torch.allclose(out, clean, atol=1e-5):
+                    errors.append("plain run saw another thread's hook")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert circuits.attached_hooks() == []

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from workbench import runs
+from workbench.errors import InputError
+
+
+@pytest.mark.parametrize(
+    "prompt, match",
+    [
+        ("", "empty"),
+        ("   \n\t ", "empty"),
+        ("bad \ud800 surrogate", "not valid Unicode"),
+        (b"\xff\xfe bytes", "not valid UTF-8"),
+        ("nul \x00 inside", "control character"),
+        (None, "must be text"),
+        (42, "must be text"),
+    ],
+)
+def test_bad_prompts_get_one_clear_message(english, prompt, match):
+    with pytest.raises(InputError, match=match):
+        runs.run_prompt(english, prompt)
+
+
+def test_too_long_prompt_says_so_and_truncation_keeps_the_end(circuits):
+    words = " ".join(["apple", "river", "stone"] * 60)  # 180 tokens > 128
+    with pytest.raises(InputError, match="context is 128"):
+        runs.run_prompt(circuits, words)
+    run = runs.run_prompt(circuits, words, truncate=True)
+    full = circuits.tokenizer(words, add_special_tokens=False)["input_ids"]
+    assert run.n_tokens == 128 and run.truncated == len(full) + 1 - 128
+    assert run.tokens[0] == circuits.bos_id and run.tokens[1:].tolist() == full[-127:]
+
+
+def test_runs_are_shared_and_hold_what_was_asked(english):
+    prompt = "Mr. Knightley was a sensible man."
+    pattern0 = "blocks.0.attn.hook_pattern"
+    a = runs.run_prompt(english, prompt, [pattern0])
+    b = runs.run_prompt(english, prompt)  # asks for less: served by the same run
+    assert b is a
+    c = runs.run_prompt(english, prompt, ["blocks.1.hook_resid_post"])  # asks for more: one new run with both
+    assert pattern0 in c.cache and "blocks.1.hook_resid_post" in c.cache
+    assert torch.equal(c[pattern0], a[pattern0])
+    assert runs.run_prompt(english, prompt, [pattern0]) is c
+    with pytest.raises(ValueError, match="unknown hook"):
+        runs.run_prompt(english, prompt, ["blocks.0.nope"])
+    assert english.attached_hooks() == []
+
+
+def test_logits_match_a_plain_forward(english):
+    run = runs.run_prompt(english, "The sea was calm")
+    with torch.no_grad():
+        ref = english.bridge(run.tokens[None])[0]
+    assert torch.allclose(run.logits, ref, atol=1e-5)
+    assert run.tokens[0] == english.bos_id and run.labels[0] == "<|endoftext|>"

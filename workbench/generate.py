@@ -1,0 +1,150 @@
+"""Next-token predictions and generation, one token at a time, keeping each step's candidates.
+
+The home page's lesson: a GPT maps a prompt to one distribution over the next token; text comes
+from drawing a token, appending it, and running again. The sampling settings reshape that
+distribution before the draw:
+- temperature T divides the logits (T < 1 sharpens, T > 1 flattens; greedy is T -> 0);
+- top-k keeps the k most likely tokens; top-p keeps the smallest set whose probability reaches p;
+the kept probabilities are renormalised, and each `Step` records them as its candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from workbench.errors import InputError
+from workbench.model import LoadedModel
+from workbench.runs import Run, encode
+from workbench.tokens import token_labels
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The k most likely next tokens after `position` of a run."""
+
+    position: int
+    ids: list[int]
+    labels: list[str]
+    probs: list[float]
+    logits: list[float]
+
+
+def next_token_topk(model: LoadedModel, run: Run, k: int = 10, position: int = -1) -> TopK:
+    if not 1 <= k <= model.info.d_vocab:
+        raise InputError(f"k must be between 1 and {model.info.d_vocab}, got {k}")
+    if not -run.n_tokens <= position < run.n_tokens:
+        raise InputError(f"position {position} is outside the prompt (0..{run.n_tokens - 1})")
+    logits = run.logits[position]  # (d_vocab,)
+    probs = logits.softmax(-1)
+    top = probs.topk(k)
+    ids = top.indices.tolist()
+    return TopK(position % run.n_tokens, ids, token_labels(model.tokenizer, ids), top.values.tolist(), logits[top.indices].tolist())
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each next token is chosen. Defaults: greedy."""
+
+    max_new_tokens: int = 20
+    greedy: bool = True
+    temperature: float = 1.0  # > 0; ignored when greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    seed: int = 0
+    candidates: int = 5  # candidates recorded per step
+
+    def check(self) -> Sampling:
+        if not 1 <= self.max_new_tokens <= 512:
+            raise InputError(f"max_new_tokens must be between 1 and 512, got {self.max_new_tokens}")
+        if not self.greedy and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InputError(f"temperature must be a positive number, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top-k must be 0 (off) or positive, got {self.top_k}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise InputError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not 1 <= self.candidates <= 50:
+            raise InputError(f"candidates must be between 1 and 50, got {self.candidates}")
+        return self
+
+
+def sampling_distribution(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """(d_vocab,) probabilities the next token is drawn from: temperature, then top-k, then top-p."""
+    if s.greedy:
+        probs = torch.zeros_like(logits)
+        probs[logits.argmax()] = 1.0
+        return probs
+    probs = (logits / s.temperature).softmax(-1)
+    if s.top_k:
+        cutoff = probs.topk(min(s.top_k, len(probs))).values[-1]
+        probs = torch.where(probs >= cutoff, probs, 0.0)
+    if s.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly above each token
+        keep = torch.zeros_like(probs, dtype=torch.bool)
+        keep[order] = before < s.top_p * sorted_probs.sum()
+        probs = torch.where(keep, probs, 0.0)
+    return probs / probs.sum()
+
+
+@dataclass(frozen=True)
+class Step:
+    position: int  # where the chosen token lands
+    chosen_id: int
+    chosen_label: str
+    chosen_prob: float  # under the model's own (T = 1) distribution
+    candidate_ids: list[int]
+    candidate_labels: list[str]
+    candidate_probs: list[float]  # model's T = 1 probabilities
+    draw_probs: list[float]  # probabilities after the sampling settings
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: str
+    sampling: Sampling
+    prompt_tokens: int
+    text: str  # the continuation
+    steps: list[Step] = field(default_factory=list)
+    stopped: str = ""  # why it stopped
+
+
+def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling()) -> Generation:
+    s = sampling.check()
+    ids, _ = encode(model, prompt)
+    gen = torch.Generator().manual_seed(s.seed)
+    steps: list[Step] = []
+    stopped = f"reached {s.max_new_tokens} new tokens"
+    eos = model.tokenizer.eos_token_id
+    for _ in range(s.max_new_tokens):
+        if len(ids) >= model.info.n_ctx:
+            stopped = f"the context is full ({model.info.n_ctx} tokens)"
+            break
+        with model.lock, torch.no_grad():
+            logits = model.bridge(ids[None].to(model.device))[0, -1].float().cpu()  # (d_vocab,)
+        probs = logits.softmax(-1)
+        draw = sampling_distribution(logits, s)
+        chosen = int(draw.argmax()) if s.greedy else int(torch.multinomial(draw, 1, generator=gen))
+        order = draw.topk(min(s.candidates, int((draw > 0).sum()))).indices if not s.greedy else probs.topk(s.candidates).indices
+        cand = order.tolist()
+        labels = token_labels(model.tokenizer, [chosen, *cand])
+        steps.append(
+            Step(
+                position=len(ids),
+                chosen_id=chosen,
+                chosen_label=labels[0],
+                chosen_prob=float(probs[chosen]),
+                candidate_ids=cand,
+                candidate_labels=labels[1:],
+                candidate_probs=[float(probs[i]) for i in cand],
+                draw_probs=[float(draw[i]) for i in cand],
+            )
+        )
+        ids = torch.cat([ids, torch.tensor([chosen])])
+        if chosen == eos:
+            stopped = "the model produced its end-of-text token"
+            break
+    text = model.tokenizer.decode([st.chosen_id for st in steps], skip_special_tokens=False)
+    return Generation(prompt, s, len(ids) - len(steps), text, steps, stopped)

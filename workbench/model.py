@@ -1,0 +1,291 @@
+"""Loading a GPT for inspection: the one place that decides where weights come from and how they run.
+
+`load_model()` returns a `LoadedModel`: a transformer-lens 4 `TransformerBridge` (hooks on every
+attention head, MLP and residual stream) with its tokenizer, a summary, and a lock.
+
+Sources, tried in this order:
+- nothing, or a shipped model's short name ("english", "circuits"): the folders under models/;
+- a path to a local Hugging Face model folder;
+- a hub name ("gpt2", "org/name") already in the local Hugging Face cache. Nothing is downloaded:
+  the workbench works offline, and says how to fetch weights when they are not on this machine.
+
+Safety: weights load only from safetensors (`use_safetensors=True`); a folder holding only pickle
+checkpoints (.bin, .pt, .ckpt) is refused, because unpickling runs arbitrary code.
+`trust_remote_code` is off unless the caller turns it on.
+
+Numeric mode, decided once here and recorded on the model (`info.numeric_mode`): the bridge runs in
+transformer-lens's compatibility mode -- layer norms folded into the following weights, writing
+weights centred, value biases folded -- because the logit lens and direct logit attribution are
+defined in that coordinate system (transformer-lens's own DLA refuses a bridge without it). The
+unembedding is *not* centred, so the logits stay equal to the plain transformers model's (centring
+it would shift every position's logits by a constant). Residual-stream activations therefore
+differ from Hugging Face's hidden states by their mean over d_model, which every layer norm removes.
+
+Concurrency: one loaded model serves every session of a server, and transformer-lens hooks are
+module hooks shared by all threads, so every call that runs the model holds `model.lock`.
+Measured here: without it, 7 of 12 plain forward passes picked up another thread's ablation hook.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from workbench.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = ROOT / "models"
+SHIPPED = {
+    "english": "English GPT (4 layers, trained on public-domain prose) -- the default",
+    "circuits": "Circuits GPT (2 layers, trained to copy: has induction heads)",
+}
+DEFAULT_MODEL = "english"
+COMPATIBILITY_MODE = "compatibility mode (layer norms folded, writing weights centred, value biases folded; unembedding not centred)"
+RAW_MODE = "raw Hugging Face weights"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+# The offline default: set before transformers/huggingface_hub read their environment.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model summary shown on the home page and recorded with every result."""
+
+    name: str  # short name or path as the user gave it
+    source: str  # the folder the weights were read from
+    kind: str  # "shipped", "local folder" or "hub cache"
+    architecture: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    n_ctx: int  # context length in tokens
+    d_vocab: int
+    n_params: int
+    numeric_mode: str
+    device: str
+    dtype: str
+    trust_remote_code: bool
+
+    @property
+    def compatibility_mode(self) -> bool:
+        return self.numeric_mode == COMPATIBILITY_MODE
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for display."""
+        return [
+            ("source", f"{self.kind}: {self.source}"),
+            ("architecture", self.architecture),
+            ("layers", str(self.n_layers)),
+            ("heads per layer", str(self.n_heads)),
+            ("d_model", str(self.d_model)),
+            ("d_head", str(self.d_head)),
+            ("d_mlp", str(self.d_mlp)),
+            ("context length", f"{self.n_ctx} tokens"),
+            ("vocabulary", f"{self.d_vocab:,} tokens"),
+            ("parameters", f"{self.n_params:,}"),
+            ("numeric mode", self.numeric_mode),
+            ("device / dtype", f"{self.device} / {self.dtype}"),
+        ]
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A bridge with its tokenizer and summary. Run it only while holding `lock` (see module doc)."""
+
+    bridge: object  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: object  # a transformers PreTrainedTokenizerBase
+    info: ModelInfo
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # runs of this model, shared by every page and session (see runs.py)
+    run_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.tokenizer.bos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.info.device)
+
+    @contextmanager
+    def hooks(self, fwd_hooks=(), bwd_hooks=()) -> Iterator[object]:
+        """Holds the lock and attaches hooks for the body only; yields the bridge."""
+        with self.lock, self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+            yield self.bridge
+
+    def attached_hooks(self) -> list[str]:
+        """Names of hook points that have a hook on them right now (normally none)."""
+        found = []
+        for name, point in self.bridge.hook_dict.items():
+            if point._forward_hooks or point._backward_hooks or getattr(point, "fwd_hooks", None) or getattr(point, "bwd_hooks", None):
+                found.append(name)
+        return found
+
+
+def resolve(name_or_path: str | os.PathLike | None) -> tuple[str, Path, str]:
+    """(display name, folder, kind) for a short name, a folder path or a cached hub name."""
+    if name_or_path is None or str(name_or_path).strip() == "":
+        name_or_path = DEFAULT_MODEL
+    name = str(name_or_path).strip()
+    if name in SHIPPED:
+        folder = MODELS_DIR / name
+        if not (folder / "config.json").exists():
+            raise InputError(f"the shipped model '{name}' is missing from {folder}; retrain it with `python -m workbench.train {name}`")
+        return name, folder, "shipped"
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(
+                f"'{name}' is a file, not a model folder: give the folder that holds config.json and the *.safetensors weights"
+            )
+        return name, path.resolve(), "local folder"
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+        raise InputError(f"no model folder at '{name}': check the path (a Hugging Face model folder with config.json and *.safetensors)")
+    return name, _from_hub_cache(name), "hub cache"
+
+
+def _from_hub_cache(name: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    hint = (
+        f"model '{name}' is not a shipped model ({', '.join(SHIPPED)}), not a folder, and not in the local "
+        "Hugging Face cache. This workbench never downloads: on a machine with internet run "
+        f"`huggingface-cli download {name}` (or save the model with save_pretrained) and give its folder here"
+    )
+    if name.count("/") > 1 or any(c in name for c in ' \\:*?"<>|'):
+        raise InputError(hint)
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as err:  # LocalEntryNotFoundError, HFValidationError, OfflineModeIsEnabled, ...
+        raise InputError(hint) from err
+
+
+def check_folder(folder: Path) -> None:
+    """Refuses folders that cannot be loaded safely, saying why and what to do."""
+    if not (folder / "config.json").exists():
+        raise InputError(f"{folder} has no config.json: it is not a Hugging Face model folder")
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if not any(p.suffix == ".safetensors" for p in files):
+        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise InputError(
+                f"{folder} holds only pickle checkpoints ({', '.join(sorted(pickles))}); they are refused because "
+                "unpickling can run arbitrary code. Convert them once, where you trust the file: "
+                "`AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`"
+            )
+        raise InputError(f"{folder} has no weights (*.safetensors): save the model with save_pretrained(..., safe_serialization=True)")
+
+
+def pick_device(device: str | None) -> str:
+    if device in (None, "", "cpu"):
+        return "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device '{device}' was asked for but no CUDA GPU is available here; use device='cpu'")
+    if not str(device).startswith(("cuda", "cpu", "mps")):
+        raise InputError(f"unknown device '{device}': use 'cpu', 'cuda', 'cuda:N' or 'auto'")
+    return str(device)
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    device: str | None = None,
+    dtype: str = "float32",
+    compatibility_mode: bool = True,
+    trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+) -> LoadedModel:
+    """Loads a model for inspection (see the module docstring for sources, safety and numeric mode).
+
+    `device`: "cpu" (default), "cuda", "cuda:N" or "auto" (CUDA when available). `device_map`
+    ("auto" or a dict) spreads a model too large for one GPU over several, through accelerate.
+    `compatibility_mode=False` keeps the raw Hugging Face weights; analyses that need the
+    folded coordinate system (direct logit attribution) then refuse the model and say so.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    name, folder, kind = resolve(name_or_path)
+    check_folder(folder)
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
+    device = pick_device(device)
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            config=config,
+            use_safetensors=True,  # never unpickle
+            trust_remote_code=trust_remote_code,
+            dtype=DTYPES[dtype],
+            attn_implementation="eager",  # attention weights are what the workbench shows
+            device_map=device_map,
+        )
+    except InputError:
+        raise
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise InputError(
+                f"{folder} needs its own Python code to load (trust_remote_code). It is off because that code runs "
+                "on this machine; turn it on only for a folder you trust"
+            ) from err
+        raise InputError(f"could not load the model in {folder}: {_first_line(err)}") from err
+    except Exception as err:  # corrupt safetensors, unreadable files, unsupported architecture
+        raise InputError(f"could not load the model in {folder}: {_first_line(err)}") from err
+    hf_model.eval()
+    n_params = sum(p.numel() for p in hf_model.parameters())
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            str(folder),
+            hf_model=hf_model,
+            tokenizer=tokenizer,
+            device=None if device_map else device,
+            dtype=DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+        )
+    except Exception as err:
+        raise InputError(f"transformer-lens cannot wrap the model in {folder} ({config.model_type}): {_first_line(err)}") from err
+    if compatibility_mode:
+        bridge.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
+    # per-head outputs (blocks.L.attn.hook_result): cheap at this size, and what head views read
+    bridge.set_use_attn_result(True)
+    bridge.eval()
+    cfg = bridge.cfg
+    info = ModelInfo(
+        name=name,
+        source=str(folder),
+        kind=kind,
+        architecture=(config.architectures or [config.model_type])[0],
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        d_model=cfg.d_model,
+        d_head=cfg.d_head,
+        d_mlp=cfg.d_mlp,
+        n_ctx=cfg.n_ctx,
+        d_vocab=cfg.d_vocab,
+        n_params=n_params,
+        numeric_mode=COMPATIBILITY_MODE if compatibility_mode else RAW_MODE,
+        device=device if not device_map else "device_map",
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, info=info)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:300]

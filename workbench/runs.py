@@ -1,0 +1,161 @@
+"""Runs: a prompt through the model once, with the activations asked for, cached and shared.
+
+`run_prompt(model, prompt, names)` returns a `Run`: the tokens (BOS first), their display labels,
+the logits and the cached activations (batch dimension removed, on the CPU). Runs are kept in
+a small LRU on the loaded model, so every page and session asking for the same prompt shares
+one forward pass; a cached run that holds more activations than asked for serves the request.
+
+Hook names are transformer-lens's (compatibility-mode aliases), e.g. `blocks.0.attn.hook_pattern`;
+`hook_names(model, "attn.hook_pattern")` expands a per-block suffix over every layer.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from workbench.errors import InputError
+from workbench.model import LoadedModel
+from workbench.tokens import token_labels
+
+CACHE_BYTES = 512 * 2**20  # runs kept per model, by size of their tensors
+BLOCK_HOOKS = (
+    "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
+    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_attn_scores",
+    "attn.hook_pattern", "attn.hook_result", "mlp.hook_pre", "mlp.hook_post",
+)  # fmt: skip
+MODEL_HOOKS = ("hook_embed", "hook_pos_embed", "ln_final.hook_scale")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One prompt's forward pass. Tensors are on the CPU and must not be modified (they are shared)."""
+
+    model: str  # the model's name
+    prompt: str
+    tokens: torch.Tensor  # (pos,) int64, BOS first
+    labels: list[str]  # (pos,) display labels, see tokens.py
+    logits: torch.Tensor  # (pos, d_vocab) float32
+    cache: Mapping[str, torch.Tensor] = field(repr=False)  # hook name -> activation without the batch dim
+    truncated: int = 0  # tokens dropped from the start of the prompt to fit the context
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.cache:
+            raise KeyError(f"{name} was not cached in this run; ask run_prompt for it (cached: {sorted(self.cache)[:8]}...)")
+        return self.cache[name]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def stack(self, suffix: str) -> torch.Tensor:
+        """Stacks `blocks.{l}.{suffix}` over layers: (layer, ...)."""
+        layers = sorted(int(k.split(".")[1]) for k in self.cache if k.startswith("blocks.") and k.endswith("." + suffix))
+        return torch.stack([self.cache[f"blocks.{layer}.{suffix}"] for layer in layers])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.logits, *self.cache.values()))
+
+
+def hook_names(model: LoadedModel, *suffixes: str) -> list[str]:
+    """Full hook names: block suffixes ("attn.hook_pattern") over every layer, model-level names as given."""
+    names = []
+    for suffix in suffixes:
+        if suffix in MODEL_HOOKS:
+            names.append(suffix)
+        elif suffix in BLOCK_HOOKS:
+            names.extend(f"blocks.{layer}.{suffix}" for layer in range(model.info.n_layers))
+        else:
+            raise ValueError(f"unknown hook suffix {suffix!r}; known: {', '.join(BLOCK_HOOKS + MODEL_HOOKS)}")
+    return names
+
+
+def all_hook_names(model: LoadedModel) -> list[str]:
+    return hook_names(model, *MODEL_HOOKS, *BLOCK_HOOKS)
+
+
+def check_prompt(prompt: object) -> str:
+    """The prompt as text, or InputError saying what is wrong with it."""
+    if isinstance(prompt, bytes | bytearray):
+        try:
+            prompt = bytes(prompt).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"the prompt is not valid UTF-8 text (bad byte at offset {err.start}); paste it as text") from err
+    if not isinstance(prompt, str):
+        raise InputError(f"the prompt must be text, not {type(prompt).__name__}")
+    if not prompt.strip():
+        raise InputError("the prompt is empty: type some text to run the model on")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(
+            f"the prompt holds a character that is not valid Unicode (a lone surrogate at position {err.start}); remove it or paste the text again"
+        ) from err
+    bad = [ch for ch in prompt if unicodedata.category(ch) == "Cc" and ch not in "\n\t\r"]
+    if bad:
+        raise InputError(f"the prompt holds {len(bad)} control character(s) such as {bad[0]!r}; remove them (newlines and tabs are fine)")
+    return prompt
+
+
+def encode(model: LoadedModel, prompt: str, truncate: bool = False) -> tuple[torch.Tensor, int]:
+    """((pos,) ids with BOS first, number of tokens dropped). Too long for the context: InputError, or keep the end."""
+    prompt = check_prompt(prompt)
+    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if model.bos_id is not None:
+        ids = [model.bos_id, *ids]
+    n_ctx = model.info.n_ctx
+    dropped = max(0, len(ids) - n_ctx)
+    if dropped and not truncate:
+        raise InputError(
+            f"the prompt is {len(ids)} tokens (with BOS) but this model's context is {n_ctx}: shorten it by {dropped} "
+            f"tokens, or turn on truncation to keep its last {n_ctx - 1}"
+        )
+    if dropped:
+        ids = ids[:1] + ids[1 + dropped :] if model.bos_id is not None else ids[dropped:]
+    return torch.tensor(ids, dtype=torch.long), dropped
+
+
+def _validate_names(model: LoadedModel, names: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(names))
+    known = model.bridge.hook_dict
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown hook name(s) {unknown}; see runs.all_hook_names(model)")
+    return names
+
+
+def run_prompt(model: LoadedModel, prompt: str, names: Iterable[str] = (), truncate: bool = False) -> Run:
+    """Runs (or fetches from the shared cache) `prompt` with the activations `names` cached."""
+    tokens, dropped = encode(model, prompt, truncate)
+    names = _validate_names(model, names)
+    key = (prompt, truncate)
+    with model.lock:
+        cached = model.run_cache.get(key)
+        if cached is not None and all(n in cached.cache for n in names):
+            model.run_cache.move_to_end(key)
+            return cached
+        # a previous run's activations are kept too, so that pages asking in turn still share one entry
+        wanted = tuple(dict.fromkeys((*(cached.cache if cached else ()), *names)))
+        with torch.no_grad():
+            batch = tokens[None].to(model.device)  # (1, pos)
+            if wanted:
+                logits, cache = model.bridge.run_with_cache(batch, names_filter=list(wanted), return_cache_object=False)
+            else:
+                logits, cache = model.bridge(batch), {}
+        run = Run(
+            model=model.info.name,
+            prompt=prompt,
+            tokens=tokens,
+            labels=token_labels(model.tokenizer, tokens.tolist()),
+            logits=logits[0].float().cpu(),
+            cache={n: cache[n][0].cpu() for n in wanted},
+            truncated=dropped,
+        )
+        model.run_cache[key] = run
+        model.run_cache.move_to_end(key)
+        while len(model.run_cache) > 1 and sum(r.nbytes() for r in model.run_cache.values()) > CACHE_BYTES:
+            model.run_cache.popitem(last=False)
+        return run

@@ -1,0 +1,83 @@
+"""Token display: each token shown faithfully, as the bytes it stands for.
+
+GPT-2-style tokenizers work on bytes: a token may be a leading space plus a word, a newline, or
+part of a multi-byte character (a CJK character or an emoji is often split over 2-4 tokens).
+Decoding such a piece on its own gives U+FFFD garbage, so a label here is:
+- the token's text with whitespace made visible ("␣" for a space, "↵" for a newline, "⇥" for a tab);
+- or, when the token's bytes are not whole UTF-8 characters, the bytes in hex ("⟨e4 bd⟩").
+Special tokens (BOS/EOS) keep their names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+@dataclass(frozen=True)
+class TokenView:
+    id: int
+    label: str  # what to show: visible whitespace, or hex bytes for a partial character
+    text: str | None  # the decoded text, None when the bytes are not whole characters
+    raw: bytes
+    special: bool
+
+
+@cache
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte <-> printable-unicode table, inverted (the same table tokenizers' ByteLevel uses)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def _piece_bytes(piece: str) -> bytes:
+    table = _byte_decoder()
+    if piece and all(ch in table for ch in piece):
+        return bytes(table[ch] for ch in piece)
+    # SentencePiece-style pieces: "▁" is a space, "<0x0A>" a raw byte
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        return bytes([int(piece[3:5], 16)])
+    return piece.replace("▁", " ").encode("utf-8")
+
+
+def visible(text: str) -> str:
+    return "".join(VISIBLE.get(ch, ch if ch.isprintable() else f"\\x{ord(ch):02x}") for ch in text)
+
+
+def token_views(tokenizer, ids) -> list[TokenView]:
+    """One TokenView per id, in order."""
+    ids = [int(i) for i in ids]
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    special_ids = set(tokenizer.all_special_ids)
+    out = []
+    for i, piece in zip(ids, pieces, strict=True):
+        piece = piece if piece is not None else ""
+        if i in special_ids:
+            out.append(TokenView(i, piece, piece, piece.encode("utf-8"), True))
+            continue
+        raw = _piece_bytes(piece)
+        try:
+            text = raw.decode("utf-8")
+            label = visible(text) if text else "∅"
+        except UnicodeDecodeError:
+            text, label = None, "⟨" + " ".join(f"{b:02x}" for b in raw) + "⟩"
+        out.append(TokenView(i, label, text, raw, False))
+    return out
+
+
+def token_labels(tokenizer, ids) -> list[str]:
+    return [t.label for t in token_views(tokenizer, ids)]
+
+
+def unique_labels(labels: list[str]) -> list[str]:
+    """Labels made unique by position ("3: ␣the"), for figure axes where repeats would merge."""
+    return [f"{i}: {label}" for i, label in enumerate(labels)]
