@@ -20,15 +20,15 @@ def run(quick: bool = False) -> list[Row]:
         ids[0, 0] = model.bos_id
         prompt = model.tokenizer.decode(ids[0, 1:])
 
-        def reference():
+        def reference(ids=ids):
             with torch.no_grad():
                 hf(ids)
 
-        def bridge_forward():
+        def bridge_forward(ids=ids):
             with torch.no_grad():
                 model.bridge(ids)
 
-        def full_run():
+        def full_run(prompt=prompt):
             model.run_cache.clear()  # measure the run, not the cache
             runs.run_prompt(model, prompt, names, truncate=True)
 

