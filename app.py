@@ -1,7 +1,5 @@
 """Home page: pick a model, type a prompt, see its tokens, the next-token prediction, and generation."""
 
-import dataclasses
-
 import streamlit as st
 
 from workbench import figures, ui
@@ -37,7 +35,7 @@ with ui.guard("the run"):
         st.subheader("Next token")
         k = st.slider("How many candidates", 3, 30, 10, key="w.home_k")
         topk = next_token_topk(model, run, k=k)
-        ui.figure(figures.topk_bar(topk), dataclasses.asdict(topk), name="next-token")
+        ui.figure(figures.topk_bar(topk), "next-token", topk, topk.rows())
     with right:
         st.subheader("Generate, one token at a time")
         with st.form("generate"):
@@ -54,4 +52,4 @@ with ui.guard("the run"):
             gen = generate(model, prompt, sampling)
             st.markdown(f"**{prompt}**{gen.text}")
             st.caption(f"Stopped: {gen.stopped}.")
-            ui.figure(figures.generation_steps(gen), dataclasses.asdict(gen), name="generation")
+            ui.figure(figures.generation_steps(gen), "generation", gen)

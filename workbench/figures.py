@@ -7,8 +7,12 @@ signed effects on a diverging scale centred on zero (`DIVERGING`).
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
 
+from workbench.attention import HeadAnatomy, HeadTypes, Patterns, TokenFocus, downsample
 from workbench.generate import Generation, TopK
+from workbench.tokens import unique_labels
 
 SEQUENTIAL = "Blues"
 DIVERGING = "RdBu"
@@ -77,3 +81,200 @@ def generation_steps(gen: Generation) -> go.Figure:
     fig.update_yaxes(autorange="reversed", title="step (chosen token)")
     fig.update_xaxes(title="candidate rank (▶ = chosen)", side="top")
     return _layout(fig, "Each step's candidates", 120 + 26 * len(steps))
+
+
+# ---- attention ----------------------------------------------------------------------------------
+
+MASKED = "#e6e6e6"  # the causal mask: cells a query cannot see
+
+
+def pattern_heatmap(p: Patterns, layer: int, head: int, title: str | None = None) -> go.Figure:
+    """One head's pattern, query rows x key columns; the masked future is grey, exact weights on hover."""
+    grid = p.head(layer, head).clone()  # (query, key)
+    pos = grid.shape[0]
+    grid[torch.ones(pos, pos, dtype=torch.bool).triu(1)] = float("nan")
+    labels = unique_labels(p.labels)
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.tolist(),
+            x=labels,
+            y=labels,
+            colorscale=SEQUENTIAL,
+            zmin=0,
+            zmax=1,
+            hoverongaps=False,
+            hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.4f}<extra></extra>",
+            colorbar=dict(title="weight"),
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title="query (attending)", tickfont=dict(size=10))
+    fig.update_xaxes(title="key (attended to)", tickangle=-60, tickfont=dict(size=10))
+    fig.update_layout(plot_bgcolor=MASKED)
+    side = min(900, 260 + 14 * pos)
+    return _layout(fig, title or f"Layer {layer}, head {head}: attention pattern", side)
+
+
+def pattern_grid(p: Patterns, cell: int = 48) -> tuple[go.Figure, int]:
+    """Every head as a small pattern (layers x heads); long prompts max-pooled to `cell` tokens a side.
+
+    Returns the figure and the pooling factor (1: every token shown).
+    """
+    layers, heads, _ = p.shape
+    grid, factor = downsample(p.pattern, cell)  # (layer, head, q', k')
+    fig = make_subplots(
+        rows=layers,
+        cols=heads,
+        subplot_titles=[f"L{layer} H{head}" for layer in range(layers) for head in range(heads)],
+        horizontal_spacing=0.02,
+        vertical_spacing=0.04,
+    )
+    for layer in range(layers):
+        for head in range(heads):
+            fig.add_trace(
+                go.Heatmap(
+                    z=grid[layer, head].tolist(),
+                    colorscale=SEQUENTIAL,
+                    zmin=0,
+                    zmax=1,
+                    showscale=False,
+                    customdata=[[f"L{layer} H{head}"] * grid.shape[-1]] * grid.shape[-2],
+                    hovertemplate="%{customdata}<br>query %{y}, key %{x}<br>weight %{z:.3f}<extra></extra>"
+                    if factor == 1
+                    else f"%{{customdata}}<br>query block %{{y}}, key block %{{x}} (×{factor} tokens)<br>max weight %{{z:.3f}}<extra></extra>",
+                ),
+                row=layer + 1,
+                col=head + 1,
+            )
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    note = "" if factor == 1 else f" (each cell the max over {factor}×{factor} tokens)"
+    return _layout(fig, f"Every head: layers down, heads across{note}", 120 + 170 * layers), factor
+
+
+def token_focus_figure(f: TokenFocus, labels: list[str]) -> go.Figure:
+    """Two heatmaps, one row per (layer, head): where the token attends, and which tokens attend to it."""
+    layers, heads, pos = f.attends_to.shape
+    rows = [f"L{layer} H{head}" for layer in range(layers) for head in range(heads)]
+    cols = unique_labels(labels)
+    to = f.attends_to.reshape(layers * heads, pos).clone()
+    by = f.attended_by.reshape(layers * heads, pos).clone()
+    to[:, f.position + 1 :] = float("nan")
+    by[:, : f.position] = float("nan")
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=[f"where {f.label!r} (position {f.position}) attends", f"which tokens attend to {f.label!r}"],
+        horizontal_spacing=0.08,
+    )
+    for col, z, what in ((1, to, "key"), (2, by, "query")):
+        fig.add_trace(
+            go.Heatmap(
+                z=z.tolist(),
+                x=cols,
+                y=rows,
+                colorscale=SEQUENTIAL,
+                zmin=0,
+                zmax=1,
+                hoverongaps=False,
+                showscale=col == 2,
+                hovertemplate=f"%{{y}}<br>{what} %{{x}}<br>weight %{{z:.4f}}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=9))
+    fig.update_layout(plot_bgcolor=MASKED)
+    return _layout(fig, f"Token focus: {f.label!r} at position {f.position}", 200 + 18 * len(rows))
+
+
+def head_types_heatmap(h: HeadTypes) -> go.Figure:
+    """One layers x heads heatmap per head type."""
+    names = list(h.scores)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.03)
+    for i, name in enumerate(names):
+        s = h.scores[name]
+        layers, heads = s.shape
+        is_entropy = name == "entropy"
+        fig.add_trace(
+            go.Heatmap(
+                z=s.tolist(),
+                x=[f"H{head}" for head in range(heads)],
+                y=[f"L{layer}" for layer in range(layers)],
+                colorscale="Greens_r" if is_entropy else SEQUENTIAL,
+                zmin=0,
+                zmax=None if is_entropy else 1,
+                text=[[f"{v:.2f}" for v in row] for row in s.tolist()],
+                texttemplate="%{text}",
+                showscale=False,
+                hovertemplate=f"{name}<br>%{{y}} %{{x}}<br>score %{{z:.4f}}<extra></extra>",
+            ),
+            row=1,
+            col=i + 1,
+        )
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, f"Head types on {h.source} (entropy in nats: low = focused)", 160 + 40 * next(iter(h.scores.values())).shape[0])
+
+
+def anatomy_figure(a: HeadAnatomy) -> go.Figure:
+    """softmax(q·Kᵀ/√d)·V step by step, for one head and one query, with the prompt's numbers."""
+    keys = unique_labels(a.labels)
+    visible = torch.arange(len(keys)) <= a.query
+    fig = make_subplots(
+        rows=4,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.06,
+        row_heights=[0.2, 0.2, 0.2, 0.4],
+        subplot_titles=[
+            "1. scores q·k for every key",
+            f"2. scaled by √d_head = {a.scale:.3f}; keys after the query masked (−∞, grey)",
+            "3. softmax: the attention weights (sum to 1)",
+            "4. weighted values: weight × v for each key (summed down the keys into z)",
+        ],
+    )
+    fig.add_trace(
+        go.Bar(
+            x=keys,
+            y=a.scores.tolist(),
+            marker_color=[("#4a78b5" if v else MASKED) for v in visible],
+            hovertemplate="key %{x}<br>q·k %{y:.4f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=keys,
+            y=torch.where(visible, a.scaled, 0.0).tolist(),
+            marker_color=[("#4a78b5" if v else MASKED) for v in visible],
+            hovertemplate="key %{x}<br>q·k/√d %{y:.4f}<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(x=keys, y=a.weights.tolist(), marker_color="#2c7c3f", hovertemplate="key %{x}<br>weight %{y:.4f}<extra></extra>"),
+        row=3,
+        col=1,
+    )
+    wv = a.weighted_values.T  # (d_head, key)
+    bound = float(wv.abs().max()) or 1.0
+    fig.add_trace(
+        go.Heatmap(
+            z=wv.tolist(),
+            x=keys,
+            y=[f"d{i}" for i in range(wv.shape[0])],
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-bound,
+            zmax=bound,
+            colorbar=dict(title="w·v", len=0.4, y=0.2),
+            hovertemplate="key %{x}<br>%{y}: %{z:.4f}<extra></extra>",
+        ),
+        row=4,
+        col=1,
+    )
+    fig.update_layout(showlegend=False)
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=9), row=4, col=1)
+    return _layout(fig, f"Layer {a.layer}, head {a.head}, query {a.query} ({a.labels[a.query]!r}): softmax(q·Kᵀ/√d)·V", 900)

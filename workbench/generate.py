@@ -31,6 +31,12 @@ class TopK:
     probs: list[float]
     logits: list[float]
 
+    def rows(self) -> list[dict]:
+        return [
+            dict(rank=r + 1, id=i, token=label, probability=p, logit=logit)
+            for r, (i, label, p, logit) in enumerate(zip(self.ids, self.labels, self.probs, self.logits, strict=True))
+        ]
+
 
 def next_token_topk(model: LoadedModel, run: Run, k: int = 10, position: int = -1) -> TopK:
     if not 1 <= k <= model.info.d_vocab:

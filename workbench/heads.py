@@ -58,6 +58,8 @@ class RepeatScores:
     seed: int
     induction: torch.Tensor  # (layer, head)
     previous_token: torch.Tensor  # (layer, head), over the same sequences
+    tokens: torch.Tensor | None = None  # (seqs, 1 + 2n), when kept
+    patterns: torch.Tensor | None = None  # (seqs, layer, head, q, k), when kept
 
     def strongest_induction_head(self) -> tuple[int, int]:
         layer, head = divmod(int(self.induction.argmax()), self.induction.shape[1])
@@ -70,7 +72,7 @@ def candidate_tokens(model: LoadedModel) -> torch.Tensor:
     return torch.tensor([i for i in range(model.info.d_vocab) if i not in special and i < len(model.tokenizer)])
 
 
-def repeat_scores(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0) -> RepeatScores:
+def repeat_scores(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0, keep_patterns: bool = False) -> RepeatScores:
     """Runs `seqs` sequences BOS + n random tokens + the same n tokens and scores every head."""
     if not 2 <= n <= (model.info.n_ctx - 1) // 2:
         raise InputError(f"n must be between 2 and {(model.info.n_ctx - 1) // 2} for this model's context, got {n}")
@@ -80,5 +82,7 @@ def repeat_scores(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0)
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.info.n_layers)]
     with model.lock, torch.no_grad():
         _, cache = model.bridge.run_with_cache(ids.to(model.device), names_filter=names, return_cache_object=False)
-    pattern = torch.stack([cache[name].float().mean(0).cpu() for name in names])  # (layer, head, q, k)
-    return RepeatScores(n, seqs, seed, induction_score(pattern, n), previous_token_score(pattern))
+    per_seq = torch.stack([cache[name].float().cpu() for name in names], dim=1)  # (seqs, layer, head, q, k)
+    pattern = per_seq.mean(0)  # (layer, head, q, k)
+    kept = (ids, per_seq) if keep_patterns else (None, None)
+    return RepeatScores(n, seqs, seed, induction_score(pattern, n), previous_token_score(pattern), *kept)

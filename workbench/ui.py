@@ -9,11 +9,11 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 
 import streamlit as st
 
+from workbench import export
 from workbench.errors import InputError
 from workbench.model import DEFAULT_MODEL, SHIPPED, LoadedModel, load_model
 
@@ -111,12 +111,73 @@ def token_chips(labels: list[str], ids: list[int]) -> None:
     st.markdown(f"<div style='line-height:2'>{chips}</div>", unsafe_allow_html=True)
 
 
-def figure(fig, data: dict | None = None, name: str = "figure") -> None:
-    """A plotly figure with downloads of the figure (HTML) and its numbers (JSON)."""
-    st.plotly_chart(fig, width="stretch")
-    cols = st.columns(4)
-    cols[0].download_button("HTML", fig.to_html(include_plotlyjs="cdn"), file_name=f"{name}.html", mime="text/html", key=f"dl-html-{name}")
-    if data is not None:
-        cols[1].download_button(
-            "JSON", json.dumps(data, indent=1), file_name=f"{name}.json", mime="application/json", key=f"dl-json-{name}"
+def figure(fig, name: str, data=None, rows: list[dict] | None = None) -> None:
+    """A plotly figure with downloads: PNG, SVG, HTML of the figure; JSON (and CSV) of its numbers.
+
+    The files are made only when a button is clicked (deferred `data`), so a page costs nothing
+    for exports nobody asks for.
+    """
+    st.plotly_chart(fig, width="stretch", key=f"chart-{name}")
+    name = export.safe_name(name)
+    no_browser = export.browser() is None
+    cols = st.columns(6)
+    for col, fmt, mime in zip(cols[:3], ("png", "svg", "html"), ("image/png", "image/svg+xml", "text/html"), strict=True):
+        col.download_button(
+            fmt.upper(),
+            data=lambda fmt=fmt: export.figure_bytes(fig, fmt),
+            file_name=f"{name}.{fmt}",
+            mime=mime,
+            key=f"dl-{fmt}-{name}",
+            on_click="ignore",
+            disabled=no_browser and fmt != "html",
+            help="needs Chromium on the server (apt-get install chromium)" if no_browser and fmt != "html" else None,
         )
+    if data is not None:
+        cols[3].download_button(
+            "JSON",
+            data=lambda: export.to_json(data),
+            file_name=f"{name}.json",
+            mime="application/json",
+            key=f"dl-json-{name}",
+            on_click="ignore",
+        )
+    if rows:
+        cols[4].download_button(
+            "CSV", data=lambda: export.to_csv(rows), file_name=f"{name}.csv", mime="text/csv", key=f"dl-csv-{name}", on_click="ignore"
+        )
+
+
+LAYER, HEAD, POSITION = "wb.layer", "wb.head", "wb.position"
+
+
+def head_picker(model: LoadedModel) -> tuple[int, int]:
+    """Layer and head, shared between pages; clamped to the model."""
+    layer = min(st.session_state.get(LAYER, 0), model.info.n_layers - 1)
+    head = min(st.session_state.get(HEAD, 0), model.info.n_heads - 1)
+    c1, c2, _ = st.columns([1, 1, 4])
+    layer = c1.selectbox("Layer", range(model.info.n_layers), index=layer, key="w.layer")
+    head = c2.selectbox("Head", range(model.info.n_heads), index=head, key="w.head")
+    st.session_state[LAYER], st.session_state[HEAD] = layer, head
+    return layer, head
+
+
+def position_picker(labels: list[str], label: str = "Position", key: str = "w.position") -> int:
+    """A token position of the prompt (default: the last), shared between pages."""
+    default = st.session_state.get(POSITION, len(labels) - 1)
+    default = default if 0 <= default < len(labels) else len(labels) - 1
+    position = st.selectbox(label, range(len(labels)), index=default, format_func=lambda i: f"{i}: {labels[i]}", key=key)
+    if key == "w.position":
+        st.session_state[POSITION] = position
+    return position
+
+
+@st.cache_resource(show_spinner="Scoring heads on repeated random tokens…", max_entries=8)
+def _head_types_on_repeats(model_name: str, _model: LoadedModel):
+    from workbench.attention import head_types_on_repeats
+
+    return head_types_on_repeats(_model)
+
+
+def cached_head_types_on_repeats(model: LoadedModel):
+    """The standard probe's head types: one computation per model for the whole server."""
+    return _head_types_on_repeats(f"{model.info.source}|{model.info.device}", model)

@@ -1,0 +1,68 @@
+"""Attention maps: one head, every head, one token's focus, head types, and one head's arithmetic."""
+
+import streamlit as st
+
+from workbench import attention, figures, ui
+from workbench.runs import hook_names, run_prompt
+
+st.set_page_config(page_title="Attention · workbench", page_icon="🔬", layout="wide")
+st.title("Attention")
+st.caption("Each head's pattern: for every query token, how its attention is shared over the tokens up to it (rows sum to 1).")
+
+model = ui.model_picker()
+if model is None:
+    st.stop()
+prompt, truncate = ui.prompt_form(model)
+
+with ui.guard("the attention patterns"):
+    run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
+    p = attention.patterns_of(run)
+    layer, head = ui.head_picker(model)
+    one, grid, focus, types, anatomy = st.tabs(["One head", "Every head", "Token focus", "Head types", "Anatomy of a head"])
+
+    with one:
+        ui.figure(
+            figures.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}", p.head(layer, head), attention.pattern_rows(p, layer, head)
+        )
+
+    with grid:
+        fig, factor = figures.pattern_grid(p)
+        if factor > 1:
+            st.info(
+                f"The prompt has {run.n_tokens} tokens: each small pattern shows the largest weight in every {factor}×{factor} block. Pick a head above to see it whole."
+            )
+        ui.figure(fig, "patterns-all-heads", p.pattern)
+        st.caption("Pick a layer and head above to enlarge one.")
+
+    with focus:
+        position = ui.position_picker(run.labels, "Token")
+        f = attention.token_focus(p, position)
+        ui.figure(figures.token_focus_figure(f, run.labels), f"token-focus-{position}", f)
+
+    with types:
+        st.markdown(
+            "Share of each head's attention that goes where a known behaviour puts it: the previous token, earlier copies of "
+            "the same token (duplicate), the token after an earlier copy (induction), the first token (the attention sink); "
+            "and each head's mean attention entropy."
+        )
+        on_prompt = attention.head_types(model, run)
+        ui.figure(figures.head_types_heatmap(on_prompt), "head-types-prompt", on_prompt, on_prompt.rows())
+        repeats = ui.cached_head_types_on_repeats(model)
+        ui.figure(figures.head_types_heatmap(repeats), "head-types-repeats", repeats, repeats.rows())
+        kind = st.selectbox("Rank heads by", attention.HEAD_TYPES, index=2, key="w.rank_by")
+        c1, c2 = st.columns(2)
+        c1.markdown("**on your prompt**")
+        c1.dataframe(on_prompt.ranked(kind, 10), hide_index=True)
+        c2.markdown(f"**on {repeats.source}**")
+        c2.dataframe(repeats.ranked(kind, 10), hide_index=True)
+
+    with anatomy:
+        query = ui.position_picker(run.labels, "Query token", key="w.anatomy_query")
+        a = attention.head_anatomy(model, prompt, layer, head, query, truncate=truncate)
+        st.latex(r"\mathrm{head}(x_i) = \mathrm{softmax}\!\left(\frac{q_i K^\top}{\sqrt{d_\mathrm{head}}} + \mathrm{mask}\right) V \; W_O")
+        ui.figure(figures.anatomy_figure(a), f"anatomy-L{layer}H{head}-q{query}", a)
+        st.markdown(
+            f"z = Σ weights × values has norm **{a.z.norm():.3f}**; the head writes z·W_O (norm **{a.output.norm():.3f}**) into the "
+            f"residual stream. Check against the model's own hooks: largest difference in the weights "
+            f"{(a.weights - a.model_pattern_row).abs().max():.1e}, in the output {(a.output - a.model_output).abs().max():.1e}."
+        )

@@ -1,0 +1,104 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from workbench import attention, figures
+from workbench.errors import InputError
+from workbench.runs import hook_names, run_prompt
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "1_Attention.py")
+
+
+def _independent_head_types(pattern, tokens):
+    """Loops over positions, no masks from transformer-lens: the definitions in attention.py's docstring."""
+    L, H, pos, _ = pattern.shape
+    out = {k: torch.zeros(L, H) for k in ("previous token", "duplicate token", "induction", "first token", "entropy")}
+    toks = tokens.tolist()
+    for layer in range(L):
+        for head in range(H):
+            p = pattern[layer, head]
+            prev = [p[q, q - 1].item() for q in range(1, pos)]
+            dup = [sum(p[q, k].item() for k in range(q) if toks[k] == toks[q]) for q in range(pos) if toks[q] in toks[:q]]
+            # the key right after an earlier occurrence k < q (so the key is at most q itself)
+            ind = [sum(p[q, k + 1].item() for k in range(q) if toks[k] == toks[q]) for q in range(pos) if toks[q] in toks[:q]]
+            out["previous token"][layer, head] = sum(prev) / len(prev)
+            out["duplicate token"][layer, head] = sum(dup) / len(dup) if dup else math.nan
+            out["induction"][layer, head] = sum(ind) / len(ind) if ind else math.nan
+            out["first token"][layer, head] = p[:, 0].mean()
+            out["entropy"][layer, head] = sum(-sum(v * math.log(v) for v in row.tolist() if v > 0) for row in p) / pos
+    return out
+
+
+@pytest.mark.parametrize("prompt", ["apple river stone cloud apple river stone cloud tiger apple river", "apple river stone"])
+def test_head_types_agree_with_an_independent_computation(circuits, prompt):
+    run = run_prompt(circuits, prompt, hook_names(circuits, "attn.hook_pattern"))
+    ours = attention.head_types(circuits, run).scores
+    ref = _independent_head_types(run.stack("attn.hook_pattern"), run.tokens)
+    for k in ref:
+        assert torch.allclose(ours[k], ref[k], atol=1e-5, equal_nan=True), k
+
+
+def test_strongest_induction_head_on_repeats_is_the_cards(circuits):
+    import json
+
+    from workbench.model import MODELS_DIR
+
+    card = json.loads((MODELS_DIR / "circuits" / "card.json").read_text())["measured"]["head_scores"]["50"]
+    types = attention.head_types_on_repeats(circuits)
+    best = types.ranked("induction", 1)[0]
+    assert [best["layer"], best["head"]] == card["strongest_induction_head"]
+    assert best["score"] >= 0.9
+
+
+def test_token_focus_is_the_row_and_column(english):
+    p = attention.patterns(english, "The whale swam into the bay.")
+    f = attention.token_focus(p, 3)
+    assert torch.equal(f.attends_to, p.pattern[:, :, 3, :]) and torch.equal(f.attended_by, p.pattern[:, :, :, 3])
+    assert f.attends_to[..., 4:].abs().max() == 0 and f.attended_by[..., :3].abs().max() == 0
+    with pytest.raises(InputError, match="outside the prompt"):
+        attention.token_focus(p, 99)
+    with pytest.raises(InputError, match="layer 9"):
+        p.head(9, 0)
+
+
+def test_downsample_keeps_each_blocks_maximum():
+    grid = torch.rand(2, 3, 100, 100)
+    small, factor = attention.downsample(grid, 32)
+    assert factor == 4 and small.shape == (2, 3, 25, 25)
+    assert torch.equal(small[1, 2, 3, 5], grid[1, 2, 12:16, 20:24].max())
+    same, one = attention.downsample(grid, 100)
+    assert one == 1 and same is grid
+
+
+def test_anatomy_reproduces_the_model_hooks(shipped):
+    prompt = "apple river stone cloud apple river" if shipped.info.name == "circuits" else "It was a dark and stormy night"
+    a = attention.head_anatomy(shipped, prompt, layer=shipped.info.n_layers - 1, head=1, query=4)
+    assert torch.allclose(a.weights, a.model_pattern_row, atol=1e-6)
+    assert torch.allclose(a.output, a.model_output, atol=1e-4)
+    assert a.weights[5:].abs().max() == 0 and math.isclose(a.weights.sum().item(), 1.0, abs_tol=1e-6)
+    assert math.isclose(a.scale, math.sqrt(shipped.info.d_head))
+
+
+def test_grid_of_a_long_prompt_is_pooled_and_says_so(english):
+    prompt = " ".join(["word"] * 300)
+    p = attention.patterns(english, prompt, truncate=True)
+    fig, factor = figures.pattern_grid(p, cell=48)
+    assert factor == math.ceil(256 / 48) and "max over" in fig.layout.title.text
+    assert len(fig.data) == 16 and len(fig.data[0].z) <= 48
+
+
+def test_attention_page_shows_every_view():
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["wb.model"] = "circuits"
+    at.session_state["wb.prompt"] = "apple river stone cloud tiger apple river stone cloud tiger"
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error
+    assert len(at.get("plotly_chart")) == 6
+    at.selectbox(key="w.layer").set_value(1)
+    at.selectbox(key="w.head").set_value(2)
+    at.run()
+    assert not at.exception and at.session_state["wb.layer"] == 1 and at.session_state["wb.head"] == 2

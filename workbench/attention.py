@@ -1,0 +1,227 @@
+"""Attention: every head's pattern on a prompt, what one token attends to, head types, and one head's arithmetic.
+
+A head's pattern `pattern[query, key]` is the softmax of its scaled, causally masked scores
+q·k/√d_head, so each row (one query position) sums to 1 over the keys at or before it.
+
+Head types score each head by the share of its attention that goes where a known behaviour puts
+it, averaged over the query positions where that behaviour has somewhere to look:
+- previous token: key = query - 1;
+- duplicate token: keys holding the same token as the query, earlier in the prompt;
+- induction: keys right after an earlier occurrence of the query's token;
+- first token ("attention sink"): key 0, the BOS;
+- entropy: the mean entropy of the rows, in nats (low: focused; log(n): spread evenly).
+The target masks come from `transformer_lens.head_detector`'s detection patterns; the score is a
+share of attention (TransformerLens's "mul" measure divides by all rows, so a perfect induction
+head scores ~0.5 there -- see heads.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformer_lens import head_detector
+
+from workbench.errors import InputError
+from workbench.heads import repeat_scores
+from workbench.model import LoadedModel
+from workbench.runs import Run, hook_names, run_prompt
+
+HEAD_TYPES = ("previous token", "duplicate token", "induction", "first token", "entropy")
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """Every head's attention pattern on one prompt."""
+
+    model: str
+    prompt: str
+    labels: list[str]  # token labels, (pos,)
+    pattern: torch.Tensor  # (layer, head, query, key)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        layers, heads, pos, _ = self.pattern.shape
+        return layers, heads, pos
+
+    def head(self, layer: int, head: int) -> torch.Tensor:
+        """(query, key) pattern of one head."""
+        check_head(self.pattern.shape[0], self.pattern.shape[1], layer, head)
+        return self.pattern[layer, head]
+
+
+def check_head(n_layers: int, n_heads: int, layer: int, head: int) -> None:
+    if not 0 <= layer < n_layers:
+        raise InputError(f"layer {layer} does not exist: this model has layers 0..{n_layers - 1}")
+    if not 0 <= head < n_heads:
+        raise InputError(f"head {head} does not exist: each layer has heads 0..{n_heads - 1}")
+
+
+def check_position(n_tokens: int, position: int) -> int:
+    if not -n_tokens <= position < n_tokens:
+        raise InputError(f"position {position} is outside the prompt: it has positions 0..{n_tokens - 1}")
+    return position % n_tokens
+
+
+def patterns(model: LoadedModel, prompt: str, truncate: bool = False) -> Patterns:
+    run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
+    return patterns_of(run)
+
+
+def patterns_of(run: Run) -> Patterns:
+    return Patterns(run.model, run.prompt, run.labels, run.stack("attn.hook_pattern").float())
+
+
+@dataclass(frozen=True)
+class TokenFocus:
+    """Where one token attends, and who attends to it, in every layer and head."""
+
+    position: int
+    label: str
+    attends_to: torch.Tensor  # (layer, head, key) the row of `position`; keys after it are 0
+    attended_by: torch.Tensor  # (layer, head, query) the column of `position`; queries before it are 0
+
+
+def token_focus(p: Patterns, position: int) -> TokenFocus:
+    pos = check_position(p.shape[2], position)
+    return TokenFocus(pos, p.labels[pos], p.pattern[:, :, pos, :], p.pattern[:, :, :, pos])
+
+
+def downsample(grid: torch.Tensor, size: int) -> tuple[torch.Tensor, int]:
+    """(..., q, k) grid max-pooled to at most `size` x `size` cells, and the pooling factor.
+
+    Max, not mean, so that a sharp head (one key per query) stays visible when shrunk.
+    """
+    n = grid.shape[-1]
+    factor = math.ceil(n / size)
+    if factor <= 1:
+        return grid, 1
+    pad = factor * math.ceil(n / factor) - n
+    padded = torch.nn.functional.pad(grid, (0, pad, 0, pad))
+    lead = padded.shape[:-2]
+    pooled = torch.nn.functional.max_pool2d(padded.reshape(-1, 1, *padded.shape[-2:]), factor)
+    return pooled.reshape(*lead, *pooled.shape[-2:]), factor
+
+
+@dataclass(frozen=True)
+class HeadTypes:
+    """Per-head scores (layer, head) for each head type, on one sequence of tokens."""
+
+    source: str  # "prompt" or "repeated random tokens (n=.., seqs=..)"
+    scores: dict[str, torch.Tensor]  # head type -> (layer, head)
+
+    def ranked(self, head_type: str, k: int | None = None) -> list[dict]:
+        """Rows (layer, head, score) sorted by the score, highest first (lowest first for entropy)."""
+        s = self.scores[head_type]
+        order = s.flatten().argsort(descending=head_type != "entropy")[:k]
+        n_heads = s.shape[1]
+        return [dict(layer=int(i) // n_heads, head=int(i) % n_heads, score=float(s.flatten()[i])) for i in order]
+
+    def rows(self) -> list[dict]:
+        layers, heads = next(iter(self.scores.values())).shape
+        return [
+            dict(layer=layer, head=head, **{t: float(self.scores[t][layer, head]) for t in self.scores})
+            for layer in range(layers)
+            for head in range(heads)
+        ]
+
+
+def target_masks(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(query, key) 0/1 masks of where each head type attends, from the token ids (pos,)."""
+    t = tokens[None].cpu()
+    pos = tokens.shape[0]
+    first = torch.zeros(pos, pos)
+    first[:, 0] = 1
+    return {
+        "previous token": head_detector.get_previous_token_head_detection_pattern(t).float(),
+        "duplicate token": head_detector.get_duplicate_token_head_detection_pattern(t).float(),
+        "induction": head_detector.get_induction_head_detection_pattern(t).float(),
+        "first token": first,
+    }
+
+
+def head_types_of(pattern: torch.Tensor, tokens: torch.Tensor, source: str = "prompt") -> HeadTypes:
+    """Scores from a (layer, head, query, key) pattern over `tokens` (pos,)."""
+    scores = {}
+    for name, mask in target_masks(tokens).items():
+        rows = mask.sum(-1) > 0  # queries where the behaviour has a target
+        if not rows.any():
+            scores[name] = torch.full(pattern.shape[:2], float("nan"))
+            continue
+        share = (pattern * mask).sum(-1)  # (layer, head, query)
+        scores[name] = share[..., rows].mean(-1)
+    p = pattern.clamp_min(1e-12)
+    scores["entropy"] = -(pattern * p.log()).sum(-1).mean(-1)
+    return HeadTypes(source, scores)
+
+
+def head_types(model: LoadedModel, run: Run) -> HeadTypes:
+    return head_types_of(run.stack("attn.hook_pattern").float(), run.tokens, "prompt")
+
+
+def head_types_on_repeats(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0) -> HeadTypes:
+    """Head types on the standard probe: BOS + n random tokens repeated twice (see heads.py)."""
+    s = repeat_scores(model, n=n, seqs=seqs, seed=seed, keep_patterns=True)
+    per_seq = [head_types_of(p, t) for p, t in zip(s.patterns, s.tokens, strict=True)]
+    mean = {k: torch.stack([h.scores[k] for h in per_seq]).nanmean(0) for k in per_seq[0].scores}
+    return HeadTypes(f"repeated random tokens (n={n}, {seqs} sequences, seed {seed})", mean)
+
+
+@dataclass(frozen=True)
+class HeadAnatomy:
+    """One head, one query: softmax(q·Kᵀ/√d_head)·V and the output projection, with the prompt's numbers."""
+
+    layer: int
+    head: int
+    query: int
+    labels: list[str]  # key labels (pos,)
+    q: torch.Tensor  # (d_head,) the query vector at `query`
+    k: torch.Tensor  # (key, d_head) every position's key
+    v: torch.Tensor  # (key, d_head) every position's value
+    scores: torch.Tensor  # (key,) q·k
+    scale: float  # √d_head (or the model's own attention scale)
+    scaled: torch.Tensor  # (key,) scores / scale
+    masked: torch.Tensor  # (key,) scaled, with -inf after the query (the causal mask)
+    weights: torch.Tensor  # (key,) softmax(masked): the pattern row
+    weighted_values: torch.Tensor  # (key, d_head) weights[:, None] * v
+    z: torch.Tensor  # (d_head,) the sum of the weighted values
+    output: torch.Tensor  # (d_model,) z @ W_O[head]: what the head writes to the residual stream
+    model_pattern_row: torch.Tensor  # (key,) the model's own hook_pattern row, to compare
+    model_output: torch.Tensor  # (d_model,) the model's own hook_result, to compare
+
+
+def head_anatomy(model: LoadedModel, prompt: str, layer: int, head: int, query: int, truncate: bool = False) -> HeadAnatomy:
+    info = model.info
+    check_head(info.n_layers, info.n_heads, layer, head)
+    b = f"blocks.{layer}.attn."
+    run = run_prompt(model, prompt, [b + n for n in ("hook_q", "hook_k", "hook_v", "hook_pattern", "hook_result")], truncate=truncate)
+    query = check_position(run.n_tokens, query)
+    q = run[b + "hook_q"][query, head].float()  # (d_head,)
+    k = run[b + "hook_k"][:, head].float()  # (key, d_head)
+    v = run[b + "hook_v"][:, head].float()  # (key, d_head)
+    scores = k @ q  # (key,)
+    configured = float(getattr(model.bridge.cfg, "attn_scale", -1.0))  # transformer-lens uses -1 for "the default"
+    scale = configured if configured > 0 else math.sqrt(info.d_head)
+    scaled = scores / scale
+    future = torch.arange(run.n_tokens) > query
+    masked = scaled.masked_fill(future, float("-inf"))
+    weights = masked.softmax(-1)
+    weighted = weights[:, None] * v  # (key, d_head)
+    z = weighted.sum(0)
+    w_o = model.bridge.blocks[layer].attn.W_O.detach().float().cpu()  # (head, d_head, d_model)
+    w_o = w_o.reshape(info.n_heads, info.d_head, -1)
+    return HeadAnatomy(
+        layer, head, query, run.labels, q, k, v, scores, scale, scaled, masked, weights, weighted, z, z @ w_o[head],
+        run[b + "hook_pattern"][head, query].float(), run[b + "hook_result"][query, head].float(),
+    )  # fmt: skip
+
+
+def pattern_rows(p: Patterns, layer: int, head: int) -> list[dict]:
+    """CSV rows of one head's pattern: query, key, their tokens, weight (the visible triangle only)."""
+    grid = p.head(layer, head)
+    return [
+        dict(query=q, query_token=p.labels[q], key=k, key_token=p.labels[k], weight=float(grid[q, k]))
+        for q in range(grid.shape[0])
+        for k in range(q + 1)
+    ]
