@@ -38,7 +38,7 @@ def test_circuits_batches_copy_spans_and_mask_only_the_copies():
     for b in range(16):
         for t in mask[b].nonzero().flatten().tolist():
             prev, target = ids[b, t], ids[b, t + 1]
-            earlier = (ids[b, : t - 1] == prev).nonzero().flatten()
+            earlier = (ids[b, :t] == prev).nonzero().flatten()
             assert any(ids[b, j + 1] == target for j in earlier.tolist()), (b, t)
 
 

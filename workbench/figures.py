@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from workbench.attention import HeadAnatomy, HeadTypes, Patterns, TokenFocus, downsample
 from workbench.generate import Generation, TopK
+from workbench.lens import LensResult
 from workbench.tokens import unique_labels
 
 SEQUENTIAL = "Blues"
@@ -278,3 +279,80 @@ def anatomy_figure(a: HeadAnatomy) -> go.Figure:
     fig.update_layout(showlegend=False)
     fig.update_xaxes(tickangle=-60, tickfont=dict(size=9), row=4, col=1)
     return _layout(fig, f"Layer {a.layer}, head {a.head}, query {a.query} ({a.labels[a.query]!r}): softmax(q·Kᵀ/√d)·V", 900)
+
+
+# ---- logit lens ---------------------------------------------------------------------------------
+
+
+def lens_heatmap(r: LensResult) -> go.Figure:
+    """Points (rows, bottom to top as the stream flows) x positions: the top-1 token and its probability."""
+    cols = unique_labels(r.labels)
+    k = r.top_probs.shape[-1]
+    hover = [
+        [
+            "<br>".join(f"{r.top_labels[i][j][t]} {float(r.top_probs[i, j, t]):.3f}" for t in range(k))
+            + f"<br>entropy {float(r.entropy[i, j]):.2f} nats, KL to final {float(r.kl_to_final[i, j]):.2f}"
+            for j in range(len(cols))
+        ]
+        for i in range(len(r.points))
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=r.top_probs[..., 0].tolist(),
+            x=cols,
+            y=r.points,
+            text=[[r.top_labels[i][j][0] for j in range(len(cols))] for i in range(len(r.points))],
+            texttemplate="%{text}",
+            textfont=dict(size=10),
+            customdata=hover,
+            hovertemplate="%{y} · %{x}<br>%{customdata}<extra></extra>",
+            colorscale=SEQUENTIAL,
+            zmin=0,
+            zmax=1,
+            colorbar=dict(title="top-1 p"),
+        )
+    )
+    fig.update_xaxes(title="position (input token)", tickangle=-60, tickfont=dict(size=10))
+    fig.update_yaxes(title="residual stream after")
+    return _layout(fig, f"{r.kind.capitalize()}: the top-1 next token read at every layer and position", 180 + 34 * len(r.points))
+
+
+def lens_target_lines(results: list[LensResult], position: int) -> go.Figure:
+    """For each target token: probability, rank and logit across the points, at one position (one line per lens)."""
+    first = results[0]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["probability", "rank (0 = top)", "logit"], horizontal_spacing=0.07)
+    dash = {"logit lens": "solid", "tuned lens": "dot"}
+    for r in results:
+        for t, label in enumerate(r.target_labels):
+            name = f"{label} ({r.kind})"
+            for col, values in ((1, r.target_probs), (2, r.target_ranks), (3, r.target_logits)):
+                fig.add_trace(
+                    go.Scatter(
+                        x=r.points,
+                        y=values[:, position, t].tolist(),
+                        name=name,
+                        legendgroup=name,
+                        showlegend=col == 1,
+                        mode="lines+markers",
+                        line=dict(dash=dash.get(r.kind, "solid")),
+                    ),
+                    row=1,
+                    col=col,
+                )
+    fig.update_yaxes(type="log", row=1, col=2)
+    return _layout(fig, f"Targets at position {position} ({first.labels[position]!r})", 380)
+
+
+def lens_stats_lines(results: list[LensResult], position: int | None = None) -> go.Figure:
+    """Entropy and KL to the final distribution by point, for each lens (at a position, or averaged over positions)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["entropy (nats)", "KL(final ‖ lens) (nats)"], horizontal_spacing=0.08)
+    for r in results:
+        for col, values in ((1, r.entropy), (2, r.kl_to_final)):
+            y = values[:, position] if position is not None else values.mean(1)
+            fig.add_trace(
+                go.Scatter(x=r.points, y=y.tolist(), name=r.kind, legendgroup=r.kind, showlegend=col == 1, mode="lines+markers"),
+                row=1,
+                col=col,
+            )
+    where = f"at position {position}" if position is not None else "averaged over positions"
+    return _layout(fig, f"When is the answer settled? ({where})", 360)

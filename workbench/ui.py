@@ -181,3 +181,15 @@ def _head_types_on_repeats(model_name: str, _model: LoadedModel):
 def cached_head_types_on_repeats(model: LoadedModel):
     """The standard probe's head types: one computation per model for the whole server."""
     return _head_types_on_repeats(f"{model.info.source}|{model.info.device}", model)
+
+
+@st.cache_resource(max_entries=8)
+def _tuned_lens(model_key: str, _model: LoadedModel):
+    from workbench.lens import load_tuned_lens
+
+    return load_tuned_lens(_model)
+
+
+def cached_tuned_lens(model: LoadedModel):
+    """The model's tuned lens (or None), read once per server."""
+    return _tuned_lens(f"{model.info.source}|{model.info.device}", model)

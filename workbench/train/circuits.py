@@ -1,13 +1,15 @@
 """The circuits model: a small GPT-2 trained to copy, so that it grows induction heads.
 
-Task. Sequences of random words from a 96-word vocabulary (after a BOS token), into which one or
-two spans (4-24 words) are copied from earlier in the same sequence, at places and distances drawn
-widely (from right after the span up to the whole context). The loss counts only the copied positions after each copy's first word:
+Task. Sequences of random words from a 96-word vocabulary (after a BOS token). Half of them hold
+one block of 8-55 words repeated, at a random place with random filler before and between the
+copies; the other half hold one or two spans (4-24 words) copied from earlier in the sequence, at
+places and distances drawn widely. The loss counts only the copied positions after each copy's first word:
 those are exactly the tokens that can be predicted, and only by finding the earlier occurrence of
 the current word and reading what followed it -- a previous-token head in layer 0 feeding an
 induction head in layer 1. Wide distances and random places stop the model from settling on
-positional heads: a first version that also trained on whole blocks repeated from position 1
-learned to find the seam by position instead (95% right on repeats, induction score 0.05).
+positional heads: a first version that trained on whole blocks repeated from position 1 learned
+to find the seam by position instead (95% right on repeats, induction score 0.05), and one with
+short spans only learned too slowly (loss flat for 1,250 steps).
 """
 
 from __future__ import annotations
@@ -159,12 +161,26 @@ def batches(cfg: common.TrainConfig, generator: torch.Generator):
         ids[:, 0] = 0  # BOS
         mask = torch.zeros(cfg.batch_size, n - 1, dtype=torch.bool)
         for b in range(cfg.batch_size):
+            if torch.rand(1, generator=generator).item() < 0.5:
+                # one block repeated, at a random place with random filler before and between the copies
+                block = int(torch.randint(8, (n - 1) // 2 - 8, (1,), generator=generator))
+                spare = n - 1 - 2 * block
+                first = 1 + int(torch.randint(0, spare // 2 + 1, (1,), generator=generator))
+                second = first + block + int(torch.randint(0, spare - (first - 1) + 1, (1,), generator=generator))
+                ids[b, second : second + block] = ids[b, first : first + block]
+                mask[b, second : second + block - 1] = True  # targets second+1 .. second+block-1
+                continue
+            spans = []
             for _ in range(int(torch.randint(1, 3, (1,), generator=generator))):
                 length = int(torch.randint(4, 25, (1,), generator=generator))
                 dst = int(torch.randint(1 + length, n - length + 1, (1,), generator=generator))
                 src = int(torch.randint(1, dst - length + 1, (1,), generator=generator))
                 ids[b, dst : dst + length] = ids[b, src : src + length]
-                mask[b, dst : dst + length - 1] = True  # targets dst+1 .. dst+length-1
+                spans.append((src, dst, length))
+            for src, dst, length in spans:  # a later span may have overwritten an earlier one: keep what still matches
+                same = ids[b, dst + 1 : dst + length] == ids[b, src + 1 : src + length]
+                same &= ids[b, dst : dst + length - 1] == ids[b, src : src + length - 1]
+                mask[b, dst : dst + length - 1] |= same  # targets dst+1 .. dst+length-1
         yield ids, mask
 
 

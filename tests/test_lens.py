@@ -1,0 +1,100 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from transformer_lens.tools.analysis import logit_lens as tl_logit_lens
+
+from workbench import lens
+from workbench.errors import InputError
+from workbench.model import MODELS_DIR
+from workbench.runs import run_prompt
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "2_Logit_lens.py")
+PROMPT = "It is a truth universally acknowledged, that a single man"
+
+
+def test_last_point_is_the_models_output(shipped):
+    prompt = "apple river stone apple river" if shipped.info.name == "circuits" else PROMPT
+    run = run_prompt(shipped, prompt, [name for _, name in lens.lens_points(shipped)])
+    final = lens.readout(shipped, lens.residuals(run, shipped)[-1])
+    assert torch.allclose(final.log_softmax(-1), run.logits.log_softmax(-1), atol=1e-5)
+    r = lens.lens(shipped, prompt, k=3)
+    assert torch.allclose(r.top_probs[-1], run.logits.softmax(-1).topk(3).values, atol=1e-5)
+    assert r.kl_to_final[-1].abs().max() < 1e-5
+
+
+def test_agrees_with_transformer_lens_logit_lens(english):
+    run = run_prompt(english, PROMPT)
+    target = int(run.logits[-1].argmax())
+    ours = lens.lens(english, PROMPT, k=5, targets=[target])
+    theirs = tl_logit_lens(
+        english.bridge, run.tokens[None], positions=None, incl_mid=True, return_type="log_probs", top_k=5, targets=[target]
+    )
+    assert len(theirs.labels) == len(ours.points)
+    ro = theirs.readout
+    assert torch.equal(ro.top_ids[:, 0], ours.top_ids)  # (point, pos, k)
+    assert torch.allclose(ro.values[:, 0].exp(), ours.top_probs, atol=1e-5)
+    assert torch.allclose(ro.entropy[:, 0], ours.entropy, atol=1e-4)
+    assert torch.equal(ro.target_ranks[:, 0], ours.target_ranks)
+
+
+def test_kl_and_entropy_match_a_direct_computation(english):
+    run = run_prompt(english, PROMPT, [name for _, name in lens.lens_points(english)])
+    logp = lens.readout(english, lens.residuals(run, english)).log_softmax(-1)  # the whole tensor, fine for a test
+    p = logp.exp()
+    entropy = -(p * logp).sum(-1)
+    kl = torch.nn.functional.kl_div(logp, logp[-1:].expand_as(logp), log_target=True, reduction="none").sum(-1)
+    r = lens.lens(english, PROMPT, chunk=5)
+    assert torch.allclose(r.entropy, entropy, atol=1e-4)
+    assert torch.allclose(r.kl_to_final, kl, atol=1e-4)
+    whole = lens.lens(english, PROMPT, chunk=1000)
+    assert torch.equal(whole.top_ids, r.top_ids)  # chunking changes nothing
+
+
+def test_identity_tuned_lens_is_the_logit_lens(english):
+    points = len(lens.lens_points(english))
+    identity = lens.TunedLens.identity(points, english.info.d_model)
+    a = lens.lens(english, PROMPT, targets=[5, 6])
+    b = lens.lens(english, PROMPT, targets=[5, 6], tuned=identity)
+    assert b.kind == "tuned lens" and torch.equal(a.top_ids, b.top_ids)
+    assert torch.equal(a.entropy, b.entropy) and torch.equal(a.target_logits, b.target_logits)
+
+
+@pytest.mark.parametrize("name", ["english", "circuits"])
+def test_shipped_tuned_lens_reads_early_layers_better(name):
+    stats = json.loads((MODELS_DIR / name / lens.LENS_STATS).read_text())
+    logit, tuned = stats["valid_kl_logit_lens"], stats["valid_kl_tuned_lens"]
+    assert tuned[0] < logit[0] and sum(tuned) < sum(logit)
+
+
+def test_trained_translators_are_loaded_and_change_the_reading(english):
+    tuned = lens.load_tuned_lens(english)
+    assert tuned is not None and tuned.A.abs().sum() > 0
+    r = lens.lens(english, PROMPT, tuned=tuned)
+    plain = lens.lens(english, PROMPT)
+    assert torch.equal(r.top_ids[-1], plain.top_ids[-1])  # the last point is never translated
+    assert r.kl_to_final[0].mean() < plain.kl_to_final[0].mean()
+
+
+def test_targets_must_be_one_token(english):
+    assert english.tokenizer.decode([lens.target_token(english, " the")]) == " the"
+    with pytest.raises(InputError, match="not one"):
+        lens.target_token(english, " unquestionably")
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        lens.lens(english, PROMPT, targets=[10**6])
+
+
+def test_lens_page_shows_both_lenses():
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["wb.model"] = "english"
+    at.session_state["wb.prompt"] = PROMPT
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any(t.startswith("Logit lens") for t in titles) and any(t.startswith("Tuned lens") for t in titles)
+    at.text_input(key="w.lens_typed").set_value(" zzzqqq")
+    at.run()
+    assert not at.exception and any("not one" in e.value for e in at.error)

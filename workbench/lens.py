@@ -1,0 +1,292 @@
+"""Logit lens and tuned lens: what the model would predict if it stopped after each layer.
+
+The residual stream is read at 2·layers + 1 points: before block 0 (the embeddings), then after
+each block's attention and after its MLP. The logit lens reads each point exactly as the model
+reads its last one: the final layer norm, then the unembedding. At the last point this *is* the
+model's output. Early layers are often unreadable this way because their residual stream lives in
+a different basis; the tuned lens (Belrose et al. 2023) first maps each point through a learned
+affine translator (`x + x·A + b`, trained so that its reading matches the final distribution).
+
+For every point and position the result keeps only what a view needs -- the top-k tokens, the
+entropy, the KL divergence from the final distribution, and the chosen target tokens' logit,
+probability and rank -- computed a chunk of positions at a time, so the points × positions ×
+vocabulary tensor is never built.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from workbench.errors import InputError
+from workbench.model import LoadedModel
+from workbench.runs import Run, run_prompt
+from workbench.tokens import token_labels
+
+LENS_FILE, LENS_STATS = "tuned_lens.safetensors", "tuned_lens.json"
+
+
+def lens_points(model: LoadedModel) -> list[tuple[str, str]]:
+    """(label, hook name) of each residual-stream point, in order; the last is the model's final residual."""
+    points = [("embed", "blocks.0.hook_resid_pre")]
+    for layer in range(model.info.n_layers):
+        points += [(f"L{layer} attn", f"blocks.{layer}.hook_resid_mid"), (f"L{layer} mlp", f"blocks.{layer}.hook_resid_post")]
+    return points
+
+
+def residuals(run: Run, model: LoadedModel) -> torch.Tensor:
+    """(point, pos, d_model) residual stream at every lens point."""
+    return torch.stack([run[name] for _, name in lens_points(model)]).float()
+
+
+def readout(model: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
+    """(..., d_vocab) logits of residual vectors (..., d_model): final layer norm, then unembedding.
+
+    Written out (not called through the bridge's modules) so that the tuned lens can train through it.
+    """
+    bridge = model.bridge
+    ln = bridge.ln_final
+    weight = getattr(ln, "weight", None)
+    bias = getattr(ln, "bias", None)
+    eps = float(getattr(bridge.cfg, "eps", 1e-5))
+    x = torch.nn.functional.layer_norm(
+        resid,
+        (resid.shape[-1],),
+        None if weight is None else weight.detach().float().cpu(),
+        None if bias is None else bias.detach().float().cpu(),
+        eps,
+    )
+    w_u = bridge.W_U.detach().float().cpu()  # (d_model, d_vocab)
+    b_u = bridge.b_U.detach().float().cpu() if getattr(bridge, "b_U", None) is not None else 0.0
+    return x @ w_u + b_u
+
+
+@dataclass
+class TunedLens:
+    """Affine translators, one per lens point but the last: x -> x + x·A[i] + b[i]."""
+
+    A: torch.Tensor  # (point-1, d_model, d_model)
+    b: torch.Tensor  # (point-1, d_model)
+    stats: dict = field(default_factory=dict)  # how it was trained and how well it reads
+
+    @classmethod
+    def identity(cls, n_points: int, d_model: int) -> TunedLens:
+        return cls(torch.zeros(n_points - 1, d_model, d_model), torch.zeros(n_points - 1, d_model))
+
+    def translate(self, resid: torch.Tensor) -> torch.Tensor:
+        """(point, ..., d_model) -> same, the last point unchanged."""
+        lead = resid[:-1]
+        shape = lead.shape
+        flat = lead.reshape(shape[0], -1, shape[-1])  # (point-1, rows, d_model)
+        moved = flat + torch.bmm(flat, self.A) + self.b[:, None, :]
+        return torch.cat([moved.reshape(shape), resid[-1:]])
+
+    def save(self, folder: Path) -> None:
+        save_file({"A": self.A.contiguous(), "b": self.b.contiguous()}, folder / LENS_FILE)
+        (folder / LENS_STATS).write_text(json.dumps(self.stats, indent=1) + "\n")
+
+
+def load_tuned_lens(model: LoadedModel) -> TunedLens | None:
+    """The tuned lens saved beside the model's weights, or None when it has none."""
+    folder = Path(model.info.source)
+    if not (folder / LENS_FILE).exists():
+        return None
+    tensors = load_file(folder / LENS_FILE)
+    stats = json.loads((folder / LENS_STATS).read_text()) if (folder / LENS_STATS).exists() else {}
+    lens = TunedLens(tensors["A"], tensors["b"], stats)
+    if lens.A.shape != (len(lens_points(model)) - 1, model.info.d_model, model.info.d_model):
+        raise InputError(f"{folder / LENS_FILE} does not fit this model (translators of shape {tuple(lens.A.shape)}); retrain it")
+    return lens
+
+
+@dataclass(frozen=True)
+class LensResult:
+    """The lens over every point (rows) and position (columns) of one prompt."""
+
+    kind: str  # "logit lens" or "tuned lens"
+    model: str
+    prompt: str
+    points: list[str]  # (point,)
+    labels: list[str]  # (pos,) token labels
+    top_ids: torch.Tensor  # (point, pos, k)
+    top_labels: list[list[list[str]]]  # (point, pos, k)
+    top_probs: torch.Tensor  # (point, pos, k)
+    entropy: torch.Tensor  # (point, pos) nats
+    kl_to_final: torch.Tensor  # (point, pos) KL(final || point), nats
+    target_ids: list[int]  # (target,)
+    target_labels: list[str]
+    target_logits: torch.Tensor  # (point, pos, target)
+    target_probs: torch.Tensor  # (point, pos, target)
+    target_ranks: torch.Tensor  # (point, pos, target), 0 = top-1
+
+    def rows(self) -> list[dict]:
+        """CSV rows: one per (point, position), with the top-1 token, entropy and KL."""
+        return [
+            dict(
+                point=pt,
+                position=pos,
+                token=self.labels[pos],
+                top1=self.top_labels[i][pos][0],
+                top1_prob=float(self.top_probs[i, pos, 0]),
+                entropy=float(self.entropy[i, pos]),
+                kl_to_final=float(self.kl_to_final[i, pos]),
+            )
+            for i, pt in enumerate(self.points)
+            for pos in range(len(self.labels))
+        ]
+
+
+def lens(
+    model: LoadedModel,
+    prompt: str,
+    k: int = 5,
+    targets: list[int] = (),
+    tuned: TunedLens | None = None,
+    truncate: bool = False,
+    chunk: int = 32,
+) -> LensResult:
+    """Runs the prompt (cached) and reads every point through the logit lens, or the tuned lens if given."""
+    if not 1 <= k <= 50:
+        raise InputError(f"k must be between 1 and 50, got {k}")
+    if chunk < 1:
+        raise InputError(f"chunk must be positive, got {chunk}")
+    bad = [t for t in targets if not 0 <= int(t) < model.info.d_vocab]
+    if bad:
+        raise InputError(f"target token id(s) {bad} are outside the vocabulary (0..{model.info.d_vocab - 1})")
+    points = lens_points(model)
+    run = run_prompt(model, prompt, [name for _, name in points], truncate=truncate)
+    resid = residuals(run, model)  # (point, pos, d_model)
+    n_points, pos, _ = resid.shape
+    targets = torch.tensor([int(t) for t in targets], dtype=torch.long)
+    top_ids, top_probs, entropy, kl, t_logit, t_prob, t_rank = [], [], [], [], [], [], []
+    with torch.no_grad():
+        for start in range(0, pos, chunk):
+            x = resid[:, start : start + chunk]  # (point, c, d_model)
+            if tuned is not None:
+                x = tuned.translate(x)
+            logits = readout(model, x)  # (point, c, d_vocab)
+            logp = logits.log_softmax(-1)
+            p = logp.exp()
+            top = logp.topk(k, dim=-1)
+            top_ids.append(top.indices)
+            top_probs.append(top.values.exp())
+            entropy.append(-(p * logp).sum(-1))
+            final_logp = logp[-1:]  # (1, c, d_vocab)
+            kl.append((final_logp.exp() * (final_logp - logp)).sum(-1).clamp_min(0))
+            chosen = logits[..., targets]  # (point, c, target)
+            t_logit.append(chosen)
+            t_prob.append(p[..., targets])
+            t_rank.append((logits[..., None, :] > chosen[..., :, None]).sum(-1))
+    top_ids_t = torch.cat(top_ids, 1)
+    flat = token_labels(model.tokenizer, top_ids_t.flatten().tolist()) if top_ids_t.numel() else []
+    top_labels = [[flat[(i * pos + j) * k : (i * pos + j + 1) * k] for j in range(pos)] for i in range(n_points)]
+    return LensResult(
+        kind="tuned lens" if tuned is not None else "logit lens",
+        model=model.info.name,
+        prompt=prompt,
+        points=[label for label, _ in points],
+        labels=run.labels,
+        top_ids=top_ids_t,
+        top_labels=top_labels,
+        top_probs=torch.cat(top_probs, 1),
+        entropy=torch.cat(entropy, 1),
+        kl_to_final=torch.cat(kl, 1),
+        target_ids=targets.tolist(),
+        target_labels=token_labels(model.tokenizer, targets.tolist()),
+        target_logits=torch.cat(t_logit, 1),
+        target_probs=torch.cat(t_prob, 1),
+        target_ranks=torch.cat(t_rank, 1),
+    )
+
+
+def target_token(model: LoadedModel, text: str) -> int:
+    """The id of a target typed as text; it must be exactly one token (" Paris", with its space)."""
+    if not isinstance(text, str) or text == "":
+        raise InputError("type a target token, e.g. ' the' (with its leading space)")
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        labels = token_labels(model.tokenizer, ids)
+        raise InputError(
+            f"{text!r} is {len(ids)} tokens ({' | '.join(labels)}), not one: pick one of them, or one of the model's top predictions"
+        )
+    return ids[0]
+
+
+# ---- training the tuned lens ----------------------------------------------------------------------
+
+
+def collect_residuals(model: LoadedModel, texts: list[str], window: int | None = None) -> torch.Tensor:
+    """(point, rows, d_model) residuals of every lens point over BOS-prefixed windows of the texts."""
+    window = window or model.info.n_ctx
+    names = [name for _, name in lens_points(model)]
+    chunks = []
+    for text in texts:
+        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        for i in range(0, max(1, len(ids) - 1), window - 1):
+            piece = ids[i : i + window - 1]
+            if len(piece) < 8:
+                continue
+            tokens = torch.tensor([model.bos_id, *piece])[None]
+            with model.lock, torch.no_grad():
+                _, cache = model.bridge.run_with_cache(tokens.to(model.device), names_filter=names, return_cache_object=False)
+            chunks.append(torch.stack([cache[n][0, 1:].float().cpu() for n in names]))  # skip BOS: its row is trivial
+    if not chunks:
+        raise InputError("the training text is too short for a tuned lens: give at least a few hundred words")
+    return torch.cat(chunks, 1)
+
+
+def train_tuned_lens(
+    model: LoadedModel,
+    train: torch.Tensor,
+    valid: torch.Tensor,
+    steps: int = 300,
+    lr: float = 1e-3,
+    batch: int = 512,
+    seed: int = 0,
+    log=print,
+) -> TunedLens:
+    """Fits the translators on residuals (point, rows, d_model) to minimise KL(final || translated reading)."""
+    torch.manual_seed(seed)
+    n_points, rows, d_model = train.shape
+    lens_ = TunedLens.identity(n_points, d_model)
+    A = lens_.A.clone().requires_grad_(True)
+    b = lens_.b.clone().requires_grad_(True)
+    opt = torch.optim.Adam([A, b], lr=lr)
+    with torch.no_grad():
+        target_train = readout(model, train[-1]).log_softmax(-1)  # (rows, d_vocab)
+
+    def kl_per_point(x: torch.Tensor, target_logp: torch.Tensor, A, b) -> torch.Tensor:
+        moved = x[:-1] + torch.bmm(x[:-1], A) + b[:, None, :]
+        logp = readout(model, moved).log_softmax(-1)  # (point-1, rows, d_vocab)
+        return (target_logp.exp() * (target_logp - logp)).sum(-1).mean(-1)  # (point-1,)
+
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(0, rows, (min(batch, rows),), generator=gen)
+        loss = kl_per_point(train[:, idx], target_train[idx], A, b).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(json.dumps({"step": step, "kl_sum": round(loss.item(), 4)}))
+    with torch.no_grad():
+        target_valid = readout(model, valid[-1]).log_softmax(-1)
+        zero_A, zero_b = torch.zeros_like(A), torch.zeros_like(b)
+        kl_logit = kl_per_point(valid, target_valid, zero_A, zero_b)
+        kl_tuned = kl_per_point(valid, target_valid, A, b)
+    points = [label for label, _ in lens_points(model)]
+    stats = {
+        "points": points[:-1],
+        "valid_kl_logit_lens": [round(v, 4) for v in kl_logit.tolist()],
+        "valid_kl_tuned_lens": [round(v, 4) for v in kl_tuned.tolist()],
+        "train_rows": rows,
+        "valid_rows": int(valid.shape[1]),
+        "steps": steps,
+        "lr": lr,
+        "seed": seed,
+    }
+    return TunedLens(A.detach(), b.detach(), stats)
