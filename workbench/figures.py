@@ -11,6 +11,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from workbench.attention import HeadAnatomy, HeadTypes, Patterns, TokenFocus, downsample
+from workbench.attribution import ComponentAttribution, InputAttribution
 from workbench.generate import Generation, TopK
 from workbench.lens import LensResult
 from workbench.tokens import unique_labels
@@ -356,3 +357,129 @@ def lens_stats_lines(results: list[LensResult], position: int | None = None) -> 
             )
     where = f"at position {position}" if position is not None else "averaged over positions"
     return _layout(fig, f"When is the answer settled? ({where})", 360)
+
+
+# ---- attribution --------------------------------------------------------------------------------
+
+
+def _bound(values: torch.Tensor) -> float:
+    finite = values[torch.isfinite(values)]
+    return float(finite.abs().max()) if finite.numel() and float(finite.abs().max()) > 0 else 1.0
+
+
+def input_attribution_tokens(a: InputAttribution, target: int = 0) -> go.Figure:
+    """The prompt's tokens coloured on a diverging scale centred on zero, plus a bar per token."""
+    scores = a.scores[target]
+    keep = torch.isfinite(scores)
+    labels = [label for label, k in zip(unique_labels(a.labels), keep.tolist(), strict=True) if k]
+    values = scores[keep]
+    bound = _bound(values)
+    signed = a.method != "saliency"
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.3, 0.7], vertical_spacing=0.12, subplot_titles=["tokens", "score per token"])
+    fig.add_trace(
+        go.Heatmap(
+            z=[values.tolist()],
+            x=labels,
+            y=[""],
+            text=[[label.split(": ", 1)[1] for label in labels]],
+            texttemplate="%{text}",
+            colorscale=DIVERGING if signed else SEQUENTIAL,
+            zmid=0 if signed else None,
+            zmin=-bound if signed else 0,
+            zmax=bound,
+            colorbar=dict(title="score", len=0.3, y=0.85),
+            hovertemplate="%{x}<br>score %{z:.4f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=labels,
+            y=values.tolist(),
+            marker=dict(
+                color=values.tolist(),
+                colorscale=DIVERGING if signed else SEQUENTIAL,
+                cmid=0 if signed else None,
+                cmin=-bound if signed else 0,
+                cmax=bound,
+            ),
+            hovertemplate="%{x}<br>score %{y:.4f}<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=10))
+    fig.update_layout(showlegend=False)
+    return _layout(fig, f"{a.method.capitalize()} for {a.target_labels[target]} ({a.target})", 460)
+
+
+def input_attribution_matrix(a: InputAttribution) -> go.Figure:
+    """Input tokens x target tokens, for a continuation of several tokens (blank where outside the context)."""
+    bound = _bound(a.scores)
+    signed = a.method != "saliency"
+    fig = go.Figure(
+        go.Heatmap(
+            z=a.scores.T.tolist(),
+            x=unique_labels(a.target_labels),
+            y=unique_labels(a.labels),
+            colorscale=DIVERGING if signed else SEQUENTIAL,
+            zmid=0 if signed else None,
+            zmin=-bound if signed else 0,
+            zmax=bound,
+            hoverongaps=False,
+            hovertemplate="input %{y}<br>target %{x}<br>score %{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title="input token")
+    fig.update_xaxes(title="target token", side="top")
+    return _layout(fig, f"{a.method.capitalize()}: every input token for every target token", 200 + 18 * len(a.labels))
+
+
+def component_bars(c: ComponentAttribution) -> go.Figure:
+    """Direct logit attribution per component, and the residual stream's projection accumulating layer by layer."""
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=["each component's direct contribution", "cumulative: the residual stream so far"],
+        horizontal_spacing=0.1,
+    )
+    bound = _bound(c.component_values)
+    fig.add_trace(
+        go.Bar(
+            x=c.components,
+            y=c.component_values.tolist(),
+            marker=dict(color=c.component_values.tolist(), colorscale=DIVERGING, cmid=0, cmin=-bound, cmax=bound),
+            hovertemplate="%{x}<br>%{y:.4f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(x=c.cumulative_labels, y=c.cumulative.tolist(), mode="lines+markers", hovertemplate="%{x}<br>%{y:.4f}<extra></extra>"),
+        row=1,
+        col=2,
+    )
+    fig.update_layout(showlegend=False)
+    return _layout(fig, f"Direct logit attribution of {c.target} at position {c.position} (sums to {c.logit:.3f})", 380)
+
+
+def head_attribution_heatmap(c: ComponentAttribution) -> go.Figure:
+    bound = _bound(c.heads)
+    layers, heads = c.heads.shape
+    fig = go.Figure(
+        go.Heatmap(
+            z=c.heads.tolist(),
+            x=[f"H{h}" for h in range(heads)],
+            y=[f"L{layer}" for layer in range(layers)],
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-bound,
+            zmax=bound,
+            text=[[f"{v:.2f}" for v in row] for row in c.heads.tolist()],
+            texttemplate="%{text}",
+            hovertemplate="%{y} %{x}<br>%{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, f"Every head's direct contribution to {c.target} (everything else: {c.head_remainder:.3f})", 160 + 45 * layers)
