@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> None:
         from workbench.train import circuits
 
         circuits.build(out, dataclasses.replace(circuits.CIRCUITS, **overrides))
-    from workbench.train import card
+    from workbench.train import card, tuned_lens
 
+    tuned_lens.build(str(out))
     card.write(out)
     print(f"wrote {out}")
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from workbench import heads
+from workbench import export, heads
+from workbench.errors import InputError
 from workbench.generate import Sampling, generate
 from workbench.model import load_model
 
@@ -67,6 +68,16 @@ def measure(folder: Path, kind: str) -> dict:
         out["heldout_sample_perplexity"] = round(math.exp(loss), 2)
     out["samples"] = {p: generate(model, p, Sampling(max_new_tokens=24)).text for p in SAMPLE_PROMPTS[kind]}
     return out
+
+
+def _kl_figure(stats: dict):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for key, name in (("valid_kl_logit_lens", "logit lens"), ("valid_kl_tuned_lens", "tuned lens")):
+        fig.add_trace(go.Scatter(x=stats["points"], y=stats[key], name=name, mode="lines+markers"))
+    fig.update_layout(title="KL(final ‖ lens) by layer, held-out text", yaxis_title="nats", template="plotly_white", width=700, height=380)
+    return fig
 
 
 def _grid(rows: list[list[float]]) -> str:
@@ -127,6 +138,21 @@ def write(folder: Path) -> dict:
         f"position before.\n\nStrongest induction head: **layer {layer}, head {head}** (score {s50['max_induction']:.3f} at N = 50, "
         f"{measured['head_scores']['20']['max_induction']:.3f} at N = 20).\n"
     )
+    lens_stats = folder / "tuned_lens.json"
+    if lens_stats.exists():
+        stats = json.loads(lens_stats.read_text())
+        lines.append(
+            "\n## Tuned lens\n\nAffine translators for every residual point but the last (`tuned_lens.safetensors`), trained "
+            f"{stats['steps']} steps on {stats['train_rows']:,} residual rows of held-out text and measured on {stats['valid_rows']:,} others "
+            "(`python -m workbench.train lens`). KL divergence from the final distribution, in nats (lower reads closer to the output):\n\n"
+            "| after | logit lens | tuned lens |\n|---|---|---|\n"
+            + "".join(f"| {p} | {a:.3f} | {b:.3f} |\n" for p, a, b in zip(stats["points"], stats["valid_kl_logit_lens"], stats["valid_kl_tuned_lens"], strict=True))
+        )
+        try:
+            (folder / "tuned_lens_kl.png").write_bytes(export.figure_bytes(_kl_figure(stats), "png"))
+            lines.append("\n![KL to the final distribution by layer](tuned_lens_kl.png)\n")
+        except InputError as err:  # no Chromium here: the table says the same
+            print(f"figure skipped: {err}")
     for n in REPEAT_LENGTHS:
         s = measured["head_scores"][str(n)]
         lines.append(f"\n### Induction score, N = {n}\n\n" + _grid(s["induction"]))

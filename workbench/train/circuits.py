@@ -185,6 +185,24 @@ def batches(cfg: common.TrainConfig, generator: torch.Generator):
 
 
 @torch.no_grad()
+def sinusoidal_positions_(model: GPT2LMHeadModel) -> None:
+    """Starts the (still learned) position embeddings as sinusoids of GPT-2's embedding scale.
+
+    A previous-token head needs pos_i·W_QK·pos_(i-1) high at every position; from random position
+    embeddings that is learned one position at a time, which took over 1,000 steps at 128 positions.
+    Sinusoids make "one back" the same rotation everywhere, so one W_QK serves all positions.
+    """
+    wpe = model.transformer.wpe.weight  # (n_positions, d_model)
+    n, d = wpe.shape
+    pos = torch.arange(n)[:, None].float()
+    freq = torch.exp(-torch.arange(0, d, 2).float() * (torch.log(torch.tensor(10_000.0)) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    wpe.copy_(table * model.config.initializer_range / table.std())
+
+
+@torch.no_grad()
 def induction_scores(model: GPT2LMHeadModel, n: int, seqs: int = 8, seed: int = 1) -> torch.Tensor:
     """(layer, head) induction scores, averaged over `seqs` repeated sequences of n words."""
     gen = torch.Generator().manual_seed(seed)
@@ -200,6 +218,7 @@ def build(out: Path, cfg: common.TrainConfig = CIRCUITS, log=print) -> dict:
     config = common.gpt2_config(cfg, 0, 0)
     config._attn_implementation = "eager"  # the scores read attention weights
     model = GPT2LMHeadModel(config)
+    sinusoidal_positions_(model)
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def evaluate(m):
