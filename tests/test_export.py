@@ -16,7 +16,7 @@ def _fig():
 
 def test_html_needs_no_browser_and_is_standalone():
     html = export.figure_bytes(_fig(), "html").decode()
-    assert "<html>" in html[:100] and "Plotly.newPlot" in html and "<script src=\"https://cdn.plot.ly" not in html and len(html) > 1_000_000
+    assert "<html>" in html[:100] and "Plotly.newPlot" in html and '<script src="https://cdn.plot.ly' not in html and len(html) > 1_000_000
 
 
 @pytest.mark.skipif(export.browser() is None, reason="needs Chromium (apt-get install chromium)")

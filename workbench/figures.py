@@ -14,6 +14,7 @@ from workbench.attention import HeadAnatomy, HeadTypes, Patterns, TokenFocus, do
 from workbench.attribution import ComponentAttribution, InputAttribution
 from workbench.generate import Generation, TopK
 from workbench.lens import LensResult
+from workbench.patching import SITES, DatasetPatchResult, PatchResult
 from workbench.tokens import unique_labels
 
 SEQUENTIAL = "Blues"
@@ -483,3 +484,49 @@ def head_attribution_heatmap(c: ComponentAttribution) -> go.Figure:
     )
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, f"Every head's direct contribution to {c.target} (everything else: {c.head_remainder:.3f})", 160 + 45 * layers)
+
+
+# ---- patching -----------------------------------------------------------------------------------
+
+
+def patching_heatmap(r: PatchResult | DatasetPatchResult, title: str | None = None) -> go.Figure:
+    """A sweep's normalised effect (0 = corrupted, 1 = clean), diverging colours centred on zero."""
+    values = r.values if isinstance(r, PatchResult) else r.mean
+    axes = r.axes
+    if len(axes) == 3:  # layer x head x position: one row per (layer, head)
+        layers, heads, pos = values.shape
+        z = values.reshape(layers * heads, pos)
+        y = [f"L{layer} H{head}" for layer in range(layers) for head in range(heads)]
+        x = unique_labels(r.labels)
+    elif axes[1] == "position":
+        z, y, x = values, [f"L{layer}" for layer in range(values.shape[0])], unique_labels(r.labels)
+    else:
+        z, y, x = values, [f"L{layer}" for layer in range(values.shape[0])], [f"H{h}" for h in range(values.shape[1])]
+    bound = max(1.0, _bound(z))
+    extra = ""
+    custom = None
+    if isinstance(r, DatasetPatchResult):
+        std = r.std.reshape(z.shape)
+        custom = std.tolist()
+        extra = "<br>spread (std over pairs) %{customdata:.3f}"
+    fig = go.Figure(
+        go.Heatmap(
+            z=z.tolist(),
+            x=x,
+            y=y,
+            customdata=custom,
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-bound,
+            zmax=bound,
+            colorbar=dict(title="normalised"),
+            hovertemplate="%{y} · %{x}<br>normalised effect %{z:.4f}" + extra + "<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=10))
+    what = SITES.get(r.site.split(" ")[0], r.site)
+    base = title or f"{r.direction.capitalize()} {r.site}: {what}"
+    if isinstance(r, DatasetPatchResult):
+        base += f" — mean over {r.n_pairs} pairs"
+    return _layout(fig, base, 160 + 24 * len(y))

@@ -193,3 +193,59 @@ def _tuned_lens(model_key: str, _model: LoadedModel):
 def cached_tuned_lens(model: LoadedModel):
     """The model's tuned lens (or None), read once per server."""
     return _tuned_lens(f"{model.info.source}|{model.info.device}", model)
+
+
+PAIR = "wb.pair"  # (clean, corrupted) shared between pages
+EXAMPLE_PAIRS = {
+    "circuits": (
+        "apple river stone cloud tiger piano candle garden apple river stone",
+        "apple river stone lemon tiger piano candle garden apple river stone",
+    ),
+    "english": ("The cat sat on the mat. The cat sat on the", "The cat sat on the rug. The cat sat on the"),
+}
+
+
+def pair_form(model: LoadedModel) -> tuple[str, str]:
+    """The clean and corrupted prompts, edited in a form and shared between pages."""
+    st.session_state.setdefault(PAIR, EXAMPLE_PAIRS.get(model.info.name, EXAMPLE_PAIRS["english"]))
+    clean, corrupted = st.session_state[PAIR]
+    with st.form("pair_form"):
+        c1, c2 = st.columns(2)
+        clean = c1.text_area("Clean prompt", clean, height=90, key="w.clean")
+        corrupted = c2.text_area("Corrupted prompt (same number of tokens)", corrupted, height=90, key="w.corrupted")
+        if st.form_submit_button("Use these prompts", type="primary"):
+            st.session_state[PAIR] = (clean, corrupted)
+    return st.session_state[PAIR]
+
+
+def token_rows(clean: list[str], corrupted: list[str], differ: list[int]) -> None:
+    """Both tokenizations, aligned by position, differing positions marked."""
+    import html
+
+    def row(labels):
+        return "".join(
+            f'<span title="position {i}" style="display:inline-block;margin:1px;padding:1px 4px;border-radius:4px;font-family:monospace;'
+            f'white-space:pre;background:{"#ffd7a8" if i in differ or i >= min(len(clean), len(corrupted)) else "#eef1f6"}">{html.escape(label)}</span>'
+            for i, label in enumerate(labels)
+        )
+
+    st.markdown(
+        f"<div>clean ({len(clean)} tokens): {row(clean)}</div><div>corrupted ({len(corrupted)} tokens): {row(corrupted)}</div>",
+        unsafe_allow_html=True,
+    )
+
+
+def progress_reporter(label: str):
+    """A progress bar and a cancel button for long work; returns the callback for progress(done, total).
+
+    Clicking Cancel reruns the page, which stops the running sweep where it is: nothing of the
+    page's inputs is lost.
+    """
+    bar = st.progress(0.0, text=label)
+    st.button("Cancel", key=f"cancel-{label}")
+
+    def report(done: int, total: int) -> bool:
+        bar.progress(done / total, text=f"{label}: {done} of {total}")
+        return True
+
+    return report

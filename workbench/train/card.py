@@ -146,7 +146,10 @@ def write(folder: Path) -> dict:
             f"{stats['steps']} steps on {stats['train_rows']:,} residual rows of held-out text and measured on {stats['valid_rows']:,} others "
             "(`python -m workbench.train lens`). KL divergence from the final distribution, in nats (lower reads closer to the output):\n\n"
             "| after | logit lens | tuned lens |\n|---|---|---|\n"
-            + "".join(f"| {p} | {a:.3f} | {b:.3f} |\n" for p, a, b in zip(stats["points"], stats["valid_kl_logit_lens"], stats["valid_kl_tuned_lens"], strict=True))
+            + "".join(
+                f"| {p} | {a:.3f} | {b:.3f} |\n"
+                for p, a, b in zip(stats["points"], stats["valid_kl_logit_lens"], stats["valid_kl_tuned_lens"], strict=True)
+            )
         )
         try:
             (folder / "tuned_lens_kl.png").write_bytes(export.figure_bytes(_kl_figure(stats), "png"))

@@ -14,6 +14,7 @@ short spans only learned too slowly (loss flat for 1,250 steps).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -154,34 +155,46 @@ def word_ids() -> torch.Tensor:
     return torch.arange(2, 2 + len(WORDS))
 
 
-def batches(cfg: common.TrainConfig, generator: torch.Generator):
-    n, words = cfg.n_positions, word_ids()
-    while True:
-        ids = words[torch.randint(0, len(words), (cfg.batch_size, n), generator=generator)]
-        ids[:, 0] = 0  # BOS
-        mask = torch.zeros(cfg.batch_size, n - 1, dtype=torch.bool)
-        for b in range(cfg.batch_size):
-            if torch.rand(1, generator=generator).item() < 0.5:
-                # one block repeated, at a random place with random filler before and between the copies
-                block = int(torch.randint(8, (n - 1) // 2 - 8, (1,), generator=generator))
-                spare = n - 1 - 2 * block
-                first = 1 + int(torch.randint(0, spare // 2 + 1, (1,), generator=generator))
-                second = first + block + int(torch.randint(0, spare - (first - 1) + 1, (1,), generator=generator))
-                ids[b, second : second + block] = ids[b, first : first + block]
-                mask[b, second : second + block - 1] = True  # targets second+1 .. second+block-1
-                continue
-            spans = []
-            for _ in range(int(torch.randint(1, 3, (1,), generator=generator))):
-                length = int(torch.randint(4, 25, (1,), generator=generator))
-                dst = int(torch.randint(1 + length, n - length + 1, (1,), generator=generator))
-                src = int(torch.randint(1, dst - length + 1, (1,), generator=generator))
-                ids[b, dst : dst + length] = ids[b, src : src + length]
-                spans.append((src, dst, length))
-            for src, dst, length in spans:  # a later span may have overwritten an earlier one: keep what still matches
-                same = ids[b, dst + 1 : dst + length] == ids[b, src + 1 : src + length]
-                same &= ids[b, dst : dst + length - 1] == ids[b, src : src + length - 1]
-                mask[b, dst : dst + length - 1] |= same  # targets dst+1 .. dst+length-1
-        yield ids, mask
+SHORT, SHORT_STEPS = 48, 800  # curriculum: the first steps on short sequences, where the circuit forms fast
+
+
+def batches(cfg: common.TrainConfig, generator: torch.Generator, short_steps: int = SHORT_STEPS):
+    """Batches of SHORT tokens for the first `short_steps` steps, then of the whole context.
+
+    Short sequences grow the circuit fast (few positions to search); the sinusoidal start of the
+    position embeddings lets the previous-token head carry over to the later positions."""
+    for step in itertools.count():
+        yield _batch(cfg.batch_size, SHORT if step < short_steps else cfg.n_positions, generator)
+
+
+def _batch(batch_size: int, n: int, generator: torch.Generator):
+    """(batch, n) ids and (batch, n-1) loss mask: random words with copies (see the module doc)."""
+    words = word_ids()
+    ids = words[torch.randint(0, len(words), (batch_size, n), generator=generator)]
+    ids[:, 0] = 0  # BOS
+    mask = torch.zeros(batch_size, n - 1, dtype=torch.bool)
+    for b in range(batch_size):
+        if torch.rand(1, generator=generator).item() < 0.5:
+            # one block repeated, at a random place with random filler before and between the copies
+            block = int(torch.randint(8, (n - 1) // 2 - 8, (1,), generator=generator))
+            spare = n - 1 - 2 * block
+            first = 1 + int(torch.randint(0, spare // 2 + 1, (1,), generator=generator))
+            second = first + block + int(torch.randint(0, spare - (first - 1) + 1, (1,), generator=generator))
+            ids[b, second : second + block] = ids[b, first : first + block]
+            mask[b, second : second + block - 1] = True  # targets second+1 .. second+block-1
+            continue
+        spans = []
+        for _ in range(int(torch.randint(1, 3, (1,), generator=generator))):
+            length = int(torch.randint(4, min(25, (n - 1) // 2), (1,), generator=generator))
+            dst = int(torch.randint(1 + length, n - length + 1, (1,), generator=generator))
+            src = int(torch.randint(1, dst - length + 1, (1,), generator=generator))
+            ids[b, dst : dst + length] = ids[b, src : src + length]
+            spans.append((src, dst, length))
+        for src, dst, length in spans:  # a later span may have overwritten an earlier one: keep what still matches
+            same = ids[b, dst + 1 : dst + length] == ids[b, src + 1 : src + length]
+            same &= ids[b, dst : dst + length - 1] == ids[b, src : src + length - 1]
+            mask[b, dst : dst + length - 1] |= same  # targets dst+1 .. dst+length-1
+    return ids, mask
 
 
 @torch.no_grad()

@@ -1,0 +1,90 @@
+"""Activation patching: clean vs corrupted prompts, every component, exact sweeps, attribution patching as a preview."""
+
+import streamlit as st
+
+from workbench import figures, patching, ui
+from workbench.generate import next_token_topk
+from workbench.lens import target_token
+from workbench.runs import run_prompt
+
+st.set_page_config(page_title="Patching · workbench", page_icon="🔬", layout="wide")
+st.title("Activation patching")
+st.caption(
+    "Copy one activation from the clean run into the corrupted run (denoising), or the other way (noising), and watch "
+    "the metric: 0 is the corrupted run's value, 1 the clean run's."
+)
+
+model = ui.model_picker()
+if model is None:
+    st.stop()
+clean, corrupted = ui.pair_form(model)
+
+with ui.guard("the patching"):
+    cmp = patching.compare_tokens(model, clean, corrupted)
+    ui.token_rows(cmp.clean, cmp.corrupted, cmp.differ)
+    if not cmp.same_length:
+        st.error(
+            f"The prompts must have the same number of tokens ({len(cmp.clean)} vs {len(cmp.corrupted)}): change the "
+            "marked words for words of the same token count, or build the corrupted prompt below."
+        )
+    with st.expander("Build the corrupted prompt by replacing a word"):
+        c1, c2, c3 = st.columns([2, 2, 1])
+        word = c1.text_input("word in the clean prompt", key="w.replace_word")
+        replacement = c2.text_input("replacement", key="w.replace_with")
+        if c3.button("Replace") and word:
+            st.session_state[ui.PAIR] = (clean, patching.corrupt_word(model, clean, word, replacement))
+            st.rerun()
+    if not cmp.same_length:
+        st.stop()
+
+    clean_top = next_token_topk(model, run_prompt(model, clean), k=8)
+    corrupted_top = next_token_topk(model, run_prompt(model, corrupted), k=8)
+    with st.form("targets"):
+        c1, c2, c3, c4 = st.columns(4)
+        answer_label = c1.selectbox("Answer (clean prediction)", clean_top.labels, key="w.answer")
+        wrong_label = c2.selectbox("Wrong (corrupted prediction)", corrupted_top.labels, key="w.wrong")
+        typed_answer = c1.text_input("…or type the answer token", key="w.answer_typed")
+        typed_wrong = c2.text_input("…or type the wrong token", key="w.wrong_typed")
+        metric = c3.selectbox("Metric", patching.METRICS, key="w.metric")
+        direction = c3.radio("Direction", patching.DIRECTIONS, key="w.direction", horizontal=True)
+        site = c4.selectbox("Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s]}", key="w.site")
+        st.form_submit_button("Preview", type="primary")
+    answer = target_token(model, typed_answer) if typed_answer else clean_top.ids[clean_top.labels.index(answer_label)]
+    wrong = target_token(model, typed_wrong) if typed_wrong else corrupted_top.ids[corrupted_top.labels.index(wrong_label)]
+    setup = patching.PatchingSetup(clean, corrupted, answer, wrong, metric)
+
+    preview = patching.attribution_sweep(model, setup, site, direction)
+    st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
+    if abs(preview.clean_value - preview.corrupted_value) < 1e-6:
+        st.warning("The clean and corrupted runs give the same metric: nothing to restore. Pick other prompts or tokens.")
+    key = (model.info.source, clean, corrupted, answer, wrong, metric, direction, site)
+    exact = st.session_state.get("wb.patch_exact", {}).get(key)
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Preview: attribution patching** (one forward and one backward pass; ranks cells, misjudges sizes)")
+        ui.figure(figures.patching_heatmap(preview, "Attribution patching estimate"), f"patching-estimate-{site}", preview, preview.rows())
+    with right:
+        st.markdown("**Exact sweep** (one patched run per cell, batched)")
+        if exact is None and st.button("Run the exact sweep", type="primary", key="w.run_exact"):
+            exact = patching.sweep(model, setup, site, direction, progress=ui.progress_reporter("Patching"))
+            st.session_state.setdefault("wb.patch_exact", {})[key] = exact
+        if exact is not None:
+            ui.figure(figures.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
+            st.caption(f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}")
+    if exact is not None:
+        st.markdown("**Most important components**")
+        st.dataframe(exact.ranked(10), hide_index=True)
+    elif st.button("Exact-check the preview's top 5", key="w.exact_top"):
+        st.dataframe(patching.exact_cells(model, preview, 5), hide_index=True)
+
+    with st.expander("A dataset of prompt pairs (mean and spread)"):
+        if model.info.name == "circuits":
+            n_pairs = st.number_input("copying pairs (random words, the earlier copy corrupted)", 2, 64, 8, key="w.n_pairs")
+            if st.button("Sweep the dataset", key="w.run_dataset"):
+                pairs = patching.induction_pairs(model, int(n_pairs), seed=0)
+                pairs = [patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in pairs]
+                result = patching.sweep_dataset(model, pairs, site, direction, progress=ui.progress_reporter("Dataset"))
+                ui.figure(figures.patching_heatmap(result), f"patching-dataset-{site}", result)
+        else:
+            st.caption("The circuits model ships a generator of copying pairs; probes take any dataset of pairs from a spec file.")

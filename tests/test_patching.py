@@ -1,0 +1,142 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformer_lens.patching as tlp
+from streamlit.testing.v1 import AppTest
+
+from workbench import patching
+from workbench.errors import InputError
+from workbench.model import MODELS_DIR
+from workbench.runs import encode, run_prompt
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "4_Patching.py")
+CLEAN = "apple river stone cloud tiger piano candle garden apple river stone"
+CORRUPTED = "apple river stone lemon tiger piano candle garden apple river stone"
+
+
+def _setup(model, metric="logit difference"):
+    tok = model.tokenizer
+    return patching.PatchingSetup(CLEAN, CORRUPTED, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0], metric)
+
+
+TL_SWEEPS = {
+    "resid_pre": tlp.get_act_patch_resid_pre,
+    "attn_out": tlp.get_act_patch_attn_out,
+    "mlp_out": tlp.get_act_patch_mlp_out,
+    "z": tlp.get_act_patch_attn_head_out_all_pos,
+    "z_pos": tlp.get_act_patch_attn_head_out_by_pos,
+    "q": tlp.get_act_patch_attn_head_q_all_pos,
+    "k": tlp.get_act_patch_attn_head_k_all_pos,
+    "v": tlp.get_act_patch_attn_head_v_all_pos,
+    "pattern": tlp.get_act_patch_attn_head_pattern_all_pos,
+}
+
+
+@pytest.mark.parametrize("site", list(TL_SWEEPS))
+def test_sweeps_equal_transformer_lens(circuits, site):
+    s = _setup(circuits)
+    ours = patching.sweep(circuits, s, site)
+    clean_ids, corrupted_ids = encode(circuits, CLEAN)[0][None], encode(circuits, CORRUPTED)[0][None]
+    with torch.no_grad():
+        _, clean_cache = circuits.bridge.run_with_cache(clean_ids)
+        theirs = TL_SWEEPS[site](
+            circuits.bridge, corrupted_ids, clean_cache, lambda logits: logits[0, -1, s.answer] - logits[0, -1, s.wrong]
+        )
+    if site == "z_pos":
+        theirs = theirs.permute(0, 2, 1)  # theirs: (layer, pos, head)
+    assert torch.allclose(ours.raw, theirs, atol=1e-4), (ours.raw - theirs).abs().max()
+
+
+def test_english_residual_sweep_equals_transformer_lens(english):
+    clean, corrupted = "The cat sat on the mat. The cat sat on the", "The cat sat on the rug. The cat sat on the"
+    tok = english.tokenizer
+    s = patching.PatchingSetup(clean, corrupted, tok(" mat")["input_ids"][0], tok(" rug")["input_ids"][0], "log-probability")
+    ours = patching.sweep(english, s, "resid_pre", "noising")
+    with torch.no_grad():
+        _, corrupted_cache = english.bridge.run_with_cache(encode(english, corrupted)[0][None])
+        theirs = tlp.get_act_patch_resid_pre(
+            english.bridge, encode(english, clean)[0][None], corrupted_cache, lambda lg: lg[0, -1].log_softmax(-1)[s.answer]
+        )
+    assert torch.allclose(ours.raw, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", patching.METRICS)
+def test_whole_clean_residual_restores_clean_and_nothing_leaves_corrupted(circuits, metric):
+    s = _setup(circuits, metric)
+    w = patching.weights_of(circuits)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(circuits.info.n_layers)]
+    clean, corrupted = run_prompt(circuits, CLEAN, names), run_prompt(circuits, CORRUPTED, names)
+    clean_value, corrupted_value = float(s.value(clean.logits[-1:])), float(s.value(corrupted.logits[-1:]))
+    for name in names:
+        layer = int(name.split(".")[1])
+        patched = float(s.value(patching.run_from(w, layer, clean[name][None])))
+        untouched = float(s.value(patching.run_from(w, layer, corrupted[name][None])))
+        assert (patched - corrupted_value) / (clean_value - corrupted_value) == pytest.approx(1.0, abs=1e-4)
+        assert (untouched - corrupted_value) / (clean_value - corrupted_value) == pytest.approx(0.0, abs=1e-4)
+    r = patching.sweep(circuits, s, "resid_pre")
+    # positions before the corrupted word carry identical activations: patching them does nothing
+    assert r.values[:, :4].abs().max() < 1e-5
+    # at the last layer's input only the last position still matters, and it restores everything
+    assert r.values[-1, -1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_induction_mechanism_lights_up(circuits):
+    """The corrupted earlier copy's position, then the induction head named in the model card."""
+    s = _setup(circuits)
+    resid = patching.sweep(circuits, s, "resid_pre")
+    assert int(resid.values[0, :-1].argmax()) == 4  # ' cloud' in the earlier copy
+    heads = patching.sweep(circuits, s, "z")
+    card = json.loads((MODELS_DIR / "circuits" / "card.json").read_text())["measured"]["head_scores"]["50"]
+    top = heads.ranked(1)[0]
+    assert [top["layer"], top["head"]] == card["strongest_induction_head"]
+
+
+def test_attribution_patching_ranks_like_the_exact_sweep(circuits):
+    s = _setup(circuits)
+    for site in ("resid_pre", "z"):
+        estimate, exact = patching.attribution_sweep(circuits, s, site), patching.sweep(circuits, s, site)
+        assert patching.correlation(estimate, exact) > 0.8, site
+    top = patching.exact_cells(circuits, patching.attribution_sweep(circuits, s, "z"), k=3)
+    assert len(top) == 3 and all("exact_normalised" in row for row in top)
+
+
+def test_prompts_of_different_length_are_refused_with_the_difference(circuits):
+    with pytest.raises(InputError, match=r"same number of tokens \(12 vs 13\)"):
+        patching.sweep(circuits, patching.PatchingSetup(CLEAN, CORRUPTED + " tiger", 5, 6))
+    cmp = patching.compare_tokens(circuits, CLEAN, CORRUPTED)
+    assert cmp.same_length and cmp.differ == [4]
+    assert patching.corrupt_word(circuits, CLEAN, "cloud", "lemon") == CORRUPTED
+
+
+def test_corrupt_word_checks_the_token_count(english):
+    with pytest.raises(InputError, match="same token count"):
+        patching.corrupt_word(english, "The cat sat on the mat.", "cat", "hippopotamus")
+    with pytest.raises(InputError, match="does not occur"):
+        patching.corrupt_word(english, "The cat sat.", "dog", "cow")
+
+
+def test_dataset_sweep_has_mean_and_spread(circuits):
+    pairs = patching.induction_pairs(circuits, n_pairs=4)
+    r = patching.sweep_dataset(circuits, pairs, "resid_pre")
+    assert r.n_pairs == 4 and r.mean.shape == r.std.shape == (2, len(r.labels))
+    assert (r.std >= 0).all() and r.std.sum() > 0
+
+
+def test_a_cancelled_sweep_says_so(circuits):
+    with pytest.raises(InputError, match="cancelled"):
+        patching.sweep(circuits, _setup(circuits), "z_pos", progress=lambda done, total: done < 4)
+
+
+def test_patching_page_runs_the_preview_and_the_exact_sweep():
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["wb.model"] = "circuits"
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error
+    next(b for b in at.button if b.label == "Run the exact sweep").click()
+    at.run()
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) == 2
+    assert any("Correlation" in c.value for c in at.caption)
