@@ -18,6 +18,7 @@ with ui.guard("the attention patterns"):
     run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
     p = attention.patterns_of(run)
     layer, head = ui.head_picker(model)
+    ui.probe_command("attention", model, prompt=prompt, layer=layer, head=head)
     one, grid, focus, types, anatomy = st.tabs(["One head", "Every head", "Token focus", "Head types", "Anatomy of a head"])
 
     with one:

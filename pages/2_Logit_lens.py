@@ -31,6 +31,7 @@ with ui.guard("the lens"):
     targets = [suggestions.ids[suggestions.labels.index(label)] for label in picked]
     if typed:
         targets.append(lens.target_token(model, typed))
+    ui.probe_command("lens", model, prompt=prompt, target=[model.tokenizer.decode([t]) for t in targets])
 
     logit = lens.lens(model, prompt, k=5, targets=targets, truncate=truncate)
     results = [logit]

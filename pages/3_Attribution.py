@@ -41,6 +41,10 @@ with ui.guard("the attribution"):
         steps = c3.number_input("Integration steps", 2, 512, 32, key="w.attr_steps")
         st.form_submit_button("Attribute", type="primary")
     target = attribution.parse_target(model, kind, top.ids[0], typed, contrast)
+    ui.probe_command(
+        "attribution", model, prompt=prompt, method=method, baseline=baseline, steps=int(steps),
+        **({"continuation": typed} if kind == "continuation" else {"target": typed, "contrast": contrast if kind == "contrast" else ""}),
+    )  # fmt: skip
 
     inputs, components = st.tabs(["Input tokens (captum)", "Components (direct logit attribution)"])
     with inputs:

@@ -52,6 +52,18 @@ with ui.guard("the patching"):
     answer = target_token(model, typed_answer) if typed_answer else clean_top.ids[clean_top.labels.index(answer_label)]
     wrong = target_token(model, typed_wrong) if typed_wrong else corrupted_top.ids[corrupted_top.labels.index(wrong_label)]
     setup = patching.PatchingSetup(clean, corrupted, answer, wrong, metric)
+    decode = model.tokenizer.decode
+    ui.probe_command(
+        "patching",
+        model,
+        clean=clean,
+        corrupted=corrupted,
+        answer=decode([answer]),
+        wrong=decode([wrong]),
+        metric=metric,
+        direction=direction,
+        site=site,
+    )
 
     preview = patching.attribution_sweep(model, setup, site, direction)
     st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")

@@ -249,3 +249,17 @@ def progress_reporter(label: str):
         return True
 
     return report
+
+
+def probe_command(probe: str, model: LoadedModel, **options) -> None:
+    """Shows the command that reproduces this view as a probe (lists become repeated flags)."""
+    import shlex
+
+    parts = ["python", "-m", "probes", probe, "--model", model.info.name]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if v is not None and v != "":
+                parts += [flag, str(v)]
+    with st.expander("Reproduce as a probe"):
+        st.code(" ".join(shlex.quote(p) for p in parts), language="bash")

@@ -1,0 +1,42 @@
+"""Logit lens (and tuned lens, where the model has one) over the prompt(s): top-1 by layer and position,
+target tokens across layers, entropy and KL to the final distribution."""
+
+from __future__ import annotations
+
+from probes.common import run_probe
+from workbench import figures, lens
+from workbench.errors import InputError
+
+DEFAULTS = {
+    "prompts": ["It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a"],
+    "targets": [],
+    "k": 5,
+}
+
+
+def add_arguments(p):
+    p.add_argument("--prompt", action="append", dest="prompts", help="a prompt (repeat the flag for several)")
+    p.add_argument("--target", action="append", dest="targets", help="a target token, e.g. ' wife' (repeatable)")
+    p.add_argument("--k", type=int, help="top-k tokens kept per cell (default 5)")
+
+
+def body(model, s, out):
+    tuned = lens.load_tuned_lens(model)
+    targets = [lens.target_token(model, t) for t in s["targets"]]
+    for i, prompt in enumerate(s["prompts"]):
+        results = [lens.lens(model, prompt, k=int(s["k"]), targets=targets)]
+        if tuned is not None:
+            results.append(lens.lens(model, prompt, k=int(s["k"]), targets=targets, tuned=tuned))
+        for r in results:
+            name = f"{r.kind.replace(' ', '-')}-prompt{i}"
+            out.figure(figures.lens_heatmap(r), name)
+            out.data(name, r, r.rows())
+        if targets:
+            out.figure(figures.lens_target_lines(results, -1), f"targets-prompt{i}")
+        out.figure(figures.lens_stats_lines(results), f"stats-prompt{i}")
+    if not s["prompts"]:
+        raise InputError("give at least one --prompt")
+
+
+def main(argv=None) -> int:
+    return run_probe("lens", __doc__, add_arguments, DEFAULTS, body, argv)

@@ -1,0 +1,88 @@
+"""Activation patching sweeps for one prompt pair, or averaged over a dataset of pairs (from a spec file,
+or generated copying pairs for the circuits model)."""
+
+from __future__ import annotations
+
+import time
+
+from tqdm import tqdm
+
+from probes.common import run_probe
+from workbench import figures, patching
+from workbench.errors import InputError
+from workbench.lens import target_token
+
+DEFAULTS = {
+    "clean": "apple river stone cloud tiger piano candle garden apple river stone",
+    "corrupted": "apple river stone lemon tiger piano candle garden apple river stone",
+    "answer": " cloud",
+    "wrong": " lemon",
+    "pairs": [],
+    "induction_pairs": 0,
+    "metric": "logit difference",
+    "direction": "denoising",
+    "sites": ["resid_pre", "z"],
+    "model": "circuits",
+}
+
+
+def add_arguments(p):
+    p.add_argument("--clean")
+    p.add_argument("--corrupted")
+    p.add_argument("--answer", help="answer token, e.g. ' cloud'")
+    p.add_argument("--wrong", help="wrong token, e.g. ' lemon'")
+    p.add_argument("--metric", choices=patching.METRICS)
+    p.add_argument("--direction", choices=patching.DIRECTIONS)
+    p.add_argument("--site", action="append", dest="sites", choices=list(patching.SITES))
+    p.add_argument("--induction-pairs", type=int, dest="induction_pairs", help="average over N generated copying pairs (circuits model)")
+
+
+def setups(model, s) -> list[patching.PatchingSetup]:
+    if s["induction_pairs"]:
+        return [
+            patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, s["metric"])
+            for p in patching.induction_pairs(model, int(s["induction_pairs"]), seed=int(s["seed"]))
+        ]
+    pairs = s["pairs"] or [dict(clean=s["clean"], corrupted=s["corrupted"], answer=s["answer"], wrong=s["wrong"])]
+    out = []
+    for i, pair in enumerate(pairs):
+        missing = {"clean", "corrupted", "answer", "wrong"} - set(pair)
+        if missing:
+            raise InputError(f"pair {i} of the spec lacks {sorted(missing)}")
+        out.append(
+            patching.PatchingSetup(
+                pair["clean"], pair["corrupted"], target_token(model, pair["answer"]), target_token(model, pair["wrong"]), s["metric"]
+            )
+        )
+    return out
+
+
+def body(model, s, out):
+    pairs = setups(model, s)
+    for site in s["sites"]:
+        t = time.time()
+        if len(pairs) == 1:
+            with tqdm(total=1, desc=f"{site}", unit="cell") as bar:
+
+                def progress(done, total, bar=bar):
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
+
+                r = patching.sweep(model, pairs[0], site, s["direction"], progress=progress)
+            estimate = patching.attribution_sweep(model, pairs[0], site, s["direction"])
+            out.figure(figures.patching_heatmap(r), f"patching-{site}")
+            out.figure(figures.patching_heatmap(estimate, "Attribution patching estimate"), f"patching-{site}-estimate")
+            out.data(f"patching-{site}", r, r.rows())
+            out.data(f"patching-{site}-estimate", estimate, estimate.rows())
+            out.manifest.setdefault("correlation_estimate_exact", {})[site] = patching.correlation(estimate, r)
+        else:
+            with tqdm(total=len(pairs), desc=f"{site}", unit="pair") as bar:
+                r = patching.sweep_dataset(model, pairs, site, s["direction"], progress=lambda done, total: bar.update(done - bar.n))
+            out.figure(figures.patching_heatmap(r), f"patching-{site}-dataset")
+            out.data(f"patching-{site}-dataset", r)
+        out.timing(site, time.time() - t)
+
+
+def main(argv=None) -> int:
+    return run_probe("patching", __doc__, add_arguments, DEFAULTS, body, argv)
