@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, help="override the number of training steps")
     p.add_argument("--threads", type=int, help="override the number of CPU threads")
     p.add_argument("--seed", type=int, help="override the seed")
+    p.add_argument("--trained", action="store_true", help="circuits: train on the copying task instead of writing the constructed weights")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "workbench-corpus", help="corpus download cache")
     args = p.parse_args(argv)
     if args.what == "lens":
@@ -35,10 +36,14 @@ def main(argv: list[str] | None = None) -> None:
         from workbench.train import english
 
         english.build(out, args.cache, dataclasses.replace(english.ENGLISH, **overrides))
-    else:
+    elif args.trained:
         from workbench.train import circuits
 
         circuits.build(out, dataclasses.replace(circuits.CIRCUITS, **overrides))
+    else:
+        from workbench.train import constructed
+
+        constructed.build(out)
     from workbench.train import card, tuned_lens
 
     tuned_lens.build(str(out))

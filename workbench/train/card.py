@@ -21,6 +21,16 @@ SAMPLE_PROMPTS = {
     "circuits": ["apple river stone cloud tiger piano apple river stone", "violin ocean lemon basket castle dragon violin ocean"],
 }
 REPEAT_LENGTHS = (50, 20)
+TRAINING_ATTEMPTS = """
+## Training attempts
+
+Five training runs of a 2-layer, 4-head, 128-wide GPT-2 on copying tasks over this vocabulary (2,500 steps each,
+~4-10 M tokens, AdamW 2e-3) brought the loss on copied tokens from 4.6 to 1.3-3.7 but never grew an induction head
+by the score used here (the best: 0.16 on N = 20, 0.03 on N = 50; attention went to fixed positions instead, a
+positional shortcut). Variants tried: whole blocks repeated from position 1; short spans only; blocks at random
+places; sinusoidal start for the position embeddings; a 48-token curriculum; the 48-token recipe from NOTES.md.
+The training code stays in `workbench/train/circuits.py` (`python -m workbench.train circuits --trained`).
+"""
 SOURCES = """\
 | source | package | licence |
 |---|---|---|
@@ -96,7 +106,7 @@ def write(folder: Path) -> dict:
 
     cfg = training["config"]
     s50 = measured["head_scores"]["50"]
-    lines = [f"# The workbench's {kind} model\n"]
+    lines = [f"# The workbench's {kind} model\n\n"]
     if kind == "english":
         lines.append(
             "A small GPT-2-architecture language model trained from scratch by this project on public-domain English, "
@@ -110,6 +120,16 @@ def write(folder: Path) -> dict:
             f"every 20th paragraph held out ({c['heldout_tokens']:,} tokens). Tokenizer: byte-level BPE, {cfg['vocab_size']:,} "
             "tokens, trained on the same text with the `tokenizers` library.\n"
         )
+    elif training.get("constructed"):
+        lines.append(
+            "**Constructed, not trained.** A GPT-2-architecture model whose weights were written by hand "
+            "(`workbench/train/constructed.py`, rebuilt by `python -m workbench.train circuits`) to implement induction: "
+            "layer 0 head 0 is a previous-token head, layer 1 head 0 an induction head reading it. Every view of the workbench "
+            "can show this known mechanism on it. Training did not get there on this machine: see *Training attempts* below.\n\n"
+            f"## Mechanism\n\n{training['task']}\n\nVocabulary: 96 English words (each one token, typed with spaces between "
+            "them), `<|endoftext|>` as BOS and `<unk>` for anything else.\n"
+        )
+        lines.append(TRAINING_ATTEMPTS)
     else:
         lines.append(
             "A small GPT-2-architecture model trained from scratch by this project on a synthetic copying task, so that it "
@@ -118,7 +138,7 @@ def write(folder: Path) -> dict:
             "them), `<|endoftext|>` as BOS and `<unk>` for anything else.\n"
         )
     lines.append(
-        "\n## Training\n\n| setting | value |\n|---|---|\n"
+        ("\n## Configuration\n\n" if training.get("constructed") else "\n## Training\n\n") + "| setting | value |\n|---|---|\n"
         + "".join(f"| {k} | {v} |\n" for k, v in cfg.items())
         + f"| tokens seen | {training['tokens_seen']:,} |\n| training time | {training['train_seconds'] / 60:.1f} min ({training['machine']}) |\n"
         + f"| parameters | {measured['n_params']:,} |\n"

@@ -25,9 +25,9 @@ def _texts(model, text_file: Path | None) -> list[str]:
     folder = Path(model.info.source)
     if (folder / "heldout_sample.txt").exists():
         return [(folder / "heldout_sample.txt").read_text()]
-    if model.info.name == "circuits":
-        from workbench.train import circuits
+    from workbench.train import circuits
 
+    if model.info.d_vocab == len(circuits.WORDS) + 2:  # the circuits vocabulary: text of its own task
         ids, _ = next(circuits.batches(circuits.CIRCUITS, torch.Generator().manual_seed(1234)))
         return [model.tokenizer.decode(row[1:]) for row in ids]
     raise InputError(f"{folder} has no heldout_sample.txt: pass --text FILE with some text the model did not train on")
