@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: app test bench lint install
+.PHONY: app test bench lint install chromium
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -16,8 +16,12 @@ $(VENV)/.installed: requirements.txt
 app: install
 	HF_HUB_OFFLINE=1 $(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --browser.gatherUsageStats false
 
-test: install
+test: install chromium
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# PNG/SVG export needs a Chromium for kaleido; Debian's package (never a downloaded browser)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk fonts-noto-color-emoji) || echo "chromium could not be installed: PNG/SVG export will say so, HTML export still works"
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks

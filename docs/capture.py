@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {"home": "", "attention": "Attention"}
+PAGES = {"home": "", "attention": "Attention", "lens": "Logit_lens", "attribution": "Attribution", "patching": "Patching"}
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--no-first-run", "--no-default-browser-check", "--disable-extensions",
