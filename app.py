@@ -6,16 +6,11 @@ from workbench import figures, ui
 from workbench.generate import Sampling, generate, next_token_topk
 from workbench.runs import run_prompt
 
-st.set_page_config(page_title="GPT interpretability workbench", page_icon="🔬", layout="wide")
-st.title("🔬 GPT interpretability workbench")
-st.caption(
+model = ui.page(
+    "🔬 GPT interpretability workbench",
     "Look inside a trained GPT: type a prompt and see what the model does with it. The pages on the left "
-    "show attention, the logit lens, activation patching and attribution on the same model and prompt."
+    "show attention, the logit lens, activation patching and attribution on the same model and prompt.",
 )
-
-model = ui.model_picker()
-if model is None:
-    st.stop()
 
 with st.sidebar.expander("Model summary", expanded=False):
     st.table({label: [value] for label, value in model.info.rows()}, border="horizontal")

@@ -5,13 +5,9 @@ import streamlit as st
 from workbench import attention, figures, ui
 from workbench.runs import hook_names, run_prompt
 
-st.set_page_config(page_title="Attention · workbench", page_icon="🔬", layout="wide")
-st.title("Attention")
-st.caption("Each head's pattern: for every query token, how its attention is shared over the tokens up to it (rows sum to 1).")
-
-model = ui.model_picker()
-if model is None:
-    st.stop()
+model = ui.page(
+    "Attention", "Each head's pattern: for every query token, how its attention is shared over the tokens up to it (rows sum to 1)."
+)
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the attention patterns"):

@@ -6,16 +6,11 @@ from workbench import figures, lens, ui
 from workbench.generate import next_token_topk
 from workbench.runs import run_prompt
 
-st.set_page_config(page_title="Logit lens · workbench", page_icon="🔬", layout="wide")
-st.title("Logit lens")
-st.caption(
+model = ui.page(
+    "Logit lens",
     "Read the residual stream after every layer as if it were the last: final layer norm, then unembedding. "
-    "The tuned lens first translates each layer's stream with a learned affine map, so early layers read better."
+    "The tuned lens first translates each layer's stream with a learned affine map, so early layers read better.",
 )
-
-model = ui.model_picker()
-if model is None:
-    st.stop()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the lens"):

@@ -6,13 +6,10 @@ from workbench import attribution, figures, ui
 from workbench.generate import next_token_topk
 from workbench.runs import run_prompt
 
-st.set_page_config(page_title="Attribution · workbench", page_icon="🔬", layout="wide")
-st.title("Attribution")
-st.caption("What caused this prediction? Input tokens, by gradients or ablation (captum); model components, by direct logit attribution.")
-
-model = ui.model_picker()
-if model is None:
-    st.stop()
+model = ui.page(
+    "Attribution",
+    "What caused this prediction? Input tokens, by gradients or ablation (captum); model components, by direct logit attribution.",
+)
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the attribution"):

@@ -7,16 +7,11 @@ from workbench.generate import next_token_topk
 from workbench.lens import target_token
 from workbench.runs import run_prompt
 
-st.set_page_config(page_title="Patching · workbench", page_icon="🔬", layout="wide")
-st.title("Activation patching")
-st.caption(
+model = ui.page(
+    "Activation patching",
     "Copy one activation from the clean run into the corrupted run (denoising), or the other way (noising), and watch "
-    "the metric: 0 is the corrupted run's value, 1 the clean run's."
+    "the metric: 0 is the corrupted run's value, 1 the clean run's.",
 )
-
-model = ui.model_picker()
-if model is None:
-    st.stop()
 clean, corrupted = ui.pair_form(model)
 
 with ui.guard("the patching"):

@@ -263,3 +263,14 @@ def probe_command(probe: str, model: LoadedModel, **options) -> None:
                 parts += [flag, str(v)]
     with st.expander("Reproduce as a probe"):
         st.code(" ".join(shlex.quote(p) for p in parts), language="bash")
+
+
+def page(title: str, caption: str) -> LoadedModel:
+    """The common top of every page: configuration, title, caption, the model picker; stops if no model loads."""
+    st.set_page_config(page_title=title if "workbench" in title else f"{title} · workbench", page_icon="🔬", layout="wide")
+    st.title(title)
+    st.caption(caption)
+    model = model_picker()
+    if model is None:
+        st.stop()
+    return model

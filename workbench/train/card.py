@@ -148,7 +148,8 @@ def write(folder: Path) -> dict:
             "them), `<|endoftext|>` as BOS and `<unk>` for anything else.\n"
         )
     lines.append(
-        ("\n## Configuration\n\n" if training.get("constructed") else "\n## Training\n\n") + "| setting | value |\n|---|---|\n"
+        ("\n## Configuration\n\n" if training.get("constructed") else "\n## Training\n\n")
+        + "| setting | value |\n|---|---|\n"
         + "".join(f"| {k} | {v} |\n" for k, v in cfg.items())
         + f"| tokens seen | {training['tokens_seen']:,} |\n| training time | {training['train_seconds'] / 60:.1f} min ({training['machine']}) |\n"
         + f"| parameters | {measured['n_params']:,} |\n"

@@ -110,7 +110,14 @@ def build(out: Path) -> dict:
         "constructed": True,
         "task": "Not trained: weights written by hand (workbench/train/constructed.py) to implement a previous-token head "
         "(layer 0, head 0) feeding an induction head (layer 1, head 0).",
-        "config": {"n_layer": 2, "n_head": N_HEADS, "n_embd": D_MODEL, "n_positions": N_CTX, "vocab_size": N_WORDS + 2, "tie_word_embeddings": False},
+        "config": {
+            "n_layer": 2,
+            "n_head": N_HEADS,
+            "n_embd": D_MODEL,
+            "n_positions": N_CTX,
+            "vocab_size": N_WORDS + 2,
+            "tie_word_embeddings": False,
+        },
         "tokens_seen": 0,
         "train_seconds": 0,
         "machine": "none",
