@@ -50,9 +50,9 @@ def test_sweeps_equal_transformer_lens(circuits, site):
 
 
 def test_english_residual_sweep_equals_transformer_lens(english):
-    clean, corrupted = "The cat sat on the mat. The cat sat on the", "The cat sat on the rug. The cat sat on the"
+    clean, corrupted = "The cat sat on the mat. The cat sat on the", "The cat sat on the bed. The cat sat on the"
     tok = english.tokenizer
-    s = patching.PatchingSetup(clean, corrupted, tok(" mat")["input_ids"][0], tok(" rug")["input_ids"][0], "log-probability")
+    s = patching.PatchingSetup(clean, corrupted, tok(" mat")["input_ids"][0], tok(" bed")["input_ids"][0], "log-probability")
     ours = patching.sweep(english, s, "resid_pre", "noising")
     with torch.no_grad():
         _, corrupted_cache = english.bridge.run_with_cache(encode(english, corrupted)[0][None])

@@ -201,7 +201,7 @@ EXAMPLE_PAIRS = {
         "apple river stone cloud tiger piano candle garden apple river stone",
         "apple river stone lemon tiger piano candle garden apple river stone",
     ),
-    "english": ("The cat sat on the mat. The cat sat on the", "The cat sat on the rug. The cat sat on the"),
+    "english": ("The cat sat on the mat. The cat sat on the", "The cat sat on the bed. The cat sat on the"),
 }
 
 
