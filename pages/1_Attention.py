@@ -29,7 +29,8 @@ with ui.guard("the attention patterns"):
                 f"The prompt has {run.n_tokens} tokens: each small pattern shows the largest weight in every {factor}×{factor} block. Pick a head above to see it whole."
             )
         ui.figure(fig, "patterns-all-heads", p.pattern)
-        st.caption("Pick a layer and head above to enlarge one.")
+        st.caption(f"Choose a layer and head above to enlarge it. Below: layer {layer}, head {head}.")
+        ui.figure(figures.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}-enlarged", p.head(layer, head))
 
     with focus:
         position = ui.position_picker(run.labels, "Token")

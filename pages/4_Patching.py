@@ -3,9 +3,7 @@
 import streamlit as st
 
 from workbench import figures, patching, ui
-from workbench.generate import next_token_topk
 from workbench.lens import target_token
-from workbench.runs import run_prompt
 
 model = ui.page(
     "Activation patching",
@@ -32,20 +30,26 @@ with ui.guard("the patching"):
     if not cmp.same_length:
         st.stop()
 
-    clean_top = next_token_topk(model, run_prompt(model, clean), k=8)
-    corrupted_top = next_token_topk(model, run_prompt(model, corrupted), k=8)
+    answers, wrongs = patching.candidate_targets(model, clean, corrupted)
     with st.form("targets"):
         c1, c2, c3, c4 = st.columns(4)
-        answer_label = c1.selectbox("Answer (clean prediction)", clean_top.labels, key="w.answer")
-        wrong_label = c2.selectbox("Wrong (corrupted prediction)", corrupted_top.labels, key="w.wrong")
+        answer_label = c1.selectbox(
+            "Answer", list(answers), key="w.answer", help="first: the clean prompt's differing word; then the clean run's top predictions"
+        )
+        wrong_label = c2.selectbox(
+            "Wrong",
+            list(wrongs),
+            key="w.wrong",
+            help="first: the corrupted prompt's differing word; then the corrupted run's top predictions",
+        )
         typed_answer = c1.text_input("…or type the answer token", key="w.answer_typed")
         typed_wrong = c2.text_input("…or type the wrong token", key="w.wrong_typed")
         metric = c3.selectbox("Metric", patching.METRICS, key="w.metric")
         direction = c3.radio("Direction", patching.DIRECTIONS, key="w.direction", horizontal=True)
         site = c4.selectbox("Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s]}", key="w.site")
         st.form_submit_button("Preview", type="primary")
-    answer = target_token(model, typed_answer) if typed_answer else clean_top.ids[clean_top.labels.index(answer_label)]
-    wrong = target_token(model, typed_wrong) if typed_wrong else corrupted_top.ids[corrupted_top.labels.index(wrong_label)]
+    answer = target_token(model, typed_answer) if typed_answer else answers[answer_label]
+    wrong = target_token(model, typed_wrong) if typed_wrong else wrongs[wrong_label]
     setup = patching.PatchingSetup(clean, corrupted, answer, wrong, metric)
     decode = model.tokenizer.decode
     ui.probe_command(

@@ -97,8 +97,9 @@ def test_attention_page_shows_every_view():
     at.run()
     assert not at.exception, at.exception
     assert not at.error
-    assert len(at.get("plotly_chart")) == 6
+    assert len(at.get("plotly_chart")) == 7
     at.selectbox(key="w.layer").set_value(1)
     at.selectbox(key="w.head").set_value(2)
     at.run()
     assert not at.exception and at.session_state["wb.layer"] == 1 and at.session_state["wb.head"] == 2
+    assert any("layer 1, head 2" in c.value for c in at.caption)  # the grid tab enlarges the chosen head

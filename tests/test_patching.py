@@ -140,3 +140,11 @@ def test_patching_page_runs_the_preview_and_the_exact_sweep():
     assert not at.exception and not at.error
     assert len(at.get("plotly_chart")) == 2
     assert any("Correlation" in c.value for c in at.caption)
+
+
+def test_candidate_targets_start_with_the_differing_words(english):
+    answers, wrongs = patching.candidate_targets(
+        english, "The cat sat on the mat. The cat sat on the", "The cat sat on the bed. The cat sat on the"
+    )
+    assert next(iter(answers)) == "␣mat" and next(iter(wrongs)) == "␣bed"
+    assert len(answers) > 1 and len(wrongs) > 1

@@ -132,9 +132,13 @@ def input_attribution(
     method: str = "integrated gradients",
     baseline: str = "zeros",
     steps: int = 32,
-    internal_batch_size: int = 16,
+    internal_batch_size: int = 64,
 ) -> InputAttribution:
-    """Attributes the target to every input token (see the module doc)."""
+    """Attributes the target to every input token (see the module doc).
+
+    Integrated gradients runs its steps `internal_batch_size` at a time: one batch for the usual
+    step counts, bounded memory for large ones (captum's default puts every step in one batch).
+    """
     if method not in METHODS:
         raise InputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     if not (isinstance(steps, int) and 2 <= steps <= 1024):

@@ -202,6 +202,30 @@ def compare_tokens(model: LoadedModel, clean: str, corrupted: str) -> TokenCompa
     return TokenComparison(token_labels(model.tokenizer, a.tolist()), token_labels(model.tokenizer, b.tolist()), differ)
 
 
+def candidate_targets(model: LoadedModel, clean: str, corrupted: str, k: int = 8) -> tuple[dict[str, int], dict[str, int]]:
+    """({label: id} answers, {label: id} wrongs) to offer, best guesses first.
+
+    Where the prompts differ in one token, that token of each prompt comes first (the usual
+    copying or fact pair: the clean prompt's word is the answer); then each run's top predictions.
+    """
+    from workbench.generate import next_token_topk
+
+    clean_ids, corrupted_ids = encode(model, clean)[0], encode(model, corrupted)[0]
+    answers: dict[str, int] = {}
+    wrongs: dict[str, int] = {}
+    if len(clean_ids) == len(corrupted_ids):
+        differ = (clean_ids != corrupted_ids).nonzero().flatten().tolist()
+        if len(differ) == 1:
+            a, w = int(clean_ids[differ[0]]), int(corrupted_ids[differ[0]])
+            answers[token_labels(model.tokenizer, [a])[0]] = a
+            wrongs[token_labels(model.tokenizer, [w])[0]] = w
+    for prompt, out in ((clean, answers), (corrupted, wrongs)):
+        top = next_token_topk(model, run_prompt(model, prompt), k=k)
+        for label, i in zip(top.labels, top.ids, strict=True):
+            out.setdefault(label, i)
+    return answers, wrongs
+
+
 def check_setup(model: LoadedModel, s: PatchingSetup) -> tuple[torch.Tensor, torch.Tensor]:
     """((pos,), (pos,)) clean and corrupted ids, or InputError saying what to change."""
     if s.metric not in METRICS:
