@@ -36,7 +36,8 @@ with ui.guard("the lens"):
     else:
         tuned_result = lens.lens(model, prompt, k=5, targets=targets, tuned=tuned, truncate=truncate)
         results.append(tuned_result)
-        left, right = st.columns(2)
+        # side by side while the cells stay readable; one above the other for longer prompts
+        left, right = st.columns(2) if run.n_tokens <= 12 else (st.container(), st.container())
         with left:
             ui.figure(figures.lens_heatmap(logit), "logit-lens", logit, logit.rows())
         with right:
