@@ -48,3 +48,5 @@ with ui.guard("the run"):
             st.markdown(f"**{prompt}**{gen.text}")
             st.caption(f"Stopped: {gen.stopped}.")
             ui.figure(figures.generation_steps(gen), "generation", gen)
+
+ui.share_to_url("model", "prompt")

@@ -64,3 +64,5 @@ with ui.guard("the attention patterns"):
             f"residual stream. Check against the model's own hooks: largest difference in the weights "
             f"{(a.weights - a.model_pattern_row).abs().max():.1e}, in the output {(a.output - a.model_output).abs().max():.1e}."
         )
+
+ui.share_to_url("model", "prompt", "layer", "head", "pos")

@@ -54,3 +54,5 @@ with ui.guard("the lens"):
         "lens-stats-mean",
         {r.kind: {"entropy": r.entropy.mean(1), "kl_to_final": r.kl_to_final.mean(1)} for r in results},
     )
+
+ui.share_to_url("model", "prompt", "pos")

@@ -64,3 +64,5 @@ with ui.guard("the attribution"):
         ui.figure(figures.head_attribution_heatmap(c), "dla-heads", c.heads)
         st.markdown("**Neurons with the largest direct contributions**")
         st.dataframe(c.neurons, hide_index=True)
+
+ui.share_to_url("model", "prompt", "method", "baseline", "steps")

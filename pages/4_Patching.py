@@ -99,3 +99,5 @@ with ui.guard("the patching"):
                 ui.figure(figures.patching_heatmap(result), f"patching-dataset-{site}", result)
         else:
             st.caption("The circuits model ships a generator of copying pairs; probes take any dataset of pairs from a spec file.")
+
+ui.share_to_url("model", "pair", "site", "direction", "metric")

@@ -270,7 +270,74 @@ def page(title: str, caption: str) -> LoadedModel:
     st.set_page_config(page_title=title if "workbench" in title else f"{title} · workbench", page_icon="🔬", layout="wide")
     st.title(title)
     st.caption(caption)
+    restore_from_url()
     model = model_picker()
     if model is None:
         st.stop()
     return model
+
+
+# ---- shareable views: the page's state in the URL's query parameters ------------------------------
+
+URL_STATE = {"model": MODEL, "prompt": PROMPT, "layer": LAYER, "head": HEAD, "pos": POSITION}
+INT_PARAMS = ("layer", "head", "pos", "steps")
+# widget settings shared through the URL: parameter -> (widget key, allowed values or None)
+URL_WIDGETS = {
+    "site": ("w.site", "workbench.patching:SITES"),
+    "direction": ("w.direction", "workbench.patching:DIRECTIONS"),
+    "metric": ("w.metric", "workbench.patching:METRICS"),
+    "method": ("w.attr_method", "workbench.attribution:METHODS"),
+    "baseline": ("w.attr_baseline", "workbench.attribution:BASELINES"),
+    "steps": ("w.attr_steps", None),
+}
+
+
+def _allowed(spec: str | None):
+    if spec is None:
+        return None
+    import importlib
+
+    module, name = spec.split(":")
+    return list(getattr(importlib.import_module(module), name))
+
+
+def restore_from_url() -> None:
+    """Once per session, before any widget is drawn: the URL's query parameters become the selections."""
+    if st.session_state.get("wb.url_restored"):
+        return
+    st.session_state["wb.url_restored"] = True
+    params = st.query_params
+    for name, key in URL_STATE.items():
+        if name in params:
+            value = params[name]
+            if name in INT_PARAMS:
+                if not value.lstrip("-").isdigit():
+                    continue  # a hand-edited link with a bad number: keep the default
+                value = int(value)
+            st.session_state[key] = value
+    if "clean" in params and "corrupted" in params:
+        st.session_state[PAIR] = (params["clean"], params["corrupted"])
+    for name, (key, spec) in URL_WIDGETS.items():
+        if name not in params:
+            continue
+        value = params[name]
+        allowed = _allowed(spec)
+        if name in INT_PARAMS:
+            if value.isdigit():
+                st.session_state[key] = int(value)
+        elif allowed is None or value in allowed:
+            st.session_state[key] = value
+
+
+def share_to_url(*names: str) -> None:
+    """Writes the selections this page uses into the URL, so that reloading or sending the link restores the view."""
+    wanted: dict[str, str] = {}
+    for name in names:
+        if name in URL_STATE and URL_STATE[name] in st.session_state:
+            wanted[name] = str(st.session_state[URL_STATE[name]])
+        elif name == "pair" and PAIR in st.session_state:
+            wanted["clean"], wanted["corrupted"] = st.session_state[PAIR]
+        elif name in URL_WIDGETS and URL_WIDGETS[name][0] in st.session_state:
+            wanted[name] = str(st.session_state[URL_WIDGETS[name][0]])
+    if dict(st.query_params) != wanted:
+        st.query_params.from_dict(wanted)
