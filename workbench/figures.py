@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from workbench.attention import HeadAnatomy, HeadTypes, Patterns, TokenFocus, downsample
 from workbench.attribution import ComponentAttribution, InputAttribution
+from workbench.compare import LensDiff, PatternDiff
 from workbench.generate import Generation, TopK
 from workbench.lens import LensResult
 from workbench.patching import SITES, DatasetPatchResult, PatchResult
@@ -530,3 +531,77 @@ def patching_heatmap(r: PatchResult | DatasetPatchResult, title: str | None = No
     if isinstance(r, DatasetPatchResult):
         base += f" — mean over {r.n_pairs} pairs"
     return _layout(fig, base, 160 + 24 * len(y))
+
+
+# ---- compare two prompts ------------------------------------------------------------------------
+
+
+def pattern_diff_heatmap(d: PatternDiff, layer: int, head: int) -> go.Figure:
+    """One head: prompt B's pattern minus prompt A's, diverging colours centred on zero."""
+    grid = d.diff[layer, head].clone()
+    n = grid.shape[0]
+    grid[torch.ones(n, n, dtype=torch.bool).triu(1)] = float("nan")
+    labels = unique_labels(d.alignment.labels())
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.tolist(),
+            x=labels,
+            y=labels,
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-1,
+            zmax=1,
+            hoverongaps=False,
+            customdata=torch.stack([d.a[layer, head], d.b[layer, head]], -1).tolist(),
+            hovertemplate="query %{y}<br>key %{x}<br>A %{customdata[0]:.4f} → B %{customdata[1]:.4f} (Δ %{z:+.4f})<extra></extra>",
+            colorbar=dict(title="B − A"),
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title="query")
+    fig.update_xaxes(title="key", tickangle=-60, tickfont=dict(size=10))
+    fig.update_layout(plot_bgcolor=MASKED)
+    return _layout(fig, f"Layer {layer}, head {head}: attention of B minus attention of A", min(900, 260 + 14 * n))
+
+
+def head_change_heatmap(d: PatternDiff) -> go.Figure:
+    layers, heads = d.change.shape
+    fig = go.Figure(
+        go.Heatmap(
+            z=d.change.tolist(),
+            x=[f"H{h}" for h in range(heads)],
+            y=[f"L{layer}" for layer in range(layers)],
+            colorscale=SEQUENTIAL,
+            zmin=0,
+            zmax=1,
+            text=[[f"{v:.2f}" for v in row] for row in d.change.tolist()],
+            texttemplate="%{text}",
+            hovertemplate="%{y} %{x}<br>mean total variation %{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "How much each head's attention changes (0 = same, 1 = disjoint)", 160 + 45 * layers)
+
+
+def lens_diff_heatmap(d: LensDiff) -> go.Figure:
+    """Jensen-Shannon divergence between the two prompts' lens readings; text where the top-1 token changes."""
+    n = d.alignment.n
+    text = [[(f"{d.top_a[i][j]}→{d.top_b[i][j]}" if d.top_a[i][j] != d.top_b[i][j] else "") for j in range(n)] for i in range(len(d.points))]
+    hover = [[f"A: {d.top_a[i][j]} {float(d.prob_a[i, j]):.3f}<br>B: {d.top_b[i][j]} {float(d.prob_b[i, j]):.3f}" for j in range(n)] for i in range(len(d.points))]
+    fig = go.Figure(
+        go.Heatmap(
+            z=d.js.tolist(),
+            x=unique_labels(d.alignment.labels()),
+            y=d.points,
+            text=text,
+            texttemplate="%{text}",
+            textfont=dict(size=9),
+            customdata=hover,
+            hovertemplate="%{y} · %{x}<br>%{customdata}<br>JS divergence %{z:.4f}<extra></extra>",
+            colorscale=SEQUENTIAL,
+            zmin=0,
+            zmax=0.6931,
+            colorbar=dict(title="JS (nats)"),
+        )
+    )
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=10))
+    return _layout(fig, "Logit lens, A vs B: divergence at every layer and position (top-1 change written in)", 180 + 34 * len(d.points))

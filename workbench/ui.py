@@ -279,7 +279,8 @@ def page(title: str, caption: str) -> LoadedModel:
 
 # ---- shareable views: the page's state in the URL's query parameters ------------------------------
 
-URL_STATE = {"model": MODEL, "prompt": PROMPT, "layer": LAYER, "head": HEAD, "pos": POSITION}
+PROMPT_B = "wb.prompt_b"  # the second prompt of the compare page
+URL_STATE = {"model": MODEL, "prompt": PROMPT, "prompt_b": PROMPT_B, "layer": LAYER, "head": HEAD, "pos": POSITION}
 INT_PARAMS = ("layer", "head", "pos", "steps")
 # widget settings shared through the URL: parameter -> (widget key, allowed values or None)
 URL_WIDGETS = {
@@ -341,3 +342,16 @@ def share_to_url(*names: str) -> None:
             wanted[name] = str(st.session_state[URL_WIDGETS[name][0]])
     if dict(st.query_params) != wanted:
         st.query_params.from_dict(wanted)
+
+
+def compare_form(model: LoadedModel) -> tuple[str, str]:
+    """Prompt A (the shared prompt) and prompt B, edited side by side in a form."""
+    st.session_state.setdefault(PROMPT, example_prompt(model.info.name))
+    st.session_state.setdefault(PROMPT_B, EXAMPLE_PAIRS.get(model.info.name, EXAMPLE_PAIRS["english"])[1])
+    with st.form("compare_form"):
+        c1, c2 = st.columns(2)
+        a = c1.text_area("Prompt A", st.session_state[PROMPT], height=90, key="w.prompt_a")
+        b = c2.text_area("Prompt B", st.session_state[PROMPT_B], height=90, key="w.prompt_b")
+        if st.form_submit_button("Compare", type="primary"):
+            st.session_state[PROMPT], st.session_state[PROMPT_B] = a, b
+    return st.session_state[PROMPT], st.session_state[PROMPT_B]
