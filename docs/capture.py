@@ -1,7 +1,8 @@
 """Screenshots of the app for the README: python docs/capture.py [page ...].
 
 Starts `streamlit run app.py` on loopback, opens each page in Debian's headless Chromium
-(Playwright), waits for the figures, and saves docs/<page>.png.
+(Playwright, which downloads no browser here), waits for the figures, and saves docs/<page>.png.
+The real-browser test (tests/test_browser.py) drives the app with the same server and browser.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {"home": "", "attention": "Attention", "lens": "Logit_lens", "attribution": "Attribution", "patching": "Patching"}
+PAGES = {
+    "home": "",
+    "attention": "Attention",
+    "lens": "Logit_lens",
+    "attribution": "Attribution",
+    "patching": "Patching",
+    "compare": "Compare",
+}
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--no-first-run", "--no-default-browser-check", "--disable-extensions",
@@ -46,6 +54,13 @@ def start_server(port: int) -> subprocess.Popen:
     raise RuntimeError("the streamlit server did not start within 60 s")
 
 
+def launch(pw):
+    """Debian's Chromium, headless, with the flags this closed network needs."""
+    import shutil
+
+    return pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+
+
 def main(pages: list[str]) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -53,7 +68,7 @@ def main(pages: list[str]) -> None:
     server = start_server(port)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             for name in pages:
                 page.goto(f"http://127.0.0.1:{port}/{PAGES[name]}", timeout=60_000)

@@ -4,13 +4,16 @@ import streamlit as st
 
 from workbench import compare, figures, ui
 
-model = ui.page("Compare two prompts", "How attention and the layer-by-layer prediction change when the prompt changes. Positions are compared one to one.")
+model = ui.page(
+    "Compare two prompts",
+    "How attention and the layer-by-layer prediction change when the prompt changes. Positions are compared one to one.",
+)
 prompt_a, prompt_b = ui.compare_form(model)
 
 with ui.guard("the comparison"):
     d = compare.pattern_diff(model, prompt_a, prompt_b)
     al = d.alignment
-    ui.token_rows(al.labels_a, al.labels_b, al.differ)
+    ui.token_rows(al.labels_a, al.labels_b, al.differ, names=("A", "B"))
     if not al.same_length:
         st.warning(
             f"The prompts tokenize to different lengths ({len(al.labels_a)} vs {len(al.labels_b)}): only the first {al.n} "

@@ -97,4 +97,6 @@ def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32)
         flat = token_labels(model.tokenizer, ids.flatten().tolist())
         return [flat[i * al.n : (i + 1) * al.n] for i in range(ids.shape[0])]
 
-    return LensDiff(al, [label for label, _ in points], labels(ids_a), labels(ids_b), torch.cat(probs_a, 1), torch.cat(probs_b, 1), torch.cat(js, 1))
+    return LensDiff(
+        al, [label for label, _ in points], labels(ids_a), labels(ids_b), torch.cat(probs_a, 1), torch.cat(probs_b, 1), torch.cat(js, 1)
+    )

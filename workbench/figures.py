@@ -585,8 +585,13 @@ def head_change_heatmap(d: PatternDiff) -> go.Figure:
 def lens_diff_heatmap(d: LensDiff) -> go.Figure:
     """Jensen-Shannon divergence between the two prompts' lens readings; text where the top-1 token changes."""
     n = d.alignment.n
-    text = [[(f"{d.top_a[i][j]}→{d.top_b[i][j]}" if d.top_a[i][j] != d.top_b[i][j] else "") for j in range(n)] for i in range(len(d.points))]
-    hover = [[f"A: {d.top_a[i][j]} {float(d.prob_a[i, j]):.3f}<br>B: {d.top_b[i][j]} {float(d.prob_b[i, j]):.3f}" for j in range(n)] for i in range(len(d.points))]
+    text = [
+        [(f"{d.top_a[i][j]}→{d.top_b[i][j]}" if d.top_a[i][j] != d.top_b[i][j] else "") for j in range(n)] for i in range(len(d.points))
+    ]
+    hover = [
+        [f"A: {d.top_a[i][j]} {float(d.prob_a[i, j]):.3f}<br>B: {d.top_b[i][j]} {float(d.prob_b[i, j]):.3f}" for j in range(n)]
+        for i in range(len(d.points))
+    ]
     fig = go.Figure(
         go.Heatmap(
             z=d.js.tolist(),

@@ -218,7 +218,7 @@ def pair_form(model: LoadedModel) -> tuple[str, str]:
     return st.session_state[PAIR]
 
 
-def token_rows(clean: list[str], corrupted: list[str], differ: list[int]) -> None:
+def token_rows(clean: list[str], corrupted: list[str], differ: list[int], names: tuple[str, str] = ("clean", "corrupted")) -> None:
     """Both tokenizations, aligned by position, differing positions marked."""
     import html
 
@@ -346,8 +346,12 @@ def share_to_url(*names: str) -> None:
 
 def compare_form(model: LoadedModel) -> tuple[str, str]:
     """Prompt A (the shared prompt) and prompt B, edited side by side in a form."""
-    st.session_state.setdefault(PROMPT, example_prompt(model.info.name))
-    st.session_state.setdefault(PROMPT_B, EXAMPLE_PAIRS.get(model.info.name, EXAMPLE_PAIRS["english"])[1])
+    pair = EXAMPLE_PAIRS.get(model.info.name, EXAMPLE_PAIRS["english"])
+    if PROMPT_B not in st.session_state:
+        # first visit: an example pair, unless the user already typed a prompt elsewhere (it becomes A)
+        untouched = st.session_state.get(PROMPT, example_prompt(model.info.name)) == example_prompt(model.info.name)
+        st.session_state[PROMPT] = pair[0] if untouched else st.session_state[PROMPT]
+        st.session_state[PROMPT_B] = pair[1]
     with st.form("compare_form"):
         c1, c2 = st.columns(2)
         a = c1.text_area("Prompt A", st.session_state[PROMPT], height=90, key="w.prompt_a")
