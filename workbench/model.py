@@ -134,17 +134,36 @@ class LoadedModel:
         return found
 
 
-def resolve(name_or_path: str | os.PathLike | None) -> tuple[str, Path, str]:
-    """(display name, folder, kind) for a short name, a folder path or a cached hub name."""
+def allowed_root() -> Path | None:
+    """The folder that model paths must lie under on a shared server (WORKBENCH_MODEL_ROOT), or None."""
+    root = os.environ.get("WORKBENCH_MODEL_ROOT", "").strip()
+    return Path(root).expanduser().resolve() if root else None
+
+
+def resolve(name_or_path: str | os.PathLike | None, root: Path | None = None) -> tuple[str, Path, str]:
+    """(display name, folder, kind) for a short name, a folder path or a cached hub name.
+
+    With `root` (a shared server's WORKBENCH_MODEL_ROOT), only the shipped models and folders
+    under it load: paths are resolved (links and '..' included) before the check.
+    """
     if name_or_path is None or str(name_or_path).strip() == "":
         name_or_path = DEFAULT_MODEL
     name = str(name_or_path).strip()
+    if "\x00" in name:
+        raise InputError("the model name holds a NUL character: give a folder path or a model name")
     if name in SHIPPED:
         folder = MODELS_DIR / name
         if not (folder / "config.json").exists():
             raise InputError(f"the shipped model '{name}' is missing from {folder}; retrain it with `python -m workbench.train {name}`")
         return name, folder, "shipped"
     path = Path(name).expanduser()
+    if root is not None:
+        target = (root / path).resolve() if not path.is_absolute() else path.resolve()
+        if not target.is_relative_to(root):
+            raise InputError(f"this server loads models only from {root} (and the shipped models): '{name}' is outside it")
+        path = target
+        if not path.exists():
+            raise InputError(f"no model folder '{name}' under {root}: this server loads only folders there (and the shipped models)")
     if path.exists():
         if not path.is_dir():
             raise InputError(
@@ -176,6 +195,14 @@ def check_folder(folder: Path) -> None:
     """Refuses folders that cannot be loaded safely, saying why and what to do."""
     if not (folder / "config.json").exists():
         raise InputError(f"{folder} has no config.json: it is not a Hugging Face model folder")
+    for weights in folder.glob("*.safetensors"):
+        try:
+            with open(weights, "rb") as f:
+                f.read(8)
+        except OSError as err:
+            raise InputError(
+                f"could not load the model in {folder}: cannot read {weights.name} ({err.strerror or type(err).__name__})"
+            ) from err
     files = [p for p in folder.iterdir() if p.is_file()]
     if not any(p.suffix == ".safetensors" for p in files):
         pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
@@ -218,7 +245,7 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    name, folder, kind = resolve(name_or_path)
+    name, folder, kind = resolve(name_or_path, allowed_root())
     check_folder(folder)
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")

@@ -44,7 +44,16 @@ SITES = {
     "v": "each head's values, per layer × head",
     "pattern": "each head's attention pattern, per layer × head",
 }
-BATCH = 64  # patched runs per pass
+BATCH = 64  # patched runs per pass, at most (fewer when one run's intermediates are large: see batch_size)
+
+
+def batch_size(model: LoadedModel, n_tokens: int) -> int:
+    """Patched runs per pass that keep one block's intermediates within the memory budget."""
+    from workbench.runs import memory_budget
+
+    i = model.info
+    per_run = 4 * n_tokens * (6 * i.d_model + 2 * i.d_mlp + 3 * i.n_heads * n_tokens)  # float32 bytes alive in one block
+    return max(1, min(BATCH, memory_budget() // max(1, per_run)))
 
 
 # ---- a plain forward pass over the bridge's processed weights --------------------------------------
@@ -366,12 +375,13 @@ def sweep(
     axes, cells = _cells(site, info, pos)
     raw = torch.empty(len(cells))
     done = 0
+    batch_cells = batch_size(model, pos)
     with torch.no_grad():
         for layer in range(info.n_layers):
             in_layer = [i for i, c in enumerate(cells) if c[0] == layer]
             resid = target[f"blocks.{layer}.hook_resid_pre"].float()  # (pos, d_model)
-            for start in range(0, len(in_layer), BATCH):
-                chunk = in_layer[start : start + BATCH]
+            for start in range(0, len(in_layer), batch_cells):
+                chunk = in_layer[start : start + batch_cells]
                 batch = resid[None].expand(len(chunk), -1, -1).clone()  # (batch, pos, d_model)
                 edits = None
                 if site == "resid_pre":

@@ -11,6 +11,7 @@ Hook names are transformer-lens's (compatibility-mode aliases), e.g. `blocks.0.a
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,51 @@ from workbench.model import LoadedModel
 from workbench.tokens import token_labels
 
 CACHE_BYTES = 512 * 2**20  # runs kept per model, by size of their tensors
+
+
+def memory_budget() -> int:
+    """Bytes one run may cache (WORKBENCH_MEMORY_MB, default 2048): a shared server's guard against one huge view."""
+    try:
+        return int(float(os.environ.get("WORKBENCH_MEMORY_MB", "2048")) * 2**20)
+    except ValueError:
+        return 2048 * 2**20
+
+
+def estimate_bytes(model: LoadedModel, n_tokens: int, names: Iterable[str]) -> int:
+    """What a run of n_tokens caching `names` holds: the activations, the logits, and as much again while it runs."""
+    i = model.info
+    pos = n_tokens
+    per_suffix = {
+        "hook_resid_pre": pos * i.d_model, "hook_resid_mid": pos * i.d_model, "hook_resid_post": pos * i.d_model,
+        "hook_attn_out": pos * i.d_model, "hook_mlp_out": pos * i.d_model, "hook_embed": pos * i.d_model,
+        "hook_pos_embed": pos * i.d_model, "hook_q": pos * i.n_heads * i.d_head, "hook_k": pos * i.n_heads * i.d_head,
+        "hook_v": pos * i.n_heads * i.d_head, "hook_z": pos * i.n_heads * i.d_head, "hook_attn_scores": i.n_heads * pos * pos,
+        "hook_pattern": i.n_heads * pos * pos, "hook_result": pos * i.n_heads * i.d_model, "hook_pre": pos * i.d_mlp,
+        "hook_post": pos * i.d_mlp, "hook_scale": pos,
+    }  # fmt: skip
+    elements = pos * i.d_vocab  # the logits
+    for name in names:
+        elements += per_suffix.get(name.rsplit(".", 1)[-1], pos * i.d_model)
+    bytes_per = 2 if i.dtype in ("float16", "bfloat16") else 8 if i.dtype == "float64" else 4
+    return 2 * elements * bytes_per
+
+
+def check_budget(model: LoadedModel, n_tokens: int, names: Iterable[str]) -> None:
+    """InputError, saying what would fit, when a run would hold more than the memory budget."""
+    names = list(names)
+    budget = memory_budget()
+    need = estimate_bytes(model, n_tokens, names)
+    if need <= budget:
+        return
+    fits = n_tokens
+    while fits > 1 and estimate_bytes(model, fits, names) > budget:
+        fits = int(fits * 0.9)
+    raise InputError(
+        f"this view would hold about {need / 2**20:,.0f} MB for {n_tokens} tokens, over this server's budget of "
+        f"{budget / 2**20:,.0f} MB (WORKBENCH_MEMORY_MB): a prompt of up to about {fits} tokens fits"
+    )
+
+
 BLOCK_HOOKS = (
     "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
     "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_attn_scores",
@@ -131,6 +177,7 @@ def run_prompt(model: LoadedModel, prompt: str, names: Iterable[str] = (), trunc
     """Runs (or fetches from the shared cache) `prompt` with the activations `names` cached."""
     tokens, dropped = encode(model, prompt, truncate)
     names = _validate_names(model, names)
+    check_budget(model, len(tokens), names)
     key = (prompt, truncate)
     with model.lock:
         cached = model.run_cache.get(key)

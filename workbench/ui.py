@@ -28,8 +28,8 @@ EXAMPLE_PROMPTS = {
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def cached_model(name: str, device: str = "cpu") -> LoadedModel:
-    return load_model(name, device=device)
+def cached_model(name: str, device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
+    return load_model(name, device=device, trust_remote_code=trust_remote_code)
 
 
 @contextmanager
@@ -68,10 +68,18 @@ def model_picker() -> LoadedModel | None:
             help="A Hugging Face model folder (config.json + *.safetensors), or a hub name already in the local cache.",
         ).strip()
         name = path or current
+        trust = st.sidebar.checkbox(
+            "Trust this folder's code (trust_remote_code)",
+            value=False,
+            key="w.trust_remote_code",
+            help="Runs Python files from the model folder on this server. Leave off unless you wrote or checked them.",
+        )
+        if trust:
+            st.sidebar.warning("The model folder's own Python code will run on this server.", icon="⚠️")
     else:
-        name = choice
+        name, trust = choice, False
     try:
-        model = cached_model(name)
+        model = cached_model(name, trust_remote_code=trust)
     except InputError as err:
         st.sidebar.error(str(err), icon="✋")
         if name == current:
