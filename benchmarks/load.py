@@ -25,7 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
 import capture  # noqa: E402  (server and browser set-up shared with the screenshots)
 
-VIEWS = {"home": "", "attention": "Attention", "lens": "Logit_lens", "attribution": "Attribution", "patching": "Patching", "compare": "Compare"}
+VIEWS = {
+    "home": "",
+    "attention": "Attention",
+    "lens": "Logit_lens",
+    "attribution": "Attribution",
+    "patching": "Patching",
+    "compare": "Compare",
+}
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "candle", "garden", "lemon", "violin", "ocean", "basket"]
 
 
@@ -93,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         server.terminate()
         server.wait(timeout=20)
     rows = []
-    print(f"{sessions} sessions x {rounds} rounds x {len(VIEWS)} views; server peak memory {memory.get('peak', 0) / 2**20:,.0f} MB; {len(errors)} errors")
+    print(
+        f"{sessions} sessions x {rounds} rounds x {len(VIEWS)} views; server peak memory {memory.get('peak', 0) / 2**20:,.0f} MB; {len(errors)} errors"
+    )
     print(f"{'view':<12} {'n':>4} {'median s':>9} {'p95 s':>7}")
     for view in VIEWS:
         t = sorted(times.get(view, []))
@@ -106,7 +115,12 @@ def main(argv: list[str] | None = None) -> None:
         print("error:", e)
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    (out / "load.json").write_text(json.dumps(dict(sessions=sessions, rounds=rounds, peak_memory_mb=memory.get("peak", 0) / 2**20, errors=errors, views=rows), indent=1) + "\n")
+    (out / "load.json").write_text(
+        json.dumps(
+            dict(sessions=sessions, rounds=rounds, peak_memory_mb=memory.get("peak", 0) / 2**20, errors=errors, views=rows), indent=1
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

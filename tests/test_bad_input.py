@@ -173,20 +173,21 @@ def test_probe_spec_that_is_not_a_mapping(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "page, widget, value, words",
+    "page, widget, value, words, button",
     [
-        ("app.py", "w.prompt", "  ", "empty"),
-        ("pages/1_Attention.py", "w.prompt", "nul \x00 here", "control character"),
-        ("pages/2_Logit_lens.py", "w.prompt", LONG, "context is 256"),
-        ("pages/3_Attribution.py", "w.prompt", "\n\n\n", "empty"),
+        ("app.py", "w.prompt", "  ", "empty", "Run"),
+        ("pages/1_Attention.py", "w.prompt", "nul \x00 here", "control character", "Run"),
+        ("pages/2_Logit_lens.py", "w.prompt", LONG, "context is 256", "Run"),
+        ("pages/3_Attribution.py", "w.prompt", "\n\n\n", "empty", "Run"),
+        ("pages/5_Compare.py", "w.prompt_b", "", "empty", "Compare"),
     ],
 )
-def test_pages_show_the_message_and_keep_the_input(page, widget, value, words):
+def test_pages_show_the_message_and_keep_the_input(page, widget, value, words, button):
     at = AppTest.from_file(str(ROOT / page), default_timeout=180)
     at.session_state["wb.model"] = "english"
     at.run()
     at.text_area(key=widget).set_value(value)
-    next(b for b in at.button if b.label == "Run").click()
+    next(b for b in at.button if b.label == button).click()
     at.run()
     assert not at.exception, at.exception
     assert any(words in e.value for e in at.error)

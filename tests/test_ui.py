@@ -52,3 +52,14 @@ def test_selections_are_shared_between_pages():
     at.selectbox(key="w.layer").set_value(1)
     at.run()
     assert at.session_state["wb.layer"] == 1 and at.session_state["wb.prompt"] == "apple river stone"
+
+
+def test_the_selected_position_is_outlined_the_same_way_everywhere():
+    for page in ("app.py", "pages/4_Patching.py", "pages/5_Compare.py"):
+        at = AppTest.from_file(str(ROOT / page), default_timeout=180)
+        at.session_state["wb.model"] = "circuits"
+        at.session_state["wb.position"] = 2
+        at.run()
+        assert not at.exception
+        chips = "".join(m.value for m in at.markdown if "position 2" in m.value)
+        assert "outline:2px solid #d62728" in chips, page

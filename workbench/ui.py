@@ -107,14 +107,26 @@ def prompt_form(model: LoadedModel, label: str = "Prompt") -> tuple[str, bool]:
     return st.session_state[PROMPT], st.session_state[TRUNCATE]
 
 
-def token_chips(labels: list[str], ids: list[int]) -> None:
-    """The prompt as token chips (whitespace visible), position and id on hover."""
+SELECTED = "#d62728"  # the selected position's outline, the same on every page
+
+
+def _chips(labels: list[str], backgrounds: list[str], titles: list[str]) -> str:
+    """One token display for the whole app: visible whitespace, the selected position outlined."""
     import html
 
-    chips = "".join(
-        f'<span title="position {i}, id {t}" style="display:inline-block;margin:2px;padding:1px 5px;border-radius:4px;'
-        f'background:{"#e8eef8" if i % 2 else "#f3e8f8"};font-family:monospace;white-space:pre">{html.escape(label)}</span>'
-        for i, (label, t) in enumerate(zip(labels, ids, strict=True))
+    selected = st.session_state.get(POSITION)
+    return "".join(
+        f'<span title="{html.escape(title)}" style="display:inline-block;margin:2px;padding:1px 5px;border-radius:4px;'
+        f"font-family:monospace;white-space:pre;background:{bg};"
+        f'{f"outline:2px solid {SELECTED};" if i == selected else ""}">{html.escape(label)}</span>'
+        for i, (label, bg, title) in enumerate(zip(labels, backgrounds, titles, strict=True))
+    )
+
+
+def token_chips(labels: list[str], ids: list[int]) -> None:
+    """The prompt as token chips (whitespace visible), position and id on hover."""
+    chips = _chips(
+        labels, ["#e8eef8" if i % 2 else "#f3e8f8" for i in range(len(labels))], [f"position {i}, id {t}" for i, t in enumerate(ids)]
     )
     st.markdown(f"<div style='line-height:2'>{chips}</div>", unsafe_allow_html=True)
 
@@ -228,17 +240,14 @@ def pair_form(model: LoadedModel) -> tuple[str, str]:
 
 def token_rows(clean: list[str], corrupted: list[str], differ: list[int], names: tuple[str, str] = ("clean", "corrupted")) -> None:
     """Both tokenizations, aligned by position, differing positions marked."""
-    import html
+    n = min(len(clean), len(corrupted))
 
     def row(labels):
-        return "".join(
-            f'<span title="position {i}" style="display:inline-block;margin:1px;padding:1px 4px;border-radius:4px;font-family:monospace;'
-            f'white-space:pre;background:{"#ffd7a8" if i in differ or i >= min(len(clean), len(corrupted)) else "#eef1f6"}">{html.escape(label)}</span>'
-            for i, label in enumerate(labels)
-        )
+        backgrounds = ["#ffd7a8" if i in differ or i >= n else "#eef1f6" for i in range(len(labels))]
+        return _chips(labels, backgrounds, [f"position {i}" for i in range(len(labels))])
 
     st.markdown(
-        f"<div>clean ({len(clean)} tokens): {row(clean)}</div><div>corrupted ({len(corrupted)} tokens): {row(corrupted)}</div>",
+        f"<div>{names[0]} ({len(clean)} tokens): {row(clean)}</div><div>{names[1]} ({len(corrupted)} tokens): {row(corrupted)}</div>",
         unsafe_allow_html=True,
     )
 
