@@ -121,7 +121,7 @@ def write(folder: Path) -> dict:
         lines.append(
             "A small GPT-2-architecture language model trained from scratch by this project on public-domain English, "
             "so that the workbench has a real model to inspect with no model hub in reach. It writes English words and "
-            "some grammar, not sense. Retrain: `python -m workbench.train english`.\n"
+            "some grammar, not sense. Retrain: `python -m workbench.train english`.\n\n"
         )
         lines.append("## Data\n\n" + SOURCES)
         c = training["corpus"]
@@ -160,7 +160,9 @@ def write(folder: Path) -> dict:
             f"on the held-out paragraphs; on the shipped sample `heldout_sample.txt` (first 60,000 characters of them): "
             f"{measured['heldout_sample_loss']:.3f} (perplexity {measured['heldout_sample_perplexity']:.1f}).\n"
         )
-    lines.append("\n## Greedy continuations\n\n" + "".join(f"- `{p}` → `{t}`\n" for p, t in measured["samples"].items()))
+    lines.append(
+        "\n## Greedy continuations\n\n(newlines shown as ↵)\n\n" + "".join(f"- `{p}` → `{t.replace(chr(10), ' ↵ ')}`\n" for p, t in measured["samples"].items())
+    )
     layer, head = s50["strongest_induction_head"]
     lines.append(
         "\n## Heads\n\nScores on BOS + N random tokens repeated twice (8 sequences, seed 0; tokens drawn without replacement), "
