@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import sys
 import threading
@@ -25,14 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
 import capture  # noqa: E402  (server and browser set-up shared with the screenshots)
 
-VIEWS = {
-    "home": "",
-    "attention": "Attention",
-    "lens": "Logit_lens",
-    "attribution": "Attribution",
-    "patching": "Patching",
-    "compare": "Compare",
-}
+VIEWS = capture.PAGES  # view name -> URL path
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "candle", "garden", "lemon", "violin", "ocean", "basket"]
 
 
@@ -76,7 +70,7 @@ async def _run(base: str, sessions: int, rounds: int) -> tuple[dict, list]:
     times: dict[str, list[float]] = {}
     errors: list[str] = []
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=capture.CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True, args=capture.CHROMIUM_ARGS)
         await asyncio.wait_for(asyncio.gather(*(_session(browser, base, i, rounds, times, errors) for i in range(sessions))), timeout=600)
         await browser.close()
     return times, errors
