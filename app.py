@@ -34,7 +34,7 @@ with ui.guard("the run"):
     with right:
         st.subheader("Generate, one token at a time")
         with st.form("generate"):
-            mode = st.radio("Choose each token", ["greedy (most likely)", "sample"], horizontal=True, key="w.gen_mode")
+            mode = st.radio("Choose each token", ui.SAMPLING_MODES, horizontal=True, key="w.gen_mode")
             c1, c2 = st.columns(2)
             temperature = c1.number_input("temperature", 0.05, 5.0, 1.0, 0.05, key="w.gen_t")
             max_new = c2.number_input("new tokens", 1, 100, 20, key="w.gen_n")
@@ -49,4 +49,4 @@ with ui.guard("the run"):
             st.caption(f"Stopped: {gen.stopped}.")
             ui.figure(figures.generation_steps(gen), "generation", gen)
 
-ui.share_to_url("model", "prompt")
+ui.share_to_url("model", "prompt", "k", "sampling", "temperature", "new_tokens", "top_k", "top_p", "seed")

@@ -70,7 +70,9 @@ async def _run(base: str, sessions: int, rounds: int) -> tuple[dict, list]:
     times: dict[str, list[float]] = {}
     errors: list[str] = []
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True, args=capture.CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True, args=capture.CHROMIUM_ARGS
+        )
         await asyncio.wait_for(asyncio.gather(*(_session(browser, base, i, rounds, times, errors) for i in range(sessions))), timeout=600)
         await browser.close()
     return times, errors

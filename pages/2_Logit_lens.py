@@ -55,4 +55,4 @@ with ui.guard("the lens"):
         {r.kind: {"entropy": r.entropy.mean(1), "kl_to_final": r.kl_to_final.mean(1)} for r in results},
     )
 
-ui.share_to_url("model", "prompt", "pos")
+ui.share_to_url("model", "prompt", "pos", "target")

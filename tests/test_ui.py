@@ -63,3 +63,21 @@ def test_the_selected_position_is_outlined_the_same_way_everywhere():
         assert not at.exception
         chips = "".join(m.value for m in at.markdown if "position 2" in m.value)
         assert "outline:2px solid #d62728" in chips, page
+
+
+def test_a_link_restores_generation_and_lens_settings():
+    at = _page("app.py", model="circuits", sampling="sample", temperature="0.7", new_tokens="5", top_p="0.9", seed="3", k="12")
+    assert not at.exception
+    assert at.radio(key="w.gen_mode").value == "sample" and at.number_input(key="w.gen_t").value == 0.7
+    assert at.number_input(key="w.gen_n").value == 5 and at.number_input(key="w.gen_seed").value == 3
+    assert at.slider(key="w.home_k").value == 12
+    lens_page = _page("pages/2_Logit_lens.py", model="english", prompt="My dear sister,", target=" I")
+    assert not lens_page.exception and lens_page.text_input(key="w.lens_typed").value == " I"
+
+
+def test_links_with_values_outside_the_widgets_are_ignored():
+    at = _page("app.py", model="circuits", temperature="99", new_tokens="-4", top_p="nan", k="1000", sampling="chaos")
+    assert not at.exception
+    assert at.number_input(key="w.gen_t").value == 1.0 and at.slider(key="w.home_k").value == 10
+    at = _page("pages/1_Attention.py", model="circuits", layer="-5", head="-1")
+    assert not at.exception and at.selectbox(key="w.layer").value == 0

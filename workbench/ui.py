@@ -172,8 +172,8 @@ LAYER, HEAD, POSITION = "wb.layer", "wb.head", "wb.position"
 
 def head_picker(model: LoadedModel) -> tuple[int, int]:
     """Layer and head, shared between pages; clamped to the model."""
-    layer = min(st.session_state.get(LAYER, 0), model.info.n_layers - 1)
-    head = min(st.session_state.get(HEAD, 0), model.info.n_heads - 1)
+    layer = max(0, min(st.session_state.get(LAYER, 0), model.info.n_layers - 1))
+    head = max(0, min(st.session_state.get(HEAD, 0), model.info.n_heads - 1))
     c1, c2, _ = st.columns([1, 1, 4])
     layer = c1.selectbox("Layer", range(model.info.n_layers), index=layer, key="w.layer")
     head = c2.selectbox("Head", range(model.info.n_heads), index=head, key="w.head")
@@ -298,25 +298,49 @@ def page(title: str, caption: str) -> LoadedModel:
 
 PROMPT_B = "wb.prompt_b"  # the second prompt of the compare page
 URL_STATE = {"model": MODEL, "prompt": PROMPT, "prompt_b": PROMPT_B, "layer": LAYER, "head": HEAD, "pos": POSITION}
-INT_PARAMS = ("layer", "head", "pos", "steps")
-# widget settings shared through the URL: parameter -> (widget key, allowed values or None)
+INT_PARAMS = ("layer", "head", "pos")
+# widget settings shared through the URL: parameter -> (widget key, kind): a kind is int, float, str,
+# or "module:NAME" naming the allowed values
 URL_WIDGETS = {
     "site": ("w.site", "workbench.patching:SITES"),
     "direction": ("w.direction", "workbench.patching:DIRECTIONS"),
     "metric": ("w.metric", "workbench.patching:METRICS"),
     "method": ("w.attr_method", "workbench.attribution:METHODS"),
     "baseline": ("w.attr_baseline", "workbench.attribution:BASELINES"),
-    "steps": ("w.attr_steps", None),
-}
+    "steps": ("w.attr_steps", (int, 2, 512)),
+    "target": ("w.lens_typed", str),
+    "k": ("w.home_k", (int, 3, 30)),
+    "sampling": ("w.gen_mode", "workbench.ui:SAMPLING_MODES"),
+    "temperature": ("w.gen_t", (float, 0.05, 5.0)),
+    "new_tokens": ("w.gen_n", (int, 1, 100)),
+    "top_k": ("w.gen_topk", (int, 0, 4096)),
+    "top_p": ("w.gen_topp", (float, 0.01, 1.0)),
+    "seed": ("w.gen_seed", (int, 0, 2**31 - 1)),
+}  # numbers carry the bounds of their widget: a link outside them is ignored
+SAMPLING_MODES = ("greedy (most likely)", "sample")
 
 
-def _allowed(spec: str | None):
-    if spec is None:
-        return None
+def _allowed(spec: str):
     import importlib
 
     module, name = spec.split(":")
     return list(getattr(importlib.import_module(module), name))
+
+
+def _parse(value: str, kind):
+    """The URL's text as the widget's value, or None when it does not fit (a hand-edited link)."""
+    import math
+
+    if isinstance(kind, tuple):
+        number_type, lo, hi = kind
+        try:
+            number = number_type(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) and lo <= number <= hi else None
+    if kind is str:
+        return value
+    return value if value in _allowed(kind) else None
 
 
 def restore_from_url() -> None:
@@ -335,15 +359,8 @@ def restore_from_url() -> None:
             st.session_state[key] = value
     if "clean" in params and "corrupted" in params:
         st.session_state[PAIR] = (params["clean"], params["corrupted"])
-    for name, (key, spec) in URL_WIDGETS.items():
-        if name not in params:
-            continue
-        value = params[name]
-        allowed = _allowed(spec)
-        if name in INT_PARAMS:
-            if value.isdigit():
-                st.session_state[key] = int(value)
-        elif allowed is None or value in allowed:
+    for name, (key, kind) in URL_WIDGETS.items():
+        if name in params and (value := _parse(params[name], kind)) is not None:
             st.session_state[key] = value
 
 

@@ -161,7 +161,8 @@ def write(folder: Path) -> dict:
             f"{measured['heldout_sample_loss']:.3f} (perplexity {measured['heldout_sample_perplexity']:.1f}).\n"
         )
     lines.append(
-        "\n## Greedy continuations\n\n(newlines shown as ↵)\n\n" + "".join(f"- `{p}` → `{t.replace(chr(10), ' ↵ ')}`\n" for p, t in measured["samples"].items())
+        "\n## Greedy continuations\n\n(newlines shown as ↵)\n\n"
+        + "".join(f"- `{p}` → `{t.replace(chr(10), ' ↵ ')}`\n" for p, t in measured["samples"].items())
     )
     layer, head = s50["strongest_induction_head"]
     lines.append(
