@@ -85,9 +85,9 @@ class Weights:
     act: str
 
 
-def _ln_params(module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _ln_params(module, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     w, b = getattr(module, "weight", None), getattr(module, "bias", None)
-    return (None if w is None else w.detach().float().cpu(), None if b is None else b.detach().float().cpu())
+    return (None if w is None else w.detach().float().to(device), None if b is None else b.detach().float().to(device))
 
 
 def weights_of(model: LoadedModel) -> Weights:
@@ -103,14 +103,16 @@ def weights_of(model: LoadedModel) -> Weights:
         raise InputError(f"fast patching does not know the activation '{act}' of this model")
     configured = float(getattr(b.cfg, "attn_scale", -1.0))
 
+    device = model.device  # CUDA when the model is there: the sweep runs where the weights live
+
     def t(x):
-        return x.detach().float().cpu()
+        return x.detach().float().to(device)
 
     w = Weights(
         t(b.W_Q), t(b.b_Q), t(b.W_K), t(b.b_K), t(b.W_V), t(b.b_V), t(b.W_O), t(b.b_O),
         t(b.W_in), t(b.b_in), t(b.W_out), t(b.b_out),
-        [_ln_params(blk.ln1) for blk in b.blocks], [_ln_params(blk.ln2) for blk in b.blocks], _ln_params(b.ln_final),
-        t(b.W_U), t(b.b_U) if getattr(b, "b_U", None) is not None else torch.zeros(model.info.d_vocab),
+        [_ln_params(blk.ln1, device) for blk in b.blocks], [_ln_params(blk.ln2, device) for blk in b.blocks], _ln_params(b.ln_final, device),
+        t(b.W_U), t(b.b_U) if getattr(b, "b_U", None) is not None else torch.zeros(model.info.d_vocab, device=device),
         float(getattr(b.cfg, "eps", 1e-5)), configured if configured > 0 else math.sqrt(model.info.d_head), act,
     )  # fmt: skip
     object.__setattr__(model, "_patching_weights", w)
@@ -143,7 +145,7 @@ def block(w: Weights, layer: int, resid: torch.Tensor, edits: Edits | None = Non
     v = torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer]
     q, k, v = (edits[n](t) if n in edits else t for n, t in (("q", q), ("k", k), ("v", v)))
     scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / w.scale  # (batch, head, q, k)
-    future = torch.ones(pos, pos, dtype=torch.bool).triu(1)
+    future = torch.ones(pos, pos, dtype=torch.bool, device=resid.device).triu(1)
     pattern = scores.masked_fill(future, float("-inf")).softmax(-1)
     if "pattern" in edits:
         pattern = edits["pattern"](pattern)
@@ -327,21 +329,25 @@ def _cells(site: str, info, pos: int) -> tuple[tuple[str, ...], list[tuple[int, 
 
 def _edit_for(site: str, cells: list[tuple[int, ...]], source: torch.Tensor) -> Edits:
     """Batched in-block edits: batch row i gets cell i's slice of `source` (one layer's activation, no batch dim)."""
-    rows = torch.arange(len(cells))
 
     def replace(act: torch.Tensor) -> torch.Tensor:
         act = act.clone()
+        rows = torch.arange(len(cells), device=act.device)
+
+        def index(i: int) -> torch.Tensor:
+            return torch.tensor([c[i] for c in cells], device=act.device)
+
         if site in ("attn_out", "mlp_out"):  # act (batch, pos, d_model)
-            p = torch.tensor([c[1] for c in cells])
+            p = index(1)
             act[rows, p] = source[p]
         elif site == "z_pos":  # act (batch, pos, head, d_head)
-            h, p = torch.tensor([c[1] for c in cells]), torch.tensor([c[2] for c in cells])
+            h, p = index(1), index(2)
             act[rows, p, h] = source[p, h]
         elif site == "pattern":  # act (batch, head, q, k)
-            h = torch.tensor([c[1] for c in cells])
+            h = index(1)
             act[rows, h] = source[h]
         else:  # z, q, k, v: act (batch, pos, head, d_head), every position of head h
-            h = torch.tensor([c[1] for c in cells])
+            h = index(1)
             act[rows, :, h] = source[:, h].permute(1, 0, 2)  # (batch, pos, d_head)
         return act
 
@@ -379,17 +385,21 @@ def sweep(
     with torch.no_grad():
         for layer in range(info.n_layers):
             in_layer = [i for i, c in enumerate(cells) if c[0] == layer]
-            resid = target[f"blocks.{layer}.hook_resid_pre"].float()  # (pos, d_model)
+            resid = target[f"blocks.{layer}.hook_resid_pre"].float().to(w.W_U.device)  # (pos, d_model)
             for start in range(0, len(in_layer), batch_cells):
                 chunk = in_layer[start : start + batch_cells]
                 batch = resid[None].expand(len(chunk), -1, -1).clone()  # (batch, pos, d_model)
                 edits = None
                 if site == "resid_pre":
-                    p = torch.tensor([cells[i][1] for i in chunk])
-                    batch[torch.arange(len(chunk)), p] = source[f"blocks.{layer}.hook_resid_pre"].float()[p]
+                    p = torch.tensor([cells[i][1] for i in chunk], device=batch.device)
+                    batch[torch.arange(len(chunk), device=batch.device), p] = (
+                        source[f"blocks.{layer}.hook_resid_pre"].float().to(batch.device)[p]
+                    )
                 else:
-                    edits = _edit_for(site, [cells[i] for i in chunk], source[f"blocks.{layer}.{_ACT_NAMES[site]}"].float())
-                raw[chunk] = setup.value(run_from(w, layer, batch, edits))
+                    edits = _edit_for(
+                        site, [cells[i] for i in chunk], source[f"blocks.{layer}.{_ACT_NAMES[site]}"].float().to(batch.device)
+                    )
+                raw[chunk] = setup.value(run_from(w, layer, batch, edits)).cpu()
                 done += len(chunk)
                 if progress is not None and progress(done, len(cells)) is False:
                     raise InputError(f"the sweep was cancelled after {done} of {len(cells)} cells")
@@ -457,16 +467,17 @@ def attribution_sweep(model: LoadedModel, setup: PatchingSetup, site: str = "res
                 resid = block(w, layer, resid, {act_name: keep})
         return _ln(resid[:, -1], w.ln_final, w.eps) @ w.W_U + w.b_U, captured
 
+    device = w.W_U.device
     with torch.no_grad():
-        _, source_acts = run_capturing(source["blocks.0.hook_resid_pre"].float()[None], grad=False)
-    resid0 = target["blocks.0.hook_resid_pre"].float()[None].clone().requires_grad_(True)
+        _, source_acts = run_capturing(source["blocks.0.hook_resid_pre"].float()[None].to(device), grad=False)
+    resid0 = target["blocks.0.hook_resid_pre"].float()[None].to(device).clone().requires_grad_(True)  # never the shared cached tensor
     with torch.enable_grad():
         logits, target_acts = run_capturing(resid0, grad=True)
         setup.value(logits).sum().backward()
     effects = []
     for s_act, t_act in zip(source_acts, target_acts, strict=True):
         e = (s_act.detach() - t_act.detach()) * t_act.grad  # same shape as the activation, batch 1
-        e = e[0]
+        e = e[0].cpu()
         if site in ("resid_pre", "attn_out", "mlp_out"):
             effects.append(e.sum(-1))  # (pos,)
         elif site == "z_pos":
