@@ -19,6 +19,7 @@ compatibility-mode GPT (`Weights`, `block`), which is checked against the bridge
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,23 @@ class Weights:
     eps: float
     scale: float  # attention scale, √d_head
     act: str
+    W_qkv: torch.Tensor | None = None  # (layer, d_model, 3 * head * d_head): the three projections in one matmul
+    b_qkv: torch.Tensor | None = None  # (layer, 3 * head * d_head)
+    W_O_flat: torch.Tensor | None = None  # (layer, head * d_head, d_model)
+
+    def fused(self) -> Weights:
+        """The same weights with Q, K, V (and O) laid out for single matmuls (einsum over heads is slow on CPU)."""
+        layers, heads, d_model, d_head = self.W_Q.shape
+
+        def flat(w):  # (layer, head, d_model, d_head) -> (layer, d_model, head * d_head)
+            return w.permute(0, 2, 1, 3).reshape(layers, d_model, heads * d_head)
+
+        return dataclasses.replace(
+            self,
+            W_qkv=torch.cat([flat(self.W_Q), flat(self.W_K), flat(self.W_V)], -1).contiguous(),
+            b_qkv=torch.cat([self.b_Q.reshape(layers, -1), self.b_K.reshape(layers, -1), self.b_V.reshape(layers, -1)], -1),
+            W_O_flat=self.W_O.reshape(layers, heads * d_head, d_model).contiguous(),
+        )
 
 
 def _ln_params(module, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -114,7 +132,7 @@ def weights_of(model: LoadedModel) -> Weights:
         [_ln_params(blk.ln1, device) for blk in b.blocks], [_ln_params(blk.ln2, device) for blk in b.blocks], _ln_params(b.ln_final, device),
         t(b.W_U), t(b.b_U) if getattr(b, "b_U", None) is not None else torch.zeros(model.info.d_vocab, device=device),
         float(getattr(b.cfg, "eps", 1e-5)), configured if configured > 0 else math.sqrt(model.info.d_head), act,
-    )  # fmt: skip
+    ).fused()  # fmt: skip
     object.__setattr__(model, "_patching_weights", w)
     return w
 
@@ -138,11 +156,11 @@ Edits = dict[str, Callable[[torch.Tensor], torch.Tensor]]
 def block(w: Weights, layer: int, resid: torch.Tensor, edits: Edits | None = None) -> torch.Tensor:
     """(batch, pos, d_model) -> the residual stream after block `layer`, with optional in-block edits."""
     edits = edits or {}
-    pos = resid.shape[1]
+    batch, pos, _ = resid.shape
+    heads, d_head = w.W_Q.shape[1], w.W_Q.shape[3]
     x = _ln(resid, w.ln1[layer], w.eps)
-    q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]  # (batch, pos, head, d_head)
-    k = torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer]
-    v = torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer]
+    qkv = torch.addmm(w.b_qkv[layer], x.reshape(batch * pos, -1), w.W_qkv[layer])  # (batch * pos, 3 * head * d_head)
+    q, k, v = qkv.reshape(batch, pos, 3, heads, d_head).unbind(2)  # each (batch, pos, head, d_head)
     q, k, v = (edits[n](t) if n in edits else t for n, t in (("q", q), ("k", k), ("v", v)))
     scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / w.scale  # (batch, head, q, k)
     future = torch.ones(pos, pos, dtype=torch.bool, device=resid.device).triu(1)
@@ -152,7 +170,7 @@ def block(w: Weights, layer: int, resid: torch.Tensor, edits: Edits | None = Non
     z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (batch, pos, head, d_head)
     if "z" in edits:
         z = edits["z"](z)
-    attn_out = torch.einsum("bqhe,hed->bqd", z, w.W_O[layer]) + w.b_O[layer]
+    attn_out = (z.reshape(batch * pos, heads * d_head) @ w.W_O_flat[layer]).reshape(batch, pos, -1) + w.b_O[layer]
     if "attn_out" in edits:
         attn_out = edits["attn_out"](attn_out)
     mid = resid + attn_out
@@ -163,11 +181,40 @@ def block(w: Weights, layer: int, resid: torch.Tensor, edits: Edits | None = Non
     return mid + mlp_out
 
 
-def run_from(w: Weights, layer: int, resid: torch.Tensor, edits: Edits | None = None) -> torch.Tensor:
-    """Next-token logits (batch, d_vocab) at the last position, running blocks layer.. from `resid` (batch, pos, d_model)."""
-    for index in range(layer, w.W_Q.shape[0]):
+def last_block(w: Weights, layer: int, resid: torch.Tensor) -> torch.Tensor:
+    """block() for the final layer when only the last position is read: (batch, pos, d_model) -> (batch, d_model).
+
+    Keys and values still come from every position; the query, the attention row and the MLP only
+    from the last one.
+    """
+    batch, pos, _ = resid.shape
+    heads, d_head = w.W_Q.shape[1], w.W_Q.shape[3]
+    x = _ln(resid, w.ln1[layer], w.eps)
+    hd = heads * d_head
+    kv = torch.addmm(w.b_qkv[layer, hd:], x.reshape(batch * pos, -1), w.W_qkv[layer, :, hd:])  # keys and values everywhere
+    k, v = kv.reshape(batch, pos, 2, heads, d_head).unbind(2)  # (batch, pos, head, d_head)
+    q = (torch.addmm(w.b_qkv[layer, :hd], x[:, -1], w.W_qkv[layer, :, :hd])).reshape(batch, heads, d_head)  # the last query only
+    pattern = (torch.einsum("bhe,bkhe->bhk", q, k) / w.scale).softmax(-1)  # the last query sees every key
+    z = torch.einsum("bhk,bkhe->bhe", pattern, v)
+    mid = resid[:, -1] + z.reshape(batch, hd) @ w.W_O_flat[layer] + w.b_O[layer]
+    h = _act(_ln(mid, w.ln2[layer], w.eps) @ w.W_in[layer] + w.b_in[layer], w.act)
+    return mid + h @ w.W_out[layer] + w.b_out[layer]
+
+
+def run_from(w: Weights, layer: int, resid: torch.Tensor, edits: Edits | None = None, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token logits (batch, d_vocab) at the last position, running blocks layer.. from `resid` (batch, pos, d_model).
+
+    With `columns`, only those tokens' logits (batch, len(columns)): enough for a logit difference,
+    and the unembedding of a 50k vocabulary is a large share of the work otherwise.
+    """
+    last = w.W_Q.shape[0] - 1
+    for index in range(layer, last):
         resid = block(w, index, resid, edits if index == layer else None)
-    return _ln(resid[:, -1], w.ln_final, w.eps) @ w.W_U + w.b_U
+    final = block(w, last, resid, edits)[:, -1] if layer == last and edits else last_block(w, last, resid)
+    x = _ln(final, w.ln_final, w.eps)
+    if columns is not None:
+        return x @ w.W_U[:, columns] + w.b_U[columns]
+    return x @ w.W_U + w.b_U
 
 
 # ---- prompts, metric, baselines -----------------------------------------------------------------
@@ -182,6 +229,16 @@ class PatchingSetup:
     answer: int  # token id the clean prompt should produce
     wrong: int  # token id the corrupted prompt points to (for the logit difference)
     metric: str = "logit difference"
+
+    def columns(self) -> list[int] | None:
+        """The only logits the metric reads, when it reads only some (the logit difference)."""
+        return [self.answer, self.wrong] if self.metric == "logit difference" else None
+
+    def value_of_columns(self, logits: torch.Tensor) -> torch.Tensor:
+        """(batch,) metric from run_from(..., columns=self.columns()) or from full logits."""
+        if self.metric == "logit difference" and logits.shape[-1] == 2:
+            return logits[:, 0] - logits[:, 1]
+        return self.value(logits)
 
     def value(self, logits: torch.Tensor) -> torch.Tensor:
         """(batch,) metric of next-token logits (batch, d_vocab)."""
@@ -382,6 +439,7 @@ def sweep(
     raw = torch.empty(len(cells))
     done = 0
     batch_cells = batch_size(model, pos)
+    columns = None if setup.columns() is None else torch.tensor(setup.columns(), device=w.W_U.device)
     with torch.no_grad():
         for layer in range(info.n_layers):
             in_layer = [i for i, c in enumerate(cells) if c[0] == layer]
@@ -399,7 +457,7 @@ def sweep(
                     edits = _edit_for(
                         site, [cells[i] for i in chunk], source[f"blocks.{layer}.{_ACT_NAMES[site]}"].float().to(batch.device)
                     )
-                raw[chunk] = setup.value(run_from(w, layer, batch, edits)).cpu()
+                raw[chunk] = setup.value_of_columns(run_from(w, layer, batch, edits, columns)).cpu()
                 done += len(chunk)
                 if progress is not None and progress(done, len(cells)) is False:
                     raise InputError(f"the sweep was cancelled after {done} of {len(cells)} cells")
