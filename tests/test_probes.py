@@ -131,3 +131,27 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path):
 def test_bad_model_or_spec_is_one_message(argv, capsys, tmp_path):
     assert probes_main([*argv, "--out", str(tmp_path / "y")]) == 2
     assert capsys.readouterr().err.count("error:") == 1
+
+
+def test_ctrl_c_keeps_the_finished_part(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "study"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "probes", "induction-study", "--pairs", "64", "--out", str(out), "--formats", "html"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "1-head-types.json").exists():
+        time.sleep(0.2)
+    assert (out / "1-head-types.json").exists(), "the probe wrote nothing"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    manifest = json.loads((out / "manifest.json").read_text())
+    if proc.returncode == 0:  # it finished before the signal arrived: nothing to keep
+        assert manifest["status"] == "done"
+        return
+    assert proc.returncode == 130 and "interrupted" in err
+    assert manifest["status"] == "interrupted" and "1-head-types.json" in manifest["files"]
+    json.loads((out / "1-head-types.json").read_text())
