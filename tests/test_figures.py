@@ -49,3 +49,15 @@ def test_grid_has_one_panel_per_head(circuits):
     fig, factor = figures.pattern_grid(attention.patterns(circuits, PROMPT))
     assert factor == 1 and len(fig.data) == circuits.info.n_layers * circuits.info.n_heads
     assert torch.tensor(fig.data[4].z).shape == (7, 7)
+
+
+def test_per_head_heatmaps_show_the_result_values(circuits):
+    from workbench import attribution, compare
+
+    c = attribution.component_attribution(circuits, PROMPT, circuits.tokenizer(" stone")["input_ids"][0])
+    trace = figures.head_attribution_heatmap(c).data[0]
+    assert torch.allclose(torch.tensor(trace.z), c.heads) and trace.zmid == 0 and trace.zmin == -trace.zmax
+    d = compare.pattern_diff(circuits, PROMPT, "apple river stone lemon apple river")
+    assert torch.allclose(torch.tensor(figures.head_change_heatmap(d).data[0].z), d.change)
+    diff = figures.pattern_diff_heatmap(d, 1, 0).data[0].z
+    assert math.isnan(diff[0][1]) and not math.isnan(diff[1][0])  # the future stays masked in the difference too

@@ -281,9 +281,12 @@ def component_attribution(
     position %= run.n_tokens
     tokens = run.tokens[None].to(model.device)
     with model.lock, torch.no_grad():
-        comp = direct_logit_attribution(model.bridge, tokens, token, contrast, unit="component", pos=position)
-        per_head = direct_logit_attribution(model.bridge, tokens, token, contrast, unit="head", pos=position)
-        layered = direct_logit_attribution(model.bridge, tokens, token, contrast, unit="layer", pos=position)
+        # one forward pass; the three decompositions read the same cache (each would run the model otherwise)
+        _, cache = model.bridge.run_with_cache(tokens)
+        comp, per_head, layered = (
+            direct_logit_attribution(model.bridge, answer_tokens=token, incorrect_tokens=contrast, unit=unit, pos=position, cache=cache)
+            for unit in ("component", "head", "layer")
+        )
     direction = _direction(model, token, contrast)  # (d_model,)
     scale = run["ln_final.hook_scale"][position].float()  # (1,) the frozen final-norm scale
     neurons = []

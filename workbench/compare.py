@@ -49,8 +49,13 @@ class PatternDiff:
     change: torch.Tensor  # (layer, head) total variation per query row, averaged: 0 = same, 1 = disjoint
 
 
+def _names(model: LoadedModel) -> list[str]:
+    """What both comparisons read: asked for together, each prompt runs once for the whole page."""
+    return hook_names(model, "attn.hook_pattern") + [name for _, name in lens_.lens_points(model)]
+
+
 def pattern_diff(model: LoadedModel, prompt_a: str, prompt_b: str) -> PatternDiff:
-    names = hook_names(model, "attn.hook_pattern")
+    names = _names(model)
     run_a, run_b = run_prompt(model, prompt_a, names), run_prompt(model, prompt_b, names)
     al = align(run_a, run_b)
     n = al.n
@@ -74,7 +79,7 @@ class LensDiff:
 
 def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32) -> LensDiff:
     points = lens_.lens_points(model)
-    names = [name for _, name in points]
+    names = _names(model)
     run_a, run_b = run_prompt(model, prompt_a, names), run_prompt(model, prompt_b, names)
     al = align(run_a, run_b)
     ra, rb = lens_.residuals(run_a, model)[:, : al.n], lens_.residuals(run_b, model)[:, : al.n]  # (point, n, d_model)

@@ -23,6 +23,26 @@ DIVERGING = "RdBu"
 FONT = dict(family="DejaVu Sans Mono, Menlo, Consolas, monospace")
 
 
+def _future_masked(grid: torch.Tensor) -> torch.Tensor:
+    """A (query, key) grid with the cells a query cannot see set to NaN (drawn as the grey background)."""
+    n = grid.shape[-1]
+    return grid.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("nan"))
+
+
+def _layer_head(values: torch.Tensor, what: str, **colours) -> go.Heatmap:
+    """A layers x heads heatmap with each cell's value written in: the shape of every per-head score."""
+    layers, heads = values.shape
+    return go.Heatmap(
+        z=values.tolist(),
+        x=[f"H{h}" for h in range(heads)],
+        y=[f"L{layer}" for layer in range(layers)],
+        text=[[f"{v:.2f}" for v in row] for row in values.tolist()],
+        texttemplate="%{text}",
+        hovertemplate=f"{what}<br>%{{y}} %{{x}}<br>%{{z:.4f}}<extra></extra>",
+        **colours,
+    )
+
+
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=50, b=10), font=FONT, template="plotly_white")
     return fig
@@ -94,9 +114,8 @@ MASKED = "#e6e6e6"  # the causal mask: cells a query cannot see
 
 def pattern_heatmap(p: Patterns, layer: int, head: int, title: str | None = None) -> go.Figure:
     """One head's pattern, query rows x key columns; the masked future is grey, exact weights on hover."""
-    grid = p.head(layer, head).clone()  # (query, key)
+    grid = _future_masked(p.head(layer, head))  # (query, key)
     pos = grid.shape[0]
-    grid[torch.ones(pos, pos, dtype=torch.bool).triu(1)] = float("nan")
     labels = unique_labels(p.labels)
     fig = go.Figure(
         go.Heatmap(
@@ -197,25 +216,8 @@ def head_types_heatmap(h: HeadTypes) -> go.Figure:
     names = list(h.scores)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.03)
     for i, name in enumerate(names):
-        s = h.scores[name]
-        layers, heads = s.shape
-        is_entropy = name == "entropy"
-        fig.add_trace(
-            go.Heatmap(
-                z=s.tolist(),
-                x=[f"H{head}" for head in range(heads)],
-                y=[f"L{layer}" for layer in range(layers)],
-                colorscale="Greens_r" if is_entropy else SEQUENTIAL,
-                zmin=0,
-                zmax=None if is_entropy else 1,
-                text=[[f"{v:.2f}" for v in row] for row in s.tolist()],
-                texttemplate="%{text}",
-                showscale=False,
-                hovertemplate=f"{name}<br>%{{y}} %{{x}}<br>score %{{z:.4f}}<extra></extra>",
-            ),
-            row=1,
-            col=i + 1,
-        )
+        colours = dict(colorscale="Greens_r", zmin=0) if name == "entropy" else dict(colorscale=SEQUENTIAL, zmin=0, zmax=1)
+        fig.add_trace(_layer_head(h.scores[name], name, showscale=False, **colours), row=1, col=i + 1)
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, f"Head types on {h.source} (entropy in nats: low = focused)", 160 + 40 * next(iter(h.scores.values())).shape[0])
 
@@ -468,21 +470,8 @@ def component_bars(c: ComponentAttribution) -> go.Figure:
 
 def head_attribution_heatmap(c: ComponentAttribution) -> go.Figure:
     bound = _bound(c.heads)
-    layers, heads = c.heads.shape
-    fig = go.Figure(
-        go.Heatmap(
-            z=c.heads.tolist(),
-            x=[f"H{h}" for h in range(heads)],
-            y=[f"L{layer}" for layer in range(layers)],
-            colorscale=DIVERGING,
-            zmid=0,
-            zmin=-bound,
-            zmax=bound,
-            text=[[f"{v:.2f}" for v in row] for row in c.heads.tolist()],
-            texttemplate="%{text}",
-            hovertemplate="%{y} %{x}<br>%{z:.4f}<extra></extra>",
-        )
-    )
+    layers = c.heads.shape[0]
+    fig = go.Figure(_layer_head(c.heads, "direct contribution", colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound))
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, f"Every head's direct contribution to {c.target} (everything else: {c.head_remainder:.3f})", 160 + 45 * layers)
 
@@ -538,9 +527,8 @@ def patching_heatmap(r: PatchResult | DatasetPatchResult, title: str | None = No
 
 def pattern_diff_heatmap(d: PatternDiff, layer: int, head: int) -> go.Figure:
     """One head: prompt B's pattern minus prompt A's, diverging colours centred on zero."""
-    grid = d.diff[layer, head].clone()
+    grid = _future_masked(d.diff[layer, head])
     n = grid.shape[0]
-    grid[torch.ones(n, n, dtype=torch.bool).triu(1)] = float("nan")
     labels = unique_labels(d.alignment.labels())
     fig = go.Figure(
         go.Heatmap(
@@ -564,20 +552,8 @@ def pattern_diff_heatmap(d: PatternDiff, layer: int, head: int) -> go.Figure:
 
 
 def head_change_heatmap(d: PatternDiff) -> go.Figure:
-    layers, heads = d.change.shape
-    fig = go.Figure(
-        go.Heatmap(
-            z=d.change.tolist(),
-            x=[f"H{h}" for h in range(heads)],
-            y=[f"L{layer}" for layer in range(layers)],
-            colorscale=SEQUENTIAL,
-            zmin=0,
-            zmax=1,
-            text=[[f"{v:.2f}" for v in row] for row in d.change.tolist()],
-            texttemplate="%{text}",
-            hovertemplate="%{y} %{x}<br>mean total variation %{z:.4f}<extra></extra>",
-        )
-    )
+    layers = d.change.shape[0]
+    fig = go.Figure(_layer_head(d.change, "mean total variation", colorscale=SEQUENTIAL, zmin=0, zmax=1))
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, "How much each head's attention changes (0 = same, 1 = disjoint)", 160 + 45 * layers)
 
