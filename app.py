@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from workbench import figures, ui
+from workbench import ui
+from workbench.figures import generate as draw
 from workbench.generate import Sampling, generate, next_token_topk
 from workbench.runs import run_prompt
 
@@ -30,7 +31,7 @@ with ui.guard("the run"):
         st.subheader("Next token")
         k = st.slider("How many candidates", 3, 30, 10, key="w.home_k")
         topk = next_token_topk(model, run, k=k)
-        ui.figure(figures.topk_bar(topk), "next-token", topk, topk.rows())
+        ui.figure(draw.topk_bar(topk), "next-token", topk, topk.rows())
     with right:
         st.subheader("Generate, one token at a time")
         with st.form("generate"):
@@ -47,6 +48,6 @@ with ui.guard("the run"):
             gen = generate(model, prompt, sampling)
             st.markdown(f"**{prompt}**{gen.text}")
             st.caption(f"Stopped: {gen.stopped}.")
-            ui.figure(figures.generation_steps(gen), "generation", gen)
+            ui.figure(draw.generation_steps(gen), "generation", gen)
 
 ui.share_to_url("model", "prompt", "k", "sampling", "temperature", "new_tokens", "top_k", "top_p", "seed")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import Row, compare
-from workbench import attention, figures
+from workbench import attention
+from workbench.figures import attention as draw
 from workbench.model import load_model
 from workbench.runs import hook_names, run_prompt
 
@@ -22,10 +23,10 @@ def run(quick: bool = False) -> list[Row]:
             model.bridge(tokens)
 
     def grid():
-        figures.pattern_grid(attention.patterns_of(run_))
+        draw.pattern_grid(attention.patterns_of(run_))
 
     def full_grid():
-        figures.pattern_grid(attention.patterns_of(run_), cell=model.info.n_ctx)
+        draw.pattern_grid(attention.patterns_of(run_), cell=model.info.n_ctx)
 
     repeats = 3 if quick else 10
     case = f"{run_.n_tokens} tokens"

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from workbench import attention, figures, ui
+from workbench import attention, ui
+from workbench.figures import attention as draw
 from workbench.runs import hook_names, run_prompt
 
 model = ui.page(
@@ -19,23 +20,23 @@ with ui.guard("the attention patterns"):
 
     with one:
         ui.figure(
-            figures.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}", p.head(layer, head), attention.pattern_rows(p, layer, head)
+            draw.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}", p.head(layer, head), attention.pattern_rows(p, layer, head)
         )
 
     with grid:
-        fig, factor = figures.pattern_grid(p)
+        fig, factor = draw.pattern_grid(p)
         if factor > 1:
             st.info(
                 f"The prompt has {run.n_tokens} tokens: each small pattern shows the largest weight in every {factor}×{factor} block. Pick a head above to see it whole."
             )
         ui.figure(fig, "patterns-all-heads", p.pattern)
         st.caption(f"Choose a layer and head above to enlarge it. Below: layer {layer}, head {head}.")
-        ui.figure(figures.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}-enlarged", p.head(layer, head))
+        ui.figure(draw.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}-enlarged", p.head(layer, head))
 
     with focus:
         position = ui.position_picker(run.labels, "Token")
         f = attention.token_focus(p, position)
-        ui.figure(figures.token_focus_figure(f, run.labels), f"token-focus-{position}", f)
+        ui.figure(draw.token_focus_figure(f, run.labels), f"token-focus-{position}", f)
 
     with types:
         st.markdown(
@@ -44,9 +45,9 @@ with ui.guard("the attention patterns"):
             "and each head's mean attention entropy."
         )
         on_prompt = attention.head_types(model, run)
-        ui.figure(figures.head_types_heatmap(on_prompt), "head-types-prompt", on_prompt, on_prompt.rows())
+        ui.figure(draw.head_types_heatmap(on_prompt), "head-types-prompt", on_prompt, on_prompt.rows())
         repeats = ui.cached_head_types_on_repeats(model)
-        ui.figure(figures.head_types_heatmap(repeats), "head-types-repeats", repeats, repeats.rows())
+        ui.figure(draw.head_types_heatmap(repeats), "head-types-repeats", repeats, repeats.rows())
         kind = st.selectbox("Rank heads by", attention.HEAD_TYPES, index=2, key="w.rank_by")
         c1, c2 = st.columns(2)
         c1.markdown("**on your prompt**")
@@ -58,7 +59,7 @@ with ui.guard("the attention patterns"):
         query = ui.position_picker(run.labels, "Query token", key="w.anatomy_query")
         a = attention.head_anatomy(model, prompt, layer, head, query, truncate=truncate)
         st.latex(r"\mathrm{head}(x_i) = \mathrm{softmax}\!\left(\frac{q_i K^\top}{\sqrt{d_\mathrm{head}}} + \mathrm{mask}\right) V \; W_O")
-        ui.figure(figures.anatomy_figure(a), f"anatomy-L{layer}H{head}-q{query}", a)
+        ui.figure(draw.anatomy_figure(a), f"anatomy-L{layer}H{head}-q{query}", a)
         st.markdown(
             f"z = Σ weights × values has norm **{a.z.norm():.3f}**; the head writes z·W_O (norm **{a.output.norm():.3f}**) into the "
             f"residual stream. Check against the model's own hooks: largest difference in the weights "

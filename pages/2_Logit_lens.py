@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from workbench import figures, lens, ui
+from workbench import lens, ui
+from workbench.figures import lens as draw
 from workbench.generate import next_token_topk
 from workbench.runs import run_prompt
 
@@ -32,25 +33,25 @@ with ui.guard("the lens"):
     results = [logit]
     if tuned is None:
         st.info("This model has no tuned lens yet: train one with `python -m workbench.train lens <model>`.")
-        ui.figure(figures.lens_heatmap(logit), "logit-lens", logit, logit.rows())
+        ui.figure(draw.lens_heatmap(logit), "logit-lens", logit, logit.rows())
     else:
         tuned_result = lens.lens(model, prompt, k=5, targets=targets, tuned=tuned, truncate=truncate)
         results.append(tuned_result)
         # side by side while the cells stay readable; one above the other for longer prompts
         left, right = st.columns(2) if run.n_tokens <= 12 else (st.container(), st.container())
         with left:
-            ui.figure(figures.lens_heatmap(logit), "logit-lens", logit, logit.rows())
+            ui.figure(draw.lens_heatmap(logit), "logit-lens", logit, logit.rows())
         with right:
-            ui.figure(figures.lens_heatmap(tuned_result), "tuned-lens", tuned_result, tuned_result.rows())
+            ui.figure(draw.lens_heatmap(tuned_result), "tuned-lens", tuned_result, tuned_result.rows())
     if targets:
-        ui.figure(figures.lens_target_lines(results, position), f"lens-targets-{position}", [r.target_probs[:, position] for r in results])
+        ui.figure(draw.lens_target_lines(results, position), f"lens-targets-{position}", [r.target_probs[:, position] for r in results])
     ui.figure(
-        figures.lens_stats_lines(results, position),
+        draw.lens_stats_lines(results, position),
         f"lens-stats-{position}",
         {r.kind: {"entropy": r.entropy[:, position], "kl_to_final": r.kl_to_final[:, position]} for r in results},
     )
     ui.figure(
-        figures.lens_stats_lines(results),
+        draw.lens_stats_lines(results),
         "lens-stats-mean",
         {r.kind: {"entropy": r.entropy.mean(1), "kl_to_final": r.kl_to_final.mean(1)} for r in results},
     )

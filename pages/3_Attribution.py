@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from workbench import attribution, figures, ui
+from workbench import attribution, ui
+from workbench.figures import attribution as draw
 from workbench.generate import next_token_topk
 from workbench.runs import run_prompt
 
@@ -55,13 +56,13 @@ with ui.guard("the attribution"):
             more = attribution.suggested_steps(a)
             if more:
                 st.warning(f"The gap ({gap:.3f}) is large: try about {more} integration steps.")
-        ui.figure(figures.input_attribution_tokens(a), f"input-attribution-{method}", a, a.rows())
+        ui.figure(draw.input_attribution_tokens(a), f"input-attribution-{method}", a, a.rows())
         if len(a.target_labels) > 1:
-            ui.figure(figures.input_attribution_matrix(a), f"input-attribution-matrix-{method}", a, a.rows())
+            ui.figure(draw.input_attribution_matrix(a), f"input-attribution-matrix-{method}", a, a.rows())
     with components:
         c = attribution.component_attribution(model, prompt, target.tokens[0], target.contrast, truncate=truncate)
-        ui.figure(figures.component_bars(c), "dla-components", c, c.rows())
-        ui.figure(figures.head_attribution_heatmap(c), "dla-heads", c.heads)
+        ui.figure(draw.component_bars(c), "dla-components", c, c.rows())
+        ui.figure(draw.head_attribution_heatmap(c), "dla-heads", c.heads)
         st.markdown("**Neurons with the largest direct contributions**")
         st.dataframe(c.neurons, hide_index=True)
 

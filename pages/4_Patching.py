@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from workbench import figures, patching, ui
+from workbench import patching, ui
+from workbench.figures import patching as draw
 from workbench.lens import target_token
 
 model = ui.page(
@@ -74,14 +75,14 @@ with ui.guard("the patching"):
     left, right = st.columns(2)
     with left:
         st.markdown("**Preview: attribution patching** (one forward and one backward pass; ranks cells, misjudges sizes)")
-        ui.figure(figures.patching_heatmap(preview, "Attribution patching estimate"), f"patching-estimate-{site}", preview, preview.rows())
+        ui.figure(draw.patching_heatmap(preview, "Attribution patching estimate"), f"patching-estimate-{site}", preview, preview.rows())
     with right:
         st.markdown("**Exact sweep** (one patched run per cell, batched)")
         if exact is None and st.button("Run the exact sweep", type="primary", key="w.run_exact"):
             exact = patching.sweep(model, setup, site, direction, progress=ui.progress_reporter("Patching"))
             st.session_state.setdefault("wb.patch_exact", {})[key] = exact
         if exact is not None:
-            ui.figure(figures.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
+            ui.figure(draw.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
             st.caption(f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}")
     if exact is not None:
         st.markdown("**Most important components**")
@@ -96,7 +97,7 @@ with ui.guard("the patching"):
                 pairs = patching.induction_pairs(model, int(n_pairs), seed=0)
                 pairs = [patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in pairs]
                 result = patching.sweep_dataset(model, pairs, site, direction, progress=ui.progress_reporter("Dataset"))
-                ui.figure(figures.patching_heatmap(result), f"patching-dataset-{site}", result)
+                ui.figure(draw.patching_heatmap(result), f"patching-dataset-{site}", result)
         else:
             st.caption("The circuits model ships a generator of copying pairs; probes take any dataset of pairs from a spec file.")
 

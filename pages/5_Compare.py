@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from workbench import compare, figures, ui
+from workbench import compare, ui
+from workbench.figures import compare as draw
 
 model = ui.page(
     "Compare two prompts",
@@ -24,10 +25,10 @@ with ui.guard("the comparison"):
     layer, head = ui.head_picker(model)
     attn, lens_tab = st.tabs(["Attention", "Logit lens"])
     with attn:
-        ui.figure(figures.head_change_heatmap(d), "compare-heads", d.change)
-        ui.figure(figures.pattern_diff_heatmap(d, layer, head), f"compare-L{layer}H{head}", d.diff[layer, head])
+        ui.figure(draw.head_change_heatmap(d), "compare-heads", d.change)
+        ui.figure(draw.pattern_diff_heatmap(d, layer, head), f"compare-L{layer}H{head}", d.diff[layer, head])
     with lens_tab:
         ld = compare.lens_diff(model, prompt_a, prompt_b)
-        ui.figure(figures.lens_diff_heatmap(ld), "compare-lens", ld)
+        ui.figure(draw.lens_diff_heatmap(ld), "compare-lens", ld)
 
 ui.share_to_url("model", "prompt", "prompt_b", "layer", "head")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from probes.common import run_probe
-from workbench import attention, figures
+from workbench import attention
+from workbench.figures import attention as draw
 
 DEFAULTS = {
     "prompt": "It is a truth universally acknowledged, that a single man in possession of a good fortune",
@@ -22,14 +23,14 @@ def add_arguments(p):
 
 def body(model, s, out):
     p = attention.patterns(model, s["prompt"])
-    fig, _ = figures.pattern_grid(p)
+    fig, _ = draw.pattern_grid(p)
     out.figure(fig, "patterns-all-heads")
     out.data("patterns", p)
     layer, head = int(s["layer"]), int(s["head"])
-    out.figure(figures.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}")
+    out.figure(draw.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}")
     out.data(f"pattern-L{layer}H{head}", p.head(layer, head), attention.pattern_rows(p, layer, head))
     a = attention.head_anatomy(model, s["prompt"], layer, head, int(s["query"]))
-    out.figure(figures.anatomy_figure(a), f"anatomy-L{layer}H{head}")
+    out.figure(draw.anatomy_figure(a), f"anatomy-L{layer}H{head}")
     out.data(f"anatomy-L{layer}H{head}", a)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from probes.common import run_probe
-from workbench import attribution, figures
+from workbench import attribution
+from workbench.figures import attribution as draw
 from workbench.runs import run_prompt
 
 DEFAULTS = {
@@ -40,13 +41,13 @@ def body(model, s, out):
     for method in s["methods"]:
         a = attribution.input_attribution(model, s["prompt"], target, method=method, baseline=s["baseline"], steps=int(s["steps"]))
         name = "input-" + method.replace(" ", "-").replace("×", "x")
-        out.figure(figures.input_attribution_tokens(a), name)
+        out.figure(draw.input_attribution_tokens(a), name)
         if len(a.target_labels) > 1:
-            out.figure(figures.input_attribution_matrix(a), name + "-matrix")
+            out.figure(draw.input_attribution_matrix(a), name + "-matrix")
         out.data(name, a, a.rows())
     c = attribution.component_attribution(model, s["prompt"], target.tokens[0], target.contrast)
-    out.figure(figures.component_bars(c), "dla-components")
-    out.figure(figures.head_attribution_heatmap(c), "dla-heads")
+    out.figure(draw.component_bars(c), "dla-components")
+    out.figure(draw.head_attribution_heatmap(c), "dla-heads")
     out.data("dla", c, c.rows())
 
 

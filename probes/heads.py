@@ -8,7 +8,8 @@ import time
 from tqdm import tqdm
 
 from probes.common import run_probe
-from workbench import attention, figures
+from workbench import attention
+from workbench.figures import attention as draw
 from workbench.runs import hook_names, run_prompt
 
 DEFAULTS = {
@@ -28,14 +29,14 @@ def body(model, s, out):
     repeats = attention.head_types_on_repeats(
         model, n=min(int(s["repeat_n"]), (model.info.n_ctx - 1) // 2), seqs=int(s["repeat_seqs"]), seed=int(s["seed"])
     )
-    out.figure(figures.head_types_heatmap(repeats), "head-types-repeats")
+    out.figure(draw.head_types_heatmap(repeats), "head-types-repeats")
     out.data("head-types-repeats", repeats, repeats.rows())
     out.timing("repeats", time.time() - t)
     for i, prompt in enumerate(tqdm(s["prompts"], desc="prompts", disable=len(s["prompts"]) < 2)):
         t = time.time()
         run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"))
         types = attention.head_types(model, run)
-        out.figure(figures.head_types_heatmap(types), f"head-types-prompt{i}")
+        out.figure(draw.head_types_heatmap(types), f"head-types-prompt{i}")
         out.data(f"head-types-prompt{i}", types, types.rows())
         out.timing(f"prompt{i}", time.time() - t)
 

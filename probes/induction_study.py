@@ -6,7 +6,10 @@ from __future__ import annotations
 import time
 
 from probes.common import run_probe
-from workbench import attention, attribution, figures, patching
+from workbench import attention, attribution, patching
+from workbench.figures import attention as attention_figures
+from workbench.figures import attribution as attribution_figures
+from workbench.figures import patching as patching_figures
 
 DEFAULTS = {"model": "circuits", "pairs": 16, "repeat_n": 50}
 
@@ -23,7 +26,7 @@ def body(model, s, out):
 
     t = time.time()
     types = attention.head_types_on_repeats(model, n=min(int(s["repeat_n"]), (model.info.n_ctx - 1) // 2), seed=int(s["seed"]))
-    out.figure(figures.head_types_heatmap(types), "1-head-types")
+    out.figure(attention_figures.head_types_heatmap(types), "1-head-types")
     out.data("1-head-types", types, types.rows())
     ind, prev = types.ranked("induction", 1)[0], types.ranked("previous token", 1)[0]
     lines.append(
@@ -37,8 +40,8 @@ def body(model, s, out):
     pairs = patching.induction_pairs(model, int(s["pairs"]), seed=int(s["seed"]))
     resid = patching.sweep_dataset(model, pairs, "resid_pre")
     heads = patching.sweep_dataset(model, pairs, "z")
-    out.figure(figures.patching_heatmap(resid), "2-patching-resid")
-    out.figure(figures.patching_heatmap(heads), "2-patching-heads")
+    out.figure(patching_figures.patching_heatmap(resid), "2-patching-resid")
+    out.figure(patching_figures.patching_heatmap(heads), "2-patching-heads")
     out.data("2-patching-resid", resid)
     out.data("2-patching-heads", heads)
     layer0 = resid.mean[0, :-1]
@@ -58,13 +61,13 @@ def body(model, s, out):
 
     t = time.time()
     c = attribution.component_attribution(model, example.clean, example.answer, example.wrong)
-    out.figure(figures.head_attribution_heatmap(c), "3-dla-heads")
-    out.figure(figures.component_bars(c), "3-dla-components")
+    out.figure(attribution_figures.head_attribution_heatmap(c), "3-dla-heads")
+    out.figure(attribution_figures.component_bars(c), "3-dla-components")
     out.data("3-dla", c, c.rows())
     d_flat = int(c.heads.flatten().argmax())
     d_layer, d_head = divmod(d_flat, model.info.n_heads)
     ig = attribution.input_attribution(model, example.clean, attribution.Target((example.answer,)), steps=32)
-    out.figure(figures.input_attribution_tokens(ig), "3-input-ig")
+    out.figure(attribution_figures.input_attribution_tokens(ig), "3-input-ig")
     out.data("3-input-ig", ig, ig.rows())
     ig_top = int(ig.scores[0].nan_to_num(-1e9).argmax())
     lines.append(

@@ -4,8 +4,9 @@ target tokens across layers, entropy and KL to the final distribution."""
 from __future__ import annotations
 
 from probes.common import run_probe
-from workbench import figures, lens
+from workbench import lens
 from workbench.errors import InputError
+from workbench.figures import lens as draw
 
 DEFAULTS = {
     "prompts": ["It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a"],
@@ -29,11 +30,11 @@ def body(model, s, out):
             results.append(lens.lens(model, prompt, k=int(s["k"]), targets=targets, tuned=tuned))
         for r in results:
             name = f"{r.kind.replace(' ', '-')}-prompt{i}"
-            out.figure(figures.lens_heatmap(r), name)
+            out.figure(draw.lens_heatmap(r), name)
             out.data(name, r, r.rows())
         if targets:
-            out.figure(figures.lens_target_lines(results, -1), f"targets-prompt{i}")
-        out.figure(figures.lens_stats_lines(results), f"stats-prompt{i}")
+            out.figure(draw.lens_target_lines(results, -1), f"targets-prompt{i}")
+        out.figure(draw.lens_stats_lines(results), f"stats-prompt{i}")
     if not s["prompts"]:
         raise InputError("give at least one --prompt")
 

@@ -8,8 +8,9 @@ import time
 from tqdm import tqdm
 
 from probes.common import run_probe
-from workbench import figures, patching
+from workbench import patching
 from workbench.errors import InputError
+from workbench.figures import patching as draw
 from workbench.lens import target_token
 
 DEFAULTS = {
@@ -71,15 +72,15 @@ def body(model, s, out):
 
                 r = patching.sweep(model, pairs[0], site, s["direction"], progress=progress)
             estimate = patching.attribution_sweep(model, pairs[0], site, s["direction"])
-            out.figure(figures.patching_heatmap(r), f"patching-{site}")
-            out.figure(figures.patching_heatmap(estimate, "Attribution patching estimate"), f"patching-{site}-estimate")
+            out.figure(draw.patching_heatmap(r), f"patching-{site}")
+            out.figure(draw.patching_heatmap(estimate, "Attribution patching estimate"), f"patching-{site}-estimate")
             out.data(f"patching-{site}", r, r.rows())
             out.data(f"patching-{site}-estimate", estimate, estimate.rows())
             out.manifest.setdefault("correlation_estimate_exact", {})[site] = patching.correlation(estimate, r)
         else:
             with tqdm(total=len(pairs), desc=f"{site}", unit="pair") as bar:
                 r = patching.sweep_dataset(model, pairs, site, s["direction"], progress=lambda done, total: bar.update(done - bar.n))
-            out.figure(figures.patching_heatmap(r), f"patching-{site}-dataset")
+            out.figure(draw.patching_heatmap(r), f"patching-{site}-dataset")
             out.data(f"patching-{site}-dataset", r)
         out.timing(site, time.time() - t)
 

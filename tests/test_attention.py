@@ -5,7 +5,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from workbench import attention, figures
+from workbench import attention
 from workbench.errors import InputError
 from workbench.runs import hook_names, run_prompt
 
@@ -80,14 +80,6 @@ def test_anatomy_reproduces_the_model_hooks(shipped):
     assert torch.allclose(a.output, a.model_output, atol=1e-4)
     assert a.weights[5:].abs().max() == 0 and math.isclose(a.weights.sum().item(), 1.0, abs_tol=1e-6)
     assert math.isclose(a.scale, math.sqrt(shipped.info.d_head))
-
-
-def test_grid_of_a_long_prompt_is_pooled_and_says_so(english):
-    prompt = " ".join(["word"] * 300)
-    p = attention.patterns(english, prompt, truncate=True)
-    fig, factor = figures.pattern_grid(p, cell=48)
-    assert factor == math.ceil(256 / 48) and "max over" in fig.layout.title.text
-    assert len(fig.data) == 16 and len(fig.data[0].z) <= 48
 
 
 def test_attention_page_shows_every_view():
