@@ -12,6 +12,7 @@ PROBES = {
     "patching": "probes.patching",
     "attribution": "probes.attribution",
     "induction-study": "probes.induction_study",
+    "training": "probes.training",
 }
 
 

@@ -1,7 +1,8 @@
 """Training checkpoints of the shipped models: `english@1200` is the English model as it was after step 1,200.
 
-A trained shipped model's folder holds fp16 snapshots of its run, `checkpoints/step-NNNNNN.safetensors`
-(written by `workbench.train`), beside the final weights. Opening one builds, once, a Hugging Face
+A trained shipped model's folder holds snapshots of its run, `checkpoints/step-NNNNNN.safetensors`
+(written by `workbench.train`: fp16, or int8 rows with a scale each where fp16 would not fit the
+size the repository allows), beside the final weights. Opening one builds, once, a Hugging Face
 folder in the user's cache (the shipped config and tokenizer, the snapshot's weights in float32)
 and loads it like any model, so every view works on it unchanged.
 """
@@ -37,6 +38,21 @@ def steps(folder: Path) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in (folder / "checkpoints").glob("step-*.safetensors"))
 
 
+SCALE_SUFFIX = ".int8_row_scale"  # written by workbench.train.common.snapshot_tensors
+
+
+def weights(snapshot: Path) -> dict[str, torch.Tensor]:
+    """A snapshot's state dict in float32: fp16 tensors widened, int8 rows times their scales."""
+    stored = load_file(str(snapshot))
+    out = {}
+    for name, t in stored.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        scale = stored.get(name + SCALE_SUFFIX)
+        out[name] = t.float() * scale.float()[:, None] if scale is not None else t.float()
+    return out
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench")) / "checkpoints"
 
@@ -60,7 +76,7 @@ def folder_for(name: str, folder: Path, step: int) -> Path:
     for file in TOKENIZER_FILES:
         if (folder / file).exists():
             shutil.copy(folder / file, tmp / file)
-    tensors = {k: v.to(torch.float32) for k, v in load_file(str(snapshot)).items()}
+    tensors = weights(snapshot)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     try:
         os.replace(tmp, out)

@@ -129,9 +129,30 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def _save_snapshot(model: GPT2LMHeadModel, path: Path) -> None:
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(tensors, str(path))
+SCALE_SUFFIX = ".int8_row_scale"
+
+
+def snapshot_tensors(state: dict[str, torch.Tensor], precision: str = "fp16") -> dict[str, torch.Tensor]:
+    """A state dict as stored in a snapshot: fp16, or ("int8") matrices as int8 rows with one fp16 scale per row.
+
+    int8 halves a snapshot again (a 4 x 128 model with 4,096 tokens: 2.7 MB in fp16, 1.4 MB in int8) at a
+    relative error of at most 1/254 of each row's largest weight; vectors (biases, norms) stay fp16."""
+    out = {}
+    for name, w in state.items():
+        if name == "lm_head.weight":  # tied to the token embedding
+            continue
+        w = w.detach().float()
+        if precision == "int8" and w.dim() == 2:
+            scale = w.abs().amax(-1, keepdim=True).clamp(min=1e-12) / 127  # (rows, 1)
+            out[name] = (w / scale).round().clamp(-127, 127).to(torch.int8).contiguous()
+            out[name + SCALE_SUFFIX] = scale.squeeze(-1).to(torch.float16)
+        else:
+            out[name] = w.to(torch.float16).contiguous()
+    return out
+
+
+def _save_snapshot(model: GPT2LMHeadModel, path: Path, precision: str = "fp16") -> None:
+    save_file(snapshot_tensors(model.state_dict(), precision), str(path), metadata={"precision": precision})
 
 
 def run_stages(
@@ -144,8 +165,13 @@ def run_stages(
     eval_every: int = 500,
     save_every: int = 200,
     log: Callable[[str], None] = print,
+    snapshot_precision: str = "fp16",
+    until: int | None = None,
 ) -> dict:
     """Trains `model` in place through `stages`, resuming from `run_dir/state.pt` if it is there.
+
+    `until` stops after that many steps (state saved), as an interrupted run would: the same call
+    without it resumes there.
 
     Returns the training record: per-step losses (every cfg.log_every steps), evaluations (every
     `eval_every` steps and at each snapshot), tokens seen, wall time."""
@@ -167,7 +193,7 @@ def run_stages(
         bounds.append(bounds[-1] + s.steps)
     model.train()
     began = time.time() - seconds
-    for step in range(start_step, total):
+    for step in range(start_step, min(total, until or total)):
         k = max(i for i in range(len(stages)) if bounds[i] <= step)
         stage = stages[k]
         lr = stage_lr(stage, step - bounds[k])
@@ -195,8 +221,8 @@ def run_stages(
                 with open(run_dir / "log.jsonl", "a") as f:
                     f.write(json.dumps(rec) + "\n")
         if run_dir and done in snapshots:
-            _save_snapshot(model, run_dir / "checkpoints" / f"step-{done:06d}.safetensors")
-        if state_path and (done % save_every == 0 or done == total):
+            _save_snapshot(model, run_dir / "checkpoints" / f"step-{done:06d}.safetensors", snapshot_precision)
+        if state_path and (done % save_every == 0 or done == total or done == until):
             state = {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),

@@ -192,3 +192,15 @@ def split_text(docs: list[Document], heldout_every: int = 20) -> tuple[str, str]
         for i, para in enumerate(doc.text.split("\n\n")):
             (heldout if i % heldout_every == heldout_every - 1 else train).append(para)
     return "\n\n".join(train), "\n\n".join(heldout)
+
+
+def heldout_paragraphs(docs: list[Document], heldout_every: int = 20) -> list[tuple[Document, str]]:
+    """The held-out paragraphs of `split_text`, each with its document."""
+    return [(doc, para) for doc in docs for i, para in enumerate(doc.text.split("\n\n")) if i % heldout_every == heldout_every - 1]
+
+
+def spread_sample(paragraphs: list[str], chars: int) -> str:
+    """About `chars` characters of whole paragraphs, taken evenly from the whole list (not its first pages)."""
+    total = sum(len(p) + 2 for p in paragraphs)
+    step = max(1, round(total / chars))
+    return "\n\n".join(paragraphs[::step])

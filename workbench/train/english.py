@@ -34,12 +34,14 @@ class Recipe:
     """Everything a run of the English model depends on (with `common.TrainConfig` for the shape)."""
 
     model: common.TrainConfig = field(
-        default_factory=lambda: common.TrainConfig(n_layer=4, n_head=4, n_embd=128, n_positions=256, vocab_size=4096, weight_decay=0.01)
+        default_factory=lambda: common.TrainConfig(
+            n_layer=2, n_head=4, n_embd=256, n_positions=256, vocab_size=2048, weight_decay=0.01, threads=1, log_every=50
+        )
     )
-    curriculum: tuple[tuple[int, int], ...] = ((96, 1000), (1024, 600), (0, 600))  # (pool size, steps); 0 = every id
+    curriculum: tuple[tuple[int, int], ...] = ((96, 1000), (1024, 500), (0, 500))  # (pool size, steps); 0 = every id
     copy_length: int = 49  # BOS + 48 tokens in the curriculum
-    copy_batch: int = 64
-    english_steps: int = 6000
+    copy_batch: int = 32
+    english_steps: int = 5000
     english_batch: int = 16
     english_lr: float = 2e-3
     mix_copy_batch: int = 8  # copying sequences per English step, over the whole vocabulary
@@ -90,6 +92,21 @@ def batches(stream: np.ndarray, cfg: common.TrainConfig, generator: torch.Genera
     data = torch.from_numpy(stream.astype(np.int64))
     while True:
         yield english_batch(data, cfg.batch_size, cfg.n_positions, int(stream[-1]), generator)
+
+
+SNAPSHOT_PRECISION = "int8"  # 6 snapshots of the 2 x 256 model: 13 MB (26 MB in fp16)
+
+
+def snapshot_steps(recipe: Recipe) -> tuple[int, ...]:
+    """Where the run keeps a snapshot: dense in the curriculum (where the heads form), sparser in English."""
+    bounds, total = [], 0
+    for _, steps in recipe.curriculum:
+        total += steps
+        bounds.append(total)
+    first = bounds[0] if bounds else 0
+    early = [first // 2, *bounds]  # before and after the phase change, then each pool
+    late = [total + recipe.english_steps * k // 2 for k in (1, 2)]
+    return tuple(sorted({s for s in early + late if s > 0}))
 
 
 def stages(recipe: Recipe, train_ids: np.ndarray, bos: int, vocab_size: int) -> list[common.Stage]:
@@ -210,7 +227,7 @@ def prepare(cache: Path, vocab_size: int, n_positions: int):
 
 def build(out: Path, cache: Path, recipe: Recipe = RECIPE, run_dir: Path | None = None, snapshots=(), log=print) -> dict:
     cfg = recipe.model
-    tokenizer, train_ids, heldout_ids, heldout_text, docs, train_text = prepare(cache, cfg.vocab_size, cfg.n_positions)
+    tokenizer, train_ids, heldout_ids, _, docs, train_text = prepare(cache, cfg.vocab_size, cfg.n_positions)
     log(f"corpus: {len(train_text):,} chars -> {len(train_ids):,} tokens train, {len(heldout_ids):,} held out")
     eot = tokenizer.convert_tokens_to_ids(EOT)
     torch.manual_seed(cfg.seed)
@@ -221,7 +238,16 @@ def build(out: Path, cache: Path, recipe: Recipe = RECIPE, run_dir: Path | None 
         held = stream_loss(m, tokenizer, heldout_ids, cfg.n_positions, max_windows=24)
         return {"heldout_bpc": round(held["bits_per_char"], 4)} | induction_check(m, cfg.vocab_size, eot, seqs=4)
 
-    record = common.run_stages(model, stages(recipe, train_ids, eot, cfg.vocab_size), cfg, run_dir, snapshots, evaluate, log=log)
+    record = common.run_stages(
+        model,
+        stages(recipe, train_ids, eot, cfg.vocab_size),
+        cfg,
+        run_dir,
+        snapshots,
+        evaluate,
+        log=log,
+        snapshot_precision=SNAPSHOT_PRECISION,
+    )
     record["recipe"] = asdict(recipe)
     held = stream_loss(model, tokenizer, heldout_ids, cfg.n_positions)
     ood = stream_loss(model, tokenizer, ood_ids, cfg.n_positions)
@@ -240,7 +266,22 @@ def build(out: Path, cache: Path, recipe: Recipe = RECIPE, run_dir: Path | None 
     if run_dir is not None:
         record["checkpoints"] = common.ship_snapshots(run_dir, out)
         common.save(model, tokenizer, out, record)
-    # held-out and out-of-domain samples ship with the model, so the card's numbers can be re-measured
-    (out / "heldout_sample.txt").write_text(heldout_text[:60_000])
-    (out / "out_of_domain_sample.txt").write_text(out_of_domain_text())
+    write_samples(out, docs)
     return record
+
+
+HELD_OUT_AUTHOR = "mobydick"  # the tuned lens is validated on this author's paragraphs, and trained on the others'
+
+
+def write_samples(out: Path, docs: list[corpus.Document]) -> None:
+    """Held-out and out-of-domain samples ship with the model, so that the card's numbers can be re-measured.
+
+    heldout_sample.txt: held-out paragraphs spread over every source but HELD_OUT_AUTHOR;
+    heldout_author.txt: HELD_OUT_AUTHOR's held-out paragraphs (the tuned lens's validation text);
+    heldout_prose.txt: held-out paragraphs of the prose sources (the line-break measure);
+    out_of_domain_sample.txt: the unwrapped GPL-3."""
+    held = corpus.heldout_paragraphs(docs)
+    (out / "heldout_sample.txt").write_text(corpus.spread_sample([p for d, p in held if d.title != HELD_OUT_AUTHOR], 60_000))
+    (out / "heldout_author.txt").write_text(corpus.spread_sample([p for d, p in held if d.title == HELD_OUT_AUTHOR], 30_000))
+    (out / "heldout_prose.txt").write_text(corpus.spread_sample([p for d, p in held if d.layout == "prose"], 30_000))
+    (out / "out_of_domain_sample.txt").write_text(out_of_domain_text())
