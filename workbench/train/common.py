@@ -222,7 +222,7 @@ def run_stages(
                     f.write(json.dumps(rec) + "\n")
         if run_dir and done in snapshots:
             _save_snapshot(model, run_dir / "checkpoints" / f"step-{done:06d}.safetensors", snapshot_precision)
-        if state_path and (done % save_every == 0 or done == total or done == until):
+        if state_path and (done % save_every == 0 or done in (total, until)):
             state = {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),

@@ -45,7 +45,12 @@ def texts(model, text_file: Path | None) -> tuple[list[str], list[str], str, str
     folder = Path(model.info.source)
     sample, author = folder / "heldout_sample.txt", folder / "heldout_author.txt"
     if sample.exists() and author.exists():
-        return [sample.read_text()], [author.read_text()], "held-out paragraphs of every source but one author", "that author's (Melville's)"
+        return (
+            [sample.read_text()],
+            [author.read_text()],
+            "held-out paragraphs of every source but one author",
+            "that author's (Melville's)",
+        )
     if sample.exists():
         return _split(sample.read_text(), sample.name)
     from workbench.train import circuits
