@@ -87,7 +87,7 @@ def test_prose_is_unwrapped_and_verse_lists_and_tables_keep_their_breaks():
     for kept in (poem, listing, table, quote):
         assert not corpus.reads_as_wrapped_prose(kept)
     text = "\n\n".join([wrapped, poem, listing])
-    mixed = corpus.lay_out(text, "mixed").split("\n\n")
+    mixed = corpus.lay_out(text, "mixed").rstrip("\n").split("\n\n")
     assert mixed[0] == corpus.join_lines(wrapped) and mixed[1] == poem and mixed[2] == listing
     assert corpus.lay_out(text, "verse") == text
     assert "\n" not in corpus.lay_out(text, "prose").strip().split("\n\n")[1]  # prose sources join everything
@@ -122,7 +122,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 def test_snapshots_round_trip_in_fp16_and_int8(tmp_path):
     torch.manual_seed(0)
     state = GPT2LMHeadModel(common.gpt2_config(TINY, 0, 0)).state_dict()
-    for precision, tolerance in (("fp16", 1e-3), ("int8", 1 / 254)):
+    # int8: half a step of rowmax/127, plus the fp16 rounding of the row's scale (2^-11 of up to 127 steps)
+    for precision, tolerance in (("fp16", 1e-3), ("int8", 1 / 254 + 127 * 2**-11 / 127)):
         stored = common.snapshot_tensors(state, precision)
         assert "lm_head.weight" not in stored  # tied to the embedding
         path = tmp_path / f"snapshot-{precision}.safetensors"

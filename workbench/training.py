@@ -55,6 +55,10 @@ class Formation:
         """(checkpoint,) the highest score any head has, of one type."""
         return self.scores[head_type].flatten(1).max(-1).values
 
+    def best_layer(self, head_type: str) -> torch.Tensor:
+        """(checkpoint,) the highest sum over one layer's heads: a mechanism spread over a layer's heads, as induction often is."""
+        return self.scores[head_type].sum(-1).max(-1).values
+
     def rows(self) -> list[dict]:
         out = []
         for i, step in enumerate(self.steps):

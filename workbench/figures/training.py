@@ -58,13 +58,17 @@ def in_context_loss(f: Formation) -> go.Figure:
         secondary_y=False,
     )
     fig.add_trace(
-        go.Scatter(x=steps, y=f.best("induction").tolist(), name="best induction score", mode="lines+markers", line=dict(dash="dot")),
+        go.Scatter(x=steps, y=f.best("induction").tolist(), name="best induction head", mode="lines+markers", line=dict(dash="dot")),
+        secondary_y=True,
+    )
+    fig.add_trace(
+        go.Scatter(x=steps, y=f.best_layer("induction").tolist(), name="best layer's heads together", mode="lines", line=dict(dash="dash")),
         secondary_y=True,
     )
     _mark_phase_change(fig, f)
     fig.update_xaxes(title="training step", type="log")
     fig.update_yaxes(title="nats", secondary_y=False)
-    fig.update_yaxes(title="score", range=[0, 1.02], secondary_y=True)
+    fig.update_yaxes(title="induction score", rangemode="tozero", secondary_y=True)
     fig.update_layout(legend=dict(orientation="h", y=-0.25))
     return layout(fig, f"{f.model}: in-context loss ({f.settings.get('text', '')})", 400)
 

@@ -177,6 +177,13 @@ def _english_sections(folder: Path, training: dict, measured: dict) -> list[str]
             "held-out paragraphs, so that vocabularies compare. Copying runs: the curriculum's first stage (pool of 96 ids, loss "
             "over the pool's logits), scored on BOS + 20 random ids twice over the whole vocabulary.\n\n" + _table(rows, list(rows[0]))
         )
+    attempts = folder / "attempts.json"
+    if attempts.exists():
+        rows = json.loads(attempts.read_text())
+        lines.append(
+            "\nRuns of the recipe that were stopped, and why (their last evaluation, from their logs):\n\n"
+            + _table(rows, list(dict.fromkeys(k for r in rows for k in r)))
+        )
     h, o, lb, a = measured["heldout_sample"], measured["out_of_domain_sample"], measured["line_breaks"], measured["austen"]
     lines.append(
         "\n## Evaluation\n\n| measure | value |\n|---|---|\n"

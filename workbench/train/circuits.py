@@ -133,7 +133,7 @@ CIRCUITS = common.TrainConfig(
     n_embd=128,
     n_positions=128,
     vocab_size=len(WORDS) + 2,
-    steps=2500,  # short stage + long stage
+    steps=4000,  # short stage + long stage
     batch_size=64,
     lr=2e-3,
     warmup=0,
@@ -141,7 +141,7 @@ CIRCUITS = common.TrainConfig(
     log_every=50,
 )
 SHORT, SHORT_STEPS = 49, 1500  # BOS + 48 words: where the circuit forms fast
-SNAPSHOTS = (50, 100, 200, 300, 400, 500, 600, 700, 800, 1000, 1250, 1500, 2000, 2500)
+SNAPSHOTS = (50, 100, 200, 300, 400, 500, 600, 700, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:

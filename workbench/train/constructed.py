@@ -1,7 +1,8 @@
-"""A circuits model whose weights implement induction by construction (not trained).
+"""The answer key: a circuits model whose weights implement induction by construction (not trained).
 
-Used when training does not grow induction heads that score 0.9 (see the model card for the
-measured training runs). It is a plain GPT-2 (2 layers, 4 heads of 96, width 384, untied
+Its mechanism is known exactly, so it is ground truth for every view: what the attention, patching,
+attribution or graph views show on it can be checked against the construction below (the trained
+`circuits` model learned the same mechanism by itself). It is a plain GPT-2 (2 layers, 4 heads of 96, width 384, untied
 unembedding) over the circuits vocabulary, with weights written by hand:
 
 - the residual stream has named subspaces: TOKEN (one-hot of the current word, 96 dims), PREV

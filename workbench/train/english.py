@@ -35,13 +35,14 @@ class Recipe:
 
     model: common.TrainConfig = field(
         default_factory=lambda: common.TrainConfig(
-            n_layer=2, n_head=4, n_embd=256, n_positions=256, vocab_size=2048, weight_decay=0.01, threads=1, log_every=50
+            n_layer=2, n_head=4, n_embd=128, n_positions=256, vocab_size=2048, weight_decay=0.01, threads=1, log_every=50
         )
     )
-    curriculum: tuple[tuple[int, int], ...] = ((96, 1000), (1024, 500), (0, 500))  # (pool size, steps); 0 = every id
+    curriculum: tuple[tuple[int, int], ...] = ((96, 1200), (1024, 500), (0, 500))  # (pool size, steps); 0 = every id
     copy_length: int = 49  # BOS + 48 tokens in the curriculum
-    copy_batch: int = 32
-    english_steps: int = 5000
+    copy_batch: int = 64
+    sinusoidal_positions: bool = False  # start the position embeddings as sinusoids (common.sinusoidal_positions_)
+    english_steps: int = 6000
     english_batch: int = 16
     english_lr: float = 2e-3
     mix_copy_batch: int = 8  # copying sequences per English step, over the whole vocabulary
@@ -94,7 +95,7 @@ def batches(stream: np.ndarray, cfg: common.TrainConfig, generator: torch.Genera
         yield english_batch(data, cfg.batch_size, cfg.n_positions, int(stream[-1]), generator)
 
 
-SNAPSHOT_PRECISION = "int8"  # 6 snapshots of the 2 x 256 model: 13 MB (26 MB in fp16)
+SNAPSHOT_PRECISION = "int8"  # 9 snapshots of the 2 x 128 model: 6 MB (12 MB in fp16)
 
 
 def snapshot_steps(recipe: Recipe) -> tuple[int, ...]:
@@ -104,8 +105,8 @@ def snapshot_steps(recipe: Recipe) -> tuple[int, ...]:
         total += steps
         bounds.append(total)
     first = bounds[0] if bounds else 0
-    early = [first // 2, *bounds]  # before and after the phase change, then each pool
-    late = [total + recipe.english_steps * k // 2 for k in (1, 2)]
+    early = [first // 4, first // 2, 3 * first // 4, *bounds]  # around the phase change, then each pool
+    late = [total + recipe.english_steps * k // 3 for k in (1, 2, 3)]
     return tuple(sorted({s for s in early + late if s > 0}))
 
 
@@ -232,6 +233,8 @@ def build(out: Path, cache: Path, recipe: Recipe = RECIPE, run_dir: Path | None 
     eot = tokenizer.convert_tokens_to_ids(EOT)
     torch.manual_seed(cfg.seed)
     model = GPT2LMHeadModel(common.gpt2_config(cfg, eot, eot))
+    if recipe.sinusoidal_positions:
+        common.sinusoidal_positions_(model)
     ood_ids = encode(tokenizer, out_of_domain_text())
 
     def evaluate(m):

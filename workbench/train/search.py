@@ -78,6 +78,15 @@ def main(cache: Path, out: Path) -> list[dict]:
     return results
 
 
+def summarise_attempt(log: Path, description: str) -> dict:
+    """A stopped run's last evaluation, from its log: what the card's table of attempts shows."""
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    evaluated = [r for r in records if "induction_best_head" in r]
+    last = evaluated[-1] if evaluated else records[-1]
+    keep = ("step", "stage", "copy_loss", "induction_best_head", "induction_best_layer_sum", "second_copy_loss", "heldout_bpc")
+    return {"attempt": description, **{k: last[k] for k in keep if k in last}}
+
+
 if __name__ == "__main__":
     import sys
 
