@@ -5,7 +5,7 @@ a gap drawn widely; the loss counts only the copied positions after each copy's 
 tokens can be predicted only by finding the earlier occurrence of the current word and reading
 what followed it: a previous-token head in layer 0 feeding an induction head in layer 1.
 
-The recipe is the one measured to work on this machine (../shared/NOTES.md): 2 layers x 4 heads x
+The recipe is the one measured to work on this machine: 2 layers x 4 heads x
 128, AdamW at a *constant* 2e-3 (a cosine schedule with fewer steps learned positional copying
 instead), first on sequences of 48 words with spans of 4-16 (the phase change comes at ~600
 steps), then on the whole 128-token context with spans up to 60, so that the heads work on the
