@@ -7,23 +7,27 @@ from workbench.figures import lens as draw
 from workbench.generate import next_token_topk
 from workbench.runs import run_prompt
 
-model = ui.page(
+view = ui.View(
     "Logit lens",
     "Read the residual stream after every layer as if it were the last: final layer norm, then unembedding. "
     "The tuned lens first translates each layer's stream with a learned affine map, so early layers read better.",
+    shared=("model", "prompt", "pos"),
+    params=(ui.text("target"),),
 )
+tuned_lens = view.cached(lens.load_tuned_lens)
+model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the lens"):
     run = run_prompt(model, prompt, truncate=truncate)
-    tuned = ui.cached_tuned_lens(model)
+    tuned = tuned_lens(model)
     position = ui.position_picker(run.labels, "Position (whose next token is read)")
     suggestions = next_token_topk(model, run, k=8, position=position)
     c1, c2 = st.columns([2, 3])
     picked = c1.multiselect(
         "Target tokens (the model's top predictions here)", suggestions.labels, default=suggestions.labels[:2], key="w.lens_targets"
     )
-    typed = c2.text_input("…or type a target token (one token; mind the leading space)", "", key="w.lens_typed")
+    typed = c2.text_input("…or type a target token (one token; mind the leading space)", "", key=view.key("target"))
     targets = [suggestions.ids[suggestions.labels.index(label)] for label in picked]
     if typed:
         targets.append(lens.target_token(model, typed))
@@ -56,4 +60,4 @@ with ui.guard("the lens"):
         {r.kind: {"entropy": r.entropy.mean(1), "kl_to_final": r.kl_to_final.mean(1)} for r in results},
     )
 
-ui.share_to_url("model", "prompt", "pos", "target")
+view.share()

@@ -7,10 +7,16 @@ from workbench.figures import attribution as draw
 from workbench.generate import next_token_topk
 from workbench.runs import run_prompt
 
-model = ui.page(
+view = ui.View(
     "Attribution",
     "What caused this prediction? Input tokens, by gradients or ablation (captum); model components, by direct logit attribution.",
+    params=(
+        ui.choice("method", attribution.METHODS),
+        ui.choice("baseline", attribution.BASELINES),
+        ui.number("steps", int, 2, 512),
+    ),
 )
+model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the attribution"):
@@ -29,14 +35,14 @@ with ui.guard("the attribution"):
         )
         typed = c2.text_input("Token / continuation / token A", "", key="w.attr_typed", help="with its leading space, e.g. ' the'")
         contrast = c2.text_input("Token B (contrast only)", "", key="w.attr_contrast")
-        method = c3.selectbox("Method", attribution.METHODS, key="w.attr_method")
+        method = c3.selectbox("Method", attribution.METHODS, key=view.key("method"))
         baseline = c3.selectbox(
             "Baseline",
             attribution.BASELINES,
-            key="w.attr_baseline",
+            key=view.key("baseline"),
             help="integrated gradients starts from it; feature ablation swaps tokens for it",
         )
-        steps = c3.number_input("Integration steps", 2, 512, 32, key="w.attr_steps")
+        steps = c3.number_input("Integration steps", 2, 512, 32, key=view.key("steps"))
         st.form_submit_button("Attribute", type="primary")
     target = attribution.parse_target(model, kind, top.ids[0], typed, contrast)
     ui.probe_command(
@@ -66,4 +72,4 @@ with ui.guard("the attribution"):
         st.markdown("**Neurons with the largest direct contributions**")
         st.dataframe(c.neurons, hide_index=True)
 
-ui.share_to_url("model", "prompt", "method", "baseline", "steps")
+view.share()

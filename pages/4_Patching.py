@@ -6,11 +6,22 @@ from workbench import patching, ui
 from workbench.figures import patching as draw
 from workbench.lens import target_token
 
-model = ui.page(
+view = ui.View(
     "Activation patching",
     "Copy one activation from the clean run into the corrupted run (denoising), or the other way (noising), and watch "
     "the metric: 0 is the corrupted run's value, 1 the clean run's.",
+    shared=("model", "clean", "corrupted"),
+    params=(
+        ui.choice("site", list(patching.SITES)),
+        ui.choice("direction", patching.DIRECTIONS),
+        ui.choice("metric", patching.METRICS),
+        ui.number("pairs", int, 2, 64),
+    ),
 )
+# the sweeps a user asked for, remembered for this session only (a few: each holds a grid of results)
+exact_sweep = view.cached(patching.sweep, per_session=True, entries=4)
+dataset_sweep = view.cached(patching.sweep_dataset, per_session=True, entries=2)
+model = view.start()
 clean, corrupted = ui.pair_form(model)
 
 with ui.guard("the patching"):
@@ -26,7 +37,7 @@ with ui.guard("the patching"):
         word = c1.text_input("word in the clean prompt", key="w.replace_word")
         replacement = c2.text_input("replacement", key="w.replace_with")
         if c3.button("Replace") and word:
-            st.session_state[ui.PAIR] = (clean, patching.corrupt_word(model, clean, word, replacement))
+            ui.set_pair(clean, patching.corrupt_word(model, clean, word, replacement))
             st.rerun()
     if not cmp.same_length:
         st.stop()
@@ -45,9 +56,9 @@ with ui.guard("the patching"):
         )
         typed_answer = c1.text_input("…or type the answer token", key="w.answer_typed")
         typed_wrong = c2.text_input("…or type the wrong token", key="w.wrong_typed")
-        metric = c3.selectbox("Metric", patching.METRICS, key="w.metric")
-        direction = c3.radio("Direction", patching.DIRECTIONS, key="w.direction", horizontal=True)
-        site = c4.selectbox("Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s]}", key="w.site")
+        metric = c3.selectbox("Metric", patching.METRICS, key=view.key("metric"))
+        direction = c3.radio("Direction", patching.DIRECTIONS, key=view.key("direction"), horizontal=True)
+        site = c4.selectbox("Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s]}", key=view.key("site"))
         st.form_submit_button("Preview", type="primary")
     answer = target_token(model, typed_answer) if typed_answer else answers[answer_label]
     wrong = target_token(model, typed_wrong) if typed_wrong else wrongs[wrong_label]
@@ -69,8 +80,7 @@ with ui.guard("the patching"):
     st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
     if abs(preview.clean_value - preview.corrupted_value) < 1e-6:
         st.warning("The clean and corrupted runs give the same metric: nothing to restore. Pick other prompts or tokens.")
-    key = (model.info.source, clean, corrupted, answer, wrong, metric, direction, site)
-    exact = st.session_state.get("wb.patch_exact", {}).get(key)
+    exact = exact_sweep.peek(model, setup, site, direction)
 
     left, right = st.columns(2)
     with left:
@@ -79,8 +89,8 @@ with ui.guard("the patching"):
     with right:
         st.markdown("**Exact sweep** (one patched run per cell, batched)")
         if exact is None and st.button("Run the exact sweep", type="primary", key="w.run_exact"):
-            exact = patching.sweep(model, setup, site, direction, progress=ui.progress_reporter("Patching"))
-            st.session_state.setdefault("wb.patch_exact", {})[key] = exact
+            with ui.progress("The exact sweep") as report:
+                exact = exact_sweep(model, setup, site, direction, progress=report)
         if exact is not None:
             ui.figure(draw.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
             st.caption(f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}")
@@ -92,13 +102,16 @@ with ui.guard("the patching"):
 
     with st.expander("A dataset of prompt pairs (mean and spread)"):
         if model.info.name == "circuits":
-            n_pairs = st.number_input("copying pairs (random words, the earlier copy corrupted)", 2, 64, 8, key="w.n_pairs")
-            if st.button("Sweep the dataset", key="w.run_dataset"):
-                pairs = patching.induction_pairs(model, int(n_pairs), seed=0)
-                pairs = [patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in pairs]
-                result = patching.sweep_dataset(model, pairs, site, direction, progress=ui.progress_reporter("Dataset"))
+            n_pairs = st.number_input("copying pairs (random words, the earlier copy corrupted)", 2, 64, 8, key=view.key("pairs"))
+            pairs = patching.induction_pairs(model, int(n_pairs), seed=0)
+            pairs = [patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in pairs]
+            result = dataset_sweep.peek(model, pairs, site, direction)
+            if result is None and st.button("Sweep the dataset", key="w.run_dataset"):
+                with ui.progress("The dataset sweep") as report:
+                    result = dataset_sweep(model, pairs, site, direction, progress=report)
+            if result is not None:
                 ui.figure(draw.patching_heatmap(result), f"patching-dataset-{site}", result)
         else:
             st.caption("The circuits model ships a generator of copying pairs; probes take any dataset of pairs from a spec file.")
 
-ui.share_to_url("model", "pair", "site", "direction", "metric")
+view.share()

@@ -197,7 +197,7 @@ def test_pages_show_the_message_and_keep_the_input(page, widget, value, words, b
 def test_patching_page_with_prompts_of_different_lengths():
     at = AppTest.from_file(str(ROOT / "pages/4_Patching.py"), default_timeout=180)
     at.session_state["wb.model"] = "circuits"
-    at.session_state["wb.pair"] = (CLEAN, CLEAN + " tiger")
+    at.session_state["wb.clean"], at.session_state["wb.corrupted"] = CLEAN, CLEAN + " tiger"
     at.run()
     assert not at.exception
     assert any("same number of tokens" in e.value for e in at.error)
