@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from probes.common import run_probe
 from workbench import attribution
 from workbench.figures import attribution as draw
 from workbench.runs import run_prompt
+
+from .common import run_probe
 
 DEFAULTS = {
     "prompt": "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a",

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 
-from probes.common import run_probe
 from workbench import attention, attribution, patching
 from workbench.figures import attention as attention_figures
 from workbench.figures import attribution as attribution_figures
 from workbench.figures import patching as patching_figures
+
+from .common import run_probe
 
 DEFAULTS = {"model": "circuits", "pairs": 16, "repeat_n": 50}
 

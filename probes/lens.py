@@ -3,10 +3,11 @@ target tokens across layers, entropy and KL to the final distribution."""
 
 from __future__ import annotations
 
-from probes.common import run_probe
 from workbench import lens
 from workbench.errors import InputError
 from workbench.figures import lens as draw
+
+from .common import run_probe
 
 DEFAULTS = {
     "prompts": ["It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a"],

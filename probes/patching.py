@@ -7,11 +7,12 @@ import time
 
 from tqdm import tqdm
 
-from probes.common import run_probe
 from workbench import patching
 from workbench.errors import InputError
 from workbench.figures import patching as draw
 from workbench.lens import target_token
+
+from .common import run_probe
 
 DEFAULTS = {
     "clean": "apple river stone cloud tiger piano candle garden apple river stone",

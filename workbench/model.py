@@ -41,7 +41,8 @@ import torch
 from workbench.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS_DIR = ROOT / "models"
+_INSTALLED_MODELS = Path(__file__).resolve().parent / "models"  # where `pip install .` puts models/ (pyproject.toml)
+MODELS_DIR = _INSTALLED_MODELS if _INSTALLED_MODELS.is_dir() else ROOT / "models"  # else: a checkout's models/
 SHIPPED = {
     "english": "English GPT (4 layers, trained on public-domain prose) -- the default",
     "circuits": "Circuits GPT (2 layers, trained to copy: has induction heads)",

@@ -509,7 +509,7 @@ def progress(label: str):
 
 def probe_command(probe: str, model: LoadedModel, **options) -> None:
     """Shows the command that reproduces this view as a probe (lists become repeated flags)."""
-    parts = ["python", "-m", "probes", probe, "--model", model.info.name]
+    parts = ["workbench-probe", probe, "--model", model.info.name]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         for v in value if isinstance(value, list | tuple) else [value]:
