@@ -38,7 +38,7 @@ with ui.guard("the attention patterns"):
         ui.figure(draw.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}-enlarged", p.head(layer, head))
 
     with focus:
-        position = ui.position_picker(run.labels, "Token")
+        position = ui.position_picker(run.labels, "Position")
         f = attention.token_focus(p, position)
         ui.figure(draw.token_focus_figure(f, run.labels), f"token-focus-{position}", f)
 
@@ -60,7 +60,7 @@ with ui.guard("the attention patterns"):
         c2.dataframe(repeats.ranked(kind, 10), hide_index=True)
 
     with anatomy:
-        query = ui.position_picker(run.labels, "Query token", key="w.anatomy_query")
+        query = ui.position_picker(run.labels, "Query position", key="w.anatomy_query")
         a = attention.head_anatomy(model, prompt, layer, head, query, truncate=truncate)
         st.latex(r"\mathrm{head}(x_i) = \mathrm{softmax}\!\left(\frac{q_i K^\top}{\sqrt{d_\mathrm{head}}} + \mathrm{mask}\right) V \; W_O")
         ui.figure(draw.anatomy_figure(a), f"anatomy-L{layer}H{head}-q{query}", a)

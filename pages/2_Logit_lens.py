@@ -12,7 +12,7 @@ view = ui.View(
     "Read the residual stream after every layer as if it were the last: final layer norm, then unembedding. "
     "The tuned lens first translates each layer's stream with a learned affine map, so early layers read better.",
     shared=("model", "prompt", "pos"),
-    params=(ui.text("target"),),
+    params=(ui.text("tracked"),),
 )
 tuned_lens = view.cached(lens.load_tuned_lens)
 model = view.start()
@@ -25,9 +25,9 @@ with ui.guard("the lens"):
     suggestions = next_token_topk(model, run, k=8, position=position)
     c1, c2 = st.columns([2, 3])
     picked = c1.multiselect(
-        "Target tokens (the model's top predictions here)", suggestions.labels, default=suggestions.labels[:2], key="w.lens_targets"
+        "Tracked tokens (the model's top predictions here)", suggestions.labels, default=suggestions.labels[:2], key="w.lens_tracked"
     )
-    typed = c2.text_input("…or type a target token (one token; mind the leading space)", "", key=view.key("target"))
+    typed = c2.text_input("…or type a token to track (one token; mind the leading space)", "", key=view.key("tracked"))
     targets = [suggestions.ids[suggestions.labels.index(label)] for label in picked]
     if typed:
         targets.append(lens.target_token(model, typed))

@@ -16,6 +16,13 @@ view = ui.View(
         ui.number("steps", int, 2, 512),
     ),
 )
+# the library's kinds of answer, and their names in the glossary's words (docs/glossary.md)
+ANSWER_KINDS = {
+    "next token": "next token",
+    "typed token": "typed token",
+    "continuation": "continuation",
+    "contrast": "logit difference (answer − wrong)",
+}
 model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
@@ -25,16 +32,17 @@ with ui.guard("the attribution"):
         st.warning("Attribution runs on the whole prompt: shorten it to fit the context.")
         st.stop()
     top = next_token_topk(model, run, k=1)
-    with st.form("target"):
+    with st.form("answer"):
         c1, c2, c3 = st.columns([2, 2, 2])
         kind = c1.radio(
-            "Target",
-            ["next token", "typed token", "continuation", "contrast"],
+            "Answer",
+            list(ANSWER_KINDS),
+            format_func=ANSWER_KINDS.get,
             key="w.attr_kind",
             help=f"next token: the model's prediction, {top.labels[0]!r}",
         )
-        typed = c2.text_input("Token / continuation / token A", "", key="w.attr_typed", help="with its leading space, e.g. ' the'")
-        contrast = c2.text_input("Token B (contrast only)", "", key="w.attr_contrast")
+        typed = c2.text_input("Answer token or continuation", "", key="w.attr_typed", help="with its leading space, e.g. ' the'")
+        contrast = c2.text_input("Wrong token (logit difference only)", "", key="w.attr_contrast")
         method = c3.selectbox("Method", attribution.METHODS, key=view.key("method"))
         baseline = c3.selectbox(
             "Baseline",

@@ -43,7 +43,7 @@ with ui.guard("the patching"):
         st.stop()
 
     answers, wrongs = patching.candidate_targets(model, clean, corrupted)
-    with st.form("targets"):
+    with st.form("answer_and_wrong"):
         c1, c2, c3, c4 = st.columns(4)
         answer_label = c1.selectbox(
             "Answer", list(answers), key="w.answer", help="first: the clean prompt's differing word; then the clean run's top predictions"
@@ -95,9 +95,9 @@ with ui.guard("the patching"):
             ui.figure(draw.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
             st.caption(f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}")
     if exact is not None:
-        st.markdown("**Most important components**")
+        st.markdown("**The cells that move the metric most**")
         st.dataframe(exact.ranked(10), hide_index=True)
-    elif st.button("Exact-check the preview's top 5", key="w.exact_top"):
+    elif st.button("Exact-check the preview's top 5 cells", key="w.exact_top"):
         st.dataframe(patching.exact_cells(model, preview, 5), hide_index=True)
 
     with st.expander("A dataset of prompt pairs (mean and spread)"):

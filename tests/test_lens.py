@@ -99,6 +99,6 @@ def test_lens_page_shows_both_lenses():
     assert not at.error
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert any(t.startswith("Logit lens") for t in titles) and any(t.startswith("Tuned lens") for t in titles)
-    at.text_input(key="w.target").set_value(" zzzqqq")
+    at.text_input(key="w.tracked").set_value(" zzzqqq")
     at.run()
     assert not at.exception and any("not one" in e.value for e in at.error)

@@ -74,8 +74,8 @@ def test_a_link_restores_generation_and_lens_settings():
     assert at.radio(key="w.sampling").value == "sample" and at.number_input(key="w.temperature").value == 0.7
     assert at.number_input(key="w.new_tokens").value == 5 and at.number_input(key="w.seed").value == 3
     assert at.number_input(key="w.top_p").value == 0.9 and at.slider(key="w.k").value == 12
-    lens_page = _page("pages/2_Logit_lens.py", model="english", prompt="My dear sister,", target=" I")
-    assert not lens_page.exception and lens_page.text_input(key="w.target").value == " I"
+    lens_page = _page("pages/2_Logit_lens.py", model="english", prompt="My dear sister,", tracked=" I")
+    assert not lens_page.exception and lens_page.text_input(key="w.tracked").value == " I"
 
 
 def test_links_with_values_outside_the_widgets_are_ignored():
@@ -216,3 +216,19 @@ def test_a_cancelled_sweep_stops_between_batches(circuits):
     with pytest.raises(InputError, match="cancelled after"):
         patching.sweep(circuits, setup, "z_pos", progress=report)
     assert len(seen) == 2 and isinstance(report.interrupted, RerunException) and report(99, 100) is False
+
+
+AVOIDED = ("target", "contrast", "token a", "token b")  # docs/glossary.md: answer, wrong, tracked token, position instead
+
+
+@pytest.mark.parametrize("page", ["app.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))])
+def test_widget_labels_use_the_glossarys_words(page):
+    at = AppTest.from_file(str(ROOT / page), default_timeout=180)
+    at.session_state["wb.model"] = "circuits"
+    at.run()
+    assert not at.exception
+    widgets = [*at.radio, *at.selectbox, *at.multiselect, *at.text_input, *at.text_area, *at.number_input, *at.button, *at.checkbox]
+    labels = [w.label.lower() for w in widgets]
+    assert labels and not [label for label in labels if any(word in label for word in AVOIDED)]
+    options = [str(o).lower() for w in at.radio for o in w.options]
+    assert not [o for o in options if any(word in o for word in AVOIDED)]
