@@ -83,3 +83,28 @@ def test_the_app_command_serves_the_installed_pages_from_another_folder(installe
     )
     done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=_env(installed), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _imports(path: Path) -> set[str]:
+    """The top-level names of every module a file imports (relative imports as '.')."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." if node.level else node.module)
+    return names
+
+
+def test_the_house_keeps_its_one_way_flow():
+    library = sorted((ROOT / "workbench").rglob("*.py"))
+    streamlit = [p.name for p in library if any(n.split(".")[0] == "streamlit" for n in _imports(p))]
+    assert streamlit == ["ui.py"]  # only the glue imports streamlit
+    figures = [p for p in library if p.parent.name == "figures"]
+    analyses = [p for p in library if p.parent.name == "workbench" and p.name not in ("ui.py", "export.py", "cli.py")]
+    assert not [p.name for p in analyses if any(n.split(".")[0] == "plotly" for n in _imports(p))]  # an analysis never draws
+    assert not [p.name for p in figures if {"workbench.model", "workbench.runs", "torch.nn"} & _imports(p)]  # figures never run the model
+    pages = [ROOT / "app.py", *(ROOT / "pages").glob("*.py")]
+    assert not [p.name for p in pages if "torch" in _imports(p)]  # pages call the library, they do not compute on tensors
