@@ -232,3 +232,15 @@ def test_widget_labels_use_the_glossarys_words(page):
     assert labels and not [label for label in labels if any(word in label for word in AVOIDED)]
     options = [str(o).lower() for w in at.radio for o in w.options]
     assert not [o for o in options if any(word in o for word in AVOIDED)]
+
+
+def test_cache_keys_are_values_not_identities():
+    import torch
+
+    from workbench.patching import PatchingSetup
+
+    a, b = PatchingSetup("x y", "x z", 1, 2), PatchingSetup("x y", "x z", 1, 2)
+    assert ui._frozen([a, {"k": [1, 2]}]) == ui._frozen([b, {"k": [1, 2]}])
+    assert ui._frozen(a) != ui._frozen(PatchingSetup("x y", "x z", 1, 3))
+    with pytest.raises(TypeError, match="cannot be one"):
+        ui._frozen([torch.zeros(2)])  # equal tensors would never hit the cache

@@ -15,6 +15,7 @@ Only what every page shares lives here; each page owns the rest of its state.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import shlex
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import streamlit as st
+import torch
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from workbench import export
@@ -145,11 +147,15 @@ def _server_caches() -> dict[str, Bounded]:
 
 
 def _frozen(value) -> Hashable:
-    """A hashable stand-in for an argument: lists and dicts become tuples."""
+    """A hashable stand-in for an argument: lists, dicts and dataclasses become tuples of their parts."""
     if isinstance(value, list | tuple):
         return tuple(_frozen(v) for v in value)
     if isinstance(value, dict):
         return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__qualname__, *(_frozen(getattr(value, f.name)) for f in dataclasses.fields(value)))
+    if not isinstance(value, Hashable) or isinstance(value, torch.Tensor):  # a tensor hashes by identity: never equal twice
+        raise TypeError(f"a cached analysis is keyed by its arguments; {type(value).__name__} cannot be one (pass its values)")
     return value
 
 
