@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import attention, attribution, heads, induction_study, lens, patching
+from . import attention, attribution, heads, induction_study, lens, patching, training
 
 # The probe registry: the one list a new view adds a line to.
 PROBES = {
@@ -14,6 +14,7 @@ PROBES = {
     "patching": patching,
     "attribution": attribution,
     "induction-study": induction_study,
+    "training": training,
 }
 
 

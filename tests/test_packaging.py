@@ -49,6 +49,13 @@ def _env(target: Path) -> dict:
 
 
 @pytest.mark.slow
+def test_every_shipped_model_file_is_installed(installed):
+    shipped = {p.relative_to(ROOT / "models") for p in (ROOT / "models").rglob("*") if p.is_file()}
+    copied = {p.relative_to(installed / "workbench" / "models") for p in (installed / "workbench" / "models").rglob("*") if p.is_file()}
+    assert shipped and shipped == copied
+
+
+@pytest.mark.slow
 def test_the_probe_command_runs_from_another_folder_on_the_installed_models(installed, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

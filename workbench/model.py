@@ -4,7 +4,8 @@
 attention head, MLP and residual stream) with its tokenizer, a summary, and a lock.
 
 Sources, tried in this order:
-- nothing, or a shipped model's short name ("english", "circuits"): the folders under models/;
+- nothing, or a shipped model's short name ("english", "circuits", "answer-key"): the folders under models/;
+- a shipped model's training checkpoint, "english@1200" (checkpoints.py);
 - a path to a local Hugging Face model folder;
 - a hub name ("gpt2", "org/name") already in the local Hugging Face cache. Nothing is downloaded:
   the workbench works offline, and says how to fetch weights when they are not on this machine.
@@ -38,14 +39,16 @@ from pathlib import Path
 
 import torch
 
+from workbench import checkpoints
 from workbench.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 _INSTALLED_MODELS = Path(__file__).resolve().parent / "models"  # where `pip install .` puts models/ (pyproject.toml)
 MODELS_DIR = _INSTALLED_MODELS if _INSTALLED_MODELS.is_dir() else ROOT / "models"  # else: a checkout's models/
 SHIPPED = {
-    "english": "English GPT (4 layers, trained on public-domain prose) -- the default",
-    "circuits": "Circuits GPT (2 layers, trained to copy: has induction heads)",
+    "english": "English GPT (trained on public-domain English, with induction heads) -- the default",
+    "circuits": "Circuits GPT (2 layers, trained on a copying task: learned induction heads)",
+    "answer-key": "Answer key (2 layers, weights written by hand: a known induction circuit)",
 }
 DEFAULT_MODEL = "english"
 COMPATIBILITY_MODE = "compatibility mode (layer norms folded, writing weights centred, value biases folded; unembedding not centred)"
@@ -64,7 +67,7 @@ class ModelInfo:
 
     name: str  # short name or path as the user gave it
     source: str  # the folder the weights were read from
-    kind: str  # "shipped", "local folder" or "hub cache"
+    kind: str  # "shipped", "checkpoint", "local folder" or "hub cache"
     architecture: str
     n_layers: int
     n_heads: int
@@ -152,6 +155,10 @@ def resolve(name_or_path: str | os.PathLike | None, root: Path | None = None) ->
     name = str(name_or_path).strip()
     if "\x00" in name:
         raise InputError("the model name holds a NUL character: give a folder path or a model name")
+    base, at, _ = name.rpartition(checkpoints.SEPARATOR)
+    if at and base.strip() in SHIPPED:  # a training checkpoint of a shipped model, "english@1200"
+        base, step = checkpoints.split_name(name)
+        return name, checkpoints.folder_for(base, MODELS_DIR / base, step), "checkpoint"
     if name in SHIPPED:
         folder = MODELS_DIR / name
         if not (folder / "config.json").exists():

@@ -152,6 +152,8 @@ def _frozen(value) -> Hashable:
         return tuple(_frozen(v) for v in value)
     if isinstance(value, dict):
         return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, LoadedModel):  # the same weights, wherever and however often they were loaded
+        return ("model", value.info.source, value.info.device, value.info.dtype)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return (type(value).__qualname__, *(_frozen(getattr(value, f.name)) for f in dataclasses.fields(value)))
     if not isinstance(value, Hashable) or isinstance(value, torch.Tensor):  # a tensor hashes by identity: never equal twice
@@ -163,8 +165,9 @@ def _frozen(value) -> Hashable:
 class Cached:
     """An analysis remembered by its arguments, for the whole server or for one session, `entries` results at most.
 
-    Called like the analysis, `cached(model, *args, **kwargs)`; `peek` returns the remembered result
-    or None without computing. A `progress` callback is passed on but is not part of the key.
+    Called like the analysis; `peek` returns the remembered result or None without computing. A
+    loaded model counts by its weights' source, device and dtype; a `progress` callback is passed on
+    but is not part of the key.
     """
 
     fn: Callable
@@ -180,24 +183,23 @@ class Cached:
         caches = st.session_state.setdefault(SESSION_CACHES, {}) if self.per_session else _server_caches()
         return caches.setdefault(self.name, Bounded(self.entries))
 
-    def _key(self, model: LoadedModel, args: tuple, kwargs: dict) -> Hashable:
-        settings = {k: v for k, v in kwargs.items() if k != "progress"}
-        return (model.info.source, model.info.device, model.info.dtype, _frozen(args), _frozen(settings))
+    def _key(self, args: tuple, kwargs: dict) -> Hashable:
+        return _frozen(args), _frozen({k: v for k, v in kwargs.items() if k != "progress"})
 
-    def peek(self, model: LoadedModel, *args, **kwargs):
-        found = self._store().get(self._key(model, args, kwargs))
+    def peek(self, *args, **kwargs):
+        found = self._store().get(self._key(args, kwargs))
         return None if found is Bounded.MISSING else found
 
-    def __call__(self, model: LoadedModel, *args, **kwargs):
-        store, key = self._store(), self._key(model, args, kwargs)
+    def __call__(self, *args, **kwargs):
+        store, key = self._store(), self._key(args, kwargs)
         found = store.get(key)
         if found is not Bounded.MISSING:
             return found
         if self.spinner:
             with st.spinner(self.spinner):
-                result = self.fn(model, *args, **kwargs)
+                result = self.fn(*args, **kwargs)
         else:
-            result = self.fn(model, *args, **kwargs)
+            result = self.fn(*args, **kwargs)
         store.put(key, result)
         return result
 
@@ -228,7 +230,7 @@ class View:
         return self._params[name].key
 
     def cached(self, fn: Callable, *, entries: int = 8, per_session: bool = False, spinner: str | None = None) -> Cached:
-        """`fn(model, ...)` remembered by its arguments; per session for results a user asked for (bounded either way)."""
+        """`fn` remembered by its arguments; per session for results a user asked for (bounded either way)."""
         return Cached(fn, entries, per_session, spinner)
 
     def start(self) -> LoadedModel:

