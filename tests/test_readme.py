@@ -41,7 +41,7 @@ def new_view(tmp_path, monkeypatch):
 
 
 def test_the_example_is_four_files_in_the_four_places():
-    assert sorted(_files()) == ["pages/6_Neurons.py", "probes/neurons.py", "workbench/figures/neurons.py", "workbench/neurons.py"]
+    assert sorted(_files()) == ["pages/7_Neurons.py", "probes/neurons.py", "workbench/figures/neurons.py", "workbench/neurons.py"]
     assert not any((ROOT / path).exists() for path in _files())  # an example, not a shipped view
 
 
@@ -55,7 +55,7 @@ def test_the_example_analysis_and_figure_agree_with_the_run(new_view, circuits):
 
 
 def test_the_example_page_and_probe_run(new_view, tmp_path):
-    at = AppTest.from_file(str(new_view / "pages/6_Neurons.py"), default_timeout=120)
+    at = AppTest.from_file(str(new_view / "pages/7_Neurons.py"), default_timeout=120)
     at.session_state["wb.model"] = "circuits"
     at.query_params["neuron"] = "5"
     at.run()
