@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -34,10 +35,17 @@ def test_every_package_of_the_library_is_installed():
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """`pip install .` into a throwaway folder (no dependencies: they are this venv's)."""
+    """`pip install .` into a throwaway folder (no dependencies: they are this venv's).
+
+    Built from a copy of the working tree without build outputs: setuptools reuses an existing
+    build/ folder, so files deleted since an earlier build would otherwise be installed too.
+    """
+    source = tmp_path_factory.mktemp("source") / "workbench"
+    outputs = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", "out", "runs", "screenshots", ".pytest_cache")
+    shutil.copytree(ROOT, source, ignore=outputs)
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(ROOT)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
         check=True,
         capture_output=True,
     )
