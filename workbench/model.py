@@ -110,6 +110,8 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # runs of this model, shared by every page and session (see runs.py)
     run_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    # what is computed from the weights once and reused (the forward engine's weights, see engine.py)
+    derived: dict = field(default_factory=dict, repr=False)
 
     @property
     def bos_id(self) -> int | None:
