@@ -3,8 +3,8 @@
 import streamlit as st
 
 from workbench import figures, ui
-from workbench.generate import Sampling, generate, next_token_topk
-from workbench.runs import run_prompt
+from workbench.generate import Sampling, generate
+from workbench.runs import next_token_topk, run_prompt
 
 model = ui.page(
     "🔬 GPT interpretability workbench",

@@ -3,8 +3,8 @@
 import streamlit as st
 
 from workbench import figures, lens, ui
-from workbench.generate import next_token_topk
-from workbench.runs import run_prompt
+from workbench.runs import next_token_topk, run_prompt
+from workbench.tokens import single_token_id
 
 model = ui.page(
     "Logit lens",
@@ -25,7 +25,7 @@ with ui.guard("the lens"):
     typed = c2.text_input("…or type a target token (one token; mind the leading space)", "", key="w.lens_typed")
     targets = [suggestions.ids[suggestions.labels.index(label)] for label in picked]
     if typed:
-        targets.append(lens.target_token(model, typed))
+        targets.append(single_token_id(model.tokenizer, typed, "tracked"))
     ui.probe_command("lens", model, prompt=prompt, target=[model.tokenizer.decode([t]) for t in targets])
 
     logit = lens.lens(model, prompt, k=5, targets=targets, truncate=truncate)

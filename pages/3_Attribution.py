@@ -3,8 +3,7 @@
 import streamlit as st
 
 from workbench import attribution, figures, ui
-from workbench.generate import next_token_topk
-from workbench.runs import run_prompt
+from workbench.runs import next_token_topk, run_prompt
 
 model = ui.page(
     "Attribution",
@@ -37,7 +36,7 @@ with ui.guard("the attribution"):
         )
         steps = c3.number_input("Integration steps", 2, 512, 32, key="w.attr_steps")
         st.form_submit_button("Attribute", type="primary")
-    target = attribution.parse_target(model, kind, top.ids[0], typed, contrast)
+    target = attribution.parse_answer(model, kind, top.ids[0], typed, contrast)
     ui.probe_command(
         "attribution", model, prompt=prompt, method=method, baseline=baseline, steps=int(steps),
         **({"continuation": typed} if kind == "continuation" else {"target": typed, "contrast": contrast if kind == "contrast" else ""}),
@@ -56,10 +55,10 @@ with ui.guard("the attribution"):
             if more:
                 st.warning(f"The gap ({gap:.3f}) is large: try about {more} integration steps.")
         ui.figure(figures.input_attribution_tokens(a), f"input-attribution-{method}", a, a.rows())
-        if len(a.target_labels) > 1:
+        if len(a.answer_labels) > 1:
             ui.figure(figures.input_attribution_matrix(a), f"input-attribution-matrix-{method}", a, a.rows())
     with components:
-        c = attribution.component_attribution(model, prompt, target.tokens[0], target.contrast, truncate=truncate)
+        c = attribution.component_attribution(model, prompt, target.tokens[0], target.wrong, truncate=truncate)
         ui.figure(figures.component_bars(c), "dla-components", c, c.rows())
         ui.figure(figures.head_attribution_heatmap(c), "dla-heads", c.heads)
         st.markdown("**Neurons with the largest direct contributions**")

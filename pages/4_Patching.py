@@ -3,7 +3,7 @@
 import streamlit as st
 
 from workbench import figures, patching, ui
-from workbench.lens import target_token
+from workbench.tokens import single_token_id
 
 model = ui.page(
     "Activation patching",
@@ -14,10 +14,10 @@ clean, corrupted = ui.pair_form(model)
 
 with ui.guard("the patching"):
     cmp = patching.compare_tokens(model, clean, corrupted)
-    ui.token_rows(cmp.clean, cmp.corrupted, cmp.differ)
+    ui.token_rows(cmp.labels_a, cmp.labels_b, cmp.differ)
     if not cmp.same_length:
         st.error(
-            f"The prompts must have the same number of tokens ({len(cmp.clean)} vs {len(cmp.corrupted)}): change the "
+            f"The prompts must have the same number of tokens ({len(cmp.labels_a)} vs {len(cmp.labels_b)}): change the "
             "marked words for words of the same token count, or build the corrupted prompt below."
         )
     with st.expander("Build the corrupted prompt by replacing a word"):
@@ -30,7 +30,7 @@ with ui.guard("the patching"):
     if not cmp.same_length:
         st.stop()
 
-    answers, wrongs = patching.candidate_targets(model, clean, corrupted)
+    answers, wrongs = patching.candidate_answers(model, clean, corrupted)
     with st.form("targets"):
         c1, c2, c3, c4 = st.columns(4)
         answer_label = c1.selectbox(
@@ -46,10 +46,10 @@ with ui.guard("the patching"):
         typed_wrong = c2.text_input("…or type the wrong token", key="w.wrong_typed")
         metric = c3.selectbox("Metric", patching.METRICS, key="w.metric")
         direction = c3.radio("Direction", patching.DIRECTIONS, key="w.direction", horizontal=True)
-        site = c4.selectbox("Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s]}", key="w.site")
+        site = c4.selectbox("Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s].description}", key="w.site")
         st.form_submit_button("Preview", type="primary")
-    answer = target_token(model, typed_answer) if typed_answer else answers[answer_label]
-    wrong = target_token(model, typed_wrong) if typed_wrong else wrongs[wrong_label]
+    answer = single_token_id(model.tokenizer, typed_answer, "answer") if typed_answer else answers[answer_label]
+    wrong = single_token_id(model.tokenizer, typed_wrong, "wrong") if typed_wrong else wrongs[wrong_label]
     setup = patching.PatchingSetup(clean, corrupted, answer, wrong, metric)
     decode = model.tokenizer.decode
     ui.probe_command(
@@ -66,8 +66,8 @@ with ui.guard("the patching"):
 
     preview = patching.attribution_sweep(model, setup, site, direction)
     st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
-    if abs(preview.clean_value - preview.corrupted_value) < 1e-6:
-        st.warning("The clean and corrupted runs give the same metric: nothing to restore. Pick other prompts or tokens.")
+    if preview.note:
+        st.warning(preview.note[0].upper() + preview.note[1:] + ".")
     key = (model.info.source, clean, corrupted, answer, wrong, metric, direction, site)
     exact = st.session_state.get("wb.patch_exact", {}).get(key)
 
@@ -81,6 +81,8 @@ with ui.guard("the patching"):
             exact = patching.sweep(model, setup, site, direction, progress=ui.progress_reporter("Patching"))
             st.session_state.setdefault("wb.patch_exact", {})[key] = exact
         if exact is not None:
+            if exact.path != "engine":
+                st.info(f"Computed through the model's own hooks, not the fast engine: {exact.note}.")
             ui.figure(figures.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
             st.caption(f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}")
     if exact is not None:

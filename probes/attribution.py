@@ -30,21 +30,21 @@ def add_arguments(p):
 def body(model, s, out):
     predicted = int(run_prompt(model, s["prompt"]).logits[-1].argmax())
     if s["continuation"]:
-        target = attribution.parse_target(model, "continuation", predicted, s["continuation"])
+        target = attribution.parse_answer(model, "continuation", predicted, s["continuation"])
     elif s["contrast"]:
-        target = attribution.parse_target(model, "contrast", predicted, s["target"], s["contrast"])
+        target = attribution.parse_answer(model, "contrast", predicted, s["target"], s["contrast"])
     elif s["target"]:
-        target = attribution.parse_target(model, "typed token", predicted, s["target"])
+        target = attribution.parse_answer(model, "typed token", predicted, s["target"])
     else:
-        target = attribution.Target((predicted,))
+        target = attribution.Answer((predicted,))
     for method in s["methods"]:
         a = attribution.input_attribution(model, s["prompt"], target, method=method, baseline=s["baseline"], steps=int(s["steps"]))
         name = "input-" + method.replace(" ", "-").replace("×", "x")
         out.figure(figures.input_attribution_tokens(a), name)
-        if len(a.target_labels) > 1:
+        if len(a.answer_labels) > 1:
             out.figure(figures.input_attribution_matrix(a), name + "-matrix")
         out.data(name, a, a.rows())
-    c = attribution.component_attribution(model, s["prompt"], target.tokens[0], target.contrast)
+    c = attribution.component_attribution(model, s["prompt"], target.tokens[0], target.wrong)
     out.figure(figures.component_bars(c), "dla-components")
     out.figure(figures.head_attribution_heatmap(c), "dla-heads")
     out.data("dla", c, c.rows())

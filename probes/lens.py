@@ -6,6 +6,7 @@ from __future__ import annotations
 from probes.common import run_probe
 from workbench import figures, lens
 from workbench.errors import InputError
+from workbench.tokens import single_token_id
 
 DEFAULTS = {
     "prompts": ["It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a"],
@@ -22,7 +23,7 @@ def add_arguments(p):
 
 def body(model, s, out):
     tuned = lens.load_tuned_lens(model)
-    targets = [lens.target_token(model, t) for t in s["targets"]]
+    targets = [single_token_id(model.tokenizer, t, "tracked") for t in s["targets"]]
     for i, prompt in enumerate(s["prompts"]):
         results = [lens.lens(model, prompt, k=int(s["k"]), targets=targets)]
         if tuned is not None:

@@ -5,8 +5,8 @@ import math
 import torch
 
 from workbench import attention, figures, lens, patching
-from workbench.generate import Sampling, generate, next_token_topk
-from workbench.runs import run_prompt
+from workbench.generate import Sampling, generate
+from workbench.runs import next_token_topk, run_prompt
 
 PROMPT = "apple river stone cloud apple river"
 

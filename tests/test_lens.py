@@ -10,6 +10,7 @@ from workbench import lens
 from workbench.errors import InputError
 from workbench.model import MODELS_DIR
 from workbench.runs import run_prompt
+from workbench.tokens import single_token_id
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "2_Logit_lens.py")
 PROMPT = "It is a truth universally acknowledged, that a single man"
@@ -60,17 +61,22 @@ def test_identity_tuned_lens_is_the_logit_lens(english):
     assert torch.equal(a.entropy, b.entropy) and torch.equal(a.target_logits, b.target_logits)
 
 
-def test_shipped_tuned_lens_reads_early_layers_better():
-    stats = json.loads((MODELS_DIR / "english" / lens.LENS_STATS).read_text())
-    logit, tuned = stats["valid_kl_logit_lens"], stats["valid_kl_tuned_lens"]
-    assert tuned[0] < logit[0] / 2 and all(t < g for t, g in zip(tuned, logit, strict=True))
+def _held_out_kl(model, tuned) -> torch.Tensor:
+    """(point-1,) mean KL(final || reading) over the held-out sample, measured now (not read from the stored stats)."""
+    text = (MODELS_DIR / "english" / "heldout_sample.txt").read_text()[:20000]
+    resid = lens.collect_residuals(model, [text])  # (point, rows, d_model)
+    with torch.no_grad():
+        final = lens.readout(model, resid[-1]).log_softmax(-1)  # (rows, d_vocab)
+        read = lens.readout(model, tuned.translate(resid)[:-1]).log_softmax(-1)  # (point-1, rows, d_vocab)
+    return (final.exp() * (final - read)).sum(-1).mean(-1)
 
 
-def test_tuned_lens_never_reads_worse_than_the_logit_lens():
-    # the constructed circuits model writes its answer only in layer 1's attention: earlier layers hold
-    # nothing a translator could read it from, so its tuned lens stays the identity there
-    stats = json.loads((MODELS_DIR / "circuits" / lens.LENS_STATS).read_text())
-    assert all(t <= g for t, g in zip(stats["valid_kl_tuned_lens"], stats["valid_kl_logit_lens"], strict=True))
+def test_shipped_tuned_lens_reads_held_out_text_better(english):
+    tuned = lens.load_tuned_lens(english)
+    identity = lens.TunedLens.identity(len(lens.lens_points(english)), english.info.d_model)
+    kl_tuned, kl_logit = _held_out_kl(english, tuned), _held_out_kl(english, identity)
+    # the translators were fitted on other text: they must read this text better, most of all early
+    assert kl_tuned[0] < kl_logit[0] / 2 and (kl_tuned < kl_logit + 0.02).all(), (kl_tuned, kl_logit)
 
 
 def test_trained_translators_are_loaded_and_change_the_reading(english):
@@ -83,9 +89,9 @@ def test_trained_translators_are_loaded_and_change_the_reading(english):
 
 
 def test_targets_must_be_one_token(english):
-    assert english.tokenizer.decode([lens.target_token(english, " the")]) == " the"
+    assert english.tokenizer.decode([single_token_id(english.tokenizer, " the")]) == " the"
     with pytest.raises(InputError, match="not one"):
-        lens.target_token(english, " unquestionably")
+        single_token_id(english.tokenizer, " unquestionably")
     with pytest.raises(InputError, match="outside the vocabulary"):
         lens.lens(english, PROMPT, targets=[10**6])
 

@@ -71,6 +71,18 @@ class Norm:
     eps: float
     offset: float = 0.0
 
+    @classmethod
+    def of(cls, ln, eps: float, device="cpu") -> Norm:
+        """The norm a transformer-lens normalisation bridge computes (its weights as processed)."""
+        rms = bool(getattr(ln, "uses_rms_norm", False))
+        return cls(
+            "rms" if rms else "layer",
+            _t(_get(ln, "weight"), device),
+            None if rms else _t(_get(ln, "bias"), device),
+            eps,
+            1.0 if getattr(ln, "uses_weight_offset", False) else 0.0,
+        )
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "layer":
             return torch.nn.functional.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
@@ -93,10 +105,8 @@ class Rotary:
     def cos_sin(self, pos: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """((pos, dim), (pos, dim)) for positions 0..pos-1."""
         angles = torch.arange(pos, device=device, dtype=torch.float32)[:, None] * self.inv_freq.to(device)  # (pos, dim/2)
-        if self.interleaved:
-            angles = angles.repeat_interleave(2, -1)
-        else:
-            angles = torch.cat([angles, angles], -1)
+        # GPT-J pairs features (0, 1), (2, 3)...; the others pair feature i with i + dim/2
+        angles = angles.repeat_interleave(2, -1) if self.interleaved else torch.cat([angles, angles], -1)
         return angles.cos() * self.scaling, angles.sin() * self.scaling
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -164,17 +174,6 @@ def _get(module, name: str) -> torch.Tensor | None:
         return None
 
 
-def _norm(ln, eps: float, device) -> Norm:
-    rms = bool(getattr(ln, "uses_rms_norm", False))
-    return Norm(
-        "rms" if rms else "layer",
-        _t(_get(ln, "weight"), device),
-        None if rms else _t(_get(ln, "bias"), device),
-        eps,
-        1.0 if getattr(ln, "uses_weight_offset", False) else 0.0,
-    )
-
-
 def _heads_in(w: torch.Tensor) -> torch.Tensor:
     """(head, d_model, d_head) -> (d_model, head * d_head)."""
     return w.permute(1, 0, 2).reshape(w.shape[1], -1)
@@ -235,8 +234,8 @@ def extract(bridge, device="cpu") -> Weights:
         ln2 = getattr(blk, "ln2", None)
         layers.append(
             Layer(
-                ln1=_norm(blk.ln1, eps, device),
-                ln2=None if ln2 is None else _norm(ln2, eps, device),
+                ln1=Norm.of(blk.ln1, eps, device),
+                ln2=None if ln2 is None else Norm.of(ln2, eps, device),
                 W_qkv=_t(W_qkv, device),
                 b_qkv=_t(b_qkv, device),
                 W_O=_t(a.W_O.detach().reshape(n_heads * d_head, -1), device),
@@ -263,7 +262,7 @@ def extract(bridge, device="cpu") -> Weights:
         rotary=rotary,
         parallel=parallel,
         layers=layers,
-        ln_final=_norm(bridge.ln_final, eps, device),
+        ln_final=Norm.of(bridge.ln_final, eps, device),
         W_U=_t(bridge.W_U, device),
         b_U=_t(_get(bridge, "b_U"), device),
     )
@@ -449,6 +448,9 @@ def forward(
         raise ValueError("give tokens or a residual stream, not both")
     run = _Run(edits, capture)
     x = embed(w, tokens) if tokens is not None else resid
+    if torch.is_grad_enabled() and not x.requires_grad:
+        # the weights are frozen: a leaf here lets gradients reach every captured activation
+        x = x.detach().requires_grad_(True)
     last = w.n_layers - 1
     for index in range(start, w.n_layers):
         x = block(w, index, x, run, last_only=last_only and index == last and not run.touches(index))

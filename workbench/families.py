@@ -1,8 +1,9 @@
 """Random-weight models of every architecture family the workbench supports, built from `transformers` configs.
 
 Nothing is downloaded: each family's config class builds a model with random weights, saved with
-the circuits model's word-level tokenizer (97 words, BOS 0) so that prompts of words keep their
-token count. Tests compare every view on these against plain `transformers`; the benchmarks time
+a shipped model's tokenizer: by default the English model's byte-level BPE, which transformers
+also accepts for the families whose tokenizer class it forces (Qwen2); the circuits model's 97
+words keep any prompt of those words at its word count (the benchmarks use it). Tests compare every view on these against plain `transformers`; the benchmarks time
 patching on larger shapes; a user can try a view on an architecture before fetching real weights.
 """
 
@@ -14,11 +15,12 @@ import torch
 
 from workbench.model import MODELS_DIR
 
-TOKENIZER = MODELS_DIR / "circuits"  # word tokens: a prompt's token count is its word count + BOS
-VOCAB = 98
+TOKENIZER = MODELS_DIR / "english"
 
 
-def _configs(layers: int, width: int, heads: int, kv_heads: int, mlp: int, positions: int) -> dict[str, object]:
+def _configs(
+    layers: int, width: int, heads: int, kv_heads: int, mlp: int, positions: int, vocab: int, init: float = 0.3
+) -> dict[str, object]:
     """config per family, all of one size; each family's own quirks switched on."""
     from transformers import (
         GemmaConfig,
@@ -32,7 +34,9 @@ def _configs(layers: int, width: int, heads: int, kv_heads: int, mlp: int, posit
     )
 
     d_head = width // heads
-    common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    # weights larger than the usual 0.02: a random model whose logits differ between prompts by
+    # more than float noise, so that patching and attribution have something to measure
+    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=None, initializer_range=init)
     return {
         "gpt2": GPT2Config(
             n_layer=layers, n_head=heads, n_embd=width, n_inner=mlp, n_positions=positions,
@@ -69,7 +73,7 @@ def _configs(layers: int, width: int, heads: int, kv_heads: int, mlp: int, posit
     }  # fmt: skip
 
 
-FAMILIES = tuple(_configs(1, 8, 2, 1, 16, 16))
+FAMILIES = tuple(_configs(1, 8, 2, 1, 16, 16, 16))
 
 
 def build(
@@ -82,20 +86,29 @@ def build(
     mlp: int = 64,
     positions: int = 64,
     seed: int = 0,
+    tokenizer: Path = TOKENIZER,
+    vocab: int | None = None,
+    init: float = 0.3,
 ) -> Path:
-    """Writes a random-weight `family` model with the word tokenizer to `folder`; returns the folder."""
+    """Writes a random-weight `family` model with `tokenizer` (a shipped model's folder) to `folder`; returns the folder.
+
+    `vocab`: the embedding's rows, at least the tokenizer's size (a real model's vocabulary size, for a benchmark).
+    `init`: the weights' standard deviation (0.3 makes a tiny model's logits differ between prompts;
+    real models of real width start at 0.02).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
-    config = _configs(layers, width, heads, kv_heads, mlp, positions)[family]
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    config = _configs(layers, width, heads, kv_heads, mlp, positions, max(vocab or 0, len(tok)), init)[family]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     with torch.no_grad():  # random layer-norm gains and biases, so that folding them is tested too
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
+                p.add_(init / 3 * torch.randn_like(p))
     folder = Path(folder)
     model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(TOKENIZER).save_pretrained(folder)
+    tok.save_pretrained(folder)
     return folder

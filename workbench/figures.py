@@ -13,9 +13,10 @@ from plotly.subplots import make_subplots
 from workbench.attention import HeadAnatomy, HeadTypes, Patterns, TokenFocus, downsample
 from workbench.attribution import ComponentAttribution, InputAttribution
 from workbench.compare import LensDiff, PatternDiff
-from workbench.generate import Generation, TopK
+from workbench.generate import Generation
 from workbench.lens import LensResult
 from workbench.patching import SITES, DatasetPatchResult, PatchResult
+from workbench.runs import TopK
 from workbench.tokens import unique_labels
 
 SEQUENTIAL = "Blues"
@@ -415,7 +416,7 @@ def input_attribution_tokens(a: InputAttribution, target: int = 0) -> go.Figure:
     )
     fig.update_xaxes(tickangle=-60, tickfont=dict(size=10))
     fig.update_layout(showlegend=False)
-    return _layout(fig, f"{a.method.capitalize()} for {a.target_labels[target]} ({a.target})", 460)
+    return _layout(fig, f"{a.method.capitalize()} for {a.answer_labels[target]} ({a.metric_label})", 460)
 
 
 def input_attribution_matrix(a: InputAttribution) -> go.Figure:
@@ -425,7 +426,7 @@ def input_attribution_matrix(a: InputAttribution) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=a.scores.T.tolist(),
-            x=unique_labels(a.target_labels),
+            x=unique_labels(a.answer_labels),
             y=unique_labels(a.labels),
             colorscale=DIVERGING if signed else SEQUENTIAL,
             zmid=0 if signed else None,
@@ -465,7 +466,7 @@ def component_bars(c: ComponentAttribution) -> go.Figure:
         col=2,
     )
     fig.update_layout(showlegend=False)
-    return _layout(fig, f"Direct logit attribution of {c.target} at position {c.position} (sums to {c.logit:.3f})", 380)
+    return _layout(fig, f"Direct logit attribution of {c.metric_label} at position {c.position} (sums to {c.logit:.3f})", 380)
 
 
 def head_attribution_heatmap(c: ComponentAttribution) -> go.Figure:
@@ -473,7 +474,9 @@ def head_attribution_heatmap(c: ComponentAttribution) -> go.Figure:
     layers = c.heads.shape[0]
     fig = go.Figure(_layer_head(c.heads, "direct contribution", colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound))
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, f"Every head's direct contribution to {c.target} (everything else: {c.head_remainder:.3f})", 160 + 45 * layers)
+    return _layout(
+        fig, f"Every head's direct contribution to {c.metric_label} (everything else: {c.head_remainder:.3f})", 160 + 45 * layers
+    )
 
 
 # ---- patching -----------------------------------------------------------------------------------
@@ -515,8 +518,10 @@ def patching_heatmap(r: PatchResult | DatasetPatchResult, title: str | None = No
     )
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(tickangle=-60, tickfont=dict(size=10))
-    what = SITES.get(r.site.split(" ")[0], r.site)
-    base = title or f"{r.direction.capitalize()} {r.site}: {what}"
+    what = SITES[r.site].description
+    base = title or f"{r.direction.capitalize()} {r.site}: {what}" + (
+        "" if getattr(r, "method", "exact") == "exact" else f" ({r.method} estimate)"
+    )
     if isinstance(r, DatasetPatchResult):
         base += f" — mean over {r.n_pairs} pairs"
     return _layout(fig, base, 160 + 24 * len(y))
