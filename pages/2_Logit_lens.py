@@ -28,13 +28,13 @@ with ui.guard("the lens"):
         targets.append(single_token_id(model.tokenizer, typed, "tracked"))
     ui.probe_command("lens", model, prompt=prompt, target=[model.tokenizer.decode([t]) for t in targets])
 
-    logit = lens.lens(model, prompt, k=5, targets=targets, truncate=truncate)
+    logit = lens.lens(model, prompt, k=5, tracked=targets, truncate=truncate)
     results = [logit]
     if tuned is None:
         st.info("This model has no tuned lens yet: train one with `python -m workbench.train lens <model>`.")
         ui.figure(figures.lens_heatmap(logit), "logit-lens", logit, logit.rows())
     else:
-        tuned_result = lens.lens(model, prompt, k=5, targets=targets, tuned=tuned, truncate=truncate)
+        tuned_result = lens.lens(model, prompt, k=5, tracked=targets, tuned=tuned, truncate=truncate)
         results.append(tuned_result)
         # side by side while the cells stay readable; one above the other for longer prompts
         left, right = st.columns(2) if run.n_tokens <= 12 else (st.container(), st.container())
@@ -43,7 +43,7 @@ with ui.guard("the lens"):
         with right:
             ui.figure(figures.lens_heatmap(tuned_result), "tuned-lens", tuned_result, tuned_result.rows())
     if targets:
-        ui.figure(figures.lens_target_lines(results, position), f"lens-targets-{position}", [r.target_probs[:, position] for r in results])
+        ui.figure(figures.lens_target_lines(results, position), f"lens-targets-{position}", [r.tracked_probs[:, position] for r in results])
     ui.figure(
         figures.lens_stats_lines(results, position),
         f"lens-stats-{position}",

@@ -25,9 +25,9 @@ def body(model, s, out):
     tuned = lens.load_tuned_lens(model)
     targets = [single_token_id(model.tokenizer, t, "tracked") for t in s["targets"]]
     for i, prompt in enumerate(s["prompts"]):
-        results = [lens.lens(model, prompt, k=int(s["k"]), targets=targets)]
+        results = [lens.lens(model, prompt, k=int(s["k"]), tracked=targets)]
         if tuned is not None:
-            results.append(lens.lens(model, prompt, k=int(s["k"]), targets=targets, tuned=tuned))
+            results.append(lens.lens(model, prompt, k=int(s["k"]), tracked=targets, tuned=tuned))
         for r in results:
             name = f"{r.kind.replace(' ', '-')}-prompt{i}"
             out.figure(figures.lens_heatmap(r), name)

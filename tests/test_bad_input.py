@@ -96,7 +96,7 @@ CASES = [
         "unknown metric",
     ),
     ("lens k of zero", lambda m, t: lens.lens(m["english"], "Hi", k=0), "k must be"),
-    ("lens target outside the vocabulary", lambda m, t: lens.lens(m["english"], "Hi", targets=[-1]), "outside the vocabulary"),
+    ("lens target outside the vocabulary", lambda m, t: lens.lens(m["english"], "Hi", tracked=[-1]), "outside the vocabulary"),
     ("repeat probe too long for the context", lambda m, t: heads.repeat_scores(m["circuits"], n=500), "n must be between"),
     ("missing model folder", lambda m, t: load_model(str(t / "nowhere")), "no model folder"),
     ("a file, not a folder", lambda m, t: load_model(str(MODELS_DIR / "circuits" / "config.json")), "is a file"),

@@ -27,13 +27,13 @@ def _views(model, i: int) -> list[torch.Tensor]:
         repeats = heads.repeat_scores(model, n=10, seqs=2, seed=i)
         return [p.pattern, types.scores["induction"], repeats.induction, repeats.previous_token]
     if kind == 1:
-        logit = lens.lens(model, clean, k=3, targets=[tok(" mat")["input_ids"][0]])
+        logit = lens.lens(model, clean, k=3, tracked=[tok(" mat")["input_ids"][0]])
         tuned = lens.lens(model, clean, k=3, tuned=lens.load_tuned_lens(model))
         d = compare.lens_diff(model, clean, corrupted)
         return [
             logit.top_probs,
             logit.kl_to_final,
-            logit.target_ranks.float(),
+            logit.tracked_ranks.float(),
             tuned.top_probs,
             d.js,
             compare.pattern_diff(model, clean, corrupted).diff,

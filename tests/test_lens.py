@@ -29,14 +29,14 @@ def test_last_point_is_the_models_output(shipped):
 def test_agrees_with_transformer_lens_logit_lens(english):
     run = run_prompt(english, PROMPT)
     target = int(run.logits[-1].argmax())
-    ours = lens.lens(english, PROMPT, k=5, targets=[target])
+    ours = lens.lens(english, PROMPT, k=5, tracked=[target])
     top = tl_logit_lens(english.bridge, run.tokens[None], positions=None, incl_mid=True, return_type="log_probs", top_k=5)
     assert len(top.labels) == len(ours.points)
     assert torch.equal(top.readout.top_ids[:, 0], ours.top_ids)  # (point, pos, k)
     assert torch.allclose(top.readout.values[:, 0].exp(), ours.top_probs, atol=1e-5)
     assert torch.allclose(top.readout.entropy[:, 0], ours.entropy, atol=1e-4)
     ranked = tl_logit_lens(english.bridge, run.tokens[None], positions=None, incl_mid=True, return_type="log_probs", targets=[target])
-    assert torch.equal(ranked.readout.target_ranks[:, 0], ours.target_ranks)
+    assert torch.equal(ranked.readout.target_ranks[:, 0], ours.tracked_ranks)
 
 
 def test_kl_and_entropy_match_a_direct_computation(english):
@@ -55,10 +55,10 @@ def test_kl_and_entropy_match_a_direct_computation(english):
 def test_identity_tuned_lens_is_the_logit_lens(english):
     points = len(lens.lens_points(english))
     identity = lens.TunedLens.identity(points, english.info.d_model)
-    a = lens.lens(english, PROMPT, targets=[5, 6])
-    b = lens.lens(english, PROMPT, targets=[5, 6], tuned=identity)
+    a = lens.lens(english, PROMPT, tracked=[5, 6])
+    b = lens.lens(english, PROMPT, tracked=[5, 6], tuned=identity)
     assert b.kind == "tuned lens" and torch.equal(a.top_ids, b.top_ids)
-    assert torch.equal(a.entropy, b.entropy) and torch.equal(a.target_logits, b.target_logits)
+    assert torch.equal(a.entropy, b.entropy) and torch.equal(a.tracked_logits, b.tracked_logits)
 
 
 def _held_out_kl(model, tuned) -> torch.Tensor:
@@ -93,7 +93,7 @@ def test_targets_must_be_one_token(english):
     with pytest.raises(InputError, match="not one"):
         single_token_id(english.tokenizer, " unquestionably")
     with pytest.raises(InputError, match="outside the vocabulary"):
-        lens.lens(english, PROMPT, targets=[10**6])
+        lens.lens(english, PROMPT, tracked=[10**6])
 
 
 def test_lens_page_shows_both_lenses():

@@ -329,9 +329,9 @@ def lens_target_lines(results: list[LensResult], position: int) -> go.Figure:
     fig = make_subplots(rows=1, cols=3, subplot_titles=["probability", "rank (0 = top)", "logit"], horizontal_spacing=0.07)
     dash = {"logit lens": "solid", "tuned lens": "dot"}
     for r in results:
-        for t, label in enumerate(r.target_labels):
+        for t, label in enumerate(r.tracked_labels):
             name = f"{label} ({r.kind})"
-            for col, values in ((1, r.target_probs), (2, r.target_ranks), (3, r.target_logits)):
+            for col, values in ((1, r.tracked_probs), (2, r.tracked_ranks), (3, r.tracked_logits)):
                 fig.add_trace(
                     go.Scatter(
                         x=r.points,

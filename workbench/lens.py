@@ -8,7 +8,7 @@ a different basis; the tuned lens (Belrose et al. 2023) first maps each point th
 affine translator (`x + x·A + b`, trained so that its reading matches the final distribution).
 
 For every point and position the result keeps only what a view needs -- the top-k tokens, the
-entropy, the KL divergence from the final distribution, and the chosen target tokens' logit,
+entropy, the KL divergence from the final distribution, and the tracked tokens' logit,
 probability and rank -- computed a chunk of positions at a time, so the points × positions ×
 vocabulary tensor is never built.
 """
@@ -147,11 +147,11 @@ class LensResult:
     top_probs: torch.Tensor  # (point, pos, k)
     entropy: torch.Tensor  # (point, pos) nats
     kl_to_final: torch.Tensor  # (point, pos) KL(final || point), nats
-    target_ids: list[int]  # (target,)
-    target_labels: list[str]
-    target_logits: torch.Tensor  # (point, pos, target)
-    target_probs: torch.Tensor  # (point, pos, target)
-    target_ranks: torch.Tensor  # (point, pos, target), 0 = top-1
+    tracked_ids: list[int]  # (tracked,)
+    tracked_labels: list[str]
+    tracked_logits: torch.Tensor  # (point, pos, tracked)
+    tracked_probs: torch.Tensor  # (point, pos, tracked)
+    tracked_ranks: torch.Tensor  # (point, pos, tracked), 0 = top-1
 
     def rows(self) -> list[dict]:
         """CSV rows: one per (point, position), with the top-1 token, entropy and KL."""
@@ -174,7 +174,7 @@ def lens(
     model: LoadedModel,
     prompt: str,
     k: int = 5,
-    targets: list[int] = (),
+    tracked: list[int] = (),
     tuned: TunedLens | None = None,
     truncate: bool = False,
     chunk: int = 32,
@@ -182,12 +182,12 @@ def lens(
     """Runs the prompt (cached) and reads every point through the logit lens, or the tuned lens if given."""
     if not 1 <= k <= 50:
         raise InputError(f"k must be between 1 and 50, got {k}")
-    targets = check_token_ids(model, [int(t) for t in targets], "tracked token")
+    tracked = check_token_ids(model, [int(t) for t in tracked], "tracked token")
     points = lens_points(model)
     run = run_prompt(model, prompt, [name for _, name in points], truncate=truncate)
     resid = residuals(run, model)  # (point, pos, d_model)
     n_points, pos, _ = resid.shape
-    targets = torch.tensor([int(t) for t in targets], dtype=torch.long)
+    tracked = torch.tensor(tracked, dtype=torch.long)  # (tracked,)
     top_ids, top_probs, entropy, kl, t_logit, t_prob, t_rank = [], [], [], [], [], [], []
     for _, logits in no_grad_chunks(read_chunks(model, resid, chunk, tuned)):  # (point, c, d_vocab)
         logp = logits.log_softmax(-1)
@@ -198,9 +198,9 @@ def lens(
         entropy.append(-(p * logp).sum(-1))
         final_logp = logp[-1:]  # (1, c, d_vocab)
         kl.append((final_logp.exp() * (final_logp - logp)).sum(-1).clamp_min(0))
-        chosen = logits[..., targets]  # (point, c, target)
+        chosen = logits[..., tracked]  # (point, c, tracked)
         t_logit.append(chosen)
-        t_prob.append(p[..., targets])
+        t_prob.append(p[..., tracked])
         t_rank.append((logits[..., None, :] > chosen[..., :, None]).sum(-1))
     top_ids_t = torch.cat(top_ids, 1)
     flat = token_labels(model.tokenizer, top_ids_t.flatten().tolist()) if top_ids_t.numel() else []
@@ -216,11 +216,11 @@ def lens(
         top_probs=torch.cat(top_probs, 1),
         entropy=torch.cat(entropy, 1),
         kl_to_final=torch.cat(kl, 1),
-        target_ids=targets.tolist(),
-        target_labels=token_labels(model.tokenizer, targets.tolist()),
-        target_logits=torch.cat(t_logit, 1),
-        target_probs=torch.cat(t_prob, 1),
-        target_ranks=torch.cat(t_rank, 1),
+        tracked_ids=tracked.tolist(),
+        tracked_labels=token_labels(model.tokenizer, tracked.tolist()),
+        tracked_logits=torch.cat(t_logit, 1),
+        tracked_probs=torch.cat(t_prob, 1),
+        tracked_ranks=torch.cat(t_rank, 1),
     )
 
 
@@ -264,30 +264,30 @@ def train_tuned_lens(
     b = lens_.b.clone().requires_grad_(True)
     opt = torch.optim.Adam([A, b], lr=lr)
     with torch.no_grad():
-        target_train = readout(model, train[-1]).log_softmax(-1)  # (rows, d_vocab)
+        final_train = readout(model, train[-1]).log_softmax(-1)  # (rows, d_vocab)
 
-    def kl_per_point(x: torch.Tensor, target_logp: torch.Tensor, A, b) -> torch.Tensor:
+    def kl_per_point(x: torch.Tensor, final_logp: torch.Tensor, A, b) -> torch.Tensor:
         moved = x[:-1] + torch.bmm(x[:-1], A) + b[:, None, :]
         logp = readout(model, moved).log_softmax(-1)  # (point-1, rows, d_vocab)
-        return (target_logp.exp() * (target_logp - logp)).sum(-1).mean(-1)  # (point-1,)
+        return (final_logp.exp() * (final_logp - logp)).sum(-1).mean(-1)  # (point-1,)
 
     with torch.no_grad():
-        target_valid = readout(model, valid[-1]).log_softmax(-1)
+        final_valid = readout(model, valid[-1]).log_softmax(-1)
         zero_A, zero_b = torch.zeros_like(A), torch.zeros_like(b)
-        kl_logit = kl_per_point(valid, target_valid, zero_A, zero_b)
+        kl_logit = kl_per_point(valid, final_valid, zero_A, zero_b)
     # keep, per point, the translator with the lowest validation KL seen (the identity to start with):
     # a translator never reads worse than the logit lens on held-out text
     best_kl, best_A, best_b = kl_logit.clone(), zero_A.clone(), zero_b.clone()
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
         idx = torch.randint(0, rows, (min(batch, rows),), generator=gen)
-        loss = kl_per_point(train[:, idx], target_train[idx], A, b).sum()
+        loss = kl_per_point(train[:, idx], final_train[idx], A, b).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 25 == 0 or step == steps - 1:
             with torch.no_grad():
-                kl = kl_per_point(valid, target_valid, A, b)
+                kl = kl_per_point(valid, final_valid, A, b)
                 better = kl < best_kl
                 best_kl = torch.where(better, kl, best_kl)
                 best_A[better], best_b[better] = A[better].detach(), b[better].detach()

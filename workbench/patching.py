@@ -16,7 +16,7 @@ attribution patching both read it.
 
 Speed, and never silently wrong. transformer-lens's `patching` module (the reference our sweeps
 are tested against) runs one full forward pass per cell. Here the forward engine (engine.py)
-runs many patched runs in one batched pass, each starting at the patched layer from the target
+runs many patched runs in one batched pass, each starting at the patched layer from the base
 run's residual stream (the layers before it cannot change), unembedding only the last position
 and only the logits the metric reads. Before a sweep the engine's logits are checked against the
 bridge's on both prompts; on a mismatch, or a model the engine does not know, the sweep runs
@@ -285,14 +285,18 @@ def _normalise(raw: torch.Tensor, clean_value: float, corrupted_value: float, lo
 
 @dataclass(frozen=True)
 class _Runs:
-    """The clean and corrupted runs a sweep starts from, by the engine or the bridge."""
+    """The clean and corrupted runs a sweep starts from, by the engine or the bridge.
+
+    The base run is the one being patched (corrupted for denoising, clean for noising); the source
+    run is the one the patched values come from.
+    """
 
     clean_logits: torch.Tensor  # (pos, d_vocab) from the bridge: the numbers the result reports against
     corrupted_logits: torch.Tensor
     labels: list[str]
-    target: dict[str, torch.Tensor]  # hook name -> activation (no batch dim) of the run being patched
+    base: dict[str, torch.Tensor]  # hook name -> activation (no batch dim) of the base run: the one being patched
     source: dict[str, torch.Tensor]  # ... of the run the patched values come from
-    target_tokens: torch.Tensor  # (pos,)
+    base_tokens: torch.Tensor  # (pos,)
     path: str
     note: str
     weights: engine.Weights | None = None
@@ -325,20 +329,20 @@ def _prepare(model: LoadedModel, setup: PatchingSetup, site: Site, direction: st
     except engine.Unsupported as err:
         note = f"{err}; this sweep ran through the model's own hooks instead (exact, slower)"
         w = None
-    target, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
-    target_ids = corrupted_ids if direction == "denoising" else clean_ids
+    base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
+    base_ids = corrupted_ids if direction == "denoising" else clean_ids
     if w is None:
-        _check_hook_reaches_output(model, site, target_ids)
-        return _Runs(clean.logits, corrupted.logits, clean.labels, target.cache, source.cache, target_ids, "bridge hooks", note)
+        _check_hook_reaches_output(model, site, base_ids)
+        return _Runs(clean.logits, corrupted.logits, clean.labels, base.cache, source.cache, base_ids, "bridge hooks", note)
     # the engine's own activations: the patched runs continue from exactly what it computes
     device = w.W_U.device
     with torch.no_grad():
         src_ids = clean_ids if direction == "denoising" else corrupted_ids
-        t_out = engine.forward(w, target_ids[None].to(device), capture=names).captured
-        s_out = engine.forward(w, src_ids[None].to(device), capture=names).captured
+        base_out = engine.forward(w, base_ids[None].to(device), capture=names).captured
+        source_out = engine.forward(w, src_ids[None].to(device), capture=names).captured
     return _Runs(
         clean.logits, corrupted.logits, clean.labels,
-        {n: a[0] for n, a in t_out.items()}, {n: a[0] for n, a in s_out.items()}, target_ids, "engine", note, w,
+        {n: a[0] for n, a in base_out.items()}, {n: a[0] for n, a in source_out.items()}, base_ids, "engine", note, w,
     )  # fmt: skip
 
 
@@ -381,13 +385,13 @@ def sweep(
             chunk = in_layer[start : start + per_batch]
             edit = s.edit(layer, [cells[i] for i in chunk], source)
             if w is not None:
-                resid = runs.target[f"blocks.{layer}.hook_resid_pre"].float().to(device)  # (pos, d_model)
+                resid = runs.base[f"blocks.{layer}.hook_resid_pre"].float().to(device)  # (pos, d_model)
                 batch = resid[None].expand(len(chunk), -1, -1)  # (batch, pos, d_model)
                 with torch.no_grad():
                     logits = engine.forward(w, resid=batch, start=layer, edits=[edit], last_only=True, columns=columns).logits
                 raw[chunk] = setup.value_of_columns(logits).float().cpu()
             else:
-                tokens = runs.target_tokens[None].expand(len(chunk), -1)  # (batch, pos)
+                tokens = runs.base_tokens[None].expand(len(chunk), -1)  # (batch, pos)
 
                 def patch(act: torch.Tensor, hook, edit=edit) -> torch.Tensor:
                     return engine.apply(edit, act)
@@ -429,9 +433,9 @@ def _result(model: LoadedModel, setup: PatchingSetup, s: Site, direction: str, m
 
 
 def attribution_sweep(model: LoadedModel, setup: PatchingSetup, site: str = "resid_pre", direction: str = "denoising") -> PatchResult:
-    """Estimates every cell's patching effect as (source − target activation) · ∂metric/∂activation.
+    """Estimates every cell's patching effect as (source − base activation) · ∂metric/∂activation.
 
-    The gradient is taken once, on the target run (corrupted for denoising). It ranks cells well
+    The gradient is taken once, on the base run (the one being patched: corrupted for denoising). It ranks cells well
     but misjudges sizes (measured here: rank correlation ~0.99, sizes off by up to 5×), so it is a
     preview: check the top cells exactly. Runs through the engine, or the bridge's hooks when the
     engine does not check out.
@@ -443,13 +447,13 @@ def attribution_sweep(model: LoadedModel, setup: PatchingSetup, site: str = "res
     w = runs.weights
     if w is not None:
         with torch.enable_grad():
-            out = engine.forward(w, runs.target_tokens[None].to(w.W_U.device), capture=names, last_only=True)
+            out = engine.forward(w, runs.base_tokens[None].to(w.W_U.device), capture=names, last_only=True)
             acts = [out.captured[n] for n in names]
             for a in acts:
                 a.retain_grad()
             setup.value(out.logits.float()).sum().backward()
     else:
-        logits, cache = run_tokens(model, runs.target_tokens[None], names, last_only=True, grad=True)
+        logits, cache = run_tokens(model, runs.base_tokens[None], names, last_only=True, grad=True)
         acts = [cache[n] for n in names]
         for a in acts:
             a.retain_grad()
@@ -460,8 +464,8 @@ def attribution_sweep(model: LoadedModel, setup: PatchingSetup, site: str = "res
         effects.append(s.reduce((runs.source[name].float().cpu() - act.detach()[0].float().cpu()) * grad))
     clean_value = float(setup.value(runs.clean_logits[-1:]))
     corrupted_value = float(setup.value(runs.corrupted_logits[-1:]))
-    target_value = corrupted_value if direction == "denoising" else clean_value
-    raw = torch.stack(effects) + target_value  # the estimated patched metric
+    base_value = corrupted_value if direction == "denoising" else clean_value
+    raw = torch.stack(effects) + base_value  # the estimated patched metric
     return _result(model, setup, s, direction, "attribution patching", raw, runs)
 
 
