@@ -17,8 +17,9 @@ head scores ~0.5 there -- see heads.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,7 +27,7 @@ from workbench import engine
 from workbench.errors import InputError
 from workbench.heads import attention_share, choosing_rows, repeat_scores, target_masks
 from workbench.model import LoadedModel
-from workbench.runs import Run, check_position, head_results, hook_names, run_prompt
+from workbench.runs import Run, check_position, head_results, hook_names, provenance, run_prompt
 
 HEAD_TYPES = ("previous token", "duplicate token", "induction", "first token", "entropy")
 
@@ -39,6 +40,7 @@ class Patterns:
     prompt: str
     labels: list[str]  # token labels, (pos,)
     pattern: torch.Tensor  # (layer, head, query, key)
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -60,7 +62,7 @@ def check_head(n_layers: int, n_heads: int, layer: int, head: int) -> None:
 
 def patterns(model: LoadedModel, prompt: str, truncate: bool = False) -> Patterns:
     run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
-    return patterns_of(run)
+    return dataclasses.replace(patterns_of(run), provenance=provenance(model, [prompt], view="attention patterns", truncate=truncate))
 
 
 def patterns_of(run: Run) -> Patterns:
@@ -104,6 +106,7 @@ class HeadTypes:
 
     source: str  # "prompt" or "repeated random tokens (n=.., seqs=..)"
     scores: dict[str, torch.Tensor]  # head type -> (layer, head)
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
     def ranked(self, head_type: str, k: int | None = None) -> list[dict]:
         """Rows (layer, head, score) sorted by the score, highest first (lowest first for entropy)."""
@@ -131,7 +134,8 @@ def head_types_of(pattern: torch.Tensor, tokens: torch.Tensor, source: str = "pr
 
 
 def head_types(model: LoadedModel, run: Run) -> HeadTypes:
-    return head_types_of(run.stack("attn.hook_pattern").float(), run.tokens, "prompt")
+    types = head_types_of(run.stack("attn.hook_pattern").float(), run.tokens, "prompt")
+    return dataclasses.replace(types, provenance=provenance(model, [run.prompt], view="head types"))
 
 
 def head_types_on_repeats(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0) -> HeadTypes:
@@ -139,7 +143,11 @@ def head_types_on_repeats(model: LoadedModel, n: int = 50, seqs: int = 8, seed: 
     s = repeat_scores(model, n=n, seqs=seqs, seed=seed, keep_patterns=True)
     per_seq = [head_types_of(p, t) for p, t in zip(s.patterns, s.tokens, strict=True)]
     mean = {k: torch.stack([h.scores[k] for h in per_seq]).nanmean(0) for k in per_seq[0].scores}
-    return HeadTypes(f"repeated random tokens (n={n}, {seqs} sequences, seed {seed})", mean)
+    return HeadTypes(
+        f"repeated random tokens (n={n}, {seqs} sequences, seed {seed})",
+        mean,
+        provenance(model, [], view="head types on repeated random tokens", n=n, seqs=seqs, seed=seed),
+    )
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,7 @@ class HeadAnatomy:
     output: torch.Tensor  # (d_model,) z @ W_O[head]: what the head writes to the residual stream
     model_pattern_row: torch.Tensor  # (key,) the model's own hook_pattern row, to compare
     model_output: torch.Tensor  # (d_model,) the model's own hook_z of this head · W_O, to compare
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
 
 def head_anatomy(model: LoadedModel, prompt: str, layer: int, head: int, query: int, truncate: bool = False) -> HeadAnatomy:
@@ -204,6 +213,7 @@ def head_anatomy(model: LoadedModel, prompt: str, layer: int, head: int, query: 
     return HeadAnatomy(
         layer, head, query, run.labels, q, k, v, scores, scale, scaled, masked, weights, weighted, z, z @ w_o[head],
         run[b + "hook_pattern"][head, query].float(), head_results(model, run, layer)[query, head],
+        provenance(model, [prompt], view="head anatomy", layer=layer, head=head, query=query),
     )  # fmt: skip
 
 

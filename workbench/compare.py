@@ -8,13 +8,13 @@ differing token the two runs are identical, so every difference there is exactly
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from workbench import lens as lens_
 from workbench.model import LoadedModel
-from workbench.runs import Run, hook_names, run_prompt
+from workbench.runs import Run, hook_names, provenance, run_prompt
 from workbench.tokens import Alignment, align, token_labels
 
 
@@ -29,6 +29,7 @@ class PatternDiff:
     b: torch.Tensor  # same for prompt B
     diff: torch.Tensor  # b - a
     change: torch.Tensor  # (layer, head) total variation per query row, averaged: 0 = same, 1 = disjoint
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
 
 def _names(model: LoadedModel) -> list[str]:
@@ -45,7 +46,7 @@ def pattern_diff(model: LoadedModel, prompt_a: str, prompt_b: str) -> PatternDif
     b = run_b.stack("attn.hook_pattern")[..., :n, :n].float()
     diff = b - a
     change = 0.5 * diff.abs().sum(-1).mean(-1)  # total variation distance of each row, mean over queries
-    return PatternDiff(al, a, b, diff, change)
+    return PatternDiff(al, a, b, diff, change, provenance(model, [prompt_a, prompt_b], view="pattern difference"))
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class LensDiff:
     prob_a: torch.Tensor  # (point, n) top-1 probability
     prob_b: torch.Tensor
     js: torch.Tensor  # (point, n) Jensen-Shannon divergence between the two readings, nats (0..ln 2)
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
 
 def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32) -> LensDiff:
@@ -84,5 +86,6 @@ def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32)
         return [flat[i * al.n : (i + 1) * al.n] for i in range(ids.shape[0])]
 
     return LensDiff(
-        al, [label for label, _ in points], labels(ids_a), labels(ids_b), torch.cat(probs_a, 1), torch.cat(probs_b, 1), torch.cat(js, 1)
-    )
+        al, [label for label, _ in points], labels(ids_a), labels(ids_b), torch.cat(probs_a, 1), torch.cat(probs_b, 1), torch.cat(js, 1),
+        provenance(model, [prompt_a, prompt_b], view="lens difference", chunk=chunk),
+    )  # fmt: skip

@@ -18,14 +18,14 @@ are computed directly from token ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformer_lens import head_detector
 
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.runs import hook_names, run_tokens
+from workbench.runs import hook_names, provenance, run_tokens
 from workbench.tokens import ordinary_token_ids
 
 
@@ -101,6 +101,7 @@ class RepeatScores:
     previous_token: torch.Tensor  # (layer, head), over the same sequences
     tokens: torch.Tensor | None = None  # (seqs, 1 + 2n), when kept
     patterns: torch.Tensor | None = None  # (seqs, layer, head, q, k), when kept
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
     def strongest_induction_head(self) -> tuple[int, int]:
         layer, head = divmod(int(self.induction.argmax()), self.induction.shape[1])
@@ -120,4 +121,7 @@ def repeat_scores(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0,
     per_seq = torch.stack([cache[name].float().cpu() for name in names], dim=1)  # (seqs, layer, head, q, k)
     pattern = per_seq.mean(0)  # (layer, head, q, k)
     kept = (ids, per_seq) if keep_patterns else (None, None)
-    return RepeatScores(n, seqs, seed, induction_score(pattern, n), previous_token_score(pattern), *kept)
+    return RepeatScores(
+        n, seqs, seed, induction_score(pattern, n), previous_token_score(pattern), *kept,
+        provenance=provenance(model, [], view="repeat scores", n=n, seqs=seqs, seed=seed),
+    )  # fmt: skip

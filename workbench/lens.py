@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from workbench import engine
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.runs import Run, check_token_ids, has_hook, run_prompt, run_tokens
+from workbench.runs import Run, check_token_ids, has_hook, provenance, run_prompt, run_tokens
 from workbench.tokens import token_labels
 
 LENS_FILE, LENS_STATS = "tuned_lens.safetensors", "tuned_lens.json"
@@ -152,6 +152,7 @@ class LensResult:
     tracked_logits: torch.Tensor  # (point, pos, tracked)
     tracked_probs: torch.Tensor  # (point, pos, tracked)
     tracked_ranks: torch.Tensor  # (point, pos, tracked), 0 = top-1
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
     def rows(self) -> list[dict]:
         """CSV rows: one per (point, position), with the top-1 token, entropy and KL."""
@@ -221,7 +222,11 @@ def lens(
         tracked_logits=torch.cat(t_logit, 1),
         tracked_probs=torch.cat(t_prob, 1),
         tracked_ranks=torch.cat(t_rank, 1),
-    )
+        provenance=provenance(
+            model, [prompt], view="tuned lens" if tuned is not None else "logit lens", k=k, tracked=tracked.tolist(), truncate=truncate,
+            tuned_lens=None if tuned is None else tuned.stats,
+        ),
+    )  # fmt: skip
 
 
 # ---- training the tuned lens ----------------------------------------------------------------------

@@ -358,5 +358,5 @@ def provenance(model: LoadedModel, prompts: Sequence[str], **settings) -> dict:
         "numeric_mode": i.numeric_mode,
         "prompts": list(prompts),
         "settings": settings,
-        "versions": versions(),
+        "versions": dict(versions()),
     }
