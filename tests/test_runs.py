@@ -79,3 +79,19 @@ def test_every_result_records_how_it_was_made(circuits):
         assert p["prompts"] == prompts and p["versions"]["torch"] == torch.__version__, what
         assert p["numeric_mode"] == circuits.info.numeric_mode and isinstance(p["settings"], dict), what
     assert results["sweep"][0].provenance["settings"]["site"] == "z"
+
+
+def test_a_run_made_under_someone_elses_hooks_never_enters_the_shared_cache(circuits):
+    prompt = "apple river stone cloud tiger apple river"
+    circuits.run_cache.clear()
+
+    def ablate(z, hook):
+        return torch.zeros_like(z)
+
+    with circuits.bridge.hooks(fwd_hooks=[("blocks.1.attn.hook_z", ablate)]):
+        edited = runs.run_prompt(circuits, prompt)
+    assert len(circuits.run_cache) == 0
+    plain = runs.run_prompt(circuits, prompt)
+    ids = runs.encode(circuits, prompt)[0][None]
+    assert torch.allclose(plain.logits, runs.run_tokens(circuits, ids)[0][0], atol=1e-6)
+    assert not torch.allclose(plain.logits, edited.logits, atol=1e-3)
