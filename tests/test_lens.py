@@ -62,8 +62,12 @@ def test_identity_tuned_lens_is_the_logit_lens(english):
 
 
 def _held_out_kl(model, tuned) -> torch.Tensor:
-    """(point-1,) mean KL(final || reading) over the held-out sample, measured now (not read from the stored stats)."""
-    text = (MODELS_DIR / "english" / "heldout_sample.txt").read_text()[:20000]
+    """(point-1,) mean KL(final || reading) on text the translators were not fitted on, measured now.
+
+    The shipped lens was fitted on models/english/heldout_sample.txt (held out from the model, not
+    from the lens): the workbench's own README is English prose the lens has never seen.
+    """
+    text = (MODELS_DIR.parent / "README.md").read_text()[:20000]
     resid = lens.collect_residuals(model, [text])  # (point, rows, d_model)
     with torch.no_grad():
         final = lens.readout(model, resid[-1]).log_softmax(-1)  # (rows, d_vocab)
@@ -75,7 +79,7 @@ def test_shipped_tuned_lens_reads_held_out_text_better(english):
     tuned = lens.load_tuned_lens(english)
     identity = lens.TunedLens.identity(len(lens.lens_points(english)), english.info.d_model)
     kl_tuned, kl_logit = _held_out_kl(english, tuned), _held_out_kl(english, identity)
-    # the translators were fitted on other text: they must read this text better, most of all early
+    # the translators were fitted on other text: they must still read this text better, most of all early
     assert kl_tuned[0] < kl_logit[0] / 2 and (kl_tuned < kl_logit + 0.02).all(), (kl_tuned, kl_logit)
 
 
