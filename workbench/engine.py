@@ -102,9 +102,10 @@ class Rotary:
     def dim(self) -> int:
         return 2 * len(self.inv_freq)
 
-    def cos_sin(self, pos: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """((pos, dim), (pos, dim)) for positions 0..pos-1."""
-        angles = torch.arange(pos, device=device, dtype=torch.float32)[:, None] * self.inv_freq.to(device)  # (pos, dim/2)
+    def cos_sin(self, pos: int, device, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """((pos - start, dim), (pos - start, dim)) for positions start..pos-1."""
+        positions = torch.arange(start, pos, device=device, dtype=torch.float32)
+        angles = positions[:, None] * self.inv_freq.to(device)  # (pos - start, dim/2)
         # GPT-J pairs features (0, 1), (2, 3)...; the others pair feature i with i + dim/2
         angles = angles.repeat_interleave(2, -1) if self.interleaved else torch.cat([angles, angles], -1)
         return angles.cos() * self.scaling, angles.sin() * self.scaling
@@ -138,6 +139,11 @@ class Layer:
     b_out: torch.Tensor | None
     act: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
     scale: float  # the scores' factor, usually 1/√d_head
+    W_gate_in: torch.Tensor | None = None  # (d_model, 2 d_mlp): [W_gate | W_in], one matmul for a gated MLP
+
+    def __post_init__(self):
+        if self.W_gate is not None and self.W_gate_in is None:
+            object.__setattr__(self, "W_gate_in", torch.cat([self.W_gate, self.W_in], 1).contiguous())  # frozen: set once here
 
 
 @dataclass(frozen=True)
@@ -293,10 +299,10 @@ Index = torch.Tensor | int | None
 class Edit:
     """One change to one site of one layer, applied to every batch row (or row by row).
 
-    `position` and `head` pick the slice: an int for every row, a (batch,) tensor for one per row,
-    or None for all. `value` is what the slice becomes (replace) or gains (add), broadcast to the
-    slice's shape, or per row with a leading batch dimension; ablate sets it to zero.
-    For `pattern` the position is the query row.
+    `rows` picks the batch rows it applies to (None: all). `position` and `head` pick the slice:
+    an int for every row, a tensor with one per row, or None for all. `value` is what the slice
+    becomes (replace) or gains (add), broadcast to the slice's shape, or per row with a leading
+    row dimension; ablate sets it to zero. For `pattern` the position is the query row.
     """
 
     kind: str  # "replace", "add" or "ablate"
@@ -305,6 +311,7 @@ class Edit:
     position: Index = None
     head: Index = None
     value: torch.Tensor | None = None
+    rows: torch.Tensor | None = None  # (rows,) batch rows, None for every row
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -324,8 +331,8 @@ def apply(edit: Edit, act: torch.Tensor) -> torch.Tensor:
     """`act` (a site's activation, batch first, transformer-lens layout) with the edit applied; a new tensor."""
     act = act.clone()
     view = act.transpose(1, 2) if edit.site == "pattern" else act  # pattern (batch, head, q, k) -> (batch, q, head, k)
-    batch = view.shape[0]
-    rows = torch.arange(batch, device=act.device)
+    rows = torch.arange(view.shape[0], device=act.device) if edit.rows is None else edit.rows.to(act.device)
+    batch = len(rows)
 
     def per_row(i: Index) -> torch.Tensor | slice:
         if i is None:
@@ -385,24 +392,38 @@ def embed(w: Weights, tokens: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def block(w: Weights, index: int, resid: torch.Tensor, run: _Run, last_only: bool = False) -> torch.Tensor:
+def block(
+    w: Weights, index: int, resid: torch.Tensor, run: _Run, last_only: bool = False, past: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """(batch, pos, d_model) -> the residual stream after block `index`: (batch, pos, d_model), or (batch, d_model) with last_only.
 
     With last_only the keys and values still come from every position, the query, attention row
-    and MLP only from the last one: enough for the next-token logits.
+    and MLP only from the last one: enough for the next-token logits. With `past` (keys and values
+    of earlier positions, before rotary: (1 or batch, s, kv_head, d_head) each), `resid` holds
+    positions s.. only: by causality the earlier ones are what they were, so only their keys and
+    values are needed.
     """
     L, H, K, E = w.layers[index], w.n_heads, w.n_kv_heads, w.d_head
     resid = run(index, "resid_pre", resid)
-    batch, pos, _ = resid.shape
+    batch, n, _ = resid.shape
+    s = 0 if past is None else past[0].shape[1]  # positions before this suffix
+    pos = s + n
     x = L.ln1(resid)  # (batch, pos, d_model)
     qkv = x @ L.W_qkv + (L.b_qkv if L.b_qkv is not None else 0)  # (batch, pos, (H + 2K) * E)
     q, k, v = qkv.split([H * E, K * E, K * E], -1)
-    q = run(index, "q", q.reshape(batch, pos, H, E))
-    k = run(index, "k", k.reshape(batch, pos, K, E))
-    v = run(index, "v", v.reshape(batch, pos, K, E))
+    q = run(index, "q", q.reshape(batch, n, H, E))
+    k = run(index, "k", k.reshape(batch, n, K, E))
+    v = run(index, "v", v.reshape(batch, n, K, E))
     if w.rotary is not None:
-        cos, sin = w.rotary.cos_sin(pos, resid.device)
+        cos, sin = w.rotary.cos_sin(pos, resid.device, start=s)
         q, k = w.rotary(q, cos, sin), w.rotary(k, cos, sin)
+    if past is not None:
+        k_past, v_past = past
+        if w.rotary is not None:
+            cos, sin = w.rotary.cos_sin(s, resid.device)
+            k_past = w.rotary(k_past, cos, sin)
+        k = torch.cat([k_past.expand(batch, -1, -1, -1), k], 1)  # (batch, pos, K, E)
+        v = torch.cat([v_past.expand(batch, -1, -1, -1), v], 1)
     if K != H:  # grouped-query attention: each key/value head serves H / K query heads
         k, v = k.repeat_interleave(H // K, 2), v.repeat_interleave(H // K, 2)  # (batch, pos, H, E)
     if last_only:  # the last query only (the caller checked that no edit or capture needs the others)
@@ -419,8 +440,11 @@ def block(w: Weights, index: int, resid: torch.Tensor, run: _Run, last_only: boo
     else:
         mid = run(index, "resid_mid", resid + attn_out)
         mlp_in = L.ln2(mid)
-    hidden = mlp_in @ L.W_in + (L.b_in if L.b_in is not None else 0)  # (batch, pos, d_mlp)
-    hidden = L.act(mlp_in @ L.W_gate) * hidden if L.W_gate is not None else L.act(hidden)
+    if L.W_gate_in is not None:  # gated (SwiGLU, GeGLU): act(x W_gate) * (x W_in + b_in)
+        gate, hidden = (mlp_in @ L.W_gate_in).chunk(2, -1)  # (batch, pos, d_mlp) each
+        hidden = L.act(gate) * (hidden + (L.b_in if L.b_in is not None else 0))
+    else:
+        hidden = L.act(mlp_in @ L.W_in + (L.b_in if L.b_in is not None else 0))  # (batch, pos, d_mlp)
     mlp_out = run(index, "mlp_out", hidden @ L.W_out + (L.b_out if L.b_out is not None else 0))
     out = run(index, "resid_post", resid + attn_out + mlp_out)
     return out[:, -1] if last_only else out
@@ -436,6 +460,8 @@ def forward(
     capture: Iterable[str] = (),
     last_only: bool = False,
     columns: torch.Tensor | None = None,
+    past: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    enter: dict[int, torch.Tensor] | None = None,
 ) -> Output:
     """Runs the model on `tokens` (batch, pos), or from block `start` on a residual stream `resid` (batch, pos, d_model).
 
@@ -443,17 +469,30 @@ def forward(
     flowed on, after edits: in a graph with gradients when the caller enables them). `last_only`
     returns next-token logits (batch, d_vocab) only; `columns` keeps only those vocabulary
     columns -- a logit difference reads two, and a large vocabulary's unembedding is costly.
+    `past` {layer: (keys, values)} of the positions before `resid`'s first (see block): a patch at
+    position p changes nothing before p, so a sweep runs positions p.. only. Edit positions then
+    count from `resid`'s first position.
+    `enter` {layer: residual streams (rows, pos, d_model)}: rows that join the batch before that
+    layer's block, after the rows already there (a sweep runs the cells of every layer in one
+    pass, each starting at its own layer; an edit's `rows` picks them out).
     """
-    if (tokens is None) == (resid is None):
-        raise ValueError("give tokens or a residual stream, not both")
+    if sum(x is not None for x in (tokens, resid, enter)) != 1:
+        raise ValueError("give tokens, a residual stream or rows that enter at given layers: one of them")
     run = _Run(edits, capture)
-    x = embed(w, tokens) if tokens is not None else resid
+    if enter:
+        start = min(enter)
+        x = enter[start]
+    else:
+        x = embed(w, tokens) if tokens is not None else resid
     if torch.is_grad_enabled() and not x.requires_grad:
         # the weights are frozen: a leaf here lets gradients reach every captured activation
         x = x.detach().requires_grad_(True)
     last = w.n_layers - 1
     for index in range(start, w.n_layers):
-        x = block(w, index, x, run, last_only=last_only and index == last and not run.touches(index))
+        if enter and index in enter and index != start:
+            x = torch.cat([x, enter[index]])
+        trim = last_only and index == last and not run.touches(index)
+        x = block(w, index, x, run, last_only=trim, past=None if past is None else past[index])
     if last_only and x.ndim == 3:
         x = x[:, -1]
     x = w.ln_final(x)

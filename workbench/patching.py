@@ -26,6 +26,7 @@ through the bridge's own hooks instead (batched, slower, exact) and the result s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +42,8 @@ METRICS = ("logit difference", "probability", "log-probability")
 DIRECTIONS = ("denoising", "noising")
 METHODS = ("exact", "attribution patching")
 PATHS = ("engine", "bridge hooks")
+# position-site batches each span 1/SPLIT of the prompt: shorter runs (causality), smaller matmuls
+SPLIT = 8
 BATCH = 64  # patched runs per pass, at most (fewer when one run's intermediates are large: see batch_size)
 CHECK_TOLERANCE = 1e-4  # the engine's logits must equal the bridge's within this, relative to the logits' scale
 # A clean − corrupted span below this share of the logits' size is float noise (float32 keeps ~7 digits,
@@ -87,8 +90,12 @@ class Site:
             for index in torch.cartesian_prod(*(torch.arange(n) for n in self.shape(model, n_tokens))).reshape(-1, len(self.axes))
         ]
 
-    def edit(self, layer: int, cells: list[tuple[int, ...]], source: torch.Tensor) -> engine.Edit:
-        """Batch row i gets cell i's slice of `source` (this layer's activation of the source run, no batch dim)."""
+    def edit(self, layer: int, cells: list[tuple[int, ...]], source: torch.Tensor, offset: int = 0) -> engine.Edit:
+        """Batch row i gets cell i's slice of `source` (this layer's activation of the source run, no batch dim).
+
+        `offset`: the patched runs start at this position (see engine.forward's `past`), so the
+        edit's positions count from it.
+        """
         pick = {a: torch.tensor([c[k] for c in cells], device=source.device) for k, a in enumerate(self.axes) if a != "layer"}
         position, head = pick.get("position"), pick.get("head")
         if self.engine_site == "pattern":  # source (head, query, key): the head's whole pattern
@@ -99,6 +106,7 @@ class Site:
             value = source[:, head].transpose(0, 1)
         else:
             value = source[position, head]
+        position = None if position is None else position - offset
         return engine.Edit("replace", self.engine_site, layer, position=position, head=head, value=value)
 
     def reduce(self, effect: torch.Tensor) -> torch.Tensor:
@@ -315,6 +323,8 @@ def _prepare(model: LoadedModel, setup: PatchingSetup, site: Site, direction: st
     layers = range(model.info.n_layers)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in layers] + [site.hook(layer) for layer in layers]
     names = list(dict.fromkeys(names))
+    # keys and values of every layer: a patched run that starts at position p takes the earlier ones from here
+    past_names = [f"blocks.{layer}.attn.hook_{kv}" for layer in layers for kv in "kv"]
     clean = run_prompt(model, setup.clean, names)  # the bridge's run: the reference and the reported baselines
     corrupted = run_prompt(model, setup.corrupted, names)
     note = ""
@@ -338,7 +348,7 @@ def _prepare(model: LoadedModel, setup: PatchingSetup, site: Site, direction: st
     device = w.W_U.device
     with torch.no_grad():
         src_ids = clean_ids if direction == "denoising" else corrupted_ids
-        base_out = engine.forward(w, base_ids[None].to(device), capture=names).captured
+        base_out = engine.forward(w, base_ids[None].to(device), capture=names + past_names).captured
         source_out = engine.forward(w, src_ids[None].to(device), capture=names).captured
     return _Runs(
         clean.logits, corrupted.logits, clean.labels,
@@ -357,6 +367,46 @@ def _check_hook_reaches_output(model: LoadedModel, site: Site, ids: torch.Tensor
             f"the '{site.name}' site cannot be patched on this model: the forward engine does not run it, and editing "
             f"transformer-lens's {edit.hook} does not change its output; patch another site (z is the heads' output)"
         )
+
+
+def _passes(s: Site, cells: list[tuple[int, ...]], per_batch: int, n_tokens: int) -> list[list[int]]:
+    """Cells grouped into batched passes of at most `per_batch`, each sorted by layer.
+
+    One pass holds the cells of every layer (each patched run joins the batch at its own layer);
+    for sites with positions, a pass spans 1/SPLIT of the prompt, so that its runs can start at
+    its first position (by causality nothing before it changes).
+    """
+    order = sorted(range(len(cells)), key=lambda i: cells[i][0])  # by layer, stable
+    groups = [order]
+    if "position" in s.axes:
+        axis, span = s.axes.index("position"), max(1, -(-n_tokens // SPLIT))
+        groups = [[i for i in order if cells[i][axis] // span == g] for g in range(-(-n_tokens // span))]
+    return [group[i : i + per_batch] for group in groups for i in range(0, len(group), per_batch) if group]
+
+
+def _engine_pass(s: Site, cells: list[tuple[int, ...]], chunk: list[int], runs: _Runs, columns: torch.Tensor | None) -> torch.Tensor:
+    """(len(chunk), d_vocab or columns) next-token logits of the chunk's patched runs, in one engine call."""
+    w = runs.weights
+    device = w.W_U.device
+    n_layers = w.n_layers
+    first = min(cells[i][s.axes.index("position")] for i in chunk) if "position" in s.axes else 0
+    enter, edits, row = {}, [], 0
+    for layer in sorted({cells[i][0] for i in chunk}):
+        mine = [cells[i] for i in chunk if cells[i][0] == layer]
+        resid = runs.base[f"blocks.{layer}.hook_resid_pre"].float().to(device)[first:]  # (pos - first, d_model)
+        enter[layer] = resid[None].expand(len(mine), -1, -1)  # (rows, pos - first, d_model)
+        edit = s.edit(layer, mine, runs.source[s.hook(layer)].float().to(device), offset=first)
+        edits.append(dataclasses.replace(edit, rows=torch.arange(row, row + len(mine), device=device)))
+        row += len(mine)
+    past = None
+    if first:  # keys and values of the positions before `first`, from the base run
+        start = min(enter)
+        past = {
+            later: (runs.base[f"blocks.{later}.attn.hook_k"][None, :first], runs.base[f"blocks.{later}.attn.hook_v"][None, :first])
+            for later in range(start, n_layers)
+        }
+    with torch.no_grad():
+        return engine.forward(w, enter=enter, edits=edits, last_only=True, columns=columns, past=past).logits
 
 
 def sweep(
@@ -378,26 +428,27 @@ def sweep(
     w = runs.weights
     device = w.W_U.device if w is not None else model.device
     columns = None if setup.columns() is None else torch.tensor(setup.columns(), device=device)
+    if w is not None:
+        for chunk in _passes(s, cells, per_batch, pos):
+            chunk = sorted(chunk, key=lambda i: cells[i][0])  # the rows' order in the pass: by layer
+            raw[chunk] = setup.value_of_columns(_engine_pass(s, cells, chunk, runs, columns)).float().cpu()
+            done += len(chunk)
+            if progress is not None and progress(done, len(cells)) is False:
+                raise InputError(f"the sweep was cancelled after {done} of {len(cells)} cells")
+        return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
     for layer in range(model.info.n_layers):
         in_layer = [i for i, c in enumerate(cells) if c[0] == layer]
         source = runs.source[s.hook(layer)].float().to(device)
         for start in range(0, len(in_layer), per_batch):
             chunk = in_layer[start : start + per_batch]
             edit = s.edit(layer, [cells[i] for i in chunk], source)
-            if w is not None:
-                resid = runs.base[f"blocks.{layer}.hook_resid_pre"].float().to(device)  # (pos, d_model)
-                batch = resid[None].expand(len(chunk), -1, -1)  # (batch, pos, d_model)
-                with torch.no_grad():
-                    logits = engine.forward(w, resid=batch, start=layer, edits=[edit], last_only=True, columns=columns).logits
-                raw[chunk] = setup.value_of_columns(logits).float().cpu()
-            else:
-                tokens = runs.base_tokens[None].expand(len(chunk), -1)  # (batch, pos)
+            tokens = runs.base_tokens[None].expand(len(chunk), -1)  # (batch, pos)
 
-                def patch(act: torch.Tensor, hook, edit=edit) -> torch.Tensor:
-                    return engine.apply(edit, act)
+            def patch(act: torch.Tensor, hook, edit=edit) -> torch.Tensor:
+                return engine.apply(edit, act)
 
-                logits, _ = run_tokens(model, tokens, hooks=[(edit.hook, patch)], last_only=True)
-                raw[chunk] = setup.value(logits[:, -1].float()).cpu()
+            logits, _ = run_tokens(model, tokens, hooks=[(edit.hook, patch)], last_only=True)
+            raw[chunk] = setup.value(logits[:, -1].float()).cpu()
             done += len(chunk)
             if progress is not None and progress(done, len(cells)) is False:
                 raise InputError(f"the sweep was cancelled after {done} of {len(cells)} cells")
