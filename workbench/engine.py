@@ -226,6 +226,8 @@ def extract(bridge, device="cpu") -> Weights:
     for index, blk in enumerate(bridge.blocks):
         a, m = blk.attn, blk.mlp
         scale = 1 / math.sqrt(d_head)
+        if family == "gpt2" and not getattr(hf_config, "scale_attn_weights", True):
+            scale = 1.0
         if family == "gpt2" and getattr(hf_config, "scale_attn_by_inverse_layer_idx", False):
             scale /= index + 1
         bias = [_get(a, n) for n in ("b_Q", "b_K", "b_V")]
