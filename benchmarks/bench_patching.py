@@ -71,9 +71,8 @@ def _case(name: str, build, quick: bool) -> list[Row]:
             theirs = tlp.get_act_patch_resid_pre(model.bridge, corrupted_t[None], clean_cache, metric)
         ref_s = time.perf_counter() - t
         ours_times = []
-        for _ in range(
-            1 if quick else 5
-        ):  # the best of 5: a 3-second run is easily hit by a busy machine, the reference's 30 seconds average it out
+        # the best of 5: a 3-second run is easily hit by a busy machine, the reference's 30 seconds average it out
+        for _ in range(1 if quick else 5):
             model.run_cache.clear()
             t = time.perf_counter()
             ours = patching.sweep(model, setup, "resid_pre")
