@@ -16,9 +16,10 @@ attribution patching both read it.
 
 Speed, and never silently wrong. transformer-lens's `patching` module (the reference our sweeps
 are tested against) runs one full forward pass per cell. Here the forward engine (engine.py)
-runs many patched runs in one batched pass, each starting at the patched layer from the base
-run's residual stream (the layers before it cannot change), unembedding only the last position
-and only the logits the metric reads. Before a sweep the engine's logits are checked against the
+runs many patched runs in one batched pass, each joining the batch at its patched layer from
+the base run's residual stream (the layers before it cannot change) and, for a patched position,
+starting at that position with the base run's keys and values before it (nothing earlier can
+change either), unembedding only the last position and only the logits the metric reads. Before a sweep the engine's logits are checked against the
 bridge's on both prompts; on a mismatch, or a model the engine does not know, the sweep runs
 through the bridge's own hooks instead (batched, slower, exact) and the result says so
 (`PatchResult.path`, `PatchResult.note`).
