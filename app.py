@@ -4,8 +4,8 @@ import streamlit as st
 
 from workbench import ui
 from workbench.figures import generate as draw
-from workbench.generate import Sampling, generate, next_token_topk
-from workbench.runs import run_prompt
+from workbench.generate import Sampling, generate
+from workbench.runs import next_token_topk, run_prompt
 
 SAMPLING_MODES = ("greedy (most likely)", "sample")
 view = ui.View(

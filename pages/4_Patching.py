@@ -4,7 +4,7 @@ import streamlit as st
 
 from workbench import patching, ui
 from workbench.figures import patching as draw
-from workbench.lens import target_token
+from workbench.tokens import single_token_id
 
 view = ui.View(
     "Activation patching",
@@ -26,10 +26,10 @@ clean, corrupted = ui.pair_form(model)
 
 with ui.guard("the patching"):
     cmp = patching.compare_tokens(model, clean, corrupted)
-    ui.token_rows(cmp.clean, cmp.corrupted, cmp.differ)
+    ui.token_rows(cmp.labels_a, cmp.labels_b, cmp.differ)
     if not cmp.same_length:
         st.error(
-            f"The prompts must have the same number of tokens ({len(cmp.clean)} vs {len(cmp.corrupted)}): change the "
+            f"The prompts must have the same number of tokens ({len(cmp.labels_a)} vs {len(cmp.labels_b)}): change the "
             "marked words for words of the same token count, or build the corrupted prompt below."
         )
     with st.expander("Build the corrupted prompt by replacing a word"):
@@ -42,7 +42,7 @@ with ui.guard("the patching"):
     if not cmp.same_length:
         st.stop()
 
-    answers, wrongs = patching.candidate_targets(model, clean, corrupted)
+    answers, wrongs = patching.candidate_answers(model, clean, corrupted)
     with st.form("answer_and_wrong"):
         c1, c2, c3, c4 = st.columns(4)
         answer_label = c1.selectbox(
@@ -58,10 +58,12 @@ with ui.guard("the patching"):
         typed_wrong = c2.text_input("…or type the wrong token", key="w.wrong_typed")
         metric = c3.selectbox("Metric", patching.METRICS, key=view.key("metric"))
         direction = c3.radio("Direction", patching.DIRECTIONS, key=view.key("direction"), horizontal=True)
-        site = c4.selectbox("Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s]}", key=view.key("site"))
+        site = c4.selectbox(
+            "Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s].description}", key=view.key("site")
+        )
         st.form_submit_button("Preview", type="primary")
-    answer = target_token(model, typed_answer) if typed_answer else answers[answer_label]
-    wrong = target_token(model, typed_wrong) if typed_wrong else wrongs[wrong_label]
+    answer = single_token_id(model.tokenizer, typed_answer, "answer") if typed_answer else answers[answer_label]
+    wrong = single_token_id(model.tokenizer, typed_wrong, "wrong") if typed_wrong else wrongs[wrong_label]
     setup = patching.PatchingSetup(clean, corrupted, answer, wrong, metric)
     decode = model.tokenizer.decode
     ui.probe_command(
@@ -78,8 +80,8 @@ with ui.guard("the patching"):
 
     preview = patching.attribution_sweep(model, setup, site, direction)
     st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
-    if abs(preview.clean_value - preview.corrupted_value) < 1e-6:
-        st.warning("The clean and corrupted runs give the same metric: nothing to restore. Pick other prompts or tokens.")
+    if preview.note:
+        st.warning(preview.note[0].upper() + preview.note[1:] + ".")
     exact = exact_sweep.peek(model, setup, site, direction)
 
     left, right = st.columns(2)
@@ -92,6 +94,8 @@ with ui.guard("the patching"):
             with ui.progress("The exact sweep") as report:
                 exact = exact_sweep(model, setup, site, direction, progress=report)
         if exact is not None:
+            if exact.path != "engine":
+                st.info(f"Computed through the model's own hooks, not the fast engine: {exact.note}.")
             ui.figure(draw.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
             st.caption(f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}")
     if exact is not None:

@@ -50,6 +50,7 @@ def test_the_example_analysis_and_figure_agree_with_the_run(new_view, circuits):
     draw = sys.modules["workbench.figures.neurons"]
     a = neurons.neuron_activations(circuits, "apple river stone apple river", 1, 3)
     assert a.values.shape == (6,) and len(a.rows()) == 6
+    assert a.provenance["model"] == "circuits" and a.provenance["settings"] == {"view": "neurons", "layer": 1, "neuron": 3}
     trace = draw.activation_strip(a).data[0]
     assert trace.z[0] == a.values.tolist() and trace.zmid == 0 and trace.zmin == -trace.zmax
 
