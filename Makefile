@@ -7,14 +7,16 @@ PORT ?= 8501
 .PHONY: app test bench lint install chromium
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# the pinned requirements, then the workbench itself (editable): workbench-app and workbench-probe on the venv's PATH
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 app: install
-	HF_HUB_OFFLINE=1 $(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --browser.gatherUsageStats false
+	HF_HUB_OFFLINE=1 $(BIN)/workbench-app --port $(PORT)
 
 test: install chromium
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -29,7 +29,7 @@ def run(quick: bool = False) -> list[Row]:
             lig.attribute(ids[None], baselines=bos, target=target, n_steps=STEPS)
 
     def ours():
-        attribution.input_attribution(model, PROMPT, attribution.Target((target,)), steps=STEPS)
+        attribution.input_attribution(model, PROMPT, attribution.Answer((target,)), steps=STEPS)
 
     ref_s, ours_s = compare(captum_default, ours, 2 if quick else 7, warmup=1)
     return [

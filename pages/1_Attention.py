@@ -6,9 +6,13 @@ from workbench import attention, ui
 from workbench.figures import attention as draw
 from workbench.runs import hook_names, run_prompt
 
-model = ui.page(
-    "Attention", "Each head's pattern: for every query token, how its attention is shared over the tokens up to it (rows sum to 1)."
+view = ui.View(
+    "Attention",
+    "Each head's pattern: for every query token, how its attention is shared over the tokens up to it (rows sum to 1).",
+    shared=("model", "prompt", "layer", "head", "pos"),
 )
+head_types_on_repeats = view.cached(attention.head_types_on_repeats, spinner="Scoring heads on repeated random tokens…")
+model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the attention patterns"):
@@ -34,7 +38,7 @@ with ui.guard("the attention patterns"):
         ui.figure(draw.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}-enlarged", p.head(layer, head))
 
     with focus:
-        position = ui.position_picker(run.labels, "Token")
+        position = ui.position_picker(run.labels, "Position")
         f = attention.token_focus(p, position)
         ui.figure(draw.token_focus_figure(f, run.labels), f"token-focus-{position}", f)
 
@@ -46,7 +50,7 @@ with ui.guard("the attention patterns"):
         )
         on_prompt = attention.head_types(model, run)
         ui.figure(draw.head_types_heatmap(on_prompt), "head-types-prompt", on_prompt, on_prompt.rows())
-        repeats = ui.cached_head_types_on_repeats(model)
+        repeats = head_types_on_repeats(model)
         ui.figure(draw.head_types_heatmap(repeats), "head-types-repeats", repeats, repeats.rows())
         kind = st.selectbox("Rank heads by", attention.HEAD_TYPES, index=2, key="w.rank_by")
         c1, c2 = st.columns(2)
@@ -56,7 +60,7 @@ with ui.guard("the attention patterns"):
         c2.dataframe(repeats.ranked(kind, 10), hide_index=True)
 
     with anatomy:
-        query = ui.position_picker(run.labels, "Query token", key="w.anatomy_query")
+        query = ui.position_picker(run.labels, "Query position", key="w.anatomy_query")
         a = attention.head_anatomy(model, prompt, layer, head, query, truncate=truncate)
         st.latex(r"\mathrm{head}(x_i) = \mathrm{softmax}\!\left(\frac{q_i K^\top}{\sqrt{d_\mathrm{head}}} + \mathrm{mask}\right) V \; W_O")
         ui.figure(draw.anatomy_figure(a), f"anatomy-L{layer}H{head}-q{query}", a)
@@ -66,4 +70,4 @@ with ui.guard("the attention patterns"):
             f"{(a.weights - a.model_pattern_row).abs().max():.1e}, in the output {(a.output - a.model_output).abs().max():.1e}."
         )
 
-ui.share_to_url("model", "prompt", "layer", "head", "pos")
+view.share()

@@ -4,38 +4,42 @@ import streamlit as st
 
 from workbench import lens, ui
 from workbench.figures import lens as draw
-from workbench.generate import next_token_topk
-from workbench.runs import run_prompt
+from workbench.runs import next_token_topk, run_prompt
+from workbench.tokens import single_token_id
 
-model = ui.page(
+view = ui.View(
     "Logit lens",
     "Read the residual stream after every layer as if it were the last: final layer norm, then unembedding. "
     "The tuned lens first translates each layer's stream with a learned affine map, so early layers read better.",
+    shared=("model", "prompt", "pos"),
+    params=(ui.text("tracked"),),
 )
+tuned_lens = view.cached(lens.load_tuned_lens)
+model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the lens"):
     run = run_prompt(model, prompt, truncate=truncate)
-    tuned = ui.cached_tuned_lens(model)
+    tuned = tuned_lens(model)
     position = ui.position_picker(run.labels, "Position (whose next token is read)")
     suggestions = next_token_topk(model, run, k=8, position=position)
     c1, c2 = st.columns([2, 3])
     picked = c1.multiselect(
-        "Target tokens (the model's top predictions here)", suggestions.labels, default=suggestions.labels[:2], key="w.lens_targets"
+        "Tracked tokens (the model's top predictions here)", suggestions.labels, default=suggestions.labels[:2], key="w.lens_tracked"
     )
-    typed = c2.text_input("…or type a target token (one token; mind the leading space)", "", key="w.lens_typed")
-    targets = [suggestions.ids[suggestions.labels.index(label)] for label in picked]
+    typed = c2.text_input("…or type a token to track (one token; mind the leading space)", "", key=view.key("tracked"))
+    tracked = [suggestions.ids[suggestions.labels.index(label)] for label in picked]
     if typed:
-        targets.append(lens.target_token(model, typed))
-    ui.probe_command("lens", model, prompt=prompt, target=[model.tokenizer.decode([t]) for t in targets])
+        tracked.append(single_token_id(model.tokenizer, typed, "tracked"))
+    ui.probe_command("lens", model, prompt=prompt, track=[model.tokenizer.decode([t]) for t in tracked])
 
-    logit = lens.lens(model, prompt, k=5, targets=targets, truncate=truncate)
+    logit = lens.lens(model, prompt, k=5, tracked=tracked, truncate=truncate)
     results = [logit]
     if tuned is None:
         st.info("This model has no tuned lens yet: train one with `python -m workbench.train lens <model>`.")
         ui.figure(draw.lens_heatmap(logit), "logit-lens", logit, logit.rows())
     else:
-        tuned_result = lens.lens(model, prompt, k=5, targets=targets, tuned=tuned, truncate=truncate)
+        tuned_result = lens.lens(model, prompt, k=5, tracked=tracked, tuned=tuned, truncate=truncate)
         results.append(tuned_result)
         # side by side while the cells stay readable; one above the other for longer prompts
         left, right = st.columns(2) if run.n_tokens <= 12 else (st.container(), st.container())
@@ -43,8 +47,8 @@ with ui.guard("the lens"):
             ui.figure(draw.lens_heatmap(logit), "logit-lens", logit, logit.rows())
         with right:
             ui.figure(draw.lens_heatmap(tuned_result), "tuned-lens", tuned_result, tuned_result.rows())
-    if targets:
-        ui.figure(draw.lens_target_lines(results, position), f"lens-targets-{position}", [r.target_probs[:, position] for r in results])
+    if tracked:
+        ui.figure(draw.lens_tracked_lines(results, position), f"lens-tracked-{position}", [r.tracked_probs[:, position] for r in results])
     ui.figure(
         draw.lens_stats_lines(results, position),
         f"lens-stats-{position}",
@@ -56,4 +60,4 @@ with ui.guard("the lens"):
         {r.kind: {"entropy": r.entropy.mean(1), "kl_to_final": r.kl_to_final.mean(1)} for r in results},
     )
 
-ui.share_to_url("model", "prompt", "pos", "target")
+view.share()

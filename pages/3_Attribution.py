@@ -4,13 +4,25 @@ import streamlit as st
 
 from workbench import attribution, ui
 from workbench.figures import attribution as draw
-from workbench.generate import next_token_topk
-from workbench.runs import run_prompt
+from workbench.runs import next_token_topk, run_prompt
 
-model = ui.page(
+view = ui.View(
     "Attribution",
     "What caused this prediction? Input tokens, by gradients or ablation (captum); model components, by direct logit attribution.",
+    params=(
+        ui.choice("method", attribution.METHODS),
+        ui.choice("baseline", attribution.BASELINES),
+        ui.number("steps", int, 2, 512),
+    ),
 )
+# the library's kinds of answer, and their names in the glossary's words (docs/glossary.md)
+ANSWER_KINDS = {
+    "next token": "next token",
+    "typed token": "typed token",
+    "continuation": "continuation",
+    "logit difference": "logit difference (answer − wrong)",
+}
+model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the attribution"):
@@ -19,34 +31,35 @@ with ui.guard("the attribution"):
         st.warning("Attribution runs on the whole prompt: shorten it to fit the context.")
         st.stop()
     top = next_token_topk(model, run, k=1)
-    with st.form("target"):
+    with st.form("answer"):
         c1, c2, c3 = st.columns([2, 2, 2])
         kind = c1.radio(
-            "Target",
-            ["next token", "typed token", "continuation", "contrast"],
+            "Answer",
+            list(ANSWER_KINDS),
+            format_func=ANSWER_KINDS.get,
             key="w.attr_kind",
             help=f"next token: the model's prediction, {top.labels[0]!r}",
         )
-        typed = c2.text_input("Token / continuation / token A", "", key="w.attr_typed", help="with its leading space, e.g. ' the'")
-        contrast = c2.text_input("Token B (contrast only)", "", key="w.attr_contrast")
-        method = c3.selectbox("Method", attribution.METHODS, key="w.attr_method")
+        typed = c2.text_input("Answer token or continuation", "", key="w.attr_typed", help="with its leading space, e.g. ' the'")
+        wrong = c2.text_input("Wrong token (logit difference only)", "", key="w.attr_wrong")
+        method = c3.selectbox("Method", attribution.METHODS, key=view.key("method"))
         baseline = c3.selectbox(
             "Baseline",
             attribution.BASELINES,
-            key="w.attr_baseline",
+            key=view.key("baseline"),
             help="integrated gradients starts from it; feature ablation swaps tokens for it",
         )
-        steps = c3.number_input("Integration steps", 2, 512, 32, key="w.attr_steps")
+        steps = c3.number_input("Integration steps", 2, 512, 32, key=view.key("steps"))
         st.form_submit_button("Attribute", type="primary")
-    target = attribution.parse_target(model, kind, top.ids[0], typed, contrast)
+    answer = attribution.parse_answer(model, kind, top.ids[0], typed, wrong)
     ui.probe_command(
         "attribution", model, prompt=prompt, method=method, baseline=baseline, steps=int(steps),
-        **({"continuation": typed} if kind == "continuation" else {"target": typed, "contrast": contrast if kind == "contrast" else ""}),
+        **({"continuation": typed} if kind == "continuation" else {"answer": typed, "wrong": wrong if kind == "logit difference" else ""}),
     )  # fmt: skip
 
     inputs, components = st.tabs(["Input tokens (captum)", "Components (direct logit attribution)"])
     with inputs:
-        a = attribution.input_attribution(model, prompt, target, method=method, baseline=baseline, steps=int(steps))
+        a = attribution.input_attribution(model, prompt, answer, method=method, baseline=baseline, steps=int(steps))
         if method == "integrated gradients":
             gap = a.completeness_gap()
             st.markdown(
@@ -57,13 +70,13 @@ with ui.guard("the attribution"):
             if more:
                 st.warning(f"The gap ({gap:.3f}) is large: try about {more} integration steps.")
         ui.figure(draw.input_attribution_tokens(a), f"input-attribution-{method}", a, a.rows())
-        if len(a.target_labels) > 1:
+        if len(a.answer_labels) > 1:
             ui.figure(draw.input_attribution_matrix(a), f"input-attribution-matrix-{method}", a, a.rows())
     with components:
-        c = attribution.component_attribution(model, prompt, target.tokens[0], target.contrast, truncate=truncate)
+        c = attribution.component_attribution(model, prompt, answer.tokens[0], answer.wrong, truncate=truncate)
         ui.figure(draw.component_bars(c), "dla-components", c, c.rows())
         ui.figure(draw.head_attribution_heatmap(c), "dla-heads", c.heads)
         st.markdown("**Neurons with the largest direct contributions**")
         st.dataframe(c.neurons, hide_index=True)
 
-ui.share_to_url("model", "prompt", "method", "baseline", "steps")
+view.share()

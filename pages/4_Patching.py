@@ -4,21 +4,32 @@ import streamlit as st
 
 from workbench import patching, ui
 from workbench.figures import patching as draw
-from workbench.lens import target_token
+from workbench.tokens import single_token_id
 
-model = ui.page(
+view = ui.View(
     "Activation patching",
     "Copy one activation from the clean run into the corrupted run (denoising), or the other way (noising), and watch "
     "the metric: 0 is the corrupted run's value, 1 the clean run's.",
+    shared=("model", "clean", "corrupted"),
+    params=(
+        ui.choice("site", list(patching.SITES)),
+        ui.choice("direction", patching.DIRECTIONS),
+        ui.choice("metric", patching.METRICS),
+        ui.number("pairs", int, 2, 64),
+    ),
 )
+# the sweeps a user asked for, remembered for this session only (a few: each holds a grid of results)
+exact_sweep = view.cached(patching.sweep, per_session=True, entries=4)
+dataset_sweep = view.cached(patching.sweep_dataset, per_session=True, entries=2)
+model = view.start()
 clean, corrupted = ui.pair_form(model)
 
 with ui.guard("the patching"):
     cmp = patching.compare_tokens(model, clean, corrupted)
-    ui.token_rows(cmp.clean, cmp.corrupted, cmp.differ)
+    ui.token_rows(cmp.labels_a, cmp.labels_b, cmp.differ)
     if not cmp.same_length:
         st.error(
-            f"The prompts must have the same number of tokens ({len(cmp.clean)} vs {len(cmp.corrupted)}): change the "
+            f"The prompts must have the same number of tokens ({len(cmp.labels_a)} vs {len(cmp.labels_b)}): change the "
             "marked words for words of the same token count, or build the corrupted prompt below."
         )
     with st.expander("Build the corrupted prompt by replacing a word"):
@@ -26,13 +37,13 @@ with ui.guard("the patching"):
         word = c1.text_input("word in the clean prompt", key="w.replace_word")
         replacement = c2.text_input("replacement", key="w.replace_with")
         if c3.button("Replace") and word:
-            st.session_state[ui.PAIR] = (clean, patching.corrupt_word(model, clean, word, replacement))
+            ui.set_pair(clean, patching.corrupt_word(model, clean, word, replacement))
             st.rerun()
     if not cmp.same_length:
         st.stop()
 
-    answers, wrongs = patching.candidate_targets(model, clean, corrupted)
-    with st.form("targets"):
+    answers, wrongs = patching.candidate_answers(model, clean, corrupted)
+    with st.form("answer_and_wrong"):
         c1, c2, c3, c4 = st.columns(4)
         answer_label = c1.selectbox(
             "Answer", list(answers), key="w.answer", help="first: the clean prompt's differing word; then the clean run's top predictions"
@@ -45,12 +56,14 @@ with ui.guard("the patching"):
         )
         typed_answer = c1.text_input("…or type the answer token", key="w.answer_typed")
         typed_wrong = c2.text_input("…or type the wrong token", key="w.wrong_typed")
-        metric = c3.selectbox("Metric", patching.METRICS, key="w.metric")
-        direction = c3.radio("Direction", patching.DIRECTIONS, key="w.direction", horizontal=True)
-        site = c4.selectbox("Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s]}", key="w.site")
+        metric = c3.selectbox("Metric", patching.METRICS, key=view.key("metric"))
+        direction = c3.radio("Direction", patching.DIRECTIONS, key=view.key("direction"), horizontal=True)
+        site = c4.selectbox(
+            "Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s].description}", key=view.key("site")
+        )
         st.form_submit_button("Preview", type="primary")
-    answer = target_token(model, typed_answer) if typed_answer else answers[answer_label]
-    wrong = target_token(model, typed_wrong) if typed_wrong else wrongs[wrong_label]
+    answer = single_token_id(model.tokenizer, typed_answer, "answer") if typed_answer else answers[answer_label]
+    wrong = single_token_id(model.tokenizer, typed_wrong, "wrong") if typed_wrong else wrongs[wrong_label]
     setup = patching.PatchingSetup(clean, corrupted, answer, wrong, metric)
     decode = model.tokenizer.decode
     ui.probe_command(
@@ -67,10 +80,9 @@ with ui.guard("the patching"):
 
     preview = patching.attribution_sweep(model, setup, site, direction)
     st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
-    if abs(preview.clean_value - preview.corrupted_value) < 1e-6:
-        st.warning("The clean and corrupted runs give the same metric: nothing to restore. Pick other prompts or tokens.")
-    key = (model.info.source, clean, corrupted, answer, wrong, metric, direction, site)
-    exact = st.session_state.get("wb.patch_exact", {}).get(key)
+    if preview.note:
+        st.warning(preview.note[0].upper() + preview.note[1:] + ".")
+    exact = exact_sweep.peek(model, setup, site, direction)
 
     left, right = st.columns(2)
     with left:
@@ -79,26 +91,31 @@ with ui.guard("the patching"):
     with right:
         st.markdown("**Exact sweep** (one patched run per cell, batched)")
         if exact is None and st.button("Run the exact sweep", type="primary", key="w.run_exact"):
-            exact = patching.sweep(model, setup, site, direction, progress=ui.progress_reporter("Patching"))
-            st.session_state.setdefault("wb.patch_exact", {})[key] = exact
+            with ui.progress("The exact sweep") as report:
+                exact = exact_sweep(model, setup, site, direction, progress=report)
         if exact is not None:
+            if exact.path != "engine":
+                st.info(f"Computed through the model's own hooks, not the fast engine: {exact.note}.")
             ui.figure(draw.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
             st.caption(f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}")
     if exact is not None:
-        st.markdown("**Most important components**")
+        st.markdown("**The cells that move the metric most**")
         st.dataframe(exact.ranked(10), hide_index=True)
-    elif st.button("Exact-check the preview's top 5", key="w.exact_top"):
+    elif st.button("Exact-check the preview's top 5 cells", key="w.exact_top"):
         st.dataframe(patching.exact_cells(model, preview, 5), hide_index=True)
 
     with st.expander("A dataset of prompt pairs (mean and spread)"):
         if model.info.name == "circuits":
-            n_pairs = st.number_input("copying pairs (random words, the earlier copy corrupted)", 2, 64, 8, key="w.n_pairs")
-            if st.button("Sweep the dataset", key="w.run_dataset"):
-                pairs = patching.induction_pairs(model, int(n_pairs), seed=0)
-                pairs = [patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in pairs]
-                result = patching.sweep_dataset(model, pairs, site, direction, progress=ui.progress_reporter("Dataset"))
+            n_pairs = st.number_input("copying pairs (random words, the earlier copy corrupted)", 2, 64, 8, key=view.key("pairs"))
+            pairs = patching.induction_pairs(model, int(n_pairs), seed=0)
+            pairs = [patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in pairs]
+            result = dataset_sweep.peek(model, pairs, site, direction)
+            if result is None and st.button("Sweep the dataset", key="w.run_dataset"):
+                with ui.progress("The dataset sweep") as report:
+                    result = dataset_sweep(model, pairs, site, direction, progress=report)
+            if result is not None:
                 ui.figure(draw.patching_heatmap(result), f"patching-dataset-{site}", result)
         else:
             st.caption("The circuits model ships a generator of copying pairs; probes take any dataset of pairs from a spec file.")
 
-ui.share_to_url("model", "pair", "site", "direction", "metric")
+view.share()

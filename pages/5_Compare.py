@@ -5,11 +5,27 @@ import streamlit as st
 from workbench import compare, ui
 from workbench.figures import compare as draw
 
-model = ui.page(
+PROMPT_B = "wb.prompt_b"  # the second prompt (A is the shared prompt); not a widget key: the form commits it
+view = ui.View(
     "Compare two prompts",
     "How attention and the layer-by-layer prediction change when the prompt changes. Positions are compared one to one.",
+    shared=("model", "prompt", "layer", "head"),
+    params=(ui.text("prompt_b", PROMPT_B),),
 )
-prompt_a, prompt_b = ui.compare_form(model)
+model = view.start()
+if PROMPT_B not in st.session_state:
+    # first visit: an example pair, unless the user already typed a prompt elsewhere (it becomes A)
+    example_a, example_b = ui.example_pair(model.info.name)
+    if st.session_state.get(ui.PROMPT, ui.example_prompt(model.info.name)) == ui.example_prompt(model.info.name):
+        st.session_state[ui.PROMPT] = example_a
+    st.session_state[PROMPT_B] = example_b
+with st.form("compare_form"):
+    c1, c2 = st.columns(2)
+    a = c1.text_area("Prompt A", st.session_state[ui.PROMPT], height=90, key="w.prompt_a")
+    b = c2.text_area("Prompt B", st.session_state[PROMPT_B], height=90, key="w.prompt_b")
+    if st.form_submit_button("Compare", type="primary"):
+        st.session_state[ui.PROMPT], st.session_state[PROMPT_B] = a, b
+prompt_a, prompt_b = st.session_state[ui.PROMPT], st.session_state[PROMPT_B]
 
 with ui.guard("the comparison"):
     d = compare.pattern_diff(model, prompt_a, prompt_b)
@@ -31,4 +47,4 @@ with ui.guard("the comparison"):
         ld = compare.lens_diff(model, prompt_a, prompt_b)
         ui.figure(draw.lens_diff_heatmap(ld), "compare-lens", ld)
 
-ui.share_to_url("model", "prompt", "prompt_b", "layer", "head")
+view.share()

@@ -5,22 +5,20 @@ import streamlit as st
 from workbench import training, ui
 from workbench.figures import training as draw
 
-
-@st.cache_resource(show_spinner="Scoring every checkpoint…", max_entries=4)
-def _formation(name: str):
-    return training.formation(name)
-
-
-model = ui.page(
+view = ui.View(
     "Training",
     "How the mechanisms formed: every head's score at each shipped checkpoint of a model's training run, the in-context loss, "
     "and the loss curve. Open any checkpoint in the other views as MODEL@STEP.",
+    shared=("model",),
+    params=(ui.choice("trained", training.trained_models()),),
 )
+formation = view.cached(training.formation, entries=4, spinner="Scoring every checkpoint…")
+model = view.start()
 with ui.guard("the training checkpoints"):
     trained = training.trained_models()
     base = model.info.name.split("@")[0]
-    name = st.selectbox("Trained model", trained, index=trained.index(base) if base in trained else 0, key="w.training_model")
-    f = _formation(name)
+    name = st.selectbox("Trained model", trained, index=trained.index(base) if base in trained else 0, key=view.key("trained"))
+    f = formation(name)
     ui.probe_command("training", ui.cached_model(name))
     if f.phase_change is not None:
         st.success(
@@ -41,3 +39,5 @@ with ui.guard("the training checkpoints"):
     if st.button(f"Use {name}@{step} on every page", key="w.training_use"):
         st.session_state[ui.MODEL] = f"{name}@{step}"
         st.rerun()
+
+view.share()

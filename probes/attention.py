@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from probes.common import run_probe
 from workbench import attention
 from workbench.figures import attention as draw
+
+from .common import run_probe
 
 DEFAULTS = {
     "prompt": "It is a truth universally acknowledged, that a single man in possession of a good fortune",

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from probes.common import run_probe
 from workbench import attribution
 from workbench.figures import attribution as draw
 from workbench.runs import run_prompt
 
+from .common import run_probe
+
 DEFAULTS = {
     "prompt": "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a",
-    "target": "",
-    "contrast": "",
+    "answer": "",
+    "wrong": "",
     "continuation": "",
     "methods": list(attribution.METHODS),
     "baseline": "zeros",
@@ -20,8 +21,10 @@ DEFAULTS = {
 
 def add_arguments(p):
     p.add_argument("--prompt")
-    p.add_argument("--target", help="target token (default: the model's prediction)")
-    p.add_argument("--contrast", help="token B: attribute logit(target) - logit(B)")
+    p.add_argument("--answer", "--target", dest="answer", help="the answer token (default: the model's prediction)")
+    p.add_argument(
+        "--wrong", "--contrast", dest="wrong", help="a wrong token: attribute the logit difference, logit(answer) - logit(wrong)"
+    )
     p.add_argument("--continuation", help="attribute a continuation of several tokens instead")
     p.add_argument("--method", action="append", dest="methods", choices=attribution.METHODS)
     p.add_argument("--baseline", choices=attribution.BASELINES)
@@ -31,21 +34,21 @@ def add_arguments(p):
 def body(model, s, out):
     predicted = int(run_prompt(model, s["prompt"]).logits[-1].argmax())
     if s["continuation"]:
-        target = attribution.parse_target(model, "continuation", predicted, s["continuation"])
-    elif s["contrast"]:
-        target = attribution.parse_target(model, "contrast", predicted, s["target"], s["contrast"])
-    elif s["target"]:
-        target = attribution.parse_target(model, "typed token", predicted, s["target"])
+        answer = attribution.parse_answer(model, "continuation", predicted, s["continuation"])
+    elif s["wrong"]:
+        answer = attribution.parse_answer(model, "logit difference", predicted, s["answer"], s["wrong"])
+    elif s["answer"]:
+        answer = attribution.parse_answer(model, "typed token", predicted, s["answer"])
     else:
-        target = attribution.Target((predicted,))
+        answer = attribution.Answer((predicted,))
     for method in s["methods"]:
-        a = attribution.input_attribution(model, s["prompt"], target, method=method, baseline=s["baseline"], steps=int(s["steps"]))
+        a = attribution.input_attribution(model, s["prompt"], answer, method=method, baseline=s["baseline"], steps=int(s["steps"]))
         name = "input-" + method.replace(" ", "-").replace("×", "x")
         out.figure(draw.input_attribution_tokens(a), name)
-        if len(a.target_labels) > 1:
+        if len(a.answer_labels) > 1:
             out.figure(draw.input_attribution_matrix(a), name + "-matrix")
         out.data(name, a, a.rows())
-    c = attribution.component_attribution(model, s["prompt"], target.tokens[0], target.contrast)
+    c = attribution.component_attribution(model, s["prompt"], answer.tokens[0], answer.wrong)
     out.figure(draw.component_bars(c), "dla-components")
     out.figure(draw.head_attribution_heatmap(c), "dla-heads")
     out.data("dla", c, c.rows())

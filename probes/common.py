@@ -24,7 +24,7 @@ LIBRARIES = ("torch", "transformer-lens", "transformers", "captum", "plotly", "k
 
 
 def base_parser(name: str, doc: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m probes {name}", description=doc)
+    p = argparse.ArgumentParser(prog=f"workbench-probe {name}", description=doc)
     p.add_argument("--model", default=None, help="shipped model name (english, circuits), a model folder, or a cached hub name")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default: out/{name})")
     p.add_argument("--spec", type=Path, default=None, help="a JSON or YAML file with the same settings (and lists of prompts or pairs)")

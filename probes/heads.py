@@ -7,10 +7,11 @@ import time
 
 from tqdm import tqdm
 
-from probes.common import run_probe
 from workbench import attention
 from workbench.figures import attention as draw
 from workbench.runs import hook_names, run_prompt
+
+from .common import run_probe
 
 DEFAULTS = {
     "prompts": ["It is a truth universally acknowledged, that a single man in possession of a good fortune"],

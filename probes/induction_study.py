@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 
-from probes.common import run_probe
 from workbench import attention, attribution, patching
 from workbench.figures import attention as attention_figures
 from workbench.figures import attribution as attribution_figures
 from workbench.figures import patching as patching_figures
+
+from .common import run_probe
 
 DEFAULTS = {"model": "circuits", "pairs": 16, "repeat_n": 50}
 
@@ -66,12 +67,12 @@ def body(model, s, out):
     out.data("3-dla", c, c.rows())
     d_flat = int(c.heads.flatten().argmax())
     d_layer, d_head = divmod(d_flat, model.info.n_heads)
-    ig = attribution.input_attribution(model, example.clean, attribution.Target((example.answer,)), steps=32)
+    ig = attribution.input_attribution(model, example.clean, attribution.Answer((example.answer,)), steps=32)
     out.figure(attribution_figures.input_attribution_tokens(ig), "3-input-ig")
     out.data("3-input-ig", ig, ig.rows())
     ig_top = int(ig.scores[0].nan_to_num(-1e9).argmax())
     lines.append(
-        f"\n## 3. Attribution\n\nDirect logit attribution of logit({c.target}) on the first clean prompt: the largest head is "
+        f"\n## 3. Attribution\n\nDirect logit attribution of {c.metric_label} on the first clean prompt: the largest head is "
         f"**L{d_layer}H{d_head}** ({float(c.heads[d_layer, d_head]):.3f} of {c.logit:.3f}). Integrated gradients put the most weight on "
         f"position {ig_top} ({ig.labels[ig_top]!r}); completeness gap {ig.completeness_gap():.1e}.\n\n"
         "![DLA per head](3-dla-heads.png)\n\n![Integrated gradients](3-input-ig.png)\n"

@@ -1,39 +1,43 @@
 """Logit lens (and tuned lens, where the model has one) over the prompt(s): top-1 by layer and position,
-target tokens across layers, entropy and KL to the final distribution."""
+tracked tokens at every point, entropy and KL to the final distribution."""
 
 from __future__ import annotations
 
-from probes.common import run_probe
 from workbench import lens
 from workbench.errors import InputError
 from workbench.figures import lens as draw
+from workbench.tokens import single_token_id
+
+from .common import run_probe
 
 DEFAULTS = {
     "prompts": ["It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a"],
-    "targets": [],
+    "tracked": [],
     "k": 5,
 }
 
 
 def add_arguments(p):
     p.add_argument("--prompt", action="append", dest="prompts", help="a prompt (repeat the flag for several)")
-    p.add_argument("--target", action="append", dest="targets", help="a target token, e.g. ' wife' (repeatable)")
+    p.add_argument(
+        "--track", "--target", action="append", dest="tracked", help="a token to track at every point, e.g. ' wife' (repeatable)"
+    )
     p.add_argument("--k", type=int, help="top-k tokens kept per cell (default 5)")
 
 
 def body(model, s, out):
     tuned = lens.load_tuned_lens(model)
-    targets = [lens.target_token(model, t) for t in s["targets"]]
+    tracked = [single_token_id(model.tokenizer, t, "tracked") for t in s["tracked"]]
     for i, prompt in enumerate(s["prompts"]):
-        results = [lens.lens(model, prompt, k=int(s["k"]), targets=targets)]
+        results = [lens.lens(model, prompt, k=int(s["k"]), tracked=tracked)]
         if tuned is not None:
-            results.append(lens.lens(model, prompt, k=int(s["k"]), targets=targets, tuned=tuned))
+            results.append(lens.lens(model, prompt, k=int(s["k"]), tracked=tracked, tuned=tuned))
         for r in results:
             name = f"{r.kind.replace(' ', '-')}-prompt{i}"
             out.figure(draw.lens_heatmap(r), name)
             out.data(name, r, r.rows())
-        if targets:
-            out.figure(draw.lens_target_lines(results, -1), f"targets-prompt{i}")
+        if tracked:
+            out.figure(draw.lens_tracked_lines(results, -1), f"tracked-prompt{i}")
         out.figure(draw.lens_stats_lines(results), f"stats-prompt{i}")
     if not s["prompts"]:
         raise InputError("give at least one --prompt")

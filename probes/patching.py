@@ -7,11 +7,12 @@ import time
 
 from tqdm import tqdm
 
-from probes.common import run_probe
 from workbench import patching
 from workbench.errors import InputError
 from workbench.figures import patching as draw
-from workbench.lens import target_token
+from workbench.tokens import single_token_id
+
+from .common import run_probe
 
 DEFAULTS = {
     "clean": "apple river stone cloud tiger piano candle garden apple river stone",
@@ -52,7 +53,11 @@ def setups(model, s) -> list[patching.PatchingSetup]:
             raise InputError(f"pair {i} of the spec lacks {sorted(missing)}")
         out.append(
             patching.PatchingSetup(
-                pair["clean"], pair["corrupted"], target_token(model, pair["answer"]), target_token(model, pair["wrong"]), s["metric"]
+                pair["clean"],
+                pair["corrupted"],
+                single_token_id(model.tokenizer, pair["answer"], "answer"),
+                single_token_id(model.tokenizer, pair["wrong"], "wrong"),
+                s["metric"],
             )
         )
     return out
@@ -82,6 +87,8 @@ def body(model, s, out):
                 r = patching.sweep_dataset(model, pairs, site, s["direction"], progress=lambda done, total: bar.update(done - bar.n))
             out.figure(draw.patching_heatmap(r), f"patching-{site}-dataset")
             out.data(f"patching-{site}-dataset", r)
+        # how the patched runs were computed: the fast engine, or the model's own hooks when the engine did not check out
+        out.manifest.setdefault("patching_path", {})[site] = {"path": r.path, "note": r.note}
         out.timing(site, time.time() - t)
 
 

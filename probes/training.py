@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 
-from probes.common import run_probe
 from workbench import training
 from workbench.figures import training as draw
+
+from .common import run_probe
 
 DEFAULTS = {"model": "circuits", "repeat_n": 50, "repeat_seqs": 8}
 

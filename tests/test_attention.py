@@ -13,7 +13,10 @@ PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "1_Attention.py")
 
 
 def _independent_head_types(pattern, tokens):
-    """Loops over positions, no masks from transformer-lens: the definitions in attention.py's docstring."""
+    """Loops over positions, no masks from transformer-lens: the definitions in attention.py's docstring.
+
+    Query 0 is left out of every score: it can only attend to itself.
+    """
     L, H, pos, _ = pattern.shape
     out = {k: torch.zeros(L, H) for k in ("previous token", "duplicate token", "induction", "first token", "entropy")}
     toks = tokens.tolist()
@@ -21,14 +24,14 @@ def _independent_head_types(pattern, tokens):
         for head in range(H):
             p = pattern[layer, head]
             prev = [p[q, q - 1].item() for q in range(1, pos)]
-            dup = [sum(p[q, k].item() for k in range(q) if toks[k] == toks[q]) for q in range(pos) if toks[q] in toks[:q]]
+            dup = [sum(p[q, k].item() for k in range(q) if toks[k] == toks[q]) for q in range(1, pos) if toks[q] in toks[:q]]
             # the key right after an earlier occurrence k < q (so the key is at most q itself)
-            ind = [sum(p[q, k + 1].item() for k in range(q) if toks[k] == toks[q]) for q in range(pos) if toks[q] in toks[:q]]
+            ind = [sum(p[q, k + 1].item() for k in range(q) if toks[k] == toks[q]) for q in range(1, pos) if toks[q] in toks[:q]]
             out["previous token"][layer, head] = sum(prev) / len(prev)
             out["duplicate token"][layer, head] = sum(dup) / len(dup) if dup else math.nan
             out["induction"][layer, head] = sum(ind) / len(ind) if ind else math.nan
-            out["first token"][layer, head] = p[:, 0].mean()
-            out["entropy"][layer, head] = sum(-sum(v * math.log(v) for v in row.tolist() if v > 0) for row in p) / pos
+            out["first token"][layer, head] = p[1:, 0].mean()
+            out["entropy"][layer, head] = sum(-sum(v * math.log(v) for v in row.tolist() if v > 0) for row in p[1:]) / (pos - 1)
     return out
 
 
@@ -39,6 +42,18 @@ def test_head_types_agree_with_an_independent_computation(circuits, prompt):
     ref = _independent_head_types(run.stack("attn.hook_pattern"), run.tokens)
     for k in ref:
         assert torch.allclose(ours[k], ref[k], atol=1e-5, equal_nan=True), k
+
+
+def test_query_zero_does_not_bias_a_perfect_previous_token_head():
+    """BOS + 3 tokens: the head attends to the previous token everywhere it can choose."""
+    pos = 4
+    pattern = torch.zeros(1, 1, pos, pos)
+    pattern[0, 0, 0, 0] = 1  # query 0 has no choice
+    pattern[0, 0, torch.arange(1, pos), torch.arange(0, pos - 1)] = 1
+    scores = attention.head_types_of(pattern, torch.tensor([0, 5, 9, 12])).scores
+    assert scores["previous token"].item() == 1.0
+    assert scores["first token"].item() == pytest.approx(1 / 3)  # only query 1, whose previous token is BOS (it was 0.5)
+    assert scores["entropy"].item() == 0.0
 
 
 def test_strongest_induction_head_on_repeats_is_the_cards(circuits):

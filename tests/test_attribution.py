@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from workbench import attribution
-from workbench.attribution import Target
+from workbench.attribution import Answer
 from workbench.errors import InputError
 from workbench.model import load_model
 from workbench.runs import run_prompt
@@ -22,7 +22,7 @@ def _predicted(model, prompt):
 
 
 def test_integrated_gradients_adds_up_on_the_shipped_model(english):
-    a = attribution.input_attribution(english, PROMPT, Target((_predicted(english, PROMPT),)), steps=32)
+    a = attribution.input_attribution(english, PROMPT, Answer((_predicted(english, PROMPT),)), steps=32)
     # completeness: the attributions sum to metric(input) - metric(baseline), up to the path integral's error
     assert a.completeness_gap() < 0.05
     assert a.max_delta() < 0.05 and attribution.suggested_steps(a) is None
@@ -82,14 +82,14 @@ def test_hand_computed_case(no_flow_model):
         x = hf.transformer.ln_f(e)
         return float((x @ hf.lm_head.weight.T).log_softmax(-1)[target])
 
-    ablation = attribution.input_attribution(model, prompt, Target((target,)), method="feature ablation", baseline="BOS token")
+    ablation = attribution.input_attribution(model, prompt, Answer((target,)), method="feature ablation", baseline="BOS token")
     expected = torch.zeros(len(ids))
     expected[-1] = metric(int(ids[-1])) - metric(model.bos_id)
     assert torch.allclose(ablation.scores[0], expected, atol=1e-5)
     for method in ("saliency", "input × gradient", "integrated gradients"):
-        a = attribution.input_attribution(model, prompt, Target((target,)), method=method, steps=64)
+        a = attribution.input_attribution(model, prompt, Answer((target,)), method=method, steps=64)
         assert a.scores[0, :-1].abs().max() < 1e-6, method  # no information flows from earlier tokens
-    ig = attribution.input_attribution(model, prompt, Target((target,)), method="integrated gradients", baseline="BOS token", steps=64)
+    ig = attribution.input_attribution(model, prompt, Answer((target,)), method="integrated gradients", baseline="BOS token", steps=64)
     assert math.isclose(float(ig.scores[0, -1]), expected[-1].item(), abs_tol=2e-3)
     c = attribution.component_attribution(model, prompt, target)
     assert c.component_values[c.components.index("L0 attn")] == 0 and c.component_values[c.components.index("L0 mlp")] == 0
@@ -97,7 +97,7 @@ def test_hand_computed_case(no_flow_model):
 
 def test_continuation_scores_each_target_in_its_own_context(english):
     cont = english.tokenizer(" of a wife", add_special_tokens=False)["input_ids"]
-    a = attribution.input_attribution(english, "He must be in want", Target(tuple(cont)), method="input × gradient")
+    a = attribution.input_attribution(english, "He must be in want", Answer(tuple(cont)), method="input × gradient")
     n_prompt = len(run_prompt(english, "He must be in want").tokens)
     assert a.scores.shape == (len(cont), n_prompt + len(cont) - 1)
     for t in range(len(cont)):
@@ -111,12 +111,12 @@ def test_continuation_scores_each_target_in_its_own_context(english):
         (dict(steps=0), "steps"),
         (dict(steps=1.5), "steps"),
         (dict(baseline="mask token"), "no mask token"),
-        (dict(target=Target(())), "choose a target"),
-        (dict(target=Target((10**6,))), "ids in"),
+        (dict(answer=Answer(())), "choose an answer"),
+        (dict(answer=Answer((10**6,))), "outside the vocabulary"),
     ],
 )
 def test_bad_settings_get_a_clear_message(english, kwargs, match):
-    target = kwargs.pop("target", Target((5,)))
+    target = kwargs.pop("answer", Answer((5,)))
     with pytest.raises(InputError, match=match):
         attribution.input_attribution(english, "Hello there", target, **kwargs)
 

@@ -20,6 +20,7 @@ from probes.__main__ import main as probes_main
 from workbench import attention, attribution, generate, heads, lens, patching, runs
 from workbench.errors import InputError
 from workbench.model import MODELS_DIR, load_model, resolve
+from workbench.tokens import single_token_id
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = " ".join(["word"] * 3000)
@@ -55,14 +56,14 @@ CASES = [
         lambda m, t: patching.sweep(m["circuits"], patching.PatchingSetup(CLEAN, CLEAN + " tiger", 5, 6)),
         "same number of tokens",
     ),
-    ("answer of several tokens", lambda m, t: lens.target_token(m["english"], " unquestionably"), "not one"),
-    ("empty answer token", lambda m, t: lens.target_token(m["english"], ""), "type a target token"),
+    ("answer of several tokens", lambda m, t: single_token_id(m["english"].tokenizer, " unquestionably"), "not one"),
+    ("empty answer token", lambda m, t: single_token_id(m["english"].tokenizer, ""), "type the answer token"),
     ("layer out of range", lambda m, t: attention.head_anatomy(m["circuits"], CLEAN, 7, 0, 1), "layer 7 does not exist"),
     ("head out of range", lambda m, t: attention.head_anatomy(m["circuits"], CLEAN, 0, 9, 1), "head 9 does not exist"),
     ("position out of range", lambda m, t: attention.token_focus(attention.patterns(m["circuits"], CLEAN), 40), "outside the prompt"),
     (
         "negative position out of range",
-        lambda m, t: generate.next_token_topk(m["circuits"], runs.run_prompt(m["circuits"], CLEAN), position=-40),
+        lambda m, t: runs.next_token_topk(m["circuits"], runs.run_prompt(m["circuits"], CLEAN), position=-40),
         "outside the prompt",
     ),
     (
@@ -78,10 +79,10 @@ CASES = [
     ("negative top-k", lambda m, t: generate.generate(m["english"], "Hi", generate.Sampling(top_k=-3)), "top-k"),
     ("NaN top-p", lambda m, t: generate.generate(m["english"], "Hi", generate.Sampling(top_p=math.nan)), "top-p"),
     ("zero new tokens", lambda m, t: generate.generate(m["english"], "Hi", generate.Sampling(max_new_tokens=0)), "max_new_tokens"),
-    ("negative IG steps", lambda m, t: attribution.input_attribution(m["english"], "Hi", attribution.Target((5,)), steps=-4), "steps"),
+    ("negative IG steps", lambda m, t: attribution.input_attribution(m["english"], "Hi", attribution.Answer((5,)), steps=-4), "steps"),
     (
         "unknown attribution method",
-        lambda m, t: attribution.input_attribution(m["english"], "Hi", attribution.Target((5,)), method="vibes"),
+        lambda m, t: attribution.input_attribution(m["english"], "Hi", attribution.Answer((5,)), method="vibes"),
         "unknown method",
     ),
     (
@@ -95,7 +96,7 @@ CASES = [
         "unknown metric",
     ),
     ("lens k of zero", lambda m, t: lens.lens(m["english"], "Hi", k=0), "k must be"),
-    ("lens target outside the vocabulary", lambda m, t: lens.lens(m["english"], "Hi", targets=[-1]), "outside the vocabulary"),
+    ("lens target outside the vocabulary", lambda m, t: lens.lens(m["english"], "Hi", tracked=[-1]), "outside the vocabulary"),
     ("repeat probe too long for the context", lambda m, t: heads.repeat_scores(m["circuits"], n=500), "n must be between"),
     ("missing model folder", lambda m, t: load_model(str(t / "nowhere")), "no model folder"),
     ("a file, not a folder", lambda m, t: load_model(str(MODELS_DIR / "circuits" / "config.json")), "is a file"),
@@ -197,7 +198,7 @@ def test_pages_show_the_message_and_keep_the_input(page, widget, value, words, b
 def test_patching_page_with_prompts_of_different_lengths():
     at = AppTest.from_file(str(ROOT / "pages/4_Patching.py"), default_timeout=180)
     at.session_state["wb.model"] = "circuits"
-    at.session_state["wb.pair"] = (CLEAN, CLEAN + " tiger")
+    at.session_state["wb.clean"], at.session_state["wb.corrupted"] = CLEAN, CLEAN + " tiger"
     at.run()
     assert not at.exception
     assert any("same number of tokens" in e.value for e in at.error)

@@ -1,6 +1,7 @@
 """The whole app in a real browser: `streamlit run app.py` on loopback, driven by Debian's headless Chromium.
 
-Every page: it loads, draws its figures, shows no error; the home page takes a typed prompt.
+Every page: it loads, draws its figures, shows no error; the home page takes a typed prompt; a long
+patching sweep is cancelled from its Cancel button and the page keeps its inputs.
 Screenshots go to screenshots/ (git-ignored).
 """
 
@@ -76,3 +77,28 @@ def test_a_shared_link_opens_the_same_view(browser_page):
     _settled(page)
     body = page.inner_text("body")
     assert "␣apple" in body and "Layer 1, head 0" in body  # the circuits model's word tokens, the linked head
+
+
+def test_a_long_sweep_is_cancelled_and_the_page_keeps_its_inputs(browser_page):
+    from urllib.parse import urlencode
+
+    page, url = browser_page
+    prefix = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. " * 7
+    clean, corrupted = prefix + "The cat sat on the mat. The cat sat on the", prefix + "The cat sat on the bed. The cat sat on the"
+    # 230 tokens, every head at every position: thousands of patched runs, so the sweep is still running when Cancel is clicked
+    link = urlencode(dict(model="english", clean=clean, corrupted=corrupted, site="z_pos", metric="probability"))
+    page.goto(f"{url}/Patching?{link}", timeout=60_000)
+    _settled(page)
+    page.get_by_role("button", name="Run the exact sweep").click()
+    cancel = page.get_by_role("button", name="Cancel")
+    cancel.wait_for(timeout=60_000)
+    cancel.click()
+    page.get_by_text("The exact sweep cancelled").wait_for(timeout=120_000)
+    _settled(page)
+    body = page.inner_text("body")
+    assert "Correlation of the preview with the exact sweep" not in body  # no exact result: it was cancelled
+    assert page.get_by_role("textbox", name="Clean prompt").input_value() == clean
+    assert page.get_by_role("textbox", name="Corrupted prompt (same number of tokens)").input_value() == corrupted
+    assert "z_pos: each head" in page.locator("[data-testid=stSelectbox]").filter(has_text="Site").inner_html()
+    assert page.get_by_role("button", name="Run the exact sweep").is_visible()  # and it can be run again
+    assert "site=z_pos" in page.url and "metric=probability" in page.url

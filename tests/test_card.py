@@ -1,6 +1,7 @@
 """Each shipped model's card: its numbers are reproduced from the shipped weights."""
 
 import json
+import math
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_card_numbers_come_from_the_shipped_weights(kind):
     assert measured["samples"] == want["samples"]
     if kind == "english":
         assert measured["heldout_sample_loss"] == pytest.approx(want["heldout_sample_loss"], abs=2e-3)
-        assert want["heldout_sample_perplexity"] < 400  # it learned English, not just letters
+        assert math.exp(measured["heldout_sample_loss"]) < 400  # it learned English, not just letters
     readme = (folder / "README.md").read_text()
     assert "Strongest induction head" in readme and str(stored["training"]["tokens_seen"]) in readme.replace(",", "")
 

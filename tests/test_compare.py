@@ -2,19 +2,30 @@ from pathlib import Path
 
 import torch
 from streamlit.testing.v1 import AppTest
+from transformers import AutoModelForCausalLM
 
 from workbench import compare
+from workbench.model import MODELS_DIR
+from workbench.runs import encode
+from workbench.tokens import token_labels
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "5_Compare.py")
 A = "The cat sat on the mat. The cat sat on the"
 B = "The cat sat on the bed. The cat sat on the"
 
 
-def test_identical_prompts_differ_nowhere(english):
-    d = compare.pattern_diff(english, A, A)
-    assert d.alignment.differ == [] and d.diff.abs().max() == 0 and d.change.max() == 0
-    ld = compare.lens_diff(english, A, A)
-    assert ld.js.max() < 1e-6 and ld.top_a == ld.top_b
+def test_each_side_is_its_own_prompts_run(english):
+    """Both sides against plain transformers, so that a comparison reading one run twice would fail."""
+    hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "english", attn_implementation="eager").eval()
+    d = compare.pattern_diff(english, A, B)
+    ld = compare.lens_diff(english, A, B)
+    for prompt, pattern, top in ((A, d.a, ld.top_a), (B, d.b, ld.top_b)):
+        ids = encode(english, prompt)[0]
+        with torch.no_grad():
+            out = hf(ids[None], output_attentions=True)
+        assert torch.allclose(pattern, torch.stack(out.attentions)[:, 0], atol=1e-5)
+        assert top[-1] == token_labels(english.tokenizer, out.logits[0].argmax(-1).tolist())  # the last point is the output
+    assert d.diff.abs().max() > 1e-3
 
 
 def test_nothing_changes_before_the_first_different_token(english):

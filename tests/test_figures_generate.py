@@ -1,8 +1,8 @@
 """figures.generate: the next-token bars and the generation steps of the home page."""
 
 from workbench.figures import generate as draw
-from workbench.generate import Sampling, generate, next_token_topk
-from workbench.runs import run_prompt
+from workbench.generate import Sampling, generate
+from workbench.runs import next_token_topk, run_prompt
 
 
 def test_next_token_bars_put_the_most_likely_on_top(english):

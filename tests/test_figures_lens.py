@@ -1,4 +1,4 @@
-"""figures.lens: the top-1 token at every point and position, targets and statistics by point."""
+"""figures.lens: the top-1 token at every point and position, tracked tokens and statistics by point."""
 
 from workbench import lens
 from workbench.figures import lens as draw
@@ -12,12 +12,12 @@ def test_probabilities_are_sequential_from_zero_to_one(english):
     assert list(trace.y) == r.points
 
 
-def test_one_line_per_target_and_panel_with_one_legend_entry(english):
-    targets = [english.tokenizer(" I")["input_ids"][0], english.tokenizer(" the")["input_ids"][0]]
-    r = lens.lens(english, "My dear sister,", targets=targets)
-    fig = draw.lens_target_lines([r], -1)
+def test_one_line_per_tracked_token_and_panel_with_one_legend_entry(english):
+    tracked = [english.tokenizer(" I")["input_ids"][0], english.tokenizer(" the")["input_ids"][0]]
+    r = lens.lens(english, "My dear sister,", tracked=tracked)
+    fig = draw.lens_tracked_lines([r], -1)
     assert len(fig.data) == 2 * 3 and sum(t.showlegend for t in fig.data) == 2
-    assert list(fig.data[0].y) == r.target_probs[:, -1, 0].tolist()
+    assert list(fig.data[0].y) == r.tracked_probs[:, -1, 0].tolist()
     stats = draw.lens_stats_lines([r])  # averaged over positions
     assert len(stats.data) == 2
     assert all(abs(a - b) < 1e-6 for a, b in zip(stats.data[0].y, r.entropy.mean(1).tolist(), strict=True))

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from workbench.errors import InputError
-from workbench.generate import Sampling, generate, next_token_topk, sampling_distribution
-from workbench.runs import run_prompt
+from workbench.generate import Sampling, generate, sampling_distribution
+from workbench.runs import encode, next_token_topk, run_prompt, run_tokens
 
 
 def test_topk_is_sorted_and_matches_the_logits(english):
@@ -36,7 +36,13 @@ def test_sampling_is_reproducible_by_seed(english):
     s = Sampling(max_new_tokens=8, greedy=False, temperature=1.2, top_k=50, seed=7)
     a, b = generate(english, "The whale", s), generate(english, "The whale", s)
     assert a.text == b.text
-    assert all(step.chosen_id in step.candidate_ids or step.draw_probs for step in a.steps)
+    # every drawn token was possible under the settings, and its recorded probability is the model's own
+    ids = encode(english, "The whale")[0]
+    for step in a.steps:
+        logits = run_tokens(english, ids[None], last_only=True)[0][0, -1].float()
+        assert sampling_distribution(logits, s)[step.chosen_id] > 0
+        assert step.chosen_prob == pytest.approx(float(logits.softmax(-1)[step.chosen_id]), abs=1e-5)
+        ids = torch.cat([ids, torch.tensor([step.chosen_id])])
 
 
 def test_the_induction_model_completes_a_repeat(circuits):

@@ -10,6 +10,7 @@ from workbench import lens
 from workbench.errors import InputError
 from workbench.model import MODELS_DIR
 from workbench.runs import run_prompt
+from workbench.tokens import single_token_id
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "2_Logit_lens.py")
 PROMPT = "It is a truth universally acknowledged, that a single man"
@@ -28,14 +29,14 @@ def test_last_point_is_the_models_output(shipped):
 def test_agrees_with_transformer_lens_logit_lens(english):
     run = run_prompt(english, PROMPT)
     target = int(run.logits[-1].argmax())
-    ours = lens.lens(english, PROMPT, k=5, targets=[target])
+    ours = lens.lens(english, PROMPT, k=5, tracked=[target])
     top = tl_logit_lens(english.bridge, run.tokens[None], positions=None, incl_mid=True, return_type="log_probs", top_k=5)
     assert len(top.labels) == len(ours.points)
     assert torch.equal(top.readout.top_ids[:, 0], ours.top_ids)  # (point, pos, k)
     assert torch.allclose(top.readout.values[:, 0].exp(), ours.top_probs, atol=1e-5)
     assert torch.allclose(top.readout.entropy[:, 0], ours.entropy, atol=1e-4)
     ranked = tl_logit_lens(english.bridge, run.tokens[None], positions=None, incl_mid=True, return_type="log_probs", targets=[target])
-    assert torch.equal(ranked.readout.target_ranks[:, 0], ours.target_ranks)
+    assert torch.equal(ranked.readout.target_ranks[:, 0], ours.tracked_ranks)
 
 
 def test_kl_and_entropy_match_a_direct_computation(english):
@@ -54,23 +55,32 @@ def test_kl_and_entropy_match_a_direct_computation(english):
 def test_identity_tuned_lens_is_the_logit_lens(english):
     points = len(lens.lens_points(english))
     identity = lens.TunedLens.identity(points, english.info.d_model)
-    a = lens.lens(english, PROMPT, targets=[5, 6])
-    b = lens.lens(english, PROMPT, targets=[5, 6], tuned=identity)
+    a = lens.lens(english, PROMPT, tracked=[5, 6])
+    b = lens.lens(english, PROMPT, tracked=[5, 6], tuned=identity)
     assert b.kind == "tuned lens" and torch.equal(a.top_ids, b.top_ids)
-    assert torch.equal(a.entropy, b.entropy) and torch.equal(a.target_logits, b.target_logits)
+    assert torch.equal(a.entropy, b.entropy) and torch.equal(a.tracked_logits, b.tracked_logits)
 
 
-def test_shipped_tuned_lens_reads_early_layers_better():
-    stats = json.loads((MODELS_DIR / "english" / lens.LENS_STATS).read_text())
-    logit, tuned = stats["valid_kl_logit_lens"], stats["valid_kl_tuned_lens"]
-    assert tuned[0] < logit[0] / 2 and all(t < g for t, g in zip(tuned, logit, strict=True))
+def _held_out_kl(model, tuned) -> torch.Tensor:
+    """(point-1,) mean KL(final || reading) on text the translators were not fitted on, measured now.
+
+    The shipped lens was fitted on models/english/heldout_sample.txt (held out from the model, not
+    from the lens): the workbench's own README is English prose the lens has never seen.
+    """
+    text = (MODELS_DIR.parent / "README.md").read_text()[:20000]
+    resid = lens.collect_residuals(model, [text])  # (point, rows, d_model)
+    with torch.no_grad():
+        final = lens.readout(model, resid[-1]).log_softmax(-1)  # (rows, d_vocab)
+        read = lens.readout(model, tuned.translate(resid)[:-1]).log_softmax(-1)  # (point-1, rows, d_vocab)
+    return (final.exp() * (final - read)).sum(-1).mean(-1)
 
 
-def test_tuned_lens_never_reads_worse_than_the_logit_lens():
-    # the constructed circuits model writes its answer only in layer 1's attention: earlier layers hold
-    # nothing a translator could read it from, so its tuned lens stays the identity there
-    stats = json.loads((MODELS_DIR / "circuits" / lens.LENS_STATS).read_text())
-    assert all(t <= g for t, g in zip(stats["valid_kl_tuned_lens"], stats["valid_kl_logit_lens"], strict=True))
+def test_shipped_tuned_lens_reads_held_out_text_better(english):
+    tuned = lens.load_tuned_lens(english)
+    identity = lens.TunedLens.identity(len(lens.lens_points(english)), english.info.d_model)
+    kl_tuned, kl_logit = _held_out_kl(english, tuned), _held_out_kl(english, identity)
+    # the translators were fitted on other text: they must still read this text better, most of all early
+    assert kl_tuned[0] < kl_logit[0] / 2 and (kl_tuned < kl_logit + 0.02).all(), (kl_tuned, kl_logit)
 
 
 def test_trained_translators_are_loaded_and_change_the_reading(english):
@@ -83,11 +93,11 @@ def test_trained_translators_are_loaded_and_change_the_reading(english):
 
 
 def test_targets_must_be_one_token(english):
-    assert english.tokenizer.decode([lens.target_token(english, " the")]) == " the"
+    assert english.tokenizer.decode([single_token_id(english.tokenizer, " the")]) == " the"
     with pytest.raises(InputError, match="not one"):
-        lens.target_token(english, " unquestionably")
+        single_token_id(english.tokenizer, " unquestionably")
     with pytest.raises(InputError, match="outside the vocabulary"):
-        lens.lens(english, PROMPT, targets=[10**6])
+        lens.lens(english, PROMPT, tracked=[10**6])
 
 
 def test_lens_page_shows_both_lenses():
@@ -99,6 +109,6 @@ def test_lens_page_shows_both_lenses():
     assert not at.error
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert any(t.startswith("Logit lens") for t in titles) and any(t.startswith("Tuned lens") for t in titles)
-    at.text_input(key="w.lens_typed").set_value(" zzzqqq")
+    at.text_input(key="w.tracked").set_value(" zzzqqq")
     at.run()
     assert not at.exception and any("not one" in e.value for e in at.error)

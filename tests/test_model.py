@@ -1,8 +1,9 @@
+import re
 import threading
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from workbench import runs
@@ -54,7 +55,7 @@ def test_every_hook_fires_with_its_shape(shipped):
         "hook_resid_pre": (pos, D), "hook_resid_mid": (pos, D), "hook_resid_post": (pos, D),
         "hook_attn_out": (pos, D), "hook_mlp_out": (pos, D),
         "attn.hook_q": (pos, H, Dh), "attn.hook_k": (pos, H, Dh), "attn.hook_v": (pos, H, Dh), "attn.hook_z": (pos, H, Dh),
-        "attn.hook_attn_scores": (H, pos, pos), "attn.hook_pattern": (H, pos, pos), "attn.hook_result": (pos, H, D),
+        "attn.hook_attn_scores": (H, pos, pos), "attn.hook_pattern": (H, pos, pos),
         "mlp.hook_pre": (pos, M), "mlp.hook_post": (pos, M),
     }  # fmt: skip
     for layer in range(L):
@@ -68,9 +69,9 @@ def test_every_hook_fires_with_its_shape(shipped):
         assert torch.allclose(run[b + "hook_resid_mid"] + run[b + "hook_mlp_out"], run[b + "hook_resid_post"], atol=1e-4)
         if layer + 1 < L:
             assert torch.equal(run[b + "hook_resid_post"], run[f"blocks.{layer + 1}.hook_resid_pre"])
-        # per-head results add up to the attention output (plus the output bias)
+        # per-head results (hook_z · W_O) add up to the attention output (plus the output bias)
         b_o = shipped.bridge.blocks[layer].attn.b_O.detach()
-        assert torch.allclose(run[b + "attn.hook_result"].sum(1) + b_o, run[b + "hook_attn_out"], atol=1e-4)
+        assert torch.allclose(runs.head_results(shipped, run, layer).sum(1) + b_o, run[b + "hook_attn_out"], atol=1e-4)
     # attention rows sum to one and never look ahead
     pattern = run.stack("attn.hook_pattern")  # (layer, head, q, k)
     assert torch.allclose(pattern.sum(-1), torch.ones(L, H, pos), atol=1e-5)
@@ -110,13 +111,23 @@ def test_corrupt_safetensors_is_a_clear_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(InputError, match="could not load"):
         load_model(str(tmp_path))
+
+
+def test_a_checkpoint_missing_weights_is_refused_naming_them(tmp_path):
+    """transformers would fill the missing tensors with random values and load; the workbench refuses."""
+    src = MODELS_DIR / "circuits"
+    for f in src.iterdir():
+        if f.is_file():
+            (tmp_path / f.name).write_bytes(f.read_bytes())
     save_file({"unrelated": torch.zeros(2)}, tmp_path / "model.safetensors")
-    try:
-        model = load_model(str(tmp_path))
-    except InputError as err:  # refusing a checkpoint with missing weights is right; a crash is not
-        assert "could not load" in str(err)
-    else:
-        assert model.info.n_layers == 2
+    with pytest.raises(InputError, match=r"incomplete: \d+ tensor\(s\) are missing \(.*transformer\.h\.0\."):
+        load_model(str(tmp_path))
+    # one tensor short of the real weights
+    weights = load_file(src / "model.safetensors")
+    dropped = sorted(weights)[0]
+    save_file({k: v for k, v in weights.items() if k != dropped}, tmp_path / "model.safetensors")
+    with pytest.raises(InputError, match=f"1 tensor\\(s\\) are missing \\({re.escape(dropped)}\\)"):
+        load_model(str(tmp_path))
 
 
 def test_local_folder_loads(tmp_path):
@@ -134,15 +145,14 @@ def test_cuda_asked_without_gpu_is_a_clear_error():
 def test_concurrent_runs_never_see_each_others_hooks(circuits):
     """Threads ablating a head and threads running plainly, on one shared model."""
     ids = runs.encode(circuits, "apple river stone cloud apple river stone")[0][None]
-    with torch.no_grad():
-        clean = circuits.bridge(ids).clone()
+    clean = runs.run_tokens(circuits, ids)[0].clone()
 
     def ablate(z, hook):
         z[:, :, :] = 0.0
         return z
 
-    with circuits.hooks([(f"blocks.{layer}.attn.hook_z", ablate) for layer in range(2)]) as bridge, torch.no_grad():
-        ablated = bridge(ids).clone()
+    hooks = [(f"blocks.{layer}.attn.hook_z", ablate) for layer in range(2)]
+    ablated = runs.run_tokens(circuits, ids, hooks=hooks)[0].clone()
     assert not torch.allclose(clean, ablated)
 
     errors = []
@@ -150,13 +160,11 @@ def test_concurrent_runs_never_see_each_others_hooks(circuits):
     def worker(i):
         for _ in range(6):
             if i % 2:
-                with circuits.hooks([(f"blocks.{layer}.attn.hook_z", ablate) for layer in range(2)]) as bridge, torch.no_grad():
-                    out = bridge(ids)
+                out = runs.run_tokens(circuits, ids, hooks=hooks)[0]
                 if not torch.allclose(out, ablated, atol=1e-5):
                     errors.append("ablated run lost its hook")
             else:
-                with circuits.lock, torch.no_grad():
-                    out = circuits.bridge(ids)
+                out = runs.run_tokens(circuits, ids)[0]
                 if not torch.allclose(out, clean, atol=1e-5):
                     errors.append("plain run saw another thread's hook")
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import torch
 import transformer_lens.patching as tlp
 from streamlit.testing.v1 import AppTest
 
-from workbench import patching
+from workbench import engine, patching
 from workbench.errors import InputError
 from workbench.model import MODELS_DIR
 from workbench.runs import encode, run_prompt
@@ -65,17 +66,20 @@ def test_english_residual_sweep_equals_transformer_lens(english):
 @pytest.mark.parametrize("metric", patching.METRICS)
 def test_whole_clean_residual_restores_clean_and_nothing_leaves_corrupted(circuits, metric):
     s = _setup(circuits, metric)
-    w = patching.weights_of(circuits)
+    w = engine.weights_of(circuits)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(circuits.info.n_layers)]
     clean, corrupted = run_prompt(circuits, CLEAN, names), run_prompt(circuits, CORRUPTED, names)
     clean_value, corrupted_value = float(s.value(clean.logits[-1:])), float(s.value(corrupted.logits[-1:]))
     for name in names:
         layer = int(name.split(".")[1])
-        patched = float(s.value(patching.run_from(w, layer, clean[name][None])))
-        untouched = float(s.value(patching.run_from(w, layer, corrupted[name][None])))
+        torch.set_grad_enabled(False)
+        patched = float(s.value(engine.forward(w, resid=clean[name][None], start=layer, last_only=True).logits))
+        untouched = float(s.value(engine.forward(w, resid=corrupted[name][None], start=layer, last_only=True).logits))
         assert (patched - corrupted_value) / (clean_value - corrupted_value) == pytest.approx(1.0, abs=1e-4)
         assert (untouched - corrupted_value) / (clean_value - corrupted_value) == pytest.approx(0.0, abs=1e-4)
+        torch.set_grad_enabled(True)
     r = patching.sweep(circuits, s, "resid_pre")
+    assert r.path == "engine" and r.note == ""
     # positions before the corrupted word carry identical activations: patching them does nothing
     assert r.values[:, :4].abs().max() < 1e-5
 
@@ -117,11 +121,13 @@ def test_corrupt_word_checks_the_token_count(english):
         patching.corrupt_word(english, "The cat sat.", "dog", "cow")
 
 
-def test_dataset_sweep_has_mean_and_spread(circuits):
+def test_dataset_sweep_is_the_mean_and_spread_of_the_pairs_sweeps(circuits):
     pairs = patching.induction_pairs(circuits, n_pairs=4)
     r = patching.sweep_dataset(circuits, pairs, "resid_pre")
+    each = torch.stack([patching.sweep(circuits, p, "resid_pre").values for p in pairs])  # (pair, layer, position)
     assert r.n_pairs == 4 and r.mean.shape == r.std.shape == (2, len(r.labels))
-    assert (r.std >= 0).all() and r.std.sum() > 0
+    assert torch.allclose(r.mean, each.mean(0), atol=1e-6) and torch.allclose(r.std, each.std(0), atol=1e-6)
+    assert r.std.sum() > 0  # the pairs differ, so their sweeps do
 
 
 def test_a_cancelled_sweep_says_so(circuits):
@@ -142,9 +148,24 @@ def test_patching_page_runs_the_preview_and_the_exact_sweep():
     assert any("Correlation" in c.value for c in at.caption)
 
 
-def test_candidate_targets_start_with_the_differing_words(english):
-    answers, wrongs = patching.candidate_targets(
+def test_candidate_answers_start_with_the_differing_words(english):
+    answers, wrongs = patching.candidate_answers(
         english, "The cat sat on the mat. The cat sat on the", "The cat sat on the bed. The cat sat on the"
     )
     assert next(iter(answers)) == "␣mat" and next(iter(wrongs)) == "␣bed"
     assert len(answers) > 1 and len(wrongs) > 1
+
+
+def test_an_engine_that_disagrees_with_the_model_is_not_used(circuits):
+    """A wrong engine (here: embeddings scaled by 2) is caught on the clean run; the sweep runs through the hooks, says so, and is right."""
+    s = _setup(circuits)
+    right = patching.sweep(circuits, s, "z")
+    saved = engine.weights_of(circuits)
+    circuits.derived["engine"] = dataclasses.replace(saved, embed_scale=2.0)
+    try:
+        r = patching.sweep(circuits, s, "z")
+    finally:
+        circuits.derived["engine"] = saved
+    assert r.path == "bridge hooks" and "differ from the model's" in r.note and "clean prompt" in r.note
+    assert torch.allclose(r.raw, right.raw, atol=1e-4)
+    assert r.provenance["settings"]["path"] == "bridge hooks" and r.provenance["prompts"] == [CLEAN, CORRUPTED]

@@ -53,3 +53,45 @@ def test_logits_match_a_plain_forward(english):
         ref = english.bridge(run.tokens[None])[0]
     assert torch.allclose(run.logits, ref, atol=1e-5)
     assert run.tokens[0] == english.bos_id and run.labels[0] == "<|endoftext|>"
+
+
+def test_every_result_records_how_it_was_made(circuits):
+    """Model and its source, prompt(s), settings, library versions: what a page, an export and a manifest read."""
+    from workbench import attention, attribution, compare, generate, heads, lens, patching
+
+    a, b = "apple river stone cloud apple river", "apple river stone lemon apple river"
+    tok = circuits.tokenizer
+    setup = patching.PatchingSetup(a, b, tok(" stone")["input_ids"][0], tok(" lemon")["input_ids"][0])
+    results = {
+        "patterns": (attention.patterns(circuits, a), [a]),
+        "lens": (lens.lens(circuits, a, tracked=[5]), [a]),
+        "dla": (attribution.component_attribution(circuits, a, 5), [a]),
+        "ig": (attribution.input_attribution(circuits, a, attribution.Answer((5,)), steps=4), [a]),
+        "sweep": (patching.sweep(circuits, setup, "z"), [a, b]),
+        "estimate": (patching.attribution_sweep(circuits, setup, "z"), [a, b]),
+        "compare": (compare.lens_diff(circuits, a, b), [a, b]),
+        "generate": (generate.generate(circuits, a, generate.Sampling(max_new_tokens=2)), [a]),
+        "repeats": (heads.repeat_scores(circuits, n=5, seqs=2), []),
+    }
+    for what, (result, prompts) in results.items():
+        p = result.provenance
+        assert p["model"] == "circuits" and str(circuits.info.source) in p["source"], what
+        assert p["prompts"] == prompts and p["versions"]["torch"] == torch.__version__, what
+        assert p["numeric_mode"] == circuits.info.numeric_mode and isinstance(p["settings"], dict), what
+    assert results["sweep"][0].provenance["settings"]["site"] == "z"
+
+
+def test_a_run_made_under_someone_elses_hooks_never_enters_the_shared_cache(circuits):
+    prompt = "apple river stone cloud tiger apple river"
+    circuits.run_cache.clear()
+
+    def ablate(z, hook):
+        return torch.zeros_like(z)
+
+    with circuits.bridge.hooks(fwd_hooks=[("blocks.1.attn.hook_z", ablate)]):
+        edited = runs.run_prompt(circuits, prompt)
+    assert len(circuits.run_cache) == 0
+    plain = runs.run_prompt(circuits, prompt)
+    ids = runs.encode(circuits, prompt)[0][None]
+    assert torch.allclose(plain.logits, runs.run_tokens(circuits, ids)[0][0], atol=1e-6)
+    assert not torch.allclose(plain.logits, edited.logits, atol=1e-3)

@@ -2,7 +2,10 @@
 
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
+
+from workbench import ui
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,16 +71,176 @@ def test_the_selected_position_is_outlined_the_same_way_everywhere():
 def test_a_link_restores_generation_and_lens_settings():
     at = _page("app.py", model="circuits", sampling="sample", temperature="0.7", new_tokens="5", top_p="0.9", seed="3", k="12")
     assert not at.exception
-    assert at.radio(key="w.gen_mode").value == "sample" and at.number_input(key="w.gen_t").value == 0.7
-    assert at.number_input(key="w.gen_n").value == 5 and at.number_input(key="w.gen_seed").value == 3
-    assert at.slider(key="w.home_k").value == 12
-    lens_page = _page("pages/2_Logit_lens.py", model="english", prompt="My dear sister,", target=" I")
-    assert not lens_page.exception and lens_page.text_input(key="w.lens_typed").value == " I"
+    assert at.radio(key="w.sampling").value == "sample" and at.number_input(key="w.temperature").value == 0.7
+    assert at.number_input(key="w.new_tokens").value == 5 and at.number_input(key="w.seed").value == 3
+    assert at.number_input(key="w.top_p").value == 0.9 and at.slider(key="w.k").value == 12
+    lens_page = _page("pages/2_Logit_lens.py", model="english", prompt="My dear sister,", tracked=" I")
+    assert not lens_page.exception and lens_page.text_input(key="w.tracked").value == " I"
 
 
 def test_links_with_values_outside_the_widgets_are_ignored():
     at = _page("app.py", model="circuits", temperature="99", new_tokens="-4", top_p="nan", k="1000", sampling="chaos")
     assert not at.exception
-    assert at.number_input(key="w.gen_t").value == 1.0 and at.slider(key="w.home_k").value == 10
+    assert at.number_input(key="w.temperature").value == 1.0 and at.slider(key="w.k").value == 10
+    assert at.radio(key="w.sampling").value == "greedy (most likely)"
     at = _page("pages/1_Attention.py", model="circuits", layer="-5", head="-1")
     assert not at.exception and at.selectbox(key="w.layer").value == 0
+
+
+def test_a_page_restores_only_what_it_declares():
+    # the attention page does not know the patching page's site: its link is not read into that widget
+    at = _page("pages/1_Attention.py", model="circuits", prompt="apple river stone", site="z", method="saliency")
+    assert not at.exception
+    assert "w.site" not in at.session_state and "w.method" not in at.session_state
+    assert set(at.query_params) <= {"model", "prompt", "layer", "head", "pos"}
+
+
+def test_a_link_is_read_once_per_page_and_then_the_widgets_rule():
+    at = _page("pages/4_Patching.py", model="circuits", site="z", direction="noising")
+    at.selectbox(key="w.site").set_value("resid_pre")
+    next(b for b in at.button if b.label == "Preview").click()  # the site is in the page's form
+    at.run()
+    assert not at.exception and at.selectbox(key="w.site").value == "resid_pre"  # the link's "z" is not read again
+    assert at.query_params["site"] in ("resid_pre", ["resid_pre"])
+
+
+def test_an_undeclared_widget_key_is_refused_with_the_fix():
+    view = ui.View("Example", "", params=(ui.choice("site", ["a", "b"]),))
+    assert view.key("site") == "w.site" and view.key("model") == ui.MODEL
+    with pytest.raises(KeyError, match="declare it"):
+        view.key("layer")
+
+
+def test_parameters_read_only_values_their_widget_accepts():
+    assert ui.number("n", int, 1, 10).read("4") == 4 and ui.number("n", int, 1, 10).read("11") is None
+    assert ui.number("t", float, 0.0, 1.0).read("nan") is None and ui.number("t", float, 0.0, 1.0).read("x") is None
+    assert ui.choice("c", ["a"]).read("a") == "a" and ui.choice("c", ["a"]).read("b") is None
+
+
+def test_a_bounded_cache_drops_the_least_recently_used():
+    cache = ui.Bounded(2)
+    cache.put("a", 1)
+    cache.put("b", None)  # None is a result like any other
+    assert cache.get("a") == 1  # "a" is now the most recent
+    cache.put("c", 3)
+    assert cache.get("b") is ui.Bounded.MISSING and cache.get("a") == 1 and cache.get("c") == 3 and len(cache) == 2
+
+
+def _cached_script():
+    import streamlit as st
+
+    from workbench import ui
+    from workbench.model import load_model
+
+    calls = st.session_state.setdefault("calls", [])
+
+    def analysis(model, n, progress=None):
+        calls.append(n)
+        return n * 10
+
+    remembered = ui.Cached(analysis, entries=2, per_session=True)
+    model = load_model("circuits")
+    st.session_state["peeked"] = remembered.peek(model, 1)
+    for n in st.session_state.get("ask", []):
+        remembered(model, n, progress=lambda done, total: True)
+
+
+def test_per_session_cache_is_bounded_and_ignores_the_progress_callback():
+    at = AppTest.from_function(_cached_script, default_timeout=120)
+    at.session_state["ask"] = [1, 1, 2]
+    at.run()
+    assert not at.exception and at.session_state["calls"] == [1, 2] and at.session_state["peeked"] is None
+    at.session_state["ask"] = [3]  # the peek at 1 makes 2 the least recently used: the third result pushes it out
+    at.run()
+    assert at.session_state["peeked"] == 10
+    at.session_state["ask"] = [2]
+    at.run()
+    assert at.session_state["peeked"] == 10 and at.session_state["calls"] == [1, 2, 3, 2]
+    caches = at.session_state[ui.SESSION_CACHES]
+    assert len(caches) == 1 and all(len(c) <= 2 for c in caches.values())
+
+
+def _cancel_script():
+    import streamlit as st
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from workbench import ui
+    from workbench.errors import InputError
+
+    def work(progress):
+        """Like the library's sweeps: stop through the cancel path when progress returns False."""
+        for done in range(1, 11):
+            if progress(done, 10) is False:
+                st.session_state["stopped_at"] = done
+                raise InputError(f"cancelled after {done} of 10")
+        st.session_state["finished"] = True
+
+    def interrupted_at_3(done, total):
+        if done == 3:
+            raise StopException()  # what Streamlit raises from a drawing call once Cancel is clicked
+
+    with ui.progress("Work") as report:
+        report.update = interrupted_at_3
+        work(report)
+    st.session_state["after"] = True  # never reached: the stop goes ahead
+
+
+def test_cancel_stops_the_work_through_its_cancel_path_and_lets_streamlit_stop():
+    at = AppTest.from_function(_cancel_script, default_timeout=60).run()
+    assert not at.exception and not at.error
+    assert at.session_state["stopped_at"] == 3
+    assert "finished" not in at.session_state and "after" not in at.session_state
+
+
+def test_a_cancelled_sweep_stops_between_batches(circuits):
+    from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
+
+    from workbench import patching
+    from workbench.errors import InputError
+
+    seen = []
+
+    def update(done, total):
+        seen.append(done)
+        if len(seen) == 2:
+            raise RerunException(None)
+
+    report = ui.Reporter(update)
+    tok = circuits.tokenizer
+    setup = patching.PatchingSetup(
+        "apple river stone cloud apple river",
+        "apple river stone lemon apple river",
+        tok(" cloud")["input_ids"][0],
+        tok(" lemon")["input_ids"][0],
+    )
+    with pytest.raises(InputError, match="cancelled after"):
+        patching.sweep(circuits, setup, "z_pos", progress=report)
+    assert len(seen) == 2 and isinstance(report.interrupted, RerunException) and report(99, 100) is False
+
+
+AVOIDED = ("target", "contrast", "token a", "token b")  # docs/glossary.md: answer, wrong, tracked token, position instead
+
+
+@pytest.mark.parametrize("page", ["app.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))])
+def test_widget_labels_use_the_glossarys_words(page):
+    at = AppTest.from_file(str(ROOT / page), default_timeout=180)
+    at.session_state["wb.model"] = "circuits"
+    at.run()
+    assert not at.exception
+    widgets = [*at.radio, *at.selectbox, *at.multiselect, *at.text_input, *at.text_area, *at.number_input, *at.button, *at.checkbox]
+    labels = [w.label.lower() for w in widgets]
+    assert labels and not [label for label in labels if any(word in label for word in AVOIDED)]
+    options = [str(o).lower() for w in at.radio for o in w.options]
+    assert not [o for o in options if any(word in o for word in AVOIDED)]
+
+
+def test_cache_keys_are_values_not_identities():
+    import torch
+
+    from workbench.patching import PatchingSetup
+
+    a, b = PatchingSetup("x y", "x z", 1, 2), PatchingSetup("x y", "x z", 1, 2)
+    assert ui._frozen([a, {"k": [1, 2]}]) == ui._frozen([b, {"k": [1, 2]}])
+    assert ui._frozen(a) != ui._frozen(PatchingSetup("x y", "x z", 1, 3))
+    with pytest.raises(TypeError, match="cannot be one"):
+        ui._frozen([torch.zeros(2)])  # equal tensors would never hit the cache

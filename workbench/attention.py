@@ -17,16 +17,17 @@ head scores ~0.5 there -- see heads.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from transformer_lens import head_detector
 
+from workbench import engine
 from workbench.errors import InputError
-from workbench.heads import repeat_scores
+from workbench.heads import attention_share, choosing_rows, repeat_scores, target_masks
 from workbench.model import LoadedModel
-from workbench.runs import Run, hook_names, run_prompt
+from workbench.runs import Run, check_position, head_results, hook_names, provenance, run_prompt
 
 HEAD_TYPES = ("previous token", "duplicate token", "induction", "first token", "entropy")
 
@@ -39,6 +40,7 @@ class Patterns:
     prompt: str
     labels: list[str]  # token labels, (pos,)
     pattern: torch.Tensor  # (layer, head, query, key)
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -58,15 +60,9 @@ def check_head(n_layers: int, n_heads: int, layer: int, head: int) -> None:
         raise InputError(f"head {head} does not exist: each layer has heads 0..{n_heads - 1}")
 
 
-def check_position(n_tokens: int, position: int) -> int:
-    if not -n_tokens <= position < n_tokens:
-        raise InputError(f"position {position} is outside the prompt: it has positions 0..{n_tokens - 1}")
-    return position % n_tokens
-
-
 def patterns(model: LoadedModel, prompt: str, truncate: bool = False) -> Patterns:
     run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
-    return patterns_of(run)
+    return dataclasses.replace(patterns_of(run), provenance=provenance(model, [prompt], view="attention patterns", truncate=truncate))
 
 
 def patterns_of(run: Run) -> Patterns:
@@ -110,6 +106,7 @@ class HeadTypes:
 
     source: str  # "prompt" or "repeated random tokens (n=.., seqs=..)"
     scores: dict[str, torch.Tensor]  # head type -> (layer, head)
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
     def ranked(self, head_type: str, k: int | None = None) -> list[dict]:
         """Rows (layer, head, score) sorted by the score, highest first (lowest first for entropy)."""
@@ -127,37 +124,18 @@ class HeadTypes:
         ]
 
 
-def target_masks(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(query, key) 0/1 masks of where each head type attends, from the token ids (pos,)."""
-    t = tokens[None].cpu()
-    pos = tokens.shape[0]
-    first = torch.zeros(pos, pos)
-    first[:, 0] = 1
-    return {
-        "previous token": head_detector.get_previous_token_head_detection_pattern(t).float(),
-        "duplicate token": head_detector.get_duplicate_token_head_detection_pattern(t).float(),
-        "induction": head_detector.get_induction_head_detection_pattern(t).float(),
-        "first token": first,
-    }
-
-
 def head_types_of(pattern: torch.Tensor, tokens: torch.Tensor, source: str = "prompt") -> HeadTypes:
-    """Scores from a (layer, head, query, key) pattern over `tokens` (pos,)."""
-    scores = {}
-    for name, mask in target_masks(tokens).items():
-        rows = mask.sum(-1) > 0  # queries where the behaviour has a target
-        if not rows.any():
-            scores[name] = torch.full(pattern.shape[:2], float("nan"))
-            continue
-        share = (pattern * mask).sum(-1)  # (layer, head, query)
-        scores[name] = share[..., rows].mean(-1)
-    p = pattern.clamp_min(1e-12)
-    scores["entropy"] = -(pattern * p.log()).sum(-1).mean(-1)
+    """Scores from a (layer, head, query, key) pattern over `tokens` (pos,); query 0 is left out (it cannot choose)."""
+    scores = {name: attention_share(pattern, mask) for name, mask in target_masks(tokens).items()}
+    rows = choosing_rows(pattern.shape[-1])
+    entropy = -(pattern * pattern.clamp_min(1e-12).log()).sum(-1)  # (layer, head, query)
+    scores["entropy"] = entropy[..., rows].mean(-1) if rows.any() else torch.full(pattern.shape[:2], float("nan"))
     return HeadTypes(source, scores)
 
 
 def head_types(model: LoadedModel, run: Run) -> HeadTypes:
-    return head_types_of(run.stack("attn.hook_pattern").float(), run.tokens, "prompt")
+    types = head_types_of(run.stack("attn.hook_pattern").float(), run.tokens, "prompt")
+    return dataclasses.replace(types, provenance=provenance(model, [run.prompt], view="head types"))
 
 
 def head_types_on_repeats(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0) -> HeadTypes:
@@ -165,7 +143,11 @@ def head_types_on_repeats(model: LoadedModel, n: int = 50, seqs: int = 8, seed: 
     s = repeat_scores(model, n=n, seqs=seqs, seed=seed, keep_patterns=True)
     per_seq = [head_types_of(p, t) for p, t in zip(s.patterns, s.tokens, strict=True)]
     mean = {k: torch.stack([h.scores[k] for h in per_seq]).nanmean(0) for k in per_seq[0].scores}
-    return HeadTypes(f"repeated random tokens (n={n}, {seqs} sequences, seed {seed})", mean)
+    return HeadTypes(
+        f"repeated random tokens (n={n}, {seqs} sequences, seed {seed})",
+        mean,
+        provenance(model, [], view="head types on repeated random tokens", n=n, seqs=seqs, seed=seed),
+    )
 
 
 @dataclass(frozen=True)
@@ -176,11 +158,11 @@ class HeadAnatomy:
     head: int
     query: int
     labels: list[str]  # key labels (pos,)
-    q: torch.Tensor  # (d_head,) the query vector at `query`
-    k: torch.Tensor  # (key, d_head) every position's key
+    q: torch.Tensor  # (d_head,) the query vector at `query` (after rotary, for rotary models)
+    k: torch.Tensor  # (key, d_head) every position's key (after rotary; the shared key/value head under GQA)
     v: torch.Tensor  # (key, d_head) every position's value
     scores: torch.Tensor  # (key,) q·k
-    scale: float  # √d_head (or the model's own attention scale)
+    scale: float  # the scores' divisor: √d_head, or the model's own (GPT-2's × layer+1 when it scales by layer)
     scaled: torch.Tensor  # (key,) scores / scale
     masked: torch.Tensor  # (key,) scaled, with -inf after the query (the causal mask)
     weights: torch.Tensor  # (key,) softmax(masked): the pattern row
@@ -188,21 +170,38 @@ class HeadAnatomy:
     z: torch.Tensor  # (d_head,) the sum of the weighted values
     output: torch.Tensor  # (d_model,) z @ W_O[head]: what the head writes to the residual stream
     model_pattern_row: torch.Tensor  # (key,) the model's own hook_pattern row, to compare
-    model_output: torch.Tensor  # (d_model,) the model's own hook_result, to compare
+    model_output: torch.Tensor  # (d_model,) the model's own hook_z of this head · W_O, to compare
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
 
 def head_anatomy(model: LoadedModel, prompt: str, layer: int, head: int, query: int, truncate: bool = False) -> HeadAnatomy:
+    """One head's arithmetic at one query, from the model's own q, k, v (see HeadAnatomy).
+
+    Rotary models rotate q and k by position before the dot product: the rotation and the score
+    scale come from the forward engine, which is checked against the model's pattern here too.
+    """
     info = model.info
     check_head(info.n_layers, info.n_heads, layer, head)
     b = f"blocks.{layer}.attn."
-    run = run_prompt(model, prompt, [b + n for n in ("hook_q", "hook_k", "hook_v", "hook_pattern", "hook_result")], truncate=truncate)
+    run = run_prompt(model, prompt, [b + n for n in ("hook_q", "hook_k", "hook_v", "hook_pattern", "hook_z")], truncate=truncate)
     query = check_position(run.n_tokens, query)
-    q = run[b + "hook_q"][query, head].float()  # (d_head,)
-    k = run[b + "hook_k"][:, head].float()  # (key, d_head)
-    v = run[b + "hook_v"][:, head].float()  # (key, d_head)
+    kv_head = head // (info.n_heads // info.n_kv_heads)  # grouped-query attention: the key/value head this head reads
+    q = run[b + "hook_q"][:, head].float()  # (pos, d_head)
+    k = run[b + "hook_k"][:, kv_head].float()  # (key, d_head)
+    v = run[b + "hook_v"][:, kv_head].float()  # (key, d_head)
+    try:
+        w = engine.weights_of(model)
+    except engine.Unsupported as err:
+        w = None
+        if model.bridge.cfg.positional_embedding_type != "standard":
+            raise InputError(f"the head's arithmetic cannot be shown for this model: {err}") from err
+    scale = math.sqrt(info.d_head) if w is None else 1.0 / w.layers[layer].scale
+    if w is not None and w.rotary is not None:
+        cos, sin = w.rotary.cos_sin(run.n_tokens, "cpu")
+        q = w.rotary(q[None, :, None], cos.cpu(), sin.cpu())[0, :, 0]  # (pos, d_head), rotated by position
+        k = w.rotary(k[None, :, None], cos.cpu(), sin.cpu())[0, :, 0]
+    q = q[query]  # (d_head,)
     scores = k @ q  # (key,)
-    configured = float(getattr(model.bridge.cfg, "attn_scale", -1.0))  # transformer-lens uses -1 for "the default"
-    scale = configured if configured > 0 else math.sqrt(info.d_head)
     scaled = scores / scale
     future = torch.arange(run.n_tokens) > query
     masked = scaled.masked_fill(future, float("-inf"))
@@ -213,7 +212,8 @@ def head_anatomy(model: LoadedModel, prompt: str, layer: int, head: int, query: 
     w_o = w_o.reshape(info.n_heads, info.d_head, -1)
     return HeadAnatomy(
         layer, head, query, run.labels, q, k, v, scores, scale, scaled, masked, weights, weighted, z, z @ w_o[head],
-        run[b + "hook_pattern"][head, query].float(), run[b + "hook_result"][query, head].float(),
+        run[b + "hook_pattern"][head, query].float(), head_results(model, run, layer)[query, head],
+        provenance(model, [prompt], view="head anatomy", layer=layer, head=head, query=query),
     )  # fmt: skip
 
 

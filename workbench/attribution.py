@@ -1,22 +1,24 @@
 """Attribution: which input tokens, and which heads, MLPs and neurons, produced a prediction.
 
 Input attribution (captum) scores each input token for a metric of the output:
-- the metric is the log-probability of a target token at the next position, or, for a contrast,
-  the logit of token A minus the logit of token B;
+- the metric is the log-probability of the answer token at the next position, or the logit
+  difference: the answer's logit minus the wrong token's;
 - Integrated Gradients integrates the gradient along a straight path from a baseline to the
   input's token embeddings; its attributions add up to metric(input) − metric(baseline)
   (completeness), and captum's convergence delta is the gap;
 - Saliency is the gradient's norm per token (unsigned); Input × Gradient is embedding · gradient;
-- Feature Ablation replaces one token at a time with the baseline token and records the drop.
+- Feature Ablation replaces one token's embedding at a time with the baseline's and records the drop.
+Baselines: "zeros" is the zero vector in place of each token's embedding (BOS stays), "BOS token"
+and "mask token" put that token's embedding there.
 The gradient methods work on the token embeddings: a hook on `hook_embed` swaps in the
 embeddings captum asks about, so positions and everything downstream stay the model's own.
-For a continuation of several tokens each target token is attributed with the earlier ones
+For a continuation of several tokens each answer token is attributed with the earlier ones
 appended to the prompt.
 
 Component attribution (direct logit attribution) splits the final residual stream into what
 each part of the model wrote -- embeddings, each layer's attention and MLP, each head, each MLP
-neuron -- and projects each part on the target's unembedding direction, with the final layer
-norm's scale frozen at its value on this prompt. The parts add up to the target's logit minus
+neuron -- and projects each part on the answer's unembedding direction (answer − wrong), with the
+final norm's scale frozen at its value on this prompt. The parts add up to the metric's logit minus
 its unembedding bias. Components and heads come from `transformer_lens`'s
 `direct_logit_attribution` (it requires compatibility mode); neurons are computed here.
 """
@@ -30,49 +32,52 @@ import torch
 from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, Saliency
 
 from workbench.errors import InputError
+from workbench.lens import lens_points
 from workbench.model import LoadedModel
-from workbench.runs import encode, hook_names, run_prompt
-from workbench.tokens import token_labels
+from workbench.runs import activation_cache, check_position, check_token_ids, encode, hook_names, provenance, run_prompt, run_tokens
+from workbench.tokens import single_token_id, token_labels
 
 METHODS = ("integrated gradients", "saliency", "input × gradient", "feature ablation")
 BASELINES = ("zeros", "BOS token", "mask token")
 
 
 @dataclass(frozen=True)
-class Target:
-    """What to attribute: a token (or several, a continuation), or a contrast A − B."""
+class Answer:
+    """What to attribute: the answer token (or several, a continuation), or answer − wrong (the logit difference)."""
 
-    tokens: tuple[int, ...]  # one or more target ids, in order
-    contrast: int | None = None  # token B of "logit A − logit B" (only with one target)
+    tokens: tuple[int, ...]  # one or more answer ids, in order
+    wrong: int | None = None  # the wrong token of "logit(answer) − logit(wrong)" (only with one answer token)
 
     def describe(self, labels: list[str]) -> str:
-        if self.contrast is not None:
+        """The metric in words, from the labels of the answer tokens (then the wrong one)."""
+        if self.wrong is not None:
             return f"logit({labels[0]}) − logit({labels[1]})"
         return "log p(" + " ".join(labels[: len(self.tokens)]) + ")"
 
 
-def metric_of(logits_last: torch.Tensor, target: int, contrast: int | None) -> torch.Tensor:
+def metric_of(logits_last: torch.Tensor, answer: int, wrong: int | None) -> torch.Tensor:
     """(batch,) the metric from next-token logits (batch, d_vocab)."""
-    if contrast is not None:
-        return logits_last[:, target] - logits_last[:, contrast]
-    return logits_last.log_softmax(-1)[:, target]
+    if wrong is not None:
+        return logits_last[:, answer] - logits_last[:, wrong]
+    return logits_last.log_softmax(-1)[:, answer]
 
 
 @dataclass(frozen=True)
 class InputAttribution:
-    """Scores of every input token for each target token; NaN where a token is not in that target's context."""
+    """Scores of every input token for each answer token; NaN where a token is not in that answer's context."""
 
     method: str
     baseline: str
     steps: int
-    target: str  # human description
-    target_labels: list[str]  # (target,)
+    metric_label: str  # the metric in words, e.g. "log p(␣Paris)"
+    answer_labels: list[str]  # (answer,)
     labels: list[str]  # (pos,) prompt tokens, then the continuation tokens but the last
-    scores: torch.Tensor  # (target, pos)
-    metric: torch.Tensor  # (target,) metric at the input
-    metric_baseline: torch.Tensor  # (target,) metric at the baseline (gradient methods with a baseline)
-    delta: torch.Tensor  # (target,) convergence delta (integrated gradients), else NaN
+    scores: torch.Tensor  # (answer, pos)
+    metric: torch.Tensor  # (answer,) metric at the input
+    metric_baseline: torch.Tensor  # (answer,) metric at the baseline
+    delta: torch.Tensor  # (answer,) convergence delta (integrated gradients), else NaN
     settings: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict, repr=False)
 
     def max_delta(self) -> float:
         """Largest |convergence delta| over targets (NaN when the method has none)."""
@@ -85,38 +90,43 @@ class InputAttribution:
 
     def rows(self) -> list[dict]:
         return [
-            dict(target=t_label, position=pos, token=label, score=float(self.scores[t, pos]))
-            for t, t_label in enumerate(self.target_labels)
+            dict(answer=t_label, position=pos, token=label, score=float(self.scores[t, pos]))
+            for t, t_label in enumerate(self.answer_labels)
             for pos, label in enumerate(self.labels)
             if not math.isnan(float(self.scores[t, pos]))
         ]
 
 
-def _embed_forward(model: LoadedModel, ids: torch.Tensor, target: int, contrast: int | None):
-    """f(token embeddings (batch, pos, d_model)) -> (batch,) metric, with ids (pos,) fixed."""
+def _embed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: int | None):
+    """f(token embeddings (batch, pos, d_model)) -> (batch,) metric, with ids (pos,) fixed.
+
+    The embeddings are what `hook_embed` carries (for Gemma already scaled by √d_model).
+    """
 
     def forward(embeds: torch.Tensor) -> torch.Tensor:
         def swap(_, hook):
             return embeds
 
-        batch = ids[None].expand(embeds.shape[0], -1).to(model.device)
-        with model.bridge.hooks(fwd_hooks=[("hook_embed", swap)]):
-            logits = model.bridge(batch, logits_to_keep=1)[:, -1]  # only the last position is read
-        return metric_of(logits.float(), target, contrast)
+        batch = ids[None].expand(embeds.shape[0], -1)
+        logits, _ = run_tokens(model, batch, hooks=[("hook_embed", swap)], last_only=True, grad=torch.is_grad_enabled())
+        return metric_of(logits[:, -1].float(), answer, wrong)  # only the last position is read
 
     return forward
 
 
-def _ids_forward(model: LoadedModel, target: int, contrast: int | None):
-    def forward(batch_ids: torch.Tensor) -> torch.Tensor:
-        logits = model.bridge(batch_ids.to(model.device), logits_to_keep=1)[:, -1]
-        return metric_of(logits.float(), target, contrast)
-
-    return forward
+def token_embeddings(model: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
+    """(1, pos, d_model) what hook_embed carries for ids (pos,)."""
+    _, cache = run_tokens(model, ids[None], ["hook_embed"], last_only=True)
+    return cache["hook_embed"].float()
 
 
-def baseline_token(model: LoadedModel, baseline: str) -> int:
-    if baseline == "BOS token" or baseline == "zeros":
+def baseline_token(model: LoadedModel, baseline: str) -> int | None:
+    """The token a baseline puts at every position but the first, or None for the zero embedding."""
+    if baseline == "zeros":
+        return None
+    if baseline == "BOS token":
+        if model.bos_id is None:
+            raise InputError("this model's tokenizer has no BOS token: choose the zeros baseline")
         return model.bos_id
     if baseline == "mask token":
         if model.tokenizer.mask_token_id is None:
@@ -128,13 +138,13 @@ def baseline_token(model: LoadedModel, baseline: str) -> int:
 def input_attribution(
     model: LoadedModel,
     prompt: str,
-    target: Target,
+    answer: Answer,
     method: str = "integrated gradients",
     baseline: str = "zeros",
     steps: int = 32,
     internal_batch_size: int = 64,
 ) -> InputAttribution:
-    """Attributes the target to every input token (see the module doc).
+    """Attributes the answer's metric to every input token (see the module doc).
 
     Integrated gradients runs its steps `internal_batch_size` at a time: one batch for the usual
     step counts, bounded memory for large ones (captum's default puts every step in one batch).
@@ -143,37 +153,36 @@ def input_attribution(
         raise InputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     if not (isinstance(steps, int) and 2 <= steps <= 1024):
         raise InputError(f"steps must be an integer between 2 and 1024, got {steps}")
-    if not target.tokens:
-        raise InputError("choose a target token")
-    if target.contrast is not None and len(target.tokens) != 1:
-        raise InputError("a contrast compares two single tokens: give one target and one contrast token")
-    vocab = model.info.d_vocab
-    if any(not 0 <= t < vocab for t in (*target.tokens, *(() if target.contrast is None else (target.contrast,)))):
-        raise InputError(f"target tokens must be ids in 0..{vocab - 1}")
+    if not answer.tokens:
+        raise InputError("choose an answer token")
+    if answer.wrong is not None and len(answer.tokens) != 1:
+        raise InputError("a logit difference compares two single tokens: give one answer and one wrong token")
+    check_token_ids(model, [*answer.tokens, *(() if answer.wrong is None else (answer.wrong,))], "answer and wrong token")
     base_id = baseline_token(model, baseline)
     ids, _ = encode(model, prompt)
-    full = torch.cat([ids, torch.tensor(target.tokens[:-1], dtype=torch.long)])
+    full = torch.cat([ids, torch.tensor(answer.tokens[:-1], dtype=torch.long)])
     if len(full) > model.info.n_ctx:
         raise InputError(f"the prompt and continuation are {len(full)} tokens, more than the context ({model.info.n_ctx}); shorten them")
     n = len(full)
-    scores = torch.full((len(target.tokens), n), float("nan"))
-    metric, metric_base, delta = (torch.full((len(target.tokens),), float("nan")) for _ in range(3))
-    embed_w = model.bridge.embed.W_E.detach()  # (d_vocab, d_model)
+    scores = torch.full((len(answer.tokens), n), float("nan"))
+    metric, metric_base, delta = (torch.full((len(answer.tokens),), float("nan")) for _ in range(3))
     with model.lock:
-        for t, token in enumerate(target.tokens):
+        for t, token in enumerate(answer.tokens):
             ctx = full[: len(ids) + t]  # (pos_t,)
-            if method == "feature ablation":
-                forward = _ids_forward(model, token, target.contrast)
-                with torch.no_grad():
-                    attr = FeatureAblation(forward).attribute(ctx[None], baselines=base_id, perturbations_per_eval=internal_batch_size)
-                    scores[t, : len(ctx)] = attr[0].float().cpu()
-                    metric[t] = forward(ctx[None])[0].cpu()
-                continue
-            forward = _embed_forward(model, ctx, token, target.contrast)
-            inputs = embed_w[ctx][None].float().clone().requires_grad_(True)  # (1, pos_t, d_model)
-            base = torch.zeros_like(inputs) if baseline == "zeros" else embed_w[torch.full_like(ctx, base_id)][None].float()
+            forward = _embed_forward(model, ctx, token, answer.wrong)
+            inputs = token_embeddings(model, ctx).requires_grad_(True)  # (1, pos_t, d_model)
+            zeros = base_id is None
+            base = torch.zeros_like(inputs).detach() if zeros else token_embeddings(model, torch.full_like(ctx, base_id))
             base[0, 0] = inputs[0, 0].detach()  # BOS stays BOS: the path changes the prompt, not the start marker
-            if method == "integrated gradients":
+            if method == "feature ablation":
+                # one position at a time set to the baseline's embedding (zeros really is the zero vector)
+                positions = torch.arange(len(ctx), device=inputs.device)[None, :, None].expand_as(inputs)  # (1, pos_t, d_model)
+                with torch.no_grad():
+                    attr = FeatureAblation(forward).attribute(
+                        inputs.detach(), baselines=base, feature_mask=positions, perturbations_per_eval=internal_batch_size
+                    )
+                scores[t, : len(ctx)] = attr[0, :, 0].float().cpu()  # every feature of a position holds the same score
+            elif method == "integrated gradients":
                 attr, d = IntegratedGradients(forward).attribute(
                     inputs, baselines=base, n_steps=steps, internal_batch_size=internal_batch_size, return_convergence_delta=True
                 )
@@ -188,13 +197,13 @@ def input_attribution(
             with torch.no_grad():
                 metric[t] = forward(inputs.detach())[0].cpu()
                 metric_base[t] = forward(base)[0].cpu()
-    target_labels = token_labels(model.tokenizer, [*target.tokens, *(() if target.contrast is None else (target.contrast,))])
+    answer_labels = token_labels(model.tokenizer, [*answer.tokens, *(() if answer.wrong is None else (answer.wrong,))])
     return InputAttribution(
         method=method,
         baseline=baseline if method in ("integrated gradients", "feature ablation") else "",
         steps=steps if method == "integrated gradients" else 0,
-        target=target.describe(target_labels),
-        target_labels=target_labels[: len(target.tokens)],
+        metric_label=answer.describe(answer_labels),
+        answer_labels=answer_labels[: len(answer.tokens)],
         labels=token_labels(model.tokenizer, full.tolist()),
         scores=scores,
         metric=metric,
@@ -202,6 +211,9 @@ def input_attribution(
         delta=delta,
         settings=dict(
             method=method, baseline=baseline, steps=steps, internal_batch_size=internal_batch_size, model=model.info.name, prompt=prompt
+        ),
+        provenance=provenance(
+            model, [prompt], method=method, baseline=baseline, steps=steps, answer=list(answer.tokens), wrong=answer.wrong
         ),
     )
 
@@ -222,7 +234,7 @@ def suggested_steps(result: InputAttribution, tolerance: float = 0.05) -> int | 
 class ComponentAttribution:
     """Direct logit attribution of one metric at one position to every component, head and neuron."""
 
-    target: str
+    metric_label: str  # the metric in words, e.g. "logit(␣Paris) − logit(␣Rome)"
     position: int
     logit: float  # the metric's value from the model's logits (minus b_U for a single token)
     components: list[str]  # embed, L0 attn, L0 mlp, ...
@@ -232,26 +244,31 @@ class ComponentAttribution:
     cumulative_labels: list[str]  # residual points
     cumulative: torch.Tensor  # (point,) the residual stream's projection so far
     neurons: list[dict]  # top neurons by |attribution|: layer, neuron, activation, attribution
+    provenance: dict = field(default_factory=dict, repr=False)
 
     def rows(self) -> list[dict]:
         return [dict(component=c, attribution=float(v)) for c, v in zip(self.components, self.component_values, strict=True)]
 
 
-def _direction(model: LoadedModel, token: int, contrast: int | None) -> torch.Tensor:
+def _direction(model: LoadedModel, answer: int, wrong: int | None) -> torch.Tensor:
     w_u = model.bridge.W_U.detach().float().cpu()  # (d_model, d_vocab)
-    return w_u[:, token] - (w_u[:, contrast] if contrast is not None else 0.0)
+    return w_u[:, answer] - (w_u[:, wrong] if wrong is not None else 0.0)
 
 
 def component_attribution(
     model: LoadedModel,
     prompt: str,
-    token: int,
-    contrast: int | None = None,
+    answer: int,
+    wrong: int | None = None,
     position: int = -1,
     top_neurons: int = 20,
     truncate: bool = False,
 ) -> ComponentAttribution:
-    """DLA of logit(token) (or logit(token) − logit(contrast)) at `position`, read by the next token."""
+    """DLA of logit(answer) (or logit(answer) − logit(wrong)) at `position`, read by the next token.
+
+    One run through the run layer; transformer-lens's three decompositions read its cache (per-head
+    outputs are computed from hook_z and W_O there, as for every family).
+    """
     from transformer_lens.tools.analysis import direct_logit_attribution
 
     if not model.info.compatibility_mode:
@@ -259,9 +276,7 @@ def component_attribution(
             "direct logit attribution needs the model loaded in compatibility mode (load_model(..., compatibility_mode=True), the default)"
         )
     info = model.info
-    for t in (token, contrast):
-        if t is not None and not 0 <= t < info.d_vocab:
-            raise InputError(f"token id {t} is outside the vocabulary (0..{info.d_vocab - 1})")
+    check_token_ids(model, [answer] + ([] if wrong is None else [wrong]), "answer and wrong token")
     names = hook_names(
         model,
         "hook_embed",
@@ -272,80 +287,80 @@ def component_attribution(
         "hook_resid_post",
         "hook_attn_out",
         "hook_mlp_out",
-        "attn.hook_result",
+        "attn.hook_z",
         "mlp.hook_post",
     )
     run = run_prompt(model, prompt, names, truncate=truncate)
-    if not -run.n_tokens <= position < run.n_tokens:
-        raise InputError(f"position {position} is outside the prompt (0..{run.n_tokens - 1})")
-    position %= run.n_tokens
-    tokens = run.tokens[None].to(model.device)
-    with model.lock, torch.no_grad():
-        # one forward pass; the three decompositions read the same cache (each would run the model otherwise)
-        _, cache = model.bridge.run_with_cache(tokens)
-        comp, per_head, layered = (
-            direct_logit_attribution(model.bridge, answer_tokens=token, incorrect_tokens=contrast, unit=unit, pos=position, cache=cache)
-            for unit in ("component", "head", "layer")
+    position = check_position(run.n_tokens, position)
+    cache = activation_cache(model, run)
+    with torch.no_grad():
+        comp, per_head = (
+            direct_logit_attribution(model.bridge, answer_tokens=answer, incorrect_tokens=wrong, unit=unit, pos=position, cache=cache)
+            for unit in ("component", "head")
         )
-    direction = _direction(model, token, contrast)  # (d_model,)
+    direction = _direction(model, answer, wrong)  # (d_model,)
     scale = run["ln_final.hook_scale"][position].float()  # (1,) the frozen final-norm scale
+    # the residual stream so far at every lens point (transformer-lens's "layer" unit needs resid_mid,
+    # which parallel blocks do not have): centred where the final norm centres, then projected
+    points = lens_points(model)
+    resid = torch.stack([run[name][position] for _, name in points]).float()  # (point, d_model)
+    if not getattr(model.bridge.ln_final, "uses_rms_norm", False):
+        resid = resid - resid.mean(-1, keepdim=True)
+    cumulative = resid @ direction / scale  # (point,)
     neurons = []
     for layer in range(info.n_layers):
-        post = run[f"blocks.{layer}.mlp.hook_post"][position].float()  # (d_mlp,)
+        post = run[f"blocks.{layer}.mlp.hook_post"][position].float()  # (d_mlp,) what W_out reads
         w_out = model.bridge.blocks[layer].mlp.W_out.detach().float().cpu()  # (d_mlp, d_model)
         contrib = post * (w_out @ direction) / scale  # (d_mlp,)
         for n in contrib.abs().topk(min(top_neurons, len(contrib))).indices.tolist():
             neurons.append(dict(layer=layer, neuron=n, activation=float(post[n]), attribution=float(contrib[n])))
     neurons.sort(key=lambda r: -abs(r["attribution"]))
     b_u = model.bridge.b_U.detach().float().cpu() if getattr(model.bridge, "b_U", None) is not None else torch.zeros(info.d_vocab)
-    logit = run.logits[position, token] - b_u[token]
-    if contrast is not None:
-        logit = logit - (run.logits[position, contrast] - b_u[contrast])
+    logit = run.logits[position, answer] - b_u[answer]
+    if wrong is not None:
+        logit = logit - (run.logits[position, wrong] - b_u[wrong])
     head_values = per_head.attribution.reshape(-1).float().cpu()
     n_heads_total = info.n_layers * info.n_heads
-    labels = token_labels(model.tokenizer, [token] + ([contrast] if contrast is not None else []))
+    labels = token_labels(model.tokenizer, [answer] + ([wrong] if wrong is not None else []))
     return ComponentAttribution(
-        target=f"logit({labels[0]})" + (f" − logit({labels[1]})" if contrast is not None else ""),
+        metric_label=f"logit({labels[0]})" + (f" − logit({labels[1]})" if wrong is not None else ""),
         position=position,
         logit=float(logit),
         components=[_component_label(label) for label in comp.labels],
         component_values=comp.attribution.reshape(-1).float().cpu(),
         heads=head_values[:n_heads_total].reshape(info.n_layers, info.n_heads),
         head_remainder=float(head_values[n_heads_total:].sum()),
-        cumulative_labels=[_component_label(label) for label in layered.labels],
-        cumulative=layered.attribution.reshape(-1).float().cpu(),
+        cumulative_labels=[label for label, _ in points],
+        cumulative=cumulative,
         neurons=neurons[:top_neurons],
+        provenance=provenance(model, [prompt], method="direct logit attribution", answer=answer, wrong=wrong, position=position),
     )
 
 
 def _component_label(label: str) -> str:
-    """transformer-lens labels ("0_attn_out", "1_mid", "final_post") in the workbench's words."""
+    """transformer-lens labels ("0_attn_out", "0_mlp_out") in the workbench's words."""
     parts = label.split("_")
     if label in ("embed", "pos_embed"):
         return label
     if parts[0].isdigit():
         layer, rest = parts[0], "_".join(parts[1:])
-        return {"attn_out": f"L{layer} attn", "mlp_out": f"L{layer} mlp", "pre": f"before L{layer}", "mid": f"L{layer} attn"}.get(
-            rest, label
-        )
-    return {"final_post": "final"}.get(label, label)
+        return {"attn_out": f"L{layer} attn", "mlp_out": f"L{layer} mlp"}.get(rest, label)
+    return label
 
 
-def parse_target(model: LoadedModel, kind: str, predicted: int, typed: str = "", contrast: str = "") -> Target:
-    """A Target from the page's choices: "next token", "typed token", "continuation" or "contrast"."""
-    from workbench.lens import target_token
-
+def parse_answer(model: LoadedModel, kind: str, predicted: int, typed: str = "", wrong: str = "") -> Answer:
+    """An Answer from the page's choices: "next token", "typed token", "continuation" or "logit difference" (answer − wrong)."""
     if kind == "next token":
-        return Target((predicted,))
+        return Answer((predicted,))
     if kind == "typed token":
-        return Target((target_token(model, typed),))
+        return Answer((single_token_id(model.tokenizer, typed, "answer"),))
     if kind == "continuation":
         if not typed:
             raise InputError("type the continuation to attribute, e.g. ' of a wife'")
         ids = model.tokenizer(typed, add_special_tokens=False)["input_ids"]
         if len(ids) > 16:
             raise InputError(f"the continuation is {len(ids)} tokens; attribute at most 16 at once")
-        return Target(tuple(ids))
-    if kind == "contrast":
-        return Target((target_token(model, typed),), target_token(model, contrast))
-    raise InputError(f"unknown target kind '{kind}'")
+        return Answer(tuple(ids))
+    if kind in ("logit difference", "contrast"):
+        return Answer((single_token_id(model.tokenizer, typed, "answer"),), single_token_id(model.tokenizer, wrong, "wrong"))
+    raise InputError(f"unknown kind of answer '{kind}': use next token, typed token, continuation or logit difference")

@@ -8,36 +8,18 @@ differing token the two runs are identical, so every difference there is exactly
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from workbench import lens as lens_
 from workbench.model import LoadedModel
-from workbench.runs import Run, hook_names, run_prompt
-from workbench.tokens import token_labels
+from workbench.runs import Run, hook_names, provenance, run_prompt
+from workbench.tokens import Alignment, align, token_labels
 
 
-@dataclass(frozen=True)
-class Alignment:
-    labels_a: list[str]
-    labels_b: list[str]
-    n: int  # positions compared (the shorter prompt's length)
-    differ: list[int]  # compared positions whose tokens differ
-
-    @property
-    def same_length(self) -> bool:
-        return len(self.labels_a) == len(self.labels_b)
-
-    def labels(self) -> list[str]:
-        """One label per compared position: "a" where the tokens agree, "a → b" where they differ."""
-        return [a if a == b else f"{a} → {b}" for a, b in zip(self.labels_a[: self.n], self.labels_b[: self.n], strict=True)]
-
-
-def align(a: Run, b: Run) -> Alignment:
-    n = min(a.n_tokens, b.n_tokens)
-    differ = [i for i in range(n) if a.tokens[i] != b.tokens[i]]
-    return Alignment(a.labels, b.labels, n, differ)
+def align_runs(model: LoadedModel, a: Run, b: Run) -> Alignment:
+    return align(model.tokenizer, a.tokens, b.tokens)
 
 
 @dataclass(frozen=True)
@@ -47,6 +29,7 @@ class PatternDiff:
     b: torch.Tensor  # same for prompt B
     diff: torch.Tensor  # b - a
     change: torch.Tensor  # (layer, head) total variation per query row, averaged: 0 = same, 1 = disjoint
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
 
 def _names(model: LoadedModel) -> list[str]:
@@ -57,13 +40,13 @@ def _names(model: LoadedModel) -> list[str]:
 def pattern_diff(model: LoadedModel, prompt_a: str, prompt_b: str) -> PatternDiff:
     names = _names(model)
     run_a, run_b = run_prompt(model, prompt_a, names), run_prompt(model, prompt_b, names)
-    al = align(run_a, run_b)
+    al = align_runs(model, run_a, run_b)
     n = al.n
     a = run_a.stack("attn.hook_pattern")[..., :n, :n].float()
     b = run_b.stack("attn.hook_pattern")[..., :n, :n].float()
     diff = b - a
     change = 0.5 * diff.abs().sum(-1).mean(-1)  # total variation distance of each row, mean over queries
-    return PatternDiff(al, a, b, diff, change)
+    return PatternDiff(al, a, b, diff, change, provenance(model, [prompt_a, prompt_b], view="pattern difference"))
 
 
 @dataclass(frozen=True)
@@ -75,27 +58,27 @@ class LensDiff:
     prob_a: torch.Tensor  # (point, n) top-1 probability
     prob_b: torch.Tensor
     js: torch.Tensor  # (point, n) Jensen-Shannon divergence between the two readings, nats (0..ln 2)
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
 
 def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32) -> LensDiff:
     points = lens_.lens_points(model)
     names = _names(model)
     run_a, run_b = run_prompt(model, prompt_a, names), run_prompt(model, prompt_b, names)
-    al = align(run_a, run_b)
+    al = align_runs(model, run_a, run_b)
     ra, rb = lens_.residuals(run_a, model)[:, : al.n], lens_.residuals(run_b, model)[:, : al.n]  # (point, n, d_model)
     tops_a, tops_b, probs_a, probs_b, js = [], [], [], [], []
-    with torch.no_grad():
-        for start in range(0, al.n, chunk):
-            la = lens_.readout(model, ra[:, start : start + chunk]).log_softmax(-1)  # (point, c, d_vocab)
-            lb = lens_.readout(model, rb[:, start : start + chunk]).log_softmax(-1)
-            pa, pb = la.exp(), lb.exp()
-            mid = (0.5 * (pa + pb)).clamp_min(1e-30).log()
-            js.append(0.5 * ((pa * (la - mid)).sum(-1) + (pb * (lb - mid)).sum(-1)).clamp_min(0))
-            ma, mb = la.max(-1), lb.max(-1)
-            tops_a.append(ma.indices)
-            tops_b.append(mb.indices)
-            probs_a.append(ma.values.exp())
-            probs_b.append(mb.values.exp())
+    chunks_a, chunks_b = lens_.read_chunks(model, ra, chunk), lens_.read_chunks(model, rb, chunk)
+    for (_, logits_a), (_, logits_b) in lens_.no_grad_chunks(zip(chunks_a, chunks_b, strict=True)):
+        la, lb = logits_a.log_softmax(-1), logits_b.log_softmax(-1)  # (point, c, d_vocab)
+        pa, pb = la.exp(), lb.exp()
+        mid = (0.5 * (pa + pb)).clamp_min(1e-30).log()
+        js.append(0.5 * ((pa * (la - mid)).sum(-1) + (pb * (lb - mid)).sum(-1)).clamp_min(0))
+        ma, mb = la.max(-1), lb.max(-1)
+        tops_a.append(ma.indices)
+        tops_b.append(mb.indices)
+        probs_a.append(ma.values.exp())
+        probs_b.append(mb.values.exp())
     ids_a, ids_b = torch.cat(tops_a, 1), torch.cat(tops_b, 1)
 
     def labels(ids: torch.Tensor) -> list[list[str]]:
@@ -103,5 +86,6 @@ def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32)
         return [flat[i * al.n : (i + 1) * al.n] for i in range(ids.shape[0])]
 
     return LensDiff(
-        al, [label for label, _ in points], labels(ids_a), labels(ids_b), torch.cat(probs_a, 1), torch.cat(probs_b, 1), torch.cat(js, 1)
-    )
+        al, [label for label, _ in points], labels(ids_a), labels(ids_b), torch.cat(probs_a, 1), torch.cat(probs_b, 1), torch.cat(js, 1),
+        provenance(model, [prompt_a, prompt_b], view="lens difference", chunk=chunk),
+    )  # fmt: skip

@@ -10,6 +10,7 @@ the kept probabilities are renormalised, and each `Step` records them as its can
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -17,37 +18,8 @@ import torch
 
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.runs import Run, encode
+from workbench.runs import encode, provenance, run_tokens
 from workbench.tokens import token_labels
-
-
-@dataclass(frozen=True)
-class TopK:
-    """The k most likely next tokens after `position` of a run."""
-
-    position: int
-    ids: list[int]
-    labels: list[str]
-    probs: list[float]
-    logits: list[float]
-
-    def rows(self) -> list[dict]:
-        return [
-            dict(rank=r + 1, id=i, token=label, probability=p, logit=logit)
-            for r, (i, label, p, logit) in enumerate(zip(self.ids, self.labels, self.probs, self.logits, strict=True))
-        ]
-
-
-def next_token_topk(model: LoadedModel, run: Run, k: int = 10, position: int = -1) -> TopK:
-    if not 1 <= k <= model.info.d_vocab:
-        raise InputError(f"k must be between 1 and {model.info.d_vocab}, got {k}")
-    if not -run.n_tokens <= position < run.n_tokens:
-        raise InputError(f"position {position} is outside the prompt (0..{run.n_tokens - 1})")
-    logits = run.logits[position]  # (d_vocab,)
-    probs = logits.softmax(-1)
-    top = probs.topk(k)
-    ids = top.indices.tolist()
-    return TopK(position % run.n_tokens, ids, token_labels(model.tokenizer, ids), top.values.tolist(), logits[top.indices].tolist())
 
 
 @dataclass(frozen=True)
@@ -115,6 +87,7 @@ class Generation:
     text: str  # the continuation
     steps: list[Step] = field(default_factory=list)
     stopped: str = ""  # why it stopped
+    provenance: dict = field(default_factory=dict, repr=False)
 
 
 def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling()) -> Generation:
@@ -128,8 +101,8 @@ def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling()) -
         if len(ids) >= model.info.n_ctx:
             stopped = f"the context is full ({model.info.n_ctx} tokens)"
             break
-        with model.lock, torch.no_grad():
-            logits = model.bridge(ids[None].to(model.device))[0, -1].float().cpu()  # (d_vocab,)
+        logits, _ = run_tokens(model, ids[None], last_only=True)
+        logits = logits[0, -1].float().cpu()  # (d_vocab,)
         probs = logits.softmax(-1)
         draw = sampling_distribution(logits, s)
         chosen = int(draw.argmax()) if s.greedy else int(torch.multinomial(draw, 1, generator=gen))
@@ -153,4 +126,4 @@ def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling()) -
             stopped = "the model produced its end-of-text token"
             break
     text = model.tokenizer.decode([st.chosen_id for st in steps], skip_special_tokens=False)
-    return Generation(prompt, s, len(ids) - len(steps), text, steps, stopped)
+    return Generation(prompt, s, len(ids) - len(steps), text, steps, stopped, provenance(model, [prompt], **dataclasses.asdict(s)))

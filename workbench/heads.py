@@ -4,6 +4,7 @@ All scores read an attention pattern `pattern[layer, head, query, key]` whose ro
 score is a fraction of attention in [0, 1]; 1 means the head does exactly that and nothing else.
 
 - previous-token score: mean attention from each position to the position just before it;
+- every score leaves out query 0, which can only attend to itself (see `choosing_rows`);
 - induction score, on a repeated random sequence (BOS, t_1..t_N, t_1..t_N): mean attention from
   each token of the second copy to the token right after that token's first occurrence, i.e.
   from position N+i to position i+1 (BOS at 0, first copy at 1..N). A perfect induction head
@@ -17,12 +18,15 @@ are computed directly from token ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from transformer_lens import head_detector
 
 from workbench.errors import InputError
 from workbench.model import LoadedModel
+from workbench.runs import hook_names, provenance, run_tokens
+from workbench.tokens import ordinary_token_ids
 
 
 def repeated_tokens(candidates: torch.Tensor, n: int, bos_id: int, generator: torch.Generator) -> torch.Tensor:
@@ -34,19 +38,56 @@ def repeated_tokens(candidates: torch.Tensor, n: int, bos_id: int, generator: to
     return torch.cat([torch.tensor([bos_id]), pick, pick])
 
 
+def target_masks(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(query, key) 0/1 masks of where each head type attends, from the token ids (pos,).
+
+    The masks are transformer-lens's detection patterns (head_detector), plus key 0 for "first token".
+    """
+    t = tokens[None].cpu()
+    pos = tokens.shape[0]
+    first = torch.zeros(pos, pos)
+    first[:, 0] = 1
+    return {
+        "previous token": head_detector.get_previous_token_head_detection_pattern(t).float(),
+        "duplicate token": head_detector.get_duplicate_token_head_detection_pattern(t).float(),
+        "induction": head_detector.get_induction_head_detection_pattern(t).float(),
+        "first token": first,
+    }
+
+
+def choosing_rows(pos: int) -> torch.Tensor:
+    """(pos,) bool: the query rows that can choose where to attend. Query 0 sees only itself (weight 1
+    on BOS, whatever the head does), so it would bias every score toward "first token"."""
+    rows = torch.ones(pos, dtype=torch.bool)
+    rows[0] = False
+    return rows
+
+
+def attention_share(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(...) mean share of attention on the mask's keys, over the rows that can choose and have a target.
+
+    pattern (..., query, key), mask (query, key); NaN where no row has a target.
+    """
+    rows = (mask.sum(-1) > 0) & choosing_rows(mask.shape[0])
+    if not rows.any():
+        return torch.full(pattern.shape[:-2], float("nan"))
+    return (pattern * mask).sum(-1)[..., rows].mean(-1)
+
+
+def _repeat_ids(n: int) -> torch.Tensor:
+    """(1 + 2n,) stand-in ids with the shape of repeated_tokens(n): a start marker, n distinct ids, the same n again."""
+    return torch.cat([torch.tensor([-1]), torch.arange(n), torch.arange(n)])
+
+
 def induction_score(pattern: torch.Tensor, n: int) -> torch.Tensor:
     """(layer, head) scores from a (layer, head, query, key) pattern over a repeated sequence of length 1 + 2n."""
     assert pattern.shape[-1] == 1 + 2 * n, "pattern must come from repeated_tokens(n)"
-    # the query at n+i holds t_i (second copy); t_i first stood at i, so the induction target is i+1
-    queries = torch.arange(n + 1, 2 * n + 1)
-    return pattern[..., queries, queries - n + 1].mean(-1)
+    return attention_share(pattern, target_masks(_repeat_ids(n))["induction"])
 
 
 def previous_token_score(pattern: torch.Tensor) -> torch.Tensor:
     """(layer, head) mean attention from each position (but the first) to the one before it."""
-    pos = pattern.shape[-1]
-    q = torch.arange(1, pos)
-    return pattern[..., q, q - 1].mean(-1)
+    return attention_share(pattern, target_masks(torch.arange(pattern.shape[-1]))["previous token"])
 
 
 @dataclass(frozen=True)
@@ -60,16 +101,11 @@ class RepeatScores:
     previous_token: torch.Tensor  # (layer, head), over the same sequences
     tokens: torch.Tensor | None = None  # (seqs, 1 + 2n), when kept
     patterns: torch.Tensor | None = None  # (seqs, layer, head, q, k), when kept
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
     def strongest_induction_head(self) -> tuple[int, int]:
         layer, head = divmod(int(self.induction.argmax()), self.induction.shape[1])
         return layer, head
-
-
-def candidate_tokens(model: LoadedModel) -> torch.Tensor:
-    """Every token id but the special ones: what random sequences are drawn from."""
-    special = set(model.tokenizer.all_special_ids)
-    return torch.tensor([i for i in range(model.info.d_vocab) if i not in special and i < len(model.tokenizer)])
 
 
 def repeat_scores(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0, keep_patterns: bool = False) -> RepeatScores:
@@ -78,11 +114,14 @@ def repeat_scores(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0,
         raise InputError(f"n must be between 2 and {(model.info.n_ctx - 1) // 2} for this model's context, got {n}")
     gen = torch.Generator().manual_seed(seed)
     bos = model.bos_id if model.bos_id is not None else 0
-    ids = torch.stack([repeated_tokens(candidate_tokens(model), n, bos, gen) for _ in range(seqs)])  # (seqs, 1+2n)
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.info.n_layers)]
-    with model.lock, torch.no_grad():
-        _, cache = model.bridge.run_with_cache(ids.to(model.device), names_filter=names, return_cache_object=False)
+    words = ordinary_token_ids(model.tokenizer, model.info.d_vocab)
+    ids = torch.stack([repeated_tokens(words, n, bos, gen) for _ in range(seqs)])  # (seqs, 1+2n)
+    names = hook_names(model, "attn.hook_pattern")
+    _, cache = run_tokens(model, ids, names, last_only=True)
     per_seq = torch.stack([cache[name].float().cpu() for name in names], dim=1)  # (seqs, layer, head, q, k)
     pattern = per_seq.mean(0)  # (layer, head, q, k)
     kept = (ids, per_seq) if keep_patterns else (None, None)
-    return RepeatScores(n, seqs, seed, induction_score(pattern, n), previous_token_score(pattern), *kept)
+    return RepeatScores(
+        n, seqs, seed, induction_score(pattern, n), previous_token_score(pattern), *kept,
+        provenance=provenance(model, [], view="repeat scores", n=n, seqs=seqs, seed=seed),
+    )  # fmt: skip

@@ -8,7 +8,7 @@ a different basis; the tuned lens (Belrose et al. 2023) first maps each point th
 affine translator (`x + x·A + b`, trained so that its reading matches the final distribution).
 
 For every point and position the result keeps only what a view needs -- the top-k tokens, the
-entropy, the KL divergence from the final distribution, and the chosen target tokens' logit,
+entropy, the KL divergence from the final distribution, and the tracked tokens' logit,
 probability and rank -- computed a chunk of positions at a time, so the points × positions ×
 vocabulary tensor is never built.
 """
@@ -16,25 +16,35 @@ vocabulary tensor is never built.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from workbench import engine
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.runs import Run, run_prompt
+from workbench.runs import Run, check_token_ids, has_hook, provenance, run_prompt, run_tokens
 from workbench.tokens import token_labels
 
 LENS_FILE, LENS_STATS = "tuned_lens.safetensors", "tuned_lens.json"
 
 
 def lens_points(model: LoadedModel) -> list[tuple[str, str]]:
-    """(label, hook name) of each residual-stream point, in order; the last is the model's final residual."""
+    """(label, hook name) of each residual-stream point, in order; the last is the model's final residual.
+
+    The points follow the architecture: a sequential block has a point after its attention
+    (resid_mid) and one after its MLP; a parallel block (GPT-NeoX, Phi, GPT-J) adds both at once,
+    so it has only the point after it ("L3").
+    """
     points = [("embed", "blocks.0.hook_resid_pre")]
     for layer in range(model.info.n_layers):
-        points += [(f"L{layer} attn", f"blocks.{layer}.hook_resid_mid"), (f"L{layer} mlp", f"blocks.{layer}.hook_resid_post")]
+        if has_hook(model, f"blocks.{layer}.hook_resid_mid"):
+            points += [(f"L{layer} attn", f"blocks.{layer}.hook_resid_mid"), (f"L{layer} mlp", f"blocks.{layer}.hook_resid_post")]
+        else:
+            points.append((f"L{layer}", f"blocks.{layer}.hook_resid_post"))
     return points
 
 
@@ -44,25 +54,45 @@ def residuals(run: Run, model: LoadedModel) -> torch.Tensor:
 
 
 def readout(model: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
-    """(..., d_vocab) logits of residual vectors (..., d_model): final layer norm, then unembedding.
+    """(..., d_vocab) logits of residual vectors (..., d_model): the final norm, then the unembedding.
 
-    Written out (not called through the bridge's modules) so that the tuned lens can train through it.
+    Written out (not called through the bridge's modules) so that the tuned lens can train through
+    it; the final norm is the model's own kind (LayerNorm, RMSNorm, Gemma's 1 + w), see engine.Norm.
     """
-    bridge = model.bridge
-    ln = bridge.ln_final
-    weight = getattr(ln, "weight", None)
-    bias = getattr(ln, "bias", None)
-    eps = float(getattr(bridge.cfg, "eps", 1e-5))
-    x = torch.nn.functional.layer_norm(
-        resid,
-        (resid.shape[-1],),
-        None if weight is None else weight.detach().float().cpu(),
-        None if bias is None else bias.detach().float().cpu(),
-        eps,
-    )
-    w_u = bridge.W_U.detach().float().cpu()  # (d_model, d_vocab)
-    b_u = bridge.b_U.detach().float().cpu() if getattr(bridge, "b_U", None) is not None else 0.0
-    return x @ w_u + b_u
+    if "readout" not in model.derived:
+        bridge = model.bridge
+        norm = engine.Norm.of(bridge.ln_final, float(getattr(bridge.cfg, "eps", 1e-5)), "cpu")
+        b_u = getattr(bridge, "b_U", None)
+        model.derived["readout"] = (norm, bridge.W_U.detach().float().cpu(), None if b_u is None else b_u.detach().float().cpu())
+    norm, w_u, b_u = model.derived["readout"]  # (d_model, d_vocab), (d_vocab,)
+    logits = norm(resid) @ w_u
+    return logits if b_u is None else logits + b_u
+
+
+def read_chunks(model: LoadedModel, resid: torch.Tensor, chunk: int, tuned: TunedLens | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, (point, c, d_vocab) logits) for `chunk` positions at a time of resid (point, pos, d_model).
+
+    The points × positions × vocabulary tensor is never built whole: a long prompt on a large
+    vocabulary would not fit. Call it under torch.no_grad() (a generator must not switch the grad
+    mode itself: while it is suspended the switch would leak into its caller).
+    """
+    if chunk < 1:
+        raise InputError(f"chunk must be positive, got {chunk}")
+    for start in range(0, resid.shape[1], chunk):
+        x = resid[:, start : start + chunk]  # (point, c, d_model)
+        if tuned is not None:
+            x = tuned.translate(x)
+        yield start, readout(model, x)
+
+
+def no_grad_chunks(chunks: Iterator) -> Iterator:
+    """Each item of `chunks`, computed with gradients off."""
+    while True:
+        with torch.no_grad():
+            item = next(chunks, None)
+        if item is None:
+            return
+        yield item
 
 
 @dataclass
@@ -117,11 +147,12 @@ class LensResult:
     top_probs: torch.Tensor  # (point, pos, k)
     entropy: torch.Tensor  # (point, pos) nats
     kl_to_final: torch.Tensor  # (point, pos) KL(final || point), nats
-    target_ids: list[int]  # (target,)
-    target_labels: list[str]
-    target_logits: torch.Tensor  # (point, pos, target)
-    target_probs: torch.Tensor  # (point, pos, target)
-    target_ranks: torch.Tensor  # (point, pos, target), 0 = top-1
+    tracked_ids: list[int]  # (tracked,)
+    tracked_labels: list[str]
+    tracked_logits: torch.Tensor  # (point, pos, tracked)
+    tracked_probs: torch.Tensor  # (point, pos, tracked)
+    tracked_ranks: torch.Tensor  # (point, pos, tracked), 0 = top-1
+    provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
     def rows(self) -> list[dict]:
         """CSV rows: one per (point, position), with the top-1 token, entropy and KL."""
@@ -144,7 +175,7 @@ def lens(
     model: LoadedModel,
     prompt: str,
     k: int = 5,
-    targets: list[int] = (),
+    tracked: list[int] = (),
     tuned: TunedLens | None = None,
     truncate: bool = False,
     chunk: int = 32,
@@ -152,35 +183,26 @@ def lens(
     """Runs the prompt (cached) and reads every point through the logit lens, or the tuned lens if given."""
     if not 1 <= k <= 50:
         raise InputError(f"k must be between 1 and 50, got {k}")
-    if chunk < 1:
-        raise InputError(f"chunk must be positive, got {chunk}")
-    bad = [t for t in targets if not 0 <= int(t) < model.info.d_vocab]
-    if bad:
-        raise InputError(f"target token id(s) {bad} are outside the vocabulary (0..{model.info.d_vocab - 1})")
+    tracked = check_token_ids(model, [int(t) for t in tracked], "tracked token")
     points = lens_points(model)
     run = run_prompt(model, prompt, [name for _, name in points], truncate=truncate)
     resid = residuals(run, model)  # (point, pos, d_model)
     n_points, pos, _ = resid.shape
-    targets = torch.tensor([int(t) for t in targets], dtype=torch.long)
+    tracked = torch.tensor(tracked, dtype=torch.long)  # (tracked,)
     top_ids, top_probs, entropy, kl, t_logit, t_prob, t_rank = [], [], [], [], [], [], []
-    with torch.no_grad():
-        for start in range(0, pos, chunk):
-            x = resid[:, start : start + chunk]  # (point, c, d_model)
-            if tuned is not None:
-                x = tuned.translate(x)
-            logits = readout(model, x)  # (point, c, d_vocab)
-            logp = logits.log_softmax(-1)
-            p = logp.exp()
-            top = logp.topk(k, dim=-1)
-            top_ids.append(top.indices)
-            top_probs.append(top.values.exp())
-            entropy.append(-(p * logp).sum(-1))
-            final_logp = logp[-1:]  # (1, c, d_vocab)
-            kl.append((final_logp.exp() * (final_logp - logp)).sum(-1).clamp_min(0))
-            chosen = logits[..., targets]  # (point, c, target)
-            t_logit.append(chosen)
-            t_prob.append(p[..., targets])
-            t_rank.append((logits[..., None, :] > chosen[..., :, None]).sum(-1))
+    for _, logits in no_grad_chunks(read_chunks(model, resid, chunk, tuned)):  # (point, c, d_vocab)
+        logp = logits.log_softmax(-1)
+        p = logp.exp()
+        top = logp.topk(k, dim=-1)
+        top_ids.append(top.indices)
+        top_probs.append(top.values.exp())
+        entropy.append(-(p * logp).sum(-1))
+        final_logp = logp[-1:]  # (1, c, d_vocab)
+        kl.append((final_logp.exp() * (final_logp - logp)).sum(-1).clamp_min(0))
+        chosen = logits[..., tracked]  # (point, c, tracked)
+        t_logit.append(chosen)
+        t_prob.append(p[..., tracked])
+        t_rank.append((logits[..., None, :] > chosen[..., :, None]).sum(-1))
     top_ids_t = torch.cat(top_ids, 1)
     flat = token_labels(model.tokenizer, top_ids_t.flatten().tolist()) if top_ids_t.numel() else []
     top_labels = [[flat[(i * pos + j) * k : (i * pos + j + 1) * k] for j in range(pos)] for i in range(n_points)]
@@ -195,25 +217,16 @@ def lens(
         top_probs=torch.cat(top_probs, 1),
         entropy=torch.cat(entropy, 1),
         kl_to_final=torch.cat(kl, 1),
-        target_ids=targets.tolist(),
-        target_labels=token_labels(model.tokenizer, targets.tolist()),
-        target_logits=torch.cat(t_logit, 1),
-        target_probs=torch.cat(t_prob, 1),
-        target_ranks=torch.cat(t_rank, 1),
-    )
-
-
-def target_token(model: LoadedModel, text: str) -> int:
-    """The id of a target typed as text; it must be exactly one token (" Paris", with its space)."""
-    if not isinstance(text, str) or text == "":
-        raise InputError("type a target token, e.g. ' the' (with its leading space)")
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        labels = token_labels(model.tokenizer, ids)
-        raise InputError(
-            f"{text!r} is {len(ids)} tokens ({' | '.join(labels)}), not one: pick one of them, or one of the model's top predictions"
-        )
-    return ids[0]
+        tracked_ids=tracked.tolist(),
+        tracked_labels=token_labels(model.tokenizer, tracked.tolist()),
+        tracked_logits=torch.cat(t_logit, 1),
+        tracked_probs=torch.cat(t_prob, 1),
+        tracked_ranks=torch.cat(t_rank, 1),
+        provenance=provenance(
+            model, [prompt], view="tuned lens" if tuned is not None else "logit lens", k=k, tracked=tracked.tolist(), truncate=truncate,
+            tuned_lens=None if tuned is None else tuned.stats,
+        ),
+    )  # fmt: skip
 
 
 # ---- training the tuned lens ----------------------------------------------------------------------
@@ -231,8 +244,7 @@ def collect_residuals(model: LoadedModel, texts: list[str], window: int | None =
             if len(piece) < 8:
                 continue
             tokens = torch.tensor([model.bos_id, *piece])[None]
-            with model.lock, torch.no_grad():
-                _, cache = model.bridge.run_with_cache(tokens.to(model.device), names_filter=names, return_cache_object=False)
+            _, cache = run_tokens(model, tokens, names)
             chunks.append(torch.stack([cache[n][0, 1:].float().cpu() for n in names]))  # skip BOS: its row is trivial
     if not chunks:
         raise InputError("the training text is too short for a tuned lens: give at least a few hundred words")
@@ -257,30 +269,30 @@ def train_tuned_lens(
     b = lens_.b.clone().requires_grad_(True)
     opt = torch.optim.Adam([A, b], lr=lr)
     with torch.no_grad():
-        target_train = readout(model, train[-1]).log_softmax(-1)  # (rows, d_vocab)
+        final_train = readout(model, train[-1]).log_softmax(-1)  # (rows, d_vocab)
 
-    def kl_per_point(x: torch.Tensor, target_logp: torch.Tensor, A, b) -> torch.Tensor:
+    def kl_per_point(x: torch.Tensor, final_logp: torch.Tensor, A, b) -> torch.Tensor:
         moved = x[:-1] + torch.bmm(x[:-1], A) + b[:, None, :]
         logp = readout(model, moved).log_softmax(-1)  # (point-1, rows, d_vocab)
-        return (target_logp.exp() * (target_logp - logp)).sum(-1).mean(-1)  # (point-1,)
+        return (final_logp.exp() * (final_logp - logp)).sum(-1).mean(-1)  # (point-1,)
 
     with torch.no_grad():
-        target_valid = readout(model, valid[-1]).log_softmax(-1)
+        final_valid = readout(model, valid[-1]).log_softmax(-1)
         zero_A, zero_b = torch.zeros_like(A), torch.zeros_like(b)
-        kl_logit = kl_per_point(valid, target_valid, zero_A, zero_b)
+        kl_logit = kl_per_point(valid, final_valid, zero_A, zero_b)
     # keep, per point, the translator with the lowest validation KL seen (the identity to start with):
     # a translator never reads worse than the logit lens on held-out text
     best_kl, best_A, best_b = kl_logit.clone(), zero_A.clone(), zero_b.clone()
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
         idx = torch.randint(0, rows, (min(batch, rows),), generator=gen)
-        loss = kl_per_point(train[:, idx], target_train[idx], A, b).sum()
+        loss = kl_per_point(train[:, idx], final_train[idx], A, b).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 25 == 0 or step == steps - 1:
             with torch.no_grad():
-                kl = kl_per_point(valid, target_valid, A, b)
+                kl = kl_per_point(valid, final_valid, A, b)
                 better = kl < best_kl
                 best_kl = torch.where(better, kl, best_kl)
                 best_A[better], best_b[better] = A[better].detach(), b[better].detach()

@@ -32,8 +32,6 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +41,8 @@ from workbench import checkpoints
 from workbench.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS_DIR = ROOT / "models"
+_INSTALLED_MODELS = Path(__file__).resolve().parent / "models"  # where `pip install .` puts models/ (pyproject.toml)
+MODELS_DIR = _INSTALLED_MODELS if _INSTALLED_MODELS.is_dir() else ROOT / "models"  # else: a checkout's models/
 SHIPPED = {
     "english": "English GPT (trained on public-domain English, with induction heads) -- the default",
     "circuits": "Circuits GPT (2 layers, trained on a copying task: learned induction heads)",
@@ -54,10 +53,6 @@ COMPATIBILITY_MODE = "compatibility mode (layer norms folded, writing weights ce
 RAW_MODE = "raw Hugging Face weights"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-# The offline default: set before transformers/huggingface_hub read their environment.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 @dataclass(frozen=True)
@@ -70,6 +65,7 @@ class ModelInfo:
     architecture: str
     n_layers: int
     n_heads: int
+    n_kv_heads: int  # key/value heads: fewer than n_heads under grouped-query attention
     d_model: int
     d_head: int
     d_mlp: int
@@ -91,7 +87,7 @@ class ModelInfo:
             ("source", f"{self.kind}: {self.source}"),
             ("architecture", self.architecture),
             ("layers", str(self.n_layers)),
-            ("heads per layer", str(self.n_heads)),
+            ("heads per layer", str(self.n_heads) + (f" ({self.n_kv_heads} key/value heads)" if self.n_kv_heads != self.n_heads else "")),
             ("d_model", str(self.d_model)),
             ("d_head", str(self.d_head)),
             ("d_mlp", str(self.d_mlp)),
@@ -113,6 +109,8 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # runs of this model, shared by every page and session (see runs.py)
     run_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    # what is computed from the weights once and reused (the forward engine's weights, see engine.py)
+    derived: dict = field(default_factory=dict, repr=False)
 
     @property
     def bos_id(self) -> int | None:
@@ -121,12 +119,6 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return torch.device(self.info.device)
-
-    @contextmanager
-    def hooks(self, fwd_hooks=(), bwd_hooks=()) -> Iterator[object]:
-        """Holds the lock and attaches hooks for the body only; yields the bridge."""
-        with self.lock, self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
-            yield self.bridge
 
     def attached_hooks(self) -> list[str]:
         """Names of hook points that have a hook on them right now (normally none)."""
@@ -258,9 +250,10 @@ def load_model(
         raise InputError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     device = pick_device(device)
     try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        hf_model = AutoModelForCausalLM.from_pretrained(
+        # local_files_only: the folder is on this machine and nothing is downloaded (the workbench works offline)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+        hf_model, loading = AutoModelForCausalLM.from_pretrained(
             folder,
             config=config,
             use_safetensors=True,  # never unpickle
@@ -268,6 +261,8 @@ def load_model(
             dtype=DTYPES[dtype],
             attn_implementation="eager",  # attention weights are what the workbench shows
             device_map=device_map,
+            local_files_only=True,
+            output_loading_info=True,
         )
     except InputError:
         raise
@@ -280,6 +275,15 @@ def load_model(
         raise InputError(f"could not load the model in {folder}: {_first_line(err)}") from err
     except Exception as err:  # corrupt safetensors, unreadable files, unsupported architecture
         raise InputError(f"could not load the model in {folder}: {_first_line(err)}") from err
+    # transformers fills missing tensors with random values and only logs it: a view of such a model
+    # would look right and mean nothing
+    missing = sorted(loading.get("missing_keys", ()))
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise InputError(
+            f"the weights in {folder} are incomplete: {len(missing)} tensor(s) are missing ({shown}); "
+            "save the whole model again with save_pretrained"
+        )
     hf_model.eval()
     n_params = sum(p.numel() for p in hf_model.parameters())
     try:
@@ -295,8 +299,8 @@ def load_model(
         raise InputError(f"transformer-lens cannot wrap the model in {folder} ({config.model_type}): {_first_line(err)}") from err
     if compatibility_mode:
         bridge.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
-    # per-head outputs (blocks.L.attn.hook_result): cheap at this size, and what head views read
-    bridge.set_use_attn_result(True)
+    # Per-head outputs are not switched on (set_use_attn_result): OPT's and GPT-J's attention bridges
+    # have no such hook, and the views that need them compute them from hook_z and W_O (runs.head_results).
     bridge.eval()
     cfg = bridge.cfg
     info = ModelInfo(
@@ -306,6 +310,7 @@ def load_model(
         architecture=(config.architectures or [config.model_type])[0],
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
+        n_kv_heads=getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
         d_model=cfg.d_model,
         d_head=cfg.d_head,
         d_mlp=cfg.d_mlp,

@@ -10,211 +10,131 @@ patches every cell of a site (a layer × position grid for the residual stream, 
 grid for heads) and reports the metric normalised so that the corrupted run is 0 and the clean
 run is 1.
 
-Speed. transformer-lens's `patching` module (the reference our sweeps are tested against) runs
-one full forward pass per cell. Here many patched runs share one batched pass, each starts at the
-patched layer from the cached residual stream (the layers before it cannot change), and only the
-last position is unembedded. The blocks are run by a plain re-implementation of the bridge's
-compatibility-mode GPT (`Weights`, `block`), which is checked against the bridge's own logits.
+Sites are one table (`SITES`): each knows its hook, its cells, the edit that patches a batch of
+cells, and how attribution patching reduces a gradient to its cells. The exact sweep and
+attribution patching both read it.
+
+Speed, and never silently wrong. transformer-lens's `patching` module (the reference our sweeps
+are tested against) runs one full forward pass per cell. Here the forward engine (engine.py)
+runs many patched runs in one batched pass, each joining the batch at its patched layer from
+the base run's residual stream (the layers before it cannot change) and, for a patched position,
+starting at that position with the base run's keys and values before it (nothing earlier can
+change either), unembedding only the last position and only the logits the metric reads. Before a sweep the engine's logits are checked against the
+bridge's on both prompts; on a mismatch, or a model the engine does not know, the sweep runs
+through the bridge's own hooks instead (batched, slower, exact) and the result says so
+(`PatchResult.path`, `PatchResult.note`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from workbench import engine
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.runs import encode, run_prompt
-from workbench.tokens import token_labels
+from workbench.runs import check_token_ids, encode, memory_budget, next_token_topk, provenance, run_prompt, run_tokens
+from workbench.tokens import Alignment, align, ordinary_token_ids, token_labels
 
 METRICS = ("logit difference", "probability", "log-probability")
 DIRECTIONS = ("denoising", "noising")
-# site -> (what a cell is, the grid's axes)
-SITES = {
-    "resid_pre": "residual stream before each block, per layer × position",
-    "attn_out": "attention output, per layer × position",
-    "mlp_out": "MLP output, per layer × position",
-    "z": "each head's output, per layer × head (all positions)",
-    "z_pos": "each head's output, per layer × head × position",
-    "q": "each head's queries, per layer × head",
-    "k": "each head's keys, per layer × head",
-    "v": "each head's values, per layer × head",
-    "pattern": "each head's attention pattern, per layer × head",
-}
+METHODS = ("exact", "attribution patching")
+PATHS = ("engine", "bridge hooks")
+# position-site batches each span 1/SPLIT of the prompt: shorter runs (causality), smaller matmuls
+SPLIT = 8
 BATCH = 64  # patched runs per pass, at most (fewer when one run's intermediates are large: see batch_size)
+CHECK_TOLERANCE = 1e-4  # the engine's logits must equal the bridge's within this, relative to the logits' scale
+# A clean − corrupted span below this share of the logits' size is float noise (float32 keeps ~7 digits,
+# and a patched run's arithmetic differs in order from the clean run's): dividing by it would show noise
+SPAN_FLOOR = 1e-5
 
 
 def batch_size(model: LoadedModel, n_tokens: int) -> int:
     """Patched runs per pass that keep one block's intermediates within the memory budget."""
-    from workbench.runs import memory_budget
-
     i = model.info
-    per_run = 4 * n_tokens * (6 * i.d_model + 2 * i.d_mlp + 3 * i.n_heads * n_tokens)  # float32 bytes alive in one block
+    per_run = 4 * n_tokens * (6 * i.d_model + 3 * i.d_mlp + 3 * i.n_heads * n_tokens)  # float32 bytes alive in one block
     return max(1, min(BATCH, memory_budget() // max(1, per_run)))
 
 
-# ---- a plain forward pass over the bridge's processed weights --------------------------------------
+# ---- the site table -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Weights:
-    """The bridge's weights in transformer-lens's (layer, head, d_model, d_head) layout, on the CPU."""
+class Site:
+    """A kind of activation to patch: its hook, its cells, and how a batch of cells is patched.
 
-    W_Q: torch.Tensor  # (layer, head, d_model, d_head)
-    b_Q: torch.Tensor  # (layer, head, d_head)
-    W_K: torch.Tensor
-    b_K: torch.Tensor
-    W_V: torch.Tensor
-    b_V: torch.Tensor
-    W_O: torch.Tensor  # (layer, head, d_head, d_model)
-    b_O: torch.Tensor  # (layer, d_model)
-    W_in: torch.Tensor  # (layer, d_model, d_mlp)
-    b_in: torch.Tensor
-    W_out: torch.Tensor  # (layer, d_mlp, d_model)
-    b_out: torch.Tensor
-    ln1: list[tuple[torch.Tensor | None, torch.Tensor | None]]  # per layer (weight, bias)
-    ln2: list[tuple[torch.Tensor | None, torch.Tensor | None]]
-    ln_final: tuple[torch.Tensor | None, torch.Tensor | None]
-    W_U: torch.Tensor  # (d_model, d_vocab)
-    b_U: torch.Tensor  # (d_vocab,)
-    eps: float
-    scale: float  # attention scale, √d_head
-    act: str
-    W_qkv: torch.Tensor | None = None  # (layer, d_model, 3 * head * d_head): the three projections in one matmul
-    b_qkv: torch.Tensor | None = None  # (layer, 3 * head * d_head)
-    W_O_flat: torch.Tensor | None = None  # (layer, head * d_head, d_model)
-
-    def fused(self) -> Weights:
-        """The same weights with Q, K, V (and O) laid out for single matmuls (einsum over heads is slow on CPU)."""
-        layers, heads, d_model, d_head = self.W_Q.shape
-
-        def flat(w):  # (layer, head, d_model, d_head) -> (layer, d_model, head * d_head)
-            return w.permute(0, 2, 1, 3).reshape(layers, d_model, heads * d_head)
-
-        return dataclasses.replace(
-            self,
-            W_qkv=torch.cat([flat(self.W_Q), flat(self.W_K), flat(self.W_V)], -1).contiguous(),
-            b_qkv=torch.cat([self.b_Q.reshape(layers, -1), self.b_K.reshape(layers, -1), self.b_V.reshape(layers, -1)], -1),
-            W_O_flat=self.W_O.reshape(layers, heads * d_head, d_model).contiguous(),
-        )
-
-
-def _ln_params(module, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    w, b = getattr(module, "weight", None), getattr(module, "bias", None)
-    return (None if w is None else w.detach().float().to(device), None if b is None else b.detach().float().to(device))
-
-
-def weights_of(model: LoadedModel) -> Weights:
-    """The model's weights for the plain forward pass, extracted once and kept on the model."""
-    cached = getattr(model, "_patching_weights", None)
-    if cached is not None:
-        return cached
-    if not model.info.compatibility_mode:
-        raise InputError("fast patching needs the model in compatibility mode (the default of load_model)")
-    b = model.bridge
-    act = str(getattr(b.cfg, "act_fn", "gelu_new"))
-    if act not in ("gelu_new", "gelu", "relu", "gelu_fast", "gelu_pytorch_tanh"):
-        raise InputError(f"fast patching does not know the activation '{act}' of this model")
-    configured = float(getattr(b.cfg, "attn_scale", -1.0))
-
-    device = model.device  # CUDA when the model is there: the sweep runs where the weights live
-
-    def t(x):
-        return x.detach().float().to(device)
-
-    w = Weights(
-        t(b.W_Q), t(b.b_Q), t(b.W_K), t(b.b_K), t(b.W_V), t(b.b_V), t(b.W_O), t(b.b_O),
-        t(b.W_in), t(b.b_in), t(b.W_out), t(b.b_out),
-        [_ln_params(blk.ln1, device) for blk in b.blocks], [_ln_params(blk.ln2, device) for blk in b.blocks], _ln_params(b.ln_final, device),
-        t(b.W_U), t(b.b_U) if getattr(b, "b_U", None) is not None else torch.zeros(model.info.d_vocab, device=device),
-        float(getattr(b.cfg, "eps", 1e-5)), configured if configured > 0 else math.sqrt(model.info.d_head), act,
-    ).fused()  # fmt: skip
-    object.__setattr__(model, "_patching_weights", w)
-    return w
-
-
-def _act(x: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "relu":
-        return torch.relu(x)
-    if kind == "gelu":
-        return torch.nn.functional.gelu(x)
-    return torch.nn.functional.gelu(x, approximate="tanh")
-
-
-def _ln(x: torch.Tensor, params, eps: float) -> torch.Tensor:
-    return torch.nn.functional.layer_norm(x, (x.shape[-1],), params[0], params[1], eps)
-
-
-# In-block edits: site -> f(activation) applied inside one block. Shapes follow transformer-lens hooks.
-Edits = dict[str, Callable[[torch.Tensor], torch.Tensor]]
-
-
-def block(w: Weights, layer: int, resid: torch.Tensor, edits: Edits | None = None) -> torch.Tensor:
-    """(batch, pos, d_model) -> the residual stream after block `layer`, with optional in-block edits."""
-    edits = edits or {}
-    batch, pos, _ = resid.shape
-    heads, d_head = w.W_Q.shape[1], w.W_Q.shape[3]
-    x = _ln(resid, w.ln1[layer], w.eps)
-    qkv = torch.addmm(w.b_qkv[layer], x.reshape(batch * pos, -1), w.W_qkv[layer])  # (batch * pos, 3 * head * d_head)
-    q, k, v = qkv.reshape(batch, pos, 3, heads, d_head).unbind(2)  # each (batch, pos, head, d_head)
-    q, k, v = (edits[n](t) if n in edits else t for n, t in (("q", q), ("k", k), ("v", v)))
-    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / w.scale  # (batch, head, q, k)
-    future = torch.ones(pos, pos, dtype=torch.bool, device=resid.device).triu(1)
-    pattern = scores.masked_fill(future, float("-inf")).softmax(-1)
-    if "pattern" in edits:
-        pattern = edits["pattern"](pattern)
-    z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (batch, pos, head, d_head)
-    if "z" in edits:
-        z = edits["z"](z)
-    attn_out = (z.reshape(batch * pos, heads * d_head) @ w.W_O_flat[layer]).reshape(batch, pos, -1) + w.b_O[layer]
-    if "attn_out" in edits:
-        attn_out = edits["attn_out"](attn_out)
-    mid = resid + attn_out
-    h = _act(_ln(mid, w.ln2[layer], w.eps) @ w.W_in[layer] + w.b_in[layer], w.act)  # (batch, pos, d_mlp)
-    mlp_out = h @ w.W_out[layer] + w.b_out[layer]
-    if "mlp_out" in edits:
-        mlp_out = edits["mlp_out"](mlp_out)
-    return mid + mlp_out
-
-
-def last_block(w: Weights, layer: int, resid: torch.Tensor) -> torch.Tensor:
-    """block() for the final layer when only the last position is read: (batch, pos, d_model) -> (batch, d_model).
-
-    Keys and values still come from every position; the query, the attention row and the MLP only
-    from the last one.
+    A cell is (layer, position), (layer, head) or (layer, head, position). Head sites without
+    "position" in their axes patch the head at every position at once.
     """
-    batch, pos, _ = resid.shape
-    heads, d_head = w.W_Q.shape[1], w.W_Q.shape[3]
-    x = _ln(resid, w.ln1[layer], w.eps)
-    hd = heads * d_head
-    kv = torch.addmm(w.b_qkv[layer, hd:], x.reshape(batch * pos, -1), w.W_qkv[layer, :, hd:])  # keys and values everywhere
-    k, v = kv.reshape(batch, pos, 2, heads, d_head).unbind(2)  # (batch, pos, head, d_head)
-    q = (torch.addmm(w.b_qkv[layer, :hd], x[:, -1], w.W_qkv[layer, :, :hd])).reshape(batch, heads, d_head)  # the last query only
-    pattern = (torch.einsum("bhe,bkhe->bhk", q, k) / w.scale).softmax(-1)  # the last query sees every key
-    z = torch.einsum("bhk,bkhe->bhe", pattern, v)
-    mid = resid[:, -1] + z.reshape(batch, hd) @ w.W_O_flat[layer] + w.b_O[layer]
-    h = _act(_ln(mid, w.ln2[layer], w.eps) @ w.W_in[layer] + w.b_in[layer], w.act)
-    return mid + h @ w.W_out[layer] + w.b_out[layer]
+
+    name: str
+    description: str
+    engine_site: str  # the engine's / transformer-lens's site (engine.SITE_HOOKS)
+    axes: tuple[str, ...]  # the grid's axes, "layer" first
+    kv: bool = False  # counts key/value heads (fewer under grouped-query attention)
+
+    def hook(self, layer: int) -> str:
+        return f"blocks.{layer}.{engine.SITE_HOOKS[self.engine_site]}"
+
+    def shape(self, model: LoadedModel, n_tokens: int) -> tuple[int, ...]:
+        i = model.info
+        sizes = {"layer": i.n_layers, "head": i.n_kv_heads if self.kv else i.n_heads, "position": n_tokens}
+        return tuple(sizes[a] for a in self.axes)
+
+    def cells(self, model: LoadedModel, n_tokens: int) -> list[tuple[int, ...]]:
+        """Every cell, in row-major order of the grid."""
+        return [
+            tuple(int(v) for v in index)
+            for index in torch.cartesian_prod(*(torch.arange(n) for n in self.shape(model, n_tokens))).reshape(-1, len(self.axes))
+        ]
+
+    def edit(self, layer: int, cells: list[tuple[int, ...]], source: torch.Tensor, offset: int = 0) -> engine.Edit:
+        """Batch row i gets cell i's slice of `source` (this layer's activation of the source run, no batch dim).
+
+        `offset`: the patched runs start at this position (see engine.forward's `past`), so the
+        edit's positions count from it.
+        """
+        pick = {a: torch.tensor([c[k] for c in cells], device=source.device) for k, a in enumerate(self.axes) if a != "layer"}
+        position, head = pick.get("position"), pick.get("head")
+        if self.engine_site == "pattern":  # source (head, query, key): the head's whole pattern
+            value = source[head]
+        elif head is None:  # residual-stream sites, source (pos, d_model)
+            value = source[position]
+        elif position is None:  # a head at every position, source (pos, head, d_head) -> (batch, pos, d_head)
+            value = source[:, head].transpose(0, 1)
+        else:
+            value = source[position, head]
+        position = None if position is None else position - offset
+        return engine.Edit("replace", self.engine_site, layer, position=position, head=head, value=value)
+
+    def reduce(self, effect: torch.Tensor) -> torch.Tensor:
+        """One layer's attribution-patching effect (activation-shaped, no batch dim) summed to its cells."""
+        if self.engine_site == "pattern":
+            return effect.sum((-1, -2))  # (head, query, key) -> (head,)
+        if "head" not in self.axes:
+            return effect.sum(-1)  # (pos, d_model) -> (pos,)
+        if "position" in self.axes:
+            return effect.sum(-1).T  # (pos, head, d_head) -> (head, pos)
+        return effect.sum((0, 2))  # (pos, head, d_head) -> (head,)
 
 
-def run_from(w: Weights, layer: int, resid: torch.Tensor, edits: Edits | None = None, columns: torch.Tensor | None = None) -> torch.Tensor:
-    """Next-token logits (batch, d_vocab) at the last position, running blocks layer.. from `resid` (batch, pos, d_model).
-
-    With `columns`, only those tokens' logits (batch, len(columns)): enough for a logit difference,
-    and the unembedding of a 50k vocabulary is a large share of the work otherwise.
-    """
-    last = w.W_Q.shape[0] - 1
-    for index in range(layer, last):
-        resid = block(w, index, resid, edits if index == layer else None)
-    final = block(w, last, resid, edits)[:, -1] if layer == last and edits else last_block(w, last, resid)
-    x = _ln(final, w.ln_final, w.eps)
-    if columns is not None:
-        return x @ w.W_U[:, columns] + w.b_U[columns]
-    return x @ w.W_U + w.b_U
+SITES = {
+    s.name: s
+    for s in (
+        Site("resid_pre", "residual stream before each block, per layer × position", "resid_pre", ("layer", "position")),
+        Site("attn_out", "attention output, per layer × position", "attn_out", ("layer", "position")),
+        Site("mlp_out", "MLP output, per layer × position", "mlp_out", ("layer", "position")),
+        Site("z", "each head's output, per layer × head (all positions)", "z", ("layer", "head")),
+        Site("z_pos", "each head's output, per layer × head × position", "z", ("layer", "head", "position")),
+        Site("q", "each head's queries, per layer × head", "q", ("layer", "head")),
+        Site("k", "each key/value head's keys, per layer × head", "k", ("layer", "head"), kv=True),
+        Site("v", "each key/value head's values, per layer × head", "v", ("layer", "head"), kv=True),
+        Site("pattern", "each head's attention pattern, per layer × head", "pattern", ("layer", "head")),
+    )
+}
 
 
 # ---- prompts, metric, baselines -----------------------------------------------------------------
@@ -235,7 +155,7 @@ class PatchingSetup:
         return [self.answer, self.wrong] if self.metric == "logit difference" else None
 
     def value_of_columns(self, logits: torch.Tensor) -> torch.Tensor:
-        """(batch,) metric from run_from(..., columns=self.columns()) or from full logits."""
+        """(batch,) metric from logits restricted to self.columns() (engine.forward(..., columns=...)) or full logits."""
         if self.metric == "logit difference" and logits.shape[-1] == 2:
             return logits[:, 0] - logits[:, 1]
         return self.value(logits)
@@ -249,35 +169,17 @@ class PatchingSetup:
         return logits.log_softmax(-1)[:, self.answer]
 
 
-@dataclass(frozen=True)
-class TokenComparison:
-    """Both prompts' tokens side by side, and where they differ."""
-
-    clean: list[str]
-    corrupted: list[str]
-    differ: list[int]  # positions whose tokens differ (over the shorter length)
-
-    @property
-    def same_length(self) -> bool:
-        return len(self.clean) == len(self.corrupted)
+def compare_tokens(model: LoadedModel, clean: str, corrupted: str) -> Alignment:
+    """Both prompts' tokens side by side (`labels_a` clean, `labels_b` corrupted), and where they differ."""
+    return align(model.tokenizer, encode(model, clean)[0], encode(model, corrupted)[0])
 
 
-def compare_tokens(model: LoadedModel, clean: str, corrupted: str) -> TokenComparison:
-    a, _ = encode(model, clean)
-    b, _ = encode(model, corrupted)
-    n = min(len(a), len(b))
-    differ = [i for i in range(n) if a[i] != b[i]]
-    return TokenComparison(token_labels(model.tokenizer, a.tolist()), token_labels(model.tokenizer, b.tolist()), differ)
-
-
-def candidate_targets(model: LoadedModel, clean: str, corrupted: str, k: int = 8) -> tuple[dict[str, int], dict[str, int]]:
+def candidate_answers(model: LoadedModel, clean: str, corrupted: str, k: int = 8) -> tuple[dict[str, int], dict[str, int]]:
     """({label: id} answers, {label: id} wrongs) to offer, best guesses first.
 
     Where the prompts differ in one token, that token of each prompt comes first (the usual
     copying or fact pair: the clean prompt's word is the answer); then each run's top predictions.
     """
-    from workbench.generate import next_token_topk
-
     clean_ids, corrupted_ids = encode(model, clean)[0], encode(model, corrupted)[0]
     answers: dict[str, int] = {}
     wrongs: dict[str, int] = {}
@@ -298,9 +200,8 @@ def check_setup(model: LoadedModel, s: PatchingSetup) -> tuple[torch.Tensor, tor
     """((pos,), (pos,)) clean and corrupted ids, or InputError saying what to change."""
     if s.metric not in METRICS:
         raise InputError(f"unknown metric '{s.metric}': use one of {', '.join(METRICS)}")
-    for name, t in (("answer", s.answer), ("wrong", s.wrong)):
-        if not (isinstance(t, int) and 0 <= t < model.info.d_vocab):
-            raise InputError(f"the {name} token must be a token id in 0..{model.info.d_vocab - 1}")
+    check_token_ids(model, [s.answer], "the answer token")
+    check_token_ids(model, [s.wrong], "the wrong token")
     clean, _ = encode(model, s.clean)
     corrupted, _ = encode(model, s.corrupted)
     if len(clean) != len(corrupted):
@@ -334,21 +235,26 @@ def corrupt_word(model: LoadedModel, clean: str, word: str, replacement: str) ->
 class PatchResult:
     """A sweep: the normalised metric for every cell of one site (0 = corrupted run, 1 = clean run)."""
 
-    site: str
+    site: str  # a key of SITES
     direction: str
     metric: str
+    method: str  # "exact" or "attribution patching" (a linear estimate: ranks cells, misjudges sizes)
     axes: tuple[str, ...]  # e.g. ("layer", "position") or ("layer", "head")
-    values: torch.Tensor  # normalised, shape by axes
+    values: torch.Tensor  # normalised, shape by axes; NaN when the clean and corrupted metrics are too close (see note)
     raw: torch.Tensor  # the metric itself, same shape
     clean_value: float
     corrupted_value: float
     labels: list[str]  # position labels of the clean prompt
     setup: PatchingSetup = field(repr=False)
+    path: str = "engine"  # how the patched runs were computed: "engine" or "bridge hooks"
+    note: str = ""  # why the bridge's hooks were used, or why values are NaN; shown with the result
+    provenance: dict = field(default_factory=dict, repr=False)
 
     def ranked(self, k: int = 10) -> list[dict]:
-        """The k cells that move the metric most (by |normalised effect|)."""
+        """The k cells that move the metric most (by |normalised effect|, by |metric change| when not normalisable)."""
         flat = self.values.flatten()
-        order = flat.abs().argsort(descending=True)[:k]
+        key = flat.abs() if torch.isfinite(flat).any() else (self.raw.flatten() - self.corrupted_value).abs()
+        order = key.nan_to_num(-1.0).argsort(descending=True)[:k]
         rows = []
         for i in order.tolist():
             index = torch.unravel_index(torch.tensor(i), self.values.shape)
@@ -362,53 +268,146 @@ class PatchResult:
         return self.ranked(self.values.numel())
 
 
-_ACT_NAMES = {
-    "attn_out": "hook_attn_out",
-    "mlp_out": "hook_mlp_out",
-    "z": "attn.hook_z",
-    "z_pos": "attn.hook_z",
-    "q": "attn.hook_q",
-    "k": "attn.hook_k",
-    "v": "attn.hook_v",
-    "pattern": "attn.hook_pattern",
-}
+def _site(site: str) -> Site:
+    if site not in SITES:
+        raise InputError(f"unknown site '{site}': use one of {', '.join(SITES)}")
+    return SITES[site]
 
 
-def _cells(site: str, info, pos: int) -> tuple[tuple[str, ...], list[tuple[int, ...]]]:
-    if site in ("resid_pre", "attn_out", "mlp_out"):
-        return ("layer", "position"), [(layer, p) for layer in range(info.n_layers) for p in range(pos)]
-    if site == "z_pos":
-        return ("layer", "head", "position"), [
-            (layer, h, p) for layer in range(info.n_layers) for h in range(info.n_heads) for p in range(pos)
-        ]
-    return ("layer", "head"), [(layer, h) for layer in range(info.n_layers) for h in range(info.n_heads)]
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise InputError(f"unknown direction '{direction}': use denoising or noising")
 
 
-def _edit_for(site: str, cells: list[tuple[int, ...]], source: torch.Tensor) -> Edits:
-    """Batched in-block edits: batch row i gets cell i's slice of `source` (one layer's activation, no batch dim)."""
+def _normalise(raw: torch.Tensor, clean_value: float, corrupted_value: float, logits: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """(normalised values, note). A span within float noise of the logits' scale is not divided by."""
+    span = clean_value - corrupted_value
+    noise = SPAN_FLOOR * float(logits.abs().max())
+    if abs(span) <= noise:
+        return torch.full_like(raw, float("nan")), (
+            f"the clean and corrupted runs give the same metric within float noise ({span:.2g}, logits of size "
+            f"{float(logits.abs().max()):.3g}): nothing to restore, so the values are not normalised; pick prompts "
+            "or answer tokens that the two runs treat differently"
+        )
+    return (raw - corrupted_value) / span, ""
 
-    def replace(act: torch.Tensor) -> torch.Tensor:
-        act = act.clone()
-        rows = torch.arange(len(cells), device=act.device)
 
-        def index(i: int) -> torch.Tensor:
-            return torch.tensor([c[i] for c in cells], device=act.device)
+@dataclass(frozen=True)
+class _Runs:
+    """The clean and corrupted runs a sweep starts from, by the engine or the bridge.
 
-        if site in ("attn_out", "mlp_out"):  # act (batch, pos, d_model)
-            p = index(1)
-            act[rows, p] = source[p]
-        elif site == "z_pos":  # act (batch, pos, head, d_head)
-            h, p = index(1), index(2)
-            act[rows, p, h] = source[p, h]
-        elif site == "pattern":  # act (batch, head, q, k)
-            h = index(1)
-            act[rows, h] = source[h]
-        else:  # z, q, k, v: act (batch, pos, head, d_head), every position of head h
-            h = index(1)
-            act[rows, :, h] = source[:, h].permute(1, 0, 2)  # (batch, pos, d_head)
-        return act
+    The base run is the one being patched (corrupted for denoising, clean for noising); the source
+    run is the one the patched values come from.
+    """
 
-    return {"z" if site == "z_pos" else site: replace}
+    clean_logits: torch.Tensor  # (pos, d_vocab) from the bridge: the numbers the result reports against
+    corrupted_logits: torch.Tensor
+    labels: list[str]
+    base: dict[str, torch.Tensor]  # hook name -> activation (no batch dim) of the base run: the one being patched
+    source: dict[str, torch.Tensor]  # ... of the run the patched values come from
+    base_tokens: torch.Tensor  # (pos,)
+    path: str
+    note: str
+    weights: engine.Weights | None = None
+
+
+def _engine_mismatch(w: engine.Weights, ids: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |engine logits − bridge logits| / the logits' scale, for one prompt (pos,)."""
+    with torch.no_grad():
+        ours = engine.forward(w, ids[None].to(w.W_U.device)).logits[0].float().cpu()
+    return float((ours - reference).abs().max()) / max(1.0, float(reference.abs().max()))
+
+
+def _prepare(model: LoadedModel, setup: PatchingSetup, site: Site, direction: str) -> _Runs:
+    """Both runs, with the activations the site's patching reads, by the engine when it checks out."""
+    clean_ids, corrupted_ids = check_setup(model, setup)
+    layers = range(model.info.n_layers)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in layers] + [site.hook(layer) for layer in layers]
+    names = list(dict.fromkeys(names))
+    # keys and values of every layer: a patched run that starts at position p takes the earlier ones from here
+    past_names = [f"blocks.{layer}.attn.hook_{kv}" for layer in layers for kv in "kv"]
+    clean = run_prompt(model, setup.clean, names)  # the bridge's run: the reference and the reported baselines
+    corrupted = run_prompt(model, setup.corrupted, names)
+    note = ""
+    try:
+        w = engine.weights_of(model)
+        for which, ids, run in (("clean", clean_ids, clean), ("corrupted", corrupted_ids, corrupted)):
+            gap = _engine_mismatch(w, ids, run.logits)
+            if gap > CHECK_TOLERANCE:
+                raise engine.Unsupported(
+                    f"the forward engine's logits differ from the model's by {gap:.1e} (relative) on the {which} prompt"
+                )
+    except engine.Unsupported as err:
+        note = f"{err}; this sweep ran through the model's own hooks instead (exact, slower)"
+        w = None
+    base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
+    base_ids = corrupted_ids if direction == "denoising" else clean_ids
+    if w is None:
+        _check_hook_reaches_output(model, site, base_ids)
+        return _Runs(clean.logits, corrupted.logits, clean.labels, base.cache, source.cache, base_ids, "bridge hooks", note)
+    # the engine's own activations: the patched runs continue from exactly what it computes
+    device = w.W_U.device
+    with torch.no_grad():
+        src_ids = clean_ids if direction == "denoising" else corrupted_ids
+        base_out = engine.forward(w, base_ids[None].to(device), capture=names + past_names).captured
+        source_out = engine.forward(w, src_ids[None].to(device), capture=names).captured
+    return _Runs(
+        clean.logits, corrupted.logits, clean.labels,
+        {n: a[0] for n, a in base_out.items()}, {n: a[0] for n, a in source_out.items()}, base_ids, "engine", note, w,
+    )  # fmt: skip
+
+
+def _check_hook_reaches_output(model: LoadedModel, site: Site, ids: torch.Tensor) -> None:
+    """InputError when editing the site's hook does not change the output (measured: transformer-lens 4.3's
+    OPT and GPT-J attention bridges compute their output without reading an edited hook_pattern)."""
+    edit = engine.Edit("ablate", site.engine_site, model.info.n_layers - 1)
+    plain, _ = run_tokens(model, ids[None], last_only=True)
+    edited, _ = run_tokens(model, ids[None], hooks=[(edit.hook, lambda act, hook: engine.apply(edit, act))], last_only=True)
+    if torch.equal(plain, edited):
+        raise InputError(
+            f"the '{site.name}' site cannot be patched on this model: the forward engine does not run it, and editing "
+            f"transformer-lens's {edit.hook} does not change its output; patch another site (z is the heads' output)"
+        )
+
+
+def _passes(s: Site, cells: list[tuple[int, ...]], per_batch: int, n_tokens: int) -> list[list[int]]:
+    """Cells grouped into batched passes of at most `per_batch`, each sorted by layer.
+
+    One pass holds the cells of every layer (each patched run joins the batch at its own layer);
+    for sites with positions, a pass spans 1/SPLIT of the prompt, so that its runs can start at
+    its first position (by causality nothing before it changes).
+    """
+    order = sorted(range(len(cells)), key=lambda i: cells[i][0])  # by layer, stable
+    groups = [order]
+    if "position" in s.axes:
+        axis, span = s.axes.index("position"), max(1, -(-n_tokens // SPLIT))
+        groups = [[i for i in order if cells[i][axis] // span == g] for g in range(-(-n_tokens // span))]
+    return [group[i : i + per_batch] for group in groups for i in range(0, len(group), per_batch) if group]
+
+
+def _engine_pass(s: Site, cells: list[tuple[int, ...]], chunk: list[int], runs: _Runs, columns: torch.Tensor | None) -> torch.Tensor:
+    """(len(chunk), d_vocab or columns) next-token logits of the chunk's patched runs, in one engine call."""
+    w = runs.weights
+    device = w.W_U.device
+    n_layers = w.n_layers
+    first = min(cells[i][s.axes.index("position")] for i in chunk) if "position" in s.axes else 0
+    enter, edits, row = {}, [], 0
+    for layer in sorted({cells[i][0] for i in chunk}):
+        mine = [cells[i] for i in chunk if cells[i][0] == layer]
+        resid = runs.base[f"blocks.{layer}.hook_resid_pre"].float().to(device)[first:]  # (pos - first, d_model)
+        enter[layer] = resid[None].expand(len(mine), -1, -1)  # (rows, pos - first, d_model)
+        edit = s.edit(layer, mine, runs.source[s.hook(layer)].float().to(device), offset=first)
+        edits.append(dataclasses.replace(edit, rows=torch.arange(row, row + len(mine), device=device)))
+        row += len(mine)
+    past = None
+    if first:  # keys and values of the positions before `first`, from the base run
+        start = min(enter)
+        past = {
+            later: (runs.base[f"blocks.{later}.attn.hook_k"][None, :first], runs.base[f"blocks.{later}.attn.hook_v"][None, :first])
+            for later in range(start, n_layers)
+        }
+    with torch.no_grad():
+        return engine.forward(w, enter=enter, edits=edits, last_only=True, columns=columns, past=past).logits
 
 
 def sweep(
@@ -419,150 +418,107 @@ def sweep(
     progress: Callable[[int, int], bool | None] | None = None,
 ) -> PatchResult:
     """Patches every cell of `site`; `progress(done, total)` is called after each batch and may return False to cancel."""
-    if site not in SITES:
-        raise InputError(f"unknown site '{site}': use one of {', '.join(SITES)}")
-    if direction not in DIRECTIONS:
-        raise InputError(f"unknown direction '{direction}': use denoising or noising")
-    check_setup(model, setup)
-    info = model.info
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(info.n_layers)]
-    if site != "resid_pre":
-        names += [f"blocks.{layer}.{_ACT_NAMES[site]}" for layer in range(info.n_layers)]
-    clean_run = run_prompt(model, setup.clean, names)
-    corrupted_run = run_prompt(model, setup.corrupted, names)
-    target, source = (corrupted_run, clean_run) if direction == "denoising" else (clean_run, corrupted_run)
-    clean_value = float(setup.value(clean_run.logits[-1:]))
-    corrupted_value = float(setup.value(corrupted_run.logits[-1:]))
-    w = weights_of(model)
-    pos = clean_run.n_tokens
-    axes, cells = _cells(site, info, pos)
+    s = _site(site)
+    _check_direction(direction)
+    runs = _prepare(model, setup, s, direction)
+    pos = len(runs.labels)
+    cells = s.cells(model, pos)
     raw = torch.empty(len(cells))
     done = 0
-    batch_cells = batch_size(model, pos)
-    columns = None if setup.columns() is None else torch.tensor(setup.columns(), device=w.W_U.device)
-    with torch.no_grad():
-        for layer in range(info.n_layers):
-            in_layer = [i for i, c in enumerate(cells) if c[0] == layer]
-            resid = target[f"blocks.{layer}.hook_resid_pre"].float().to(w.W_U.device)  # (pos, d_model)
-            for start in range(0, len(in_layer), batch_cells):
-                chunk = in_layer[start : start + batch_cells]
-                batch = resid[None].expand(len(chunk), -1, -1).clone()  # (batch, pos, d_model)
-                edits = None
-                if site == "resid_pre":
-                    p = torch.tensor([cells[i][1] for i in chunk], device=batch.device)
-                    batch[torch.arange(len(chunk), device=batch.device), p] = (
-                        source[f"blocks.{layer}.hook_resid_pre"].float().to(batch.device)[p]
-                    )
-                else:
-                    edits = _edit_for(
-                        site, [cells[i] for i in chunk], source[f"blocks.{layer}.{_ACT_NAMES[site]}"].float().to(batch.device)
-                    )
-                raw[chunk] = setup.value_of_columns(run_from(w, layer, batch, edits, columns)).cpu()
-                done += len(chunk)
-                if progress is not None and progress(done, len(cells)) is False:
-                    raise InputError(f"the sweep was cancelled after {done} of {len(cells)} cells")
-    shape = tuple({"layer": info.n_layers, "position": pos, "head": info.n_heads}[a] for a in axes)
-    span = clean_value - corrupted_value
-    normalised = (raw - corrupted_value) / span if abs(span) > 1e-9 else torch.full_like(raw, float("nan"))
+    per_batch = batch_size(model, pos)
+    w = runs.weights
+    device = w.W_U.device if w is not None else model.device
+    columns = None if setup.columns() is None else torch.tensor(setup.columns(), device=device)
+    if w is not None:
+        for chunk in _passes(s, cells, per_batch, pos):
+            chunk = sorted(chunk, key=lambda i: cells[i][0])  # the rows' order in the pass: by layer
+            raw[chunk] = setup.value_of_columns(_engine_pass(s, cells, chunk, runs, columns)).float().cpu()
+            done += len(chunk)
+            if progress is not None and progress(done, len(cells)) is False:
+                raise InputError(f"the sweep was cancelled after {done} of {len(cells)} cells")
+        return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
+    for layer in range(model.info.n_layers):
+        in_layer = [i for i, c in enumerate(cells) if c[0] == layer]
+        source = runs.source[s.hook(layer)].float().to(device)
+        for start in range(0, len(in_layer), per_batch):
+            chunk = in_layer[start : start + per_batch]
+            edit = s.edit(layer, [cells[i] for i in chunk], source)
+            tokens = runs.base_tokens[None].expand(len(chunk), -1)  # (batch, pos)
+
+            def patch(act: torch.Tensor, hook, edit=edit) -> torch.Tensor:
+                return engine.apply(edit, act)
+
+            logits, _ = run_tokens(model, tokens, hooks=[(edit.hook, patch)], last_only=True)
+            raw[chunk] = setup.value(logits[:, -1].float()).cpu()
+            done += len(chunk)
+            if progress is not None and progress(done, len(cells)) is False:
+                raise InputError(f"the sweep was cancelled after {done} of {len(cells)} cells")
+    return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
+
+
+def _result(model: LoadedModel, setup: PatchingSetup, s: Site, direction: str, method: str, raw: torch.Tensor, runs: _Runs) -> PatchResult:
+    clean_value = float(setup.value(runs.clean_logits[-1:]))
+    corrupted_value = float(setup.value(runs.corrupted_logits[-1:]))
+    normalised, why = _normalise(raw, clean_value, corrupted_value, runs.clean_logits[-1])
     return PatchResult(
-        site,
-        direction,
-        setup.metric,
-        axes,
-        normalised.reshape(shape),
-        raw.reshape(shape),
-        clean_value,
-        corrupted_value,
-        clean_run.labels,
-        setup,
-    )
+        site=s.name,
+        direction=direction,
+        metric=setup.metric,
+        method=method,
+        axes=s.axes,
+        values=normalised,
+        raw=raw,
+        clean_value=clean_value,
+        corrupted_value=corrupted_value,
+        labels=runs.labels,
+        setup=setup,
+        path=runs.path,
+        note="; ".join(n for n in (runs.note, why) if n),
+        provenance=provenance(
+            model, [setup.clean, setup.corrupted], site=s.name, direction=direction, metric=setup.metric, method=method,
+            answer=setup.answer, wrong=setup.wrong, path=runs.path,
+        ),
+    )  # fmt: skip
 
 
 # ---- attribution patching: the linear estimate, one forward and one backward pass ------------------
 
 
-def _site_activation(site: str) -> str:
-    return {"z_pos": "z"}.get(site, site)
-
-
 def attribution_sweep(model: LoadedModel, setup: PatchingSetup, site: str = "resid_pre", direction: str = "denoising") -> PatchResult:
-    """Estimates every cell's patching effect as (source − target activation) · ∂metric/∂activation.
+    """Estimates every cell's patching effect as (source − base activation) · ∂metric/∂activation.
 
-    The gradient is taken once, on the target run (corrupted for denoising). It ranks cells well
+    The gradient is taken once, on the base run (the one being patched: corrupted for denoising). It ranks cells well
     but misjudges sizes (measured here: rank correlation ~0.99, sizes off by up to 5×), so it is a
-    preview: check the top cells exactly.
+    preview: check the top cells exactly. Runs through the engine, or the bridge's hooks when the
+    engine does not check out.
     """
-    if site not in SITES:
-        raise InputError(f"unknown site '{site}': use one of {', '.join(SITES)}")
-    if direction not in DIRECTIONS:
-        raise InputError(f"unknown direction '{direction}': use denoising or noising")
-    check_setup(model, setup)
-    w = weights_of(model)
-    info = model.info
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(info.n_layers)]
-    clean_run = run_prompt(model, setup.clean, names)
-    corrupted_run = run_prompt(model, setup.corrupted, names)
-    target, source = (corrupted_run, clean_run) if direction == "denoising" else (clean_run, corrupted_run)
-    act_name = _site_activation(site)
-
-    def run_capturing(resid0: torch.Tensor, grad: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        captured: list[torch.Tensor] = []
-        resid = resid0
-        for layer in range(info.n_layers):
-            if act_name == "resid_pre":
-                if grad:
-                    resid.retain_grad()  # one graph through every layer: each resid_pre keeps its gradient
-                captured.append(resid)
-                resid = block(w, layer, resid)
-            else:
-
-                def keep(a: torch.Tensor) -> torch.Tensor:
-                    if grad:
-                        a.retain_grad()
-                    captured.append(a)
-                    return a
-
-                resid = block(w, layer, resid, {act_name: keep})
-        return _ln(resid[:, -1], w.ln_final, w.eps) @ w.W_U + w.b_U, captured
-
-    device = w.W_U.device
-    with torch.no_grad():
-        _, source_acts = run_capturing(source["blocks.0.hook_resid_pre"].float()[None].to(device), grad=False)
-    resid0 = target["blocks.0.hook_resid_pre"].float()[None].to(device).clone().requires_grad_(True)  # never the shared cached tensor
-    with torch.enable_grad():
-        logits, target_acts = run_capturing(resid0, grad=True)
-        setup.value(logits).sum().backward()
+    s = _site(site)
+    _check_direction(direction)
+    runs = _prepare(model, setup, s, direction)
+    names = [s.hook(layer) for layer in range(model.info.n_layers)]
+    w = runs.weights
+    if w is not None:
+        with torch.enable_grad():
+            out = engine.forward(w, runs.base_tokens[None].to(w.W_U.device), capture=names, last_only=True)
+            acts = [out.captured[n] for n in names]
+            for a in acts:
+                a.retain_grad()
+            setup.value(out.logits.float()).sum().backward()
+    else:
+        logits, cache = run_tokens(model, runs.base_tokens[None], names, last_only=True, grad=True)
+        acts = [cache[n] for n in names]
+        for a in acts:
+            a.retain_grad()
+        setup.value(logits[:, -1].float()).sum().backward()
     effects = []
-    for s_act, t_act in zip(source_acts, target_acts, strict=True):
-        e = (s_act.detach() - t_act.detach()) * t_act.grad  # same shape as the activation, batch 1
-        e = e[0].cpu()
-        if site in ("resid_pre", "attn_out", "mlp_out"):
-            effects.append(e.sum(-1))  # (pos,)
-        elif site == "z_pos":
-            effects.append(e.sum(-1).T)  # (head, pos)
-        elif site == "pattern":
-            effects.append(e.sum((-1, -2)))  # (head,)
-        else:
-            effects.append(e.sum((0, 2)))  # (head,)
-    clean_value = float(setup.value(clean_run.logits[-1:]))
-    corrupted_value = float(setup.value(corrupted_run.logits[-1:]))
-    target_value = corrupted_value if direction == "denoising" else clean_value
-    raw = torch.stack(effects) + target_value  # the estimated patched metric
-    span = clean_value - corrupted_value
-    normalised = (raw - corrupted_value) / span if abs(span) > 1e-9 else torch.full_like(raw, float("nan"))
-    axes, _ = _cells(site, info, clean_run.n_tokens)
-    return PatchResult(
-        f"{site} (attribution patching estimate)",
-        direction,
-        setup.metric,
-        axes,
-        normalised,
-        raw,
-        clean_value,
-        corrupted_value,
-        clean_run.labels,
-        setup,
-    )
+    for name, act in zip(names, acts, strict=True):
+        grad = act.grad[0].detach().float().cpu()  # activation-shaped, no batch dim
+        effects.append(s.reduce((runs.source[name].float().cpu() - act.detach()[0].float().cpu()) * grad))
+    clean_value = float(setup.value(runs.clean_logits[-1:]))
+    corrupted_value = float(setup.value(runs.corrupted_logits[-1:]))
+    base_value = corrupted_value if direction == "denoising" else clean_value
+    raw = torch.stack(effects) + base_value  # the estimated patched metric
+    return _result(model, setup, s, direction, "attribution patching", raw, runs)
 
 
 def correlation(a: PatchResult, b: PatchResult) -> float:
@@ -576,8 +532,7 @@ def correlation(a: PatchResult, b: PatchResult) -> float:
 
 def exact_cells(model: LoadedModel, result: PatchResult, k: int = 5) -> list[dict]:
     """The exact normalised effect of the top k cells of a sweep (typically an estimate), by patching each."""
-    site = result.site.split(" ")[0]
-    exact = sweep(model, result.setup, site, result.direction)
+    exact = sweep(model, result.setup, result.site, result.direction)
     rows = []
     for row in result.ranked(k):
         index = tuple(row[a] for a in result.axes)
@@ -600,6 +555,9 @@ class DatasetPatchResult:
     std: torch.Tensor  # spread over the pairs
     n_pairs: int
     labels: list[str]  # position labels of the first pair
+    path: str = "engine"  # "engine", or "bridge hooks" when any pair's sweep fell back to them
+    note: str = ""  # the pairs' notes, when any
+    provenance: dict = field(default_factory=dict, repr=False)
 
 
 def sweep_dataset(
@@ -615,7 +573,8 @@ def sweep_dataset(
     shapes = {r.values.shape for r in results}
     if len(shapes) > 1:
         raise InputError("every prompt pair of a dataset must have the same number of tokens, so that positions line up")
-    stack = torch.stack([r.values for r in results])
+    stack = torch.stack([r.values for r in results])  # (pair, ...)
+    notes = list(dict.fromkeys(r.note for r in results if r.note))
     return DatasetPatchResult(
         site,
         direction,
@@ -625,7 +584,13 @@ def sweep_dataset(
         stack.std(0) if len(results) > 1 else torch.zeros_like(stack[0]),
         len(results),
         results[0].labels,
-    )
+        path="bridge hooks" if any(r.path == "bridge hooks" for r in results) else "engine",
+        note="; ".join(notes),
+        provenance=provenance(
+            model, [p for s in setups for p in (s.clean, s.corrupted)], site=site, direction=direction, metric=setups[0].metric,
+            method="exact", answers=[s.answer for s in setups], wrongs=[s.wrong for s in setups],
+        ),
+    )  # fmt: skip
 
 
 def induction_pairs(model: LoadedModel, n_pairs: int = 8, length: int = 8, repeat: int = 4, seed: int = 0) -> list[PatchingSetup]:
@@ -634,10 +599,8 @@ def induction_pairs(model: LoadedModel, n_pairs: int = 8, length: int = 8, repea
     Clean: w1..wL w1..wR -> answer w(R+1). Corrupted: the earlier copy's w(R+1) swapped for another
     word x, so an induction head now points to x (the wrong token).
     """
-    from workbench.heads import candidate_tokens
-
     gen = torch.Generator().manual_seed(seed)
-    words = candidate_tokens(model)
+    words = ordinary_token_ids(model.tokenizer, model.info.d_vocab)
     pairs = []
     for _ in range(n_pairs):
         pick = words[torch.randperm(len(words), generator=gen)[: length + 1]]

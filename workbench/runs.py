@@ -1,4 +1,11 @@
-"""Runs: a prompt through the model once, with the activations asked for, cached and shared.
+"""Runs: the one layer that runs the model. Every analysis calls it; nothing else calls the bridge.
+
+Two entries, both holding the model's lock (hooks are shared by every thread, see model.py),
+moving tokens to the model's device and checking the memory budget:
+- `run_prompt(model, prompt, names)`: one prompt, cached and shared (below);
+- `run_tokens(model, tokens, names, hooks, last_only, grad)`: a batch of token ids, with
+  hooks that edit the run, never cached.
+The forward engine (engine.py) is the only other code that computes the model's function.
 
 `run_prompt(model, prompt, names)` returns a `Run`: the tokens (BOS first), their display labels,
 the logits and the cached activations (batch dimension removed, on the CPU). Runs are kept in
@@ -11,9 +18,12 @@ Hook names are transformer-lens's (compatibility-mode aliases), e.g. `blocks.0.a
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import os
+import platform
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -33,8 +43,8 @@ def memory_budget() -> int:
         return 2048 * 2**20
 
 
-def estimate_bytes(model: LoadedModel, n_tokens: int, names: Iterable[str]) -> int:
-    """What a run of n_tokens caching `names` holds: the activations, the logits, and as much again while it runs."""
+def estimate_bytes(model: LoadedModel, n_tokens: int, names: Iterable[str], batch: int = 1) -> int:
+    """What a run of `batch` sequences of n_tokens caching `names` holds: activations, logits, and as much again while it runs."""
     i = model.info
     pos = n_tokens
     per_suffix = {
@@ -42,25 +52,25 @@ def estimate_bytes(model: LoadedModel, n_tokens: int, names: Iterable[str]) -> i
         "hook_attn_out": pos * i.d_model, "hook_mlp_out": pos * i.d_model, "hook_embed": pos * i.d_model,
         "hook_pos_embed": pos * i.d_model, "hook_q": pos * i.n_heads * i.d_head, "hook_k": pos * i.n_heads * i.d_head,
         "hook_v": pos * i.n_heads * i.d_head, "hook_z": pos * i.n_heads * i.d_head, "hook_attn_scores": i.n_heads * pos * pos,
-        "hook_pattern": i.n_heads * pos * pos, "hook_result": pos * i.n_heads * i.d_model, "hook_pre": pos * i.d_mlp,
+        "hook_pattern": i.n_heads * pos * pos, "hook_pre": pos * i.d_mlp,
         "hook_post": pos * i.d_mlp, "hook_scale": pos,
     }  # fmt: skip
     elements = pos * i.d_vocab  # the logits
     for name in names:
         elements += per_suffix.get(name.rsplit(".", 1)[-1], pos * i.d_model)
     bytes_per = 2 if i.dtype in ("float16", "bfloat16") else 8 if i.dtype == "float64" else 4
-    return 2 * elements * bytes_per
+    return 2 * elements * bytes_per * batch
 
 
-def check_budget(model: LoadedModel, n_tokens: int, names: Iterable[str]) -> None:
+def check_budget(model: LoadedModel, n_tokens: int, names: Iterable[str], batch: int = 1) -> None:
     """InputError, saying what would fit, when a run would hold more than the memory budget."""
     names = list(names)
     budget = memory_budget()
-    need = estimate_bytes(model, n_tokens, names)
+    need = estimate_bytes(model, n_tokens, names, batch)
     if need <= budget:
         return
     fits = n_tokens
-    while fits > 1 and estimate_bytes(model, fits, names) > budget:
+    while fits > 1 and estimate_bytes(model, fits, names, batch) > budget:
         fits = int(fits * 0.9)
     raise InputError(
         f"this view would hold about {need / 2**20:,.0f} MB for {n_tokens} tokens, over this server's budget of "
@@ -71,7 +81,7 @@ def check_budget(model: LoadedModel, n_tokens: int, names: Iterable[str]) -> Non
 BLOCK_HOOKS = (
     "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
     "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_attn_scores",
-    "attn.hook_pattern", "attn.hook_result", "mlp.hook_pre", "mlp.hook_post",
+    "attn.hook_pattern", "mlp.hook_pre", "mlp.hook_post",
 )  # fmt: skip
 MODEL_HOOKS = ("hook_embed", "hook_pos_embed", "ln_final.hook_scale")
 
@@ -107,7 +117,11 @@ class Run:
 
 
 def hook_names(model: LoadedModel, *suffixes: str) -> list[str]:
-    """Full hook names: block suffixes ("attn.hook_pattern") over every layer, model-level names as given."""
+    """Full hook names: block suffixes ("attn.hook_pattern") over every layer, model-level names as given.
+
+    Names this architecture does not have are left out: parallel blocks (GPT-NeoX, Phi, GPT-J)
+    have no `hook_resid_mid`, rotary models no `hook_pos_embed`.
+    """
     names = []
     for suffix in suffixes:
         if suffix in MODEL_HOOKS:
@@ -116,7 +130,13 @@ def hook_names(model: LoadedModel, *suffixes: str) -> list[str]:
             names.extend(f"blocks.{layer}.{suffix}" for layer in range(model.info.n_layers))
         else:
             raise ValueError(f"unknown hook suffix {suffix!r}; known: {', '.join(BLOCK_HOOKS + MODEL_HOOKS)}")
-    return names
+    known = model.bridge.hook_dict
+    learned_positions = model.bridge.cfg.positional_embedding_type == "standard"  # hook_pos_embed exists but never fires otherwise
+    return [n for n in names if n in known and (learned_positions or n != "hook_pos_embed")]
+
+
+def has_hook(model: LoadedModel, name: str) -> bool:
+    return name in model.bridge.hook_dict
 
 
 def all_hook_names(model: LoadedModel) -> list[str]:
@@ -180,29 +200,163 @@ def run_prompt(model: LoadedModel, prompt: str, names: Iterable[str] = (), trunc
     check_budget(model, len(tokens), names)
     key = (prompt, truncate)
     with model.lock:
+        if model.attached_hooks():
+            # a run under someone's edit is not the model's run: never serve or store it in the shared cache
+            logits, cache = run_tokens(model, tokens[None], names)
+            return _make_run(model, prompt, tokens, logits[0], {n: cache[n][0] for n in names}, dropped)
         cached = model.run_cache.get(key)
         if cached is not None and all(n in cached.cache for n in names):
             model.run_cache.move_to_end(key)
             return cached
         # a previous run's activations are kept too, so that pages asking in turn still share one entry
         wanted = tuple(dict.fromkeys((*(cached.cache if cached else ()), *names)))
-        with torch.no_grad():
-            batch = tokens[None].to(model.device)  # (1, pos)
-            if wanted:
-                logits, cache = model.bridge.run_with_cache(batch, names_filter=list(wanted), return_cache_object=False)
-            else:
-                logits, cache = model.bridge(batch), {}
-        run = Run(
-            model=model.info.name,
-            prompt=prompt,
-            tokens=tokens,
-            labels=token_labels(model.tokenizer, tokens.tolist()),
-            logits=logits[0].float().cpu(),
-            cache={n: cache[n][0].cpu() for n in wanted},
-            truncated=dropped,
-        )
+        logits, cache = run_tokens(model, tokens[None], wanted)
+        run = _make_run(model, prompt, tokens, logits[0], {n: cache[n][0] for n in wanted}, dropped)
         model.run_cache[key] = run
         model.run_cache.move_to_end(key)
         while len(model.run_cache) > 1 and sum(r.nbytes() for r in model.run_cache.values()) > CACHE_BYTES:
             model.run_cache.popitem(last=False)
         return run
+
+
+def _make_run(model: LoadedModel, prompt: str, tokens: torch.Tensor, logits: torch.Tensor, cache: dict, dropped: int) -> Run:
+    return Run(
+        model=model.info.name,
+        prompt=prompt,
+        tokens=tokens,
+        labels=token_labels(model.tokenizer, tokens.tolist()),
+        logits=logits.float().cpu(),
+        cache={n: t.cpu() for n, t in cache.items()},
+        truncated=dropped,
+    )
+
+
+Hook = tuple[str, Callable]  # (hook name, fn(activation, hook) -> activation or None), transformer-lens style
+
+
+def run_tokens(
+    model: LoadedModel,
+    tokens: torch.Tensor,
+    names: Iterable[str] = (),
+    hooks: Sequence[Hook] = (),
+    last_only: bool = False,
+    grad: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(logits, {name: activation}) of a batch of token ids (batch, pos), never cached.
+
+    `hooks` edit the run (they are attached for this call only); `names` are recorded after the
+    edits, batch first, on the model's device. `last_only`: logits (batch, 1, d_vocab) of the last
+    position only (a next-token metric needs no more, and a large vocabulary's unembedding is
+    costly). `grad`: keep the graph, for gradient methods (captum, attribution patching).
+    """
+    if tokens.ndim != 2:
+        raise ValueError(f"run_tokens takes (batch, pos) token ids, got shape {tuple(tokens.shape)}")
+    names = _validate_names(model, names)
+    check_budget(model, tokens.shape[1], names, batch=tokens.shape[0])
+    cache: dict[str, torch.Tensor] = {}
+
+    def keeper(name: str) -> Callable:
+        # keyed by the name asked for: the bridge calls a hook with its canonical name ("blocks.0.hook_in"
+        # for the alias "blocks.0.hook_resid_pre")
+        def keep(act: torch.Tensor, hook) -> None:
+            cache[name] = act if grad else act.detach()
+
+        return keep
+
+    fwd = [*hooks, *((n, keeper(n)) for n in names)]  # edits first, so that what is recorded is what flowed on
+    with model.lock, torch.set_grad_enabled(grad), model.bridge.hooks(fwd_hooks=fwd):
+        batch = tokens.to(model.device)
+        logits = model.bridge(batch, logits_to_keep=1) if last_only else model.bridge(batch)
+    return logits, cache
+
+
+def head_results(model: LoadedModel, run: Run, layer: int) -> torch.Tensor:
+    """(pos, head, d_model) what each head writes to the residual stream: hook_z · W_O (without b_O).
+
+    Computed here rather than cached through `set_use_attn_result`, which OPT's and GPT-J's
+    attention bridges do not support.
+    """
+    z = run[f"blocks.{layer}.attn.hook_z"].float()  # (pos, head, d_head)
+    w_o = model.bridge.blocks[layer].attn.W_O.detach().float().cpu()  # (head, d_head, d_model)
+    return torch.einsum("phe,hed->phd", z, w_o)
+
+
+def activation_cache(model: LoadedModel, run: Run):
+    """The run's activations as a transformer-lens ActivationCache (batch of 1), for its analysis tools."""
+    from transformer_lens import ActivationCache
+
+    return ActivationCache({n: t[None].to(model.device) for n, t in run.cache.items()}, model.bridge, has_batch_dim=True)
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The k most likely next tokens after `position` of a run."""
+
+    position: int
+    ids: list[int]
+    labels: list[str]
+    probs: list[float]
+    logits: list[float]
+
+    def rows(self) -> list[dict]:
+        return [
+            dict(rank=r + 1, id=i, token=label, probability=p, logit=logit)
+            for r, (i, label, p, logit) in enumerate(zip(self.ids, self.labels, self.probs, self.logits, strict=True))
+        ]
+
+
+def next_token_topk(model: LoadedModel, run: Run, k: int = 10, position: int = -1) -> TopK:
+    if not 1 <= k <= model.info.d_vocab:
+        raise InputError(f"k must be between 1 and {model.info.d_vocab}, got {k}")
+    position = check_position(run.n_tokens, position)
+    logits = run.logits[position]  # (d_vocab,)
+    probs = logits.softmax(-1)
+    top = probs.topk(k)
+    ids = top.indices.tolist()
+    return TopK(position, ids, token_labels(model.tokenizer, ids), top.values.tolist(), logits[top.indices].tolist())
+
+
+def check_position(n_tokens: int, position: int) -> int:
+    """The position counted from the start (negative counts from the end), or InputError."""
+    if not isinstance(position, int) or not -n_tokens <= position < n_tokens:
+        raise InputError(f"position {position} is outside the prompt: it has positions 0..{n_tokens - 1}")
+    return position % n_tokens
+
+
+def check_token_ids(model: LoadedModel, ids: Iterable[object], what: str = "token") -> list[int]:
+    """The ids as ints, or InputError naming the ones outside the vocabulary."""
+    ids = list(ids)
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < model.info.d_vocab]
+    if bad:
+        raise InputError(f"{what} id(s) {bad} are outside the vocabulary of this model (0..{model.info.d_vocab - 1})")
+    return [int(i) for i in ids]
+
+
+LIBRARIES = ("torch", "transformer-lens", "transformers", "captum", "plotly", "streamlit")
+
+
+@functools.cache
+def versions() -> dict[str, str | None]:
+    """Versions of the libraries a result depends on, and Python's."""
+
+    def version(lib: str) -> str | None:
+        try:
+            return importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {lib: version(lib) for lib in LIBRARIES} | {"python": platform.python_version()}
+
+
+def provenance(model: LoadedModel, prompts: Sequence[str], **settings) -> dict:
+    """What a result records about how it was made: the model and its source, the prompt(s), settings, versions."""
+    i = model.info
+    return {
+        "model": i.name,
+        "source": f"{i.kind}: {i.source}",
+        "architecture": i.architecture,
+        "numeric_mode": i.numeric_mode,
+        "prompts": list(prompts),
+        "settings": settings,
+        "versions": dict(versions()),
+    }

@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+import torch
+
+from workbench.errors import InputError
+
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
@@ -81,3 +85,50 @@ def token_labels(tokenizer, ids) -> list[str]:
 def unique_labels(labels: list[str]) -> list[str]:
     """Labels made unique by position ("3: ␣the"), for figure axes where repeats would merge."""
     return [f"{i}: {label}" for i, label in enumerate(labels)]
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Two prompts' tokens side by side, compared position by position from the start."""
+
+    labels_a: list[str]  # (pos_a,) the first prompt's (clean's) token labels
+    labels_b: list[str]  # (pos_b,) the second prompt's (corrupted's)
+    differ: list[int]  # compared positions whose tokens differ
+
+    @property
+    def n(self) -> int:
+        """Positions compared: the shorter prompt's length."""
+        return min(len(self.labels_a), len(self.labels_b))
+
+    @property
+    def same_length(self) -> bool:
+        return len(self.labels_a) == len(self.labels_b)
+
+    def labels(self) -> list[str]:
+        """One label per compared position: "a" where the tokens agree, "a → b" where they differ."""
+        return [a if a == b else f"{a} → {b}" for a, b in zip(self.labels_a[: self.n], self.labels_b[: self.n], strict=True)]
+
+
+def align(tokenizer, ids_a, ids_b) -> Alignment:
+    ids_a, ids_b = [int(i) for i in ids_a], [int(i) for i in ids_b]
+    differ = [i for i, (a, b) in enumerate(zip(ids_a, ids_b, strict=False)) if a != b]
+    return Alignment(token_labels(tokenizer, ids_a), token_labels(tokenizer, ids_b), differ)
+
+
+def ordinary_token_ids(tokenizer, d_vocab: int) -> torch.Tensor:
+    """(n,) int64 ids of every token but the special ones (and rows past the tokenizer's vocabulary)."""
+    special = set(tokenizer.all_special_ids)
+    return torch.tensor([i for i in range(min(d_vocab, len(tokenizer))) if i not in special])
+
+
+def single_token_id(tokenizer, text: str, what: str = "answer") -> int:
+    """The id of a token typed as text; it must be exactly one token (" Paris", with its space)."""
+    if not isinstance(text, str) or text == "":
+        raise InputError(f"type the {what} token, e.g. ' the' (with its leading space)")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        labels = token_labels(tokenizer, ids)
+        raise InputError(
+            f"{text!r} is {len(ids)} tokens ({' | '.join(labels)}), not one: pick one of them, or one of the model's top predictions"
+        )
+    return ids[0]

@@ -23,9 +23,10 @@ import torch
 
 from workbench import attention, checkpoints
 from workbench.errors import InputError
-from workbench.heads import candidate_tokens, repeated_tokens
+from workbench.heads import repeated_tokens
 from workbench.model import MODELS_DIR, SHIPPED, LoadedModel, load_model
 from workbench.runs import run_prompt
+from workbench.tokens import ordinary_token_ids
 
 HEAD_TYPES = ("previous token", "duplicate token", "induction")
 PHASE_CHANGE_RISE = 0.1  # a rise of the best induction score smaller than this is no phase change
@@ -92,7 +93,7 @@ def _text_windows(model: LoadedModel, folder: Path, n: int, seqs: int, seed: int
         paragraphs = [p for p in sample.read_text().split("\n\n") if len(p) > 1500]
         return [p[:4000] for p in paragraphs[:seqs]], f"{seqs} long paragraphs of the held-out sample"
     gen = torch.Generator().manual_seed(seed)
-    ids = [repeated_tokens(candidate_tokens(model), n, -1, gen)[1:] for _ in range(seqs)]
+    ids = [repeated_tokens(ordinary_token_ids(model.tokenizer, model.info.d_vocab), n, -1, gen)[1:] for _ in range(seqs)]
     return [model.tokenizer.decode(row) for row in ids], f"{seqs} sequences of {n} random tokens repeated twice"
 
 

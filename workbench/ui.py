@@ -1,30 +1,278 @@
 """The Streamlit glue, and the only module of the library that imports streamlit.
 
+Only what every page shares lives here; each page owns the rest of its state.
+
 - one loaded model per (name, device), shared by every session and thread (`st.cache_resource`);
   its lock keeps concurrent runs from seeing each other's hooks (see model.py);
-- selections shared between pages (model, prompt) live in `st.session_state` under keys that are
-  not widget keys, because Streamlit forgets a widget's value when a page without it runs;
-- `guard()` turns errors into one message on the page: no traceback, and the inputs stay.
+- selections shared between pages (model, prompt, prompt pair, layer, head, position) live in
+  `st.session_state` under the keys below, which are not widget keys, because Streamlit forgets a
+  widget's value when a page without it runs;
+- `View`: a page declares its title, the selections and widgets its link carries (URL state) and
+  its cached analyses in one place; nothing here lists the pages or their widgets;
+- `guard()` turns errors into one message on the page: no traceback, and the inputs stay;
+- `progress()`: a progress bar whose Cancel button really stops the work (see there).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import html
+import math
+import shlex
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import streamlit as st
+import torch
+from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from workbench import export
 from workbench.errors import InputError
 from workbench.model import DEFAULT_MODEL, SHIPPED, LoadedModel, load_model
 
+# ---- session keys: everything this module keeps in st.session_state, in one place ------------------
+# (a page's own keys are declared at the top of that page)
 MODEL = "wb.model"  # name or path of the chosen model
 PROMPT = "wb.prompt"  # the prompt shared by all pages
-TRUNCATE = "wb.truncate"
+TRUNCATE = "wb.truncate"  # keep the end of a prompt longer than the context
+CLEAN, CORRUPTED = "wb.clean", "wb.corrupted"  # the prompt pair of patching
+LAYER, HEAD, POSITION = "wb.layer", "wb.head", "wb.position"
+RESTORED = "wb.restored"  # the pages whose link has been read in this session
+SESSION_CACHES = "wb.caches"  # this session's cached analyses: cache name -> Bounded
+NOTICE = "wb.notice"  # a message for the next run of the page (what was cancelled)
+
 OTHER = "a local folder or cached hub model…"
 EXAMPLE_PROMPTS = {
     "english": "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a",
     "circuits": "apple river stone cloud tiger piano candle garden apple river stone cloud tiger piano",
 }
+EXAMPLE_PAIRS = {  # (clean, corrupted), or (A, B) on the compare page
+    "circuits": (
+        "apple river stone cloud tiger piano candle garden apple river stone",
+        "apple river stone lemon tiger piano candle garden apple river stone",
+    ),
+    "english": ("The cat sat on the mat. The cat sat on the", "The cat sat on the bed. The cat sat on the"),
+}
+SELECTED = "#d62728"  # the selected position's outline, the same on every page
+
+
+# ---- shareable views: a page's state in the URL's query parameters --------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One URL parameter and the session key it restores; `read` turns the link's text into a value, or None."""
+
+    name: str
+    key: str
+    read: Callable[[str], Any]
+
+
+def text(name: str, key: str | None = None) -> Param:
+    """Any text (a prompt, a typed token). Without `key`, the widget key is `w.<name>`."""
+    return Param(name, key or f"w.{name}", lambda value: value)
+
+
+def choice(name: str, options: Sequence[str], key: str | None = None) -> Param:
+    """One of `options`; anything else in a link is ignored."""
+    allowed = tuple(options)
+    return Param(name, key or f"w.{name}", lambda value: value if value in allowed else None)
+
+
+def number(name: str, kind: type, lo: float, hi: float, key: str | None = None) -> Param:
+    """An int or float within the widget's bounds; a link outside them is ignored (the widget would refuse it)."""
+
+    def read(value: str):
+        try:
+            n = kind(value)
+        except ValueError:
+            return None
+        return n if math.isfinite(n) and lo <= n <= hi else None
+
+    return Param(name, key or f"w.{name}", read)
+
+
+# the selections any page may share: layer, head and position are clamped to the model where they are used
+SHARED = {
+    p.name: p
+    for p in (
+        text("model", MODEL),
+        text("prompt", PROMPT),
+        text("clean", CLEAN),
+        text("corrupted", CORRUPTED),
+        number("layer", int, 0, 10_000, LAYER),
+        number("head", int, 0, 10_000, HEAD),
+        number("pos", int, 0, 1_000_000, POSITION),
+    )
+}
+
+
+class Bounded:
+    """At most `entries` results, the least recently used dropped first; safe to share between threads."""
+
+    MISSING = object()
+
+    def __init__(self, entries: int):
+        assert entries > 0
+        self.entries = entries
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable):
+        with self._lock:
+            if key not in self._items:
+                return Bounded.MISSING
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: Hashable, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.entries:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@st.cache_resource
+def _server_caches() -> dict[str, Bounded]:
+    """The caches shared by every session of this server (cleared with st.cache_resource.clear())."""
+    return {}
+
+
+def _frozen(value) -> Hashable:
+    """A hashable stand-in for an argument: lists, dicts and dataclasses become tuples of their parts."""
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, LoadedModel):  # the same weights, wherever and however often they were loaded
+        return ("model", value.info.source, value.info.device, value.info.dtype)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__qualname__, *(_frozen(getattr(value, f.name)) for f in dataclasses.fields(value)))
+    if not isinstance(value, Hashable) or isinstance(value, torch.Tensor):  # a tensor hashes by identity: never equal twice
+        raise TypeError(f"a cached analysis is keyed by its arguments; {type(value).__name__} cannot be one (pass its values)")
+    return value
+
+
+@dataclass(frozen=True)
+class Cached:
+    """An analysis remembered by its arguments, for the whole server or for one session, `entries` results at most.
+
+    Called like the analysis; `peek` returns the remembered result or None without computing. A
+    loaded model counts by its weights' source, device and dtype; a `progress` callback is passed on
+    but is not part of the key.
+    """
+
+    fn: Callable
+    entries: int = 8
+    per_session: bool = False
+    spinner: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.fn.__module__}.{self.fn.__qualname__}"
+
+    def _store(self) -> Bounded:
+        caches = st.session_state.setdefault(SESSION_CACHES, {}) if self.per_session else _server_caches()
+        return caches.setdefault(self.name, Bounded(self.entries))
+
+    def _key(self, args: tuple, kwargs: dict) -> Hashable:
+        return _frozen(args), _frozen({k: v for k, v in kwargs.items() if k != "progress"})
+
+    def peek(self, *args, **kwargs):
+        found = self._store().get(self._key(args, kwargs))
+        return None if found is Bounded.MISSING else found
+
+    def __call__(self, *args, **kwargs):
+        store, key = self._store(), self._key(args, kwargs)
+        found = store.get(key)
+        if found is not Bounded.MISSING:
+            return found
+        if self.spinner:
+            with st.spinner(self.spinner):
+                result = self.fn(*args, **kwargs)
+        else:
+            result = self.fn(*args, **kwargs)
+        store.put(key, result)
+        return result
+
+
+@dataclass
+class View:
+    """One page's declaration: its title and caption, what its link carries, its cached analyses.
+
+    `shared` names selections of `SHARED` (model, prompt, clean, corrupted, layer, head, pos);
+    `params` are the page's own widgets (`choice`, `number`, `text`); a widget's key is `view.key(name)`.
+    """
+
+    title: str
+    caption: str
+    shared: tuple[str, ...] = ("model", "prompt")
+    params: tuple[Param, ...] = ()
+    _params: dict[str, Param] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        unknown = [name for name in self.shared if name not in SHARED]
+        assert not unknown, f"not shared selections: {unknown}; a page's own widgets go in params"
+        self._params = {name: SHARED[name] for name in self.shared} | {p.name: p for p in self.params}
+
+    def key(self, name: str) -> str:
+        """The session (widget) key of one of this page's parameters."""
+        if name not in self._params:
+            raise KeyError(f"'{name}' is not a parameter of the {self.title} page: declare it in its View(params=...)")
+        return self._params[name].key
+
+    def cached(self, fn: Callable, *, entries: int = 8, per_session: bool = False, spinner: str | None = None) -> Cached:
+        """`fn` remembered by its arguments; per session for results a user asked for (bounded either way)."""
+        return Cached(fn, entries, per_session, spinner)
+
+    def start(self) -> LoadedModel:
+        """The common top of every page: configuration, title, caption, the link's state, the model picker.
+
+        Stops the page if no model loads.
+        """
+        st.set_page_config(
+            page_title=self.title if "workbench" in self.title else f"{self.title} · workbench", page_icon="🔬", layout="wide"
+        )
+        st.title(self.title)
+        st.caption(self.caption)
+        self.restore()
+        if notice := st.session_state.pop(NOTICE, None):
+            st.info(notice, icon="⏹️")
+        model = model_picker()
+        if model is None:
+            st.stop()
+        return model
+
+    def restore(self) -> None:
+        """Once per page and session, before any widget is drawn: the link's parameters become the selections.
+
+        Only once: afterwards the widgets are the truth, and the link follows them (`share`).
+        """
+        restored = st.session_state.setdefault(RESTORED, set())
+        if self.title in restored:
+            return
+        restored.add(self.title)
+        params = st.query_params
+        for name, p in self._params.items():
+            if name in params and (value := p.read(params[name])) is not None:
+                st.session_state[p.key] = value
+
+    def share(self) -> None:
+        """Writes this page's selections into the URL, so that a reload or a sent link opens the same view."""
+        wanted = {name: str(st.session_state[p.key]) for name, p in self._params.items() if p.key in st.session_state}
+        if dict(st.query_params) != wanted:
+            st.query_params.from_dict(wanted)
+
+
+# ---- what every page draws ----------------------------------------------------------------------------
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -45,6 +293,10 @@ def guard(what: str = "this view"):
 
 def example_prompt(model_name: str) -> str:
     return EXAMPLE_PROMPTS.get(model_name, EXAMPLE_PROMPTS["english"])
+
+
+def example_pair(model_name: str) -> tuple[str, str]:
+    return EXAMPLE_PAIRS.get(model_name, EXAMPLE_PAIRS["english"])
 
 
 def model_picker() -> LoadedModel | None:
@@ -95,25 +347,39 @@ def prompt_form(model: LoadedModel, label: str = "Prompt") -> tuple[str, bool]:
     st.session_state.setdefault(PROMPT, example_prompt(model.info.name))
     st.session_state.setdefault(TRUNCATE, False)
     with st.form("prompt_form"):
-        text = st.text_area(label, value=st.session_state[PROMPT], height=100, key="w.prompt")
+        prompt = st.text_area(label, value=st.session_state[PROMPT], height=100, key="w.prompt")
         truncate = st.checkbox(
             f"If the prompt is longer than the context ({model.info.n_ctx} tokens), keep its end",
             value=st.session_state[TRUNCATE],
             key="w.truncate",
         )
         if st.form_submit_button("Run", type="primary"):
-            st.session_state[PROMPT] = text
+            st.session_state[PROMPT] = prompt
             st.session_state[TRUNCATE] = truncate
     return st.session_state[PROMPT], st.session_state[TRUNCATE]
 
 
-SELECTED = "#d62728"  # the selected position's outline, the same on every page
+def pair_form(model: LoadedModel) -> tuple[str, str]:
+    """The clean and corrupted prompts, edited in a form and shared between pages."""
+    clean, corrupted = example_pair(model.info.name)
+    st.session_state.setdefault(CLEAN, clean)
+    st.session_state.setdefault(CORRUPTED, corrupted)
+    with st.form("pair_form"):
+        c1, c2 = st.columns(2)
+        clean = c1.text_area("Clean prompt", st.session_state[CLEAN], height=90, key="w.clean")
+        corrupted = c2.text_area("Corrupted prompt (same number of tokens)", st.session_state[CORRUPTED], height=90, key="w.corrupted")
+        if st.form_submit_button("Use these prompts", type="primary"):
+            st.session_state[CLEAN], st.session_state[CORRUPTED] = clean, corrupted
+    return st.session_state[CLEAN], st.session_state[CORRUPTED]
+
+
+def set_pair(clean: str, corrupted: str) -> None:
+    """Replaces the shared prompt pair (the form shows it on the next run)."""
+    st.session_state[CLEAN], st.session_state[CORRUPTED] = clean, corrupted
 
 
 def _chips(labels: list[str], backgrounds: list[str], titles: list[str]) -> str:
     """One token display for the whole app: visible whitespace, the selected position outlined."""
-    import html
-
     selected = st.session_state.get(POSITION)
     return "".join(
         f'<span title="{html.escape(title)}" style="display:inline-block;margin:2px;padding:1px 5px;border-radius:4px;'
@@ -129,6 +395,20 @@ def token_chips(labels: list[str], ids: list[int]) -> None:
         labels, ["#e8eef8" if i % 2 else "#f3e8f8" for i in range(len(labels))], [f"position {i}, id {t}" for i, t in enumerate(ids)]
     )
     st.markdown(f"<div style='line-height:2'>{chips}</div>", unsafe_allow_html=True)
+
+
+def token_rows(clean: list[str], corrupted: list[str], differ: list[int], names: tuple[str, str] = ("clean", "corrupted")) -> None:
+    """Both tokenizations, aligned by position, differing positions marked."""
+    n = min(len(clean), len(corrupted))
+
+    def row(labels):
+        backgrounds = ["#ffd7a8" if i in differ or i >= n else "#eef1f6" for i in range(len(labels))]
+        return _chips(labels, backgrounds, [f"position {i}" for i in range(len(labels))])
+
+    st.markdown(
+        f"<div>{names[0]} ({len(clean)} tokens): {row(clean)}</div><div>{names[1]} ({len(corrupted)} tokens): {row(corrupted)}</div>",
+        unsafe_allow_html=True,
+    )
 
 
 def figure(fig, name: str, data=None, rows: list[dict] | None = None) -> None:
@@ -167,9 +447,6 @@ def figure(fig, name: str, data=None, rows: list[dict] | None = None) -> None:
         )
 
 
-LAYER, HEAD, POSITION = "wb.layer", "wb.head", "wb.position"
-
-
 def head_picker(model: LoadedModel) -> tuple[int, int]:
     """Layer and head, shared between pages; clamped to the model."""
     layer = max(0, min(st.session_state.get(LAYER, 0), model.info.n_layers - 1))
@@ -182,7 +459,7 @@ def head_picker(model: LoadedModel) -> tuple[int, int]:
 
 
 def position_picker(labels: list[str], label: str = "Position", key: str = "w.position") -> int:
-    """A token position of the prompt (default: the last), shared between pages."""
+    """A token position of the prompt (default: the last); the one under the default key is shared between pages."""
     default = st.session_state.get(POSITION, len(labels) - 1)
     default = default if 0 <= default < len(labels) else len(labels) - 1
     position = st.selectbox(label, range(len(labels)), index=default, format_func=lambda i: f"{i}: {labels[i]}", key=key)
@@ -191,88 +468,56 @@ def position_picker(labels: list[str], label: str = "Position", key: str = "w.po
     return position
 
 
-@st.cache_resource(show_spinner="Scoring heads on repeated random tokens…", max_entries=8)
-def _head_types_on_repeats(model_name: str, _model: LoadedModel):
-    from workbench.attention import head_types_on_repeats
+class Reporter:
+    """A progress callback for the library: calls `update(done, total)`, and returns False once the page is interrupted.
 
-    return head_types_on_repeats(_model)
-
-
-def cached_head_types_on_repeats(model: LoadedModel):
-    """The standard probe's head types: one computation per model for the whole server."""
-    return _head_types_on_repeats(f"{model.info.source}|{model.info.device}", model)
-
-
-@st.cache_resource(max_entries=8)
-def _tuned_lens(model_key: str, _model: LoadedModel):
-    from workbench.lens import load_tuned_lens
-
-    return load_tuned_lens(_model)
-
-
-def cached_tuned_lens(model: LoadedModel):
-    """The model's tuned lens (or None), read once per server."""
-    return _tuned_lens(f"{model.info.source}|{model.info.device}", model)
-
-
-PAIR = "wb.pair"  # (clean, corrupted) shared between pages
-EXAMPLE_PAIRS = {
-    "circuits": (
-        "apple river stone cloud tiger piano candle garden apple river stone",
-        "apple river stone lemon tiger piano candle garden apple river stone",
-    ),
-    "english": ("The cat sat on the mat. The cat sat on the", "The cat sat on the bed. The cat sat on the"),
-}
-
-
-def pair_form(model: LoadedModel) -> tuple[str, str]:
-    """The clean and corrupted prompts, edited in a form and shared between pages."""
-    st.session_state.setdefault(PAIR, EXAMPLE_PAIRS.get(model.info.name, EXAMPLE_PAIRS["english"]))
-    clean, corrupted = st.session_state[PAIR]
-    with st.form("pair_form"):
-        c1, c2 = st.columns(2)
-        clean = c1.text_area("Clean prompt", clean, height=90, key="w.clean")
-        corrupted = c2.text_area("Corrupted prompt (same number of tokens)", corrupted, height=90, key="w.corrupted")
-        if st.form_submit_button("Use these prompts", type="primary"):
-            st.session_state[PAIR] = (clean, corrupted)
-    return st.session_state[PAIR]
-
-
-def token_rows(clean: list[str], corrupted: list[str], differ: list[int], names: tuple[str, str] = ("clean", "corrupted")) -> None:
-    """Both tokenizations, aligned by position, differing positions marked."""
-    n = min(len(clean), len(corrupted))
-
-    def row(labels):
-        backgrounds = ["#ffd7a8" if i in differ or i >= n else "#eef1f6" for i in range(len(labels))]
-        return _chips(labels, backgrounds, [f"position {i}" for i in range(len(labels))])
-
-    st.markdown(
-        f"<div>{names[0]} ({len(clean)} tokens): {row(clean)}</div><div>{names[1]} ({len(corrupted)} tokens): {row(corrupted)}</div>",
-        unsafe_allow_html=True,
-    )
-
-
-def progress_reporter(label: str):
-    """A progress bar and a cancel button for long work; returns the callback for progress(done, total).
-
-    Clicking Cancel reruns the page, which stops the running sweep where it is: nothing of the
-    page's inputs is lost.
+    Streamlit delivers a click that arrives while the page runs (Cancel, or any other widget) as an
+    exception from the next call that draws, here `update`. The callback keeps that exception and
+    returns False, so the library stops through its own cancel path; `progress()` then lets
+    Streamlit's rerun go ahead.
     """
-    bar = st.progress(0.0, text=label)
-    st.button("Cancel", key=f"cancel-{label}")
 
-    def report(done: int, total: int) -> bool:
-        bar.progress(done / total, text=f"{label}: {done} of {total}")
+    def __init__(self, update: Callable[[int, int], None]):
+        self.update = update
+        self.interrupted: ScriptControlException | None = None
+
+    def __call__(self, done: int, total: int) -> bool:
+        if self.interrupted is not None:
+            return False
+        try:
+            self.update(done, total)
+        except ScriptControlException as stop:
+            self.interrupted = stop
+            return False
         return True
 
-    return report
+
+def _cancel(label: str) -> None:
+    st.session_state[NOTICE] = f"{label} cancelled: nothing was kept of it, and the inputs are as they were."
+
+
+@contextmanager
+def progress(label: str):
+    """A progress bar and a Cancel button around long work; yields the callback `progress(done, total)`.
+
+    Cancel stops the work where it is: the callback returns False, the library raises its "cancelled"
+    InputError (swallowed here), and the page reruns with its inputs, saying what was cancelled.
+    """
+    bar = st.progress(0.0, text=label)
+    st.button("Cancel", key=f"cancel-{label}", on_click=_cancel, args=(label,))
+    report = Reporter(lambda done, total: bar.progress(done / total, text=f"{label}: {done} of {total}"))
+    try:
+        yield report
+    except InputError:
+        if report.interrupted is None:
+            raise
+    if report.interrupted is not None:
+        raise report.interrupted  # the rerun (or stop) Streamlit asked for
 
 
 def probe_command(probe: str, model: LoadedModel, **options) -> None:
     """Shows the command that reproduces this view as a probe (lists become repeated flags)."""
-    import shlex
-
-    parts = ["python", "-m", "probes", probe, "--model", model.info.name]
+    parts = ["workbench-probe", probe, "--model", model.info.name]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         for v in value if isinstance(value, list | tuple) else [value]:
@@ -280,116 +525,3 @@ def probe_command(probe: str, model: LoadedModel, **options) -> None:
                 parts += [flag, str(v)]
     with st.expander("Reproduce as a probe"):
         st.code(" ".join(shlex.quote(p) for p in parts), language="bash")
-
-
-def page(title: str, caption: str) -> LoadedModel:
-    """The common top of every page: configuration, title, caption, the model picker; stops if no model loads."""
-    st.set_page_config(page_title=title if "workbench" in title else f"{title} · workbench", page_icon="🔬", layout="wide")
-    st.title(title)
-    st.caption(caption)
-    restore_from_url()
-    model = model_picker()
-    if model is None:
-        st.stop()
-    return model
-
-
-# ---- shareable views: the page's state in the URL's query parameters ------------------------------
-
-PROMPT_B = "wb.prompt_b"  # the second prompt of the compare page
-URL_STATE = {"model": MODEL, "prompt": PROMPT, "prompt_b": PROMPT_B, "layer": LAYER, "head": HEAD, "pos": POSITION}
-INT_PARAMS = ("layer", "head", "pos")
-# widget settings shared through the URL: parameter -> (widget key, kind): a kind is int, float, str,
-# or "module:NAME" naming the allowed values
-URL_WIDGETS = {
-    "site": ("w.site", "workbench.patching:SITES"),
-    "direction": ("w.direction", "workbench.patching:DIRECTIONS"),
-    "metric": ("w.metric", "workbench.patching:METRICS"),
-    "method": ("w.attr_method", "workbench.attribution:METHODS"),
-    "baseline": ("w.attr_baseline", "workbench.attribution:BASELINES"),
-    "steps": ("w.attr_steps", (int, 2, 512)),
-    "target": ("w.lens_typed", str),
-    "k": ("w.home_k", (int, 3, 30)),
-    "sampling": ("w.gen_mode", "workbench.ui:SAMPLING_MODES"),
-    "temperature": ("w.gen_t", (float, 0.05, 5.0)),
-    "new_tokens": ("w.gen_n", (int, 1, 100)),
-    "top_k": ("w.gen_topk", (int, 0, 4096)),
-    "top_p": ("w.gen_topp", (float, 0.01, 1.0)),
-    "seed": ("w.gen_seed", (int, 0, 2**31 - 1)),
-}  # numbers carry the bounds of their widget: a link outside them is ignored
-SAMPLING_MODES = ("greedy (most likely)", "sample")
-
-
-def _allowed(spec: str):
-    import importlib
-
-    module, name = spec.split(":")
-    return list(getattr(importlib.import_module(module), name))
-
-
-def _parse(value: str, kind):
-    """The URL's text as the widget's value, or None when it does not fit (a hand-edited link)."""
-    import math
-
-    if isinstance(kind, tuple):
-        number_type, lo, hi = kind
-        try:
-            number = number_type(value)
-        except ValueError:
-            return None
-        return number if math.isfinite(number) and lo <= number <= hi else None
-    if kind is str:
-        return value
-    return value if value in _allowed(kind) else None
-
-
-def restore_from_url() -> None:
-    """Once per session, before any widget is drawn: the URL's query parameters become the selections."""
-    if st.session_state.get("wb.url_restored"):
-        return
-    st.session_state["wb.url_restored"] = True
-    params = st.query_params
-    for name, key in URL_STATE.items():
-        if name in params:
-            value = params[name]
-            if name in INT_PARAMS:
-                if not value.lstrip("-").isdigit():
-                    continue  # a hand-edited link with a bad number: keep the default
-                value = int(value)
-            st.session_state[key] = value
-    if "clean" in params and "corrupted" in params:
-        st.session_state[PAIR] = (params["clean"], params["corrupted"])
-    for name, (key, kind) in URL_WIDGETS.items():
-        if name in params and (value := _parse(params[name], kind)) is not None:
-            st.session_state[key] = value
-
-
-def share_to_url(*names: str) -> None:
-    """Writes the selections this page uses into the URL, so that reloading or sending the link restores the view."""
-    wanted: dict[str, str] = {}
-    for name in names:
-        if name in URL_STATE and URL_STATE[name] in st.session_state:
-            wanted[name] = str(st.session_state[URL_STATE[name]])
-        elif name == "pair" and PAIR in st.session_state:
-            wanted["clean"], wanted["corrupted"] = st.session_state[PAIR]
-        elif name in URL_WIDGETS and URL_WIDGETS[name][0] in st.session_state:
-            wanted[name] = str(st.session_state[URL_WIDGETS[name][0]])
-    if dict(st.query_params) != wanted:
-        st.query_params.from_dict(wanted)
-
-
-def compare_form(model: LoadedModel) -> tuple[str, str]:
-    """Prompt A (the shared prompt) and prompt B, edited side by side in a form."""
-    pair = EXAMPLE_PAIRS.get(model.info.name, EXAMPLE_PAIRS["english"])
-    if PROMPT_B not in st.session_state:
-        # first visit: an example pair, unless the user already typed a prompt elsewhere (it becomes A)
-        untouched = st.session_state.get(PROMPT, example_prompt(model.info.name)) == example_prompt(model.info.name)
-        st.session_state[PROMPT] = pair[0] if untouched else st.session_state[PROMPT]
-        st.session_state[PROMPT_B] = pair[1]
-    with st.form("compare_form"):
-        c1, c2 = st.columns(2)
-        a = c1.text_area("Prompt A", st.session_state[PROMPT], height=90, key="w.prompt_a")
-        b = c2.text_area("Prompt B", st.session_state[PROMPT_B], height=90, key="w.prompt_b")
-        if st.form_submit_button("Compare", type="primary"):
-            st.session_state[PROMPT], st.session_state[PROMPT_B] = a, b
-    return st.session_state[PROMPT], st.session_state[PROMPT_B]

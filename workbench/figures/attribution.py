@@ -15,9 +15,9 @@ def _scale(a: InputAttribution, values):
     return magnitude(values) if a.method == "saliency" else diverging(values)
 
 
-def input_attribution_tokens(a: InputAttribution, target: int = 0) -> go.Figure:
+def input_attribution_tokens(a: InputAttribution, answer: int = 0) -> go.Figure:
     """The prompt's tokens coloured by their score, plus a bar per token."""
-    scores = a.scores[target]  # (position,) NaN where a position is outside the context
+    scores = a.scores[answer]  # (position,) NaN where a position is outside the context
     keep = scores.isfinite()
     labels = [label for label, k in zip(unique_labels(a.labels), keep.tolist(), strict=True) if k]
     values = scores[keep]
@@ -39,22 +39,22 @@ def input_attribution_tokens(a: InputAttribution, target: int = 0) -> go.Figure:
     fig.add_trace(bars, row=2, col=1)
     token_ticks(fig)
     fig.update_layout(showlegend=False)
-    return layout(fig, f"{a.method.capitalize()} for {a.target_labels[target]} ({a.target})", 460)
+    return layout(fig, f"{a.method.capitalize()} for {a.answer_labels[answer]} ({a.metric_label})", 460)
 
 
 def input_attribution_matrix(a: InputAttribution) -> go.Figure:
-    """Input tokens x target tokens, for a continuation of several tokens (blank where outside the context)."""
+    """Input tokens x answer tokens, for a continuation of several tokens (blank where outside the context)."""
     trace = heatmap(
         a.scores.T,  # (input position, target)
         _scale(a, a.scores),
-        "input %{y}<br>target %{x}<br>score %{z:.4f}",
-        unique_labels(a.target_labels),
+        "input %{y}<br>answer %{x}<br>score %{z:.4f}",
+        unique_labels(a.answer_labels),
         unique_labels(a.labels),
     )
     fig = go.Figure(trace)
     fig.update_yaxes(autorange="reversed", title="input token")
-    fig.update_xaxes(title="target token", side="top")
-    return layout(fig, f"{a.method.capitalize()}: every input token for every target token", 200 + 18 * len(a.labels))
+    fig.update_xaxes(title="answer token", side="top")
+    return layout(fig, f"{a.method.capitalize()}: every input token for every answer token", 200 + 18 * len(a.labels))
 
 
 def component_bars(c: ComponentAttribution) -> go.Figure:
@@ -73,10 +73,10 @@ def component_bars(c: ComponentAttribution) -> go.Figure:
     )
     fig.add_trace(cumulative, row=1, col=2)
     fig.update_layout(showlegend=False)
-    return layout(fig, f"Direct logit attribution of {c.target} at position {c.position} (sums to {c.logit:.3f})", 380)
+    return layout(fig, f"Direct logit attribution of {c.metric_label} at position {c.position} (sums to {c.logit:.3f})", 380)
 
 
 def head_attribution_heatmap(c: ComponentAttribution) -> go.Figure:
     """Every head's direct contribution to the target's logit, diverging around zero."""
-    title = f"Every head's direct contribution to {c.target} (everything else: {c.head_remainder:.3f})"
+    title = f"Every head's direct contribution to {c.metric_label} (everything else: {c.head_remainder:.3f})"
     return layer_head_figure(c.heads, "direct contribution", diverging(c.heads), title)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from workbench.figures.common import heatmap, layout, probability
-from workbench.generate import Generation, TopK
+from workbench.generate import Generation
+from workbench.runs import TopK
 
 
 def topk_bar(topk: TopK, title: str | None = None) -> go.Figure:

@@ -55,15 +55,15 @@ def _lines(fig: go.Figure, r: LensResult, columns: list, name: str) -> None:
         fig.add_trace(line, row=1, col=col)
 
 
-def lens_target_lines(results: list[LensResult], position: int) -> go.Figure:
-    """For each target token: probability, rank and logit across the points, at one position (one line per lens)."""
+def lens_tracked_lines(results: list[LensResult], position: int) -> go.Figure:
+    """For each tracked token: probability, rank and logit across the points, at one position (one line per lens)."""
     fig = make_subplots(rows=1, cols=3, subplot_titles=["probability", "rank (0 = top)", "logit"], horizontal_spacing=0.07)
     for r in results:
-        for t, label in enumerate(r.target_labels):
-            values = [v[:, position, t] for v in (r.target_probs, r.target_ranks, r.target_logits)]  # each (point,)
+        for t, label in enumerate(r.tracked_labels):
+            values = [v[:, position, t] for v in (r.tracked_probs, r.tracked_ranks, r.tracked_logits)]  # each (point,)
             _lines(fig, r, values, f"{label} ({r.kind})")
     fig.update_yaxes(type="log", row=1, col=2)
-    return layout(fig, f"Targets at position {position} ({results[0].labels[position]!r})", 380)
+    return layout(fig, f"Tracked tokens at position {position} ({results[0].labels[position]!r})", 380)
 
 
 def lens_stats_lines(results: list[LensResult], position: int | None = None) -> go.Figure:

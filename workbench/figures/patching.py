@@ -27,8 +27,8 @@ def patching_heatmap(r: PatchResult | DatasetPatchResult, title: str | None = No
     fig = go.Figure(heatmap(z, diverging(z, at_least=1.0), hover, x, y, colorbar="normalised", **spread))
     fig.update_yaxes(autorange="reversed")
     token_ticks(fig)
-    what = SITES.get(r.site.split(" ")[0], r.site)
-    base = title or f"{r.direction.capitalize()} {r.site}: {what}"
+    estimate = "" if getattr(r, "method", "exact") == "exact" else f" ({r.method} estimate)"
+    base = title or f"{r.direction.capitalize()} {r.site}: {SITES[r.site].description}{estimate}"
     if isinstance(r, DatasetPatchResult):
         base += f" — mean over {r.n_pairs} pairs"
     return layout(fig, base, 160 + 24 * len(y))
