@@ -18,7 +18,8 @@ prompt, truncate = ui.prompt_form(model)
 with ui.guard("the attention patterns"):
     run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
     p = attention.patterns_of(run)
-    layer, head = ui.head_picker(model)
+    strongest = head_types_on_repeats(model).ranked("induction", 1)[0]  # the page opens on the best induction head
+    layer, head = ui.head_picker(model, default=(strongest["layer"], strongest["head"]))
     ui.probe_command("attention", model, prompt=prompt, layer=layer, head=head)
     one, grid, focus, types, anatomy = st.tabs(["One head", "Every head", "Token focus", "Head types", "Anatomy of a head"])
 

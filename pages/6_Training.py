@@ -36,8 +36,6 @@ with ui.guard("the training checkpoints"):
         ui.figure(draw.loss_curve(f), f"{name}-loss-curve", f)
     step = st.select_slider("Open a checkpoint in the other views", options=list(f.steps), value=f.steps[-1], key="w.training_step")
     st.markdown(f"Model name for the sidebar, a link or a probe: `{name}@{step}`")
-    if st.button(f"Use {name}@{step} on every page", key="w.training_use"):
-        st.session_state[ui.MODEL] = f"{name}@{step}"
-        st.rerun()
+    st.button(f"Use {name}@{step} on every page", key="w.training_use", on_click=ui.open_model, args=(f"{name}@{step}",))
 
 view.share()

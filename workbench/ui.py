@@ -30,9 +30,9 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from workbench import export
+from workbench import checkpoints, export
 from workbench.errors import InputError
-from workbench.model import DEFAULT_MODEL, SHIPPED, LoadedModel, load_model
+from workbench.model import DEFAULT_MODEL, MODELS_DIR, SHIPPED, LoadedModel, load_model
 
 # ---- session keys: everything this module keeps in st.session_state, in one place ------------------
 # (a page's own keys are declared at the top of that page)
@@ -43,11 +43,14 @@ CLEAN, CORRUPTED = "wb.clean", "wb.corrupted"  # the prompt pair of patching
 LAYER, HEAD, POSITION = "wb.layer", "wb.head", "wb.position"
 RESTORED = "wb.restored"  # the pages whose link has been read in this session
 SESSION_CACHES = "wb.caches"  # this session's cached analyses: cache name -> Bounded
+CHECKPOINT = "w.checkpoint"  # the sidebar's training-checkpoint slider
 NOTICE = "wb.notice"  # a message for the next run of the page (what was cancelled)
 
 OTHER = "a local folder or cached hub model…"
+# Each default shows a learned mechanism on its model (tests/test_examples.py): a sentence repeated, so that
+# the induction heads copy what followed its first half last time ("woman"), and the lens shows it forming.
 EXAMPLE_PROMPTS = {
-    "english": "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a",
+    "english": "In the morning Jane walked to the old woman by the sea. In the morning Jane walked to the old",
     "circuits": "apple river stone cloud tiger piano candle garden apple river stone cloud tiger piano",
 }
 EXAMPLE_PAIRS = {  # (clean, corrupted), or (A, B) on the compare page
@@ -55,8 +58,13 @@ EXAMPLE_PAIRS = {  # (clean, corrupted), or (A, B) on the compare page
         "apple river stone cloud tiger piano candle garden apple river stone",
         "apple river stone lemon tiger piano candle garden apple river stone",
     ),
-    "english": ("The cat sat on the mat. The cat sat on the", "The cat sat on the bed. The cat sat on the"),
+    "english": (
+        "In the morning Jane walked to the old woman by the sea. In the morning Jane walked to the old",
+        "In the morning Jane walked to the old whale by the sea. In the morning Jane walked to the old",
+    ),
 }
+EXAMPLE_PROMPTS["answer-key"] = EXAMPLE_PROMPTS["circuits"]  # the same 96-word vocabulary
+EXAMPLE_PAIRS["answer-key"] = EXAMPLE_PAIRS["circuits"]
 SELECTED = "#d62728"  # the selected position's outline, the same on every page
 
 
@@ -292,22 +300,35 @@ def guard(what: str = "this view"):
 
 
 def example_prompt(model_name: str) -> str:
-    return EXAMPLE_PROMPTS.get(model_name, EXAMPLE_PROMPTS["english"])
+    """The example prompt of a shipped model (and of its checkpoints, "english@1200"); the English one otherwise."""
+    return EXAMPLE_PROMPTS.get(model_name.split("@")[0], EXAMPLE_PROMPTS["english"])
 
 
 def example_pair(model_name: str) -> tuple[str, str]:
-    return EXAMPLE_PAIRS.get(model_name, EXAMPLE_PAIRS["english"])
+    return EXAMPLE_PAIRS.get(model_name.split("@")[0], EXAMPLE_PAIRS["english"])
+
+
+def open_model(name: str) -> None:
+    """Makes `name` (a shipped model or MODEL@STEP) every page's model; for a button's on_click, before the picker draws."""
+    base, _, step = name.partition(checkpoints.SEPARATOR)
+    st.session_state[MODEL] = name
+    st.session_state["w.model_choice"] = base if base in SHIPPED else OTHER
+    st.session_state[CHECKPOINT] = int(step) if step.isdigit() else "final"
 
 
 def model_picker() -> LoadedModel | None:
-    """Sidebar model choice; returns the loaded model (the last good one if the new choice fails)."""
+    """Sidebar model choice; returns the loaded model (the last good one if the new choice fails).
+
+    A shipped model with training checkpoints also gets a checkpoint slider: "final", or a step
+    (the model becomes "english@1200", the same name a link or a probe takes)."""
     st.session_state.setdefault(MODEL, DEFAULT_MODEL)
     current = st.session_state[MODEL]
+    base, _, current_step = current.partition(checkpoints.SEPARATOR)
     options = [*SHIPPED, OTHER]
     choice = st.sidebar.selectbox(
         "Model",
         options,
-        index=options.index(current) if current in SHIPPED else len(SHIPPED),
+        index=options.index(base) if base in SHIPPED else len(SHIPPED),
         format_func=lambda o: SHIPPED.get(o, o),
         key="w.model_choice",
     )
@@ -330,6 +351,19 @@ def model_picker() -> LoadedModel | None:
             st.sidebar.warning("The model folder's own Python code will run on this server.", icon="⚠️")
     else:
         name, trust = choice, False
+        steps = checkpoints.steps(MODELS_DIR / choice)
+        if steps:
+            start = int(current_step) if base == choice and current_step.isdigit() and int(current_step) in steps else "final"
+            if st.session_state.get(CHECKPOINT, start) not in ["final", *steps]:  # another model's step
+                st.session_state[CHECKPOINT] = start
+            step = st.sidebar.select_slider(
+                "Training checkpoint",
+                ["final", *steps],
+                **({} if CHECKPOINT in st.session_state else {"value": start}),
+                key=CHECKPOINT,
+                help="The model as it was after this many training steps (the Training page shows what changed).",
+            )
+            name = choice if step == "final" else f"{choice}{checkpoints.SEPARATOR}{step}"
     try:
         model = cached_model(name, trust_remote_code=trust)
     except InputError as err:
@@ -447,10 +481,10 @@ def figure(fig, name: str, data=None, rows: list[dict] | None = None) -> None:
         )
 
 
-def head_picker(model: LoadedModel) -> tuple[int, int]:
-    """Layer and head, shared between pages; clamped to the model."""
-    layer = max(0, min(st.session_state.get(LAYER, 0), model.info.n_layers - 1))
-    head = max(0, min(st.session_state.get(HEAD, 0), model.info.n_heads - 1))
+def head_picker(model: LoadedModel, default: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """Layer and head, shared between pages (`default` until one is chosen); clamped to the model."""
+    layer = max(0, min(st.session_state.get(LAYER, default[0]), model.info.n_layers - 1))
+    head = max(0, min(st.session_state.get(HEAD, default[1]), model.info.n_heads - 1))
     c1, c2, _ = st.columns([1, 1, 4])
     layer = c1.selectbox("Layer", range(model.info.n_layers), index=layer, key="w.layer")
     head = c2.selectbox("Head", range(model.info.n_heads), index=head, key="w.head")

@@ -17,7 +17,7 @@ from workbench import export, heads
 from workbench.errors import InputError
 from workbench.generate import Sampling, generate
 from workbench.model import load_model
-from workbench.runs import run_prompt
+from workbench.runs import run_prompt, run_tokens
 
 AUSTEN = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a"
 SAMPLE_PROMPTS = {
@@ -42,36 +42,44 @@ LAYOUTS = {
 }
 
 
-@torch.no_grad()
+def _windows(model, text: str) -> tuple[torch.Tensor, list[int]]:
+    """(windows, n_ctx) BOS + consecutive pieces of `text`'s ids, and each piece's length (the last may be short: padded with BOS)."""
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    width = model.info.n_ctx - 1
+    pieces = [ids[i : i + width] for i in range(0, len(ids) - 1, width)]
+    rows = torch.full((len(pieces), width + 1), model.bos_id)
+    for i, piece in enumerate(pieces):
+        rows[i, 1 : 1 + len(piece)] = torch.tensor(piece)
+    return rows, [len(p) for p in pieces]
+
+
+def _window_logits(model, text: str):
+    """Yields (logits (n_ctx - 1, d_vocab) predicting each piece token, the piece's ids) over `text`, through the run layer."""
+    rows, lengths = _windows(model, text)
+    for start in range(0, len(rows), 16):
+        logits, _ = run_tokens(model, rows[start : start + 16])
+        for row, logit, n in zip(rows[start : start + 16], logits.float().cpu(), lengths[start : start + 16], strict=True):
+            yield logit[:n], row[1 : 1 + n]
+
+
 def stream_loss(model, text: str) -> dict:
     """Nats per token and bits per character of `text`, over consecutive BOS-prefixed windows of the context."""
-    ids = torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-    width = model.info.n_ctx - 1
     total, count, chars = 0.0, 0, 0
-    for i in range(0, len(ids) - 1, width):
-        piece = ids[i : i + width]
-        run = run_prompt(model, model.tokenizer.decode(piece), truncate=True)
-        if not torch.equal(run.tokens[1:], piece):  # decoding and re-encoding must give the same ids
-            raise InputError("the sample does not round-trip through the tokenizer")
-        total += torch.nn.functional.cross_entropy(run.logits[:-1], run.tokens[1:], reduction="sum").item()
-        count += len(piece)
-        chars += len(model.tokenizer.decode(piece))
+    for logits, targets in _window_logits(model, text):
+        total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        count += len(targets)
+        chars += len(model.tokenizer.decode(targets))
     return {"nats_per_token": total / count, "bits_per_char": total / math.log(2) / chars, "tokens": count, "chars": chars}
 
 
-@torch.no_grad()
 def line_breaks(model, text: str) -> dict:
     """How often the top-1 next token holds a line break, against how often the true next token does."""
-    ids = torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-    width = model.info.n_ctx - 1
     newline = torch.tensor(["\n" in model.tokenizer.decode([i]) for i in range(model.info.d_vocab)])
     predicted, actual, count = 0, 0, 0
-    for i in range(0, len(ids) - 1, width):
-        run = run_prompt(model, model.tokenizer.decode(ids[i : i + width]), truncate=True)
-        top = run.logits[:-1].argmax(-1)
-        predicted += int(newline[top].sum())
-        actual += int(newline[run.tokens[1:]].sum())
-        count += len(top)
+    for logits, targets in _window_logits(model, text):
+        predicted += int(newline[logits.argmax(-1)].sum())
+        actual += int(newline[targets].sum())
+        count += len(targets)
     return {"predicted_rate": predicted / count, "actual_rate": actual / count, "positions": count}
 
 
