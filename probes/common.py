@@ -9,9 +9,7 @@ with status 2 and one line; a missing Chromium skips PNG/SVG with one line and k
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -19,8 +17,7 @@ from pathlib import Path
 from workbench import export
 from workbench.errors import InputError
 from workbench.model import LoadedModel, load_model
-
-LIBRARIES = ("torch", "transformer-lens", "transformers", "captum", "plotly", "kaleido", "streamlit")
+from workbench.runs import versions
 
 
 def base_parser(name: str, doc: str) -> argparse.ArgumentParser:
@@ -87,7 +84,7 @@ class Output:
                 "numeric_mode": model.info.numeric_mode,
             },
             "settings": settings,
-            "versions": {lib: _version(lib) for lib in LIBRARIES} | {"python": platform.python_version()},
+            "versions": versions(),  # the same record every result's provenance carries
             "files": [],
             "timings": {},
             "status": "running",
@@ -131,13 +128,6 @@ class Output:
             self.manifest["timings"]["total"] = round(time.time() - self.start, 3)
         self.manifest["notes"] = self.notes
         (self.folder / "manifest.json").write_text(json.dumps(self.manifest, indent=1, ensure_ascii=False) + "\n")
-
-
-def _version(lib: str) -> str | None:
-    try:
-        return importlib.metadata.version(lib)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def run_probe(name: str, doc: str, add_arguments, defaults: dict, body, argv: list[str] | None) -> int:

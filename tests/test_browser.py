@@ -40,7 +40,7 @@ def browser_page():
 
 
 def _settled(page, min_figures: int = 1) -> None:
-    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {min_figures}", timeout=120_000)
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {min_figures}", timeout=300_000)
     page.wait_for_function("!document.querySelector('[data-testid=stStatusWidget]')", timeout=120_000)
     page.wait_for_timeout(500)
     assert page.locator("[data-testid=stException]").count() == 0
