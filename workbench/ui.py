@@ -48,9 +48,9 @@ NOTICE = "wb.notice"  # a message for the next run of the page (what was cancell
 
 OTHER = "a local folder or cached hub model…"
 # Each default shows a learned mechanism on its model (tests/test_examples.py): a sentence repeated, so that
-# the induction heads copy what followed its first half last time ("woman"), and the lens shows it forming.
+# the induction heads copy what followed its first half last time ("whale"), and the lens shows it forming.
 EXAMPLE_PROMPTS = {
-    "english": "In the morning Jane walked to the old woman by the sea. In the morning Jane walked to the old",
+    "english": "In the morning Jane walked to the old whale by the sea. In the morning Jane walked to the old",
     "circuits": "apple river stone cloud tiger piano candle garden apple river stone cloud tiger piano",
 }
 EXAMPLE_PAIRS = {  # (clean, corrupted), or (A, B) on the compare page
@@ -59,8 +59,8 @@ EXAMPLE_PAIRS = {  # (clean, corrupted), or (A, B) on the compare page
         "apple river stone lemon tiger piano candle garden apple river stone",
     ),
     "english": (
-        "In the morning Jane walked to the old woman by the sea. In the morning Jane walked to the old",
         "In the morning Jane walked to the old whale by the sea. In the morning Jane walked to the old",
+        "In the morning Jane walked to the old woman by the sea. In the morning Jane walked to the old",
     ),
 }
 EXAMPLE_PROMPTS["answer-key"] = EXAMPLE_PROMPTS["circuits"]  # the same 96-word vocabulary
