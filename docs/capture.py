@@ -23,6 +23,7 @@ PAGES = {
     "attribution": "Attribution",
     "patching": "Patching",
     "compare": "Compare",
+    "training": "Training",
 }
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

@@ -22,12 +22,12 @@ with ui.guard("the training checkpoints"):
     ui.probe_command("training", ui.cached_model(name))
     if f.phase_change is not None:
         st.success(
-            f"Induction phase change between steps **{f.phase_change[0]}** and **{f.phase_change[1]}**: the best induction score rose "
-            f"from {float(f.best('induction')[f.steps.index(f.phase_change[0])]):.2f} to "
-            f"{float(f.best('induction')[f.steps.index(f.phase_change[1])]):.2f}."
+            f"Induction phase change between steps **{f.phase_change[0]}** and **{f.phase_change[1]}**: the best layer's induction "
+            f"score (its heads together) rose from {float(f.best_layer('induction')[f.steps.index(f.phase_change[0])]):.2f} to "
+            f"{float(f.best_layer('induction')[f.steps.index(f.phase_change[1])]):.2f}."
         )
     else:
-        st.info("No induction phase change between these checkpoints (no rise of the best induction score of 0.1 or more).")
+        st.info("No induction phase change between these checkpoints (no rise of the best layer's induction score of 0.1 or more).")
     ui.figure(draw.head_scores_over_training(f), f"{name}-head-scores-over-training", f, f.rows())
     c1, c2 = st.columns(2)
     with c1:

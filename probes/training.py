@@ -29,7 +29,8 @@ def body(model, s, out):
     out.manifest["summary"] = {
         "checkpoints": list(f.steps),
         "phase_change": change,
-        "best_induction_final": round(float(f.best("induction")[-1]), 4),
+        "best_induction_head_final": round(float(f.best("induction")[-1]), 4),
+        "best_induction_layer_final": round(float(f.best_layer("induction")[-1]), 4),
         "in_context_loss_final": round(float(f.in_context_loss[-1]), 4),
     }
 

@@ -54,13 +54,13 @@ def test_home_page_takes_a_prompt(browser_page):
     box = page.get_by_role("textbox", name="Prompt")
     box.fill("The whale swam into the quiet harbour")
     page.get_by_role("button", name="Run").click()
-    page.wait_for_function("document.body.innerText.includes('␣harbour') || document.body.innerText.includes('␣har')", timeout=60_000)
+    page.wait_for_function("document.body.innerText.includes('␣whale') && document.body.innerText.includes('␣into')", timeout=60_000)
     _settled(page)
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / "home.png"))
 
 
-@pytest.mark.parametrize("name", ["attention", "lens", "attribution", "patching", "compare"])
+@pytest.mark.parametrize("name", ["attention", "lens", "attribution", "patching", "compare", "training"])
 def test_every_page_draws_its_figures(browser_page, name):
     page, url = browser_page
     page.goto(f"{url}/{capture.PAGES[name]}", timeout=60_000)
@@ -79,14 +79,18 @@ def test_a_shared_link_opens_the_same_view(browser_page):
     assert "␣apple" in body and "Layer 1, head 0" in body  # the circuits model's word tokens, the linked head
 
 
-def test_a_long_sweep_is_cancelled_and_the_page_keeps_its_inputs(browser_page):
+def test_a_long_sweep_is_cancelled_and_the_page_keeps_its_inputs(browser_page, tmp_path):
     from urllib.parse import urlencode
 
+    from workbench import families
+
     page, url = browser_page
-    prefix = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. " * 7
+    # a GPT-2-small-deep random model (12 layers x 12 heads) and ~200 tokens, every head at every position: tens of
+    # thousands of patched runs, so the sweep is still running when Cancel is clicked (the shipped models are too small)
+    folder = families.build("gpt2", tmp_path / "deep", layers=12, width=192, heads=12, mlp=384, positions=512, init=0.02)
+    prefix = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. " * 6
     clean, corrupted = prefix + "The cat sat on the mat. The cat sat on the", prefix + "The cat sat on the bed. The cat sat on the"
-    # 230 tokens, every head at every position: thousands of patched runs, so the sweep is still running when Cancel is clicked
-    link = urlencode(dict(model="english", clean=clean, corrupted=corrupted, site="z_pos", metric="probability"))
+    link = urlencode(dict(model=str(folder), clean=clean, corrupted=corrupted, site="z_pos", metric="probability"))
     page.goto(f"{url}/Patching?{link}", timeout=60_000)
     _settled(page)
     page.get_by_role("button", name="Run the exact sweep").click()

@@ -23,7 +23,9 @@ def _views(model, i: int) -> list[torch.Tensor]:
     kind = i % 4
     if kind == 0:
         p = attention.patterns(model, clean)
-        types = attention.head_types(model, run_prompt(model, clean, [f"blocks.{layer}.attn.hook_pattern" for layer in range(4)]))
+        types = attention.head_types(
+            model, run_prompt(model, clean, [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.info.n_layers)])
+        )
         repeats = heads.repeat_scores(model, n=10, seqs=2, seed=i)
         return [p.pattern, types.scores["induction"], repeats.induction, repeats.previous_token]
     if kind == 1:

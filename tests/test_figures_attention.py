@@ -32,7 +32,7 @@ def test_grid_of_a_long_prompt_is_pooled_and_says_so(english):
     p = attention.patterns(english, " ".join(["word"] * 300), truncate=True)
     fig, factor = draw.pattern_grid(p, cell=48)
     assert factor == math.ceil(256 / 48) and "max over" in fig.layout.title.text
-    assert len(fig.data) == 16 and len(fig.data[0].z) <= 48
+    assert len(fig.data) == english.info.n_layers * english.info.n_heads and len(fig.data[0].z) <= 48
 
 
 def test_token_focus_masks_what_the_token_cannot_see_or_be_seen_by(circuits):

@@ -45,8 +45,8 @@ def test_sampling_is_reproducible_by_seed(english):
         ids = torch.cat([ids, torch.tensor([step.chosen_id])])
 
 
-def test_the_induction_model_completes_a_repeat(circuits):
-    gen = generate(circuits, "apple river stone cloud tiger piano candle apple river stone", Sampling(max_new_tokens=4))
+def test_the_induction_model_completes_a_repeat(answer_key):
+    gen = generate(answer_key, "apple river stone cloud tiger piano candle apple river stone", Sampling(max_new_tokens=4))
     assert gen.text.split() == ["cloud", "tiger", "piano", "candle"]
 
 

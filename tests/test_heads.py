@@ -41,8 +41,9 @@ def test_repeated_tokens_are_distinct_when_possible():
     assert seq[0] == 0 and torch.equal(seq[1:51], seq[51:]) and len(set(seq[1:51].tolist())) == 50
 
 
-def test_circuits_model_has_the_induction_head_its_card_names(circuits):
-    card = json.loads((MODELS_DIR / "circuits" / "card.json").read_text())["measured"]["head_scores"]
+def test_the_answer_key_has_the_induction_head_its_card_names(answer_key):
+    circuits = answer_key
+    card = json.loads((MODELS_DIR / "answer-key" / "card.json").read_text())["measured"]["head_scores"]
     for n in (50, 20):
         s = heads.repeat_scores(circuits, n=n, seqs=8, seed=0)
         assert list(s.strongest_induction_head()) == card[str(n)]["strongest_induction_head"]

@@ -1,3 +1,4 @@
+import json
 import re
 import threading
 
@@ -15,8 +16,10 @@ def test_default_is_the_english_model(english):
     assert resolve(None)[0] == "english"
     info = english.info
     assert info.kind == "shipped" and info.compatibility_mode and info.numeric_mode == COMPATIBILITY_MODE
-    assert (info.n_layers, info.n_heads, info.d_model, info.d_head) == (4, 4, 128, 32)
-    assert info.n_ctx == 256 and info.d_vocab == 4096 and not info.trust_remote_code
+    config = json.loads((MODELS_DIR / "english" / "config.json").read_text())  # the shipped shape, as the bridge reads it
+    assert (info.n_layers, info.n_heads, info.d_model) == (config["n_layer"], config["n_head"], config["n_embd"])
+    assert info.d_head == config["n_embd"] // config["n_head"]
+    assert info.n_ctx == config["n_positions"] and info.d_vocab == config["vocab_size"] and not info.trust_remote_code
     hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "english", use_safetensors=True)
     assert info.n_params == sum(p.numel() for p in hf.parameters())
 

@@ -84,15 +84,16 @@ def test_whole_clean_residual_restores_clean_and_nothing_leaves_corrupted(circui
     assert r.values[:, :4].abs().max() < 1e-5
 
 
-def test_induction_mechanism_lights_up(circuits):
-    """The corrupted earlier copy's position, then the induction head named in the model card."""
+def test_induction_mechanism_lights_up(answer_key):
+    """The corrupted earlier copy's position, then the induction head named in the model card (the answer key: known)."""
+    circuits = answer_key
     s = _setup(circuits)
     resid = patching.sweep(circuits, s, "resid_pre")
     assert int(resid.values[0, :-1].argmax()) == 4  # ' cloud' in the earlier copy
     # before layer 1 too: the induction head reads the word right after the earlier ' stone'
     assert int(resid.values[1].argmax()) == 4 and resid.values[1, 4] > 0.9
     heads = patching.sweep(circuits, s, "z")
-    card = json.loads((MODELS_DIR / "circuits" / "card.json").read_text())["measured"]["head_scores"]["50"]
+    card = json.loads((MODELS_DIR / "answer-key" / "card.json").read_text())["measured"]["head_scores"]["50"]
     top = heads.ranked(1)[0]
     assert [top["layer"], top["head"]] == card["strongest_induction_head"]
 

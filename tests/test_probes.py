@@ -111,7 +111,7 @@ def test_attribution_and_attention_probes(tmp_path):
 
 
 def test_induction_study_writes_a_report(tmp_path):
-    out, manifest = _run(tmp_path, "induction-study", "--pairs", "4")
+    out, manifest = _run(tmp_path, "induction-study", "--model", "answer-key", "--pairs", "4")
     report = (out / "report.md").read_text()
     assert "## 1. Head scan" in report and "## Conclusion" in report
     assert manifest["findings"]["agree"], manifest["findings"]

@@ -52,7 +52,7 @@ def test_the_trained_circuits_model_shows_its_phase_change(formation):
     f = formation
     assert f.phase_change is not None
     before, after = f.steps.index(f.phase_change[0]), f.steps.index(f.phase_change[1])
-    assert f.best("induction")[after] - f.best("induction")[before] >= training.PHASE_CHANGE_RISE
+    assert f.best_layer("induction")[after] - f.best_layer("induction")[before] >= training.PHASE_CHANGE_RISE
     assert f.best_layer("induction")[-1] >= 0.4 and f.best("induction")[0] < 0.2  # a layer's heads share the copying
     assert f.in_context_loss[-1] < f.in_context_loss[0] - 1  # once it copies, the second copy is far easier
 
@@ -61,6 +61,9 @@ def test_figures_show_every_head_and_mark_the_phase_change(formation):
     fig = draw.head_scores_over_training(formation)
     assert len(fig.data) == 3 * 2 * 4  # a line per head in each of the three panels
     assert list(fig.data[0].x) == list(formation.steps)
+    per_panel = 2 * 4
+    for i in range(per_panel):  # a head keeps its colour in every panel, as the one legend says
+        assert fig.data[i].line.color == fig.data[i + per_panel].line.color == fig.data[i + 2 * per_panel].line.color
     assert len(fig.layout.shapes) == 3  # the shaded phase change in each panel
     assert len(draw.in_context_loss(formation).data) == 3 and len(draw.loss_curve(formation).data) >= 1
 

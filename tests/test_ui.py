@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from workbench import ui
+from workbench import attention, ui
+from workbench.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,9 @@ def test_a_link_restores_the_patching_view():
 def test_a_bad_link_falls_back_to_defaults():
     at = _page("pages/1_Attention.py", model="circuits", layer="x", head="99", site="nonsense")
     assert not at.exception
-    assert at.selectbox(key="w.layer").value == 0 and at.selectbox(key="w.head").value == 3  # clamped to the model
+    strongest = attention.head_types_on_repeats(load_model("circuits")).ranked("induction", 1)[0]
+    assert at.selectbox(key="w.layer").value == strongest["layer"]  # "x" ignored: the page's default, the best induction head
+    assert at.selectbox(key="w.head").value == 3  # 99 clamped to the model
 
 
 def test_selections_are_shared_between_pages():
@@ -84,7 +87,8 @@ def test_links_with_values_outside_the_widgets_are_ignored():
     assert at.number_input(key="w.temperature").value == 1.0 and at.slider(key="w.k").value == 10
     assert at.radio(key="w.sampling").value == "greedy (most likely)"
     at = _page("pages/1_Attention.py", model="circuits", layer="-5", head="-1")
-    assert not at.exception and at.selectbox(key="w.layer").value == 0
+    strongest = attention.head_types_on_repeats(load_model("circuits")).ranked("induction", 1)[0]
+    assert not at.exception and at.selectbox(key="w.layer").value == strongest["layer"]  # the page's default
 
 
 def test_a_page_restores_only_what_it_declares():

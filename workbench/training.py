@@ -9,8 +9,10 @@ other views:
   text minus the mean loss at early positions. Negative means the model predicts better the more
   of the context it has read; induction heads are what makes it fall sharply. The text is the
   model's held-out sample (English) or BOS + n random tokens twice (a model without one);
-- the induction phase change: the interval between two snapshots over which the best induction
-  score rose the most, when it rose by at least `PHASE_CHANGE_RISE`.
+- the induction phase change: the interval between two snapshots over which the best layer's
+  induction score (its heads' scores summed: trained models spread induction over a layer's heads,
+  each head scoring 0.15-0.2 where together they score 0.55-0.85) rose the most, when it rose by at
+  least `PHASE_CHANGE_RISE`.
 The loss curve comes from the training log.
 """
 
@@ -29,7 +31,7 @@ from workbench.runs import run_prompt
 from workbench.tokens import ordinary_token_ids
 
 HEAD_TYPES = ("previous token", "duplicate token", "induction")
-PHASE_CHANGE_RISE = 0.1  # a rise of the best induction score smaller than this is no phase change
+PHASE_CHANGE_RISE = 0.1  # a rise of the best layer's induction score smaller than this is no phase change
 EARLY = (1, 0.1)  # positions 1 .. 10% of the window: "early"
 LATE = 0.8  # the last 20% of the window: "late"
 
@@ -156,7 +158,7 @@ def formation(name: str, n: int = 50, seqs: int = 8, seed: int = 0, progress=Non
             break
     scores = {t: torch.stack(v) for t, v in per_type.items()}  # (checkpoint, layer, head)
     done = tuple(done_steps)
-    best = scores["induction"].flatten(1).max(-1).values
+    best = scores["induction"].sum(-1).max(-1).values  # (checkpoint,) the best layer's heads together
     return Formation(
         model=name,
         steps=done,

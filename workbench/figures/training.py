@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -22,9 +23,11 @@ def head_scores_over_training(f: Formation) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(HEAD_TYPES), subplot_titles=[t.capitalize() for t in HEAD_TYPES], shared_yaxes=True)
     layers, heads = f.scores[HEAD_TYPES[0]].shape[1:]
     steps = list(f.steps)
+    palette = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.D3  # 20 colours; more heads repeat them
     for col, head_type in enumerate(HEAD_TYPES, start=1):
         for layer in range(layers):
             for head in range(heads):
+                colour = palette[(layer * heads + head) % len(palette)]  # one head, one colour, in every panel
                 fig.add_trace(
                     go.Scatter(
                         x=steps,
@@ -33,8 +36,8 @@ def head_scores_over_training(f: Formation) -> go.Figure:
                         name=f"L{layer} H{head}",
                         legendgroup=f"L{layer} H{head}",
                         showlegend=col == 1,
-                        line=dict(width=1.5),
-                        marker=dict(size=4),
+                        line=dict(width=1.5, color=colour),
+                        marker=dict(size=4, color=colour),
                         hovertemplate=f"L{layer} H{head}<br>step %{{x}}<br>{head_type} %{{y:.3f}}<extra></extra>",
                     ),
                     row=1,

@@ -73,19 +73,10 @@ class Stage:
 
 
 def gpt2_config(cfg: TrainConfig, bos_id: int, eos_id: int) -> GPT2Config:
-    return GPT2Config(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.n_positions,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
-        tie_word_embeddings=True,
-    )
+    """A GPT-2 of the config's shape: one dropout everywhere, the unembedding tied to the token embedding."""
+    shape = {name: getattr(cfg, name) for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")}
+    dropout = dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), cfg.dropout)
+    return GPT2Config(**shape, **dropout, bos_token_id=bos_id, eos_token_id=eos_id, tie_word_embeddings=True)
 
 
 @torch.no_grad()
