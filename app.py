@@ -11,7 +11,8 @@ SAMPLING_MODES = ("greedy (most likely)", "sample")
 view = ui.View(
     "🔬 GPT interpretability workbench",
     "Look inside a trained GPT: type a prompt and see what the model does with it. The pages on the left "
-    "show attention, the logit lens, activation patching and attribution on the same model and prompt.",
+    "show attention, the logit lens, activation patching and attribution on the same model and prompt, compare two "
+    "prompts, and show how the model's heads formed during training.",
     params=(
         ui.number("k", int, 3, 30),
         ui.choice("sampling", SAMPLING_MODES),
