@@ -18,6 +18,7 @@ The loss curve comes from the training log.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,8 +123,6 @@ def phase_change(steps: tuple[int, ...], best: torch.Tensor) -> tuple[int, int] 
 
 def loss_curve(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """Every numeric quantity of the training log, as (step, value) pairs."""
-    import json
-
     history = json.loads((folder / "training.json").read_text()).get("history", [])
     out: dict[str, list[tuple[int, float]]] = {}
     for rec in history:

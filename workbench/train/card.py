@@ -145,7 +145,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     return head + "".join("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |\n" for r in rows)
 
 
-def _kind(folder: Path, training: dict) -> str:
+def _kind(training: dict) -> str:
     if training.get("constructed"):
         return "answer-key"
     return "english" if "corpus" in training else "circuits"
@@ -207,7 +207,7 @@ def _english_sections(folder: Path, training: dict, measured: dict) -> list[str]
 def write(folder: Path) -> dict:
     folder = Path(folder)
     training = json.loads((folder / "training.json").read_text())
-    kind = _kind(folder, training)
+    kind = _kind(training)
     measured = measure(folder, "english" if kind == "english" else "circuits")
     card = {"kind": kind, "training": {k: v for k, v in training.items() if k != "history"}, "measured": measured}
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")

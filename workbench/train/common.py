@@ -125,7 +125,7 @@ def masked_loss(model: GPT2LMHeadModel, ids: torch.Tensor, mask: torch.Tensor, v
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
-def _optimizer(model: GPT2LMHeadModel, weight_decay: float) -> torch.optim.AdamW:
+def optimizer(model: GPT2LMHeadModel, weight_decay: float) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -184,7 +184,7 @@ def run_stages(
     Returns the training record: per-step losses (every cfg.log_every steps), evaluations (every
     `eval_every` steps and at each snapshot), tokens seen, wall time."""
     torch.set_num_threads(cfg.threads)
-    opt = _optimizer(model, cfg.weight_decay)
+    opt = optimizer(model, cfg.weight_decay)
     total = sum(s.steps for s in stages)
     start_step, history, tokens, seconds = 0, [], 0, 0.0
     state_path = run_dir / "state.pt" if run_dir else None
@@ -216,10 +216,12 @@ def run_stages(
         opt.step()
         tokens += sum(p.ids.numel() for p in parts)
         done = step + 1
-        if step % cfg.log_every == 0 or done == total or done in snapshots:
+        # evaluations are logged lines too: every eval_every steps, at each snapshot, and at the end
+        evaluating = evaluate is not None and (done % eval_every == 0 or done == total or done in snapshots)
+        if done == 1 or done % cfg.log_every == 0 or done == total or done in snapshots or evaluating:
             rec = {"step": done, "stage": stage.name, "lr": round(lr, 6), "tokens": tokens, "seconds": round(time.time() - began, 1)}
             rec |= {name: round(v.item(), 4) for name, v in losses.items()}
-            if evaluate is not None and (done % eval_every == 0 or done == total or done in snapshots):
+            if evaluating:
                 model.eval()
                 rec |= evaluate(model)
                 model.train()

@@ -172,17 +172,6 @@ def stream_loss(model: GPT2LMHeadModel, tokenizer, stream: np.ndarray, n_positio
     return {"nats_per_token": total / count, "bits_per_char": total / math.log(2) / chars}
 
 
-def heldout_loss(model: GPT2LMHeadModel, stream: np.ndarray, n_positions: int, max_windows: int = 64) -> float:
-    """Mean next-token loss (nats) over evenly spread BOS-prefixed windows of the held-out stream."""
-
-    class _Chars:  # nats only: characters are not needed
-        @staticmethod
-        def decode(ids):
-            return "x" * len(ids)
-
-    return stream_loss(model, _Chars, stream, n_positions, max_windows)["nats_per_token"]
-
-
 @torch.no_grad()
 def induction_check(model: GPT2LMHeadModel, vocab_size: int, bos: int, n: int = 50, seqs: int = 8, seed: int = 0) -> dict:
     """Best head and best layer-sum induction score on BOS + n random ids twice, and the two copies' losses.

@@ -39,7 +39,7 @@ def one_run(name, kind, layers, width, heads, vocab, steps, data, log=print) -> 
     recipe = english.Recipe(model=cfg, curriculum=((96, 100_000),) if kind == "copy" else (), english_steps=100_000, mix_copy_batch=0)
     stage = english.stages(recipe, train_ids, bos, vocab)[0]
     torch.set_num_threads(cfg.threads)
-    opt = common._optimizer(model, cfg.weight_decay)
+    opt = common.optimizer(model, cfg.weight_decay)
     model.train()
     began = time.time()
     for step in range(steps):
