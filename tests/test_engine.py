@@ -5,7 +5,7 @@ import torch
 
 from workbench import engine, families
 from workbench.model import load_model
-from workbench.runs import encode, run_tokens
+from workbench.runs import encode, run_edited, run_tokens
 
 PROMPT = "The cat sat on the mat. The cat sat on the"
 
@@ -83,3 +83,67 @@ def test_bad_edits_say_what_is_wrong():
         engine.Edit("ablate", "resid_middle", 0)
     with pytest.raises(ValueError, match="needs a value"):
         engine.Edit("add", "resid_pre", 0)
+
+
+def test_a_map_edit_equals_the_same_function_as_a_hook(model):
+    ids = _prompt(model)
+
+    def halve(x):  # (..., d_model)
+        return 0.5 * x
+
+    def hook(resid, hook):
+        resid = resid.clone()
+        resid[:, 2:4] = halve(resid[:, 2:4])
+        return resid
+
+    want, _ = run_tokens(model, ids, hooks=[("blocks.1.hook_resid_pre", hook)])
+    with torch.no_grad():
+        got = engine.forward(
+            engine.weights_of(model), ids.expand(2, -1), edits=[engine.Edit("map", "resid_pre", 1, position=2, fn=halve)]
+        ).logits
+    assert not torch.allclose(got, run_tokens(model, ids)[0], atol=1e-3)
+    edited, _ = run_edited(
+        model, ids, [engine.Edit("map", "resid_pre", 1, position=2, fn=halve), engine.Edit("map", "resid_pre", 1, position=3, fn=halve)]
+    )
+    assert torch.allclose(edited, want, atol=1e-5)
+    assert torch.allclose(got[:1, :2], want[:, :2], atol=1e-4)  # before the edited position nothing changes
+
+
+def test_ablating_a_neuron_at_mlp_post_equals_a_hook(model):
+    ids = _prompt(model)
+    layer, neuron = 0, 5
+
+    def zero(post, hook):
+        post = post.clone()
+        post[..., neuron] = 0.0
+        return post
+
+    want, cache = run_tokens(model, ids, names=["blocks.0.mlp.hook_post"], hooks=[("blocks.0.mlp.hook_post", zero)])
+    with torch.no_grad():
+        out = engine.forward(
+            engine.weights_of(model), ids, edits=[engine.Edit("ablate", "mlp_post", layer, head=None)], capture=["blocks.0.mlp.hook_post"]
+        )
+        one = engine.forward(
+            engine.weights_of(model), ids, edits=[engine.Edit("replace", "mlp_post", layer, value=cache["blocks.0.mlp.hook_post"][0])]
+        )
+    assert torch.allclose(one.logits, want, atol=1e-4)  # replacing the neurons with the hooked ones gives the hooked run
+    assert float(out.captured["blocks.0.mlp.hook_post"].abs().max()) == 0.0
+    _, plain_cache = run_tokens(model, ids, names=["blocks.0.mlp.hook_post"])
+    with torch.no_grad():
+        ours = engine.forward(engine.weights_of(model), ids, capture=["blocks.0.mlp.hook_post"]).captured["blocks.0.mlp.hook_post"]
+    assert torch.allclose(ours, plain_cache["blocks.0.mlp.hook_post"], atol=1e-4)  # the site is the bridge's hook_post
+
+
+def test_run_edited_leaves_no_hook_behind(model):
+    ids = _prompt(model)
+    before = model.attached_hooks()
+    plain, _ = run_edited(model, ids)
+    edited, _ = run_edited(model, ids, [engine.Edit("ablate", "z", 0, head=0)])
+    again, _ = run_tokens(model, ids)
+    assert model.attached_hooks() == before
+    assert torch.equal(plain, again) and not torch.allclose(edited, plain, atol=1e-4)
+
+
+def test_a_map_edit_needs_a_function():
+    with pytest.raises(ValueError, match="function"):
+        engine.Edit("map", "resid_pre", 0)

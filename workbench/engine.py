@@ -17,7 +17,9 @@ description rather than separate forward passes:
 | GPT-J | LayerNorm | rotary, partial, interleaved pairs | no bias | GELU | parallel, one norm |
 
 Edits are data (`Edit`): at one site of one layer, replace, add to, or zero-ablate a slice
-(a position, a head, or both) -- per batch row, so that many patched runs share one batched pass.
+(a position, a head, or both) -- per batch row, so that many patched runs share one batched pass --
+or map it through a function of its own value (`map`: a feature clamp reads the feature's
+activation from the very residual it changes).
 Activation patching is an `Edit("replace", ...)` with another run's activation. Site names and
 activation shapes follow transformer-lens's hooks (`SITE_HOOKS`): `q`, `k`, `v` before rotary,
 (batch, pos, head, d_head), with key/value heads for grouped-query attention; `pattern`
@@ -48,10 +50,11 @@ SITE_HOOKS = {
     "z": "attn.hook_z",
     "attn_out": "hook_attn_out",
     "resid_mid": "hook_resid_mid",  # sequential blocks only: parallel blocks have no such point
+    "mlp_post": "mlp.hook_post",  # (batch, pos, d_mlp): the neurons, after the activation (and gate)
     "mlp_out": "hook_mlp_out",
     "resid_post": "hook_resid_post",
 }
-KINDS = ("replace", "add", "ablate")
+KINDS = ("replace", "add", "ablate", "map")
 
 
 class Unsupported(Exception):
@@ -304,23 +307,29 @@ class Edit:
     `rows` picks the batch rows it applies to (None: all). `position` and `head` pick the slice:
     an int for every row, a tensor with one per row, or None for all. `value` is what the slice
     becomes (replace) or gains (add), broadcast to the slice's shape, or per row with a leading
-    row dimension; ablate sets it to zero. For `pattern` the position is the query row.
+    row dimension; ablate sets it to zero; map sets it to `fn(slice)` (same shape). For `pattern`
+    the position is the query row. A `fn` should itself be data (a frozen dataclass with
+    `__call__`), so that an edit set can be shown, compared and saved.
     """
 
-    kind: str  # "replace", "add" or "ablate"
+    kind: str  # "replace", "add", "ablate" or "map"
     site: str  # a key of SITE_HOOKS
     layer: int
     position: Index = None
     head: Index = None
     value: torch.Tensor | None = None
     rows: torch.Tensor | None = None  # (rows,) batch rows, None for every row
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # map: slice -> new slice of the same shape
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown edit kind {self.kind!r}; use one of {KINDS}")
         if self.site not in SITE_HOOKS:
             raise ValueError(f"unknown site {self.site!r}; use one of {', '.join(SITE_HOOKS)}")
-        if self.kind != "ablate" and self.value is None:
+        if self.kind == "map":
+            if self.fn is None:
+                raise ValueError("a map edit needs a function (fn) of the slice")
+        elif self.kind != "ablate" and self.value is None:
             raise ValueError(f"a {self.kind} edit needs a value")
 
     @property
@@ -346,6 +355,8 @@ def apply(edit: Edit, act: torch.Tensor) -> torch.Tensor:
         index = (rows,)
     if edit.kind == "ablate":
         view[index] = 0.0
+    elif edit.kind == "map":
+        view[index] = edit.fn(view[index]).to(view.dtype)
     elif edit.kind == "replace":
         view[index] = edit.value.to(view.dtype)
     else:
@@ -447,6 +458,7 @@ def block(
         hidden = L.act(gate) * (hidden + (L.b_in if L.b_in is not None else 0))
     else:
         hidden = L.act(mlp_in @ L.W_in + (L.b_in if L.b_in is not None else 0))  # (batch, pos, d_mlp)
+    hidden = run(index, "mlp_post", hidden)
     mlp_out = run(index, "mlp_out", hidden @ L.W_out + (L.b_out if L.b_out is not None else 0))
     out = run(index, "resid_post", resid + attn_out + mlp_out)
     return out[:, -1] if last_only else out

@@ -4,7 +4,9 @@ Two entries, both holding the model's lock (hooks are shared by every thread, se
 moving tokens to the model's device and checking the memory budget:
 - `run_prompt(model, prompt, names)`: one prompt, cached and shared (below);
 - `run_tokens(model, tokens, names, hooks, last_only, grad)`: a batch of token ids, with
-  hooks that edit the run, never cached.
+  hooks that edit the run, never cached;
+- `run_edited(model, tokens, edits, names, ...)`: the same with edits given as data
+  (engine.Edit: ablate, replace, add, map), the way pages and probes change a run.
 The forward engine (engine.py) is the only other code that computes the model's function.
 
 `run_prompt(model, prompt, names)` returns a `Run`: the tokens (BOS first), their display labels,
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workbench import engine
 from workbench.errors import InputError
 from workbench.model import LoadedModel
 from workbench.tokens import token_labels
@@ -268,6 +271,31 @@ def run_tokens(
         batch = tokens.to(model.device)
         logits = model.bridge(batch, logits_to_keep=1) if last_only else model.bridge(batch)
     return logits, cache
+
+
+def run_edited(
+    model: LoadedModel,
+    tokens: torch.Tensor,
+    edits: Sequence[engine.Edit] = (),
+    names: Iterable[str] = (),
+    last_only: bool = False,
+    grad: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(logits, {name: activation}) of token ids (batch, pos) with `edits` applied inside this one call.
+
+    The edits are data (engine.Edit) turned into hooks on the model's own modules for this call
+    only, under the model's lock: exact on every architecture that loads, nothing left behind,
+    and no other session sees them. Recorded activations are the edited ones.
+    """
+    hooks = [(e.hook, _edit_hook(e)) for e in edits]
+    return run_tokens(model, tokens, names=names, hooks=hooks, last_only=last_only, grad=grad)
+
+
+def _edit_hook(edit: engine.Edit) -> Callable:
+    def hook(act: torch.Tensor, hook) -> torch.Tensor:
+        return engine.apply(edit, act)
+
+    return hook
 
 
 def head_results(model: LoadedModel, run: Run, layer: int) -> torch.Tensor:
