@@ -78,3 +78,16 @@ def test_sampling_distribution_filters():
 def test_bad_settings_are_refused(english, settings):
     with pytest.raises(InputError):
         generate(english, "Hello", settings)
+
+
+def test_generation_with_an_edit_differs_and_leaves_the_model_as_it_was(english):
+    from workbench import engine
+
+    prompt = "In the morning Jane walked to the old whale by the sea. In the morning Jane walked to the"
+    s = Sampling(max_new_tokens=6)
+    plain = generate(english, prompt, s)
+    edited = generate(english, prompt, s, edits=[engine.Edit("ablate", "z", 1, head=h) for h in range(english.info.n_heads)])
+    again = generate(english, prompt, s)
+    assert [st.chosen_id for st in again.steps] == [st.chosen_id for st in plain.steps]
+    assert [st.chosen_prob for st in edited.steps] != [st.chosen_prob for st in plain.steps]
+    assert "edits" in edited.provenance["settings"] and "edits" not in plain.provenance["settings"]

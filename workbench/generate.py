@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.runs import encode, provenance, run_tokens
+from workbench.engine import Edit
+from workbench.runs import encode, provenance, run_edited
 from workbench.tokens import token_labels
 
 
@@ -90,7 +92,12 @@ class Generation:
     provenance: dict = field(default_factory=dict, repr=False)
 
 
-def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling()) -> Generation:
+def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling(), edits: Sequence[Edit] = ()) -> Generation:
+    """The continuation of `prompt`, step by step; with `edits` (engine.Edit data) applied to every step's run.
+
+    An edit with a position acts on that position of the prompt at every step; one without acts
+    on every position, the generated ones included.
+    """
     s = sampling.check()
     ids, _ = encode(model, prompt)
     gen = torch.Generator().manual_seed(s.seed)
@@ -101,7 +108,7 @@ def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling()) -
         if len(ids) >= model.info.n_ctx:
             stopped = f"the context is full ({model.info.n_ctx} tokens)"
             break
-        logits, _ = run_tokens(model, ids[None], last_only=True)
+        logits, _ = run_edited(model, ids[None], edits, last_only=True)
         logits = logits[0, -1].float().cpu()  # (d_vocab,)
         probs = logits.softmax(-1)
         draw = sampling_distribution(logits, s)
@@ -126,4 +133,4 @@ def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling()) -
             stopped = "the model produced its end-of-text token"
             break
     text = model.tokenizer.decode([st.chosen_id for st in steps], skip_special_tokens=False)
-    return Generation(prompt, s, len(ids) - len(steps), text, steps, stopped, provenance(model, [prompt], **dataclasses.asdict(s)))
+    return Generation(prompt, s, len(ids) - len(steps), text, steps, stopped, provenance(model, [prompt], **dataclasses.asdict(s), **({"edits": [repr(e) for e in edits]} if edits else {})))
