@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workbench.engine import Edit
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.engine import Edit
 from workbench.runs import encode, provenance, run_edited
 from workbench.tokens import token_labels
 
@@ -133,4 +133,12 @@ def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling(), e
             stopped = "the model produced its end-of-text token"
             break
     text = model.tokenizer.decode([st.chosen_id for st in steps], skip_special_tokens=False)
-    return Generation(prompt, s, len(ids) - len(steps), text, steps, stopped, provenance(model, [prompt], **dataclasses.asdict(s), **({"edits": [repr(e) for e in edits]} if edits else {})))
+    return Generation(
+        prompt,
+        s,
+        len(ids) - len(steps),
+        text,
+        steps,
+        stopped,
+        provenance(model, [prompt], **dataclasses.asdict(s), **({"edits": [repr(e) for e in edits]} if edits else {})),
+    )
