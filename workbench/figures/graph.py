@@ -1,0 +1,119 @@
+"""Figures of the information-flow graph: token × layer layout, links as lines whose width is their importance."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from workbench.figures.common import layout, token_ticks
+from workbench.graph import Faithfulness, Graph, Link
+from workbench.tokens import unique_labels
+
+COLOURS = {"residual": "#9aa5b1", "attention": "#1f77b4", "mlp": "#ff7f0e"}
+WIDTHS = 6  # links are drawn in this many width classes: one trace each, not one per link
+MLP_SHIFT = 0.3  # an MLP link bends right of the residual line, through the MLP's square
+
+
+def _width(weight: float) -> float:
+    """Line width of a link of this renormalised weight (0..1), from a class of WIDTHS."""
+    cls = min(WIDTHS - 1, int(weight * WIDTHS))
+    return 1 + 9 * (cls + 0.5) / WIDTHS
+
+
+def _path(link: Link) -> tuple[list[float], list[float]]:
+    (p0, x0), (p1, x1) = link.source, link.target
+    if link.kind == "mlp":
+        return [x0, x1 + MLP_SHIFT, x1], [p0, (p0 + p1) / 2, p1]
+    return [x0, x1], [p0, p1]
+
+
+def _hover(g: Graph, link: Link) -> str:
+    text = (
+        f"{link.kind} · layer {link.layer}<br>{g.points[link.source[0]]} @ {link.source[1]} {g.labels[link.source[1]]}"
+        f" → {g.points[link.target[0]]} @ {link.target[1]} {g.labels[link.target[1]]}"
+        f"<br>importance {link.importance:.3f} · weight {link.weight:.3f} · flow {link.flow:.3f}"
+    )
+    if link.heads:
+        text += "<br>" + " ".join(f"H{h} {v:.2f}" for h, v in enumerate(link.heads))
+    return text
+
+
+def graph_figure(g: Graph, selected: Link | tuple[int, int] | None = None) -> go.Figure:
+    """The graph: one column per position up to the predicted one, one row per lens point (embeddings at the bottom).
+
+    Width of a link: its weight (share of its target's kept update); nodes are sized by the share of
+    the output that flows through them. `selected` (a link or a node) is outlined in red.
+    """
+    fig = go.Figure()
+    for kind in ("residual", "mlp", "attention"):  # attention on top: it is what the eye follows
+        for cls in range(WIDTHS):
+            xs, ys = [], []
+            for link in g.links:
+                if link.kind == kind and min(WIDTHS - 1, int(link.weight * WIDTHS)) == cls:
+                    x, y = _path(link)
+                    xs += [*x, None]
+                    ys += [*y, None]
+            if xs:
+                fig.add_trace(
+                    go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=COLOURS[kind], width=_width((cls + 0.5) / WIDTHS)),
+                               hoverinfo="skip", showlegend=cls == 0 and kind != "residual", name=kind, legendgroup=kind, opacity=0.75)
+                )  # fmt: skip
+    # one invisible marker at the middle of every link carries its hover text
+    mids = [(sum(_path(link)[0][:2]) / 2, sum(_path(link)[1][:2]) / 2, _hover(g, link)) for link in g.links]
+    fig.add_trace(
+        go.Scatter(x=[m[0] for m in mids], y=[m[1] for m in mids], mode="markers", marker=dict(size=8, opacity=0),
+                   hovertemplate="%{text}<extra></extra>", text=[m[2] for m in mids], showlegend=False, name="links")
+    )  # fmt: skip
+    mlps = [link for link in g.links if link.kind == "mlp"]
+    if mlps:
+        fig.add_trace(
+            go.Scatter(x=[link.target[1] + MLP_SHIFT for link in mlps], y=[sum(_path(link)[1][1:2]) for link in mlps], mode="markers",
+                       marker=dict(symbol="square", size=9, color=COLOURS["mlp"]), showlegend=False, name="MLP",
+                       hovertemplate="%{text}<extra></extra>", text=[f"MLP · layer {link.layer} @ {link.target[1]}" for link in mlps])
+        )  # fmt: skip
+    nodes = list(g.nodes)
+    fig.add_trace(
+        go.Scatter(
+            x=[n[1] for n in nodes], y=[n[0] for n in nodes], mode="markers", showlegend=False, name="nodes",
+            marker=dict(size=[6 + 14 * g.node_flow[n] for n in nodes], color="#333333"),
+            text=[f"{g.points[n[0]]} @ {n[1]} {g.labels[n[1]]}<br>flow {g.node_flow[n]:.3f}" for n in nodes],
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )  # fmt: skip
+    if selected is not None:
+        if isinstance(selected, Link):
+            x, y = _path(selected)
+            fig.add_trace(
+                go.Scatter(x=x, y=y, mode="lines", line=dict(color="#d62728", width=3, dash="dot"), showlegend=False, hoverinfo="skip")
+            )
+        else:
+            fig.add_trace(
+                go.Scatter(x=[selected[1]], y=[selected[0]], mode="markers", showlegend=False, hoverinfo="skip",
+                           marker=dict(size=22, color="rgba(0,0,0,0)", line=dict(color="#d62728", width=3)))
+            )  # fmt: skip
+    positions = list(range(g.position + 1))
+    fig.update_xaxes(tickvals=positions, ticktext=unique_labels(g.labels[: g.position + 1]), range=[-0.6, g.position + 0.6], showgrid=False)
+    fig.update_yaxes(tickvals=list(range(len(g.points))), ticktext=g.points, range=[-0.4, len(g.points) - 0.6], showgrid=True)
+    token_ticks(fig)
+    what = f"{g.answer_label} vs {g.wrong_label}" if g.contrastive else g.answer_label
+    fig.update_layout(legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    return layout(
+        fig, f"Information flow to the prediction {what} after position {g.position} (threshold {g.threshold:g})", 220 + 55 * len(g.points)
+    )
+
+
+def heads_figure(link: Link, title: str) -> go.Figure:
+    """One attention link's heads: each head's importance (the per-head decomposition)."""
+    fig = go.Figure(go.Bar(x=[f"H{h}" for h in range(len(link.heads))], y=list(link.heads), marker_color=COLOURS["attention"],
+                           hovertemplate="%{x}: importance %{y:.4f}<extra></extra>"))  # fmt: skip
+    fig.update_yaxes(title="importance")
+    return layout(fig, title, 300)
+
+
+def faithfulness_figure(f: Faithfulness) -> go.Figure:
+    """The metric under each ablation: the model, everything ablated, only the graph kept, top-k vs k random ablated."""
+    names = ["model", "everything ablated", "only the graph", f"top {f.k} ablated"] + [f"random {f.k} #{d}" for d in range(len(f.random_k))]
+    values = [f.full, f.empty, f.kept, f.top_k, *f.random_k]
+    colours = ["#333333", "#9aa5b1", "#2ca02c" if f.survives else "#d62728", "#1f77b4"] + ["#c5b0d5"] * len(f.random_k)
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color=colours, hovertemplate="%{x}<br>metric %{y:.4f}<extra></extra>"))
+    fig.update_yaxes(title=f.metric)
+    return layout(fig, f"Faithfulness ({f.ablation} ablation): the graph keeps {f.share:.0%} of the metric", 320)
