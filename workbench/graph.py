@@ -25,7 +25,8 @@ Contrastive mode (answer vs wrong, the paper's contrastive variant as read here)
 part is measured along the direction that separates the two tokens' logits (the final norm's gain
 times W_U[:, answer] − W_U[:, wrong]), so the route is the one that carries the logit difference.
 
-Faithfulness: the graph is checked by ablation through edits given as data (runs.run_edited): an
+Faithfulness: the graph is checked by ablation through edits given as data (engine.Edit, run by the
+forward engine, or through the bridge's hooks for a family the engine does not know): an
 attention edge is removed by zeroing its pattern entries (every head; mean ablation adds back the
 mean of the same entries' contribution over reference prompts), an MLP by replacing its output at
 that position. Keeping only the graph must keep the metric; removing the graph's top-k edges must
@@ -574,11 +575,33 @@ def metric_of(logits: torch.Tensor, answer: int, wrong: int | None) -> torch.Ten
 def run_ablations(
     model: LoadedModel, tokens: torch.Tensor, position: int, ablations: list[Ablation], ref: Reference | None
 ) -> torch.Tensor:
-    """(ablation, d_vocab) logits at `position`, each ablation in its own batch row of one edited run."""
-    edits = [e for row, a in enumerate(ablations) for e in ablation_edits(model, len(tokens), a, row, ref)]
+    """(ablation, d_vocab) logits at `position`, each ablation in its own batch row of one edited run.
+
+    Through the forward engine where it knows the family: some attention bridges (OPT, GPT-J) hand
+    the pattern to Hugging Face's module before its hook fires and discard an edit of it. Elsewhere
+    through the bridge's hooks (runs.run_edited). Positions after `position` cannot change it (causality)
+    and are not run.
+    """
+    n = position + 1
+    edits = [e for row, a in enumerate(ablations) for e in ablation_edits(model, n, _clip(a, n), row, _clip_ref(ref, n))]
+    batch = tokens[:n][None].expand(len(ablations), -1)
     with torch.no_grad():
-        logits, _ = run_edited(model, tokens[None].expand(len(ablations), -1), edits)
-    return logits[:, position].float().cpu()
+        try:
+            w = engine.weights_of(model)
+        except engine.Unsupported:
+            logits, _ = run_edited(model, batch, edits, last_only=True)
+            return logits[:, -1].float().cpu()
+        return engine.forward(w, batch.to(model.device), edits=edits, last_only=True).logits.float().cpu()
+
+
+def _clip(a: Ablation, n: int) -> Ablation:
+    return Ablation(frozenset(e for e in a.edges if e[1] < n), frozenset(m for m in a.mlps if m[1] < n))
+
+
+def _clip_ref(ref: Reference | None, n: int) -> Reference | None:
+    if ref is None:
+        return None
+    return Reference([p[:, :, :n, :n] for p in ref.pattern], [v[:, :n] for v in ref.v], [m[:n] for m in ref.mlp_out])
 
 
 @dataclass(frozen=True)
