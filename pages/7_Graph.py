@@ -46,18 +46,18 @@ with ui.guard("the information-flow graph"):
     if g.error > 1e-3:
         st.warning(f"The parts do not sum to the residual here (largest difference {g.error:.2e}): read the importances with care.")
 
-    picked: graph.Link | tuple[int, int] | None = None
+    picked: graph.Edge | tuple[int, int] | None = None
     left, right = st.columns([3, 1])
     with right:
-        st.markdown("**Choose a link or a node**")
+        st.markdown("**Choose an edge or a node**")
         ranked = g.ranked()
-        link = st.selectbox(
-            "Link (by the share of the output through it)",
+        edge = st.selectbox(
+            "Edge (by the share of the output through it)",
             [None, *range(len(ranked))],
             format_func=lambda r: "—" if r is None else (
                 f"{ranked[r].kind} L{ranked[r].layer}: {ranked[r].source[1]} → {ranked[r].target[1]} (flow {ranked[r].flow:.2f})"
             ),
-            key="w.graph_link",
+            key="w.graph_edge",
         )  # fmt: skip
         node = st.selectbox(
             "Node",
@@ -65,27 +65,27 @@ with ui.guard("the information-flow graph"):
             format_func=lambda r: "—" if r is None else f"{g.points[g.nodes[r][0]]} @ {g.nodes[r][1]} {g.labels[g.nodes[r][1]]}",
             key="w.graph_node",
         )
-        picked = ranked[link] if link is not None else (g.nodes[node] if node is not None else None)
+        picked = ranked[edge] if edge is not None else (g.nodes[node] if node is not None else None)
     with left:
         ui.figure(draw.graph_figure(g, picked), f"graph-pos{g.position}", g.document(), g.rows())
 
-    if isinstance(picked, graph.Link) and picked.kind == "attention":
+    if isinstance(picked, graph.Edge) and picked.kind == "attention":
         head = max(range(len(picked.heads)), key=lambda h: picked.heads[h])
         a, b = st.columns(2)
         with a:
             ui.figure(draw.heads_figure(picked, f"Heads of layer {picked.layer}: {picked.source[1]} → {picked.target[1]}"), "graph-heads")
         with b:
             p = attention.patterns_of(run)
-            st.caption(f"The link's strongest head, layer {picked.layer} head {head}: its attention pattern.")
+            st.caption(f"The edge's strongest head, layer {picked.layer} head {head}: its attention pattern.")
             ui.figure(
                 draw_attention.pattern_heatmap(p, picked.layer, head), f"graph-pattern-L{picked.layer}H{head}", p.head(picked.layer, head)
             )
-    if isinstance(picked, graph.Link) and picked.kind == "mlp":
+    if isinstance(picked, graph.Edge) and picked.kind == "mlp":
         n = graph.top_neurons(model, run, picked.layer, picked.target[1])
         st.markdown(f"**Top neurons of the MLP in layer {picked.layer} at position {picked.target[1]}** (share of its output)")
         st.dataframe(n.rows(), hide_index=True)
     if picked is not None:
-        target = picked.target if isinstance(picked, graph.Link) else picked
+        target = picked.target if isinstance(picked, graph.Edge) else picked
         r = graph.read_node(model, run, target[0], target[1])
         st.markdown(f"**The logit lens at {g.points[target[0]]} @ {target[1]}** and what the update written there promotes and suppresses")
         st.dataframe(r.rows(), hide_index=True)
@@ -94,11 +94,11 @@ with ui.guard("the information-flow graph"):
     c1, c2, _ = st.columns([1, 1, 3])
     ablation = c1.radio("Ablation", graph.ABLATIONS, key=view.key("ablation"), horizontal=True,
                         help="mean: over the prompt's tokens shuffled (8 references); zero: remove the parts")  # fmt: skip
-    k = int(c2.number_input("k (top vs random links)", 1, 100, key=view.key("k")))
+    k = int(c2.number_input("k (top vs random edges)", 1, 100, key=view.key("k")))
     f = check(model, prompt, position, float(threshold), answer, wrong, ablation, k, truncate)
     (st.success if f.survives else st.error)(f.verdict[0].upper() + f.verdict[1:] + ".")
     st.markdown(
-        f"Ablating the graph's top {f.k} links drops the metric by **{f.top_drop:.0%}**; {f.k} random links: "
+        f"Ablating the graph's top {f.k} edges drops the metric by **{f.top_drop:.0%}**; {f.k} random edges: "
         f"**{f.random_drop:.0%}** on average ({len(f.random_k)} draws). Answer still the top prediction with only the graph: "
         f"**{'yes' if f.answer_top1 else 'no'}**."
     )

@@ -1,5 +1,5 @@
 """Information-flow graph of one prediction (Ferrando & Voita 2024): the routes above a threshold, per-head edges,
-contrastive mode, and its faithfulness by ablation (everything outside the graph; top-k vs k random links)."""
+contrastive mode, and its faithfulness by ablation (everything outside the graph; top-k vs k random edges)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ DEFAULTS = {
 def add_arguments(p):
     p.add_argument("--prompt")
     p.add_argument("--position", type=int, help="the prediction after this position (default: the last)")
-    p.add_argument("--threshold", type=float, help=f"keep links above this share of their node's update (default {graph.THRESHOLD})")
+    p.add_argument("--threshold", type=float, help=f"keep edges above this share of their node's update (default {graph.THRESHOLD})")
     p.add_argument("--answer", help="the token the graph explains, e.g. ' whale' (default: the top prediction)")
     p.add_argument("--wrong", help="contrastive mode: the token the answer is compared with")
     p.add_argument("--ablation", choices=graph.ABLATIONS, help="faithfulness check: mean (over the prompt shuffled) or zero")
-    p.add_argument("--k", type=int, help="top-k links of the graph vs k random links, ablated (default 5)")
+    p.add_argument("--k", type=int, help="top-k edges of the graph vs k random edges, ablated (default 5)")
 
 
 def body(model, s, out):

@@ -1,4 +1,4 @@
-"""Figures of the information-flow graph: every link drawn once, widths follow the weights, the selection outlined."""
+"""Figures of the information-flow graph: every edge drawn once, widths follow the weights, the selection outlined."""
 
 import pytest
 
@@ -18,20 +18,20 @@ def _segments(trace) -> int:
 def test_every_link_is_drawn_once_with_a_hover(g):
     fig = draw.graph_figure(g)
     lines = [t for t in fig.data if t.mode == "lines"]
-    assert sum(_segments(t) for t in lines) == len(g.links)
-    hover = next(t for t in fig.data if t.name == "links")
-    assert len(hover.x) == len(g.links) and all("importance" in text for text in hover.text)
+    assert sum(_segments(t) for t in lines) == len(g.edges)
+    hover = next(t for t in fig.data if t.name == "edges")
+    assert len(hover.x) == len(g.edges) and all("importance" in text for text in hover.text)
     nodes = next(t for t in fig.data if t.name == "nodes")
     assert len(nodes.x) == len(g.nodes)
     assert list(fig.layout.yaxis.ticktext) == g.points and len(fig.layout.xaxis.ticktext) == g.position + 1
 
 
-def test_wider_lines_for_heavier_links(g):
+def test_wider_lines_for_heavier_edges(g):
     fig = draw.graph_figure(g)
     widths = {}
-    for link in g.links:
-        cls = min(draw.WIDTHS - 1, int(link.weight * draw.WIDTHS))
-        widths[link.weight] = draw._width((cls + 0.5) / draw.WIDTHS)
+    for edge in g.edges:
+        cls = min(draw.WIDTHS - 1, int(edge.weight * draw.WIDTHS))
+        widths[edge.weight] = draw._width((cls + 0.5) / draw.WIDTHS)
     ordered = [widths[w] for w in sorted(widths)]
     assert ordered == sorted(ordered) and ordered[0] < ordered[-1]
     assert {t.line.width for t in fig.data if t.mode == "lines"} <= set(widths.values())
@@ -39,17 +39,17 @@ def test_wider_lines_for_heavier_links(g):
 
 def test_a_selected_link_or_node_is_outlined(g):
     base = len(draw.graph_figure(g).data)
-    link = g.ranked(1)[0]
-    fig = draw.graph_figure(g, link)
-    assert len(fig.data) == base + 1 and fig.data[-1].line.color == "#d62728" and list(fig.data[-1].x) == [link.source[1], link.target[1]]
+    edge = g.ranked(1)[0]
+    fig = draw.graph_figure(g, edge)
+    assert len(fig.data) == base + 1 and fig.data[-1].line.color == "#d62728" and list(fig.data[-1].x) == [edge.source[1], edge.target[1]]
     fig = draw.graph_figure(g, g.nodes[0])
     assert fig.data[-1].marker.line.color == "#d62728"
 
 
 def test_heads_and_faithfulness_figures(circuits, g):
-    link = g.ranked(1)[0]
-    heads = draw.heads_figure(link, "heads")
-    assert list(heads.data[0].y) == list(link.heads)
+    edge = g.ranked(1)[0]
+    heads = draw.heads_figure(edge, "heads")
+    assert list(heads.data[0].y) == list(edge.heads)
     f = graph.faithfulness(circuits, g, "zero", k=2, draws=3)
     fig = draw.faithfulness_figure(f)
     assert list(fig.data[0].y) == [f.full, f.empty, f.kept, f.top_k, *f.random_k]

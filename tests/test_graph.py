@@ -22,15 +22,15 @@ def _route(pair) -> tuple[int, int, int]:
     return REPEAT, REPEAT + 1, LENGTH + REPEAT
 
 
-def _links(g: graph.Graph) -> dict:
-    return {(link.kind, link.layer, link.source[1], link.target[1]): link for link in g.links}
+def _edges(g: graph.Graph) -> dict:
+    return {(edge.kind, edge.layer, edge.source[1], edge.target[1]): edge for edge in g.edges}
 
 
 def _reaches_output(g: graph.Graph, node: tuple[int, int]) -> bool:
-    """Whether the graph's links lead from `node` up to the output node."""
+    """Whether the graph's edges lead from `node` up to the output node."""
     out = {}
-    for link in g.links:
-        out.setdefault(link.source, []).append(link.target)
+    for edge in g.edges:
+        out.setdefault(edge.source, []).append(edge.target)
     todo, seen, top = [node], set(), (len(g.points) - 1, g.position)
     while todo:
         n = todo.pop()
@@ -52,8 +52,8 @@ def test_the_graph_holds_the_induction_route_and_ablating_it_destroys_the_predic
         k, after, final = _route(pair)
         g = graph.build(model, pair.clean)
         assert g.position == final and g.answer == pair.answer  # the model predicts the copy
-        links = _links(g)
-        induction, previous_token = links[("attention", 1, after, final)], links[("attention", 0, k, after)]
+        edges = _edges(g)
+        induction, previous_token = edges[("attention", 1, after, final)], edges[("attention", 0, k, after)]
         assert max(range(4), key=lambda h: previous_token.heads[h]) == previous["head"]
         if fixture == "answer_key":  # its one induction head, by construction
             assert max(range(4), key=lambda h: induction.heads[h]) == 0
@@ -91,7 +91,7 @@ def test_a_graph_of_every_part_keeps_the_whole_metric_and_an_empty_one_says_so(e
         f = graph.faithfulness(english, everything, ablation, k=3)
         assert f.share == pytest.approx(1.0, abs=1e-4) and f.survives and f.answer_top1
     sparse = graph.build(english, prompt, threshold=0.9)  # only the residual path survives such a threshold
-    assert not [link for link in sparse.links if link.ablatable]
+    assert not [edge for edge in sparse.edges if edge.ablatable]
     f = graph.faithfulness(english, sparse, "zero")
     assert f.share == pytest.approx(0.0, abs=1e-4) and not f.survives and "does NOT survive" in f.verdict
 
@@ -156,10 +156,10 @@ def test_one_layer_attention_edges_against_a_hand_computation(tmp_path):
 def test_any_position_and_contrastive_mode(circuits):
     pair = patching.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT, seed=1)[0]
     g = graph.build(circuits, pair.clean, position=LENGTH + 3)
-    assert g.position == LENGTH + 3 and all(link.target[1] <= LENGTH + 3 and link.source[1] <= link.target[1] for link in g.links)
+    assert g.position == LENGTH + 3 and all(edge.target[1] <= LENGTH + 3 and edge.source[1] <= edge.target[1] for edge in g.edges)
     c = graph.build(circuits, pair.clean, answer=pair.answer, wrong=pair.wrong)
     assert c.contrastive and c.wrong == pair.wrong
-    assert ("attention", 1, REPEAT + 1, LENGTH + REPEAT) in _links(c)  # the copy is what separates answer from wrong
+    assert ("attention", 1, REPEAT + 1, LENGTH + REPEAT) in _edges(c)  # the copy is what separates answer from wrong
     f = graph.faithfulness(circuits, c, "zero", k=2)
     assert f.metric.startswith("logit difference") and f.full == pytest.approx(
         float(run_prompt(circuits, pair.clean).logits[-1, pair.answer] - run_prompt(circuits, pair.clean).logits[-1, pair.wrong]), abs=1e-3
@@ -167,18 +167,22 @@ def test_any_position_and_contrastive_mode(circuits):
 
 
 def test_flows_and_the_json_document(circuits):
+    import networkx as nx
+
     g = graph.build(circuits, patching.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT)[0].clean)
     doc = json.loads(json.dumps(g.document()))
-    assert set(doc) == {"nodes", "links", "metadata"} and len(doc["links"]) == len(g.links)
-    ids = {n["id"] for n in doc["nodes"]}
-    assert all(link["source"] in ids and link["target"] in ids for link in doc["links"])
+    assert {"nodes", "links", "metadata"} <= set(doc) and len(doc["links"]) == len(g.edges)
+    # the node-link format: networkx reads it back as the same graph
+    read = nx.node_link_graph(doc, edges="links")
+    assert read.number_of_nodes() == len(g.nodes) and read.number_of_edges() == len(g.edges)
+    output = graph.node_id((len(g.points) - 1, g.position))
+    assert all(nx.has_path(read, n, output) for n in read.nodes)  # every node is on a route to the output
     # the flow into every node equals the flow out of it (the output's flow is 1)
     for node in g.nodes:
-        incoming = sum(link.flow for link in g.links if link.target == node)
         if node[0] > 0:
-            assert incoming == pytest.approx(g.node_flow[node], abs=1e-6)
-    for link in g.links:  # kept links' weights sum to 1 per node
-        assert sum(x.weight for x in g.links if x.target == link.target) == pytest.approx(1.0, abs=1e-6)
+            assert sum(edge.flow for edge in g.edges if edge.target == node) == pytest.approx(g.node_flow[node], abs=1e-6)
+    for edge in g.edges:  # kept edges' weights sum to 1 per node
+        assert sum(x.weight for x in g.edges if x.target == edge.target) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_bad_input_is_one_message(circuits, tmp_path, capsys):
@@ -218,7 +222,7 @@ def test_every_family_makes_an_exact_graph_and_its_ablations_act(family):
     run = graph.graph_run(model, prompt)
     scale = float(run[f"blocks.{model.info.n_layers - 1}.hook_resid_post"].abs().max())
     assert g.error < 1e-4 * scale, name
-    assert g.links and g.nodes[0] == (len(g.points) - 1, g.position)
+    assert g.edges and g.nodes[0] == (len(g.points) - 1, g.position)
     for step in graph.steps(model):
         inc = graph.incoming(model, run, step, torch.arange(run.n_tokens))
         assert torch.allclose(inc.residual + inc.attention.sum(1) + inc.bias + inc.mlp, torch.ones(run.n_tokens), atol=1e-5)

@@ -250,7 +250,7 @@ def test_cache_keys_are_values_not_identities():
         ui._frozen([torch.zeros(2)])  # equal tensors would never hit the cache
 
 
-def test_the_graph_page_restores_its_link_and_shows_a_picked_link():
+def test_the_graph_page_restores_its_link_and_shows_a_picked_edge():
     prompt = "apple river stone cloud tiger piano apple river stone"
     at = _page("pages/7_Graph.py", model="circuits", prompt=prompt, pos="7", threshold="0.1", ablation="zero", k="2")
     assert not at.exception
@@ -260,6 +260,6 @@ def test_the_graph_page_restores_its_link_and_shows_a_picked_link():
     assert at.radio(key="w.ablation").value == "zero"
     assert at.query_params["threshold"] == "0.1" and at.query_params["pos"] == "7"
     assert len(at.get("plotly_chart")) == 2  # the graph and its faithfulness
-    at.selectbox(key="w.graph_link").set_value(0).run()
+    at.selectbox(key="w.graph_edge").set_value(0).run()
     assert not at.exception
-    assert len(at.get("plotly_chart")) >= 3 and at.dataframe  # the link's heads (or neurons) and the lens at its node
+    assert len(at.get("plotly_chart")) >= 3 and at.dataframe  # the edge's heads (or neurons) and the lens at its node

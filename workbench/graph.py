@@ -202,7 +202,7 @@ def incoming(model: LoadedModel, run: Run, step: Step, positions: torch.Tensor, 
 
 
 @dataclass(frozen=True)
-class Link:
+class Edge:
     """One kept edge: from node (point, position) to node (point, position) through one part of the update."""
 
     kind: str  # "residual", "attention" (every head of a pair of positions) or "mlp"
@@ -210,19 +210,19 @@ class Link:
     source: tuple[int, int]  # (point, position)
     target: tuple[int, int]
     importance: float  # share of the target's update, before thresholding
-    weight: float  # after thresholding, renormalised over the target's kept incoming links
-    flow: float  # share of the output that flows through this link: weight × the target's flow
+    weight: float  # after thresholding, renormalised over the target's kept incoming edges
+    flow: float  # share of the output that flows through this edge: weight × the target's flow
     heads: tuple[float, ...] = ()  # attention: each head's importance (the per-head decomposition)
 
     @property
     def ablatable(self) -> bool:
-        """Attention and MLP links can be removed by an edit; the residual path is the stream itself."""
+        """Attention and MLP edges can be removed by an edit; the residual path is the stream itself."""
         return self.kind != "residual"
 
 
 @dataclass(frozen=True)
 class Graph:
-    """The routes to one prediction: nodes (lens point, position) and the links kept above the threshold."""
+    """The routes to one prediction: nodes (lens point, position) and the edges kept above the threshold."""
 
     model: str
     prompt: str
@@ -236,7 +236,7 @@ class Graph:
     wrong: int | None  # contrastive mode: the token the answer is contrasted with
     wrong_label: str | None
     nodes: tuple[tuple[int, int], ...]  # (point, position), output first
-    links: tuple[Link, ...]
+    edges: tuple[Edge, ...]
     node_flow: dict[tuple[int, int], float]  # share of the output that passes through each node
     error: float  # largest |Σ parts − residual| over the decomposed nodes (exactness check)
     provenance: dict = field(repr=False)
@@ -245,23 +245,26 @@ class Graph:
     def contrastive(self) -> bool:
         return self.wrong is not None
 
-    def ranked(self, k: int | None = None) -> list[Link]:
-        """Ablatable links (attention, MLP) by the share of the output that flows through them, largest first."""
-        found = sorted((link for link in self.links if link.ablatable), key=lambda link: -link.flow)
+    def ranked(self, k: int | None = None) -> list[Edge]:
+        """Ablatable edges (attention, MLP) by the share of the output that flows through them, largest first."""
+        found = sorted((edge for edge in self.edges if edge.ablatable), key=lambda edge: -edge.flow)
         return found if k is None else found[:k]
 
     def document(self) -> dict:
-        """The graph as JSON-ready data: nodes, links, metadata (the schema is in the README)."""
+        """The graph as JSON-ready data in the node-link format (networkx, d3): nodes, links (its edges), metadata.
+
+        The schema is in the README; `networkx.node_link_graph(doc, directed=True, edges="links")` reads it.
+        """
         nodes = [
             dict(id=node_id(n), point=n[0], point_label=self.points[n[0]], position=n[1], token=self.labels[n[1]], flow=self.node_flow[n])
             for n in self.nodes
         ]
-        links = [
+        edges = [
             dict(
-                source=node_id(link.source), target=node_id(link.target), kind=link.kind, layer=link.layer,
-                importance=link.importance, weight=link.weight, flow=link.flow, heads=list(link.heads),
+                source=node_id(edge.source), target=node_id(edge.target), kind=edge.kind, layer=edge.layer,
+                importance=edge.importance, weight=edge.weight, flow=edge.flow, heads=list(edge.heads),
             )
-            for link in self.links
+            for edge in self.edges
         ]  # fmt: skip
         meta = dict(
             model=self.model, prompt=self.prompt, tokens=self.tokens.tolist(), labels=self.labels, points=self.points,
@@ -270,14 +273,14 @@ class Graph:
             method="Ferrando & Voita 2024 proximity: max(|y|_1 - |y - part|_1, 0), normalised over the parts",
             provenance=self.provenance,
         )  # fmt: skip
-        return dict(nodes=nodes, links=links, metadata=meta)
+        return dict(directed=True, multigraph=True, nodes=nodes, links=edges, metadata=meta)
 
     def rows(self) -> list[dict]:
         return [
-            dict(kind=link.kind, layer=link.layer, source_point=self.points[link.source[0]], source_position=link.source[1],
-                 target_point=self.points[link.target[0]], target_position=link.target[1], importance=link.importance,
-                 weight=link.weight, flow=link.flow)
-            for link in self.links
+            dict(kind=edge.kind, layer=edge.layer, source_point=self.points[edge.source[0]], source_position=edge.source[1],
+                 target_point=self.points[edge.target[0]], target_position=edge.target[1], importance=edge.importance,
+                 weight=edge.weight, flow=edge.flow)
+            for edge in self.edges
         ]  # fmt: skip
 
 
@@ -311,7 +314,7 @@ def build(
     """The information-flow graph of the prediction after `position` (default: the last).
 
     `answer`: the token it explains (default: the model's top prediction there); `wrong` turns on
-    contrastive mode. Links below `threshold` (a share of their target's update) are dropped.
+    contrastive mode. Edges below `threshold` (a share of their target's update) are dropped.
     """
     threshold = check_threshold(threshold)
     run = graph_run(model, prompt, truncate)
@@ -326,7 +329,7 @@ def build(
     all_steps = steps(model)
     top = all_steps[-1].target
     frontier: dict[int, set[int]] = {top: {position}}
-    links: list[Link] = []
+    edges: list[Edge] = []
     error = 0.0
     for step in reversed(all_steps):
         targets = sorted(frontier.get(step.target, ()))
@@ -345,9 +348,9 @@ def build(
                     kept.append(("attention", j, float(parts.attention[row, j]), tuple(parts.heads[row, j].tolist())))
             total = sum(k[2] for k in kept) or 1.0
             for kind, j, importance, heads in kept:
-                links.append(Link(kind, step.layer, (step.source, j), (step.target, i), importance, importance / total, 0.0, heads))
+                edges.append(Edge(kind, step.layer, (step.source, j), (step.target, i), importance, importance / total, 0.0, heads))
                 frontier.setdefault(step.source, set()).add(j)
-    links, node_flow = _flows(links, (top, position))
+    edges, node_flow = _flows(edges, (top, position))
     nodes = tuple(sorted(node_flow, key=lambda n: (-n[0], n[1])))
     labels = run.labels
     decode = token_labels(model.tokenizer, [answer] + ([wrong] if wrong is not None else []))
@@ -364,7 +367,7 @@ def build(
         wrong=wrong,
         wrong_label=decode[1] if wrong is not None else None,
         nodes=nodes,
-        links=tuple(links),
+        edges=tuple(edges),
         node_flow=node_flow,
         error=error,
         provenance=provenance(model, [prompt], method="information flow routes", position=position, threshold=threshold,
@@ -372,14 +375,14 @@ def build(
     )  # fmt: skip
 
 
-def _flows(links: list[Link], output: tuple[int, int]) -> tuple[list[Link], dict[tuple[int, int], float]]:
-    """Links with their flow, and each node's flow: the output's is 1, a node's is the sum over its outgoing links."""
+def _flows(edges: list[Edge], output: tuple[int, int]) -> tuple[list[Edge], dict[tuple[int, int], float]]:
+    """Edges with their flow, and each node's flow: the output's is 1, a node's is the sum over its outgoing edges."""
     node_flow = {output: 1.0}
     done = []
-    for link in sorted(links, key=lambda link: -link.target[0]):  # targets from the top down: a node's flow is complete first
-        flow = link.weight * node_flow.get(link.target, 0.0)
-        node_flow[link.source] = node_flow.get(link.source, 0.0) + flow
-        done.append(Link(link.kind, link.layer, link.source, link.target, link.importance, link.weight, flow, link.heads))
+    for edge in sorted(edges, key=lambda edge: -edge.target[0]):  # targets from the top down: a node's flow is complete first
+        flow = edge.weight * node_flow.get(edge.target, 0.0)
+        node_flow[edge.source] = node_flow.get(edge.source, 0.0) + flow
+        done.append(Edge(edge.kind, edge.layer, edge.source, edge.target, edge.importance, edge.weight, flow, edge.heads))
     return done, node_flow
 
 
@@ -559,11 +562,11 @@ def everything(model: LoadedModel, n_tokens: int) -> Ablation:
     )
 
 
-def graph_ablation(g: Graph, links: list[Link]) -> Ablation:
-    """The attention edges and MLPs of `links`."""
+def graph_ablation(g: Graph, edges: list[Edge]) -> Ablation:
+    """The attention edges and MLPs of `edges`."""
     return Ablation(
-        frozenset((link.layer, link.target[1], link.source[1]) for link in links if link.kind == "attention"),
-        frozenset((link.layer, link.target[1]) for link in links if link.kind == "mlp"),
+        frozenset((edge.layer, edge.target[1], edge.source[1]) for edge in edges if edge.kind == "attention"),
+        frozenset((edge.layer, edge.target[1]) for edge in edges if edge.kind == "mlp"),
     )
 
 
@@ -616,7 +619,7 @@ class Faithfulness:
     share: float  # (kept − empty) / (full − empty): 1 = the graph alone makes the prediction
     answer_top1: bool  # whether the answer is still the top prediction with only the graph kept
     k: int
-    top_k: float  # the metric with the graph's top-k links ablated
+    top_k: float  # the metric with the graph's top-k edges ablated
     random_k: list[float]  # the metric with k random attention edges or MLPs ablated, one per draw
     top_drop: float  # (full − top_k) / (full − empty)
     random_drop: float  # the same, averaged over the random draws
@@ -634,15 +637,15 @@ class Faithfulness:
 def faithfulness(
     model: LoadedModel, g: Graph, ablation: str = "mean", k: int = 5, draws: int = 8, seed: int = 0, min_share: float = 0.5
 ) -> Faithfulness:
-    """Ablates everything outside the graph, and the graph's top-k links vs k random ones, in one batched edited run."""
+    """Ablates everything outside the graph, and the graph's top-k edges vs k random ones, in one batched edited run."""
     if ablation not in ABLATIONS:
         raise InputError(f"unknown ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
     if not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be a positive number of links, got {k}")
+        raise InputError(f"k must be a positive number of edges, got {k}")
     n = len(g.tokens)
     ref = reference(model, g.tokens, seed=seed) if ablation == "mean" else None
     every = everything(model, n)
-    inside = graph_ablation(g, list(g.links))
+    inside = graph_ablation(g, list(g.edges))
     outside = Ablation(every.edges - inside.edges, every.mlps - inside.mlps)
     top = g.ranked(k)
     rng = random.Random(seed)

@@ -1,55 +1,55 @@
-"""Figures of the information-flow graph: token × layer layout, links as lines whose width is their importance."""
+"""Figures of the information-flow graph: token × layer layout, edges as lines whose width is their importance."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
 from workbench.figures.common import layout, token_ticks
-from workbench.graph import Faithfulness, Graph, Link
+from workbench.graph import Edge, Faithfulness, Graph
 from workbench.tokens import unique_labels
 
 COLOURS = {"residual": "#9aa5b1", "attention": "#1f77b4", "mlp": "#ff7f0e"}
-WIDTHS = 6  # links are drawn in this many width classes: one trace each, not one per link
-MLP_SHIFT = 0.3  # an MLP link bends right of the residual line, through the MLP's square
+WIDTHS = 6  # edges are drawn in this many width classes: one trace each, not one per edge
+MLP_SHIFT = 0.3  # an MLP edge bends right of the residual line, through the MLP's square
 
 
 def _width(weight: float) -> float:
-    """Line width of a link of this renormalised weight (0..1), from a class of WIDTHS."""
+    """Line width of an edge of this renormalised weight (0..1), from a class of WIDTHS."""
     cls = min(WIDTHS - 1, int(weight * WIDTHS))
     return 1 + 9 * (cls + 0.5) / WIDTHS
 
 
-def _path(link: Link) -> tuple[list[float], list[float]]:
-    (p0, x0), (p1, x1) = link.source, link.target
-    if link.kind == "mlp":
+def _path(edge: Edge) -> tuple[list[float], list[float]]:
+    (p0, x0), (p1, x1) = edge.source, edge.target
+    if edge.kind == "mlp":
         return [x0, x1 + MLP_SHIFT, x1], [p0, (p0 + p1) / 2, p1]
     return [x0, x1], [p0, p1]
 
 
-def _hover(g: Graph, link: Link) -> str:
+def _hover(g: Graph, edge: Edge) -> str:
     text = (
-        f"{link.kind} · layer {link.layer}<br>{g.points[link.source[0]]} @ {link.source[1]} {g.labels[link.source[1]]}"
-        f" → {g.points[link.target[0]]} @ {link.target[1]} {g.labels[link.target[1]]}"
-        f"<br>importance {link.importance:.3f} · weight {link.weight:.3f} · flow {link.flow:.3f}"
+        f"{edge.kind} · layer {edge.layer}<br>{g.points[edge.source[0]]} @ {edge.source[1]} {g.labels[edge.source[1]]}"
+        f" → {g.points[edge.target[0]]} @ {edge.target[1]} {g.labels[edge.target[1]]}"
+        f"<br>importance {edge.importance:.3f} · weight {edge.weight:.3f} · flow {edge.flow:.3f}"
     )
-    if link.heads:
-        text += "<br>" + " ".join(f"H{h} {v:.2f}" for h, v in enumerate(link.heads))
+    if edge.heads:
+        text += "<br>" + " ".join(f"H{h} {v:.2f}" for h, v in enumerate(edge.heads))
     return text
 
 
-def graph_figure(g: Graph, selected: Link | tuple[int, int] | None = None) -> go.Figure:
+def graph_figure(g: Graph, selected: Edge | tuple[int, int] | None = None) -> go.Figure:
     """The graph: one column per position up to the predicted one, one row per lens point (embeddings at the bottom).
 
-    Width of a link: its weight (share of its target's kept update); nodes are sized by the share of
-    the output that flows through them. `selected` (a link or a node) is outlined in red.
+    Width of an edge: its weight (share of its target's kept update); nodes are sized by the share of
+    the output that flows through them. `selected` (an edge or a node) is outlined in red.
     """
     fig = go.Figure()
     for kind in ("residual", "mlp", "attention"):  # attention on top: it is what the eye follows
         for cls in range(WIDTHS):
             xs, ys = [], []
-            for link in g.links:
-                if link.kind == kind and min(WIDTHS - 1, int(link.weight * WIDTHS)) == cls:
-                    x, y = _path(link)
+            for edge in g.edges:
+                if edge.kind == kind and min(WIDTHS - 1, int(edge.weight * WIDTHS)) == cls:
+                    x, y = _path(edge)
                     xs += [*x, None]
                     ys += [*y, None]
             if xs:
@@ -57,18 +57,18 @@ def graph_figure(g: Graph, selected: Link | tuple[int, int] | None = None) -> go
                     go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=COLOURS[kind], width=_width((cls + 0.5) / WIDTHS)),
                                hoverinfo="skip", showlegend=cls == 0 and kind != "residual", name=kind, legendgroup=kind, opacity=0.75)
                 )  # fmt: skip
-    # one invisible marker at the middle of every link carries its hover text
-    mids = [(sum(_path(link)[0][:2]) / 2, sum(_path(link)[1][:2]) / 2, _hover(g, link)) for link in g.links]
+    # one invisible marker at the middle of every edge carries its hover text
+    mids = [(sum(_path(edge)[0][:2]) / 2, sum(_path(edge)[1][:2]) / 2, _hover(g, edge)) for edge in g.edges]
     fig.add_trace(
         go.Scatter(x=[m[0] for m in mids], y=[m[1] for m in mids], mode="markers", marker=dict(size=8, opacity=0),
-                   hovertemplate="%{text}<extra></extra>", text=[m[2] for m in mids], showlegend=False, name="links")
+                   hovertemplate="%{text}<extra></extra>", text=[m[2] for m in mids], showlegend=False, name="edges")
     )  # fmt: skip
-    mlps = [link for link in g.links if link.kind == "mlp"]
+    mlps = [edge for edge in g.edges if edge.kind == "mlp"]
     if mlps:
         fig.add_trace(
-            go.Scatter(x=[link.target[1] + MLP_SHIFT for link in mlps], y=[sum(_path(link)[1][1:2]) for link in mlps], mode="markers",
+            go.Scatter(x=[edge.target[1] + MLP_SHIFT for edge in mlps], y=[sum(_path(edge)[1][1:2]) for edge in mlps], mode="markers",
                        marker=dict(symbol="square", size=9, color=COLOURS["mlp"]), showlegend=False, name="MLP",
-                       hovertemplate="%{text}<extra></extra>", text=[f"MLP · layer {link.layer} @ {link.target[1]}" for link in mlps])
+                       hovertemplate="%{text}<extra></extra>", text=[f"MLP · layer {edge.layer} @ {edge.target[1]}" for edge in mlps])
         )  # fmt: skip
     nodes = list(g.nodes)
     fig.add_trace(
@@ -80,7 +80,7 @@ def graph_figure(g: Graph, selected: Link | tuple[int, int] | None = None) -> go
         )
     )  # fmt: skip
     if selected is not None:
-        if isinstance(selected, Link):
+        if isinstance(selected, Edge):
             x, y = _path(selected)
             fig.add_trace(
                 go.Scatter(x=x, y=y, mode="lines", line=dict(color="#d62728", width=3, dash="dot"), showlegend=False, hoverinfo="skip")
@@ -101,9 +101,9 @@ def graph_figure(g: Graph, selected: Link | tuple[int, int] | None = None) -> go
     )
 
 
-def heads_figure(link: Link, title: str) -> go.Figure:
-    """One attention link's heads: each head's importance (the per-head decomposition)."""
-    fig = go.Figure(go.Bar(x=[f"H{h}" for h in range(len(link.heads))], y=list(link.heads), marker_color=COLOURS["attention"],
+def heads_figure(edge: Edge, title: str) -> go.Figure:
+    """One attention edge's heads: each head's importance (the per-head decomposition)."""
+    fig = go.Figure(go.Bar(x=[f"H{h}" for h in range(len(edge.heads))], y=list(edge.heads), marker_color=COLOURS["attention"],
                            hovertemplate="%{x}: importance %{y:.4f}<extra></extra>"))  # fmt: skip
     fig.update_yaxes(title="importance")
     return layout(fig, title, 300)
