@@ -55,7 +55,7 @@ with ui.guard("the information-flow graph"):
             "Edge (by the share of the output through it)",
             [None, *range(len(ranked))],
             format_func=lambda r: "—" if r is None else (
-                f"{ranked[r].kind} L{ranked[r].layer}: {ranked[r].source[1]} → {ranked[r].target[1]} (flow {ranked[r].flow:.2f})"
+                f"{ranked[r].kind} L{ranked[r].layer}: {ranked[r].source[1]} → {ranked[r].destination[1]} (flow {ranked[r].flow:.2f})"
             ),
             key="w.graph_edge",
         )  # fmt: skip
@@ -73,7 +73,9 @@ with ui.guard("the information-flow graph"):
         head = max(range(len(picked.heads)), key=lambda h: picked.heads[h])
         a, b = st.columns(2)
         with a:
-            ui.figure(draw.heads_figure(picked, f"Heads of layer {picked.layer}: {picked.source[1]} → {picked.target[1]}"), "graph-heads")
+            ui.figure(
+                draw.heads_figure(picked, f"Heads of layer {picked.layer}: {picked.source[1]} → {picked.destination[1]}"), "graph-heads"
+            )
         with b:
             p = attention.patterns_of(run)
             st.caption(f"The edge's strongest head, layer {picked.layer} head {head}: its attention pattern.")
@@ -81,13 +83,15 @@ with ui.guard("the information-flow graph"):
                 draw_attention.pattern_heatmap(p, picked.layer, head), f"graph-pattern-L{picked.layer}H{head}", p.head(picked.layer, head)
             )
     if isinstance(picked, graph.Edge) and picked.kind == "mlp":
-        n = graph.top_neurons(model, run, picked.layer, picked.target[1])
-        st.markdown(f"**Top neurons of the MLP in layer {picked.layer} at position {picked.target[1]}** (share of its output)")
+        n = graph.top_neurons(model, run, picked.layer, picked.destination[1])
+        st.markdown(f"**Top neurons of the MLP in layer {picked.layer} at position {picked.destination[1]}** (share of its output)")
         st.dataframe(n.rows(), hide_index=True)
     if picked is not None:
-        target = picked.target if isinstance(picked, graph.Edge) else picked
-        r = graph.read_node(model, run, target[0], target[1])
-        st.markdown(f"**The logit lens at {g.points[target[0]]} @ {target[1]}** and what the update written there promotes and suppresses")
+        destination = picked.destination if isinstance(picked, graph.Edge) else picked
+        r = graph.read_node(model, run, destination[0], destination[1])
+        st.markdown(
+            f"**The logit lens at {g.points[destination[0]]} @ {destination[1]}** and what the update written there promotes and suppresses"
+        )
         st.dataframe(r.rows(), hide_index=True)
 
     st.subheader("Faithfulness")

@@ -41,7 +41,9 @@ def test_a_selected_link_or_node_is_outlined(g):
     base = len(draw.graph_figure(g).data)
     edge = g.ranked(1)[0]
     fig = draw.graph_figure(g, edge)
-    assert len(fig.data) == base + 1 and fig.data[-1].line.color == "#d62728" and list(fig.data[-1].x) == [edge.source[1], edge.target[1]]
+    assert (
+        len(fig.data) == base + 1 and fig.data[-1].line.color == "#d62728" and list(fig.data[-1].x) == [edge.source[1], edge.destination[1]]
+    )
     fig = draw.graph_figure(g, g.nodes[0])
     assert fig.data[-1].marker.line.color == "#d62728"
 

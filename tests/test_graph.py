@@ -23,14 +23,14 @@ def _route(pair) -> tuple[int, int, int]:
 
 
 def _edges(g: graph.Graph) -> dict:
-    return {(edge.kind, edge.layer, edge.source[1], edge.target[1]): edge for edge in g.edges}
+    return {(edge.kind, edge.layer, edge.source[1], edge.destination[1]): edge for edge in g.edges}
 
 
 def _reaches_output(g: graph.Graph, node: tuple[int, int]) -> bool:
     """Whether the graph's edges lead from `node` up to the output node."""
     out = {}
     for edge in g.edges:
-        out.setdefault(edge.source, []).append(edge.target)
+        out.setdefault(edge.source, []).append(edge.destination)
     todo, seen, top = [node], set(), (len(g.points) - 1, g.position)
     while todo:
         n = todo.pop()
@@ -156,7 +156,7 @@ def test_one_layer_attention_edges_against_a_hand_computation(tmp_path):
 def test_any_position_and_contrastive_mode(circuits):
     pair = patching.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT, seed=1)[0]
     g = graph.build(circuits, pair.clean, position=LENGTH + 3)
-    assert g.position == LENGTH + 3 and all(edge.target[1] <= LENGTH + 3 and edge.source[1] <= edge.target[1] for edge in g.edges)
+    assert g.position == LENGTH + 3 and all(edge.destination[1] <= LENGTH + 3 and edge.source[1] <= edge.destination[1] for edge in g.edges)
     c = graph.build(circuits, pair.clean, answer=pair.answer, wrong=pair.wrong)
     assert c.contrastive and c.wrong == pair.wrong
     assert ("attention", 1, REPEAT + 1, LENGTH + REPEAT) in _edges(c)  # the copy is what separates answer from wrong
@@ -180,9 +180,9 @@ def test_flows_and_the_json_document(circuits):
     # the flow into every node equals the flow out of it (the output's flow is 1)
     for node in g.nodes:
         if node[0] > 0:
-            assert sum(edge.flow for edge in g.edges if edge.target == node) == pytest.approx(g.node_flow[node], abs=1e-6)
+            assert sum(edge.flow for edge in g.edges if edge.destination == node) == pytest.approx(g.node_flow[node], abs=1e-6)
     for edge in g.edges:  # kept edges' weights sum to 1 per node
-        assert sum(x.weight for x in g.edges if x.target == edge.target) == pytest.approx(1.0, abs=1e-6)
+        assert sum(x.weight for x in g.edges if x.destination == edge.destination) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_bad_input_is_one_message(circuits, tmp_path, capsys):

@@ -57,12 +57,12 @@ GRAPH_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook
 
 @dataclass(frozen=True)
 class Step:
-    """One update of the residual stream: from point `source` to point `target` inside block `layer`."""
+    """One update of the residual stream: from point `source` to point `destination` inside block `layer`."""
 
     layer: int
     kind: str  # "attn", "mlp", or "block" (a parallel block: attention and MLP at once)
     source: int  # lens point read
-    target: int  # lens point written
+    destination: int  # lens point written
 
     @property
     def attention(self) -> bool:
@@ -125,7 +125,7 @@ class Incoming:
     """
 
     step: Step
-    positions: torch.Tensor  # (query,) the target positions
+    positions: torch.Tensor  # (query,) the destination positions
     residual: torch.Tensor  # (query,)
     attention: torch.Tensor  # (query, key)
     heads: torch.Tensor  # (query, key, head)
@@ -139,7 +139,7 @@ def incoming(model: LoadedModel, run: Run, step: Step, positions: torch.Tensor, 
     """Importances of the parts of `step`'s update at `positions`; `direction` (d_model,): measure along it (contrastive)."""
     points = lens.lens_points(model)
     layer, n, heads = step.layer, run.n_tokens, model.info.n_heads
-    whole_all = run[points[step.target][1]].float()  # (pos, d_model)
+    whole_all = run[points[step.destination][1]].float()  # (pos, d_model)
     resid_all = run[points[step.source][1]].float()
     attn = model.bridge.blocks[layer].attn
     b_o = _bias(attn, "b_O") if step.attention else None
@@ -208,10 +208,10 @@ class Edge:
     kind: str  # "residual", "attention" (every head of a pair of positions) or "mlp"
     layer: int
     source: tuple[int, int]  # (point, position)
-    target: tuple[int, int]
-    importance: float  # share of the target's update, before thresholding
-    weight: float  # after thresholding, renormalised over the target's kept incoming edges
-    flow: float  # share of the output that flows through this edge: weight × the target's flow
+    destination: tuple[int, int]
+    importance: float  # share of the destination's update, before thresholding
+    weight: float  # after thresholding, renormalised over the destination's kept incoming edges
+    flow: float  # share of the output that flows through this edge: weight × the destination's flow
     heads: tuple[float, ...] = ()  # attention: each head's importance (the per-head decomposition)
 
     @property
@@ -261,7 +261,7 @@ class Graph:
         ]
         edges = [
             dict(
-                source=node_id(edge.source), target=node_id(edge.target), kind=edge.kind, layer=edge.layer,
+                source=node_id(edge.source), target=node_id(edge.destination), kind=edge.kind, layer=edge.layer,
                 importance=edge.importance, weight=edge.weight, flow=edge.flow, heads=list(edge.heads),
             )
             for edge in self.edges
@@ -278,7 +278,7 @@ class Graph:
     def rows(self) -> list[dict]:
         return [
             dict(kind=edge.kind, layer=edge.layer, source_point=self.points[edge.source[0]], source_position=edge.source[1],
-                 target_point=self.points[edge.target[0]], target_position=edge.target[1], importance=edge.importance,
+                 destination_point=self.points[edge.destination[0]], destination_position=edge.destination[1], importance=edge.importance,
                  weight=edge.weight, flow=edge.flow)
             for edge in self.edges
         ]  # fmt: skip
@@ -314,7 +314,7 @@ def build(
     """The information-flow graph of the prediction after `position` (default: the last).
 
     `answer`: the token it explains (default: the model's top prediction there); `wrong` turns on
-    contrastive mode. Edges below `threshold` (a share of their target's update) are dropped.
+    contrastive mode. Edges below `threshold` (a share of their destination's update) are dropped.
     """
     threshold = check_threshold(threshold)
     run = graph_run(model, prompt, truncate)
@@ -327,17 +327,17 @@ def build(
             raise InputError("the answer and the wrong token are the same: contrast the answer with another token")
         direction = contrast_direction(model, answer, wrong)
     all_steps = steps(model)
-    top = all_steps[-1].target
+    top = all_steps[-1].destination
     frontier: dict[int, set[int]] = {top: {position}}
     edges: list[Edge] = []
     error = 0.0
     for step in reversed(all_steps):
-        targets = sorted(frontier.get(step.target, ()))
-        if not targets:
+        destinations = sorted(frontier.get(step.destination, ()))
+        if not destinations:
             continue
-        parts = incoming(model, run, step, torch.tensor(targets), direction)
+        parts = incoming(model, run, step, torch.tensor(destinations), direction)
         error = max(error, parts.error)
-        for row, i in enumerate(targets):
+        for row, i in enumerate(destinations):
             kept = []  # (kind, source position, importance, heads)
             if parts.residual[row] >= threshold:
                 kept.append(("residual", i, float(parts.residual[row]), ()))
@@ -348,7 +348,7 @@ def build(
                     kept.append(("attention", j, float(parts.attention[row, j]), tuple(parts.heads[row, j].tolist())))
             total = sum(k[2] for k in kept) or 1.0
             for kind, j, importance, heads in kept:
-                edges.append(Edge(kind, step.layer, (step.source, j), (step.target, i), importance, importance / total, 0.0, heads))
+                edges.append(Edge(kind, step.layer, (step.source, j), (step.destination, i), importance, importance / total, 0.0, heads))
                 frontier.setdefault(step.source, set()).add(j)
     edges, node_flow = _flows(edges, (top, position))
     nodes = tuple(sorted(node_flow, key=lambda n: (-n[0], n[1])))
@@ -379,10 +379,10 @@ def _flows(edges: list[Edge], output: tuple[int, int]) -> tuple[list[Edge], dict
     """Edges with their flow, and each node's flow: the output's is 1, a node's is the sum over its outgoing edges."""
     node_flow = {output: 1.0}
     done = []
-    for edge in sorted(edges, key=lambda edge: -edge.target[0]):  # targets from the top down: a node's flow is complete first
-        flow = edge.weight * node_flow.get(edge.target, 0.0)
+    for edge in sorted(edges, key=lambda edge: -edge.destination[0]):  # destinations from the top down: a node's flow is complete first
+        flow = edge.weight * node_flow.get(edge.destination, 0.0)
         node_flow[edge.source] = node_flow.get(edge.source, 0.0) + flow
-        done.append(Edge(edge.kind, edge.layer, edge.source, edge.target, edge.importance, edge.weight, flow, edge.heads))
+        done.append(Edge(edge.kind, edge.layer, edge.source, edge.destination, edge.importance, edge.weight, flow, edge.heads))
     return done, node_flow
 
 
@@ -565,8 +565,8 @@ def everything(model: LoadedModel, n_tokens: int) -> Ablation:
 def graph_ablation(g: Graph, edges: list[Edge]) -> Ablation:
     """The attention edges and MLPs of `edges`."""
     return Ablation(
-        frozenset((edge.layer, edge.target[1], edge.source[1]) for edge in edges if edge.kind == "attention"),
-        frozenset((edge.layer, edge.target[1]) for edge in edges if edge.kind == "mlp"),
+        frozenset((edge.layer, edge.destination[1], edge.source[1]) for edge in edges if edge.kind == "attention"),
+        frozenset((edge.layer, edge.destination[1]) for edge in edges if edge.kind == "mlp"),
     )
 
 

@@ -20,7 +20,7 @@ def _width(weight: float) -> float:
 
 
 def _path(edge: Edge) -> tuple[list[float], list[float]]:
-    (p0, x0), (p1, x1) = edge.source, edge.target
+    (p0, x0), (p1, x1) = edge.source, edge.destination
     if edge.kind == "mlp":
         return [x0, x1 + MLP_SHIFT, x1], [p0, (p0 + p1) / 2, p1]
     return [x0, x1], [p0, p1]
@@ -29,7 +29,7 @@ def _path(edge: Edge) -> tuple[list[float], list[float]]:
 def _hover(g: Graph, edge: Edge) -> str:
     text = (
         f"{edge.kind} · layer {edge.layer}<br>{g.points[edge.source[0]]} @ {edge.source[1]} {g.labels[edge.source[1]]}"
-        f" → {g.points[edge.target[0]]} @ {edge.target[1]} {g.labels[edge.target[1]]}"
+        f" → {g.points[edge.destination[0]]} @ {edge.destination[1]} {g.labels[edge.destination[1]]}"
         f"<br>importance {edge.importance:.3f} · weight {edge.weight:.3f} · flow {edge.flow:.3f}"
     )
     if edge.heads:
@@ -40,7 +40,7 @@ def _hover(g: Graph, edge: Edge) -> str:
 def graph_figure(g: Graph, selected: Edge | tuple[int, int] | None = None) -> go.Figure:
     """The graph: one column per position up to the predicted one, one row per lens point (embeddings at the bottom).
 
-    Width of an edge: its weight (share of its target's kept update); nodes are sized by the share of
+    Width of an edge: its weight (share of its destination's kept update); nodes are sized by the share of
     the output that flows through them. `selected` (an edge or a node) is outlined in red.
     """
     fig = go.Figure()
@@ -66,9 +66,9 @@ def graph_figure(g: Graph, selected: Edge | tuple[int, int] | None = None) -> go
     mlps = [edge for edge in g.edges if edge.kind == "mlp"]
     if mlps:
         fig.add_trace(
-            go.Scatter(x=[edge.target[1] + MLP_SHIFT for edge in mlps], y=[sum(_path(edge)[1][1:2]) for edge in mlps], mode="markers",
+            go.Scatter(x=[edge.destination[1] + MLP_SHIFT for edge in mlps], y=[sum(_path(edge)[1][1:2]) for edge in mlps], mode="markers",
                        marker=dict(symbol="square", size=9, color=COLOURS["mlp"]), showlegend=False, name="MLP",
-                       hovertemplate="%{text}<extra></extra>", text=[f"MLP · layer {edge.layer} @ {edge.target[1]}" for edge in mlps])
+                       hovertemplate="%{text}<extra></extra>", text=[f"MLP · layer {edge.layer} @ {edge.destination[1]}" for edge in mlps])
         )  # fmt: skip
     nodes = list(g.nodes)
     fig.add_trace(
