@@ -70,7 +70,11 @@ with ui.guard("the information-flow graph"):
         ui.figure(draw.graph_figure(g, picked), f"graph-pos{g.position}", g.document(), g.rows())
 
     if isinstance(picked, graph.Edge) and picked.kind == "attention":
-        head = max(range(len(picked.heads)), key=lambda h: picked.heads[h])
+        strongest = max(range(len(picked.heads)), key=lambda h: picked.heads[h])
+        head = st.selectbox(
+            "Head of this edge (default: the strongest)", range(len(picked.heads)), index=strongest, key="w.graph_head",
+            format_func=lambda h: f"H{h} (importance {picked.heads[h]:.3f})",
+        )  # fmt: skip
         a, b = st.columns(2)
         with a:
             ui.figure(
@@ -78,7 +82,9 @@ with ui.guard("the information-flow graph"):
             )
         with b:
             p = attention.patterns_of(run)
-            st.caption(f"The edge's strongest head, layer {picked.layer} head {head}: its attention pattern.")
+            st.caption(
+                f"Layer {picked.layer} head {head}: its attention pattern (the edge is query {picked.destination[1]}, key {picked.source[1]})."
+            )
             ui.figure(
                 draw_attention.pattern_heatmap(p, picked.layer, head), f"graph-pattern-L{picked.layer}H{head}", p.head(picked.layer, head)
             )
@@ -100,7 +106,7 @@ with ui.guard("the information-flow graph"):
                         help="mean: over the prompt's tokens shuffled (8 references); zero: remove the parts")  # fmt: skip
     k = int(c2.number_input("k (top vs random edges)", 1, 100, key=view.key("k")))
     f = check(model, prompt, position, float(threshold), answer, wrong, ablation, k, truncate)
-    (st.success if f.survives else st.error)(f.verdict[0].upper() + f.verdict[1:] + ".")
+    (st.success if f.survives else st.warning)(f.verdict[0].upper() + f.verdict[1:] + ".")
     st.markdown(
         f"Ablating the graph's top {f.k} edges drops the metric by **{f.top_drop:.0%}**; {f.k} random edges: "
         f"**{f.random_drop:.0%}** on average ({len(f.random_k)} draws). Answer still the top prediction with only the graph: "

@@ -55,3 +55,9 @@ def test_heads_and_faithfulness_figures(circuits, g):
     f = graph.faithfulness(circuits, g, "zero", k=2, draws=3)
     fig = draw.faithfulness_figure(f)
     assert list(fig.data[0].y) == [f.full, f.empty, f.kept, f.top_k, *f.random_k]
+
+
+def test_the_legend_names_each_kind_of_edge_once(g):
+    fig = draw.graph_figure(g)
+    named = [t.name for t in fig.data if t.showlegend]
+    assert sorted(named) == sorted({e.kind for e in g.edges})

@@ -45,6 +45,7 @@ def graph_figure(g: Graph, selected: Edge | tuple[int, int] | None = None) -> go
     """
     fig = go.Figure()
     for kind in ("residual", "mlp", "attention"):  # attention on top: it is what the eye follows
+        legend = True  # the first trace of each kind names it in the legend
         for cls in range(WIDTHS):
             xs, ys = [], []
             for edge in g.edges:
@@ -55,8 +56,9 @@ def graph_figure(g: Graph, selected: Edge | tuple[int, int] | None = None) -> go
             if xs:
                 fig.add_trace(
                     go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=COLOURS[kind], width=_width((cls + 0.5) / WIDTHS)),
-                               hoverinfo="skip", showlegend=cls == 0 and kind != "residual", name=kind, legendgroup=kind, opacity=0.75)
+                               hoverinfo="skip", showlegend=legend, name=kind, legendgroup=kind, opacity=0.75)
                 )  # fmt: skip
+                legend = False
     # one invisible marker at the middle of every edge carries its hover text
     mids = [(sum(_path(edge)[0][:2]) / 2, sum(_path(edge)[1][:2]) / 2, _hover(g, edge)) for edge in g.edges]
     fig.add_trace(
