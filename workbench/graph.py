@@ -313,8 +313,11 @@ def build(
 ) -> Graph:
     """The information-flow graph of the prediction after `position` (default: the last).
 
-    `answer`: the token it explains (default: the model's top prediction there); `wrong` turns on
-    contrastive mode. Edges below `threshold` (a share of their destination's update) are dropped.
+    Without `wrong`, the routes are those of the output residual at `position`, as in the paper:
+    they do not depend on the token, and `answer` (default: the model's top prediction there) only
+    names it and sets the faithfulness metric. `wrong` turns on contrastive mode, whose routes are
+    those of the answer − wrong logit difference. Edges below `threshold` (a share of their
+    destination's update) are dropped.
     """
     threshold = check_threshold(threshold)
     run = graph_run(model, prompt, truncate)

@@ -97,10 +97,10 @@ def graph_figure(g: Graph, selected: Edge | tuple[int, int] | None = None) -> go
     fig.update_yaxes(tickvals=list(range(len(g.points))), ticktext=g.points, range=[-0.4, len(g.points) - 0.6], showgrid=True)
     token_ticks(fig)
     what = f"{g.answer_label} vs {g.wrong_label}" if g.contrastive else g.answer_label
-    fig.update_layout(legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
-    return layout(
-        fig, f"Information flow to the prediction {what} after position {g.position} (threshold {g.threshold:g})", 220 + 55 * len(g.points)
-    )
+    title = f"Information flow to the prediction {what} after position {g.position} (threshold {g.threshold:g})"
+    layout(fig, title, 240 + 55 * len(g.points))
+    # the legend in a row of its own between the title and the plot
+    return fig.update_layout(legend=dict(orientation="h", y=1.0, x=0, xanchor="left", yanchor="bottom"), margin=dict(t=80))
 
 
 def heads_figure(edge: Edge, title: str) -> go.Figure:
