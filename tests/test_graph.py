@@ -106,12 +106,12 @@ def test_incoming_importances_sum_to_one_and_the_parts_sum_to_the_residual(engli
     for step in graph.steps(english):
         inc = graph.incoming(english, run, step, positions, direction)
         summed = inc.residual + inc.attention.sum(1) + inc.bias + inc.mlp
-        per_head = inc.heads_residual + inc.heads.sum((1, 2)) + inc.bias * 0  # the bias and MLP count in both
+        per_head = inc.heads_residual + inc.heads.sum((1, 2)) + inc.heads_rest
         assert torch.allclose(summed, torch.ones(run.n_tokens), atol=1e-5)
+        assert torch.allclose(per_head, torch.ones(run.n_tokens), atol=1e-5)
         if step.attention:
             assert (inc.attention.triu(1) == 0).all()  # nothing from the future
         assert inc.error < 1e-4 * float(run[f"blocks.{step.layer}.hook_resid_post"].abs().max())
-        assert (per_head <= 1 + 1e-5).all()
 
 
 def test_one_layer_attention_edges_against_a_hand_computation(tmp_path):
@@ -242,6 +242,7 @@ def test_every_family_makes_an_exact_graph_and_its_ablations_act(family):
     for step in graph.steps(model):
         inc = graph.incoming(model, run, step, torch.arange(run.n_tokens))
         assert torch.allclose(inc.residual + inc.attention.sum(1) + inc.bias + inc.mlp, torch.ones(run.n_tokens), atol=1e-5)
+        assert torch.allclose(inc.heads_residual + inc.heads.sum((1, 2)) + inc.heads_rest, torch.ones(run.n_tokens), atol=1e-5)
     # the pattern edit really removes attention: every edge gone equals every head's z zeroed
     n = run.n_tokens
     all_edges = graph.Ablation(graph.everything(model, n).edges)

@@ -132,6 +132,7 @@ class Incoming:
     bias: torch.Tensor  # (query,) the attention output's bias
     mlp: torch.Tensor  # (query,)
     heads_residual: torch.Tensor  # (query,) the residual's importance in the per-head decomposition
+    heads_rest: torch.Tensor  # (query,) the bias's and the MLP's together in the per-head decomposition
     error: float  # largest |Σ parts − the model's residual| at these positions
 
 
@@ -153,7 +154,7 @@ def incoming(model: LoadedModel, run: Run, step: Step, positions: torch.Tensor, 
     q_n = len(positions)
     out = dict(
         residual=torch.zeros(q_n), attention=torch.zeros(q_n, n), heads=torch.zeros(q_n, n, heads), bias=torch.zeros(q_n),
-        mlp=torch.zeros(q_n), heads_residual=torch.zeros(q_n),
+        mlp=torch.zeros(q_n), heads_residual=torch.zeros(q_n), heads_rest=torch.zeros(q_n),
     )  # fmt: skip
     error = 0.0
     per_query = n * heads * (model.info.d_model if direction is None else 1)
@@ -166,7 +167,6 @@ def incoming(model: LoadedModel, run: Run, step: Step, positions: torch.Tensor, 
         total = resid.clone()
         w_whole = measure(whole)  # (c, d')
         r_prox = proximity(w_whole, measure(resid)[:, None])[:, 0]  # (c,)
-        extra = torch.zeros(len(q))  # proximities of the bias and the MLP: in both normalisations
         bias_prox = mlp_prox = torch.zeros(len(q))
         if step.attention:
             p = pattern[:, q, :keys]  # (head, c, key)
@@ -182,7 +182,7 @@ def incoming(model: LoadedModel, run: Run, step: Step, positions: torch.Tensor, 
             m = mlp_all[q]  # (c, d_model)
             total = total + m
             mlp_prox = proximity(w_whole, measure(m)[:, None])[:, 0]
-        extra = bias_prox + mlp_prox
+        extra = bias_prox + mlp_prox  # in both normalisations
         error = max(error, float((total - whole).abs().max()))
         norm = r_prox + extra + (a_prox.sum(1) if step.attention else 0)
         h_norm = r_prox + extra + (h_prox.sum((1, 2)) if step.attention else 0)
@@ -192,6 +192,7 @@ def incoming(model: LoadedModel, run: Run, step: Step, positions: torch.Tensor, 
         safe, h_safe = norm.clamp(min=1e-30)[:, None], h_norm.clamp(min=1e-30)[:, None]
         out["bias"][rows] = bias_prox / safe[:, 0]
         out["mlp"][rows] = mlp_prox / safe[:, 0]
+        out["heads_rest"][rows] = extra / h_safe[:, 0]
         if step.attention:
             out["attention"][rows, :keys] = a_prox / safe
             out["heads"][rows, :keys] = h_prox / h_safe[..., None]
