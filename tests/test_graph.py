@@ -60,7 +60,8 @@ def test_the_graph_holds_the_induction_route_and_ablating_it_destroys_the_predic
         # the earlier copy's next token, before layer 0, flows into the output through that route
         assert _reaches_output(g, (0, after)) and _reaches_output(g, previous_token.source)
 
-        route = graph.Ablation(frozenset({(1, final, after), (0, after, k)}))
+        L, n = model.info.n_layers, len(g.tokens)
+        route = graph.Ablation.of(L, n, [(1, final, after), (0, after, k)])
         rng = torch.Generator().manual_seed(0)
         randoms = []
         for _ in range(8):
@@ -68,8 +69,8 @@ def test_the_graph_holds_the_induction_route_and_ablating_it_destroys_the_predic
             picks = {
                 (int(torch.randint(0, 2, (1,), generator=rng)), q, int(torch.randint(0, q + 1, (1,), generator=rng))) for q in (i, final)
             }
-            randoms.append(graph.Ablation(frozenset(picks - {(1, final, after), (0, after, k)})))
-        logits = graph.run_ablations(model, g.tokens, final, [graph.Ablation(), route, *randoms], None)
+            randoms.append(graph.Ablation.of(L, n, picks - {(1, final, after), (0, after, k)}))
+        logits = graph.run_ablations(model, g.tokens, final, [graph.nothing(model, n), route, *randoms], None)
         metric = graph.metric_of(logits, g.answer, None)
         assert int(logits[0].argmax()) == g.answer
         assert int(logits[1].argmax()) != g.answer and metric[1] < 0.2 * metric[0]  # the route ablated: no copy
@@ -157,6 +158,9 @@ def test_any_position_and_contrastive_mode(circuits):
     pair = patching.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT, seed=1)[0]
     g = graph.build(circuits, pair.clean, position=LENGTH + 3)
     assert g.position == LENGTH + 3 and all(edge.destination[1] <= LENGTH + 3 and edge.source[1] <= edge.destination[1] for edge in g.edges)
+    f = graph.faithfulness(circuits, g, "zero", k=3, draws=2)
+    logits = run_prompt(circuits, pair.clean).logits[LENGTH + 3]
+    assert f.full == pytest.approx(float(logits[g.answer] - logits.mean()), abs=1e-3)  # the metric at that position
     c = graph.build(circuits, pair.clean, answer=pair.answer, wrong=pair.wrong)
     assert c.contrastive and c.wrong == pair.wrong
     assert ("attention", 1, REPEAT + 1, LENGTH + REPEAT) in _edges(c)  # the copy is what separates answer from wrong
@@ -245,8 +249,9 @@ def test_every_family_makes_an_exact_graph_and_its_ablations_act(family):
         assert torch.allclose(inc.heads_residual + inc.heads.sum((1, 2)) + inc.heads_rest, torch.ones(run.n_tokens), atol=1e-5)
     # the pattern edit really removes attention: every edge gone equals every head's z zeroed
     n = run.n_tokens
-    all_edges = graph.Ablation(graph.everything(model, n).edges)
-    logits = graph.run_ablations(model, g.tokens, g.position, [all_edges, graph.Ablation()], None)
+    every = graph.everything(model, n)
+    all_edges = graph.Ablation(every.edges, torch.zeros_like(every.mlps))
+    logits = graph.run_ablations(model, g.tokens, g.position, [all_edges, graph.nothing(model, n)], None)
     assert torch.allclose(logits[1], run.logits[g.position], atol=1e-4)  # nothing ablated: the model's own logits
     from workbench.engine import Edit
     from workbench.runs import run_edited

@@ -35,7 +35,6 @@ hurt it more than removing k random edges.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 import torch
@@ -488,20 +487,34 @@ class Scale:
     fill: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * self.keep.to(x.dtype)
-        return x if self.fill is None else x + self.fill.to(x.dtype)
+        x = x * self.keep.to(x.device, x.dtype)
+        return x if self.fill is None else x + self.fill.to(x.device, x.dtype)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Ablation:
-    """What to remove: attention edges (layer, query position, key position), every head, and MLPs (layer, position)."""
+    """What to remove, as masks: attention edges (every head of a query and key position) and MLPs at a position."""
 
-    edges: frozenset[tuple[int, int, int]] = frozenset()
-    mlps: frozenset[tuple[int, int]] = frozenset()
+    edges: torch.Tensor  # (layer, query, key) bool
+    mlps: torch.Tensor  # (layer, pos) bool
+
+    @classmethod
+    def of(cls, n_layers: int, n_tokens: int, edges=(), mlps=()) -> Ablation:
+        """From (layer, query, key) and (layer, position) tuples."""
+        e, m = torch.zeros(n_layers, n_tokens, n_tokens, dtype=torch.bool), torch.zeros(n_layers, n_tokens, dtype=torch.bool)
+        for layer, i, j in edges:
+            e[layer, i, j] = True
+        for layer, i in mlps:
+            m[layer, i] = True
+        return cls(e, m)
 
     @property
     def size(self) -> int:
-        return len(self.edges) + len(self.mlps)
+        return int(self.edges.sum() + self.mlps.sum())
+
+    def clip(self, n: int) -> Ablation:
+        """Only what acts on the first n positions."""
+        return Ablation(self.edges[:, :n, :n], self.mlps[:, :n])
 
 
 @dataclass(frozen=True)
@@ -537,40 +550,38 @@ def ablation_edits(model: LoadedModel, n_tokens: int, ablation: Ablation, row: i
     rows = torch.tensor([row])
     edits = []
     for layer in range(model.info.n_layers):
-        cut = torch.zeros(n_tokens, n_tokens)  # (query, key)
-        for lay, i, j in ablation.edges:
-            if lay == layer:
-                cut[i, j] = 1.0
+        cut = ablation.edges[layer].float()  # (query, key)
         if cut.any():
             # the pattern edit sees (rows, query, head, key): zero the pairs for every head
             edits.append(engine.Edit("map", "pattern", layer, rows=rows, fn=Scale((1 - cut)[:, None, :])))
             if ref is not None:  # the removed entries' mean contribution to z, per (query, head)
                 fill = torch.einsum("rhqk,qk,rkhe->qhe", ref.pattern[layer], cut, ref.v[layer]) / len(ref.v[layer])
-                edits.append(engine.Edit("add", "z", layer, rows=rows, value=fill))
-        gone = torch.zeros(n_tokens, 1)
-        for lay, i in ablation.mlps:
-            if lay == layer:
-                gone[i] = 1.0
+                edits.append(engine.Edit("add", "z", layer, rows=rows, value=fill.to(model.device)))
+        gone = ablation.mlps[layer].float()[:, None]  # (pos, 1)
         if gone.any():
             fill = None if ref is None else gone * ref.mlp_out[layer]
             edits.append(engine.Edit("map", "mlp_out", layer, rows=rows, fn=Scale(1 - gone, fill)))
     return edits
 
 
+def nothing(model: LoadedModel, n_tokens: int) -> Ablation:
+    return Ablation.of(model.info.n_layers, n_tokens)
+
+
 def everything(model: LoadedModel, n_tokens: int) -> Ablation:
-    """Every attention edge and every MLP of the model."""
+    """Every attention edge (query sees key: key <= query) and every MLP of the model."""
     L = model.info.n_layers
-    return Ablation(
-        frozenset((layer, i, j) for layer in range(L) for i in range(n_tokens) for j in range(i + 1)),
-        frozenset((layer, i) for layer in range(L) for i in range(n_tokens)),
-    )
+    causal = torch.ones(n_tokens, n_tokens, dtype=torch.bool).tril()  # (query, key)
+    return Ablation(causal.expand(L, -1, -1).clone(), torch.ones(L, n_tokens, dtype=torch.bool))
 
 
-def graph_ablation(g: Graph, edges: list[Edge]) -> Ablation:
+def graph_ablation(model: LoadedModel, n_tokens: int, edges: list[Edge]) -> Ablation:
     """The attention edges and MLPs of `edges`."""
-    return Ablation(
-        frozenset((edge.layer, edge.destination[1], edge.source[1]) for edge in edges if edge.kind == "attention"),
-        frozenset((edge.layer, edge.destination[1]) for edge in edges if edge.kind == "mlp"),
+    return Ablation.of(
+        model.info.n_layers,
+        n_tokens,
+        [(edge.layer, edge.destination[1], edge.source[1]) for edge in edges if edge.kind == "attention"],
+        [(edge.layer, edge.destination[1]) for edge in edges if edge.kind == "mlp"],
     )
 
 
@@ -590,7 +601,7 @@ def run_ablations(
     and are not run.
     """
     n = position + 1
-    edits = [e for row, a in enumerate(ablations) for e in ablation_edits(model, n, _clip(a, n), row, _clip_ref(ref, n))]
+    edits = [e for row, a in enumerate(ablations) for e in ablation_edits(model, n, a.clip(n), row, _clip_ref(ref, n))]
     batch = tokens[:n][None].expand(len(ablations), -1)
     with torch.no_grad():
         try:
@@ -599,10 +610,6 @@ def run_ablations(
             logits, _ = run_edited(model, batch, edits, last_only=True)
             return logits[:, -1].float().cpu()
         return engine.forward(w, batch.to(model.device), edits=edits, last_only=True).logits.float().cpu()
-
-
-def _clip(a: Ablation, n: int) -> Ablation:
-    return Ablation(frozenset(e for e in a.edges if e[1] < n), frozenset(m for m in a.mlps if m[1] < n))
 
 
 def _clip_ref(ref: Reference | None, n: int) -> Reference | None:
@@ -646,19 +653,26 @@ def faithfulness(
         raise InputError(f"unknown ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
     if not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive number of edges, got {k}")
-    n = len(g.tokens)
-    ref = reference(model, g.tokens, seed=seed) if ablation == "mean" else None
+    n = g.position + 1  # later positions cannot change the prediction (causality): neither ablated nor drawn
+    ref = reference(model, g.tokens[:n], seed=seed) if ablation == "mean" else None
     every = everything(model, n)
-    inside = graph_ablation(g, list(g.edges))
-    outside = Ablation(every.edges - inside.edges, every.mlps - inside.mlps)
+    inside = graph_ablation(model, n, list(g.edges))
+    outside = Ablation(every.edges & ~inside.edges, every.mlps & ~inside.mlps)
     top = g.ranked(k)
-    rng = random.Random(seed)
-    pool = sorted(every.edges) + [(layer, i, None) for layer, i in sorted(every.mlps)]
+    # k random parts from every attention edge and MLP that can reach the prediction
+    pool_edges, pool_mlps = every.edges.nonzero(), every.mlps.nonzero()  # (e, 3), (m, 2)
+    gen = torch.Generator().manual_seed(seed)
     randoms = []
     for _ in range(draws):
-        picked = rng.sample(pool, min(len(top), len(pool)))
-        randoms.append(Ablation(frozenset(p for p in picked if p[2] is not None), frozenset(p[:2] for p in picked if p[2] is None)))
-    ablations = [Ablation(), every, outside, graph_ablation(g, top), *randoms]
+        picked = torch.randperm(len(pool_edges) + len(pool_mlps), generator=gen)[: len(top)].tolist()
+        randoms.append(
+            Ablation.of(
+                model.info.n_layers, n,
+                [tuple(pool_edges[i].tolist()) for i in picked if i < len(pool_edges)],
+                [tuple(pool_mlps[i - len(pool_edges)].tolist()) for i in picked if i >= len(pool_edges)],
+            )
+        )  # fmt: skip
+    ablations = [nothing(model, n), every, outside, graph_ablation(model, n, top), *randoms]
     logits = run_ablations(model, g.tokens, g.position, ablations, ref)  # (ablation, d_vocab)
     m = metric_of(logits, g.answer, g.wrong).tolist()
     full, empty, kept, top_k, random_k = m[0], m[1], m[2], m[3], m[4:]
