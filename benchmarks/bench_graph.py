@@ -83,6 +83,14 @@ def _case(name: str, model, prompt: str, quick: bool) -> list[Row]:
     ref_s, ours_s = compare(forward, ours_with_run, repeats, warmup=1)
     rows.append(Row("graph", case, "forward with its cache", ref_s, "run + graph + figure", ours_s))
 
+    g = graph.build(model, prompt)
+
+    def check():
+        graph.faithfulness(model, g, "mean")
+
+    ref_s, ours_s = compare(forward, check, max(2, repeats // 3), warmup=1)
+    rows.append(Row("graph", case, "forward with its cache", ref_s, "faithfulness check (mean, 12 runs)", ours_s))
+
     def every_node():
         draw.graph_figure(graph.build(model, prompt, threshold=0.0))
 
@@ -91,7 +99,6 @@ def _case(name: str, model, prompt: str, quick: bool) -> list[Row]:
     graph.graph_run(model, prompt)
     every = peak_extra_mb(every_node)
     extra = peak_extra_mb(ours)
-    g = graph.build(model, prompt)
     print(
         f"graph {case}: {len(g.edges)} edges, {len(g.nodes)} nodes; peak extra memory of one graph + figure: {extra:.0f} MB "
         f"(threshold 0, every node decomposed: {every:.0f} MB)"

@@ -695,6 +695,11 @@ def faithfulness(
     )
 
 
+def quick_check(model: LoadedModel, n_tokens: int) -> bool:
+    """Whether a faithfulness check (~20 forward passes) is cheap enough to run without being asked: a fraction of a second here."""
+    return model.info.d_model * model.info.n_layers * n_tokens <= 2**18
+
+
 def check(
     model: LoadedModel,
     prompt: str,
