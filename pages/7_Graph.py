@@ -7,6 +7,7 @@ from workbench.figures import attention as draw_attention
 from workbench.figures import graph as draw
 from workbench.tokens import single_token_id
 
+EDGE_VIEWS = ("summed over heads", "by head")
 view = ui.View(
     "Information flow",
     "Which routes through the model made this prediction (Ferrando & Voita 2024): every update of the residual stream is split "
@@ -19,13 +20,21 @@ view = ui.View(
         ui.text("wrong"),
         ui.choice("ablation", graph.ABLATIONS),
         ui.number("k", int, 1, 100),
+        ui.choice("edges", EDGE_VIEWS),
     ),
 )
 build = view.cached(graph.build, spinner="Tracing the routes…")
 check = view.cached(graph.check, spinner="Checking the graph by ablation…")
 model = view.start()
 prompt, truncate = ui.prompt_form(model)
-for name, default in (("threshold", graph.THRESHOLD), ("answer", ""), ("wrong", ""), ("ablation", "mean"), ("k", 5)):
+for name, default in (
+    ("threshold", graph.THRESHOLD),
+    ("answer", ""),
+    ("wrong", ""),
+    ("ablation", "mean"),
+    ("k", 5),
+    ("edges", EDGE_VIEWS[0]),
+):
     st.session_state.setdefault(view.key(name), default)
 
 with ui.guard("the information-flow graph"):
@@ -66,8 +75,9 @@ with ui.guard("the information-flow graph"):
             key="w.graph_node",
         )
         picked = ranked[edge] if edge is not None else (g.nodes[node] if node is not None else None)
+        edges_as = st.radio("Attention edges", EDGE_VIEWS, key=view.key("edges"))
     with left:
-        ui.figure(draw.graph_figure(g, picked), f"graph-pos{g.position}", g.document(), g.rows())
+        ui.figure(draw.graph_figure(g, picked, by_head=edges_as == "by head"), f"graph-pos{g.position}", g.document(), g.rows())
 
     if isinstance(picked, graph.Edge) and picked.kind == "attention":
         strongest = max(range(len(picked.heads)), key=lambda h: picked.heads[h])

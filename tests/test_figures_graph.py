@@ -61,3 +61,15 @@ def test_the_legend_names_each_kind_of_edge_once(g):
     fig = draw.graph_figure(g)
     named = [t.name for t in fig.data if t.showlegend]
     assert sorted(named) == sorted({e.kind for e in g.edges})
+
+
+def test_attention_edges_expand_into_their_heads(g):
+    fig = draw.graph_figure(g, by_head=True)
+    heads = [t for t in fig.data if t.mode == "lines" and t.name.startswith("H")]
+    attention = [e for e in g.edges if e.kind == "attention"]
+    drawn = sum(_segments(t) for t in heads)
+    expected = sum(1 for e in attention for s in draw.head_shares(e) if s >= draw.HEAD_MIN * e.weight)
+    assert drawn == expected >= len(attention)  # every edge keeps at least its strongest head
+    assert not [t for t in fig.data if t.name == "attention"]
+    for e in attention:  # the heads' shares split the edge's weight
+        assert sum(draw.head_shares(e)) == pytest.approx(e.weight)

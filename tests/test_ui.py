@@ -252,13 +252,13 @@ def test_cache_keys_are_values_not_identities():
 
 def test_the_graph_page_restores_its_link_and_shows_a_picked_edge():
     prompt = "apple river stone cloud tiger piano apple river stone"
-    at = _page("pages/7_Graph.py", model="circuits", prompt=prompt, pos="7", threshold="0.1", ablation="zero", k="2")
+    at = _page("pages/7_Graph.py", model="circuits", prompt=prompt, pos="7", threshold="0.1", ablation="zero", k="2", edges="by head")
     assert not at.exception
     assert not at.error
     assert [w.value for w in at.warning if "survive" in w.value] or [s.value for s in at.success if "keeps" in s.value]  # the verdict
     assert at.number_input(key="w.threshold").value == pytest.approx(0.1)
     assert at.selectbox(key="w.position").value == 7
-    assert at.radio(key="w.ablation").value == "zero"
+    assert at.radio(key="w.ablation").value == "zero" and at.radio(key="w.edges").value == "by head"
     assert at.query_params["threshold"] == "0.1" and at.query_params["pos"] == "7"
     assert len(at.get("plotly_chart")) == 2  # the graph and its faithfulness
     at.selectbox(key="w.graph_edge").set_value(0).run()

@@ -11,6 +11,9 @@ from workbench.tokens import unique_labels
 COLOURS = {"residual": "#9aa5b1", "attention": "#1f77b4", "mlp": "#ff7f0e"}
 WIDTHS = 6  # edges are drawn in this many width classes: one trace each, not one per edge
 MLP_SHIFT = 0.3  # an MLP edge bends right of the residual line, through the MLP's square
+HEAD_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+HEAD_BEND = 0.12  # per-head lines bend apart by this much (in positions) at their middle
+HEAD_MIN = 0.1  # a head carrying less than this share of its edge's weight is not drawn
 
 
 def _width(weight: float) -> float:
@@ -37,14 +40,44 @@ def _hover(g: Graph, edge: Edge) -> str:
     return text
 
 
-def graph_figure(g: Graph, selected: Edge | tuple[int, int] | None = None) -> go.Figure:
+def head_shares(edge: Edge) -> list[float]:
+    """An attention edge's weight split over its heads in proportion to each head's own importance."""
+    total = sum(edge.heads)
+    return [edge.weight * h / total if total > 0 else edge.weight / len(edge.heads) for h in edge.heads]
+
+
+def _by_head(fig: go.Figure, g: Graph) -> None:
+    """Every attention edge expanded into one line per head (a head's colour, bent apart so that they do not overlap)."""
+    attention = [edge for edge in g.edges if edge.kind == "attention"]
+    n_heads = max((len(edge.heads) for edge in attention), default=0)
+    for head in range(n_heads):
+        colour = HEAD_COLOURS[head % len(HEAD_COLOURS)]
+        for cls in range(WIDTHS):
+            xs, ys = [], []
+            for edge in attention:
+                share = head_shares(edge)[head]
+                if share >= HEAD_MIN * edge.weight and min(WIDTHS - 1, int(share * WIDTHS)) == cls:
+                    (p0, x0), (p1, x1) = edge.source, edge.destination
+                    bend = (head - (n_heads - 1) / 2) * HEAD_BEND
+                    xs += [x0, (x0 + x1) / 2 + bend, x1, None]
+                    ys += [p0, (p0 + p1) / 2, p1, None]
+            if xs:
+                fig.add_trace(
+                    go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=_width((cls + 0.5) / WIDTHS)), hoverinfo="skip",
+                               name=f"H{head}", legendgroup=f"H{head}", showlegend=not any(t.name == f"H{head}" for t in fig.data), opacity=0.8)
+                )  # fmt: skip
+
+
+def graph_figure(g: Graph, selected: Edge | tuple[int, int] | None = None, by_head: bool = False) -> go.Figure:
     """The graph: one column per position up to the predicted one, one row per lens point (embeddings at the bottom).
 
     Width of an edge: its weight (share of its destination's kept update); nodes are sized by the share of
-    the output that flows through them. `selected` (an edge or a node) is outlined in red.
+    the output that flows through them. `selected` (an edge or a node) is outlined in red. `by_head`:
+    each attention edge is drawn as its heads (its weight split by the heads' importances; heads
+    under a tenth of the edge left out).
     """
     fig = go.Figure()
-    for kind in ("residual", "mlp", "attention"):  # attention on top: it is what the eye follows
+    for kind in ("residual", "mlp") if by_head else ("residual", "mlp", "attention"):  # attention on top: the eye follows it
         legend = True  # the first trace of each kind names it in the legend
         for cls in range(WIDTHS):
             xs, ys = [], []
@@ -59,6 +92,8 @@ def graph_figure(g: Graph, selected: Edge | tuple[int, int] | None = None) -> go
                                hoverinfo="skip", showlegend=legend, name=kind, legendgroup=kind, opacity=0.75)
                 )  # fmt: skip
                 legend = False
+    if by_head:
+        _by_head(fig, g)
     # one invisible marker at the middle of every edge carries its hover text
     mids = [(sum(_path(edge)[0][:2]) / 2, sum(_path(edge)[1][:2]) / 2, _hover(g, edge)) for edge in g.edges]
     fig.add_trace(
