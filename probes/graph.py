@@ -36,6 +36,7 @@ def body(model, s, out):
     g = graph.build(model, s["prompt"], int(s["position"]), float(s["threshold"]), answer, wrong)
     name = f"graph-pos{g.position}"
     out.figure(draw.graph_figure(g), name)
+    out.figure(draw.graph_figure(g, by_head=True), f"{name}-by-head")
     out.data(name, g.document(), g.rows())
     f = graph.faithfulness(model, g, s["ablation"], int(s["k"]))
     out.figure(draw.faithfulness_figure(f), f"faithfulness-pos{g.position}")

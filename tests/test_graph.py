@@ -209,7 +209,12 @@ def test_the_probe_writes_the_graph_and_its_check(tmp_path):
     argv = ["graph", "--model", "circuits", "--prompt", "apple river stone cloud tiger apple river", "--formats", "html", "--out", str(out)]
     assert probe_main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "done" and "graph-pos7.json" in manifest["files"] and "faithfulness-pos7.html" in manifest["files"]
+    assert (
+        manifest["status"] == "done"
+        and "graph-pos7.json" in manifest["files"]
+        and "faithfulness-pos7.html" in manifest["files"]
+        and "graph-pos7-by-head.html" in manifest["files"]
+    )
     doc = json.loads((out / "graph-pos7.json").read_text())
     assert doc["metadata"]["answer_label"] == "␣stone" and doc["links"]
 
