@@ -248,3 +248,23 @@ def test_cache_keys_are_values_not_identities():
     assert ui._frozen(a) != ui._frozen(PatchingSetup("x y", "x z", 1, 3))
     with pytest.raises(TypeError, match="cannot be one"):
         ui._frozen([torch.zeros(2)])  # equal tensors would never hit the cache
+
+
+def test_the_graph_page_restores_its_link_and_shows_a_picked_edge():
+    prompt = "apple river stone cloud tiger piano apple river stone"
+    at = _page("pages/7_Graph.py", model="circuits", prompt=prompt, pos="7", threshold="0.1", ablation="zero", k="2", edges="by head")
+    assert not at.exception
+    assert not at.error
+    assert [w.value for w in at.warning if "survive" in w.value] or [s.value for s in at.success if "keeps" in s.value]  # the verdict
+    assert at.number_input(key="w.threshold").value == pytest.approx(0.1)
+    assert at.selectbox(key="w.position").value == 7
+    assert at.radio(key="w.ablation").value == "zero" and at.radio(key="w.edges").value == "by head"
+    assert at.query_params["threshold"] == "0.1" and at.query_params["pos"] == "7"
+    assert len(at.get("plotly_chart")) == 2  # the graph and its faithfulness
+    at.selectbox(key="w.graph_edge").set_value(0).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) >= 3 and at.dataframe  # the edge's heads (or neurons) and the lens at its node
+    attention_edges = [i for i, opt in enumerate(at.selectbox(key="w.graph_edge").options) if opt.startswith("attention")]
+    at.selectbox(key="w.graph_edge").set_value(attention_edges[0] - 1).run()  # options start with "—"
+    assert not at.exception and at.selectbox(key="w.graph_head").value in range(4)
+    assert len(at.get("plotly_chart")) == 4  # graph, the edge's heads, the head's pattern, faithfulness
