@@ -63,7 +63,8 @@ UNIT_SITES = {"head": "z", "mlp": "mlp_out", "neuron": "mlp_post"}
 # ---- the edits, as data --------------------------------------------------------------------------
 
 
-def _positions(value) -> tuple[int, ...] | None:
+def parse_positions(value) -> tuple[int, ...] | None:
+    """Positions typed as "3,4,5" (or a list); None for every position ("", "all")."""
     if value is None or value == "" or value == "all":
         return None
     items = value if isinstance(value, list | tuple) else str(value).replace("|", ",").split(",")
@@ -240,7 +241,7 @@ def _build(kind: str, values: dict, where: str) -> EditSpec:
         if value is None:
             out[name] = None
         elif name == "positions":
-            out[name] = _positions(value)
+            out[name] = parse_positions(value)
         elif name in ("plus", "minus"):
             out[name] = (value,) if isinstance(value, str) else tuple(str(p) for p in value)
         elif name in ("layer", "index", "feature"):
