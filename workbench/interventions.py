@@ -826,32 +826,15 @@ def ablation_sweep(model: LoadedModel, prompt: str, metric: Metric, how: str = "
     ids, _ = encode(model, prompt)
     i = model.info
     L, H, n = i.n_layers, i.n_heads, len(ids)
-    plain, _ = run_edited(model, ids[None], last_only=True)
-    before = float(metric.value(plain[:, -1].float().cpu()))
     values = {layer: _head_values(model, edits, how, n, layer) for layer in range(L)}
-    note = ""
-    try:
-        w = engine.weights_of(model)
-        device = w.W_U.device
-        with torch.no_grad():
-            base = engine.forward(w, ids[None].to(device), capture=[f"blocks.{layer}.hook_resid_pre" for layer in range(L)])
-            full = base.logits[0, -1].float().cpu()
-        gap = float((full - plain[0, -1].float().cpu()).abs().max()) / max(1.0, float(plain.abs().max()))
-        if gap > CHECK_TOLERANCE:
-            raise engine.Unsupported(f"the forward engine's logits differ from the model's by {gap:.1e} (relative)")
-    except engine.Unsupported as err:
-        w, note = None, f"{err}; this sweep ran through the model's own hooks instead (exact, slower)"
+    w, note = _checked_engine(model, ids)
     if w is not None:
-        enter, batch_edits = {}, []
-        for layer in range(L):
-            resid = base.captured[f"blocks.{layer}.hook_resid_pre"]  # (1, pos, d_model)
-            enter[layer] = resid.expand(H, -1, -1)  # one row per head of this layer, joining at this layer
-            rows = torch.arange(layer * H, (layer + 1) * H, device=device)
-            batch_edits.append(engine.Edit("map", "z", layer, rows=rows, fn=_RowHeads(values[layer].to(device))))
-        with torch.no_grad():
-            logits = engine.forward(w, enter=enter, edits=batch_edits, last_only=True).logits  # (L * H, d_vocab)
-        path = "engine"
+        logits = _engine_sweep(w, ids, values, L, H)  # (L * H, d_vocab)
+        before = float(metric.value(logits[-1:].float().cpu()))  # the last row: nothing ablated
+        logits, path = logits[:-1], "engine"
     else:
+        plain, _ = run_edited(model, ids[None], last_only=True)
+        before = float(metric.value(plain[:, -1].float().cpu()))
         batch_edits = [
             engine.Edit("map", "z", layer, rows=torch.arange(layer * H, (layer + 1) * H), fn=_RowHeads(values[layer])) for layer in range(L)
         ]
@@ -862,6 +845,61 @@ def ablation_sweep(model: LoadedModel, prompt: str, metric: Metric, how: str = "
         how, metric, metric.label(model.tokenizer), result, before, path, note,
         provenance(model, [prompt], how=how, metric=metric.kind, answer=metric.answer, wrong=metric.wrong, edits=str(edits), path=path),
     )  # fmt: skip
+
+
+def _engine_sweep(w: engine.Weights, ids: torch.Tensor, values: dict[int, torch.Tensor], L: int, H: int) -> torch.Tensor:
+    """(L * H + 1, d_vocab) next-token logits with each head ablated alone (row layer * H + head), then unablated.
+
+    Two engine calls, each computing only what can change: the heads of layers before the last join a
+    batch at their own layer from the unablated residual stream (the last layer then runs the last query
+    only); a last-layer head changes the last position alone, so its rows run that position only, with the
+    unablated keys and values of the others (engine.forward's `past`).
+    """
+    device = w.W_U.device
+    n, last = ids.shape[0], L - 1
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(L)] + [f"blocks.{last}.attn.hook_{kv}" for kv in "kv"]
+    with torch.no_grad():
+        base = engine.forward(w, ids[None].to(device), capture=names, last_only=True)
+        out = []
+        if last:
+            enter, edits = {}, []
+            for layer in range(last):
+                enter[layer] = base.captured[f"blocks.{layer}.hook_resid_pre"].expand(H, -1, -1)  # (H, pos, d_model)
+                rows = torch.arange(layer * H, (layer + 1) * H, device=device)
+                edits.append(engine.Edit("map", "z", layer, rows=rows, fn=_RowHeads(values[layer].to(device))))
+            out.append(engine.forward(w, enter=enter, edits=edits, last_only=True).logits)  # (last * H, d_vocab)
+        v = values[last]  # (head, 1 or pos, d_head)
+        v = v if v.shape[1] == 1 else v[:, n - 1 : n] if v.shape[1] >= n else None  # None: a resample prompt too short to reach it
+        resid = base.captured[f"blocks.{last}.hook_resid_pre"][:, n - 1 :].expand(H, -1, -1)  # (H, 1, d_model)
+        past = {last: tuple(base.captured[f"blocks.{last}.attn.hook_{kv}"][:, : n - 1] for kv in "kv")} if n > 1 else None
+        edits = [] if v is None else [engine.Edit("map", "z", last, fn=_RowHeads(v.to(device)))]
+        out.append(engine.forward(w, resid=resid, start=last, edits=edits, last_only=True, past=past).logits)  # (H, d_vocab)
+        out.append(base.logits)  # (1, d_vocab)
+    return torch.cat(out).float().cpu()
+
+
+def _checked_engine(model: LoadedModel, ids: torch.Tensor) -> tuple[engine.Weights | None, str]:
+    """(the engine's weights, "") when the engine computes this model's logits (checked against the bridge's on
+    the first prompt swept, and remembered on the model), else (None, why)."""
+    found = model.derived.get("interventions.engine_check")
+    if found is None:
+        try:
+            w = engine.weights_of(model)
+            plain, _ = run_edited(model, ids[None], last_only=True)
+            with torch.no_grad():
+                ours = engine.forward(w, ids[None].to(w.W_U.device), last_only=True).logits.float().cpu()
+            gap = float((ours - plain[:, -1].float().cpu()).abs().max()) / max(1.0, float(plain.abs().max()))
+            found = (
+                gap
+                if gap <= CHECK_TOLERANCE
+                else engine.Unsupported(f"the forward engine's logits differ from the model's by {gap:.1e} (relative)")
+            )
+        except engine.Unsupported as err:
+            found = err
+        model.derived["interventions.engine_check"] = found
+    if isinstance(found, engine.Unsupported):
+        return None, f"{found}; this sweep ran through the model's own hooks instead (exact, slower)"
+    return engine.weights_of(model), ""
 
 
 @dataclass(frozen=True, eq=False)
