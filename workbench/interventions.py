@@ -419,6 +419,8 @@ def reference_prompts(model: LoadedModel) -> tuple[str, ...]:
         windows = [ids[i : i + REFERENCE_TOKENS] for i in range(0, len(ids) - REFERENCE_TOKENS + 1, step)][:REFERENCE_WINDOWS]
         return tuple(model.tokenizer.decode(w) for w in windows)
     words = ordinary_token_ids(model.tokenizer, model.info.d_vocab)
+    # tokens that are text (a prompt is checked for control characters)
+    words = words[[model.tokenizer.decode([int(t)]).isprintable() for t in words]]
     gen = torch.Generator().manual_seed(0)
     n = min(REFERENCE_TOKENS, model.info.n_ctx - 1)
     return tuple(model.tokenizer.decode(words[torch.randint(len(words), (n,), generator=gen)]) for _ in range(REFERENCE_WINDOWS))
