@@ -36,7 +36,7 @@ def _cases(name: str, model, quick: bool) -> list[Row]:
     edits = iv.EditSet(
         (
             *(iv.Ablate("head", layer, h, "mean") for h in range(min(3, model.info.n_heads))),
-            iv.Steer(layer, 2.0, "contrast", ("the sea", "the ship"), ("the house", "the room")),
+            iv.Steer(layer, 2.0, "prompts", ("the sea", "the ship"), ("the house", "the room")),
         )
     )
     compiled = iv.compile_edits(model, edits)  # the reference means and the vector: computed once, as the page keeps them

@@ -25,7 +25,7 @@ KINDS = {
     "ablate an SAE feature": ("ablate", "feature"),
     "clamp a neuron": ("clamp", "neuron"),
     "clamp an SAE feature": ("clamp", "feature"),
-    "steer: contrast of two prompt sets": ("steer", "contrast"),
+    "steer: the difference between two prompt sets": ("steer", "prompts"),
     "steer: an SAE feature's direction": ("steer", "feature"),
     "steer: a saved vector file": ("steer", "file"),
 }
@@ -120,7 +120,7 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
         coefficient = c3.number_input("Coefficient", value=2.0, key="w.add_coefficient")
         plus = minus = ()
         path = feature = site = None
-        if what == "contrast":
+        if what == "prompts":
             site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site")
             a, b = st.columns(2)
             plus = tuple(p for p in a.text_area("Towards these prompts (one per line)", key="w.add_plus").splitlines() if p.strip())
@@ -147,7 +147,7 @@ with ui.guard("the intervention"):
         st.text_area(
             "The edit set (one line: edits separated by ';', as in the link)", key="w.edits_text", height=80,
             help="ablate head 1.2 mean · ablate mlp 0 zero · ablate neuron 0.37 resample · clamp neuron 0.37 3.5 · "
-            "steer 1 4 contrast plus=the%20sea minus=the%20house · steer 1 2 file path=v.npy · resample <prompt>",
+            "steer 1 4 prompts plus=the%20sea minus=the%20house · steer 1 2 file path=v.npy · resample <prompt>",
         )  # fmt: skip
         a, b = st.columns([1, 6])
         a.form_submit_button("Apply", type="primary", on_click=apply_typed)
@@ -209,25 +209,25 @@ with ui.guard("the intervention"):
             st.dataframe(sweep.ranked(8), hide_index=True)
 
     steers = [e for e in edits.edits if isinstance(e, iv.Steer)]
-    with st.expander("How hard to steer? The target against the damage"):
+    with st.expander("How hard to steer? The answer tokens against the damage"):
         if not steers:
             st.caption("Add a steering edit first; this sweeps its coefficient.")
         else:
             pick = st.selectbox("Steering edit", range(len(steers)), format_func=lambda k: steers[k].label(), key="w.sweep_steer")
-            targets_text = st.text_input("Target tokens (comma-separated, with their spaces)", " sea, ship", key="w.sweep_targets")
+            answers_text = st.text_input("Answer tokens (comma-separated, with their spaces)", " sea, ship", key="w.sweep_answers")
             coefficients = st.text_input("Coefficients", "0, 0.5, 1, 2, 4, 8", key="w.sweep_coefficients")
             try:
                 coefs = tuple(float(c) for c in coefficients.split(",") if c.strip())
             except ValueError:
                 raise InputError(f"coefficients are numbers separated by commas, got {coefficients!r}") from None
-            targets = tuple(single_token_id(model.tokenizer, " " + t.strip(), "target") for t in targets_text.split(",") if t.strip())
+            answers = tuple(single_token_id(model.tokenizer, " " + t.strip(), "answer") for t in answers_text.split(",") if t.strip())
             held = iv.reference_prompts(model)
-            args = (model, steers[pick], targets, held[:8], held[8:16], coefs, edits)
+            args = (model, steers[pick], answers, held[:8], held[8:16], coefs, edits)
             result = steer_sweep.peek(*args)
             if result is None and st.button("Sweep the coefficient", key="w.run_steer_sweep"):
                 result = steer_sweep(*args)
             if result is not None:
                 ui.figure(draw.steering(result), "intervene-steering", result, result.rows())
-                st.caption("Target: on 8 windows of the held-out text; KL: on 8 other windows, against the unsteered run.")
+                st.caption("Answer tokens: on 8 windows of the held-out text; KL: on 8 other windows, against the unsteered run.")
 
 view.share()

@@ -27,14 +27,14 @@ DEFAULTS = {
     "greedy": True,
     "temperature": 1.0,
     "head_sweep": "",  # zero, mean or resample: ablate every head and rank them
-    "steer_targets": [],  # target tokens of a steering sweep over the first steering edit
+    "steer_answers": [],  # answer tokens of a steering sweep over the first steering edit
     "coefficients": [0, 0.5, 1, 2, 4, 8],
 }
 
 
 def add_arguments(p):
     p.add_argument("--prompt")
-    p.add_argument("--edits", help="the edit set as one line, e.g. 'ablate head 1.2 mean; steer 1 4 contrast plus=... minus=...'")
+    p.add_argument("--edits", help="the edit set as one line, e.g. 'ablate head 1.2 mean; steer 1 4 prompts plus=... minus=...'")
     p.add_argument("--resample", help="the prompt resample ablations take their values from")
     p.add_argument("--metric", choices=iv.METRICS)
     p.add_argument("--answer", help="answer token, e.g. ' whale' (default: the original run's top next token)")
@@ -44,7 +44,7 @@ def add_arguments(p):
     p.add_argument("--temperature", type=float)
     p.add_argument("--head-sweep", dest="head_sweep", choices=iv.HOW, help="also ablate every head alone, this way, and rank them")
     p.add_argument(
-        "--steer-target", dest="steer_targets", action="append", help="sweep the first steering edit's coefficient for these tokens"
+        "--steer-answer", dest="steer_answers", action="append", help="sweep the first steering edit's coefficient for these tokens"
     )
 
 
@@ -84,14 +84,14 @@ def body(model, s, out):
         out.figure(draw.head_ablation(sweep), f"intervene-heads-{sweep.how}")
         out.data(f"intervene-heads-{sweep.how}", sweep, sweep.ranked())
         out.manifest["head_sweep_path"] = {"path": sweep.path, "note": sweep.note}
-    if s["steer_targets"]:
+    if s["steer_answers"]:
         steers = [e for e in edits.edits if isinstance(e, iv.Steer)]
         if not steers:
             raise InputError("a steering sweep needs a steering edit in the edit set")
-        targets = [single_token_id(model.tokenizer, tok, "target") for tok in s["steer_targets"]]
+        answers = [single_token_id(model.tokenizer, tok, "answer") for tok in s["steer_answers"]]
         held = iv.reference_prompts(model)
         t = time.time()
-        sweep = iv.steering_sweep(model, steers[0], targets, held[:8], held[8:16], s["coefficients"], edits)
+        sweep = iv.steering_sweep(model, steers[0], answers, held[:8], held[8:16], s["coefficients"], edits)
         out.timing("steering_sweep", time.time() - t)
         out.figure(draw.steering(sweep), "intervene-steering")
         out.data("intervene-steering", sweep, sweep.rows())

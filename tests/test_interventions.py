@@ -51,7 +51,7 @@ def test_the_compact_line_and_the_mapping_round_trip():
     line = (
         "ablate head 1.2 mean; ablate mlp 0 zero positions=1,2; ablate neuron 0.37 resample; clamp neuron 1.5 -3.5; "
         "ablate feature 7 zero sae=blocks.1.hook_resid_pre; clamp feature 3 2.5 sae=/tmp/x; "
-        "steer 1 4 contrast plus=the%20sea|a%3Bb%7Cc minus=the%20house; steer 0 -2 file path=/tmp/v.npy site=resid_post; "
+        "steer 1 4 prompts plus=the%20sea|a%3Bb%7Cc minus=the%20house; steer 0 -2 file path=/tmp/v.npy site=resid_post; "
         "steer - 3 feature feature=4 sae=blocks.1.hook_resid_pre; resample Once%20upon%3B%20a%20time; reference a%20b|c%3Dd"
     )
     edits = iv.EditSet.parse(line)
@@ -91,8 +91,8 @@ def test_no_edit_and_a_zero_vector_leave_the_logits_bit_for_bit(english, tmp_pat
         "",
         f"steer 1 5 file path={tmp_path / 'zero.npy'}",
         f"steer 0 3 file path={tmp_path / 'zero.npy'} site=resid_post positions=2,5",
-        "steer 1 0 contrast plus=the%20sea minus=the%20house",
-        "steer 1 2 contrast plus=the%20sea minus=the%20sea",  # the same prompts on both sides: a zero vector
+        "steer 1 0 prompts plus=the%20sea minus=the%20house",
+        "steer 1 2 prompts plus=the%20sea minus=the%20sea",  # the same prompts on both sides: a zero vector
     ):
         logits, _ = _run(english, line)
         assert torch.equal(logits, plain), line
@@ -109,7 +109,7 @@ def test_an_edit_at_layer_l_leaves_every_activation_before_it_unchanged(english,
         "ablate mlp 1 zero": ["blocks.1.hook_resid_pre", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid", "blocks.1.mlp.hook_post"],
         "ablate neuron 1.5 mean": ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid", "blocks.1.mlp.hook_pre"],
         "clamp neuron 1.5 3": ["blocks.1.hook_resid_mid", "blocks.1.mlp.hook_pre"],
-        "steer 1 4 contrast plus=the%20sea minus=the%20house": [],
+        "steer 1 4 prompts plus=the%20sea minus=the%20house": [],
         f"ablate feature 3 zero sae={folder}": [],
         f"steer - 2 feature feature=3 sae={folder}": [],
     }
@@ -206,22 +206,22 @@ def test_mean_ablating_the_induction_heads_raises_the_second_copy_loss_to_the_fi
     assert second_other < 0.05 * first
 
 
-def test_a_contrast_vector_raises_the_target_on_held_out_prompts(english):
+def test_a_difference_vector_raises_the_answer_tokens_on_held_out_prompts(english):
     tok = english.tokenizer
-    targets = [tok(t, add_special_tokens=False)["input_ids"][0] for t in (" sea", " ship", " whale", " boat")]
+    answers = [tok(t, add_special_tokens=False)["input_ids"][0] for t in (" sea", " ship", " whale", " boat")]
     held = iv.reference_prompts(english)
-    steer = iv.Steer(1, 1.0, "contrast", SEA, LAND)
-    s = iv.steering_sweep(english, steer, targets, held[:8], held[8:16], (0, 1, 2, 4))
+    steer = iv.Steer(1, 1.0, "prompts", SEA, LAND)
+    s = iv.steering_sweep(english, steer, answers, held[:8], held[8:16], (0, 1, 2, 4))
     assert float(s.coefficients[0]) == 0 and float(s.kl_neutral[0]) == 0  # coefficient 0 is the model itself
-    assert s.target[1] > 1.5 * s.target[0] and s.target[2] > 2 * s.target[0]  # the target tokens' probability rises
+    assert s.answer[1] > 1.5 * s.answer[0] and s.answer[2] > 2 * s.answer[0]  # the answer tokens' probability rises
     assert (s.kl_neutral[1:] > 0).all() and (s.kl_neutral.diff() > 0).all()  # and the damage on neutral text grows with it
-    assert len(s.rows()) == 4 and {"coefficient", "target_probability", "kl_neutral"} <= set(s.rows()[0])
+    assert len(s.rows()) == 4 and {"coefficient", "answer_probability", "kl_neutral"} <= set(s.rows()[0])
     # the steering edit itself, on one held-out prompt: the same rise, by hand from the logits
     plain, _ = run_edited(english, encode(english, held[0])[0][None])
     steered, _ = run_edited(
         english, encode(english, held[0])[0][None], iv.compile_edits(english, iv.EditSet((dataclasses.replace(steer, coefficient=2.0),)))
     )
-    assert steered.softmax(-1)[0, 1:, targets].sum(-1).mean() > 2 * plain.softmax(-1)[0, 1:, targets].sum(-1).mean()
+    assert steered.softmax(-1)[0, 1:, answers].sum(-1).mean() > 2 * plain.softmax(-1)[0, 1:, answers].sum(-1).mean()
 
 
 # ---- bad edits ------------------------------------------------------------------------------------------
@@ -233,12 +233,12 @@ def test_a_contrast_vector_raises_the_target_on_held_out_prompts(english):
         ("ablate head 1.7 mean", "head 1.7 does not exist"),
         ("ablate head 5.0 zero", "layer 5 does not exist"),
         ("ablate neuron 0.9999 zero", "neuron 0.9999 does not exist"),
-        ("steer 1 nan contrast plus=a minus=b", "finite number"),
+        ("steer 1 nan prompts plus=a minus=b", "finite number"),
         ("clamp neuron 0.3 inf", "finite number"),
         ("steer 1 2 file path=WIDE", "width 128"),
         ("ablate feature 99 zero sae=SAE", "out of range"),
         ("ablate head 1.2 resample", "needs a prompt to resample from"),
-        ("steer 1 2 contrast plus=a", "both sides"),
+        ("steer 1 2 prompts plus=a", "both sides"),
         ("ablate feature 1 zero", "name the SAE"),
         ("steer 1 2 file path=/no/such.npy", "no vector file"),
     ],
@@ -341,8 +341,8 @@ def test_intervene_reports_both_runs(english):
 
 
 def test_concurrent_sessions_see_only_their_own_edits(english):
-    lines = ["", "ablate head 1.0 mean", "ablate mlp 0 zero", "steer 1 4 contrast plus=the%20sea minus=the%20house",
-             "clamp neuron 1.3 5", "ablate head 0.1 zero; ablate head 1.2 zero", "ablate neuron 0.7 mean", "steer 0 -3 contrast plus=a minus=b"]  # fmt: skip
+    lines = ["", "ablate head 1.0 mean", "ablate mlp 0 zero", "steer 1 4 prompts plus=the%20sea minus=the%20house",
+             "clamp neuron 1.3 5", "ablate head 0.1 zero; ablate head 1.2 zero", "ablate neuron 0.7 mean", "steer 0 -3 prompts plus=a minus=b"]  # fmt: skip
     prompts = [f"{w} cat sat on the mat. The cat sat on the" for w in ("The", "A", "My", "His", "Her", "One", "That", "This")]
 
     def session(i):
@@ -403,7 +403,7 @@ def test_a_shared_link_reproduces_the_experiment():
     at = AppTest.from_file(PAGE, default_timeout=180)
     at.query_params["model"] = "circuits"
     at.query_params["prompt"] = "apple river stone cloud tiger apple river stone"
-    at.query_params["edits"] = "ablate head 1.0 zero; steer 1 2 contrast plus=apple minus=river"
+    at.query_params["edits"] = "ablate head 1.0 zero; steer 1 2 prompts plus=apple minus=river"
     at.query_params["tokens"] = "3"
     at.run()
     assert not at.exception and not at.error
@@ -417,12 +417,12 @@ def test_the_probe_runs_a_spec_file_and_refuses_a_bad_one_in_one_line(tmp_path, 
     spec.write_text(
         "model: circuits\nprompt: apple river stone cloud tiger apple river stone\n"
         "edits:\n  - {kind: ablate, unit: head, layer: 1, index: 0, how: mean}\n  - {kind: steer, layer: 1, coefficient: 2, plus: [apple], minus: [river]}\n"
-        "tokens: 4\nhead_sweep: zero\nsteer_targets: [' cloud']\ncoefficients: [0, 1, 2]\n"
+        "tokens: 4\nhead_sweep: zero\nsteer_answers: [' cloud']\ncoefficients: [0, 1, 2]\n"
     )
     assert main(["intervene", "--spec", str(spec), "--out", str(tmp_path / "out"), "--formats", "html"]) == 0
     out = tmp_path / "out"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "done" and manifest["edit_set"].startswith("ablate head 1.0 mean; steer 1 2 contrast")
+    assert manifest["status"] == "done" and manifest["edit_set"].startswith("ablate head 1.0 mean; steer 1 2 prompts")
     for name in ("intervene.json", "intervene.csv", "intervene-continuations.csv", "edits.json", "continuations.txt",
                  "intervene-next-token.html", "intervene-heads-zero.html", "intervene-steering.csv"):  # fmt: skip
         assert (out / name).is_file(), name

@@ -10,7 +10,7 @@ nothing stays on the shared model, and no other session sees them):
   it from another prompt (its activation at the same position; positions past that prompt's end
   are left as they are).
 - `Steer`: add coefficient × vector to the residual stream at a layer, at every position or at
-  chosen ones. The vector is a contrast of two prompt sets (contrastive activation addition:
+  chosen ones. The vector is the difference between two prompt sets (contrastive activation addition:
   mean activation of the "plus" prompts minus that of the "minus" prompts, Turner et al. 2023,
   Rimsky et al. 2024), an SAE feature's decoder direction, or a saved vector file
   (.safetensors, .pt, .npy), checked for width.
@@ -24,7 +24,7 @@ the next-token distributions, per-position KL, a metric before and after, and bo
 Guidance sweeps: `ablation_sweep` ablates every head, one batched engine pass (each ablated run
 joins the batch at its own layer, from the unedited residual stream: the layers before it cannot
 change), falling back to batched bridge hooks where the engine does not check out;
-`steering_sweep` runs a range of coefficients and reports the target metric against the KL on
+`steering_sweep` runs a range of coefficients and reports the answer tokens' probability against the KL on
 neutral prompts, where steering starts to break the model.
 """
 
@@ -49,7 +49,7 @@ from workbench.tokens import ordinary_token_ids, token_labels
 
 UNITS = ("head", "mlp", "neuron", "feature")
 HOW = ("zero", "mean", "resample")
-VECTORS = ("contrast", "feature", "file")
+VECTORS = ("prompts", "feature", "file")
 STEER_SITES = ("resid_pre", "resid_mid", "resid_post")
 METRICS = ("probability", "logit difference", "log-probability")
 REFERENCE_WINDOWS = 32  # reference prompts cut from the held-out text
@@ -118,8 +118,8 @@ class Steer:
 
     layer: int | None = None  # feature vectors: the SAE's layer
     coefficient: float = 1.0
-    vector: str = "contrast"  # one of VECTORS
-    plus: tuple[str, ...] = ()  # contrast: prompts whose mean activation the vector points towards
+    vector: str = "prompts"  # one of VECTORS
+    plus: tuple[str, ...] = ()  # prompts: those whose mean activation the vector points towards
     minus: tuple[str, ...] = ()  # ... and away from
     feature: int | None = None  # feature: its decoder row
     sae: str | None = None
@@ -129,7 +129,7 @@ class Steer:
     kind: ClassVar[str] = "steer"
 
     def label(self) -> str:
-        what = {"contrast": f"contrast of {len(self.plus)} vs {len(self.minus)} prompts", "feature": f"feature {self.feature}"}
+        what = {"prompts": f"difference of {len(self.plus)} and {len(self.minus)} prompts", "feature": f"feature {self.feature}"}
         source = what.get(self.vector, f"vector {self.path}")
         layer = "" if self.layer is None else f" at layer {self.layer}"
         return f"steer {self.coefficient:+g} × {source}{layer}{_at(self.positions)}"
@@ -153,7 +153,7 @@ class EditSet:
 
     # ---- the compact line for the URL: items separated by ';' ----
     # ablate head 1.2 mean | ablate mlp 0 zero | ablate neuron 0.37 resample | ablate feature 12 zero sae=...
-    # clamp neuron 0.37 3.5 | clamp feature 12 5 sae=... | steer 1 4 contrast plus=a|b minus=c|d
+    # clamp neuron 0.37 3.5 | clamp feature 12 5 sae=... | steer 1 4 prompts plus=a|b minus=c|d
     # steer 1 -2 file path=v.npy | steer - 3 feature feature=12 sae=... | resample <prompt> | reference <a|b>
     # Free text is percent-quoted, so that ';', ' ', '=' and '|' inside a prompt stay inside it.
 
@@ -275,7 +275,7 @@ def _read_line(kind: str, words: list[str]) -> EditSpec:
             keyed[k] = [unquote(p) for p in v.split("|")] if k in ("plus", "minus") else unquote(v)
     if kind == "steer":
         if len(positional) < 2:
-            raise InputError("write steer LAYER COEFFICIENT [contrast|feature|file] (LAYER '-' for a feature's own layer)")
+            raise InputError("write steer LAYER COEFFICIENT [prompts|feature|file] (LAYER '-' for a feature's own layer)")
         fields = {"layer": None if positional[0] == "-" else positional[0], "coefficient": positional[1]}
         if len(positional) > 2:
             fields["vector"] = positional[2]
@@ -376,8 +376,8 @@ class FeatureTo:
         pos = _pick(x.shape[1], self.positions, len(self.values) if self.per_position else None).to(x.device)
         part = x[:, pos]  # (batch, k, d_in)
         current = self.sae.encode(part)[..., self.feature]  # (batch, k)
-        target = (self.values[pos.cpu()] if self.per_position else self.values).to(x)
-        x[:, pos] = part + (target - current)[..., None] * self.sae.W_dec[self.feature].to(x)
+        value = (self.values[pos.cpu()] if self.per_position else self.values).to(x)
+        x[:, pos] = part + (value - current)[..., None] * self.sae.W_dec[self.feature].to(x)
         return x
 
     def __repr__(self) -> str:
@@ -516,12 +516,12 @@ def load_vector(path: str | Path, width: int) -> torch.Tensor:
     return v
 
 
-def contrast_vector(model: LoadedModel, plus: Sequence[str], minus: Sequence[str], layer: int, site: str = "resid_pre") -> torch.Tensor:
+def difference_vector(model: LoadedModel, plus: Sequence[str], minus: Sequence[str], layer: int, site: str = "resid_pre") -> torch.Tensor:
     """(d_model,) mean activation at `site` of `layer` over the plus prompts' non-BOS positions, minus the minus prompts'."""
     if not plus or not minus:
-        raise InputError("a contrast vector needs prompts on both sides (plus and minus)")
+        raise InputError("a difference vector needs prompts on both sides (plus and minus)")
     hook = f"blocks.{layer}.{engine.SITE_HOOKS[site]}"
-    store = model.derived.setdefault("interventions.contrasts", {})
+    store = model.derived.setdefault("interventions.differences", {})
     key = (tuple(plus), tuple(minus), hook)
     if key not in store:
         store[key] = _activations(model, plus, [hook])[hook].mean(0) - _activations(model, minus, [hook])[hook].mean(0)
@@ -573,7 +573,7 @@ def check(model: LoadedModel, edits: EditSet) -> None:
                         raise InputError(f"{what}: give the vector file (path=...)")
                     load_vector(e.path, i.d_model)
                 elif not e.plus or not e.minus:
-                    raise InputError(f"{what}: a contrast vector needs prompts on both sides (plus and minus)")
+                    raise InputError(f"{what}: a difference vector needs prompts on both sides (plus and minus)")
             continue
         if e.unit not in UNITS:
             raise InputError(f"unknown unit {e.unit!r}: use one of {', '.join(UNITS)}")
@@ -615,7 +615,9 @@ def compile_edits(model: LoadedModel, edits: EditSet) -> list[engine.Edit]:
             else:
                 site, layer = e.site, e.layer
                 vector = (
-                    load_vector(e.path, model.info.d_model) if e.vector == "file" else contrast_vector(model, e.plus, e.minus, layer, site)
+                    load_vector(e.path, model.info.d_model)
+                    if e.vector == "file"
+                    else difference_vector(model, e.plus, e.minus, layer, site)
                 )
             out.append(engine.Edit("map", site, layer, fn=AddAt(e.coefficient * vector, e.positions)))
             continue
@@ -926,37 +928,37 @@ class _RowHeads:
 
 @dataclass(frozen=True)
 class SteeringSweep:
-    """Per coefficient: the target tokens' probability on held-out prompts, and the KL on neutral prompts."""
+    """Per coefficient: the answer tokens' probability on held-out prompts, and the KL on neutral prompts."""
 
     coefficients: torch.Tensor  # (c,)
-    target: torch.Tensor  # (c,) mean over prompts and positions of the target tokens' total next-token probability
+    answer: torch.Tensor  # (c,) mean over prompts and positions of the answer tokens' total next-token probability
     kl_neutral: torch.Tensor  # (c,) mean KL(unsteered ‖ steered) over the neutral prompts' positions, nats
-    target_labels: list[str]
+    answer_labels: list[str]
     steer: str  # the steering edit, as its compact line
     provenance: dict = field(default_factory=dict, repr=False)
 
     def rows(self) -> list[dict]:
         return [
-            dict(coefficient=float(c), target_probability=float(t), kl_neutral=float(d))
-            for c, t, d in zip(self.coefficients, self.target, self.kl_neutral, strict=True)
+            dict(coefficient=float(c), answer_probability=float(t), kl_neutral=float(d))
+            for c, t, d in zip(self.coefficients, self.answer, self.kl_neutral, strict=True)
         ]
 
 
 def steering_sweep(
     model: LoadedModel,
     steer: Steer,
-    targets: Sequence[int],
+    answers: Sequence[int],
     prompts: Sequence[str],
     neutral: Sequence[str],
     coefficients: Sequence[float] = (0, 1, 2, 4, 8, 16),
     edits: EditSet = EditSet(),
 ) -> SteeringSweep:
-    """One batched run per prompt, one row per coefficient: does the target rise before the neutral text breaks?"""
-    targets = check_token_ids(model, list(targets), "target token")
-    if not targets:
-        raise InputError("name at least one target token")
+    """One batched run per prompt, one row per coefficient: do the answer tokens rise before the neutral text breaks?"""
+    answers = check_token_ids(model, list(answers), "answer token")
+    if not answers:
+        raise InputError("name at least one answer token")
     if not prompts or not neutral:
-        raise InputError("the sweep needs held-out prompts (for the target) and neutral prompts (for the KL)")
+        raise InputError("the sweep needs held-out prompts (for the answer tokens) and neutral prompts (for the KL)")
     coefficients = torch.tensor([_finite(float(c), "a coefficient") for c in coefficients])
     unit = dataclasses.replace(steer, coefficient=1.0)
     (edit,) = compile_edits(model, dataclasses.replace(edits, edits=(unit,)))
@@ -970,9 +972,9 @@ def steering_sweep(
         steered, _ = run_edited(model, ids[None].expand(len(coefficients), -1), [batched])
         return plain[0, skip:].float().cpu(), steered[:, skip:].float().cpu()  # (pos, d_vocab), (c, pos, d_vocab)
 
-    target = torch.stack([r[1].softmax(-1)[..., targets].sum(-1).mean(-1) for r in map(runs, prompts)]).mean(0)  # (c,)
+    answer = torch.stack([r[1].softmax(-1)[..., answers].sum(-1).mean(-1) for r in map(runs, prompts)]).mean(0)  # (c,)
     damage = torch.stack([kl(plain[None], steered).mean(-1) for plain, steered in map(runs, neutral)]).mean(0)  # (c,)
     return SteeringSweep(
-        coefficients, target, damage, token_labels(model.tokenizer, targets), _line(unit),
-        provenance(model, [*prompts, *neutral], steer=_line(unit), targets=targets, coefficients=coefficients.tolist()),
+        coefficients, answer, damage, token_labels(model.tokenizer, answers), _line(unit),
+        provenance(model, [*prompts, *neutral], steer=_line(unit), answers=answers, coefficients=coefficients.tolist()),
     )  # fmt: skip

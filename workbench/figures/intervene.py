@@ -85,18 +85,18 @@ def head_ablation(s: AblationSweep) -> go.Figure:
 
 
 def steering(s: SteeringSweep) -> go.Figure:
-    """The target tokens' probability against the KL on neutral prompts, one point per coefficient."""
+    """The answer tokens' probability against the KL on neutral prompts, one point per coefficient."""
     fig = go.Figure(
         go.Scatter(
             x=s.kl_neutral.tolist(),
-            y=s.target.tolist(),
+            y=s.answer.tolist(),
             mode="lines+markers+text",
             text=[f"×{c:g}" for c in s.coefficients.tolist()],
             textposition="top left",
             marker=dict(color=EDITED, size=9),
-            hovertemplate="coefficient %{text}<br>KL on neutral prompts %{x:.3f} nats<br>target probability %{y:.4f}<extra></extra>",
+            hovertemplate="coefficient %{text}<br>KL on neutral prompts %{x:.3f} nats<br>answer probability %{y:.4f}<extra></extra>",
         )
     )
     fig.update_xaxes(title="KL on neutral prompts (nats): the damage")
-    fig.update_yaxes(title=f"P({' '.join(s.target_labels)}) on held-out prompts")
-    return layout(fig, "Steering: the target against the damage, by coefficient", 380)
+    fig.update_yaxes(title=f"P({' '.join(s.answer_labels)}) on held-out prompts")
+    return layout(fig, "Steering: the answer tokens against the damage, by coefficient", 380)
