@@ -175,7 +175,10 @@ with ui.guard("the intervention"):
     elif metric_kind == "logit difference":
         st.warning("The logit difference needs an answer and a wrong token; showing the top token's probability.")
     r = run(model, prompt, edits, metric, sampling)
-    ui.probe_command("intervene", model, prompt=prompt, edits=str(edits), metric=r.metric.kind, tokens=int(tokens))
+    ui.probe_command(
+        "intervene", model, prompt=prompt, edits=str(edits), metric=r.metric.kind, answer=answer_text, wrong=wrong_text,
+        tokens=int(tokens), sampling=mode, seed=None if sampling.greedy else sampling.seed,
+    )  # fmt: skip
 
     m1, m2, m3 = st.columns(3)
     m1.metric(f"{r.metric_label}, original", f"{r.before:.4f}")
@@ -189,9 +192,10 @@ with ui.guard("the intervention"):
     ui.figure(draw.continuations(r), "intervene-continuations", r, r.continuation_rows())
     st.markdown(f"**Original:** {r.prompt[-80:]}**{r.original.text}**")
     st.markdown(f"**Edited:** {r.prompt[-80:]}**{r.edited.text}**")
-    spec = {"model": model.info.name, "prompt": prompt, **edits.to_dict(), "metric": r.metric.kind, "answer": r.metric.answer}
-    spec |= {"wrong": r.metric.wrong} if r.metric.wrong is not None else {}
-    spec |= {"tokens": int(tokens), "greedy": sampling.greedy, "seed": sampling.seed}
+    decode = model.tokenizer.decode
+    spec = {"model": model.info.name, "prompt": prompt, **edits.to_dict(), "metric": r.metric.kind, "answer": decode([r.metric.answer])}
+    spec |= {"wrong": decode([r.metric.wrong])} if r.metric.wrong is not None else {}
+    spec |= {"tokens": int(tokens), "sampling": mode, "seed": sampling.seed}
     st.download_button(
         "The experiment as a spec (JSON: python -m probes intervene --spec)", json.dumps(spec, indent=1, ensure_ascii=False),
         file_name="intervene.json", mime="application/json", key="dl-intervene-spec", on_click="ignore",

@@ -24,7 +24,7 @@ DEFAULTS = {
     "answer": "",  # empty: the original run's top next token
     "wrong": "",
     "tokens": 12,
-    "greedy": True,
+    "sampling": "greedy",  # or "sampled" (with --seed and --temperature)
     "temperature": 1.0,
     "head_sweep": "",  # zero, mean or resample: ablate every head and rank them
     "steer_answers": [],  # answer tokens of a steering sweep over the first steering edit
@@ -40,7 +40,7 @@ def add_arguments(p):
     p.add_argument("--answer", help="answer token, e.g. ' whale' (default: the original run's top next token)")
     p.add_argument("--wrong", help="wrong token for the logit difference")
     p.add_argument("--tokens", type=int, help="tokens to generate")
-    p.add_argument("--sampled", dest="greedy", action="store_false", default=None, help="sample (with --seed) instead of greedy")
+    p.add_argument("--sampling", choices=("greedy", "sampled"), help="greedy (default), or sampled with --seed and --temperature")
     p.add_argument("--temperature", type=float)
     p.add_argument("--head-sweep", dest="head_sweep", choices=iv.HOW, help="also ablate every head alone, this way, and rank them")
     p.add_argument(
@@ -63,7 +63,9 @@ def body(model, s, out):
         metric = iv.Metric(s["metric"], answer, wrong)
     elif s["metric"] == "logit difference":
         raise InputError("the logit difference needs --answer and --wrong")
-    sampling = Sampling(max_new_tokens=int(s["tokens"]), greedy=bool(s["greedy"]), temperature=float(s["temperature"]), seed=int(s["seed"]))
+    sampling = Sampling(
+        max_new_tokens=int(s["tokens"]), greedy=s["sampling"] == "greedy", temperature=float(s["temperature"]), seed=int(s["seed"])
+    )
     t = time.time()
     r = iv.intervene(model, s["prompt"], edits, metric, sampling)
     out.timing("intervene", time.time() - t)

@@ -59,7 +59,8 @@ def test_the_compact_line_and_the_mapping_round_trip():
     assert edits.edits[6].plus == ("the sea", "a;b|c") and edits.edits[1].positions == (1, 2)
     assert iv.EditSet.parse(str(edits)) == edits
     assert iv.EditSet.from_dict(json.loads(json.dumps(edits.to_dict()))) == edits
-    assert iv.EditSet.from_dict({"edits": line}) == dataclasses.replace(edits, reference=(), resample="")
+    assert iv.EditSet.from_dict({"edits": line}) == edits  # a file may hold the line itself
+    assert iv.EditSet.from_dict({"edits": line, "resample": "x"}).resample == "x"
 
 
 @pytest.mark.parametrize(
@@ -432,3 +433,21 @@ def test_the_probe_runs_a_spec_file_and_refuses_a_bad_one_in_one_line(tmp_path, 
     assert main(["intervene", "--spec", str(spec), "--out", str(tmp_path / "bad"), "--formats", "html"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: head 1.9 does not exist: this model has heads 0 to 3 in each of layers 0 to 1"
+
+
+def test_the_pages_spec_file_reruns_the_same_experiment_in_the_probe(circuits, tmp_path):
+    from probes.__main__ import main
+
+    prompt = "apple river stone cloud tiger apple river stone"
+    edits = iv.EditSet.parse("ablate head 1.1 resample; resample tiger piano candle garden apple river stone cloud")
+    cloud = circuits.tokenizer(" cloud")["input_ids"][0]
+    r = iv.intervene(circuits, prompt, edits, iv.Metric("log-probability", cloud), iv.Sampling(max_new_tokens=3, greedy=False, seed=4))
+    spec = {"model": "circuits", "prompt": prompt, **edits.to_dict(), "metric": "log-probability", "answer": " cloud"}
+    spec |= {"tokens": 3, "sampling": "sampled", "seed": 4}  # what the page's download holds
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert main(["intervene", "--spec", str(tmp_path / "spec.json"), "--out", str(tmp_path / "out"), "--formats", "html"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["metric"]["before"] == pytest.approx(r.before, abs=1e-6) and manifest["metric"]["after"] == pytest.approx(
+        r.after, abs=1e-6
+    )
+    assert (tmp_path / "out" / "continuations.txt").read_text().splitlines()[2] == f"edited: {r.edited.text}"

@@ -199,10 +199,11 @@ class EditSet:
     @classmethod
     def from_dict(cls, spec: dict) -> EditSet:
         edits = spec.get("edits") or []
-        if isinstance(edits, str):  # the compact line works in a file too
-            return dataclasses.replace(
-                cls.parse(edits), reference=tuple(spec.get("reference") or ()), resample=str(spec.get("resample") or "")
-            )
+        if isinstance(edits, str):  # the compact line works in a file too (its own resample and reference items, unless given apart)
+            line = cls.parse(edits)
+            reference = spec.get("reference") or line.reference
+            reference = (reference,) if isinstance(reference, str) else reference
+            return cls(line.edits, tuple(str(p) for p in reference), str(spec.get("resample") or line.resample))
         if not isinstance(edits, list):
             raise InputError("'edits' must be a list of edits (each a mapping with a 'kind') or one compact line")
         out = []
