@@ -21,9 +21,10 @@ it reads and writes a compact line for the URL (`EditSet.parse` / `str`) and a m
 JSON/YAML spec files (`from_dict` / `to_dict`). `intervene` runs a prompt with and without it:
 the next-token distributions, per-position KL, a metric before and after, and both continuations.
 
-Guidance sweeps: `ablation_sweep` ablates every head, one batched engine pass (each ablated run
-joins the batch at its own layer, from the unedited residual stream: the layers before it cannot
-change), falling back to batched bridge hooks where the engine does not check out;
+Guidance sweeps: `ablation_sweep` ablates every head alone in batched engine passes (each ablated
+run joins the batch at its own layer, from the unedited residual stream: the layers before it
+cannot change; the last layer runs the last position only), after checking the engine's logits
+against the bridge's once per model, and falls back to batched bridge hooks where they differ;
 `steering_sweep` runs a range of coefficients and reports the answer tokens' probability against the KL on
 neutral prompts, where steering starts to break the model.
 """
