@@ -451,3 +451,20 @@ def test_the_pages_spec_file_reruns_the_same_experiment_in_the_probe(circuits, t
         r.after, abs=1e-6
     )
     assert (tmp_path / "out" / "continuations.txt").read_text().splitlines()[2] == f"edited: {r.edited.text}"
+
+
+def test_a_shared_server_reads_vectors_and_saes_only_under_its_folder(english, tmp_path, monkeypatch):
+    inside, outside = tmp_path / "root", tmp_path / "elsewhere"
+    inside.mkdir(), outside.mkdir()
+    for folder in (inside, outside):
+        np.save(folder / "v.npy", np.zeros(english.info.d_model, dtype=np.float32))
+        _orthonormal_sae(english.info.d_model).save(folder / "sae")
+    monkeypatch.setenv("WORKBENCH_MODEL_ROOT", str(inside))
+    iv.compile_edits(english, iv.EditSet.parse(f"steer 1 2 file path=v.npy; ablate feature 1 zero sae={inside / 'sae'}"))
+    for line in (
+        f"steer 1 2 file path={outside / 'v.npy'}",
+        "steer 1 2 file path=../elsewhere/v.npy",
+        f"ablate feature 1 zero sae={outside / 'sae'}",
+    ):
+        with pytest.raises(InputError, match="only from"):
+            iv.compile_edits(english, iv.EditSet.parse(line))

@@ -44,7 +44,7 @@ import torch
 from workbench import engine, sae
 from workbench.errors import InputError
 from workbench.generate import Generation, Sampling, generate
-from workbench.model import LoadedModel
+from workbench.model import LoadedModel, allowed_root
 from workbench.runs import check_token_ids, encode, provenance, run_edited
 from workbench.tokens import ordinary_token_ids, token_labels
 
@@ -471,7 +471,7 @@ def load_sae(model: LoadedModel, which: str | None) -> sae.SAE:
         if len(shipped) != 1:
             raise InputError(f"name the SAE (sae=HOOK or a folder): this model ships {len(shipped)} ({', '.join(shipped) or 'none'})")
         which = next(iter(shipped))
-    folder = shipped.get(which, Path(which))
+    folder = shipped.get(which) or server_path(which, "SAE folders", also=Path(model.info.source))
     store = model.derived.setdefault("interventions.saes", {})
     key = str(Path(folder).expanduser().resolve())
     if key not in store:
@@ -483,9 +483,21 @@ def load_sae(model: LoadedModel, which: str | None) -> sae.SAE:
     return store[key]
 
 
+def server_path(path: str | Path, what: str, also: Path | None = None) -> Path:
+    """The path, resolved; on a shared server (WORKBENCH_MODEL_ROOT) only under that folder (or `also`), as model folders."""
+    path = Path(path).expanduser()
+    root = allowed_root()
+    if root is None:
+        return path
+    target = (root / path).resolve() if not path.is_absolute() else path.resolve()
+    if not (target.is_relative_to(root) or (also is not None and target.is_relative_to(also.resolve()))):
+        raise InputError(f"this server reads {what} only from {root}: '{path}' is outside it")
+    return target
+
+
 def load_vector(path: str | Path, width: int) -> torch.Tensor:
     """(width,) a vector saved as .safetensors (one tensor, or one named 'vector'), .pt/.pth or .npy; checked for width."""
-    path = Path(path).expanduser()
+    path = server_path(path, "vector files")
     if not path.is_file():
         raise InputError(f"no vector file at {path}")
     try:
