@@ -25,6 +25,7 @@ PAGES = {
     "compare": "Compare",
     "training": "Training",
     "graph": "Graph",
+    "intervene": "Intervene",
 }
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

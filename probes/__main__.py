@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import attention, attribution, graph, heads, induction_study, lens, patching, training
+from . import attention, attribution, graph, heads, induction_study, intervene, lens, patching, training
 
 # The probe registry: the one list a new view adds a line to.
 PROBES = {
@@ -16,6 +16,7 @@ PROBES = {
     "induction-study": induction_study,
     "training": training,
     "graph": graph,
+    "intervene": intervene,
 }
 
 

@@ -25,7 +25,7 @@ def base_parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="shipped model name (english, circuits), a model folder, or a cached hub name")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default: out/{name})")
     p.add_argument("--spec", type=Path, default=None, help="a JSON or YAML file with the same settings (and lists of prompts or pairs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default 0, or the spec's")
     p.add_argument("--formats", default="png,svg,html", help="figure formats to write (default png,svg,html)")
     return p
 
@@ -52,7 +52,7 @@ def read_spec(path: Path | None) -> dict:
 
 def merged(args: argparse.Namespace, spec: dict, defaults: dict) -> dict:
     """Settings: command-line values that were given, else the spec's, else the defaults."""
-    out = dict(defaults)
+    out = {"seed": 0, **defaults}  # --seed defaults to None, so that a spec's seed is not overridden by it
     out.update({k.replace("-", "_"): v for k, v in spec.items()})
     out.update({k: v for k, v in vars(args).items() if v is not None and k not in ("spec", "out")})
     return out
