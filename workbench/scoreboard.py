@@ -25,11 +25,40 @@ from dataclasses import dataclass, field
 import torch
 
 from workbench import edges, methods
+from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.patching import PatchingSetup
+from workbench.patching import PatchingSetup, induction_pairs
+from workbench.tokens import single_token_id
 
+TASKS = ("induction pairs", "typed pairs")
 K = 10  # recall@K
 MIB_SHARES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # the benchmark's circuit sizes, as shares of all edges
+
+
+def parse_pairs(model: LoadedModel, text: str, metric: str = "logit difference") -> list[PatchingSetup]:
+    """Prompt pairs typed one per line as `clean | corrupted | answer | wrong` (answer and wrong: single tokens, with their space)."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        if len(parts) != 4:
+            raise InputError(f"line {n} has {len(parts)} field(s): write clean | corrupted | answer | wrong, e.g. 'a b c a b | a x c a b | c | x'")
+        clean, corrupted, answer, wrong = (p.strip() for p in parts)
+        answer, wrong = " " + answer.lstrip(), " " + wrong.lstrip()  # a word after a space, as in the prompts
+        out.append(PatchingSetup(clean, corrupted, single_token_id(model.tokenizer, answer, "answer"), single_token_id(model.tokenizer, wrong, "wrong"), metric))
+    if not out:
+        raise InputError("type at least one prompt pair: clean | corrupted | answer | wrong")
+    return out
+
+
+def task_pairs(model: LoadedModel, task: str, n_pairs: int = 8, text: str = "", metric: str = "logit difference", seed: int = 0) -> list[PatchingSetup]:
+    """The task's prompt pairs: generated copying pairs (patching.induction_pairs), or typed ones (parse_pairs)."""
+    if task == "induction pairs":
+        return [PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in induction_pairs(model, n_pairs, seed=seed)]
+    if task == "typed pairs":
+        return parse_pairs(model, text, metric)
+    raise InputError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
 
 
 def ranks(x: torch.Tensor) -> torch.Tensor:
