@@ -98,3 +98,13 @@ def path_patch(model: LoadedModel, pair: Pair, sender: Sender, receivers: list[R
         pair.clean_value, pair.corrupted_value, pair.direction,
         _finish_provenance(model, [pair], "path patching", sender=sender.label, receivers=[r.label for r in receivers]),
     )  # fmt: skip
+
+
+def path_patch_named(model: LoadedModel, setup, direction: str, sender: str, receivers: tuple[str, ...]) -> PathResult:
+    """path_patch for a prompt pair and labels ("L0H1", "L1H3.k", "logits"), as a page or a probe names them."""
+    from workbench.methods import prepare
+
+    pair = prepare(model, setup, direction)
+    s = find(sender_choices(pair.weights), sender, "sender")
+    options = receiver_choices(pair.weights, s)
+    return path_patch(model, pair, s, [find(options, r, "receiver") for r in receivers])
