@@ -249,7 +249,9 @@ def _grads(pair: Pair, names: list[str], graddrop: bool) -> tuple[dict, list[dic
         for layer in [None, *(range(w.n_layers) if graddrop else ())]:
             dropped["layer"] = layer
             g = torch.autograd.grad(m, acts, retain_graph=True, allow_unused=True)
-            grads.append({n: (torch.zeros_like(a) if x is None else x)[0].detach() for n, a, x in zip(names, acts, g, strict=True)})
+            # a tensor's own hook does not change the gradient returned for it: the dropped layer's MLP output gets none here
+            own = f"blocks.{layer}.hook_mlp_out"
+            grads.append({n: (torch.zeros_like(a) if x is None or n == own else x)[0].detach() for n, a, x in zip(names, acts, g, strict=True)})
     return {n: a[0].detach() for n, a in zip(names, acts, strict=True)}, grads, len(grads)
 
 
