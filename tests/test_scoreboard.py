@@ -1,0 +1,57 @@
+"""The scoreboard's measures by hand, and the scoreboard on the induction task of the circuits models."""
+
+import pytest
+import torch
+
+from workbench import scoreboard
+from workbench.errors import InputError
+
+
+def test_spearman_by_the_textbook_formula():
+    a = torch.tensor([3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.0])
+    b = torch.tensor([2.0, 7.0, 1.0, 8.0, 2.8, 1.8, 0.5])
+    ra, rb = a.argsort().argsort().double() + 1, b.argsort().argsort().double() + 1
+    n = len(a)
+    assert scoreboard.spearman(a, b) == pytest.approx(1 - 6 * float(((ra - rb) ** 2).sum()) / (n * (n * n - 1)))
+    assert scoreboard.spearman(a, a.exp()) == pytest.approx(1.0)
+    assert scoreboard.spearman(a, -a) == pytest.approx(-1.0)
+    assert scoreboard.ranks(torch.tensor([5.0, 1.0, 5.0])).tolist() == [2.5, 1.0, 2.5]  # ties share their mean rank
+
+
+def test_recall_at_k():
+    exact = torch.tensor([9.0, 8.0, 7.0, 0.0, 0.0])
+    assert scoreboard.recall_at(2, torch.tensor([1.0, 0.0, 5.0, 0.0, 0.0]), exact) == 0.5
+    assert scoreboard.recall_at(10, torch.rand(5), exact) == 1.0  # k beyond the count: everything is found
+    assert scoreboard.edge_sizes(110)[:3] == [0, 1, 2] and scoreboard.edge_sizes(110)[-1] == 110
+
+
+@pytest.mark.parametrize("name", ["circuits", "answer_key"])
+def test_scoreboard_on_the_induction_task(request, name):
+    model = request.getfixturevalue(name)
+    sb = scoreboard.run(model, scoreboard.task_pairs(model, "induction pairs", 2), "induction pairs")
+    rows = {(r["level"], r["method"]): r for r in sb.table()}
+    assert set(rows) == {(lv, m) for lv in ("nodes",) for m in ("exact", "AtP", "AtP*")} | {(lv, m) for lv in ("edges",) for m in ("exact", "EAP", "EAP-IG")}
+    for level in ("nodes", "edges"):
+        assert rows[(level, "exact")]["spearman"] == pytest.approx(1.0) and rows[(level, "exact")]["recall@10"] == 1.0
+    for c in sb.curves:
+        assert c.faithfulness[0] == pytest.approx(0.0, abs=1e-4)  # the empty circuit is the base run
+        if c.level == "edges":
+            assert c.faithfulness[-1] == pytest.approx(1.0, abs=1e-4)  # every edge: the source run
+    # the curve's first point after the empty circuit is the best single node by that method's ranking
+    exact = sb.nodes["exact"]
+    best = exact.magnitude.argmax()
+    first = next(c for c in sb.curves if c.level == "nodes" and c.method == "exact").faithfulness[1]
+    assert float(first) == pytest.approx(float(exact.effect[best]), abs=1e-4)
+    assert all(r["seconds"] > 0 for r in sb.table())
+    assert rows[("nodes", "AtP*")]["backward"] == model.info.n_layers + 1
+
+
+def test_typed_pairs_and_their_mistakes(circuits):
+    pairs = scoreboard.parse_pairs(circuits, "apple river stone cloud apple river stone | apple river stone lemon apple river stone | cloud | lemon")
+    assert len(pairs) == 1 and pairs[0].answer == circuits.tokenizer(" cloud")["input_ids"][0]
+    with pytest.raises(InputError, match="line 1 has 2"):
+        scoreboard.parse_pairs(circuits, "a | b")
+    with pytest.raises(InputError, match="at least one"):
+        scoreboard.parse_pairs(circuits, "\n")
+    with pytest.raises(InputError, match="unknown task"):
+        scoreboard.task_pairs(circuits, "nonsense")
