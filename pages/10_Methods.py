@@ -36,7 +36,8 @@ with ui.guard("the methods scoreboard"):
         answers, wrongs = patching.candidate_answers(model, clean, corrupted)
         typed = st.text_area(
             "Typed pairs, one per line: clean | corrupted | answer | wrong",
-            f"{clean} | {corrupted} | {next(iter(answers)).strip()} | {next(iter(wrongs)).strip()}",
+            f"{clean} | {corrupted} | {model.tokenizer.decode([next(iter(answers.values()))]).strip()} | "
+            f"{model.tokenizer.decode([next(iter(wrongs.values()))]).strip()}",
             key="w.methods_typed",
             help="answer and wrong are single tokens; every pair of a task should have the same number of tokens per prompt",
         )

@@ -1,5 +1,7 @@
 """Path patching: every path is ordinary patching of the sender (patching.sweep and the bridge's hooks); one path is an edge."""
 
+import json
+
 import pytest
 import torch
 
@@ -59,3 +61,23 @@ def test_named_paths_and_bad_receivers(case):
         paths.path_patch_named(model, setup, "denoising", "L1H0", ("L0H1.q",))
     with pytest.raises(InputError, match="at least one"):
         paths.path_patch(model, pair, edges.Sender("head", 0, 0), [])
+
+
+def test_patching_page_path_section():
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "4_Patching.py"), default_timeout=180)
+    at.session_state["wb.model"] = "circuits"
+    at.run()
+    assert not at.exception and not at.error
+    at.selectbox(key="w.path_sender").set_value("L1H3")
+    at.run()
+    assert at.multiselect(key="w.path_receivers.L1H3").value == ["logits"]
+    assert any("Along the chosen paths" in m.value for m in at.markdown)
+    at.multiselect(key="w.path_receivers.L1H3").set_value(["L1 MLP", "logits"])
+    at.run()
+    assert not at.exception
+    bars = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"][0]
+    assert bars["y"] == ["L1H3 → L1 MLP", "L1H3 → logits", "L1H3 → all chosen"]

@@ -1,9 +1,14 @@
 """The scoreboard's measures by hand, and the scoreboard on the induction task of the circuits models."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 
-from workbench import scoreboard
+from probes.__main__ import main as probes_main
+from workbench import methods, scoreboard
 from workbench.errors import InputError
 
 
@@ -55,3 +60,45 @@ def test_typed_pairs_and_their_mistakes(circuits):
         scoreboard.parse_pairs(circuits, "\n")
     with pytest.raises(InputError, match="unknown task"):
         scoreboard.task_pairs(circuits, "nonsense")
+
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "10_Methods.py")
+
+
+def test_methods_page_draws_the_scoreboard_from_a_link():
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    for k, v in dict(model="circuits", pairs="2", steps="2", top="4").items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) == 3 and at.dataframe[0].value.shape[0] == 6
+    assert at.number_input(key="w.pairs").value == 2 and at.slider(key="w.top").value == 4
+    assert any("Recall@4" in c.value for c in at.caption)
+    next(b for b in at.button if b.label.startswith("Exact-check")).click()
+    at.run()
+    assert not at.exception and at.dataframe[-1].value.shape[0] == 4
+
+
+def test_methods_page_keeps_the_page_on_a_bad_typed_pair():
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.query_params["model"] = "circuits"
+    at.query_params["task"] = "typed pairs"
+    at.run()
+    assert not at.exception and not at.error  # the default typed pair is the shared prompt pair
+    at.text_area(key="w.methods_typed").set_value("apple river | apple")
+    next(b for b in at.button if b.label == "Score the methods").click()
+    at.run()
+    assert not at.exception and any("line 1 has 2" in e.value for e in at.error)
+
+
+def test_scoreboard_probe(tmp_path, circuits):
+    out = tmp_path / "scoreboard"
+    argv = ["scoreboard", "--model", "circuits", "--pairs", "2", "--formats", "html", "--sender", "L0H0", "--receiver", "L1H3.v", "--out", str(out)]
+    assert probes_main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and len(manifest["scoreboard"]) == 6
+    saved = json.loads((out / "nodes-exact.json").read_text())
+    again = methods.exact_nodes(circuits, methods.prepare_all(circuits, scoreboard.task_pairs(circuits, "induction pairs", 2)))
+    assert torch.allclose(torch.tensor(saved["effect"]), again.effect, atol=1e-6)
+    assert (out / "path-patching.html").exists() and (out / "methods-faithfulness.html").exists()
+    assert probes_main(["scoreboard", "--model", "circuits", "--task", "typed pairs", "--typed", "a b | c", "--out", str(tmp_path / "x")]) == 2
