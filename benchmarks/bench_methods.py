@@ -71,9 +71,13 @@ def run(quick: bool = False) -> list[Row]:
         model = load_model(name)
         setups = patching.induction_pairs(model, PAIRS)
         pairs = methods.prepare_all(model, setups)
-        ref, ours = compare(lambda: methods.exact_nodes(model, pairs), lambda: methods.atp_star(model, pairs), repeats, warmup=1)
+        ref, ours = compare(
+            lambda m=model, p=pairs: methods.exact_nodes(m, p), lambda m=model, p=pairs: methods.atp_star(m, p), repeats, warmup=1
+        )
         rows.append(Row("methods", f"{name}: nodes", "exact node patching (batched)", ref, "AtP* (QK fix, GradDrop)", ours))
-        ref, ours = compare(lambda: edges.exact_edges(model, pairs), lambda: edges.eap_ig(model, pairs, 5), repeats, warmup=1)
+        ref, ours = compare(
+            lambda m=model, p=pairs: edges.exact_edges(m, p), lambda m=model, p=pairs: edges.eap_ig(m, p, 5), repeats, warmup=1
+        )
         rows.append(Row("methods", f"{name}: edges", "exact edge patching (batched)", ref, "EAP-IG, 5 steps", ours))
         t = time.perf_counter()
         naive_exact(model, setups)
@@ -88,7 +92,19 @@ def run(quick: bool = False) -> list[Row]:
     # AtP*'s cost does not grow with the number of nodes: count its passes on models of growing size
     with tempfile.TemporaryDirectory() as tmp:
         for layers, heads in ((2, 4), (4, 8)):
-            model = load_model(str(families.build("gpt2", Path(tmp) / f"g{layers}", layers=layers, heads=heads, width=64, kv_heads=heads, tokenizer=MODELS_DIR / "circuits")))
+            model = load_model(
+                str(
+                    families.build(
+                        "gpt2",
+                        Path(tmp) / f"g{layers}",
+                        layers=layers,
+                        heads=heads,
+                        width=64,
+                        kv_heads=heads,
+                        tokenizer=MODELS_DIR / "circuits",
+                    )
+                )
+            )
             setups = patching.induction_pairs(model, 2, length=6, repeat=3)
             n = len(methods.nodes_of(engine.weights_of(model)))
             c = atp_star_passes(model, setups)

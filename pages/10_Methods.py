@@ -54,16 +54,21 @@ with ui.guard("the methods scoreboard"):
     top = st.slider("top k", 1, len(sb.nodes["exact"].nodes), min(10, len(sb.nodes["exact"].nodes)), key=view.key("top"))
     star, exact = sb.nodes["AtP*"], sb.nodes["exact"]
     st.caption(
-        f"Recall@{top} against the exact sweep: AtP* {scoreboard.recall_at(top, star.magnitude, exact.magnitude):.2f}, "
-        f"AtP {scoreboard.recall_at(top, sb.nodes['AtP'].magnitude, exact.magnitude):.2f}."
+        f"Recall@{top} against the exact sweep: AtP* {scoreboard.recall_at(top, scoreboard.floored(star.magnitude), scoreboard.floored(exact.magnitude)):.2f}, "
+        f"AtP {scoreboard.recall_at(top, scoreboard.floored(sb.nodes['AtP'].magnitude), scoreboard.floored(exact.magnitude)):.2f}."
     )
     left, right = st.columns(2)
     with left:
         ui.figure(draw.estimate_vs_exact(star, exact, top), "methods-atp-star-vs-exact", star, star.ranked())
     with right:
-        ui.figure(draw.estimate_vs_exact(sb.edges["EAP-IG"], sb.edges["exact"], top), "methods-eap-ig-vs-exact", sb.edges["EAP-IG"], sb.edges["EAP-IG"].ranked())
+        ui.figure(
+            draw.estimate_vs_exact(sb.edges["EAP-IG"], sb.edges["exact"], top),
+            "methods-eap-ig-vs-exact",
+            sb.edges["EAP-IG"],
+            sb.edges["EAP-IG"].ranked(),
+        )
     if st.button(f"Exact-check AtP*'s top {top} nodes", key="w.methods_check"):
         pairs = methods.prepare_all(model, setups, direction)
-        st.dataframe(methods.exact_check(model, star, None, pairs, top), hide_index=True)
+        st.dataframe(methods.exact_check(model, star, pairs, top), hide_index=True)
 
 view.share()

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench import methods, paths, patching, ui
+from workbench import methods, patching, paths, ui
 from workbench.figures import methods as draw_methods
 from workbench.figures import patching as draw
 from workbench.tokens import single_token_id
@@ -124,7 +124,9 @@ with ui.guard("the patching"):
     with st.expander("Path patching: one sender's effect along chosen paths only"):
         pair = methods.prepare(model, setup, direction)
         senders = paths.sender_choices(pair.weights)
-        sender = paths.find(senders, st.selectbox("Sender (a head's output or an MLP)", [s.label for s in senders], key="w.path_sender"), "sender")
+        sender = paths.find(
+            senders, st.selectbox("Sender (a head's output or an MLP)", [s.label for s in senders], key="w.path_sender"), "sender"
+        )
         options = paths.receiver_choices(pair.weights, sender)
         labels = st.multiselect(
             "Receivers (heads' queries, keys or values, MLPs, the logits)", [r.label for r in options], default=["logits"],

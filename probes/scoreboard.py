@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from workbench import paths, patching, scoreboard
+from workbench import patching, paths, scoreboard
 from workbench.figures import methods as draw
 
 from .common import run_probe

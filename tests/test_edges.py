@@ -78,7 +78,7 @@ def test_eap_ig_with_one_step_is_eap(case):
 
 
 def test_empty_circuit_is_the_base_run_and_every_edge_the_source_run(case):
-    model, pairs = case
+    _model, pairs = case
     w = pairs[0].weights
     es = edges.edges_of(w)
     keep = torch.stack([torch.zeros(len(es), dtype=torch.bool), torch.ones(len(es), dtype=torch.bool)])

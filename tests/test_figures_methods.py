@@ -2,7 +2,7 @@
 
 import pytest
 
-from workbench import methods, paths, patching, scoreboard
+from workbench import methods, patching, paths, scoreboard
 from workbench.figures import methods as draw
 
 
@@ -30,5 +30,5 @@ def test_path_bars(circuits):
     setup = patching.induction_pairs(circuits, 1)[0]
     r = paths.path_patch_named(circuits, setup, "denoising", "L0H0", ("L1H3.v", "logits"))
     fig = draw.path_bars(r)
-    assert list(fig.data[0].x) == pytest.approx(r.each.tolist() + [r.normalised])
+    assert list(fig.data[0].x) == pytest.approx([*r.each.tolist(), r.normalised])
     assert methods.prepare(circuits, setup).span != 0

@@ -17,7 +17,9 @@ def pairs(circuits):
 @pytest.fixture(scope="module")
 def one_head(tmp_path_factory):
     """One layer, one head (word tokenizer: a random-word pair keeps its token count). Large weights: a saturated softmax."""
-    folder = families.build("gpt2", tmp_path_factory.mktemp("one_head"), layers=1, heads=1, kv_heads=1, width=32, init=1.0, tokenizer=MODELS_DIR / "circuits")
+    folder = families.build(
+        "gpt2", tmp_path_factory.mktemp("one_head"), layers=1, heads=1, kv_heads=1, width=32, init=1.0, tokenizer=MODELS_DIR / "circuits"
+    )
     return load_model(str(folder))
 
 
@@ -60,7 +62,7 @@ def test_atp_is_the_bridge_gradient_times_the_activation_change(circuits, pairs)
         source = _bridge_source(circuits, pair, names)
         # the gradient at each activation, read as the gradient of a zero added there through the bridge's hooks
         zeros = {n: torch.zeros_like(source[n], requires_grad=True) for n in names}
-        hooks = [(n, lambda act, hook, n=n: act + zeros[n]) for n in names]
+        hooks = [(n, lambda act, hook, z=zeros[n]: act + z) for n in names]
         logits, cache = run_tokens(circuits, pair.base_tokens[None], names, hooks=hooks, last_only=True, grad=True)
         g = dict(zip(names, torch.autograd.grad(pair.metric(logits[:, -1]).sum(), [zeros[n] for n in names]), strict=True))
         row = []
@@ -80,7 +82,9 @@ def test_qk_fix_pattern_is_the_exact_patched_pattern(one_head):
     """A single attention-score change: the pair differs in one token, so in a one-layer model only that position's key
     changes, i.e. one column of scores. The QK fix's pattern equals the pattern of the exactly patched run (bridge hooks)."""
     words = "apple river stone cloud tiger piano candle apple river stone"
-    setup = patching.PatchingSetup(words, words.replace("cloud", "lemon"), *(one_head.tokenizer(" " + x)["input_ids"][0] for x in ("cloud", "lemon")))
+    setup = patching.PatchingSetup(
+        words, words.replace("cloud", "lemon"), *(one_head.tokenizer(" " + x)["input_ids"][0] for x in ("cloud", "lemon"))
+    )
     pair = methods.prepare(one_head, setup)
     w = pair.weights
     names = ["blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.0.attn.hook_pattern"]
@@ -100,7 +104,7 @@ def test_qk_fix_pattern_is_the_exact_patched_pattern(one_head):
     pattern = base["blocks.0.attn.hook_pattern"][None]
     expected = float(((cache["blocks.0.attn.hook_pattern"] - pattern) * g).sum()) / pair.span
     star = methods.atp_star(one_head, [pair])
-    k_node = [i for i, n in enumerate(star.nodes) if n.kind == "k"][0]
+    k_node = next(i for i, n in enumerate(star.nodes) if n.kind == "k")
     assert float(star.effect[k_node]) == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
@@ -118,7 +122,7 @@ def test_graddrop_and_the_pass_count(circuits, pairs):
 
 def test_exact_check_lists_the_top_k_with_their_exact_effect(circuits, pairs):
     exact = methods.exact_nodes(circuits, pairs)
-    rows = methods.exact_check(circuits, methods.atp_star(circuits, pairs), None, pairs, k=3)
+    rows = methods.exact_check(circuits, methods.atp_star(circuits, pairs), pairs, k=3)
     assert len(rows) == 3
     for row in rows:
         i = [n.label for n in exact.nodes].index(row["node"])

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from workbench import edges, engine, methods, paths, patching
+from workbench import edges, engine, methods, patching, paths
 from workbench.errors import InputError
 from workbench.runs import run_edited, run_prompt
 

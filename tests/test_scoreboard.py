@@ -26,7 +26,10 @@ def test_spearman_by_the_textbook_formula():
 def test_recall_at_k():
     exact = torch.tensor([9.0, 8.0, 7.0, 0.0, 0.0])
     assert scoreboard.recall_at(2, torch.tensor([1.0, 0.0, 5.0, 0.0, 0.0]), exact) == 0.5
-    assert scoreboard.recall_at(10, torch.rand(5), exact) == 1.0  # k beyond the count: everything is found
+    # k beyond the components that matter: the top 3, the only non-zero ones
+    assert scoreboard.recall_at(10, torch.tensor([0.1, 0.2, 0.05, 1.0, 1.0]), exact) == pytest.approx(1 / 3)
+    assert scoreboard.recall_at(10, exact * 2, exact) == 1.0
+    assert scoreboard.floored(torch.tensor([1e-8, -1e-3])).tolist() == [0.0, pytest.approx(-1e-3)]
     assert scoreboard.edge_sizes(110)[:3] == [0, 1, 2] and scoreboard.edge_sizes(110)[-1] == 110
 
 
@@ -35,7 +38,9 @@ def test_scoreboard_on_the_induction_task(request, name):
     model = request.getfixturevalue(name)
     sb = scoreboard.run(model, scoreboard.task_pairs(model, "induction pairs", 2), "induction pairs")
     rows = {(r["level"], r["method"]): r for r in sb.table()}
-    assert set(rows) == {(lv, m) for lv in ("nodes",) for m in ("exact", "AtP", "AtP*")} | {(lv, m) for lv in ("edges",) for m in ("exact", "EAP", "EAP-IG")}
+    assert set(rows) == {(lv, m) for lv in ("nodes",) for m in ("exact", "AtP", "AtP*")} | {
+        (lv, m) for lv in ("edges",) for m in ("exact", "EAP", "EAP-IG")
+    }
     for level in ("nodes", "edges"):
         assert rows[(level, "exact")]["spearman"] == pytest.approx(1.0) and rows[(level, "exact")]["recall@10"] == 1.0
     for c in sb.curves:
@@ -52,7 +57,9 @@ def test_scoreboard_on_the_induction_task(request, name):
 
 
 def test_typed_pairs_and_their_mistakes(circuits):
-    pairs = scoreboard.parse_pairs(circuits, "apple river stone cloud apple river stone | apple river stone lemon apple river stone | cloud | lemon")
+    pairs = scoreboard.parse_pairs(
+        circuits, "apple river stone cloud apple river stone | apple river stone lemon apple river stone | cloud | lemon"
+    )
     assert len(pairs) == 1 and pairs[0].answer == circuits.tokenizer(" cloud")["input_ids"][0]
     with pytest.raises(InputError, match="line 1 has 2"):
         scoreboard.parse_pairs(circuits, "a | b")
@@ -93,7 +100,21 @@ def test_methods_page_keeps_the_page_on_a_bad_typed_pair():
 
 def test_scoreboard_probe(tmp_path, circuits):
     out = tmp_path / "scoreboard"
-    argv = ["scoreboard", "--model", "circuits", "--pairs", "2", "--formats", "html", "--sender", "L0H0", "--receiver", "L1H3.v", "--out", str(out)]
+    argv = [
+        "scoreboard",
+        "--model",
+        "circuits",
+        "--pairs",
+        "2",
+        "--formats",
+        "html",
+        "--sender",
+        "L0H0",
+        "--receiver",
+        "L1H3.v",
+        "--out",
+        str(out),
+    ]
     assert probes_main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "done" and len(manifest["scoreboard"]) == 6
@@ -101,4 +122,6 @@ def test_scoreboard_probe(tmp_path, circuits):
     again = methods.exact_nodes(circuits, methods.prepare_all(circuits, scoreboard.task_pairs(circuits, "induction pairs", 2)))
     assert torch.allclose(torch.tensor(saved["effect"]), again.effect, atol=1e-6)
     assert (out / "path-patching.html").exists() and (out / "methods-faithfulness.html").exists()
-    assert probes_main(["scoreboard", "--model", "circuits", "--task", "typed pairs", "--typed", "a b | c", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        probes_main(["scoreboard", "--model", "circuits", "--task", "typed pairs", "--typed", "a b | c", "--out", str(tmp_path / "x")]) == 2
+    )

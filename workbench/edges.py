@@ -94,7 +94,7 @@ def receivers_of(w: engine.Weights) -> list[Receiver]:
         out += [Receiver("q", layer, h) for h in range(w.n_heads)]
         out += [Receiver(kind, layer, g) for kind in ("k", "v") for g in range(w.n_kv_heads)]
         out.append(Receiver("mlp", layer))
-    return out + [Receiver("logits", w.n_layers)]
+    return [*out, Receiver("logits", w.n_layers)]
 
 
 def edges_of(w: engine.Weights) -> list[Edge]:
@@ -252,10 +252,7 @@ def _gradient_run(pair: Pair, resid: torch.Tensor | None) -> tuple[dict, dict]:
     w = pair.weights
     names = capture_names(w)
     with torch.enable_grad():
-        if resid is None:
-            out = pair.run("base", capture=names)
-        else:
-            out = engine.forward(w, resid=resid, capture=names, last_only=True)
+        out = pair.run("base", capture=names) if resid is None else engine.forward(w, resid=resid, capture=names, last_only=True)
         acts = [out.captured[n] for n in names]
         grads = torch.autograd.grad(pair.metric(out.logits).sum(), acts, allow_unused=True)
     return (

@@ -127,7 +127,9 @@ def prepare(model: LoadedModel, setup: PatchingSetup, direction: str = "denoisin
             ours = engine.forward(w, ids[None].to(w.W_U.device)).logits[0].float().cpu()
         gap = float((ours - reference).abs().max()) / max(1.0, float(reference.abs().max()))
         if gap > CHECK_TOLERANCE:
-            raise InputError(f"the forward engine's logits differ from the model's by {gap:.1e} on the {which} prompt; use the exact sweep instead")
+            raise InputError(
+                f"the forward engine's logits differ from the model's by {gap:.1e} on the {which} prompt; use the exact sweep instead"
+            )
         values[which] = float(setup.value(ours[-1:]))
     base, source = (corrupted_ids, clean_ids) if direction == "denoising" else (clean_ids, corrupted_ids)
     return Pair(setup, direction, w, base, source, values["clean"], values["corrupted"])
@@ -167,7 +169,10 @@ class NodeEffects:
 
     def ranked(self, k: int | None = None) -> list[dict]:
         order = self.magnitude.argsort(descending=True)[:k].tolist()
-        return [dict(rank=r + 1, node=self.nodes[i].label, effect=float(self.effect[i]), magnitude=float(self.magnitude[i])) for r, i in enumerate(order)]
+        return [
+            dict(rank=r + 1, node=self.nodes[i].label, effect=float(self.effect[i]), magnitude=float(self.magnitude[i]))
+            for r, i in enumerate(order)
+        ]
 
 
 def _finish_provenance(model: LoadedModel, pairs: list[Pair], method: str, **settings) -> dict:
@@ -195,11 +200,11 @@ def node_edit(node: Node, source: dict[str, torch.Tensor], rows: torch.Tensor | 
 # ---- exact ------------------------------------------------------------------------------------------
 
 
-def exact_nodes(model: LoadedModel, pairs: list[Pair]) -> NodeEffects:
-    """Every node patched on its own, exactly: one batched engine pass per pair (one row per node)."""
+def exact_nodes(model: LoadedModel, pairs: list[Pair], nodes: list[Node] | None = None) -> NodeEffects:
+    """Every node (or only `nodes`) patched on its own, exactly: one batched engine pass per pair (one row per node)."""
     t = time.perf_counter()
     w = pairs[0].weights
-    nodes = nodes_of(w)
+    nodes = nodes_of(w) if nodes is None else list(nodes)
     effects = []
     with torch.no_grad():
         for pair in pairs:
@@ -251,7 +256,9 @@ def _grads(pair: Pair, names: list[str], graddrop: bool) -> tuple[dict, list[dic
             g = torch.autograd.grad(m, acts, retain_graph=True, allow_unused=True)
             # a tensor's own hook does not change the gradient returned for it: the dropped layer's MLP output gets none here
             own = f"blocks.{layer}.hook_mlp_out"
-            grads.append({n: (torch.zeros_like(a) if x is None or n == own else x)[0].detach() for n, a, x in zip(names, acts, g, strict=True)})
+            grads.append(
+                {n: (torch.zeros_like(a) if x is None or n == own else x)[0].detach() for n, a, x in zip(names, acts, g, strict=True)}
+            )
     return {n: a[0].detach() for n, a in zip(names, acts, strict=True)}, grads, len(grads)
 
 
@@ -310,11 +317,8 @@ def atp_star(model: LoadedModel, pairs: list[Pair]) -> NodeEffects:
     return attribution_nodes(model, pairs, qk_fix=True, graddrop=True)
 
 
-def exact_check(model: LoadedModel, estimate: NodeEffects, exact: NodeEffects | None, pairs: list[Pair], k: int = 10) -> list[dict]:
-    """The estimate's top k nodes beside their exact effect (computed here if `exact` is None)."""
-    exact = exact or exact_nodes(model, pairs)
-    index = {n: i for i, n in enumerate(exact.nodes)}
-    rows = estimate.ranked(k)
-    for row, n in zip(rows, [estimate.nodes[i] for i in estimate.magnitude.argsort(descending=True)[:k].tolist()], strict=True):
-        row["exact effect"] = float(exact.effect[index[n]])
-    return rows
+def exact_check(model: LoadedModel, estimate: NodeEffects, pairs: list[Pair], k: int = 10) -> list[dict]:
+    """The estimate's top k nodes beside their exact effect, each patched exactly (k patched runs per pair, not one per node)."""
+    top = [estimate.nodes[i] for i in estimate.magnitude.argsort(descending=True)[:k].tolist()]
+    exact = exact_nodes(model, pairs, top)
+    return [row | {"exact effect": float(e)} for row, e in zip(estimate.ranked(k), exact.effect, strict=True)]

@@ -5,7 +5,9 @@ the size of their effect, and exact patching (methods.exact_nodes, edges.exact_e
 true ranking. Per method:
 
 - **Spearman**: rank correlation of the method's magnitudes with the exact magnitudes;
-- **recall@10**: the share of the exact top 10 that the method's top 10 holds;
+- **recall@10**: the share of the exact top 10 that the method's top 10 holds (top k, when only
+  k < 10 components have any effect); effects below a millionth of the full restoration count as
+  zero (float noise) in both measures;
 - **faithfulness** of circuits of growing size, after the MIB benchmark's circuit-performance
   curves: the method's top-k nodes patched together (nodes), or its top-k edges kept as a circuit
   (edges.circuit_faithfulness), the metric normalised so that 0 is the base run and 1 the full
@@ -32,6 +34,9 @@ from workbench.tokens import single_token_id
 
 TASKS = ("induction pairs", "typed pairs")
 K = 10  # recall@K
+# Effects below this share of the full restoration are float noise: ranked as ties at zero, so that the many components
+# that do nothing (the answer-key model: one node does everything) do not turn the rank correlation into noise
+FLOOR = 1e-6
 MIB_SHARES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # the benchmark's circuit sizes, as shares of all edges
 
 
@@ -43,16 +48,28 @@ def parse_pairs(model: LoadedModel, text: str, metric: str = "logit difference")
             continue
         parts = line.split("|")
         if len(parts) != 4:
-            raise InputError(f"line {n} has {len(parts)} field(s): write clean | corrupted | answer | wrong, e.g. 'a b c a b | a x c a b | c | x'")
+            raise InputError(
+                f"line {n} has {len(parts)} field(s): write clean | corrupted | answer | wrong, e.g. 'a b c a b | a x c a b | c | x'"
+            )
         clean, corrupted, answer, wrong = (p.strip() for p in parts)
         answer, wrong = " " + answer.lstrip(), " " + wrong.lstrip()  # a word after a space, as in the prompts
-        out.append(PatchingSetup(clean, corrupted, single_token_id(model.tokenizer, answer, "answer"), single_token_id(model.tokenizer, wrong, "wrong"), metric))
+        out.append(
+            PatchingSetup(
+                clean,
+                corrupted,
+                single_token_id(model.tokenizer, answer, "answer"),
+                single_token_id(model.tokenizer, wrong, "wrong"),
+                metric,
+            )
+        )
     if not out:
         raise InputError("type at least one prompt pair: clean | corrupted | answer | wrong")
     return out
 
 
-def task_pairs(model: LoadedModel, task: str, n_pairs: int = 8, text: str = "", metric: str = "logit difference", seed: int = 0) -> list[PatchingSetup]:
+def task_pairs(
+    model: LoadedModel, task: str, n_pairs: int = 8, text: str = "", metric: str = "logit difference", seed: int = 0
+) -> list[PatchingSetup]:
     """The task's prompt pairs: generated copying pairs (patching.induction_pairs), or typed ones (parse_pairs)."""
     if task == "induction pairs":
         return [PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in induction_pairs(model, n_pairs, seed=seed)]
@@ -82,14 +99,19 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def recall_at(k: int, estimate: torch.Tensor, exact: torch.Tensor) -> float:
-    """Share of the k largest `exact` entries among the k largest `estimate` entries."""
-    k = min(k, len(exact))
+    """Share of the k largest `exact` magnitudes among the k largest `estimate` ones; k at most the count of non-zero exact entries."""
+    k = min(k, max(1, int((exact != 0).sum())))
     return len(set(estimate.argsort(descending=True)[:k].tolist()) & set(exact.argsort(descending=True)[:k].tolist())) / k
 
 
 def edge_sizes(n: int) -> list[int]:
     """Circuit sizes for n edges: 0, the first ten, and the MIB shares."""
     return sorted({0, *range(1, min(n, 10) + 1), *(max(1, round(n * s)) for s in MIB_SHARES)})
+
+
+def floored(magnitude: torch.Tensor) -> torch.Tensor:
+    """(n,) magnitudes with float noise (below FLOOR) set to zero."""
+    return magnitude.masked_fill(magnitude.abs() < FLOOR, 0.0)
 
 
 def area(sizes: torch.Tensor, faithfulness: torch.Tensor, n: int) -> float:
@@ -164,7 +186,7 @@ def run(
     edge_results = {"exact": done["exact edges"], "EAP": done["EAP"], "EAP-IG": done["EAP-IG"]}
     rows, curves = [], []
     for level, results in (("nodes", node_results), ("edges", edge_results)):
-        truth = results["exact"].magnitude
+        truth = floored(results["exact"].magnitude)
         items = list(results["exact"].nodes if level == "nodes" else results["exact"].edges)
         n = len(items)
         sizes = list(range(n + 1)) if level == "nodes" else edge_sizes(n)
@@ -181,7 +203,7 @@ def run(
             curves.append(Curve(method, level, size_t, curve, n))
             rows.append(
                 dict(
-                    level=level, method=method, spearman=spearman(r.magnitude, truth), **{f"recall@{K}": recall_at(K, r.magnitude, truth)},
+                    level=level, method=method, spearman=spearman(floored(r.magnitude), truth), **{f"recall@{K}": recall_at(K, floored(r.magnitude), truth)},
                     area=area(size_t, curve, n), seconds=r.seconds, forward=r.forward, backward=r.backward,
                 )
             )  # fmt: skip

@@ -57,9 +57,11 @@ def estimate_vs_exact(estimate: NodeEffects | object, exact: NodeEffects | objec
 def path_bars(r: PathResult) -> go.Figure:
     """Each chosen path's effect alone, and all of them together (0 base run, 1 full restoration)."""
     names = [f"{r.sender} → {x}" for x in r.receivers] + [f"{r.sender} → all chosen"]
-    values = r.each.tolist() + [r.normalised]
+    values = [*r.each.tolist(), r.normalised]
     colour = ["#1f77b4"] * len(r.receivers) + ["#d62728"]
-    fig = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color=colour, hovertemplate="%{y}<br>normalised %{x:.4f}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(x=values, y=names, orientation="h", marker_color=colour, hovertemplate="%{y}<br>normalised %{x:.4f}<extra></extra>")
+    )
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text="normalised effect (0 base run, 1 full restoration)")
     return layout(fig, f"Path patching from {r.sender} ({r.direction})", 160 + 26 * len(names))
