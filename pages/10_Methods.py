@@ -25,7 +25,11 @@ model = view.start()
 with ui.guard("the methods scoreboard"):
     with st.form("methods_task"):
         c1, c2, c3, c4, c5 = st.columns(5)
-        task = c1.selectbox("Task", scoreboard.TASKS, key=view.key("task"), help="generated copying pairs, or pairs you type")
+        # generated copying pairs suit the word-vocabulary copying models; elsewhere the task starts from the shared prompt pair
+        copying = model.info.name.split("@")[0] in ("circuits", "answer-key")
+        task = c1.selectbox(
+            "Task", scoreboard.TASKS, index=0 if copying else 1, key=view.key("task"), help="generated copying pairs, or pairs you type"
+        )
         n_pairs = c2.number_input("Copying pairs", 1, 32, 8, key=view.key("pairs"))
         direction = c3.radio("Direction", patching.DIRECTIONS, key=view.key("direction"), horizontal=True)
         metric = c4.selectbox("Metric", patching.METRICS, key=view.key("metric"))

@@ -69,6 +69,11 @@ def test_typed_pairs_and_their_mistakes(circuits):
         scoreboard.task_pairs(circuits, "nonsense")
 
 
+def test_copying_pairs_on_a_byte_level_vocabulary_say_what_to_do(english):
+    with pytest.raises(InputError, match="type the pairs instead"):
+        scoreboard.task_pairs(english, "induction pairs", 2)
+
+
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "10_Methods.py")
 
 

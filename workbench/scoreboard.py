@@ -29,7 +29,7 @@ import torch
 from workbench import edges, methods
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.patching import PatchingSetup, induction_pairs
+from workbench.patching import PatchingSetup, check_setup, induction_pairs
 from workbench.tokens import single_token_id
 
 TASKS = ("induction pairs", "typed pairs")
@@ -72,7 +72,16 @@ def task_pairs(
 ) -> list[PatchingSetup]:
     """The task's prompt pairs: generated copying pairs (patching.induction_pairs), or typed ones (parse_pairs)."""
     if task == "induction pairs":
-        return [PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in induction_pairs(model, n_pairs, seed=seed)]
+        pairs = [PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in induction_pairs(model, n_pairs, seed=seed)]
+        try:
+            for p in pairs:
+                check_setup(model, p)
+        except InputError as err:  # random tokens of a byte-level vocabulary: control bytes, merges at the seams
+            raise InputError(
+                f"generated copying pairs need a vocabulary of whole words, as the circuits and answer-key models have ({err}); "
+                "on this model, type the pairs instead"
+            ) from err
+        return pairs
     if task == "typed pairs":
         return parse_pairs(model, text, metric)
     raise InputError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
