@@ -129,12 +129,14 @@ with ui.guard("the patching"):
         )
         options = paths.receiver_choices(pair.weights, sender)
         labels = st.multiselect(
-            "Receivers (heads' queries, keys or values, MLPs, the logits)", [r.label for r in options], default=["logits"],
+            "Receivers (heads' queries, keys or values, MLPs, the logits)", [r.label for r in options], default=[],
             key=f"w.path_receivers.{sender.label}", help="every receiver chosen is ordinary patching of the sender; the logits alone, its direct effect",
         )  # fmt: skip
         if labels:
             found = path_patch(model, setup, direction, sender.label, tuple(labels))
             st.markdown(f"Along the chosen paths: normalised effect **{found.normalised:.4f}** (metric {found.value:.4f}).")
             ui.figure(draw_methods.path_bars(found), f"path-patching-{sender.label}", found, found.rows())
+        else:
+            st.caption("Choose receivers: the logits alone give the sender's direct effect; every receiver, ordinary patching of it.")
 
 view.share()

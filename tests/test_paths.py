@@ -72,9 +72,12 @@ def test_patching_page_path_section():
     at.session_state["wb.model"] = "circuits"
     at.run()
     assert not at.exception and not at.error
+    charts = len(at.get("plotly_chart"))  # nothing is path-patched until receivers are chosen
     at.selectbox(key="w.path_sender").set_value("L1H3")
     at.run()
-    assert at.multiselect(key="w.path_receivers.L1H3").value == ["logits"]
+    assert at.multiselect(key="w.path_receivers.L1H3").value == [] and len(at.get("plotly_chart")) == charts
+    at.multiselect(key="w.path_receivers.L1H3").set_value(["logits"])
+    at.run()
     assert any("Along the chosen paths" in m.value for m in at.markdown)
     at.multiselect(key="w.path_receivers.L1H3").set_value(["L1 MLP", "logits"])
     at.run()
