@@ -26,6 +26,7 @@ PAGES = {
     "training": "Training",
     "graph": "Graph",
     "intervene": "Intervene",
+    "methods": "Methods",
 }
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

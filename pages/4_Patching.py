@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from workbench import patching, ui
+from workbench import methods, patching, paths, ui
+from workbench.figures import methods as draw_methods
 from workbench.figures import patching as draw
 from workbench.tokens import single_token_id
 
@@ -21,6 +22,7 @@ view = ui.View(
 # the sweeps a user asked for, remembered for this session only (a few: each holds a grid of results)
 exact_sweep = view.cached(patching.sweep, per_session=True, entries=4)
 dataset_sweep = view.cached(patching.sweep_dataset, per_session=True, entries=2)
+path_patch = view.cached(paths.path_patch_named, per_session=True, entries=4)
 model = view.start()
 clean, corrupted = ui.pair_form(model)
 
@@ -117,5 +119,24 @@ with ui.guard("the patching"):
                 ui.figure(draw.patching_heatmap(result), f"patching-dataset-{site}", result)
         else:
             st.caption("The circuits model ships a generator of copying pairs; probes take any dataset of pairs from a spec file.")
+
+    # path patching (#18): a self-contained section, reading only `setup` and `direction` from above
+    with st.expander("Path patching: one sender's effect along chosen paths only"):
+        pair = methods.prepare(model, setup, direction)
+        senders = paths.sender_choices(pair.weights)
+        sender = paths.find(
+            senders, st.selectbox("Sender (a head's output or an MLP)", [s.label for s in senders], key="w.path_sender"), "sender"
+        )
+        options = paths.receiver_choices(pair.weights, sender)
+        labels = st.multiselect(
+            "Receivers (heads' queries, keys or values, MLPs, the logits)", [r.label for r in options], default=[],
+            key=f"w.path_receivers.{sender.label}", help="every receiver chosen is ordinary patching of the sender; the logits alone, its direct effect",
+        )  # fmt: skip
+        if labels:
+            found = path_patch(model, setup, direction, sender.label, tuple(labels))
+            st.markdown(f"Along the chosen paths: normalised effect **{found.normalised:.4f}** (metric {found.value:.4f}).")
+            ui.figure(draw_methods.path_bars(found), f"path-patching-{sender.label}", found, found.rows())
+        else:
+            st.caption("Choose receivers: the logits alone give the sender's direct effect; every receiver, ordinary patching of it.")
 
 view.share()

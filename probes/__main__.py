@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import attention, attribution, graph, heads, induction_study, intervene, lens, patching, training
+from . import attention, attribution, graph, heads, induction_study, intervene, lens, patching, scoreboard, training
 
 # The probe registry: the one list a new view adds a line to.
 PROBES = {
@@ -17,6 +17,7 @@ PROBES = {
     "training": training,
     "graph": graph,
     "intervene": intervene,
+    "scoreboard": scoreboard,
 }
 
 

@@ -1,0 +1,78 @@
+"""Methods: which patching estimate to trust on this model and task, scored against exact patching."""
+
+import streamlit as st
+
+from workbench import methods, patching, scoreboard, ui
+from workbench.figures import methods as draw
+
+view = ui.View(
+    "Patching methods",
+    "Cheap estimates of activation patching (AtP, AtP* on nodes; EAP, EAP-IG on edges) scored against exact patching on a "
+    "task: rank correlation, recall of the exact top 10, the faithfulness of the circuits each ranking builds, and time.",
+    shared=("model", "clean", "corrupted"),
+    params=(
+        ui.choice("task", scoreboard.TASKS),
+        ui.number("pairs", int, 1, 32),
+        ui.choice("direction", patching.DIRECTIONS),
+        ui.choice("metric", patching.METRICS),
+        ui.number("steps", int, 1, 32),
+        ui.number("top", int, 1, 50),
+    ),
+)
+run_scoreboard = view.cached(scoreboard.run, per_session=True, entries=2, spinner="Running every method and exact patching…")
+model = view.start()
+
+with ui.guard("the methods scoreboard"):
+    with st.form("methods_task"):
+        c1, c2, c3, c4, c5 = st.columns(5)
+        # generated copying pairs suit the word-vocabulary copying models; elsewhere the task starts from the shared prompt pair
+        copying = model.info.name.split("@")[0] in ("circuits", "answer-key")
+        task = c1.selectbox(
+            "Task", scoreboard.TASKS, index=0 if copying else 1, key=view.key("task"), help="generated copying pairs, or pairs you type"
+        )
+        n_pairs = c2.number_input("Copying pairs", 1, 32, 8, key=view.key("pairs"))
+        direction = c3.radio("Direction", patching.DIRECTIONS, key=view.key("direction"), horizontal=True)
+        metric = c4.selectbox("Metric", patching.METRICS, key=view.key("metric"))
+        steps = c5.number_input("EAP-IG steps", 1, 32, 5, key=view.key("steps"))
+        clean, corrupted = st.session_state.get(ui.CLEAN), st.session_state.get(ui.CORRUPTED)
+        if clean is None or corrupted is None:
+            clean, corrupted = ui.example_pair(model.info.name)
+        answers, wrongs = patching.candidate_answers(model, clean, corrupted)
+        typed = st.text_area(
+            "Typed pairs, one per line: clean | corrupted | answer | wrong",
+            f"{clean} | {corrupted} | {model.tokenizer.decode([next(iter(answers.values()))]).strip()} | "
+            f"{model.tokenizer.decode([next(iter(wrongs.values()))]).strip()}",
+            key="w.methods_typed",
+            help="answer and wrong are single tokens; every pair of a task should have the same number of tokens per prompt",
+        )
+        st.form_submit_button("Score the methods", type="primary")
+    setups = scoreboard.task_pairs(model, task, int(n_pairs), typed, metric)
+    sb = run_scoreboard(model, setups, task, direction, int(steps))
+    ui.probe_command("scoreboard", model, task=task, pairs=int(n_pairs), direction=direction, metric=metric, steps=int(steps))
+
+    st.markdown(f"**Scoreboard** — {sb.task}, {sb.n_pairs} pair(s), {sb.direction}; whole scoreboard {sb.seconds:.1f} s.")
+    st.dataframe(sb.table(), hide_index=True)
+    ui.figure(draw.faithfulness_curves(sb), "methods-faithfulness", sb, sb.table())
+
+    st.markdown("**AtP\\* as the preview**: its ranking of the nodes against the exact one")
+    top = st.slider("top k", 1, len(sb.nodes["exact"].nodes), min(10, len(sb.nodes["exact"].nodes)), key=view.key("top"))
+    star, exact = sb.nodes["AtP*"], sb.nodes["exact"]
+    st.caption(
+        f"Recall@{top} against the exact sweep: AtP* {scoreboard.recall_at(top, scoreboard.floored(star.magnitude), scoreboard.floored(exact.magnitude)):.2f}, "
+        f"AtP {scoreboard.recall_at(top, scoreboard.floored(sb.nodes['AtP'].magnitude), scoreboard.floored(exact.magnitude)):.2f}."
+    )
+    left, right = st.columns(2)
+    with left:
+        ui.figure(draw.estimate_vs_exact(star, exact, top), "methods-atp-star-vs-exact", star, star.ranked())
+    with right:
+        ui.figure(
+            draw.estimate_vs_exact(sb.edges["EAP-IG"], sb.edges["exact"], top),
+            "methods-eap-ig-vs-exact",
+            sb.edges["EAP-IG"],
+            sb.edges["EAP-IG"].ranked(),
+        )
+    if st.button(f"Exact-check AtP*'s top {top} nodes", key="w.methods_check"):
+        pairs = methods.prepare_all(model, setups, direction)
+        st.dataframe(methods.exact_check(model, star, pairs, top), hide_index=True)
+
+view.share()

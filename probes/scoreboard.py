@@ -1,0 +1,62 @@
+"""Which patching estimate to trust: AtP, AtP*, EAP and EAP-IG scored against exact patching on a task (Spearman,
+recall@10, circuit faithfulness curves, time); with --sender, path patching of one sender along chosen receivers."""
+
+from __future__ import annotations
+
+import time
+
+from workbench import patching, paths, scoreboard
+from workbench.figures import methods as draw
+
+from .common import run_probe
+
+DEFAULTS = {
+    "task": "induction pairs",
+    "pairs": 8,
+    "typed": [],  # spec: lines "clean | corrupted | answer | wrong" (task "typed pairs")
+    "metric": "logit difference",
+    "direction": "denoising",
+    "steps": 5,
+    "sender": None,
+    "receivers": ["logits"],
+    "model": "circuits",
+}
+
+
+def add_arguments(p):
+    p.add_argument("--task", choices=scoreboard.TASKS)
+    p.add_argument("--pairs", type=int, help="generated copying pairs (task 'induction pairs')")
+    p.add_argument("--typed", action="append", help="a pair 'clean | corrupted | answer | wrong' (task 'typed pairs'); repeat for more")
+    p.add_argument("--metric", choices=patching.METRICS)
+    p.add_argument("--direction", choices=patching.DIRECTIONS)
+    p.add_argument("--steps", type=int, help="EAP-IG's points (default 5)")
+    p.add_argument("--sender", help="path patching: a head 'L0H1' or an MLP 'L0 MLP', on the task's first pair")
+    p.add_argument("--receiver", action="append", dest="receivers", help="path patching receiver: 'L1H3.k', 'L1 MLP', 'logits' (repeat)")
+
+
+def body(model, s, out):
+    t = time.time()
+    setups = scoreboard.task_pairs(model, s["task"], int(s["pairs"]), "\n".join(s["typed"] or []), s["metric"], int(s["seed"]))
+    sb = scoreboard.run(model, setups, s["task"], s["direction"], int(s["steps"]))
+    out.figure(draw.faithfulness_curves(sb), "methods-faithfulness")
+    out.figure(draw.estimate_vs_exact(sb.nodes["AtP*"], sb.nodes["exact"]), "methods-atp-star-vs-exact")
+    out.figure(draw.estimate_vs_exact(sb.edges["EAP-IG"], sb.edges["exact"]), "methods-eap-ig-vs-exact")
+    out.data("scoreboard", sb, sb.table())
+    for level, results in (("nodes", sb.nodes), ("edges", sb.edges)):
+        for method, r in results.items():
+            out.data(f"{level}-{method.replace('*', '-star')}", r, r.ranked())
+    out.manifest["scoreboard"] = sb.table()
+    out.timing("scoreboard", time.time() - t)
+    for row in sb.table():
+        print(f"{row['level']:<6} {row['method']:<7} spearman {row['spearman']:.3f}  recall@10 {row['recall@10']:.2f}  "
+              f"area {row['area']:.3f}  {row['seconds']:.2f} s  passes/pair {row['forward']} fwd {row['backward']} bwd")  # fmt: skip
+    if s["sender"]:
+        t = time.time()
+        r = paths.path_patch_named(model, setups[0], s["direction"], s["sender"], tuple(s["receivers"] or ["logits"]))
+        out.figure(draw.path_bars(r), "path-patching")
+        out.data("path-patching", r, r.rows())
+        out.timing("path patching", time.time() - t)
+
+
+def main(argv=None) -> int:
+    return run_probe("scoreboard", __doc__, add_arguments, DEFAULTS, body, argv)
