@@ -24,6 +24,7 @@ PAGES = {
     "patching": "Patching",
     "compare": "Compare",
     "training": "Training",
+    "features": "Features",
 }
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import attention, attribution, heads, induction_study, lens, patching, training
+from . import attention, attribution, features, heads, induction_study, lens, patching, training
 
 # The probe registry: the one list a new view adds a line to.
 PROBES = {
@@ -15,6 +15,7 @@ PROBES = {
     "attribution": attribution,
     "induction-study": induction_study,
     "training": training,
+    "features": features,
 }
 
 

@@ -59,7 +59,7 @@ def heldout_text(model: LoadedModel) -> tuple[str, str]:
     (English prose that any English tokenizer reads: a user's GPT-2 SAE is shown on it)."""
     for folder in (Path(model.info.source), MODELS_DIR / "english"):
         if all((folder / f).is_file() for f in HELDOUT_FILES):
-            name = " + ".join(str(folder / f) for f in HELDOUT_FILES)
+            name = " + ".join(f"models/{folder.name}/{f}" if folder.parent == MODELS_DIR else str(folder / f) for f in HELDOUT_FILES)
             return name, "\n\n".join((folder / f).read_text() for f in HELDOUT_FILES)
     raise InputError("no held-out text found: the English model's heldout_*.txt files are missing from models/english")
 
@@ -250,7 +250,10 @@ def dashboard_stats(model: LoadedModel, sae: SAE, text: str, name: str, seed: in
         for start, _, cache in _activations(model, rows, [sae.hook_name]):
             keep = valid[start : start + CHUNK]
             flat = (torch.arange(start, start + len(keep))[:, None] * n_ctx + torch.arange(n_ctx))[keep]  # (tokens,)
-            yield flat, sae.encode(cache[sae.hook_name][keep])  # (tokens, d_sae)
+            x = cache[sae.hook_name][keep]  # (tokens, d_in)
+            piece = max(1, 2**24 // d)  # a wide SAE (GPT-2's: 24,576) is read a few hundred tokens at a time
+            for i in range(0, len(x), piece):
+                yield flat[i : i + piece], sae.encode(x[i : i + piece])  # (tokens, d_sae)
 
     for flat, a in encoded():
         fires += (a > 0).sum(0)
@@ -413,10 +416,14 @@ class Dashboard:
         return out
 
 
-def logit_effect(model: LoadedModel, sae: SAE, feature: int, n: int = 10) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    """(promoted, suppressed): the tokens whose logits W_dec[f] @ W_U raises and lowers most (the direct path through the unembedding)."""
-    W_U = model.bridge.W_U.detach().float().cpu()  # (d_model, d_vocab)
-    effect = sae.W_dec[feature].float() @ W_U  # (d_vocab,)
+def logit_effect(
+    model: LoadedModel, sae: SAE, feature: int, n: int = 10, effect: torch.Tensor | None = None
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """(promoted, suppressed): the tokens whose logits W_dec[f] @ W_U raises and lowers most (the direct path through the unembedding).
+
+    `effect` (d_vocab,): W_dec[f] @ W_U when the caller computed it for many features at once."""
+    if effect is None:
+        effect = sae.W_dec[feature].float() @ model.bridge.W_U.detach().float().cpu()  # (d_vocab,)
     up, down = effect.topk(n), (-effect).topk(n)
     labels = token_labels(model.tokenizer, [*up.indices.tolist(), *down.indices.tolist()])
     return (
@@ -434,51 +441,70 @@ def nearest(sae: SAE, feature: int, n: int = 8) -> list[tuple[int, float]]:
     return [(int(i), float(v)) for i, v in zip(top.indices, top.values, strict=True)]
 
 
-@torch.no_grad()
-def _examples(
-    model: LoadedModel, sae: SAE, rows: torch.Tensor, valid: torch.Tensor, feature: int, picks: list[tuple[int, float]]
-) -> list[Example]:
-    """The contexts of `picks` (flat index, activation), re-run from their windows so every token is shaded."""
-    n_ctx = rows.shape[1]
-    wanted = sorted({i // n_ctx for i, _ in picks})
-    acts = {}
-    for start in range(0, len(wanted), CHUNK):
-        ws = wanted[start : start + CHUNK]
-        _, cache = run_tokens(model, rows[ws], names=[sae.hook_name])
-        a = sae.encode(cache[sae.hook_name].float().cpu())[..., feature]  # (chunk, n_ctx)
-        acts.update({w: a[j] for j, w in enumerate(ws)})
-    out = []
-    before, after = CONTEXT
-    for index, value in picks:
-        w, p = divmod(index, n_ctx)
-        lo, hi = max(1, p - before), min(int(valid[w].sum()) + 1, p + after + 1)
-        ids = rows[w, lo:hi].tolist()
-        out.append(Example(index, value, token_labels(model.tokenizer, ids), [float(v) for v in acts[w][lo:hi]], p - lo))
-    return out
-
-
-def dashboard(model: LoadedModel, sae: SAE, stats: DashboardStats, feature: int) -> Dashboard:
-    """The Dashboard of `feature` from the SAE's stats (the contexts re-run from the stated windows)."""
-    f = sae.check_feature(feature)
-    _, text = heldout_text(model)
-    rows, valid = windows(model, text)
-    if text_hash(rows) != stats.text_hash:
-        raise InputError("these dashboard stats were computed on another text than the held-out text found now; recompute them")
+def _picks(stats: DashboardStats, f: int) -> tuple[list[tuple[int, float]], dict[str, list[tuple[int, float]]]]:
+    """(top, bands) of feature f as (flat index, activation) pairs, from the stats."""
     top = [(int(i), float(v)) for i, v in zip(stats.top_index[f], stats.top_value[f], strict=True) if i >= 0]
     bands = {}
     for j, lo in enumerate(BANDS):
         hi = BANDS[j + 1] if j + 1 < len(BANDS) else 1.0
         picks = [(int(i), float(v)) for i, v in zip(stats.sample_index[f, j], stats.sample_value[f, j], strict=True) if i >= 0]
         bands[f"{lo:g}–{hi:g} of max"] = sorted(picks, key=lambda t: -t[1])
-    every = _examples(model, sae, rows, valid, f, top + [p for ps in bands.values() for p in ps])
-    by_index = {e.index: e for e in every}
-    promoted, suppressed = logit_effect(model, sae, f)
+    return top, bands
+
+
+@torch.no_grad()
+def dashboards(model: LoadedModel, sae: SAE, stats: DashboardStats, feature_list: list[int] | None = None) -> list[Dashboard]:
+    """The Dashboards of `feature_list` (None: every feature), their contexts re-run from the stated windows.
+
+    Each window the examples sit in runs once for all the features (one pass over the text at most)."""
+    fs = list(range(sae.d_sae)) if feature_list is None else [sae.check_feature(f) for f in feature_list]
+    _, text = heldout_text(model)
+    rows, valid = windows(model, text)
+    if text_hash(rows) != stats.text_hash:
+        raise InputError("these dashboard stats were computed on another text than the held-out text found now; recompute them")
+    n_ctx = rows.shape[1]
+    picks = {f: _picks(stats, f) for f in fs}
+    wanted: dict[int, list[tuple[int, int]]] = {}  # window -> [(feature, flat index)]
+    for f, (top, bands) in picks.items():
+        for index, _ in top + [p for ps in bands.values() for p in ps]:
+            wanted.setdefault(index // n_ctx, []).append((f, index))
+    order = sorted(wanted)
+    labels = {}  # window -> its tokens' labels, made once
+    examples: dict[tuple[int, int], Example] = {}
+    before, after = CONTEXT
+    for start in range(0, len(order), CHUNK):
+        ws = order[start : start + CHUNK]
+        _, cache = run_tokens(model, rows[ws], names=[sae.hook_name])
+        x = cache[sae.hook_name].float().cpu()  # (chunk, n_ctx, d_in)
+        for j, w in enumerate(ws):
+            need = sorted({f for f, _ in wanted[w]})
+            a = sae.encode(x[j])[:, need]  # (n_ctx, needed features)
+            column = {f: c for c, f in enumerate(need)}
+            labels[w] = token_labels(model.tokenizer, rows[w].tolist())
+            end = int(valid[w].sum()) + 1
+            for f, index in wanted[w]:
+                p = index % n_ctx
+                lo, hi = max(1, p - before), min(end, p + after + 1)
+                value = float(a[p, column[f]])
+                examples[(f, index)] = Example(index, value, labels[w][lo:hi], a[lo:hi, column[f]].tolist(), p - lo)
+    W_U = model.bridge.W_U.detach().float().cpu()  # (d_model, d_vocab)
+    out = []
+    for start in range(0, len(fs), 256):  # the logit effects of 256 features at a time: (256, d_vocab)
+        block = fs[start : start + 256]
+        effects = sae.W_dec[block].float() @ W_U
+        out += [_dashboard(model, sae, stats, f, picks[f], examples, effects[i]) for i, f in enumerate(block)]
+    return out
+
+
+def _dashboard(model, sae: SAE, stats: DashboardStats, f: int, picks, examples: dict, effect: torch.Tensor) -> Dashboard:
+    top, bands = picks
+    promoted, suppressed = logit_effect(model, sae, f, effect=effect)
     peak = float(stats.max[f])
     return Dashboard(
         hook_name=sae.hook_name,
         feature=f,
-        top=[by_index[i] for i, _ in top],
-        bands={b: [by_index[i] for i, _ in ps] for b, ps in bands.items()},
+        top=[examples[(f, i)] for i, _ in top],
+        bands={b: [examples[(f, i)] for i, _ in ps] for b, ps in bands.items()},
         hist_edges=torch.linspace(0, peak, BINS + 1),
         hist=stats.hist[f].clone(),
         density=float(stats.density[f]),
@@ -489,6 +515,11 @@ def dashboard(model: LoadedModel, sae: SAE, stats: DashboardStats, feature: int)
         text=stats.text,
         tokens=stats.tokens,
     )
+
+
+def dashboard(model: LoadedModel, sae: SAE, stats: DashboardStats, feature: int) -> Dashboard:
+    """The Dashboard of one feature (see `dashboards`)."""
+    return dashboards(model, sae, stats, [feature])[0]
 
 
 # ---- search -------------------------------------------------------------------------------------

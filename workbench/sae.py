@@ -217,8 +217,11 @@ def load(folder: str | Path) -> SAE:
         raise InputError(
             f"SAE architecture {arch!r} with activation {act!r} is not one this workbench reads (standard ReLU, TopK, JumpReLU)"
         )
-    if "hook_name" not in cfg:
+    # SAELens 6 keeps the hook in "metadata"; releases before 4 called it "hook_point"
+    hook = cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_point")
+    if not hook:
         raise InputError(f"{folder / CONFIG} does not say which hook the SAE reads (hook_name)")
+    cfg = {**cfg, "hook_name": hook}
     for name, size in (("d_in", tensors["W_enc"].shape[0]), ("d_sae", tensors["W_enc"].shape[1])):
         if name in cfg and int(cfg[name]) != size:
             raise InputError(f"{folder / CONFIG} says {name} = {cfg[name]} but the weights have {size}")

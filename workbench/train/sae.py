@@ -43,12 +43,16 @@ from workbench.train import corpus, english
 
 @dataclass(frozen=True)
 class SAEConfig:
-    """One training run of TopK SAEs on several hooks of a model (defaults: chosen by `search`, see the card)."""
+    """One training run of TopK SAEs on several hooks of a model.
+
+    Width and k were chosen by `search` (sae/search.json, in the card): the smallest k that reaches variance explained
+    and loss recovered >= 0.9 (32; k = 16 explains 0.87), and at that k the width that explained the most (512: 0.906,
+    1024: 0.902, 2048: 0.897 after the same 200k activations)."""
 
     hooks: tuple[str, ...] = ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post")
-    width: int = 1024  # latents (d_sae)
+    width: int = 512  # latents (d_sae)
     k: int = 32  # active latents per token
-    tokens: int = 2_000_000  # training activations per SAE
+    tokens: int = 1_000_000  # training activations per SAE
     batch: int = 1024  # activations per step
     lr: float = 3e-3  # Adam, constant after warmup, linear decay over the last fifth
     warmup: int = 50  # steps
