@@ -316,7 +316,7 @@ def write_card(out: Path, card: dict) -> None:
         "\nTargets (variance explained ≥ 0.9, loss recovered ≥ 0.9, L0 ≤ 32, ≤ 5% dead): "
         + ("met at every site.\n" if met else "**not met at every site** (see the table).\n"),
         "\n## L0 versus loss recovered, over k\n\nThe shipped weights read with another k at inference (a TopK SAE's k can be "
-        "changed after training; the paper's Figure 6 shows how well that holds):\n\n",
+        "changed after training; the rows measure how well that holds here):\n\n",
     ]
     curve = []
     for h, r in card["hooks"].items():
