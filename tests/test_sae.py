@@ -110,7 +110,7 @@ def test_bad_sae_input_gets_one_clear_line(tmp_path):
 
 def test_older_and_newer_saelens_configs_name_the_hook_their_own_way(tmp_path):
     s = _random_sae(16, d_sae=8, layer=0, k=2)
-    tensors = {"W_enc": s.W_enc, "b_enc": s.b_enc, "W_dec": s.W_dec, "b_dec": s.b_dec}
+    tensors = {"W_enc": s.W_enc.contiguous(), "b_enc": s.b_enc, "W_dec": s.W_dec, "b_dec": s.b_dec}
     for name, cfg in (
         ("old", {"hook_point": "blocks.0.hook_resid_pre", "d_in": 16, "d_sae": 8}),  # SAELens < 4 (GPT-2 small's published SAEs)
         ("new", {"metadata": {"hook_name": "blocks.0.hook_resid_pre"}, "d_in": 16, "d_sae": 8}),  # SAELens 6
