@@ -15,7 +15,7 @@ CHANGED = "#d62728"  # a continuation's token that differs from the original's
 
 def token_feature_heatmap(pf: PromptFeatures, hook: str, features: list[int], values: torch.Tensor) -> go.Figure:
     """Token x feature: each position's strongest features' activations, positions down, features across."""
-    labels = unique_labels([f"{p}: {t}" for p, t in enumerate(pf.labels)])
+    labels = unique_labels(pf.labels)
     fig = go.Figure(
         heatmap(
             values,  # (pos, features)
@@ -34,7 +34,7 @@ def token_feature_heatmap(pf: PromptFeatures, hook: str, features: list[int], va
 def feature_across_prompt(pf: PromptFeatures, hook: str, feature: int) -> go.Figure:
     """One feature's activation at every position of the prompt."""
     a = pf.acts[hook][:, feature]  # (pos,)
-    labels = unique_labels([f"{p}: {t}" for p, t in enumerate(pf.labels)])
+    labels = unique_labels(pf.labels)
     fig = go.Figure(
         go.Bar(x=labels, y=a.tolist(), marker=magnitude(a).for_marker(a.tolist()), hovertemplate="%{x}<br>%{y:.4f}<extra></extra>")
     )
