@@ -50,6 +50,7 @@ with ui.guard("the features"):
     name = st.selectbox("SAE (where it reads the residual stream)", names, key=view.key("sae"))
     sae = saes[name]
     pf = prompt_features(model, prompt, folders)
+    ui.figure(draw.strongest_by_layer(pf), "features-every-layer", pf)
     ui.probe_command("features", model, prompt=prompt, sae=name if not name.startswith(features.USER) else None, sae_folder=folders)
     per_position = st.slider("Features per position", 1, 8, 3, key="w.features_per_position")
     chosen, values = pf.strongest(name, per_position)

@@ -49,7 +49,9 @@ def body(model, s, out):
     t = time.time()
     pf = features.prompt_features_of(model, s["prompt"], folders)
     out.timing("prompt features", time.time() - t)
-    figures = []
+    overview = draw.strongest_by_layer(pf)
+    out.figure(overview, "features-every-layer")
+    figures = [overview]
     summary = {}
     for name in names:
         chosen, values = pf.strongest(name, int(s["per_position"]))

@@ -24,6 +24,14 @@ def test_heatmap_and_prompt_bars_draw_the_activations():
     assert list(bars.data[0].y) == [0.0, 1.5, 0.0, 0.5]
 
 
+def test_every_layer_figure_names_each_positions_strongest_feature():
+    pf = _pf()
+    fig = draw.strongest_by_layer(pf)
+    assert list(fig.data[0].z[0]) == [0.0, 1.5, 2.0, 0.5]
+    assert list(fig.data[0].text[0]) == ["", "f3", "f7", "f3"]
+    assert list(fig.data[0].y) == ["blocks.0.hook_resid_pre"]
+
+
 def test_contexts_line_up_each_examples_token():
     ex = [
         features.Example(5, 2.0, ["␣x", "␣y", "␣z"], [0.0, 2.0, 0.1], 1),

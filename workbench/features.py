@@ -361,6 +361,12 @@ class PromptFeatures:
         chosen.sort(key=lambda f: -float(body[:, f].max()))
         return chosen, a[:, chosen]
 
+    def top_per_position(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """(hooks, values (hook, pos), features (hook, pos)): the strongest feature at each position of each SAE."""
+        hooks = list(self.acts)
+        best = [self.acts[h].max(-1) for h in hooks]  # each (pos,)
+        return hooks, torch.stack([b.values for b in best]), torch.stack([b.indices for b in best])
+
     def rows(self, hook: str, features: list[int]) -> list[dict]:
         a = self.acts[hook]
         return [{"hook": hook, "feature": f, "position": p, "token": self.labels[p], "activation": round(float(a[p, f]), 5)}

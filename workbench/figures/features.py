@@ -31,6 +31,30 @@ def token_feature_heatmap(pf: PromptFeatures, hook: str, features: list[int], va
     return layout(fig, f"Strongest features at each position, {hook}", min(1000, 200 + 16 * len(labels)))
 
 
+def strongest_by_layer(pf: PromptFeatures) -> go.Figure:
+    """SAE (one per layer and site) x position: the strongest feature's activation, its number written in the cell."""
+    hooks, values, feats = pf.top_per_position()  # (hook, pos) each
+    text = [[f"f{f}" if v > 0 else "" for f, v in zip(fr, vr, strict=True)] for fr, vr in zip(feats.tolist(), values.tolist(), strict=True)]
+    fig = go.Figure(
+        heatmap(
+            values,
+            magnitude(values),
+            "%{y}<br>position %{x}<br>%{text}: %{z:.3f}",
+            unique_labels(pf.labels),
+            hooks,
+            text=text,
+            textfont=dict(size=9),
+            colorbar="activation",
+        )
+    )
+    token_ticks(fig)
+    return layout(
+        fig,
+        "The strongest feature at each position, every SAE (residual stream from embedding to output, top to bottom)",
+        200 + 40 * len(hooks),
+    )
+
+
 def feature_across_prompt(pf: PromptFeatures, hook: str, feature: int) -> go.Figure:
     """One feature's activation at every position of the prompt."""
     a = pf.acts[hook][:, feature]  # (pos,)
