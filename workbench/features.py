@@ -144,7 +144,7 @@ def quality(model: LoadedModel, sae: SAE, text: str, k: int | None = None) -> Qu
     site, layer = sae.site, sae.layer
     splice = [engine.Edit("map", site, layer, fn=Splice(sae))]
     zero = [engine.Edit("map", site, layer, fn=ZeroAblate())]
-    err = total = 0.0
+    err = 0.0  # Σ|x - x̂|²
     x_sum = torch.zeros(sae.d_in, dtype=torch.float64)
     x_sq = 0.0
     n = active = 0
@@ -168,7 +168,7 @@ def quality(model: LoadedModel, sae: SAE, text: str, k: int | None = None) -> Qu
             losses[name] += float(torch.nn.functional.cross_entropy(out[:, :-1][targets], tgt, reduction="sum"))
         scored += len(tgt)
     total = x_sq - float((x_sum**2).sum()) / n  # Σ|x - mean|²
-    clean, spliced, zeroed = (losses[k_] / scored for k_ in ("clean", "spliced", "zero"))
+    clean, spliced, zeroed = (losses[name] / scored for name in ("clean", "spliced", "zero"))
     dead = int((~fired).sum())
     return Quality(
         hook_name=sae.hook_name,

@@ -249,6 +249,9 @@ def search(model_name: str, cache: Path, out: Path, tokens: int = 200_000, log=p
     result = {"hook": hook, "heldout_text": name, "runs": runs}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
+    card_file = out.parent / "card.json"
+    if card_file.is_file():  # the shipped SAEs' card shows the search: rewrite it with this one
+        write_card(out.parent, {**json.loads(card_file.read_text()), "search": result})
     return result
 
 
