@@ -27,6 +27,7 @@ PAGES = {
     "graph": "Graph",
     "intervene": "Intervene",
     "methods": "Methods",
+    "features": "Features",
 }
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import attention, attribution, graph, heads, induction_study, intervene, lens, patching, scoreboard, training
+from . import attention, attribution, features, graph, heads, induction_study, intervene, lens, patching, scoreboard, training
 
 # The probe registry: the one list a new view adds a line to.
 PROBES = {
@@ -18,6 +18,7 @@ PROBES = {
     "graph": graph,
     "intervene": intervene,
     "scoreboard": scoreboard,
+    "features": features,
 }
 
 

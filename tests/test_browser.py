@@ -60,7 +60,9 @@ def test_home_page_takes_a_prompt(browser_page):
     page.screenshot(path=str(SHOTS / "home.png"))
 
 
-@pytest.mark.parametrize("name", ["attention", "lens", "attribution", "patching", "compare", "training", "graph", "intervene", "methods"])
+@pytest.mark.parametrize(
+    "name", ["attention", "lens", "attribution", "patching", "compare", "training", "graph", "intervene", "methods", "features"]
+)
 def test_every_page_draws_its_figures(browser_page, name):
     page, url = browser_page
     page.goto(f"{url}/{capture.PAGES[name]}", timeout=60_000)

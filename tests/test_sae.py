@@ -106,3 +106,25 @@ def test_bad_sae_input_gets_one_clear_line(tmp_path):
         sae.check_fits(s, 128, 2)
     with pytest.raises(InputError, match="block's hook"):
         sae.SAE("ln_final.hook_normalized", s.W_enc, s.b_enc, s.W_dec, s.b_dec, k=4)
+
+
+def test_older_and_newer_saelens_configs_name_the_hook_their_own_way(tmp_path):
+    s = _random_sae(16, d_sae=8, layer=0, k=2)
+    tensors = {"W_enc": s.W_enc.contiguous(), "b_enc": s.b_enc, "W_dec": s.W_dec, "b_dec": s.b_dec}
+    for name, cfg in (
+        ("old", {"hook_point": "blocks.0.hook_resid_pre", "d_in": 16, "d_sae": 8}),  # SAELens < 4 (GPT-2 small's published SAEs)
+        ("new", {"metadata": {"hook_name": "blocks.0.hook_resid_pre"}, "d_in": 16, "d_sae": 8}),  # SAELens 6
+    ):
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "sae_weights.safetensors"))
+        (tmp_path / name / "cfg.json").write_text(json.dumps(cfg))
+        loaded = sae.load(tmp_path / name)
+        assert loaded.hook_name == "blocks.0.hook_resid_pre" and loaded.activation == "relu"
+
+
+def test_saes_of_finds_the_shipped_folders_in_layer_order(english, tmp_path):
+    found = sae.saes_of(english)
+    assert list(found) == list(sae.sae_folders(english.info.source))
+    order = [(s.layer, list(engine.SITE_HOOKS).index(s.site)) for s in found.values()]
+    assert order == sorted(order) and len(found) >= english.info.n_layers
+    assert sae.sae_folders(tmp_path) == {}

@@ -217,8 +217,11 @@ def load(folder: str | Path) -> SAE:
         raise InputError(
             f"SAE architecture {arch!r} with activation {act!r} is not one this workbench reads (standard ReLU, TopK, JumpReLU)"
         )
-    if "hook_name" not in cfg:
+    # SAELens 6 keeps the hook in "metadata"; releases before 4 called it "hook_point"
+    hook = cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_point")
+    if not hook:
         raise InputError(f"{folder / CONFIG} does not say which hook the SAE reads (hook_name)")
+    cfg = {**cfg, "hook_name": hook}
     for name, size in (("d_in", tensors["W_enc"].shape[0]), ("d_sae", tensors["W_enc"].shape[1])):
         if name in cfg and int(cfg[name]) != size:
             raise InputError(f"{folder / CONFIG} says {name} = {cfg[name]} but the weights have {size}")
@@ -243,3 +246,34 @@ def check_fits(sae: SAE, d_model: int, n_layers: int) -> None:
         raise InputError(f"this SAE reads vectors of width {sae.d_in}, but the model's residual stream has width {d_model}")
     if sae.layer >= n_layers:
         raise InputError(f"this SAE reads layer {sae.layer}, but the model has layers 0 to {n_layers - 1}")
+
+
+SAE_FOLDER = "sae"  # models/<model>/sae/<hook_name>/: the SAEs that ship with a model, one folder per hook
+
+
+def sae_folders(model_folder: str | Path) -> dict[str, Path]:
+    """hook_name -> folder of every SAE shipped in `model_folder`/sae/ (SAELens's format), in layer order."""
+    root = Path(model_folder) / SAE_FOLDER
+    found = {p.name: p for p in sorted(root.iterdir()) if (p / CONFIG).is_file() and (p / WEIGHTS).is_file()} if root.is_dir() else {}
+    return dict(sorted(found.items(), key=lambda kv: _hook_order(kv[0])))
+
+
+def _hook_order(hook_name: str) -> tuple[int, int]:
+    try:
+        site, layer = engine_site(hook_name)
+    except InputError:
+        return (1 << 30, 0)
+    return (layer, list(engine.SITE_HOOKS).index(site))
+
+
+def saes_of(model) -> dict[str, SAE]:
+    """hook_name -> SAE for every SAE that ships with `model` (a LoadedModel): models/<model>/sae/<hook_name>/.
+
+    Empty for a model without SAEs. Loaded once per model and kept in `model.derived`."""
+    key = "saes"
+    if key not in model.derived:
+        loaded = {hook: load(folder) for hook, folder in sae_folders(model.info.source).items()}
+        for s in loaded.values():
+            check_fits(s, model.info.d_model, model.info.n_layers)
+        model.derived[key] = loaded
+    return model.derived[key]

@@ -1,0 +1,257 @@
+"""Features: the shipped SAEs against their card, dashboards against a brute-force pass, clamps as edits, search, the page."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from transformers import AutoModelForCausalLM
+
+from workbench import engine, features, sae
+from workbench.errors import InputError
+from workbench.generate import Sampling, generate
+from workbench.model import MODELS_DIR
+from workbench.runs import encode, run_edited, run_tokens
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "8_Features.py")
+PROMPT = "The whale swam to the ship, and the captain called to the men. The whale"
+SAE_DIR = MODELS_DIR / "english" / sae.SAE_FOLDER
+
+
+@pytest.fixture(scope="module")
+def saes(english):
+    found = sae.saes_of(english)
+    assert found, "the English model ships SAEs (python -m workbench.train sae english)"
+    return found
+
+
+@pytest.fixture(scope="module")
+def heldout(english):
+    return features.heldout_text(english)
+
+
+def _all_activations(english, s, text):
+    """(flat indices (tokens,), activations (tokens, d_sae)) of every text token, by brute force: every window, encoded."""
+    rows, valid = features.windows(english, text)
+    _, cache = run_tokens(english, rows, names=[s.hook_name])
+    flat = (torch.arange(len(rows))[:, None] * rows.shape[1] + torch.arange(rows.shape[1]))[valid]
+    return flat, s.encode(cache[s.hook_name].float()[valid])
+
+
+def test_an_sae_ships_at_every_layer(english, saes):
+    layers = {s.layer for s in saes.values()}
+    assert layers == set(range(english.info.n_layers))
+    assert any(h.endswith("hook_resid_post") and s.layer == english.info.n_layers - 1 for h, s in saes.items())
+    for hook, s in saes.items():
+        assert s.hook_name == hook and s.d_in == english.info.d_model and s.activation == "topk"
+        assert torch.allclose(s.W_dec.norm(dim=1), torch.ones(s.d_sae), atol=1e-4)  # unit-norm decoder rows
+
+
+def test_the_shipped_saes_reproduce_their_card(english, saes, heldout):
+    card = json.loads((SAE_DIR / "card.json").read_text())
+    _, text = heldout
+    assert card["heldout_text"] == heldout[0] == "models/english/heldout_sample.txt + models/english/heldout_author.txt"
+    for hook, s in saes.items():
+        q = features.quality(english, s, text)
+        stated = card["hooks"][hook]["quality"]
+        for key in ("variance_explained", "loss_clean", "loss_spliced", "loss_zero", "loss_recovered", "l0"):
+            assert q.row()[key] == pytest.approx(stated[key], abs=2e-4), (hook, key)
+        assert q.dead == stated["dead"] and q.tokens == stated["tokens"]
+        assert s.meta["training"]["quality"]["loss_recovered"] == pytest.approx(q.loss_recovered, abs=2e-4)  # cfg.json agrees
+
+
+def test_quality_by_hand(english, saes, heldout):
+    """Variance explained and the three losses computed here from plain transformers and the engine, not run_edited."""
+    s = saes["blocks.1.hook_resid_pre"]
+    text = heldout[1][:6000]
+    q = features.quality(english, s, text)
+    rows, valid = features.windows(english, text)
+    hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "english").eval()
+    w = engine.weights_of(english)
+    targets = valid[:, 1:]
+    with torch.no_grad():
+        clean = torch.nn.functional.cross_entropy(hf(rows).logits[:, :-1][targets], rows[:, 1:][targets])
+        spliced = engine.forward(w, rows, edits=[engine.Edit("map", s.site, s.layer, fn=features.Splice(s))]).logits
+        x = engine.forward(w, rows, capture=[s.hook_name]).captured[s.hook_name][valid]  # (tokens, d_model)
+    assert q.loss_clean == pytest.approx(float(clean), abs=1e-4)
+    assert q.loss_spliced == pytest.approx(
+        float(torch.nn.functional.cross_entropy(spliced[:, :-1][targets], rows[:, 1:][targets])), abs=1e-4
+    )
+    fve = 1 - ((s(x) - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert q.variance_explained == pytest.approx(float(fve), abs=1e-4)
+    assert q.l0 == pytest.approx(float((s.encode(x) > 0).sum(-1).float().mean()), abs=1e-6)
+    assert q.loss_clean < q.loss_spliced < q.loss_zero
+
+
+def test_dashboard_examples_are_the_top_activations_over_the_stated_text(english, saes, heldout):
+    s = saes["blocks.1.hook_resid_pre"]
+    stats = features.stats_for(english, s, SAE_DIR / s.hook_name)
+    assert stats.text == heldout[0]
+    flat, acts = _all_activations(english, s, heldout[1])  # (tokens,), (tokens, d_sae)
+    assert stats.tokens == len(flat)
+    assert torch.equal(stats.fires, (acts > 0).sum(0))
+    assert torch.equal(stats.hist.sum(1), stats.fires)
+    truth = acts.topk(features.N_TOP, dim=0)  # (N_TOP, d_sae)
+    assert torch.allclose(stats.top_value, truth.values.T.clamp(min=0), atol=2e-3, rtol=2e-3)  # stored in float16
+    position = {int(i): n for n, i in enumerate(flat)}
+    for f in range(s.d_sae):
+        for i, v in zip(stats.top_index[f], stats.top_value[f], strict=True):
+            if i >= 0:
+                assert float(acts[position[int(i)], f]) == pytest.approx(float(v), rel=2e-3, abs=2e-3)
+        for j, lo in enumerate(features.BANDS):  # band samples lie in their band
+            hi = features.BANDS[j + 1] if j + 1 < len(features.BANDS) else 1.0
+            for i in stats.sample_index[f, j]:
+                if i >= 0:
+                    a = float(acts[position[int(i)], f]) / float(stats.max[f])
+                    assert lo - 1e-3 <= a <= hi + 1e-3
+    live = int((stats.fires > 0).nonzero()[0])
+    d = features.dashboard(english, s, stats, live)
+    assert [e.index for e in d.top] == [int(i) for i in stats.top_index[live] if i >= 0]
+    for e in d.top:  # the shaded context's own token carries the example's activation
+        assert e.acts[e.focus] == pytest.approx(e.activation, rel=1e-4, abs=1e-5)
+        assert e.activation == pytest.approx(float(acts[position[e.index], live]), rel=1e-4, abs=1e-5)
+
+
+def test_logit_effect_and_nearest_by_hand(english, saes):
+    s = saes["blocks.0.hook_resid_pre"]
+    promoted, suppressed = features.logit_effect(english, s, 5, n=5)
+    effect = s.W_dec[5] @ english.bridge.W_U.detach().float()
+    assert [v for _, v in promoted] == pytest.approx(effect.topk(5).values.tolist(), abs=1e-5)
+    assert [v for _, v in suppressed] == pytest.approx((-(-effect).topk(5).values).tolist(), abs=1e-5)
+    near = features.nearest(s, 5, n=3)
+    cos = torch.nn.functional.cosine_similarity(s.W_dec, s.W_dec[5][None], dim=1)
+    cos[5] = -2
+    assert [f for f, _ in near] == cos.topk(3).indices.tolist()
+
+
+def test_clamping_a_shipped_feature_to_zero_changes_only_downstream(english, saes):
+    s = saes["blocks.1.hook_resid_pre"]
+    ids = encode(english, PROMPT)[0][None]  # (1, pos)
+    names = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    logits, before = run_tokens(english, ids, names=names)
+    p = ids.shape[1] - 3
+    x = before[s.hook_name][0, p]  # (d_model,)
+    a = s.encode(x)
+    f = int(a.argmax())
+    assert a[f] > 0
+    edited_logits, after = run_edited(english, ids, [s.clamp_edit(f, 0.0, position=p)], names=names)
+    assert not english.attached_hooks()
+    for name in names[:2]:  # before its layer: nothing changes
+        assert torch.equal(after[name], before[name])
+    resid = after[s.hook_name][0]
+    assert torch.equal(resid[:p], before[s.hook_name][0, :p]) and torch.equal(resid[p + 1 :], before[s.hook_name][0, p + 1 :])
+    assert torch.allclose(resid[p], x - a[f] * s.W_dec[f], atol=1e-5)  # exactly the feature's share removed
+    assert torch.equal(after["blocks.1.hook_resid_post"][0, :p], before["blocks.1.hook_resid_post"][0, :p])  # causal
+    assert torch.equal(edited_logits[0, :p], logits[0, :p])
+    assert not torch.allclose(edited_logits[0, p], logits[0, p])  # downstream it changes
+
+
+def test_intervention_marks_exactly_the_changed_tokens(english, saes):
+    s = saes["blocks.1.hook_resid_pre"]
+    pf = features.prompt_features(english, {s.hook_name: s}, PROMPT)
+    f = int(pf.acts[s.hook_name][-1].argmax())
+    iv = features.intervene(english, s, PROMPT, f, 30.0, None, Sampling(max_new_tokens=8))
+    plain = generate(english, PROMPT, Sampling(max_new_tokens=8))
+    assert iv.original.text == plain.text
+    assert iv.changed.text == generate(english, PROMPT, Sampling(max_new_tokens=8), edits=[s.clamp_edit(f, 30.0)]).text
+    for i, differs in enumerate(iv.differs):
+        same = i < len(iv.original.steps) and i < len(iv.changed.steps) and iv.original.steps[i].chosen_id == iv.changed.steps[i].chosen_id
+        assert differs == (not same)
+    assert not english.attached_hooks()
+    with pytest.raises(InputError, match="outside the prompt"):
+        features.intervene(english, s, PROMPT, f, 0.0, [999])
+
+
+def test_prompt_features_encode_the_run(english, saes):
+    pf = features.prompt_features(english, saes, PROMPT)
+    ids = encode(english, PROMPT)[0][None]
+    _, cache = run_tokens(english, ids, names=list(saes))
+    for hook, s in saes.items():
+        assert torch.allclose(pf.acts[hook], s.encode(cache[hook][0]), atol=1e-6)
+        chosen, values = pf.strongest(hook, 2)
+        assert torch.equal(values, pf.acts[hook][:, chosen])
+        for p in range(1, len(pf.labels)):  # each position's 2 strongest features are among the columns
+            assert set(pf.acts[hook][p].topk(2).indices.tolist()) - {f for f in range(s.d_sae) if pf.acts[hook][p, f] <= 0} <= set(chosen)
+
+
+def test_search_by_token_and_by_text(english, saes):
+    s = saes["blocks.1.hook_resid_pre"]
+    stats = features.stats_for(english, s, SAE_DIR / s.hook_name)
+    rows, _ = features.windows(english, features.heldout_text(english)[1])
+    token = " the"
+    tid = english.tokenizer(token, add_special_tokens=False)["input_ids"][0]
+    found = features.search(english, s, stats, token)
+    assert found
+    for r in found:
+        idx = stats.top_index[r["feature"]]
+        assert r["top examples on the token"] == int((rows.flatten()[idx[idx >= 0]] == tid).sum()) > 0
+    by_text = features.search(english, s, stats, "the captain of the ship")
+    pf = features.prompt_features(english, {s.hook_name: s}, "the captain of the ship")
+    assert by_text[0]["feature"] == int(pf.acts[s.hook_name][1:].max(0).values.argmax())
+    with pytest.raises(InputError):
+        features.search(english, s, stats, "  ")
+
+
+def test_a_users_saelens_folder_gets_dashboards_cached_beside_it(english, saes, tmp_path):
+    folder = tmp_path / "my-sae"
+    shutil.copytree(SAE_DIR / "blocks.0.hook_resid_pre", folder, ignore=shutil.ignore_patterns("dashboards.*"))
+    found = features.sae_set(english, (str(folder),))
+    name = features.USER + str(folder)
+    assert torch.equal(found[name].W_enc, saes["blocks.0.hook_resid_pre"].W_enc)
+    stats = features.stats_of(english, name, (str(folder),))
+    assert (folder / features.DASHBOARDS).is_file()
+    again = features.DashboardStats.load(folder)
+    assert torch.equal(again.top_index, stats.top_index) and again.text_hash == stats.text_hash
+    narrow = sae.SAE("blocks.0.hook_resid_pre", torch.zeros(64, 8), torch.zeros(8), torch.zeros(8, 64), torch.zeros(64), k=2)
+    narrow.save(tmp_path / "narrow")
+    with pytest.raises(InputError, match="width 64"):
+        features.sae_set(english, (str(tmp_path / "narrow"),))
+
+
+def _page(model="english") -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    at.session_state["wb.model"] = model
+    at.session_state["wb.prompt"] = PROMPT
+    return at.run()
+
+
+def test_features_page_draws_and_regenerates():
+    at = _page()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert charts[0]["data"][0]["type"] == "heatmap" and len(charts) >= 6
+    at.text_input(key="w.query").set_value(" the").run()
+    assert not at.exception and at.dataframe
+    next(b for b in at.button if b.label == "Regenerate").click().run()
+    assert not at.exception and not at.error
+    assert any("Original" in m.value for m in at.markdown)
+
+
+def test_features_page_keeps_going_on_a_bad_folder_and_on_a_model_without_saes():
+    at = _page()
+    at.text_input(key="w.sae_folder").set_value("/no/such/sae").run()
+    assert not at.exception
+    assert any("not an SAE folder" in e.value for e in at.error)
+    assert at.get("plotly_chart")  # the shipped SAEs still show
+    at = _page("circuits")
+    assert not at.exception and any("ships no SAEs" in i.value for i in at.info)
+
+
+def test_features_probe_writes_figures_data_html_and_a_manifest(tmp_path, english, saes):
+    from probes.__main__ import main as probes_main
+
+    out = tmp_path / "features"
+    argv = ["features", "--prompt", PROMPT, "--sae", "blocks.1.hook_resid_pre", "--features", "3", "--clamp", "0", "--new-tokens", "4"]
+    assert probes_main([*argv, "--formats", "html", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and "features.html" in manifest["files"]
+    assert all((out / f).stat().st_size > 0 for f in manifest["files"])
+    d = json.loads((out / "feature-blocks.1.hook_resid_pre-3.json").read_text())
+    s = saes["blocks.1.hook_resid_pre"]
+    expected = features.dashboard(english, s, features.stats_for(english, s, SAE_DIR / s.hook_name), 3)
+    assert [e["index"] for e in d["top"]] == [e.index for e in expected.top]
+    assert manifest["summary"]["blocks.1.hook_resid_pre"]["intervention"]["feature"] == 3
+    assert probes_main(["features", "--sae", "blocks.9.hook_resid_pre", "--out", str(tmp_path / "bad")]) == 2
