@@ -468,3 +468,16 @@ def test_a_shared_server_reads_vectors_and_saes_only_under_its_folder(english, t
     ):
         with pytest.raises(InputError, match="only from"):
             iv.compile_edits(english, iv.EditSet.parse(line))
+
+
+def test_a_shipped_sae_feature_is_ablated_by_its_hook_name_as_the_sae_itself_would(english):
+    hook = "blocks.1.hook_resid_pre"
+    shipped = sae.saes_of(english)[hook]
+    ids = encode(english, PROMPT)[0][None]  # (1, pos)
+    _, cache = run_tokens(english, ids, names=[hook])
+    feature = int(shipped.encode(cache[hook][0, -1]).argmax())  # the strongest feature at the last position
+    edits = iv.EditSet.parse(f"ablate feature {feature} zero sae={hook}")
+    ours, _ = run_edited(english, ids, iv.compile_edits(english, edits))
+    want, _ = run_edited(english, ids, [shipped.clamp_edit(feature, 0.0)])
+    assert torch.allclose(ours, want, atol=1e-5)
+    assert not torch.allclose(ours[0, -1], run_tokens(english, ids)[0][0, -1], atol=1e-4)

@@ -452,16 +452,8 @@ def reference_mean(model: LoadedModel, reference: tuple[str, ...], hook: str, fn
 
 
 def available_saes(model: LoadedModel) -> dict[str, Path]:
-    """{hook name: folder} of the SAEs shipped with the model (models/<name>/sae/*/cfg.json)."""
-    import json
-
-    found = {}
-    for cfg in sorted(Path(model.info.source).glob("sae/*/cfg.json")):
-        try:
-            found[json.loads(cfg.read_text())["hook_name"]] = cfg.parent
-        except (ValueError, KeyError):
-            continue
-    return found
+    """{hook name: folder} of the SAEs shipped with the model (models/<name>/sae/<hook_name>/)."""
+    return sae.sae_folders(model.info.source)
 
 
 def load_sae(model: LoadedModel, which: str | None) -> sae.SAE:
@@ -471,7 +463,9 @@ def load_sae(model: LoadedModel, which: str | None) -> sae.SAE:
         if len(shipped) != 1:
             raise InputError(f"name the SAE (sae=HOOK or a folder): this model ships {len(shipped)} ({', '.join(shipped) or 'none'})")
         which = next(iter(shipped))
-    folder = shipped.get(which) or server_path(which, "SAE folders", also=Path(model.info.source))
+    if which in shipped:
+        return sae.saes_of(model)[which]
+    folder = server_path(which, "SAE folders", also=Path(model.info.source))
     store = model.derived.setdefault("interventions.saes", {})
     key = str(Path(folder).expanduser().resolve())
     if key not in store:
