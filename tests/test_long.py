@@ -1,0 +1,101 @@
+"""long: the long-prompt views equal the ordinary (whole-cache) ones, and say what they will hold before running."""
+
+import pytest
+import torch
+
+from workbench import attention, compare, families, long
+from workbench.errors import InputError
+from workbench.model import load_model
+from workbench.runs import all_hook_names, hook_names, run_prompt
+
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory):
+    """A small GPT-2 of many heads with a 1,024-token context: long prompts at test speed."""
+    folder = families.build("gpt2", tmp_path_factory.mktemp("deep"), layers=4, width=64, heads=4, mlp=128, positions=1024, init=0.3)
+    return load_model(str(folder))
+
+
+def long_prompt(model, n_tokens: int, seed: int = 0) -> str:
+    """Text of at most n_tokens tokens with BOS, random words, as long as it can be."""
+    words = ["apple", "river", "stone", "cloud", "tiger", "piano", "candle", "garden"]
+    picks = torch.randint(0, len(words), (n_tokens,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+    def length(count: int) -> int:
+        return 1 + len(model.tokenizer(" ".join(words[i] for i in picks[:count]), add_special_tokens=False)["input_ids"])
+
+    count = max(c for c in range(1, n_tokens) if length(c) <= n_tokens)
+    return " ".join(words[i] for i in picks[:count])
+
+
+def test_patterns_equal_the_whole_cache_to_float16_precision(english):
+    prompt = long_prompt(english, 200)
+    p, tokens = long.patterns(english, prompt)
+    full = attention.patterns(english, prompt)
+    assert p.pattern.dtype == torch.float16 and p.pattern.shape == full.pattern.shape
+    assert torch.allclose(p.pattern.float(), full.pattern, atol=1e-3, rtol=1e-3)
+    assert p.labels == full.labels and torch.equal(tokens, run_prompt(english, prompt).tokens)
+
+
+def test_head_types_by_layer_equal_the_whole_pattern_scores(english):
+    prompt = long_prompt(english, 120, seed=1)
+    p, tokens = long.patterns(english, prompt)
+    chunked = long.head_types(english, p, tokens)
+    whole = attention.head_types(english, run_prompt(english, prompt, hook_names(english, "attn.hook_pattern")))
+    for kind in attention.HEAD_TYPES:
+        assert torch.allclose(chunked.scores[kind], whole.scores[kind], atol=2e-3), kind
+
+
+def test_pattern_diff_by_layer_equals_the_whole_one(english):
+    a, b = long_prompt(english, 100, seed=2), long_prompt(english, 100, seed=3)
+    chunked, whole = long.pattern_diff(english, a, b), compare.pattern_diff(english, a, b)
+    assert chunked.alignment.n == whole.alignment.n
+    assert torch.allclose(chunked.diff.float(), whole.diff, atol=2e-3)
+    assert torch.allclose(chunked.change, whole.change, atol=2e-3)
+
+
+def test_long_patterns_run_at_1024_tokens_with_rows_summing_to_one(deep):
+    prompt = long_prompt(deep, 1024)
+    p, tokens = long.patterns(deep, prompt)
+    n = len(tokens)
+    assert 1000 <= n <= 1024 and p.pattern.shape == (4, 4, n, n)
+    rows = p.pattern.float().sum(-1)  # (layer, head, query)
+    assert torch.allclose(rows, torch.ones_like(rows), atol=2e-2)  # float16 keeps ~3 digits per weight
+    assert p.pattern.float().triu(1).abs().max() == 0  # causal
+
+
+def test_plan_says_what_fits_the_budget(english, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_MEMORY_MB", "1")
+    for view in long.VIEWS:
+        plan = long.plan(english, 250, view)
+        assert plan.budget == 2**20
+        assert long.view_bytes(english, plan.max_tokens, view) <= plan.budget or plan.max_tokens == 1
+        if plan.max_tokens < english.info.n_ctx:
+            assert long.view_bytes(english, plan.max_tokens + 1, view) > plan.budget
+        assert f"{plan.max_tokens:,} tokens" in plan.message()
+
+
+def test_full_cache_estimate_is_what_a_run_of_every_hook_holds(english):
+    prompt = long_prompt(english, 250)
+    n = long.n_tokens(english, prompt)
+    held = run_prompt(english, prompt, all_hook_names(english)).nbytes()
+    assert abs(long.full_cache_bytes(english, n) - held) / held < 0.1
+    assert long.view_bytes(english, n, "attention") < held  # the long view holds less than the full cache
+
+
+def test_ig_batch_fits_the_budget(english, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_MEMORY_MB", "64")
+    n = 200
+    batch = long.ig_batch(english, n)
+    assert batch >= 1 and (batch == 1 or batch * long.grad_bytes(english, n) <= 64 * 2**20)
+    assert (batch + 1) * long.grad_bytes(english, n) > 64 * 2**20 or batch == 64
+
+
+def test_unknown_view_is_refused(english):
+    with pytest.raises(ValueError, match="unknown view"):
+        long.view_bytes(english, 10, "graph")
+
+
+def test_too_long_prompt_is_an_input_error(english):
+    with pytest.raises(InputError, match="context"):
+        long.patterns(english, long_prompt(english, 256) + " apple" * 10)
