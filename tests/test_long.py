@@ -99,3 +99,22 @@ def test_unknown_view_is_refused(english):
 def test_too_long_prompt_is_an_input_error(english):
     with pytest.raises(InputError, match="context"):
         long.patterns(english, long_prompt(english, 256) + " apple" * 10)
+
+
+def test_windowed_sweep_equals_the_full_sweep_on_its_positions(circuits):
+    from workbench import patching
+
+    clean = "apple river stone cloud tiger piano candle garden apple river stone"
+    corrupted = "apple river stone lemon tiger piano candle garden apple river stone"
+    tok = circuits.tokenizer
+    setup = patching.PatchingSetup(clean, corrupted, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0])
+    full = patching.sweep(circuits, setup, "resid_pre")
+    n = full.values.shape[1]
+    part = patching.sweep(circuits, setup, "resid_pre", window=(n - 6, n - 1))
+    assert torch.allclose(part.raw[:, n - 6 : n - 1], full.raw[:, n - 6 : n - 1], atol=1e-4)
+    assert part.raw[:, : n - 6].isnan().all() and part.raw[:, n - 1 :].isnan().all()
+    cost = long.sweep_cost(circuits, n, "resid_pre", (n - 6, n - 1))
+    assert cost.cells == int(part.raw.isfinite().sum()) == 5 * circuits.info.n_layers
+    assert cost.passes >= 1 and f"{cost.cells:,} cells" in cost.message()
+    with pytest.raises(InputError, match="window"):
+        patching.sweep(circuits, setup, "resid_pre", window=(5, 2))

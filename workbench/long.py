@@ -174,3 +174,36 @@ def pattern_diff(model: LoadedModel, prompt_a: str, prompt_b: str) -> PatternDif
         diff[layer] = d.to(KEEP_DTYPE)
         change[layer] = 0.5 * d.abs().sum(-1).mean(-1)  # total variation distance of each row, mean over queries
     return PatternDiff(al, a, b, diff, change, provenance(model, [prompt_a, prompt_b], view="pattern difference (long prompts)"))
+
+
+# ---- patching ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepCost:
+    """What a patching sweep will run, said before it runs."""
+
+    site: str
+    window: tuple[int, int] | None  # positions start..stop-1, or None for all
+    cells: int  # patched runs
+    passes: int  # batched forward passes
+    per_pass: int  # patched runs per pass, at most
+    bytes: int  # estimated peak memory of one pass and the two runs it starts from
+
+    def message(self) -> str:
+        where = "every position" if self.window is None else f"positions {self.window[0]}..{self.window[1] - 1}"
+        return (
+            f"This sweep patches {self.cells:,} cells ({where}) in {self.passes:,} batched forward passes of up to "
+            f"{self.per_pass} runs, holding about {self.bytes / 2**20:,.0f} MB."
+        )
+
+
+def sweep_cost(model: LoadedModel, n_tokens: int, site: str, window: tuple[int, int] | None = None) -> SweepCost:
+    from workbench import patching  # imported here: patching imports the run layer this module sits beside
+
+    s = patching._site(site)
+    cells = s.cells(model, n_tokens)
+    keep = patching.window_cells(s, cells, window, n_tokens)
+    per_pass = patching.batch_size(model, n_tokens)
+    passes = patching._passes(s, cells, per_pass, n_tokens, keep)
+    return SweepCost(site, window, len(keep), len(passes), per_pass, view_bytes(model, n_tokens, "patching"))
