@@ -50,7 +50,7 @@ def _setup(model, prompt: str):
 
 def _captum(f, x, b, gap: float, ladder: tuple[int, ...]) -> tuple[int, float]:
     """(steps that reached the tolerance, its relative error), trying `ladder` then doubling."""
-    steps = list(ladder)
+    steps, n = list(ladder), ladder[-1]
     while True:
         n = steps.pop(0) if steps else n * 2
         _, delta = IntegratedGradients(f).attribute(x.requires_grad_(True), baselines=b, n_steps=n, return_convergence_delta=True)

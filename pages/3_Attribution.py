@@ -26,6 +26,7 @@ model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the attribution"):
+    ui.memory_plan(model, prompt, truncate, "attribution")
     run = run_prompt(model, prompt, truncate=truncate)
     if run.truncated:
         st.warning("Attribution runs on the whole prompt: shorten it to fit the context.")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench import patching, ui
+from workbench import long, patching, ui
 from workbench.figures import patching as draw
 from workbench.tokens import single_token_id
 
@@ -78,11 +78,21 @@ with ui.guard("the patching"):
         site=site,
     )
 
+    n = len(cmp.labels_a)
+    window = None
+    if n > long.LONG_TOKENS and "position" in patching.SITES[site].axes:
+        # a long prompt: sweep a window of positions (by default the last 32), its cost said before it runs
+        w1, w2 = st.columns(2)
+        start = int(w1.number_input("Window: first position", 0, n - 1, max(0, n - 32), key="w.window_start"))
+        stop = int(w2.number_input("Window: last position", start, n - 1, n - 1, key="w.window_stop"))
+        window = (start, stop + 1)
+    st.caption(long.sweep_cost(model, n, site, window).message())
+
     preview = patching.attribution_sweep(model, setup, site, direction)
     st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
     if preview.note:
         st.warning(preview.note[0].upper() + preview.note[1:] + ".")
-    exact = exact_sweep.peek(model, setup, site, direction)
+    exact = exact_sweep.peek(model, setup, site, direction, window=window)
 
     left, right = st.columns(2)
     with left:
@@ -92,7 +102,7 @@ with ui.guard("the patching"):
         st.markdown("**Exact sweep** (one patched run per cell, batched)")
         if exact is None and st.button("Run the exact sweep", type="primary", key="w.run_exact"):
             with ui.progress("The exact sweep") as report:
-                exact = exact_sweep(model, setup, site, direction, progress=report)
+                exact = exact_sweep(model, setup, site, direction, progress=report, window=window)
         if exact is not None:
             if exact.path != "engine":
                 st.info(f"Computed through the model's own hooks, not the fast engine: {exact.note}.")

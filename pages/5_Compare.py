@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench import compare, ui
+from workbench import compare, long, ui
 from workbench.figures import compare as draw
 
 PROMPT_B = "wb.prompt_b"  # the second prompt (A is the shared prompt); not a widget key: the form commits it
@@ -28,7 +28,9 @@ with st.form("compare_form"):
 prompt_a, prompt_b = st.session_state[ui.PROMPT], st.session_state[PROMPT_B]
 
 with ui.guard("the comparison"):
-    d = compare.pattern_diff(model, prompt_a, prompt_b)
+    n = max(ui.memory_plan(model, prompt_a, False, "compare"), long.n_tokens(model, prompt_b))
+    # long prompts: float16 patterns, the difference taken a layer at a time (no run cache of every pattern)
+    d = long.pattern_diff(model, prompt_a, prompt_b) if n > long.LONG_TOKENS else compare.pattern_diff(model, prompt_a, prompt_b)
     al = d.alignment
     ui.token_rows(al.labels_a, al.labels_b, al.differ, names=("A", "B"))
     if not al.same_length:
@@ -44,7 +46,7 @@ with ui.guard("the comparison"):
         ui.figure(draw.head_change_heatmap(d), "compare-heads", d.change)
         ui.figure(draw.pattern_diff_heatmap(d, layer, head), f"compare-L{layer}H{head}", d.diff[layer, head])
     with lens_tab:
-        ld = compare.lens_diff(model, prompt_a, prompt_b)
+        ld = compare.lens_diff(model, prompt_a, prompt_b, with_patterns=n <= long.LONG_TOKENS)
         ui.figure(draw.lens_diff_heatmap(ld), "compare-lens", ld)
 
 view.share()

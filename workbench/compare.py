@@ -61,9 +61,10 @@ class LensDiff:
     provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
 
-def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32) -> LensDiff:
+def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32, with_patterns: bool = True) -> LensDiff:
+    """`with_patterns`: run the prompts with the patterns too, so that pattern_diff shares the runs (False for long prompts: the residual stream only)."""
     points = lens_.lens_points(model)
-    names = _names(model)
+    names = _names(model) if with_patterns else [name for _, name in points]
     run_a, run_b = run_prompt(model, prompt_a, names), run_prompt(model, prompt_b, names)
     al = align_runs(model, run_a, run_b)
     ra, rb = lens_.residuals(run_a, model)[:, : al.n], lens_.residuals(run_b, model)[:, : al.n]  # (point, n, d_model)
