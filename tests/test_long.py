@@ -1,10 +1,15 @@
 """long: the long-prompt views equal the ordinary (whole-cache) ones, and say what they will hold before running."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 
 from workbench import attention, compare, families, long
 from workbench.errors import InputError
+from workbench.figures import long as draw_long
 from workbench.model import load_model
 from workbench.runs import all_hook_names, hook_names, run_prompt
 
@@ -118,3 +123,41 @@ def test_windowed_sweep_equals_the_full_sweep_on_its_positions(circuits):
     assert cost.passes >= 1 and f"{cost.cells:,} cells" in cost.message()
     with pytest.raises(InputError, match="window"):
         patching.sweep(circuits, setup, "resid_pre", window=(5, 2))
+
+
+# ---- pages in long-prompt mode ------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _long_page(page: str, model, **state) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / page), default_timeout=300)
+    at.session_state["wb.model"] = str(model.info.source)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def test_attention_page_draws_a_long_prompt_as_light_images(deep):
+    prompt = long_prompt(deep, 600, seed=4)
+    at = _long_page("1_Attention.py", deep, **{"wb.prompt": prompt})
+    assert not at.exception, at.exception
+    assert any("Attention at" in c.value and "budget" in c.value for c in at.caption)  # the plan, said before running
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    images = [c for c in charts if c["data"] and c["data"][0]["type"] == "image"]
+    assert len(images) >= 3  # one head, the whole grid, the enlarged head
+    assert all(len(c.proto.spec) <= draw_long.MAX_BYTES for c in at.get("plotly_chart"))
+
+
+def test_patching_page_offers_a_window_and_says_its_cost(deep):
+    clean = long_prompt(deep, 400, seed=5)
+    words = clean.split()
+    n = long.n_tokens(deep, clean)
+    for other in ["apple", "river", "stone", "cloud", "tiger", "piano", "candle", "garden"]:  # one of the same token count
+        corrupted = " ".join([*words[:-3], other, *words[-2:]])
+        if other != words[-3] and long.n_tokens(deep, corrupted) == n:
+            break
+    at = _long_page("4_Patching.py", deep, **{"wb.clean": clean, "wb.corrupted": corrupted})
+    assert not at.exception, at.exception
+    assert at.number_input(key="w.window_start").value == n - 32
+    assert any("This sweep patches" in c.value and "cells (positions" in c.value for c in at.caption)
