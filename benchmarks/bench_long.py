@@ -10,7 +10,8 @@ printed beside it. The views, as the long-prompt mode runs them (workbench/long.
 - attention: float16 patterns of every layer, the whole grid at every token, one head, the token
   focus of the last position and head types by layer;
 - lens: the logit lens (residual points only, read through the unembedding in chunks);
-- attribution: integrated gradients, 2 steps batched to the budget (one sequence per pass here);
+- attribution: integrated gradients, one batch of as many steps as the budget allows (each block
+  checkpointed through the engine);
 - patching: the residual stream over a window of 8 positions, every layer;
 - compare: two prompts' pattern difference (float16, by layer) and the lens difference.
 """
@@ -103,8 +104,10 @@ def _measure(model, quick: bool) -> list[Row]:
     def lens_view():
         return lens.lens(model, prompt)
 
+    ig_steps = max(2, long.ig_batch(model, N_TOKENS, checkpointed=True))  # one full batch: the view's worst case
+
     def attribution_view():
-        return input_attribution(model, prompt, Answer((5,)), method="integrated gradients", steps=2)
+        return input_attribution(model, prompt, Answer((5,)), method="integrated gradients", steps=ig_steps)
 
     def patching_view():
         corrupted_ids = tokens.clone()

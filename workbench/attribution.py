@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 
 import torch
 from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, Saliency
+from torch.utils.checkpoint import checkpoint
 
-from workbench import ig
+from workbench import engine, ig
 from workbench.errors import InputError
 from workbench.lens import lens_points
 from workbench.model import LoadedModel
@@ -117,6 +118,32 @@ def _embed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: in
     return forward
 
 
+def _checkpointed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: int | None):
+    """_embed_forward's function through the forward engine, each block checkpointed (for long prompts).
+
+    A backward pass through the model keeps every block's insides (a 1,024-token GPT-2 small: ~2 GB
+    a sequence, most of it attention scores); checkpointing keeps only the residual stream between
+    blocks and recomputes one block's insides when the backward pass reaches it (about one more
+    forward pass of time), so several IG steps fit the budget. Raises engine.Unsupported for a
+    family the engine does not know.
+    """
+    w = engine.weights_of(model)
+    t = ids.to(w.W_E.device)[None]  # (1, pos)
+    with torch.no_grad():
+        offset = engine.embed(w, t) - w.W_E[t] * w.embed_scale  # (1, pos, d_model): learned positions, else zeros
+    last = w.n_layers - 1
+
+    def forward(embeds: torch.Tensor) -> torch.Tensor:
+        x = embeds.to(offset.device) + offset  # (batch, pos, d_model), the residual stream before block 0
+        run = engine._Run((), ())
+        for index in range(w.n_layers):
+            x = checkpoint(engine.block, w, index, x, run, index == last, use_reentrant=False)  # (batch, d_model) after the last
+        logits = w.ln_final(x) @ w.W_U + (w.b_U if w.b_U is not None else 0)  # (batch, d_vocab)
+        return metric_of(logits.float(), answer, wrong)
+
+    return forward
+
+
 def token_embeddings(model: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     """(1, pos, d_model) what hook_embed carries for ids (pos,)."""
     _, cache = run_tokens(model, ids[None], ["hook_embed"], last_only=True)
@@ -164,10 +191,12 @@ def input_attribution(
     check_token_ids(model, [*answer.tokens, *(() if answer.wrong is None else (answer.wrong,))], "answer and wrong token")
     base_id = baseline_token(model, baseline)
     ids, _ = encode(model, prompt)
-    if internal_batch_size is None:
-        from workbench.long import ig_batch  # imported here: long imports the views that import this module
+    from workbench.long import LONG_TOKENS, ig_batch  # imported here: long imports the views that import this module
 
-        internal_batch_size = ig_batch(model, len(ids) + len(answer.tokens) - 1)
+    n_full = len(ids) + len(answer.tokens) - 1
+    checkpointed = n_full > LONG_TOKENS and method != "feature ablation" and _engine_ok(model)
+    if internal_batch_size is None:
+        internal_batch_size = ig_batch(model, n_full, checkpointed=checkpointed)
     full = torch.cat([ids, torch.tensor(answer.tokens[:-1], dtype=torch.long)])
     if len(full) > model.info.n_ctx:
         raise InputError(f"the prompt and continuation are {len(full)} tokens, more than the context ({model.info.n_ctx}); shorten them")
@@ -179,6 +208,8 @@ def input_attribution(
         for t, token in enumerate(answer.tokens):
             ctx = full[: len(ids) + t]  # (pos_t,)
             forward = _embed_forward(model, ctx, token, answer.wrong)
+            if checkpointed:
+                forward = _checkpointed_forward(model, ctx, token, answer.wrong)
             inputs = token_embeddings(model, ctx).requires_grad_(True)  # (1, pos_t, d_model)
             zeros = base_id is None
             base = torch.zeros_like(inputs).detach() if zeros else token_embeddings(model, torch.full_like(ctx, base_id))
@@ -230,6 +261,14 @@ def input_attribution(
             model, [prompt], method=method, baseline=baseline, steps=steps, answer=list(answer.tokens), wrong=answer.wrong
         ),
     )
+
+
+def _engine_ok(model: LoadedModel) -> bool:
+    try:
+        engine.weights_of(model)
+    except engine.Unsupported:
+        return False
+    return True
 
 
 def suggested_steps(result: InputAttribution, tolerance: float = 0.05) -> int | None:

@@ -9,7 +9,9 @@ prompt never asks for the whole cache. Each view asks the run layer for what it 
   at a time; the head-type scores are taken a layer at a time;
 - lens: the residual stream at the lens points (points x positions x d_model), read through the
   unembedding a chunk of positions at a time (lens.py), never points x positions x vocabulary;
-- attribution: integrated gradients' steps in batches that fit the budget (`ig_batch`);
+- attribution: integrated gradients' steps in batches that fit the budget (`ig_batch`), each
+  block checkpointed through the forward engine so that a backward pass keeps only the residual
+  stream between blocks (attribution.py);
 - patching: a chosen window of positions (`patching.sweep(window=...)`), its cost shown first;
 - compare: both prompts' patterns in float16, their difference taken a layer at a time.
 
@@ -58,7 +60,9 @@ def view_bytes(model: LoadedModel, n: int, view: str, chunk: int = 32) -> int:
     if view == "lens":  # residual points, the run's logits, and one chunk's readout (logits, log-probs, probs)
         points = len(lens_points(model))
         return 4 * (points * n * i.d_model + n * i.d_vocab + 3 * points * min(chunk, n) * i.d_vocab) + _forward_bytes(model, n)
-    if view == "attribution":  # one batch of IG steps keeps every activation for the backward pass
+    if view == "attribution":  # one batch of IG steps; long prompts checkpoint each block (attribution.py)
+        if n > LONG_TOKENS:
+            return ig_batch(model, n, checkpointed=True) * checkpointed_bytes(model, n) + _forward_bytes(model, n)
         return ig_batch(model, n) * grad_bytes(model, n)
     if view == "patching":
         from workbench.patching import batch_size
@@ -74,10 +78,20 @@ def grad_bytes(model: LoadedModel, n: int) -> int:
     return full_cache_bytes(model, n)
 
 
-def ig_batch(model: LoadedModel, n: int, budget: int | None = None) -> int:
-    """Integrated-gradients steps per forward/backward pass that fit the memory budget (at least 1)."""
-    budget = memory_budget() if budget is None else budget
-    return max(1, min(64, budget // max(1, grad_bytes(model, n))))
+def checkpointed_bytes(model: LoadedModel, n: int) -> int:
+    """Bytes one sequence keeps for a backward pass with each block checkpointed: the residual stream between blocks, one block's insides."""
+    i = model.info
+    return 4 * n * i.d_model * (i.n_layers + 1) + grad_bytes(model, n) // i.n_layers
+
+
+def ig_batch(model: LoadedModel, n: int, budget: int | None = None, checkpointed: bool = False) -> int:
+    """Integrated-gradients steps per forward/backward pass that fit half the memory budget (at least 1).
+
+    Half: the estimate counts what the backward pass keeps, not the transients of computing it.
+    """
+    budget = (memory_budget() if budget is None else budget) // 2
+    per_row = checkpointed_bytes(model, n) if checkpointed else grad_bytes(model, n)
+    return max(1, min(64, budget // max(1, per_row)))
 
 
 @dataclass(frozen=True)
