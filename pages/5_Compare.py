@@ -4,6 +4,7 @@ import streamlit as st
 
 from workbench import compare, long, ui
 from workbench.figures import compare as draw
+from workbench.figures import long as draw_long
 
 PROMPT_B = "wb.prompt_b"  # the second prompt (A is the shared prompt); not a widget key: the form commits it
 view = ui.View(
@@ -44,7 +45,9 @@ with ui.guard("the comparison"):
     attn, lens_tab = st.tabs(["Attention", "Logit lens"])
     with attn:
         ui.figure(draw.head_change_heatmap(d), "compare-heads", d.change)
-        ui.figure(draw.pattern_diff_heatmap(d, layer, head), f"compare-L{layer}H{head}", d.diff[layer, head])
+        # past HOVER_CELLS cells a heatmap's JSON gets heavy: an image of every token, without hover values
+        one = draw_long.diff_image(d, layer, head) if al.n**2 > draw_long.HOVER_CELLS else draw.pattern_diff_heatmap(d, layer, head)
+        ui.figure(one, f"compare-L{layer}H{head}", d.diff[layer, head])
     with lens_tab:
         ld = compare.lens_diff(model, prompt_a, prompt_b, with_patterns=n <= long.LONG_TOKENS)
         ui.figure(draw.lens_diff_heatmap(ld), "compare-lens", ld)

@@ -79,3 +79,11 @@ def test_one_head_image_thins_its_token_labels(long_patterns):
 def test_thinned_keeps_every_label_when_few():
     t = draw.thinned(["a", "b", "c"])
     assert t["tickvals"] == [0, 1, 2] and t["ticktext"] == ["0 a", "1 b", "2 c"]
+
+
+def test_diff_image_holds_the_difference_on_the_diverging_scale(deep):
+    d = long.pattern_diff(deep, long_prompt(deep, 600, seed=1), long_prompt(deep, 600, seed=2))
+    fig = draw.diff_image(d, 2, 1)
+    want = expected_indices((d.diff[2, 1].float() + 1) / 2)
+    assert np.abs(pixels(fig).astype(np.int64) - want).max() <= 1
+    assert draw.figure_bytes(fig) <= draw.MAX_BYTES

@@ -195,3 +195,13 @@ def encode_ids(model, text: str) -> torch.Tensor:
     from workbench.runs import encode
 
     return encode(model, text)[0]
+
+
+def test_compare_page_diffs_long_prompts_by_layer_in_light_figures(deep):
+    a, b = long_prompt(deep, 500, seed=7), long_prompt(deep, 500, seed=8)
+    at = _long_page("5_Compare.py", deep, **{"wb.prompt": a, "wb.prompt_b": b})
+    assert not at.exception, at.exception
+    assert any("Compare at" in c.value for c in at.caption)
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any(json.loads(s)["data"][0]["type"] == "image" for s in specs)
+    assert all(len(s) <= draw_long.MAX_BYTES for s in specs)

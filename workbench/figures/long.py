@@ -22,7 +22,8 @@ from PIL import Image
 from plotly.colors import sample_colorscale
 
 from workbench.attention import Patterns, downsample
-from workbench.figures.common import FONT, MASKED, SEQUENTIAL
+from workbench.compare import PatternDiff
+from workbench.figures.common import DIVERGING, FONT, MASKED, SEQUENTIAL
 from workbench.tokens import unique_labels
 
 HOVER_CELLS = 65_536  # up to this many cells a figure is a heatmap with hover values (256 x 256 for one head)
@@ -33,15 +34,16 @@ MASK_INDEX, GAP_INDEX = LEVELS, LEVELS + 1  # the causal mask's grey, the white 
 GAP = 4  # pixels between heads in the grid
 
 
-def _palette() -> list[int]:
-    """The 256-entry RGB palette: the weight on the sequential scale, then the mask's grey and the gap's white."""
-    colours = sample_colorscale(SEQUENTIAL, [i / (LEVELS - 1) for i in range(LEVELS)], colortype="tuple")
+def _palette(scale: str = SEQUENTIAL) -> list[int]:
+    """The 256-entry RGB palette: LEVELS colours of `scale`, then the mask's grey and the gap's white."""
+    colours = sample_colorscale(scale, [i / (LEVELS - 1) for i in range(LEVELS)], colortype="tuple")
     rgb = [round(255 * c) for colour in colours for c in colour]
     grey = [int(MASKED[k : k + 2], 16) for k in (1, 3, 5)]
     return rgb + grey + [255, 255, 255] + [0, 0, 0] * (256 - LEVELS - 2)
 
 
 PALETTE = _palette()
+DIVERGING_PALETTE = _palette(DIVERGING)  # differences: -1 red, 0 white, +1 blue, as the diverging heatmaps
 
 
 def quantize(pattern: torch.Tensor) -> np.ndarray:
@@ -56,10 +58,10 @@ def _future(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).triu(1)  # (query, key) keys after the query
 
 
-def png_uri(indices: np.ndarray) -> str:
+def png_uri(indices: np.ndarray, palette: list[int] = PALETTE) -> str:
     """A data URI of a palette PNG of a 2-D uint8 array (fast compression: the figure is made per request)."""
     image = Image.fromarray(indices, mode="L")
-    image.putpalette(PALETTE)
+    image.putpalette(palette)
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -73,8 +75,8 @@ def thinned(labels: list[str], centres: list[float] | None = None, most: int = M
     return dict(tickvals=[centres[i] for i in keep], ticktext=[f"{i} {labels[i]}" for i in keep])
 
 
-def _image_figure(indices: np.ndarray, title: str, height: int, hover: str) -> go.Figure:
-    fig = go.Figure(go.Image(source=png_uri(indices), hovertemplate=hover + "<extra></extra>"))
+def _image_figure(indices: np.ndarray, title: str, height: int, hover: str, palette: list[int] = PALETTE) -> go.Figure:
+    fig = go.Figure(go.Image(source=png_uri(indices, palette), hovertemplate=hover + "<extra></extra>"))
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=50, b=10), font=FONT, template="plotly_white")
     return fig
 
@@ -114,9 +116,22 @@ def grid_image(p: Patterns, max_bytes: int = MAX_BYTES) -> tuple[go.Figure, int]
 def head_image(p: Patterns, layer: int, head: int) -> go.Figure:
     """One head's (query, key) pattern as an image with thinned token labels, every token shown."""
     grid = p.head(layer, head)  # (query, key)
-    n = grid.shape[0]
-    labels = unique_labels(p.labels)
     fig = _image_figure(quantize(grid), f"Layer {layer}, head {head}: attention pattern", 900, "query %{y}, key %{x}")
+    return _token_axes(fig, p.labels)
+
+
+def diff_image(d: PatternDiff, layer: int, head: int) -> go.Figure:
+    """One head's pattern difference (B − A, in −1..1) as an image on the diverging scale, every token shown."""
+    grid = (d.diff[layer, head].float() + 1) / 2  # (query, key), 0..1 with no change at 0.5
+    title = f"Layer {layer}, head {head}: pattern of B minus pattern of A (red: A attends more, blue: B)"
+    fig = _image_figure(quantize(grid), title, 900, "query %{y}, key %{x}", DIVERGING_PALETTE)
+    return _token_axes(fig, d.alignment.labels())
+
+
+def _token_axes(fig: go.Figure, labels: list[str]) -> go.Figure:
+    """Thinned token labels on both axes of a (query, key) image."""
+    n = len(labels)
+    labels = unique_labels(labels)
     fig.update_xaxes(**thinned(labels), tickangle=-60, tickfont=dict(size=9), showgrid=False)
     fig.update_yaxes(**thinned(labels), tickfont=dict(size=9), showgrid=False)
     fig.update_layout(xaxis_range=[-0.5, n - 0.5], yaxis_range=[n - 0.5, -0.5])
