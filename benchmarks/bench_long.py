@@ -117,7 +117,9 @@ def _measure(model, quick: bool) -> list[Row]:
         return patching.sweep(model, setup, "resid_pre", window=(N_TOKENS - 8, N_TOKENS))
 
     def compare_view():
-        return long.pattern_diff(model, prompt, other), compare.lens_diff(model, prompt, other, with_patterns=False)
+        return long.pattern_diff(model, prompt, other), compare.lens_diff(
+            model, prompt, other, chunk=long.lens_chunk(model), with_patterns=False
+        )
 
     views = {"attention": attention_view, "lens": lens_view, "attribution": attribution_view}
     views |= {"patching": patching_view, "compare": compare_view}

@@ -49,7 +49,8 @@ with ui.guard("the comparison"):
         one = draw_long.diff_image(d, layer, head) if al.n**2 > draw_long.HOVER_CELLS else draw.pattern_diff_heatmap(d, layer, head)
         ui.figure(one, f"compare-L{layer}H{head}", d.diff[layer, head])
     with lens_tab:
-        ld = compare.lens_diff(model, prompt_a, prompt_b, with_patterns=n <= long.LONG_TOKENS)
+        short = n <= long.LONG_TOKENS
+        ld = compare.lens_diff(model, prompt_a, prompt_b, chunk=32 if short else long.lens_chunk(model), with_patterns=short)
         ui.figure(draw.lens_diff_heatmap(ld), "compare-lens", ld)
 
 view.share()

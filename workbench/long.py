@@ -63,14 +63,23 @@ def view_bytes(model: LoadedModel, n: int, view: str, chunk: int = 32) -> int:
     if view == "attribution":  # one batch of IG steps; long prompts checkpoint each block (attribution.py)
         if n > LONG_TOKENS:
             return ig_batch(model, n, checkpointed=True) * checkpointed_bytes(model, n) + _forward_bytes(model, n)
-        return ig_batch(model, n) * grad_bytes(model, n)
+        return ig_batch(model, n) * 2 * grad_bytes(model, n)
     if view == "patching":
         from workbench.patching import batch_size
 
         return batch_size(model, n) * _forward_bytes(model, n) + 2 * 4 * n * i.d_model * (i.n_layers + 1)
-    if view == "compare":  # two prompts' float16 patterns and their difference, one layer's in float32
-        return 3 * 2 * i.n_layers * i.n_heads * n * n + 3 * 4 * i.n_heads * n * n + _forward_bytes(model, n)
+    if view == "compare":  # two prompts' float16 patterns and their difference, one layer's in float32; then the lens of both
+        points = len(lens_points(model))
+        patterns = 3 * 2 * i.n_layers * i.n_heads * n * n + 3 * 4 * i.n_heads * n * n + _forward_bytes(model, n)
+        lens_both = 2 * 4 * (points * n * i.d_model + n * i.d_vocab) + 8 * 4 * points * lens_chunk(model) * i.d_vocab
+        return patterns + lens_both
     raise ValueError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
+
+
+def lens_chunk(model: LoadedModel) -> int:
+    """Positions per chunk of a long prompt's lens comparison: the ~8 live (point, chunk, vocabulary) tensors of two prompts in 1/8 of the budget."""
+    per_position = 8 * 4 * len(lens_points(model)) * model.info.d_vocab
+    return max(1, min(32, memory_budget() // 8 // per_position))
 
 
 def grad_bytes(model: LoadedModel, n: int) -> int:
@@ -79,18 +88,24 @@ def grad_bytes(model: LoadedModel, n: int) -> int:
 
 
 def checkpointed_bytes(model: LoadedModel, n: int) -> int:
-    """Bytes one sequence keeps for a backward pass with each block checkpointed: the residual stream between blocks, one block's insides."""
+    """Bytes one sequence holds in a backward pass with each block checkpointed.
+
+    The residual stream between blocks, and one block's insides recomputed with their gradients:
+    measured at ~4x what the block keeps for backward (bench_long: 4 sequences of 1,024 tokens on a
+    GPT-2 small shape peaked at +2.9 GB).
+    """
     i = model.info
-    return 4 * n * i.d_model * (i.n_layers + 1) + grad_bytes(model, n) // i.n_layers
+    return 4 * n * i.d_model * (i.n_layers + 1) + 4 * grad_bytes(model, n) // i.n_layers
 
 
 def ig_batch(model: LoadedModel, n: int, budget: int | None = None, checkpointed: bool = False) -> int:
-    """Integrated-gradients steps per forward/backward pass that fit half the memory budget (at least 1).
+    """Integrated-gradients steps per forward/backward pass that fit the memory budget (at least 1).
 
-    Half: the estimate counts what the backward pass keeps, not the transients of computing it.
+    Without checkpointing, half the budget: grad_bytes counts what the backward pass keeps, not the
+    transients of computing it (checkpointed_bytes counts those).
     """
-    budget = (memory_budget() if budget is None else budget) // 2
-    per_row = checkpointed_bytes(model, n) if checkpointed else grad_bytes(model, n)
+    budget = memory_budget() if budget is None else budget
+    per_row = checkpointed_bytes(model, n) if checkpointed else 2 * grad_bytes(model, n)
     return max(1, min(64, budget // max(1, per_row)))
 
 
