@@ -205,3 +205,11 @@ def test_compare_page_diffs_long_prompts_by_layer_in_light_figures(deep):
     specs = [c.proto.spec for c in at.get("plotly_chart")]
     assert any(json.loads(s)["data"][0]["type"] == "image" for s in specs)
     assert all(len(s) <= draw_long.MAX_BYTES for s in specs)
+
+
+def test_lens_diff_of_long_prompts_equals_the_cached_one(english):
+    a, b = long_prompt(english, 120, seed=9), long_prompt(english, 120, seed=10)
+    lean = compare.lens_diff(english, a, b, chunk=5, with_patterns=False)
+    cached = compare.lens_diff(english, a, b)
+    assert lean.top_a == cached.top_a and lean.top_b == cached.top_b
+    assert torch.allclose(lean.js, cached.js, atol=1e-5) and torch.allclose(lean.prob_a, cached.prob_a, atol=1e-5)
