@@ -161,6 +161,10 @@ def test_patching_page_offers_a_window_and_says_its_cost(deep):
     assert not at.exception, at.exception
     assert at.number_input(key="w.window_start").value == n - 32
     assert any("This sweep patches" in c.value and "cells (positions" in c.value for c in at.caption)
+    assert not at.get("plotly_chart") and not at.checkbox(key="w.long_preview").value  # the preview's backward pass only on request
+    at.checkbox(key="w.long_preview").check().run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 1 and any("Baselines" in m.value for m in at.markdown)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
