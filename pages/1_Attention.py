@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from workbench import attention, ui
+from workbench import attention, long, ui
 from workbench.figures import attention as draw
+from workbench.figures import long as draw_long
 from workbench.runs import hook_names, run_prompt
 
 view = ui.View(
@@ -12,36 +13,52 @@ view = ui.View(
     shared=("model", "prompt", "layer", "head", "pos"),
 )
 head_types_on_repeats = view.cached(attention.head_types_on_repeats, spinner="Scoring heads on repeated random tokens…")
+long_patterns = view.cached(long.patterns, entries=2, spinner="Running the long prompt, keeping each layer's patterns…")
 model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the attention patterns"):
-    run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
-    p = attention.patterns_of(run)
+    n = ui.memory_plan(model, prompt, truncate, "attention")
+    is_long = n > long.LONG_TOKENS  # long prompt: float16 patterns kept as each layer computes them, no run cache
+    if is_long:
+        p, tokens = long_patterns(model, prompt, truncate)
+    else:
+        run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
+        p, tokens = attention.patterns_of(run), run.tokens
+    labels = p.labels
     strongest = head_types_on_repeats(model).ranked("induction", 1)[0]  # the page opens on the best induction head
     layer, head = ui.head_picker(model, default=(strongest["layer"], strongest["head"]))
     ui.probe_command("attention", model, prompt=prompt, layer=layer, head=head)
     one, grid, focus, types, anatomy = st.tabs(["One head", "Every head", "Token focus", "Head types", "Anatomy of a head"])
 
+    def one_head():
+        # past HOVER_CELLS cells a heatmap's JSON gets heavy: an image of every token, without hover values
+        return draw_long.head_image(p, layer, head) if n * n > draw_long.HOVER_CELLS else draw.pattern_heatmap(p, layer, head)
+
     with one:
-        ui.figure(
-            draw.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}", p.head(layer, head), attention.pattern_rows(p, layer, head)
-        )
+        rows = None if is_long else attention.pattern_rows(p, layer, head)
+        ui.figure(one_head(), f"pattern-L{layer}H{head}", p.head(layer, head), rows)
 
     with grid:
-        fig, factor = draw.pattern_grid(p)
-        if factor > 1:
+        layers, heads, _ = p.shape
+        if layers * heads * n * n > draw_long.HOVER_CELLS:
+            fig, factor = draw_long.grid_image(p)
             st.info(
-                f"The prompt has {run.n_tokens} tokens: each small pattern shows the largest weight in every {factor}×{factor} block. Pick a head above to see it whole."
+                f"The prompt has {n} tokens: every head is drawn at every token as one image (colour: the weight; no hover "
+                f"values at this size{'' if factor == 1 else f'; each pixel the largest weight in {factor}×{factor} tokens'})."
             )
+        else:
+            fig, factor = draw.pattern_grid(p)
+            if factor > 1:
+                st.info(f"Each small pattern shows the largest weight in every {factor}×{factor} block. Pick a head above to see it whole.")
         ui.figure(fig, "patterns-all-heads", p.pattern)
         st.caption(f"Choose a layer and head above to enlarge it. Below: layer {layer}, head {head}.")
-        ui.figure(draw.pattern_heatmap(p, layer, head), f"pattern-L{layer}H{head}-enlarged", p.head(layer, head))
+        ui.figure(one_head(), f"pattern-L{layer}H{head}-enlarged", p.head(layer, head))
 
     with focus:
-        position = ui.position_picker(run.labels, "Position")
+        position = ui.position_picker(labels, "Position")
         f = attention.token_focus(p, position)
-        ui.figure(draw.token_focus_figure(f, run.labels), f"token-focus-{position}", f)
+        ui.figure(draw.token_focus_figure(f, labels), f"token-focus-{position}", f)
 
     with types:
         st.markdown(
@@ -49,7 +66,7 @@ with ui.guard("the attention patterns"):
             "the same token (duplicate), the token after an earlier copy (induction), the first token (the attention sink); "
             "and each head's mean attention entropy."
         )
-        on_prompt = attention.head_types(model, run)
+        on_prompt = long.head_types(model, p, tokens) if is_long else attention.head_types(model, run)
         ui.figure(draw.head_types_heatmap(on_prompt), "head-types-prompt", on_prompt, on_prompt.rows())
         repeats = head_types_on_repeats(model)
         ui.figure(draw.head_types_heatmap(repeats), "head-types-repeats", repeats, repeats.rows())
@@ -61,7 +78,7 @@ with ui.guard("the attention patterns"):
         c2.dataframe(repeats.ranked(kind, 10), hide_index=True)
 
     with anatomy:
-        query = ui.position_picker(run.labels, "Query position", key="w.anatomy_query")
+        query = ui.position_picker(labels, "Query position", key="w.anatomy_query")
         a = attention.head_anatomy(model, prompt, layer, head, query, truncate=truncate)
         st.latex(r"\mathrm{head}(x_i) = \mathrm{softmax}\!\left(\frac{q_i K^\top}{\sqrt{d_\mathrm{head}}} + \mathrm{mask}\right) V \; W_O")
         ui.figure(draw.anatomy_figure(a), f"anatomy-L{layer}H{head}-q{query}", a)

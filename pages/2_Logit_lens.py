@@ -19,6 +19,7 @@ model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the lens"):
+    ui.memory_plan(model, prompt, truncate, "lens")
     run = run_prompt(model, prompt, truncate=truncate)
     tuned = tuned_lens(model)
     position = ui.position_picker(run.labels, "Position (whose next token is read)")

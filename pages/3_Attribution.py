@@ -26,6 +26,7 @@ model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the attribution"):
+    ui.memory_plan(model, prompt, truncate, "attribution")
     run = run_prompt(model, prompt, truncate=truncate)
     if run.truncated:
         st.warning("Attribution runs on the whole prompt: shorten it to fit the context.")
@@ -49,7 +50,14 @@ with ui.guard("the attribution"):
             key=view.key("baseline"),
             help="integrated gradients starts from it; feature ablation swaps tokens for it",
         )
-        steps = c3.number_input("Integration steps", 2, 512, 32, key=view.key("steps"))
+        steps = c3.number_input(
+            "Integration steps",
+            2,
+            512,
+            32,
+            key=view.key("steps"),
+            help="the adaptive method: at most this many, it stops at 1% completeness error",
+        )
         st.form_submit_button("Attribute", type="primary")
     answer = attribution.parse_answer(model, kind, top.ids[0], typed, wrong)
     ui.probe_command(
@@ -60,11 +68,11 @@ with ui.guard("the attribution"):
     inputs, components = st.tabs(["Input tokens (captum)", "Components (direct logit attribution)"])
     with inputs:
         a = attribution.input_attribution(model, prompt, answer, method=method, baseline=baseline, steps=int(steps))
-        if method == "integrated gradients":
+        if method.startswith("integrated gradients"):
             gap = a.completeness_gap()
             st.markdown(
                 f"**Completeness**: attributions sum to {float(a.scores.nansum(-1)[0]):.4f}; metric(input) − metric(baseline) = "
-                f"{float(a.metric[0] - a.metric_baseline[0]):.4f}; convergence delta {a.max_delta():.2e}."
+                f"{float(a.metric[0] - a.metric_baseline[0]):.4f}; convergence delta {a.max_delta():.2e}; {a.steps} gradient evaluations."
             )
             more = attribution.suggested_steps(a)
             if more:

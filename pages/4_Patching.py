@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench import methods, patching, paths, ui
+from workbench import long, methods, patching, paths, ui
 from workbench.figures import methods as draw_methods
 from workbench.figures import patching as draw
 from workbench.tokens import single_token_id
@@ -80,30 +80,50 @@ with ui.guard("the patching"):
         site=site,
     )
 
-    preview = patching.attribution_sweep(model, setup, site, direction)
-    st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
-    if preview.note:
-        st.warning(preview.note[0].upper() + preview.note[1:] + ".")
-    exact = exact_sweep.peek(model, setup, site, direction)
+    n = len(cmp.labels_a)
+    window = None
+    if n > long.LONG_TOKENS and "position" in patching.SITES[site].axes:
+        # a long prompt: sweep a window of positions (by default the last 32), its cost said before it runs
+        w1, w2 = st.columns(2)
+        start = int(w1.number_input("Window: first position", 0, n - 1, max(0, n - 32), key="w.window_start"))
+        stop = int(w2.number_input("Window: last position", start, n - 1, n - 1, key="w.window_stop"))
+        window = (start, stop + 1)
+    st.caption(long.sweep_cost(model, n, site, window).message())
+
+    preview = None
+    # a long prompt's preview is a backward pass through the whole model (~1.5x a full cache): only on request
+    backward_mb = 1.5 * long.full_cache_bytes(model, n) / 2**20
+    if n <= long.LONG_TOKENS or st.checkbox(
+        f"Run the attribution-patching preview (a backward pass: about {backward_mb:,.0f} MB)", key="w.long_preview"
+    ):
+        preview = patching.attribution_sweep(model, setup, site, direction)
+        st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
+        if preview.note:
+            st.warning(preview.note[0].upper() + preview.note[1:] + ".")
+    exact = exact_sweep.peek(model, setup, site, direction, window=window)
 
     left, right = st.columns(2)
     with left:
         st.markdown("**Preview: attribution patching** (one forward and one backward pass; ranks cells, misjudges sizes)")
-        ui.figure(draw.patching_heatmap(preview, "Attribution patching estimate"), f"patching-estimate-{site}", preview, preview.rows())
+        if preview is None:
+            st.caption("Not run for a long prompt unless asked above.")
+        else:
+            ui.figure(draw.patching_heatmap(preview, "Attribution patching estimate"), f"patching-estimate-{site}", preview, preview.rows())
     with right:
         st.markdown("**Exact sweep** (one patched run per cell, batched)")
         if exact is None and st.button("Run the exact sweep", type="primary", key="w.run_exact"):
             with ui.progress("The exact sweep") as report:
-                exact = exact_sweep(model, setup, site, direction, progress=report)
+                exact = exact_sweep(model, setup, site, direction, progress=report, window=window)
         if exact is not None:
             if exact.path != "engine":
                 st.info(f"Computed through the model's own hooks, not the fast engine: {exact.note}.")
             ui.figure(draw.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
-            st.caption(f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}")
+            if preview is not None:
+                st.caption(f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}")
     if exact is not None:
         st.markdown("**The cells that move the metric most**")
         st.dataframe(exact.ranked(10), hide_index=True)
-    elif st.button("Exact-check the preview's top 5 cells", key="w.exact_top"):
+    elif preview is not None and st.button("Exact-check the preview's top 5 cells", key="w.exact_top"):
         st.dataframe(patching.exact_cells(model, preview, 5), hide_index=True)
 
     with st.expander("A dataset of prompt pairs (mean and spread)"):

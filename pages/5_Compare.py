@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from workbench import compare, ui
+from workbench import compare, long, ui
 from workbench.figures import compare as draw
+from workbench.figures import long as draw_long
 
 PROMPT_B = "wb.prompt_b"  # the second prompt (A is the shared prompt); not a widget key: the form commits it
 view = ui.View(
@@ -28,7 +29,9 @@ with st.form("compare_form"):
 prompt_a, prompt_b = st.session_state[ui.PROMPT], st.session_state[PROMPT_B]
 
 with ui.guard("the comparison"):
-    d = compare.pattern_diff(model, prompt_a, prompt_b)
+    n = max(ui.memory_plan(model, prompt_a, False, "compare"), long.n_tokens(model, prompt_b))
+    # long prompts: float16 patterns, the difference taken a layer at a time (no run cache of every pattern)
+    d = long.pattern_diff(model, prompt_a, prompt_b) if n > long.LONG_TOKENS else compare.pattern_diff(model, prompt_a, prompt_b)
     al = d.alignment
     ui.token_rows(al.labels_a, al.labels_b, al.differ, names=("A", "B"))
     if not al.same_length:
@@ -42,9 +45,12 @@ with ui.guard("the comparison"):
     attn, lens_tab = st.tabs(["Attention", "Logit lens"])
     with attn:
         ui.figure(draw.head_change_heatmap(d), "compare-heads", d.change)
-        ui.figure(draw.pattern_diff_heatmap(d, layer, head), f"compare-L{layer}H{head}", d.diff[layer, head])
+        # past HOVER_CELLS cells a heatmap's JSON gets heavy: an image of every token, without hover values
+        one = draw_long.diff_image(d, layer, head) if al.n**2 > draw_long.HOVER_CELLS else draw.pattern_diff_heatmap(d, layer, head)
+        ui.figure(one, f"compare-L{layer}H{head}", d.diff[layer, head])
     with lens_tab:
-        ld = compare.lens_diff(model, prompt_a, prompt_b)
+        short = n <= long.LONG_TOKENS
+        ld = compare.lens_diff(model, prompt_a, prompt_b, chunk=32 if short else long.lens_chunk(model), with_patterns=short)
         ui.figure(draw.lens_diff_heatmap(ld), "compare-lens", ld)
 
 view.share()

@@ -5,7 +5,8 @@ Input attribution (captum) scores each input token for a metric of the output:
   difference: the answer's logit minus the wrong token's;
 - Integrated Gradients integrates the gradient along a straight path from a baseline to the
   input's token embeddings; its attributions add up to metric(input) − metric(baseline)
-  (completeness), and captum's convergence delta is the gap;
+  (completeness), and captum's convergence delta is the gap. The adaptive variant (ig.py) grows
+  its Gauss-Legendre rule (8, 16, ... nodes, at most `steps`) until the gap is at most 1%;
 - Saliency is the gradient's norm per token (unsigned); Input × Gradient is embedding · gradient;
 - Feature Ablation replaces one token's embedding at a time with the baseline's and records the drop.
 Baselines: "zeros" is the zero vector in place of each token's embedding (BOS stays), "BOS token"
@@ -30,14 +31,17 @@ from dataclasses import dataclass, field
 
 import torch
 from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, Saliency
+from torch.utils.checkpoint import checkpoint
 
+from workbench import engine, ig
 from workbench.errors import InputError
 from workbench.lens import lens_points
 from workbench.model import LoadedModel
 from workbench.runs import activation_cache, check_position, check_token_ids, encode, hook_names, provenance, run_prompt, run_tokens
 from workbench.tokens import single_token_id, token_labels
 
-METHODS = ("integrated gradients", "saliency", "input × gradient", "feature ablation")
+METHODS = ("integrated gradients", "integrated gradients (adaptive)", "saliency", "input × gradient", "feature ablation")
+ADAPTIVE_TOLERANCE = 0.01  # the adaptive method's completeness error, relative to metric(input) − metric(baseline)
 BASELINES = ("zeros", "BOS token", "mask token")
 
 
@@ -114,6 +118,32 @@ def _embed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: in
     return forward
 
 
+def _checkpointed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: int | None):
+    """_embed_forward's function through the forward engine, each block checkpointed (for long prompts).
+
+    A backward pass through the model keeps every block's insides (a 1,024-token GPT-2 small: ~2 GB
+    a sequence, most of it attention scores); checkpointing keeps only the residual stream between
+    blocks and recomputes one block's insides when the backward pass reaches it (about one more
+    forward pass of time), so several IG steps fit the budget. Raises engine.Unsupported for a
+    family the engine does not know.
+    """
+    w = engine.weights_of(model)
+    t = ids.to(w.W_E.device)[None]  # (1, pos)
+    with torch.no_grad():
+        offset = engine.embed(w, t) - w.W_E[t] * w.embed_scale  # (1, pos, d_model): learned positions, else zeros
+    last = w.n_layers - 1
+
+    def forward(embeds: torch.Tensor) -> torch.Tensor:
+        x = embeds.to(offset.device) + offset  # (batch, pos, d_model), the residual stream before block 0
+        run = engine._Run((), ())
+        for index in range(w.n_layers):
+            x = checkpoint(engine.block, w, index, x, run, index == last, use_reentrant=False)  # (batch, d_model) after the last
+        logits = w.ln_final(x) @ w.W_U + (w.b_U if w.b_U is not None else 0)  # (batch, d_vocab)
+        return metric_of(logits.float(), answer, wrong)
+
+    return forward
+
+
 def token_embeddings(model: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     """(1, pos, d_model) what hook_embed carries for ids (pos,)."""
     _, cache = run_tokens(model, ids[None], ["hook_embed"], last_only=True)
@@ -142,12 +172,13 @@ def input_attribution(
     method: str = "integrated gradients",
     baseline: str = "zeros",
     steps: int = 32,
-    internal_batch_size: int = 64,
+    internal_batch_size: int | None = None,
 ) -> InputAttribution:
     """Attributes the answer's metric to every input token (see the module doc).
 
-    Integrated gradients runs its steps `internal_batch_size` at a time: one batch for the usual
-    step counts, bounded memory for large ones (captum's default puts every step in one batch).
+    Integrated gradients runs its steps `internal_batch_size` at a time (default: as many as the
+    memory budget allows for this prompt's length, see long.ig_batch; captum's default puts every
+    step in one batch, which a long prompt cannot afford).
     """
     if method not in METHODS:
         raise InputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
@@ -160,16 +191,25 @@ def input_attribution(
     check_token_ids(model, [*answer.tokens, *(() if answer.wrong is None else (answer.wrong,))], "answer and wrong token")
     base_id = baseline_token(model, baseline)
     ids, _ = encode(model, prompt)
+    from workbench.long import LONG_TOKENS, ig_batch  # imported here: long imports the views that import this module
+
+    n_full = len(ids) + len(answer.tokens) - 1
+    checkpointed = n_full > LONG_TOKENS and method != "feature ablation" and _engine_ok(model)
+    if internal_batch_size is None:
+        internal_batch_size = ig_batch(model, n_full, checkpointed=checkpointed)
     full = torch.cat([ids, torch.tensor(answer.tokens[:-1], dtype=torch.long)])
     if len(full) > model.info.n_ctx:
         raise InputError(f"the prompt and continuation are {len(full)} tokens, more than the context ({model.info.n_ctx}); shorten them")
     n = len(full)
     scores = torch.full((len(answer.tokens), n), float("nan"))
     metric, metric_base, delta = (torch.full((len(answer.tokens),), float("nan")) for _ in range(3))
+    used = [steps] * len(answer.tokens)  # gradient evaluations per answer token (the adaptive method picks its own)
     with model.lock:
         for t, token in enumerate(answer.tokens):
             ctx = full[: len(ids) + t]  # (pos_t,)
             forward = _embed_forward(model, ctx, token, answer.wrong)
+            if checkpointed:
+                forward = _checkpointed_forward(model, ctx, token, answer.wrong)
             inputs = token_embeddings(model, ctx).requires_grad_(True)  # (1, pos_t, d_model)
             zeros = base_id is None
             base = torch.zeros_like(inputs).detach() if zeros else token_embeddings(model, torch.full_like(ctx, base_id))
@@ -188,6 +228,11 @@ def input_attribution(
                 )
                 scores[t, : len(ctx)] = attr[0].sum(-1).detach().cpu()
                 delta[t] = d.detach().cpu()[0]
+            elif method == "integrated gradients (adaptive)":
+                r = ig.integrated_gradients(forward, inputs.detach(), base, ADAPTIVE_TOLERANCE, max_points=steps, batch=internal_batch_size)
+                scores[t, : len(ctx)] = r.attributions[0].sum(-1).cpu()
+                delta[t] = r.error if r.f_input >= r.f_baseline else -r.error  # same meaning as captum's: |sum - gap|
+                used[t] = r.points
             elif method == "saliency":
                 attr = Saliency(forward).attribute(inputs, abs=False)
                 scores[t, : len(ctx)] = attr[0].norm(dim=-1).detach().cpu()
@@ -200,8 +245,8 @@ def input_attribution(
     answer_labels = token_labels(model.tokenizer, [*answer.tokens, *(() if answer.wrong is None else (answer.wrong,))])
     return InputAttribution(
         method=method,
-        baseline=baseline if method in ("integrated gradients", "feature ablation") else "",
-        steps=steps if method == "integrated gradients" else 0,
+        baseline=baseline if method in ("integrated gradients", "integrated gradients (adaptive)", "feature ablation") else "",
+        steps=max(used) if method.startswith("integrated gradients") else 0,
         metric_label=answer.describe(answer_labels),
         answer_labels=answer_labels[: len(answer.tokens)],
         labels=token_labels(model.tokenizer, full.tolist()),
@@ -216,6 +261,14 @@ def input_attribution(
             model, [prompt], method=method, baseline=baseline, steps=steps, answer=list(answer.tokens), wrong=answer.wrong
         ),
     )
+
+
+def _engine_ok(model: LoadedModel) -> bool:
+    try:
+        engine.weights_of(model)
+    except engine.Unsupported:
+        return False
+    return True
 
 
 def suggested_steps(result: InputAttribution, tolerance: float = 0.05) -> int | None:

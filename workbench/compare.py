@@ -14,7 +14,7 @@ import torch
 
 from workbench import lens as lens_
 from workbench.model import LoadedModel
-from workbench.runs import Run, hook_names, provenance, run_prompt
+from workbench.runs import Run, encode, hook_names, provenance, run_prompt, run_tokens
 from workbench.tokens import Alignment, align, token_labels
 
 
@@ -61,12 +61,29 @@ class LensDiff:
     provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
 
-def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32) -> LensDiff:
+def _residuals_only(model: LoadedModel, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """((point, pos, d_model) residual stream at the lens points, (pos,) tokens) of one uncached run."""
+    tokens, _ = encode(model, prompt)
+    names = [name for _, name in lens_.lens_points(model)]
+    _, cache = run_tokens(model, tokens[None], names, last_only=True)
+    return torch.stack([cache[n][0] for n in names]).float().cpu(), tokens
+
+
+def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32, with_patterns: bool = True) -> LensDiff:
+    """`with_patterns`: run the prompts (cached) with the patterns too, so that pattern_diff shares the runs.
+
+    False, for long prompts: each prompt runs once, uncached, keeping only the residual stream at
+    the lens points and the last position's logits.
+    """
     points = lens_.lens_points(model)
-    names = _names(model)
-    run_a, run_b = run_prompt(model, prompt_a, names), run_prompt(model, prompt_b, names)
-    al = align_runs(model, run_a, run_b)
-    ra, rb = lens_.residuals(run_a, model)[:, : al.n], lens_.residuals(run_b, model)[:, : al.n]  # (point, n, d_model)
+    if with_patterns:
+        run_a, run_b = run_prompt(model, prompt_a, _names(model)), run_prompt(model, prompt_b, _names(model))
+        al = align_runs(model, run_a, run_b)
+        ra, rb = lens_.residuals(run_a, model)[:, : al.n], lens_.residuals(run_b, model)[:, : al.n]  # (point, n, d_model)
+    else:
+        (ra, ta), (rb, tb) = _residuals_only(model, prompt_a), _residuals_only(model, prompt_b)
+        al = align(model.tokenizer, ta, tb)
+        ra, rb = ra[:, : al.n], rb[:, : al.n]  # (point, n, d_model)
     tops_a, tops_b, probs_a, probs_b, js = [], [], [], [], []
     chunks_a, chunks_b = lens_.read_chunks(model, ra, chunk), lens_.read_chunks(model, rb, chunk)
     for (_, logits_a), (_, logits_b) in lens_.no_grad_chunks(zip(chunks_a, chunks_b, strict=True)):

@@ -370,14 +370,25 @@ def _check_hook_reaches_output(model: LoadedModel, site: Site, ids: torch.Tensor
         )
 
 
-def _passes(s: Site, cells: list[tuple[int, ...]], per_batch: int, n_tokens: int) -> list[list[int]]:
+def window_cells(s: Site, cells: list[tuple[int, ...]], window: tuple[int, int] | None, n_tokens: int) -> list[int]:
+    """Indices of the cells to patch: all, or those whose position is in [start, stop) of `window`."""
+    if window is None or "position" not in s.axes:
+        return list(range(len(cells)))
+    start, stop = window
+    if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n_tokens):
+        raise InputError(f"the window of positions must satisfy 0 <= start < stop <= {n_tokens}, got {start}..{stop}")
+    axis = s.axes.index("position")
+    return [i for i, c in enumerate(cells) if start <= c[axis] < stop]
+
+
+def _passes(s: Site, cells: list[tuple[int, ...]], per_batch: int, n_tokens: int, keep: list[int] | None = None) -> list[list[int]]:
     """Cells grouped into batched passes of at most `per_batch`, each sorted by layer.
 
     One pass holds the cells of every layer (each patched run joins the batch at its own layer);
     for sites with positions, a pass spans 1/SPLIT of the prompt, so that its runs can start at
     its first position (by causality nothing before it changes).
     """
-    order = sorted(range(len(cells)), key=lambda i: cells[i][0])  # by layer, stable
+    order = sorted(range(len(cells)) if keep is None else keep, key=lambda i: cells[i][0])  # by layer, stable
     groups = [order]
     if "position" in s.axes:
         axis, span = s.axes.index("position"), max(1, -(-n_tokens // SPLIT))
@@ -416,29 +427,35 @@ def sweep(
     site: str = "resid_pre",
     direction: str = "denoising",
     progress: Callable[[int, int], bool | None] | None = None,
+    window: tuple[int, int] | None = None,
 ) -> PatchResult:
-    """Patches every cell of `site`; `progress(done, total)` is called after each batch and may return False to cancel."""
+    """Patches every cell of `site`; `progress(done, total)` is called after each batch and may return False to cancel.
+
+    `window` (start, stop): patch only positions start <= position < stop (a long prompt's
+    region of interest); the other positions' values are NaN.
+    """
     s = _site(site)
     _check_direction(direction)
     runs = _prepare(model, setup, s, direction)
     pos = len(runs.labels)
     cells = s.cells(model, pos)
-    raw = torch.empty(len(cells))
+    keep = window_cells(s, cells, window, pos)
+    raw = torch.full((len(cells),), float("nan"))
     done = 0
     per_batch = batch_size(model, pos)
     w = runs.weights
     device = w.W_U.device if w is not None else model.device
     columns = None if setup.columns() is None else torch.tensor(setup.columns(), device=device)
     if w is not None:
-        for chunk in _passes(s, cells, per_batch, pos):
+        for chunk in _passes(s, cells, per_batch, pos, keep):
             chunk = sorted(chunk, key=lambda i: cells[i][0])  # the rows' order in the pass: by layer
             raw[chunk] = setup.value_of_columns(_engine_pass(s, cells, chunk, runs, columns)).float().cpu()
             done += len(chunk)
-            if progress is not None and progress(done, len(cells)) is False:
-                raise InputError(f"the sweep was cancelled after {done} of {len(cells)} cells")
+            if progress is not None and progress(done, len(keep)) is False:
+                raise InputError(f"the sweep was cancelled after {done} of {len(keep)} cells")
         return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
     for layer in range(model.info.n_layers):
-        in_layer = [i for i, c in enumerate(cells) if c[0] == layer]
+        in_layer = [i for i in keep if cells[i][0] == layer]
         source = runs.source[s.hook(layer)].float().to(device)
         for start in range(0, len(in_layer), per_batch):
             chunk = in_layer[start : start + per_batch]
@@ -451,8 +468,8 @@ def sweep(
             logits, _ = run_tokens(model, tokens, hooks=[(edit.hook, patch)], last_only=True)
             raw[chunk] = setup.value(logits[:, -1].float()).cpu()
             done += len(chunk)
-            if progress is not None and progress(done, len(cells)) is False:
-                raise InputError(f"the sweep was cancelled after {done} of {len(cells)} cells")
+            if progress is not None and progress(done, len(keep)) is False:
+                raise InputError(f"the sweep was cancelled after {done} of {len(keep)} cells")
     return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
 
 

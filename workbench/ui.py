@@ -559,3 +559,13 @@ def probe_command(probe: str, model: LoadedModel, **options) -> None:
                 parts += [flag, str(v)]
     with st.expander("Reproduce as a probe"):
         st.code(" ".join(shlex.quote(p) for p in parts), language="bash")
+
+
+def memory_plan(model: LoadedModel, prompt: str, truncate: bool, view: str) -> int:
+    """Says, before the view runs, what it will hold for this prompt and what the budget allows (long.plan); returns the length in tokens."""
+    from workbench import long
+
+    n = long.n_tokens(model, prompt, truncate)
+    plan = long.plan(model, n, view)
+    (st.caption if plan.fits else st.warning)(plan.message())
+    return n

@@ -7,6 +7,7 @@ from plotly.subplots import make_subplots
 
 from workbench.figures.common import layout, point_position_figure, probability
 from workbench.lens import LensResult
+from workbench.long import LONG_TOKENS
 from workbench.tokens import unique_labels
 
 DASH = {"logit lens": "solid", "tuned lens": "dot"}  # one line style per lens, the same in every figure
@@ -15,7 +16,7 @@ DASH = {"logit lens": "solid", "tuned lens": "dot"}  # one line style per lens, 
 def lens_heatmap(r: LensResult) -> go.Figure:
     """Points (rows, bottom to top as the stream flows) x positions: the top-1 token and its probability."""
     cols = unique_labels(r.labels)
-    k = r.top_probs.shape[-1]
+    k = r.top_probs.shape[-1] if len(cols) <= LONG_TOKENS else 1  # long prompts: the top-1 only, to keep the figure light
     hover = [
         [
             "<br>".join(f"{r.top_labels[i][j][t]} {float(r.top_probs[i, j, t]):.3f}" for t in range(k))

@@ -1,0 +1,258 @@
+"""Long prompts: every view at ~1,024 tokens within the memory budget, by asking only for what it reads.
+
+A full activation cache grows with the square of the prompt: at 1,024 tokens a GPT-2-small-shaped
+model's attention patterns alone are 12 layers x 12 heads x 1,024² floats (604 MB in float32),
+and every hook of the model together about 2 GB, twice that while the run computes it. So a long
+prompt never asks for the whole cache. Each view asks the run layer for what it draws:
+- attention: every layer's patterns, kept in float16 as each layer computes them (one hook per
+  layer, the last position's logits only), so the float32 patterns of only one layer are alive
+  at a time; the head-type scores are taken a layer at a time;
+- lens: the residual stream at the lens points (points x positions x d_model), read through the
+  unembedding a chunk of positions at a time (lens.py), never points x positions x vocabulary;
+- attribution: integrated gradients' steps in batches that fit the budget (`ig_batch`), each
+  block checkpointed through the forward engine so that a backward pass keeps only the residual
+  stream between blocks (attribution.py);
+- patching: a chosen window of positions (`patching.sweep(window=...)`), its cost shown first;
+- compare: both prompts' patterns in float16, their difference taken a layer at a time.
+
+`plan(model, n_tokens, view)` says, before anything runs, what a view will hold at this length,
+what a full cache would hold, and the longest prompt the budget allows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import torch
+
+from workbench.attention import HeadTypes, Patterns, head_types_of
+from workbench.compare import PatternDiff
+from workbench.lens import lens_points
+from workbench.model import LoadedModel
+from workbench.runs import all_hook_names, encode, estimate_bytes, hook_names, memory_budget, provenance, run_tokens
+from workbench.tokens import align, token_labels
+
+
+def _map_large_allocations() -> None:
+    """Makes glibc give every allocation over 1 MB its own mapping, returned to the system when freed.
+
+    By default glibc raises this threshold (up to 32 MB) after large frees, so a long prompt's
+    chunked tensors of 5-32 MB land in the heap, interleaved with the small results kept from each
+    chunk, and the heap fragments: the lens difference of two 1,024-token prompts on a GPT-2-small
+    shape grew to +5.5 GB this way (+14 MB per chunk), where its live tensors are under 1 GB.
+    A fixed threshold turns the dynamic adjustment off. No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 2**20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_map_large_allocations()
+
+LONG_TOKENS = 256  # prompts longer than this switch a page to its long-prompt views
+VIEWS = ("attention", "lens", "attribution", "patching", "compare")
+KEEP_DTYPE = torch.float16  # patterns of long prompts: 3 significant digits, half float32's memory
+
+
+def _bytes(dtype_name: str) -> int:
+    return 2 if dtype_name in ("float16", "bfloat16") else 8 if dtype_name == "float64" else 4
+
+
+def full_cache_bytes(model: LoadedModel, n_tokens: int) -> int:
+    """Bytes of every activation of the model, and the logits, for one prompt of n_tokens (what a full cache holds)."""
+    return estimate_bytes(model, n_tokens, all_hook_names(model)) // 2  # estimate_bytes counts the run's transient copy too
+
+
+def _forward_bytes(model: LoadedModel, n: int) -> int:
+    """Bytes alive in one block while a plain forward pass runs (no cache): residual copies, MLP, one layer's scores."""
+    i = model.info
+    return 4 * n * (6 * i.d_model + 3 * i.d_mlp + 3 * i.n_heads * n)
+
+
+def view_bytes(model: LoadedModel, n: int, view: str, chunk: int = 32) -> int:
+    """Estimated peak bytes a view holds for a prompt of n tokens in long-prompt mode (see the module doc)."""
+    i = model.info
+    if view == "attention":  # float16 patterns of every layer, plus the forward pass
+        return 2 * i.n_layers * i.n_heads * n * n + _forward_bytes(model, n)
+    if view == "lens":  # residual points, the run's logits, and one chunk's readout (logits, log-probs, probs)
+        points = len(lens_points(model))
+        return 4 * (points * n * i.d_model + n * i.d_vocab + 3 * points * min(chunk, n) * i.d_vocab) + _forward_bytes(model, n)
+    if view == "attribution":  # one batch of IG steps; long prompts checkpoint each block (attribution.py)
+        if n > LONG_TOKENS:
+            return ig_batch(model, n, checkpointed=True) * checkpointed_bytes(model, n) + _forward_bytes(model, n)
+        return ig_batch(model, n) * 2 * grad_bytes(model, n)
+    if view == "patching":
+        from workbench.patching import batch_size
+
+        return batch_size(model, n) * _forward_bytes(model, n) + 2 * 4 * n * i.d_model * (i.n_layers + 1)
+    if view == "compare":  # two prompts' float16 patterns and their difference, one layer's in float32; then the lens of both
+        points = len(lens_points(model))
+        patterns = 3 * 2 * i.n_layers * i.n_heads * n * n + 3 * 4 * i.n_heads * n * n + _forward_bytes(model, n)
+        lens_both = 2 * 4 * (points * n * i.d_model + n * i.d_vocab) + 8 * 4 * points * lens_chunk(model) * i.d_vocab
+        return patterns + lens_both
+    raise ValueError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
+
+
+def lens_chunk(model: LoadedModel) -> int:
+    """Positions per chunk of a long prompt's lens comparison: the ~8 live (point, chunk, vocabulary) tensors of two prompts in 1/8 of the budget."""
+    per_position = 8 * 4 * len(lens_points(model)) * model.info.d_vocab
+    return max(1, min(32, memory_budget() // 8 // per_position))
+
+
+def grad_bytes(model: LoadedModel, n: int) -> int:
+    """Bytes one sequence of n tokens keeps for its backward pass: about every activation, once."""
+    return full_cache_bytes(model, n)
+
+
+def checkpointed_bytes(model: LoadedModel, n: int) -> int:
+    """Bytes one sequence holds in a backward pass with each block checkpointed.
+
+    The residual stream between blocks, and one block's insides recomputed with their gradients:
+    measured at ~4x what the block keeps for backward (bench_long: 4 sequences of 1,024 tokens on a
+    GPT-2 small shape peaked at +2.9 GB).
+    """
+    i = model.info
+    return 4 * n * i.d_model * (i.n_layers + 1) + 4 * grad_bytes(model, n) // i.n_layers
+
+
+def ig_batch(model: LoadedModel, n: int, budget: int | None = None, checkpointed: bool = False) -> int:
+    """Integrated-gradients steps per forward/backward pass that fit the memory budget (at least 1).
+
+    Without checkpointing, half the budget: grad_bytes counts what the backward pass keeps, not the
+    transients of computing it (checkpointed_bytes counts those).
+    """
+    budget = memory_budget() if budget is None else budget
+    per_row = checkpointed_bytes(model, n) if checkpointed else 2 * grad_bytes(model, n)
+    return max(1, min(64, budget // max(1, per_row)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a view will hold for a prompt, said before it runs."""
+
+    view: str
+    n_tokens: int
+    view_bytes: int  # this view's estimated peak in long-prompt mode
+    full_cache_bytes: int  # every activation of the model at this length, for comparison
+    budget: int  # this server's budget (WORKBENCH_MEMORY_MB)
+    max_tokens: int  # the longest prompt (up to the context) whose view fits the budget
+
+    @property
+    def fits(self) -> bool:
+        return self.view_bytes <= self.budget
+
+    def message(self) -> str:
+        mb = 2**20
+        fit = "fits" if self.fits else "does NOT fit"
+        return (
+            f"{self.view.capitalize()} at {self.n_tokens:,} tokens holds about {self.view_bytes / mb:,.0f} MB "
+            f"(a full cache would hold {self.full_cache_bytes / mb:,.0f} MB): it {fit} this server's budget of "
+            f"{self.budget / mb:,.0f} MB, which allows this view up to {self.max_tokens:,} tokens."
+        )
+
+
+def plan(model: LoadedModel, n_tokens: int, view: str) -> Plan:
+    budget = memory_budget()
+    lo, hi = 1, model.info.n_ctx
+    if view_bytes(model, hi, view) <= budget:
+        lo = hi
+    else:  # the longest length that fits: view_bytes grows with n
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if view_bytes(model, mid, view) <= budget else (lo, mid - 1)
+    return Plan(view, n_tokens, view_bytes(model, n_tokens, view), full_cache_bytes(model, n_tokens), budget, lo)
+
+
+def n_tokens(model: LoadedModel, prompt: str, truncate: bool = False) -> int:
+    """The prompt's length in tokens (BOS included), as a run would see it."""
+    return len(encode(model, prompt, truncate)[0])
+
+
+# ---- attention --------------------------------------------------------------------------------------
+
+
+def patterns(model: LoadedModel, prompt: str, truncate: bool = False) -> tuple[Patterns, torch.Tensor]:
+    """(every head's pattern kept in float16, the tokens (pos,)) from one forward pass, without the run cache.
+
+    Each layer's hook copies its (head, query, key) pattern to float16 on the CPU as it is computed
+    and keeps nothing else; the logits are computed for the last position only.
+    """
+    tokens, _ = encode(model, prompt, truncate)
+    names = hook_names(model, "attn.hook_pattern")
+    kept: dict[str, torch.Tensor] = {}
+
+    def keeper(name: str):
+        def keep(act: torch.Tensor, hook) -> None:
+            kept[name] = act[0].detach().to("cpu", KEEP_DTYPE)  # (head, query, key)
+
+        return keep
+
+    run_tokens(model, tokens[None], hooks=[(n, keeper(n)) for n in names], last_only=True)
+    pattern = torch.stack([kept[n] for n in names])  # (layer, head, query, key) float16
+    labels = token_labels(model.tokenizer, tokens.tolist())
+    p = Patterns(
+        model.info.name, prompt, labels, pattern, provenance(model, [prompt], view="attention patterns (long prompt)", dtype="float16")
+    )
+    return p, tokens
+
+
+def head_types(model: LoadedModel, p: Patterns, tokens: torch.Tensor) -> HeadTypes:
+    """attention.head_types on a long prompt: scored one layer at a time in float32."""
+    per_layer = [head_types_of(p.pattern[layer : layer + 1].float(), tokens) for layer in range(p.pattern.shape[0])]
+    scores = {k: torch.cat([h.scores[k] for h in per_layer]) for k in per_layer[0].scores}
+    return HeadTypes("prompt", scores, provenance(model, [p.prompt], view="head types (long prompt)"))
+
+
+# ---- compare ----------------------------------------------------------------------------------------
+
+
+def pattern_diff(model: LoadedModel, prompt_a: str, prompt_b: str) -> PatternDiff:
+    """compare.pattern_diff for long prompts: float16 patterns, the change per head taken a layer at a time."""
+    pa, ta = patterns(model, prompt_a)
+    pb, tb = patterns(model, prompt_b)
+    al = align(model.tokenizer, ta, tb)
+    n = al.n
+    a, b = pa.pattern[..., :n, :n], pb.pattern[..., :n, :n]  # (layer, head, n, n) float16
+    diff = torch.empty_like(a)
+    change = torch.empty(a.shape[:2])  # (layer, head)
+    for layer in range(a.shape[0]):
+        d = b[layer].float() - a[layer].float()  # (head, n, n)
+        diff[layer] = d.to(KEEP_DTYPE)
+        change[layer] = 0.5 * d.abs().sum(-1).mean(-1)  # total variation distance of each row, mean over queries
+    return PatternDiff(al, a, b, diff, change, provenance(model, [prompt_a, prompt_b], view="pattern difference (long prompts)"))
+
+
+# ---- patching ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepCost:
+    """What a patching sweep will run, said before it runs."""
+
+    site: str
+    window: tuple[int, int] | None  # positions start..stop-1, or None for all
+    cells: int  # patched runs
+    passes: int  # batched forward passes
+    per_pass: int  # patched runs per pass, at most
+    bytes: int  # estimated peak memory of one pass and the two runs it starts from
+
+    def message(self) -> str:
+        where = "every position" if self.window is None else f"positions {self.window[0]}..{self.window[1] - 1}"
+        return (
+            f"This sweep patches {self.cells:,} cells ({where}) in {self.passes:,} batched forward passes of up to "
+            f"{self.per_pass} runs, holding about {self.bytes / 2**20:,.0f} MB."
+        )
+
+
+def sweep_cost(model: LoadedModel, n_tokens: int, site: str, window: tuple[int, int] | None = None) -> SweepCost:
+    from workbench import patching  # imported here: patching imports the run layer this module sits beside
+
+    s = patching._site(site)
+    cells = s.cells(model, n_tokens)
+    keep = patching.window_cells(s, cells, window, n_tokens)
+    per_pass = patching.batch_size(model, n_tokens)
+    passes = patching._passes(s, cells, per_pass, n_tokens, keep)
+    return SweepCost(site, window, len(keep), len(passes), per_pass, view_bytes(model, n_tokens, "patching"))
