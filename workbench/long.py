@@ -34,7 +34,7 @@ from workbench.runs import all_hook_names, encode, estimate_bytes, hook_names, m
 from workbench.tokens import align, token_labels
 
 
-def _map_large_allocations() -> None:
+def map_large_allocations() -> None:
     """Makes glibc give every allocation over 1 MB its own mapping, returned to the system when freed.
 
     By default glibc raises this threshold (up to 32 MB) after large frees, so a long prompt's
@@ -42,6 +42,9 @@ def _map_large_allocations() -> None:
     chunk, and the heap fragments: the lens difference of two 1,024-token prompts on a GPT-2-small
     shape grew to +5.5 GB this way (+14 MB per chunk), where its live tensors are under 1 GB.
     A fixed threshold turns the dynamic adjustment off. No-op off glibc.
+
+    It changes the whole process's allocator, so the library never calls it by itself: the app
+    (workbench/ui.py) and the long-prompt benchmarks do, where long prompts are expected.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -49,8 +52,6 @@ def _map_large_allocations() -> None:
     except (OSError, AttributeError):
         pass
 
-
-_map_large_allocations()
 
 LONG_TOKENS = 256  # prompts longer than this switch a page to its long-prompt views
 VIEWS = ("attention", "lens", "attribution", "patching", "compare")

@@ -30,12 +30,16 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from workbench import checkpoints, export
+from workbench import checkpoints, export, long
 from workbench.errors import InputError
 from workbench.model import DEFAULT_MODEL, MODELS_DIR, SHIPPED, LoadedModel, load_model
 
 # ---- session keys: everything this module keeps in st.session_state, in one place ------------------
 # (a page's own keys are declared at the top of that page)
+# The app serves long prompts, whose chunked tensors fragment glibc's heap under its default
+# allocation threshold (see long.map_large_allocations): set once for the server's process.
+long.map_large_allocations()
+
 MODEL = "wb.model"  # name or path of the chosen model
 PROMPT = "wb.prompt"  # the prompt shared by all pages
 TRUNCATE = "wb.truncate"  # keep the end of a prompt longer than the context
@@ -563,8 +567,6 @@ def probe_command(probe: str, model: LoadedModel, **options) -> None:
 
 def memory_plan(model: LoadedModel, prompt: str, truncate: bool, view: str) -> int:
     """Says, before the view runs, what it will hold for this prompt and what the budget allows (long.plan); returns the length in tokens."""
-    from workbench import long
-
     n = long.n_tokens(model, prompt, truncate)
     plan = long.plan(model, n, view)
     (st.caption if plan.fits else st.warning)(plan.message())
