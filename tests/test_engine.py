@@ -147,3 +147,27 @@ def test_run_edited_leaves_no_hook_behind(model):
 def test_a_map_edit_needs_a_function():
     with pytest.raises(ValueError, match="function"):
         engine.Edit("map", "resid_pre", 0)
+
+
+def test_site_gradients_block_by_block_equal_one_backward_pass(model):
+    ids = _prompt(model)
+    w = engine.weights_of(model)
+    names = [
+        f"blocks.{layer}.{engine.SITE_HOOKS[s]}"
+        for layer in range(model.info.n_layers)
+        for s in ("resid_pre", "q", "pattern", "z", "mlp_out")
+    ]
+    answer, wrong = 3, 7
+
+    def value(logits):  # (batch, d_vocab) -> (batch,)
+        return logits[:, answer] - logits[:, wrong]
+
+    acts, grads = engine.site_gradients(w, ids, names, value)
+    with torch.enable_grad():
+        out = engine.forward(w, ids, capture=names)
+        whole = [out.captured[n] for n in names]
+        want = torch.autograd.grad(value(out.logits[:, -1]).sum(), whole)
+    for n, a, g in zip(names, whole, want, strict=True):
+        assert torch.allclose(acts[n], a.detach(), atol=1e-5), n
+        assert torch.allclose(grads[n], g, atol=1e-5, rtol=1e-4), n
+    assert any(float(g.abs().max()) > 0 for g in grads.values())

@@ -513,3 +513,47 @@ def forward(
     W_U, b_U = (w.W_U, w.b_U) if columns is None else (w.W_U[:, columns], None if w.b_U is None else w.b_U[columns])
     logits = x @ W_U + (b_U if b_U is not None else 0)
     return Output(logits, run.captured)
+
+
+def site_gradients(
+    w: Weights, tokens: torch.Tensor, names: Sequence[str], value: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """({name: activation}, {name: ∂value/∂activation}) of one run on `tokens` (batch, pos), block by block.
+
+    `value` maps the last position's logits (batch, d_vocab) to one number per row (batch,); the
+    gradients are of its sum. The same numbers as one backward pass through the whole run, in
+    bounded memory: the forward pass keeps only the residual stream between blocks, and each block
+    is run again with gradients while the backward pass reaches it, so at most one block's graph is
+    held (on a 1,024-token prompt of a GPT-2-small shape, one layer's attention pattern and MLP
+    instead of twelve). Costs one forward pass more than the plain backward pass.
+    """
+    n_layers = w.n_layers
+    unknown = [n for n in names if not any(n.startswith(f"blocks.{i}.") for i in range(n_layers))]
+    if unknown:
+        raise ValueError(f"site_gradients reads block hooks only, not {unknown}")
+    with torch.no_grad():
+        x = embed(w, tokens)
+        inputs = []  # (batch, pos, d_model) the residual stream entering each block
+        for index in range(n_layers):
+            inputs.append(x)
+            x = block(w, index, x, _Run((), ()))
+    with torch.enable_grad():
+        top = x[:, -1].detach().requires_grad_(True)  # (batch, d_model)
+        logits = w.ln_final(top) @ w.W_U + (w.b_U if w.b_U is not None else 0)
+        (grad_out,) = torch.autograd.grad(value(logits).sum(), top)
+    grad_out = torch.zeros_like(x).index_copy_(1, torch.tensor([x.shape[1] - 1], device=x.device), grad_out[:, None])
+    acts: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+    for index in reversed(range(n_layers)):
+        wanted = [n for n in names if n.startswith(f"blocks.{index}.")]
+        run = _Run((), wanted)
+        with torch.enable_grad():
+            resid = inputs[index].detach().requires_grad_(True)
+            out = block(w, index, resid, run)
+            found = [run.captured[n] for n in wanted]
+            got = torch.autograd.grad(out, [resid, *found], grad_outputs=grad_out, allow_unused=True)
+        grad_out = got[0]
+        for n, a, g in zip(wanted, found, got[1:], strict=True):
+            acts[n] = a.detach()
+            grads[n] = torch.zeros_like(a) if g is None else g
+    return acts, grads
