@@ -249,11 +249,18 @@ class PatchResult:
     path: str = "engine"  # how the patched runs were computed: "engine" or "bridge hooks"
     note: str = ""  # why the bridge's hooks were used, or why values are NaN; shown with the result
     provenance: dict = field(default_factory=dict, repr=False)
+    # an estimate's own ranking (AtP*: GradDrop-aware size of each cell's change, normalised; preview.py); None: |values|
+    magnitude: torch.Tensor | None = None
+    forward: int = 0  # forward and backward passes an estimate took (exact sweeps: 0, their runs are batched)
+    backward: int = 0
 
     def ranked(self, k: int = 10) -> list[dict]:
-        """The k cells that move the metric most (by |normalised effect|, by |metric change| when not normalisable)."""
+        """The k cells that move the metric most (by the estimate's magnitude when it has one, else by |normalised
+        effect|, by |metric change| when not normalisable)."""
         flat = self.values.flatten()
         key = flat.abs() if torch.isfinite(flat).any() else (self.raw.flatten() - self.corrupted_value).abs()
+        if self.magnitude is not None:
+            key = self.magnitude.flatten()
         order = key.nan_to_num(-1.0).argsort(descending=True)[:k]
         rows = []
         for i in order.tolist():
@@ -262,6 +269,8 @@ class PatchResult:
             if "position" in cell:
                 cell["token"] = self.labels[cell["position"]]
             rows.append(cell | dict(normalised=float(flat[i]), metric=float(self.raw.flatten()[i])))
+            if self.magnitude is not None:
+                rows[-1]["magnitude"] = float(key[i])
         return rows
 
     def rows(self) -> list[dict]:
