@@ -513,16 +513,18 @@ def attribution_sweep(model: LoadedModel, setup: PatchingSetup, site: str = "res
             for a in acts:
                 a.retain_grad()
             setup.value(out.logits.float()).sum().backward()
+        grads = [a.grad for a in acts]
     else:
-        logits, cache = run_tokens(model, runs.base_tokens[None], names, last_only=True, grad=True)
-        acts = [cache[n] for n in names]
-        for a in acts:
-            a.retain_grad()
-        setup.value(logits[:, -1].float()).sum().backward()
+        # the gradient read as that of a zero added at each hook: the tensor the bridge hands a hook gets none for
+        # the heads' q, k, v and z (measured on transformer-lens 4), while what the hook returns flows on
+        zeros = [torch.zeros_like(runs.base[n][None], requires_grad=True) for n in names]
+        hooks = [(n, lambda act, hook, z=z: act + z) for n, z in zip(names, zeros, strict=True)]
+        logits, _ = run_tokens(model, runs.base_tokens[None], hooks=hooks, last_only=True, grad=True)
+        grads = torch.autograd.grad(setup.value(logits[:, -1].float()).sum(), zeros)
     effects = []
-    for name, act in zip(names, acts, strict=True):
-        grad = act.grad[0].detach().float().cpu()  # activation-shaped, no batch dim
-        effects.append(s.reduce((runs.source[name].float().cpu() - act.detach()[0].float().cpu()) * grad))
+    for name, g in zip(names, grads, strict=True):
+        grad = g[0].detach().float().cpu()  # activation-shaped, no batch dim
+        effects.append(s.reduce((runs.source[name].float().cpu() - runs.base[name].float().cpu()) * grad))
     clean_value = float(setup.value(runs.clean_logits[-1:]))
     corrupted_value = float(setup.value(runs.corrupted_logits[-1:]))
     base_value = corrupted_value if direction == "denoising" else clean_value
