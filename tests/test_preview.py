@@ -1,9 +1,11 @@
 """AtP* as the patching preview, checked against the model's own hooks (the bridge) and the exact sweep."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 
 from workbench import engine, families, methods, patching, preview
 from workbench.errors import InputError
@@ -197,3 +199,34 @@ def test_a_model_the_engine_cannot_run_gets_plain_atp_and_says_so(circuits):
     for site, r in found.items():
         assert r.method == "AtP" and "plain attribution patching" in r.note and r.path == "bridge hooks"
         torch.testing.assert_close(r.raw, right[site].raw, atol=1e-4, rtol=1e-4)
+
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "4_Patching.py")
+
+
+def test_patching_page_previews_with_atp_star_and_shows_its_recall():
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["wb.model"] = "circuits"
+    at.run()
+    assert not at.exception and not at.error
+    assert at.radio(key="w.preview").value == "AtP*"  # the default
+    assert any(m.value.startswith("**Preview: AtP***") for m in at.markdown)
+    next(b for b in at.button if b.label == "Run the exact sweep").click()
+    at.run()
+    assert not at.exception and not at.error and len(at.get("plotly_chart")) == 2
+    assert any("Correlation" in c.value and "recall@5" in c.value for c in at.caption)
+
+
+def test_patching_page_takes_plain_atp_from_a_link_and_exact_checks_its_top_cells():
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.query_params["model"] = "circuits"
+    at.query_params["preview"] = "AtP"
+    at.run()
+    assert not at.exception and not at.error
+    assert at.radio(key="w.preview").value == "AtP"
+    assert any(m.value.startswith("**Preview: AtP** (2 forward and 1 backward") for m in at.markdown)
+    next(b for b in at.button if b.label.startswith("Exact-check the AtP preview")).click()
+    at.run()
+    assert not at.exception and not at.error
+    table = at.dataframe[-1].value
+    assert table.shape[0] == 5 and "exact_normalised" in table.columns
