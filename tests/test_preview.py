@@ -230,3 +230,33 @@ def test_patching_page_takes_plain_atp_from_a_link_and_exact_checks_its_top_cell
     assert not at.exception and not at.error
     table = at.dataframe[-1].value
     assert table.shape[0] == 5 and "exact_normalised" in table.columns
+
+
+@pytest.mark.parametrize("method", preview.PREVIEW_METHODS)
+def test_patching_probe_writes_the_chosen_preview_and_its_recall(tmp_path, circuits, method):
+    import json
+
+    from probes.__main__ import main as probes_main
+
+    out = tmp_path / "out"
+    argv = ["patching", "--model", "circuits", "--site", "k", "--formats", "html", "--out", str(out)]
+    assert probes_main(argv + ["--preview", method] * (method != "AtP*")) == 0  # AtP* without the flag: the default
+    manifest = json.loads((out / "manifest.json").read_text())
+    setup = _setup(circuits)
+    ours, exact = preview.preview_sweep(circuits, setup, "k", method=method), patching.sweep(circuits, setup, "k")
+    saved = json.loads((out / "patching-k-estimate.json").read_text())
+    torch.testing.assert_close(torch.tensor(saved["values"]), ours.values, atol=1e-6, rtol=1e-6)
+    layers = circuits.info.n_layers
+    assert manifest["estimate"]["k"] == dict(method=method, forward=2, backward=layers + 1 if method == "AtP*" else 1)
+    assert manifest["recall@5_estimate_exact"]["k"] == pytest.approx(preview.recall(ours, exact))
+
+
+def test_patching_probe_refuses_an_unknown_preview_in_one_line(tmp_path, capsys):
+    """A spec file passes no argparse choice check: the analysis's own message, one line, exit 2."""
+    from probes.__main__ import main as probes_main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("model: circuits\nsites: [z]\npreview: AtP**\n")
+    assert probes_main(["patching", "--spec", str(spec), "--out", str(tmp_path / "x")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "unknown preview 'AtP**'" in errors[0]
