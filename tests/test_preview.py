@@ -30,6 +30,13 @@ def one_head(tmp_path_factory):
     return load_model(str(folder))
 
 
+@pytest.fixture(scope="module")
+def soft_head(tmp_path_factory):
+    """One layer, one head, the default small weights: a softmax far from saturated, so that every key counts."""
+    folder = families.build("gpt2", tmp_path_factory.mktemp("soft_head"), layers=1, heads=1, kv_heads=1, tokenizer=MODELS_DIR / "circuits")
+    return load_model(str(folder))
+
+
 def _metric_gradient(model, setup, name):
     """∂metric/∂activation at hook `name` of the corrupted run, read through the bridge's hooks as the gradient of an added zero."""
     act = run_prompt(model, setup.corrupted, [name]).cache[name][None]
@@ -64,7 +71,41 @@ def test_qk_fix_of_one_key_cell_is_the_exactly_patched_pattern(one_head):
     assert float(plain.raw[0, 0] - plain.corrupted_value) != pytest.approx(expected, rel=1e-2)
 
 
-@pytest.mark.parametrize("site", [s for s in patching.SITES if s not in ("q", "k")])
+@pytest.mark.parametrize(
+    "kind, corrupted",
+    [
+        ("q", CORRUPTED.replace("river stone", "river piano")),  # the last word differs: its query reads into the metric
+        ("k", CORRUPTED.replace("apple river", "apple candle", 1)),  # two earlier words differ: two keys the last query reads
+    ],
+)
+def test_qk_fix_of_one_query_or_key_at_one_position_is_exact_up_to_the_pattern(soft_head, kind, corrupted):
+    """Per position: a query changes one row of the pattern, a key one column of the scores. For every position, the
+    estimate is Σ ∂metric/∂pattern · (pattern of the run patched there through the bridge's hook − the base pattern)."""
+    tok = soft_head.tokenizer
+    setup = patching.PatchingSetup(CLEAN, corrupted, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0])
+    hook, pattern = f"blocks.0.attn.hook_{kind}", "blocks.0.attn.hook_pattern"
+    clean = run_prompt(soft_head, CLEAN, [hook]).cache[hook]  # (pos, head, d_head)
+    base = run_prompt(soft_head, corrupted, [pattern]).cache[pattern]  # (head, query, key)
+    g = _metric_gradient(soft_head, setup, pattern)
+    ids = encode(soft_head, corrupted)[0][None]
+    star = preview.preview_sweep(soft_head, setup, f"{kind}_pos")
+    changed = 0
+    for p in range(ids.shape[1]):
+
+        def patch(act, hook, p=p):
+            act = act.clone()
+            act[:, p] = clean[p].to(act.dtype)
+            return act
+
+        _, cache = run_tokens(soft_head, ids, [pattern], hooks=[(hook, patch)])
+        expected = float(((cache[pattern][0] - base) * g).sum())
+        assert float(star.raw[0, 0, p] - star.corrupted_value) == pytest.approx(expected, rel=1e-4, abs=1e-6), p
+        changed += abs(expected) > 1e-4
+    # the metric reads the last position: in one layer only its query matters; keys at every differing position do
+    assert changed == 1 if kind == "q" else changed >= 2
+
+
+@pytest.mark.parametrize("site", [s for s in patching.SITES if patching.SITES[s].engine_site not in ("q", "k")])
 def test_one_layer_atp_star_is_plain_atp_where_no_fix_applies(one_head, site):
     setup = _setup(one_head)
     star, plain = preview.preview_sweep(one_head, setup, site), preview.preview_sweep(one_head, setup, site, method="AtP")
@@ -85,7 +126,7 @@ def test_plain_atp_is_attribution_patching(circuits, site):
         assert (ours.forward, ours.backward) == (2, 1)
 
 
-@pytest.mark.parametrize("site", ["resid_pre", "attn_out", "mlp_out", "z", "z_pos", "q", "k", "v", "pattern"])
+@pytest.mark.parametrize("site", list(patching.SITES))
 def test_graddrop_adds_nothing_for_last_layer_cells_and_only_ranks(circuits, site):
     """A last-layer cell keeps its whole gradient in every GradDrop pass but its own layer's, which gives it none (its output
     is dropped): Σ_ℓ |AtP_ℓ| / (L − 1) = |AtP|. The residual stream before the last block keeps its direct path there,
@@ -95,7 +136,7 @@ def test_graddrop_adds_nothing_for_last_layer_cells_and_only_ranks(circuits, sit
     assert bool((star.magnitude >= star.values.abs() - 1e-6).all())
     if site != "resid_pre":
         torch.testing.assert_close(star.magnitude[-1], star.values[-1].abs())
-    if site not in ("q", "k"):
+    if patching.SITES[site].engine_site not in ("q", "k"):
         torch.testing.assert_close(star.raw, preview.preview_sweep(circuits, setup, site, method="AtP").raw)
 
 

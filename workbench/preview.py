@@ -8,7 +8,9 @@ AtP* (Kramár et al. 2024, arXiv 2403.00745; methods.py explains both fixes on n
 - the **QK fix** for query and key cells: a head's queries (or a key/value head's keys) from the
   source run change its attention pattern, which a saturated softmax's gradient hides. The head's
   pattern is recomputed exactly with them (methods.attention_pattern), and the pattern's change is
-  multiplied by ∂metric/∂pattern: exact up to the pattern, linear only after it;
+  multiplied by ∂metric/∂pattern: exact up to the pattern, linear only after it. Per position
+  (q_pos, k_pos), a query at one position changes one row of the pattern, a key one column of the
+  scores (every row's softmax then renormalises);
 - **GradDrop** for every site: L more backward passes, the ℓ-th with no gradient through layer ℓ's
   attention and MLP outputs; a cell is ranked by max(|AtP|, Σ_ℓ |AtP_ℓ| / (L − 1)), so that a cell
   whose direct and indirect effects cancel still shows up. The signed estimate (`values`) is the
@@ -53,21 +55,62 @@ def fixed_patterns(pair: methods.Pair, kind: str, base: dict, source: dict) -> d
     return out
 
 
-def _estimate(pair: methods.Pair, s: patching.Site, base: dict, source: dict, grad: dict, fixed: dict | None) -> torch.Tensor:
-    """(layer, ...cells) linear estimate of each cell's change of the metric; QK-fixed where `fixed` patterns are given."""
+def key_patterns_changes(pair: methods.Pair, layer: int, base: dict, source: dict, grads: torch.Tensor) -> torch.Tensor:
+    """(gradient, head, position) Σ ∂metric/∂pattern · Δpattern with the key at one position from the source run.
+
+    `grads`: (gradient, head, query, key) ∂metric/∂pattern of this layer, one per backward pass. A key
+    at position p changes column p of every query head's scores (of the heads sharing its key/value
+    head); the softmax is recomputed exactly (methods.attention_pattern), so every row it normalises
+    changes. A key the two runs share changes nothing (every position before the first difference):
+    those are skipped.
+    """
     w = pair.weights
+    q, k, pattern = (f"blocks.{layer}.attn.hook_{x}" for x in ("q", "k", "pattern"))
+    queries, keys, before = (
+        base[q].float(),
+        base[k].float(),
+        base[pattern].float(),
+    )  # (pos, head, d_head), (pos, kv_head, d_head), (head, pos, pos)
+    out = torch.zeros(grads.shape[0], w.n_heads, keys.shape[0])
+    for p in (source[k] != base[k]).flatten(1).any(1).nonzero().flatten().tolist():
+        mixed = keys.clone()
+        mixed[p] = source[k][p].float()
+        change = methods.attention_pattern(w, layer, queries, mixed) - before  # (head, query, key)
+        out[:, :, p] = (grads * change).sum((-1, -2)).cpu()
+    return out
+
+
+def _estimate(pair: methods.Pair, s: patching.Site, base: dict, source: dict, grads: list[dict], qk_fix: bool) -> torch.Tensor:
+    """(gradient, layer, ...cells) linear estimates of each cell's change of the metric, one per gradient; QK-fixed if asked.
+
+    QK fix: a head's queries (all positions) or one query change its pattern's rows, read off the
+    pattern with the source run's queries (fixed_patterns); a key/value head's keys (all positions)
+    change every column of its heads' patterns, the same way; one key changes one column
+    (key_patterns_changes). A key/value head's cells sum over the query heads that share it.
+    """
+    w = pair.weights
+    per_position = "position" in s.axes
+    one_key = s.engine_site == "k" and per_position
+    fixed = fixed_patterns(pair, s.engine_site, base, source) if qk_fix and not one_key else None
     out = []
     for layer in range(w.n_layers):
-        if fixed is not None:
-            pattern = f"blocks.{layer}.attn.hook_pattern"
-            per_head = ((fixed[layer] - base[pattern].float()) * grad[pattern].float()).sum((-1, -2))  # (head,)
-            if s.kv:  # a key/value head's keys change the pattern of every query head that shares them (heads grouped in order)
-                per_head = per_head.reshape(w.n_kv_heads, -1).sum(-1)  # (kv_head,)
-            out.append(per_head)
+        if not qk_fix:
+            name = s.hook(layer)
+            change = source[name].float() - base[name].float()
+            out.append(torch.stack([s.reduce(change * g[name].float()).cpu() for g in grads]))
             continue
-        name = s.hook(layer)
-        out.append(s.reduce((source[name].float() - base[name].float()) * grad[name].float()))
-    return torch.stack(out).cpu()
+        pattern = f"blocks.{layer}.attn.hook_pattern"
+        g = torch.stack([x[pattern].float() for x in grads])  # (gradient, head, query, key)
+        if one_key:
+            per_head = key_patterns_changes(pair, layer, base, source, g)  # (gradient, head, position)
+        elif per_position:  # a query at position p changes row p only, exactly as all the source run's queries do
+            per_head = ((fixed[layer] - base[pattern].float()) * g).sum(-1).cpu()  # (gradient, head, query)
+        else:
+            per_head = ((fixed[layer] - base[pattern].float()) * g).sum((-1, -2)).cpu()  # (gradient, head)
+        if s.kv:  # key/value heads: the query heads that share one are consecutive
+            per_head = per_head.reshape(len(grads), w.n_kv_heads, -1, *per_head.shape[2:]).sum(2)  # (gradient, kv_head, ...)
+        out.append(per_head)
+    return torch.stack(out, 1)
 
 
 def preview_sweep(
@@ -96,12 +139,11 @@ def preview_sweep(
     with torch.no_grad():
         source = {n: a[0] for n, a in pair.run("source", capture=names).captured.items()}  # forward pass 1
     base, grads, backward = methods.metric_gradients(pair, names, graddrop=star)  # forward pass 2, then `backward` passes
-    fixed = fixed_patterns(pair, s.engine_site, base, source) if qk_fix else None
-    effect = _estimate(pair, s, base, source, grads[0], fixed)  # (layer, ...cells)
+    estimates = _estimate(pair, s, base, source, grads, qk_fix)  # (gradient, layer, ...cells): plain, then each layer dropped
+    effect = estimates[0]  # (layer, ...cells)
     magnitude = effect.abs()
     if star and w.n_layers > 1:
-        dropped = torch.stack([_estimate(pair, s, base, source, g, fixed).abs() for g in grads[1:]])  # (dropped layer, layer, ...)
-        magnitude = torch.maximum(magnitude, dropped.sum(0) / (w.n_layers - 1))
+        magnitude = torch.maximum(magnitude, estimates[1:].abs().sum(0) / (w.n_layers - 1))
 
     clean, corrupted = run_prompt(model, setup.clean), run_prompt(model, setup.corrupted)  # cached: the bridge's baselines
     clean_value, corrupted_value = float(setup.value(clean.logits[-1:])), float(setup.value(corrupted.logits[-1:]))
