@@ -13,7 +13,7 @@ from benchmarks.common import Row, compare
 from workbench import families, patching, preview
 from workbench.model import MODELS_DIR, load_model
 
-SITES = ("resid_pre", "z_pos", "k")
+SITES = ("resid_pre", "z_pos", "k", "k_pos")
 
 
 def run(quick: bool = False) -> list[Row]:

@@ -105,6 +105,34 @@ def test_qk_fix_of_one_query_or_key_at_one_position_is_exact_up_to_the_pattern(s
     assert changed == 1 if kind == "q" else changed >= 2
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_qk_fix_of_one_key_under_rotary_and_grouped_heads(tmp_path, family):
+    """Rotary positions, two query heads per key/value head: one key cell's estimate is Σ over the heads that share it of
+    ∂metric/∂pattern · Δpattern, the pattern from the bridge with that key patched through its hook."""
+    folder = families.build(family, tmp_path / family, layers=1, heads=4, kv_heads=2, tokenizer=MODELS_DIR / "circuits")
+    model = load_model(str(folder))
+    setup = _setup(model)
+    hook, pattern = "blocks.0.attn.hook_k", "blocks.0.attn.hook_pattern"
+    clean = run_prompt(model, CLEAN, [hook]).cache[hook]  # (pos, kv_head, d_head)
+    base = run_prompt(model, CORRUPTED, [pattern]).cache[pattern]  # (head, query, key)
+    assert clean.shape[1] == 2 and base.shape[0] == 4
+    g = _metric_gradient(model, setup, pattern)
+    ids = encode(model, CORRUPTED)[0][None]
+    star = preview.preview_sweep(model, setup, "k_pos")
+    p = int((encode(model, CLEAN)[0] != ids[0]).nonzero()[0])  # the one differing position: its key changes
+    for kv_head in range(2):
+
+        def patch(act, hook, h=kv_head):
+            act = act.clone()
+            act[:, p, h] = clean[p, h].to(act.dtype)
+            return act
+
+        _, cache = run_tokens(model, ids, [pattern], hooks=[(hook, patch)])
+        expected = float(((cache[pattern][0] - base) * g).sum())
+        assert abs(expected) > 1e-4
+        assert float(star.raw[0, kv_head, p] - star.corrupted_value) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
 @pytest.mark.parametrize("site", [s for s in patching.SITES if patching.SITES[s].engine_site not in ("q", "k")])
 def test_one_layer_atp_star_is_plain_atp_where_no_fix_applies(one_head, site):
     setup = _setup(one_head)
