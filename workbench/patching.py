@@ -132,7 +132,7 @@ SITES = {
         Site("q", "each head's queries, per layer × head", "q", ("layer", "head")),
         Site("q_pos", "each head's query, per layer × head × position (one row of its pattern)", "q", ("layer", "head", "position")),
         Site("k", "each key/value head's keys, per layer × head", "k", ("layer", "head"), kv=True),
-        Site("k_pos", "each key/value head's key, per layer × head × position (one column of scores)", "k", ("layer", "head", "position"), kv=True),
+        Site("k_pos", "each key/value head's key, per layer × head × position (a column of scores)", "k", ("layer", "head", "position"), kv=True),
         Site("v", "each key/value head's values, per layer × head", "v", ("layer", "head"), kv=True),
         Site("pattern", "each head's attention pattern, per layer × head", "pattern", ("layer", "head")),
     )
@@ -240,7 +240,7 @@ class PatchResult:
     site: str  # a key of SITES
     direction: str
     metric: str
-    method: str  # "exact" or "attribution patching" (a linear estimate: ranks cells, misjudges sizes)
+    method: str  # "exact", or an estimate: "attribution patching", "AtP" or "AtP*" (preview.py; ranks cells, misjudges sizes)
     axes: tuple[str, ...]  # e.g. ("layer", "position") or ("layer", "head")
     values: torch.Tensor  # normalised, shape by axes; NaN when the clean and corrupted metrics are too close (see note)
     raw: torch.Tensor  # the metric itself, same shape
