@@ -130,9 +130,9 @@ SITES = {
         Site("z", "each head's output, per layer × head (all positions)", "z", ("layer", "head")),
         Site("z_pos", "each head's output, per layer × head × position", "z", ("layer", "head", "position")),
         Site("q", "each head's queries, per layer × head", "q", ("layer", "head")),
-        Site("q_pos", "each head's query, per layer × head × position (one row of its pattern)", "q", ("layer", "head", "position")),
+        Site("q_pos", "each head's query, per layer × head × position", "q", ("layer", "head", "position")),
         Site("k", "each key/value head's keys, per layer × head", "k", ("layer", "head"), kv=True),
-        Site("k_pos", "each key/value head's key, per layer × head × position (a column of scores)", "k", ("layer", "head", "position"), kv=True),
+        Site("k_pos", "each key/value head's key, per layer × head × position", "k", ("layer", "head", "position"), kv=True),
         Site("v", "each key/value head's values, per layer × head", "v", ("layer", "head"), kv=True),
         Site("pattern", "each head's attention pattern, per layer × head", "pattern", ("layer", "head")),
     )
