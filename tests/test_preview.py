@@ -230,6 +230,19 @@ def test_recall_by_hand(circuits):
     assert est.ranked(3) == [dict(r, magnitude=m) for r, m in zip(exact.ranked(3), (3.0, 2.0, 1.0), strict=True)]
 
 
+def test_recall_counts_only_the_cells_the_exact_sweep_patched(circuits):
+    """A window of positions leaves the exact sweep's other cells NaN: the preview's top cells outside it do not count."""
+    setup = _setup(circuits)
+    star, exact = preview.preview_sweep(circuits, setup, "z_pos"), patching.sweep(circuits, setup, "z_pos")
+    inside = torch.zeros(exact.values.shape, dtype=torch.bool)
+    inside[..., 5:] = True  # a window after the corrupted word: the preview's strongest cells (at it) fall outside
+    nan = torch.tensor(float("nan"))
+    windowed = dataclasses.replace(exact, values=exact.values.where(inside, nan), raw=exact.raw.where(inside, nan))
+    mine = dataclasses.replace(star, magnitude=star.magnitude.where(inside, torch.tensor(0.0)))  # the preview within the window
+    assert preview.recall(star, windowed) == preview.recall(mine, windowed)
+    assert preview.recall(star, windowed) >= 0.8
+
+
 def test_exact_check_follows_atp_star_ranking(circuits):
     setup = _setup(circuits)
     star = preview.preview_sweep(circuits, setup, "z_pos")

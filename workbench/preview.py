@@ -177,8 +177,10 @@ def recall(estimate: patching.PatchResult, exact: patching.PatchResult, k: int =
     """Share of the exact sweep's top k cells (by the size of their change) among the estimate's top k.
 
     k is at most the number of cells the exact sweep moves at all (scoreboard.recall_at); changes
-    below a millionth of the full restoration count as zero (float noise).
+    below a millionth of the full restoration count as zero (float noise). Only the cells the exact
+    sweep patched count (a window of positions leaves the others NaN).
     """
     if (estimate.site, estimate.direction, estimate.values.shape) != (exact.site, exact.direction, exact.values.shape):
         raise InputError("recall compares a preview with the exact sweep of the same site, direction and prompts")
-    return scoreboard.recall_at(k, scoreboard.floored(change(estimate)), scoreboard.floored(change(exact)))
+    patched = torch.isfinite(exact.raw.flatten())  # (cells,)
+    return scoreboard.recall_at(k, scoreboard.floored(change(estimate)[patched]), scoreboard.floored(change(exact)[patched]))
