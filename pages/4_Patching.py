@@ -1,10 +1,11 @@
-"""Activation patching: clean vs corrupted prompts, every component, exact sweeps, attribution patching as a preview."""
+"""Activation patching: clean vs corrupted prompts, every component, exact sweeps, AtP* (or plain AtP) as a preview."""
 
 import streamlit as st
 
 from workbench import long, methods, patching, paths, ui
 from workbench.figures import methods as draw_methods
 from workbench.figures import patching as draw
+from workbench.preview import PREVIEW_METHODS, preview_sweep, recall
 from workbench.tokens import single_token_id
 
 view = ui.View(
@@ -17,6 +18,7 @@ view = ui.View(
         ui.choice("direction", patching.DIRECTIONS),
         ui.choice("metric", patching.METRICS),
         ui.number("pairs", int, 2, 64),
+        ui.choice("preview", PREVIEW_METHODS),
     ),
 )
 # the sweeps a user asked for, remembered for this session only (a few: each holds a grid of results)
@@ -63,6 +65,10 @@ with ui.guard("the patching"):
         site = c4.selectbox(
             "Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s].description}", key=view.key("site")
         )
+        method = c4.radio(
+            "Preview", PREVIEW_METHODS, key=view.key("preview"), horizontal=True,
+            help="AtP*: attribution patching with the QK fix (queries, keys) and GradDrop; AtP: plain attribution patching",
+        )  # fmt: skip
         st.form_submit_button("Preview", type="primary")
     answer = single_token_id(model.tokenizer, typed_answer, "answer") if typed_answer else answers[answer_label]
     wrong = single_token_id(model.tokenizer, typed_wrong, "wrong") if typed_wrong else wrongs[wrong_label]
@@ -78,6 +84,7 @@ with ui.guard("the patching"):
         metric=metric,
         direction=direction,
         site=site,
+        preview=method,
     )
 
     n = len(cmp.labels_a)
@@ -94,9 +101,9 @@ with ui.guard("the patching"):
     # a long prompt's preview is a backward pass through the whole model (~1.5x a full cache): only on request
     backward_mb = 1.5 * long.full_cache_bytes(model, n) / 2**20
     if n <= long.LONG_TOKENS or st.checkbox(
-        f"Run the attribution-patching preview (a backward pass: about {backward_mb:,.0f} MB)", key="w.long_preview"
+        f"Run the {method} preview (backward passes: about {backward_mb:,.0f} MB)", key="w.long_preview"
     ):
-        preview = patching.attribution_sweep(model, setup, site, direction)
+        preview = preview_sweep(model, setup, site, direction, method)
         st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
         if preview.note:
             st.warning(preview.note[0].upper() + preview.note[1:] + ".")
@@ -104,11 +111,13 @@ with ui.guard("the patching"):
 
     left, right = st.columns(2)
     with left:
-        st.markdown("**Preview: attribution patching** (one forward and one backward pass; ranks cells, misjudges sizes)")
         if preview is None:
+            st.markdown(f"**Preview: {method}**")
             st.caption("Not run for a long prompt unless asked above.")
         else:
-            ui.figure(draw.patching_heatmap(preview, "Attribution patching estimate"), f"patching-estimate-{site}", preview, preview.rows())
+            passes = f"{preview.forward} forward and {preview.backward} backward passes, whatever the number of cells"
+            st.markdown(f"**Preview: {preview.method}** ({passes}; ranks cells, misjudges sizes)")
+            ui.figure(draw.patching_heatmap(preview, f"{preview.method} estimate"), f"patching-estimate-{site}", preview, preview.rows())
     with right:
         st.markdown("**Exact sweep** (one patched run per cell, batched)")
         if exact is None and st.button("Run the exact sweep", type="primary", key="w.run_exact"):
@@ -119,11 +128,14 @@ with ui.guard("the patching"):
                 st.info(f"Computed through the model's own hooks, not the fast engine: {exact.note}.")
             ui.figure(draw.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
             if preview is not None:
-                st.caption(f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}")
+                st.caption(
+                    f"Correlation of the preview with the exact sweep: {patching.correlation(preview, exact):.3f}; "
+                    f"recall@5 (the exact top 5 cells among the {preview.method} preview's top 5): {recall(preview, exact, 5):.2f}"
+                )
     if exact is not None:
         st.markdown("**The cells that move the metric most**")
         st.dataframe(exact.ranked(10), hide_index=True)
-    elif preview is not None and st.button("Exact-check the preview's top 5 cells", key="w.exact_top"):
+    elif preview is not None and st.button(f"Exact-check the {preview.method} preview's top 5 cells", key="w.exact_top"):
         st.dataframe(patching.exact_cells(model, preview, 5), hide_index=True)
 
     with st.expander("A dataset of prompt pairs (mean and spread)"):

@@ -1,5 +1,6 @@
 """Activation patching sweeps for one prompt pair, or averaged over a dataset of pairs (from a spec file,
-or generated copying pairs for the circuits model)."""
+or generated copying pairs for the circuits model). One pair also gets the preview (AtP*, or plain AtP with
+--preview AtP) beside the exact sweep, with its correlation and recall@5."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 
 from tqdm import tqdm
 
-from workbench import patching
+from workbench import patching, preview
 from workbench.errors import InputError
 from workbench.figures import patching as draw
 from workbench.tokens import single_token_id
@@ -24,6 +25,7 @@ DEFAULTS = {
     "metric": "logit difference",
     "direction": "denoising",
     "sites": ["resid_pre", "z"],
+    "preview": "AtP*",
     "model": "circuits",
 }
 
@@ -36,6 +38,7 @@ def add_arguments(p):
     p.add_argument("--metric", choices=patching.METRICS)
     p.add_argument("--direction", choices=patching.DIRECTIONS)
     p.add_argument("--site", action="append", dest="sites", choices=list(patching.SITES))
+    p.add_argument("--preview", choices=preview.PREVIEW_METHODS, help="the estimate beside the exact sweep (default AtP*)")
     p.add_argument("--induction-pairs", type=int, dest="induction_pairs", help="average over N generated copying pairs (circuits model)")
 
 
@@ -68,6 +71,8 @@ def body(model, s, out):
     for site in s["sites"]:
         t = time.time()
         if len(pairs) == 1:
+            # the preview first: it takes seconds, and bad input stops the probe before the exact sweep
+            estimate = preview.preview_sweep(model, pairs[0], site, s["direction"], s["preview"])
             with tqdm(total=1, desc=f"{site}", unit="cell") as bar:
 
                 def progress(done, total, bar=bar):
@@ -76,12 +81,16 @@ def body(model, s, out):
                     bar.refresh()
 
                 r = patching.sweep(model, pairs[0], site, s["direction"], progress=progress)
-            estimate = patching.attribution_sweep(model, pairs[0], site, s["direction"])
             out.figure(draw.patching_heatmap(r), f"patching-{site}")
-            out.figure(draw.patching_heatmap(estimate, "Attribution patching estimate"), f"patching-{site}-estimate")
+            out.figure(draw.patching_heatmap(estimate, f"{estimate.method} estimate"), f"patching-{site}-estimate")
             out.data(f"patching-{site}", r, r.rows())
             out.data(f"patching-{site}-estimate", estimate, estimate.rows())
             out.manifest.setdefault("correlation_estimate_exact", {})[site] = patching.correlation(estimate, r)
+            out.manifest.setdefault(f"recall@{preview.K}_estimate_exact", {})[site] = preview.recall(estimate, r)
+            # the method that ran (plain AtP where the engine cannot run the model) and its passes, whatever the cells
+            out.manifest.setdefault("estimate", {})[site] = dict(
+                method=estimate.method, forward=estimate.forward, backward=estimate.backward
+            )
         else:
             with tqdm(total=len(pairs), desc=f"{site}", unit="pair") as bar:
                 r = patching.sweep_dataset(model, pairs, site, s["direction"], progress=lambda done, total: bar.update(done - bar.n))

@@ -29,7 +29,9 @@ TL_SWEEPS = {
     "z": tlp.get_act_patch_attn_head_out_all_pos,
     "z_pos": tlp.get_act_patch_attn_head_out_by_pos,
     "q": tlp.get_act_patch_attn_head_q_all_pos,
+    "q_pos": tlp.get_act_patch_attn_head_q_by_pos,
     "k": tlp.get_act_patch_attn_head_k_all_pos,
+    "k_pos": tlp.get_act_patch_attn_head_k_by_pos,
     "v": tlp.get_act_patch_attn_head_v_all_pos,
     "pattern": tlp.get_act_patch_attn_head_pattern_all_pos,
 }
@@ -45,7 +47,7 @@ def test_sweeps_equal_transformer_lens(circuits, site):
         theirs = TL_SWEEPS[site](
             circuits.bridge, corrupted_ids, clean_cache, lambda logits: logits[0, -1, s.answer] - logits[0, -1, s.wrong]
         )
-    if site == "z_pos":
+    if site in ("z_pos", "q_pos", "k_pos"):
         theirs = theirs.permute(0, 2, 1)  # theirs: (layer, pos, head)
     assert torch.allclose(ours.raw, theirs, atol=1e-4), (ours.raw - theirs).abs().max()
 

@@ -235,8 +235,12 @@ def attention_pattern(w: engine.Weights, layer: int, q: torch.Tensor, k: torch.T
     return scores.masked_fill(future, float("-inf")).softmax(-1)
 
 
-def _grads(pair: Pair, names: list[str], graddrop: bool) -> tuple[dict, list[dict], int]:
-    """(base activations, [gradients of the metric: plain, then with layer ℓ's output dropped for each ℓ], backward passes)."""
+def metric_gradients(pair: Pair, names: list[str], graddrop: bool) -> tuple[dict, list[dict], int]:
+    """(base activations, [gradients of the metric: plain, then with layer ℓ's output dropped for each ℓ], backward passes).
+
+    Activations and gradients are keyed by hook name, without the batch dim. One forward pass of the
+    base run, then 1 (+ n_layers with GradDrop) backward passes through the same graph.
+    """
     w = pair.weights
     dropped: dict[str, int | None] = {"layer": None}  # which layer's output passes no gradient in this backward pass
     with torch.enable_grad():
@@ -254,10 +258,10 @@ def _grads(pair: Pair, names: list[str], graddrop: bool) -> tuple[dict, list[dic
         for layer in [None, *(range(w.n_layers) if graddrop else ())]:
             dropped["layer"] = layer
             g = torch.autograd.grad(m, acts, retain_graph=True, allow_unused=True)
-            # a tensor's own hook does not change the gradient returned for it: the dropped layer's MLP output gets none here
-            own = f"blocks.{layer}.hook_mlp_out"
+            # a tensor's own hook does not change the gradient returned for it: the dropped layer's outputs get none here
+            own = {f"blocks.{layer}.{engine.SITE_HOOKS[site]}" for site in ("attn_out", "mlp_out")}
             grads.append(
-                {n: (torch.zeros_like(a) if x is None or n == own else x)[0].detach() for n, a, x in zip(names, acts, g, strict=True)}
+                {n: (torch.zeros_like(a) if x is None or n in own else x)[0].detach() for n, a, x in zip(names, acts, g, strict=True)}
             )
     return {n: a[0].detach() for n, a in zip(names, acts, strict=True)}, grads, len(grads)
 
@@ -291,7 +295,7 @@ def attribution_nodes(model: LoadedModel, pairs: list[Pair], qk_fix: bool = Fals
     for pair in pairs:
         with torch.no_grad():
             source = pair.run("source", capture=names).captured  # forward pass 1
-        base, grads, backward = _grads(pair, names, graddrop)  # forward pass 2, then `backward` backward passes
+        base, grads, backward = metric_gradients(pair, names, graddrop)  # forward pass 2, then `backward` backward passes
         fixed = {}
         if qk_fix:
             for layer in range(w.n_layers):

@@ -130,7 +130,9 @@ SITES = {
         Site("z", "each head's output, per layer × head (all positions)", "z", ("layer", "head")),
         Site("z_pos", "each head's output, per layer × head × position", "z", ("layer", "head", "position")),
         Site("q", "each head's queries, per layer × head", "q", ("layer", "head")),
+        Site("q_pos", "each head's query, per layer × head × position", "q", ("layer", "head", "position")),
         Site("k", "each key/value head's keys, per layer × head", "k", ("layer", "head"), kv=True),
+        Site("k_pos", "each key/value head's key, per layer × head × position", "k", ("layer", "head", "position"), kv=True),
         Site("v", "each key/value head's values, per layer × head", "v", ("layer", "head"), kv=True),
         Site("pattern", "each head's attention pattern, per layer × head", "pattern", ("layer", "head")),
     )
@@ -238,7 +240,7 @@ class PatchResult:
     site: str  # a key of SITES
     direction: str
     metric: str
-    method: str  # "exact" or "attribution patching" (a linear estimate: ranks cells, misjudges sizes)
+    method: str  # "exact", or an estimate: "attribution patching", "AtP" or "AtP*" (preview.py; ranks cells, misjudges sizes)
     axes: tuple[str, ...]  # e.g. ("layer", "position") or ("layer", "head")
     values: torch.Tensor  # normalised, shape by axes; NaN when the clean and corrupted metrics are too close (see note)
     raw: torch.Tensor  # the metric itself, same shape
@@ -249,11 +251,18 @@ class PatchResult:
     path: str = "engine"  # how the patched runs were computed: "engine" or "bridge hooks"
     note: str = ""  # why the bridge's hooks were used, or why values are NaN; shown with the result
     provenance: dict = field(default_factory=dict, repr=False)
+    # an estimate's own ranking (AtP*: GradDrop-aware size of each cell's change, normalised; preview.py); None: |values|
+    magnitude: torch.Tensor | None = None
+    forward: int = 0  # forward and backward passes an estimate took (exact sweeps: 0, their runs are batched)
+    backward: int = 0
 
     def ranked(self, k: int = 10) -> list[dict]:
-        """The k cells that move the metric most (by |normalised effect|, by |metric change| when not normalisable)."""
+        """The k cells that move the metric most (by the estimate's magnitude when it has one, else by |normalised
+        effect|, by |metric change| when not normalisable)."""
         flat = self.values.flatten()
         key = flat.abs() if torch.isfinite(flat).any() else (self.raw.flatten() - self.corrupted_value).abs()
+        if self.magnitude is not None:
+            key = self.magnitude.flatten()
         order = key.nan_to_num(-1.0).argsort(descending=True)[:k]
         rows = []
         for i in order.tolist():
@@ -262,6 +271,8 @@ class PatchResult:
             if "position" in cell:
                 cell["token"] = self.labels[cell["position"]]
             rows.append(cell | dict(normalised=float(flat[i]), metric=float(self.raw.flatten()[i])))
+            if self.magnitude is not None:
+                rows[-1]["magnitude"] = float(key[i])
         return rows
 
     def rows(self) -> list[dict]:
@@ -521,16 +532,18 @@ def attribution_sweep(model: LoadedModel, setup: PatchingSetup, site: str = "res
             for a in acts:
                 a.retain_grad()
             setup.value(out.logits.float()).sum().backward()
+        grads = [a.grad for a in acts]
     else:
-        logits, cache = run_tokens(model, runs.base_tokens[None], names, last_only=True, grad=True)
-        acts = [cache[n] for n in names]
-        for a in acts:
-            a.retain_grad()
-        setup.value(logits[:, -1].float()).sum().backward()
+        # the gradient read as that of a zero added at each hook: the tensor the bridge hands a hook gets none for
+        # the heads' q, k, v and z (measured on transformer-lens 4), while what the hook returns flows on
+        zeros = [torch.zeros_like(runs.base[n][None], requires_grad=True) for n in names]
+        hooks = [(n, lambda act, hook, z=z: act + z) for n, z in zip(names, zeros, strict=True)]
+        logits, _ = run_tokens(model, runs.base_tokens[None], hooks=hooks, last_only=True, grad=True)
+        grads = torch.autograd.grad(setup.value(logits[:, -1].float()).sum(), zeros)
     effects = []
-    for name, act in zip(names, acts, strict=True):
-        grad = act.grad[0].detach().float().cpu()  # activation-shaped, no batch dim
-        effects.append(s.reduce((runs.source[name].float().cpu() - act.detach()[0].float().cpu()) * grad))
+    for name, g in zip(names, grads, strict=True):
+        grad = g[0].detach().float().cpu()  # activation-shaped, no batch dim
+        effects.append(s.reduce((runs.source[name].float().cpu() - runs.base[name].float().cpu()) * grad))
     clean_value = float(setup.value(runs.clean_logits[-1:]))
     corrupted_value = float(setup.value(runs.corrupted_logits[-1:]))
     base_value = corrupted_value if direction == "denoising" else clean_value

@@ -1,0 +1,186 @@
+"""AtP* as the Patching page's preview: every cell of a site estimated in a fixed number of passes.
+
+An exact sweep (patching.sweep) patches each cell of a site in its own run. The preview estimates
+them all at once from the base run's gradient (the run being patched: corrupted for denoising):
+plain attribution patching (AtP) takes effect ≈ (source − base activation) · ∂metric/∂activation.
+AtP* (Kramár et al. 2024, arXiv 2403.00745; methods.py explains both fixes on nodes) adds, per cell:
+
+- the **QK fix** for query and key cells: a head's queries (or a key/value head's keys) from the
+  source run change its attention pattern, which a saturated softmax's gradient hides. The head's
+  pattern is recomputed exactly with them (methods.attention_pattern), and the pattern's change is
+  multiplied by ∂metric/∂pattern: exact up to the pattern, linear only after it. Per position
+  (q_pos, k_pos), a query at one position changes one row of the pattern, a key one column of the
+  scores (every row's softmax then renormalises);
+- **GradDrop** for every site: L more backward passes, the ℓ-th with no gradient through layer ℓ's
+  attention and MLP outputs; a cell is ranked by max(|AtP|, Σ_ℓ |AtP_ℓ| / (L − 1)), so that a cell
+  whose direct and indirect effects cancel still shows up. The signed estimate (`values`) is the
+  QK-fixed one; GradDrop only changes the ranking (`PatchResult.magnitude`).
+
+Cost per sweep, whatever the number of cells: the source run's forward, the base run's forward and
+1 (AtP) or L + 1 (AtP*) backward passes through it (`PatchResult.forward` / `backward` count them).
+Both run on the forward engine, checked against the model's own logits first; where the engine
+cannot run the model, the preview is plain attribution patching through the model's hooks, and
+its note says so. `recall` scores a preview against the exact sweep: the share of the exact top k
+cells among the preview's top k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from workbench import methods, patching, scoreboard
+from workbench.errors import InputError
+from workbench.model import LoadedModel
+from workbench.runs import provenance, run_prompt
+
+PREVIEW_METHODS = ("AtP*", "AtP")  # the first is the default
+K = 5  # recall@K: the page exact-checks the preview's top 5 cells
+
+
+def fixed_patterns(pair: methods.Pair, kind: str, base: dict, source: dict) -> dict[int, torch.Tensor]:
+    """{layer: (head, query, key)} every head's pattern with its queries (kind "q") or keys ("k") from the source run.
+
+    `base`, `source`: hook name -> activation without the batch dim. A head's pattern reads only its
+    own queries and its key/value head's keys, so row h is exactly head h's pattern when its query
+    cell (or its key/value head's key cell) is patched: the QK fix's exact softmax.
+    """
+    w = pair.weights
+    out = {}
+    for layer in range(w.n_layers):
+        q, k = (f"blocks.{layer}.attn.hook_{x}" for x in "qk")
+        queries, keys = (source[q], base[k]) if kind == "q" else (base[q], source[k])
+        out[layer] = methods.attention_pattern(w, layer, queries.float(), keys.float())
+    return out
+
+
+def key_patterns_changes(pair: methods.Pair, layer: int, base: dict, source: dict, grads: torch.Tensor) -> torch.Tensor:
+    """(gradient, head, position) Σ ∂metric/∂pattern · Δpattern with the key at one position from the source run.
+
+    `grads`: (gradient, head, query, key) ∂metric/∂pattern of this layer, one per backward pass. A key
+    at position p changes column p of every query head's scores (of the heads sharing its key/value
+    head); the softmax is recomputed exactly (methods.attention_pattern), so every row it normalises
+    changes. A key the two runs share changes nothing (every position before the first difference):
+    those are skipped.
+    """
+    w = pair.weights
+    q, k, pattern = (f"blocks.{layer}.attn.hook_{x}" for x in ("q", "k", "pattern"))
+    queries, keys, before = (
+        base[q].float(),
+        base[k].float(),
+        base[pattern].float(),
+    )  # (pos, head, d_head), (pos, kv_head, d_head), (head, pos, pos)
+    out = torch.zeros(grads.shape[0], w.n_heads, keys.shape[0])
+    for p in (source[k] != base[k]).flatten(1).any(1).nonzero().flatten().tolist():
+        mixed = keys.clone()
+        mixed[p] = source[k][p].float()
+        change = methods.attention_pattern(w, layer, queries, mixed) - before  # (head, query, key)
+        out[:, :, p] = (grads * change).sum((-1, -2)).cpu()
+    return out
+
+
+def _estimate(pair: methods.Pair, s: patching.Site, base: dict, source: dict, grads: list[dict], qk_fix: bool) -> torch.Tensor:
+    """(gradient, layer, ...cells) linear estimates of each cell's change of the metric, one per gradient; QK-fixed if asked.
+
+    QK fix: a head's queries (all positions) or one query change its pattern's rows, read off the
+    pattern with the source run's queries (fixed_patterns); a key/value head's keys (all positions)
+    change every column of its heads' patterns, the same way; one key changes one column
+    (key_patterns_changes). A key/value head's cells sum over the query heads that share it.
+    """
+    w = pair.weights
+    per_position = "position" in s.axes
+    one_key = s.engine_site == "k" and per_position
+    fixed = fixed_patterns(pair, s.engine_site, base, source) if qk_fix and not one_key else None
+    out = []
+    for layer in range(w.n_layers):
+        if not qk_fix:
+            name = s.hook(layer)
+            change = source[name].float() - base[name].float()
+            out.append(torch.stack([s.reduce(change * g[name].float()).cpu() for g in grads]))
+            continue
+        pattern = f"blocks.{layer}.attn.hook_pattern"
+        g = torch.stack([x[pattern].float() for x in grads])  # (gradient, head, query, key)
+        if one_key:
+            per_head = key_patterns_changes(pair, layer, base, source, g)  # (gradient, head, position)
+        elif per_position:  # a query at position p changes row p only, exactly as all the source run's queries do
+            per_head = ((fixed[layer] - base[pattern].float()) * g).sum(-1).cpu()  # (gradient, head, query)
+        else:
+            per_head = ((fixed[layer] - base[pattern].float()) * g).sum((-1, -2)).cpu()  # (gradient, head)
+        if s.kv:  # key/value heads: the query heads that share one are consecutive
+            per_head = per_head.reshape(len(grads), w.n_kv_heads, -1, *per_head.shape[2:]).sum(2)  # (gradient, kv_head, ...)
+        out.append(per_head)
+    return torch.stack(out, 1)
+
+
+def preview_sweep(
+    model: LoadedModel, setup: patching.PatchingSetup, site: str = "resid_pre", direction: str = "denoising", method: str = "AtP*"
+) -> patching.PatchResult:
+    """Every cell of `site` estimated by AtP* or plain AtP, as a PatchResult (values normalised as an exact sweep's)."""
+    if method not in PREVIEW_METHODS:
+        raise InputError(f"unknown preview '{method}': use one of {', '.join(PREVIEW_METHODS)}")
+    if site not in patching.SITES:
+        raise InputError(f"unknown site '{site}': use one of {', '.join(patching.SITES)}")
+    if direction not in patching.DIRECTIONS:
+        raise InputError(f"unknown direction '{direction}': use denoising or noising")
+    patching.check_setup(model, setup)  # bad prompts or tokens: their own message, before any fallback
+    try:
+        pair = methods.prepare(model, setup, direction)
+    except InputError as err:  # the engine cannot run this model, or disagrees with it
+        plain = patching.attribution_sweep(model, setup, site, direction)
+        note = f"{err}; the preview is plain attribution patching through the model's own hooks"
+        return dataclasses.replace(plain, method="AtP", note="; ".join(n for n in (note, plain.note) if n), forward=2, backward=1)
+    s = patching.SITES[site]
+    star = method == "AtP*"
+    w = pair.weights
+    qk_fix = star and s.engine_site in ("q", "k")
+    names = [s.hook(layer) for layer in range(w.n_layers)]
+    names = list(dict.fromkeys(names + (methods.site_names(w, "q", "k", "pattern") if qk_fix else [])))
+    with torch.no_grad():
+        source = {n: a[0] for n, a in pair.run("source", capture=names).captured.items()}  # forward pass 1
+    base, grads, backward = methods.metric_gradients(pair, names, graddrop=star)  # forward pass 2, then `backward` passes
+    estimates = _estimate(pair, s, base, source, grads, qk_fix)  # (gradient, layer, ...cells): plain, then each layer dropped
+    effect = estimates[0]  # (layer, ...cells)
+    magnitude = effect.abs()
+    if star and w.n_layers > 1:
+        magnitude = torch.maximum(magnitude, estimates[1:].abs().sum(0) / (w.n_layers - 1))
+
+    clean, corrupted = run_prompt(model, setup.clean), run_prompt(model, setup.corrupted)  # cached: the bridge's baselines
+    clean_value, corrupted_value = float(setup.value(clean.logits[-1:])), float(setup.value(corrupted.logits[-1:]))
+    raw = effect + (corrupted_value if direction == "denoising" else clean_value)  # the estimated patched metric
+    values, why = patching._normalise(raw, clean_value, corrupted_value, clean.logits[-1])
+    if torch.isfinite(values).any():
+        magnitude = magnitude / abs(clean_value - corrupted_value)  # on the normalised scale: 1 is the full restoration
+    return patching.PatchResult(
+        site=s.name, direction=direction, metric=setup.metric, method=method, axes=s.axes, values=values, raw=raw,
+        clean_value=clean_value, corrupted_value=corrupted_value, labels=clean.labels, setup=setup, path="engine", note=why,
+        provenance=provenance(
+            model, [setup.clean, setup.corrupted], site=s.name, direction=direction, metric=setup.metric, method=method,
+            answer=setup.answer, wrong=setup.wrong, path="engine", qk_fix=qk_fix, graddrop=star,
+        ),
+        magnitude=magnitude, forward=2, backward=backward,
+    )  # fmt: skip
+
+
+def change(r: patching.PatchResult) -> torch.Tensor:
+    """(cells,) how far each cell moves the metric from the base run: an estimate's magnitude, else |value − base value|."""
+    if r.magnitude is not None:
+        return r.magnitude.flatten()
+    values = r.values.flatten()
+    if torch.isfinite(values).any():
+        return (values - (0.0 if r.direction == "denoising" else 1.0)).abs().nan_to_num(0.0)
+    base = r.corrupted_value if r.direction == "denoising" else r.clean_value
+    return (r.raw.flatten() - base).abs()
+
+
+def recall(estimate: patching.PatchResult, exact: patching.PatchResult, k: int = K) -> float:
+    """Share of the exact sweep's top k cells (by the size of their change) among the estimate's top k.
+
+    k is at most the number of cells the exact sweep moves at all (scoreboard.recall_at); changes
+    below a millionth of the full restoration count as zero (float noise). Only the cells the exact
+    sweep patched count (a window of positions leaves the others NaN).
+    """
+    if (estimate.site, estimate.direction, estimate.values.shape) != (exact.site, exact.direction, exact.values.shape):
+        raise InputError("recall compares a preview with the exact sweep of the same site, direction and prompts")
+    patched = torch.isfinite(exact.raw.flatten())  # (cells,)
+    return scoreboard.recall_at(k, scoreboard.floored(change(estimate)[patched]), scoreboard.floored(change(exact)[patched]))
