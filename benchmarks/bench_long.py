@@ -35,6 +35,7 @@ from workbench.attribution import Answer, input_attribution
 from workbench.figures import attention as draw_attention
 from workbench.figures import long as draw
 from workbench.model import load_model
+from workbench.preview import preview_sweep
 from workbench.runs import all_hook_names, encode, run_tokens
 
 N_TOKENS = 1024
@@ -117,13 +118,19 @@ def _measure(model, quick: bool) -> list[Row]:
         setup = patching.PatchingSetup(prompt, corrupted, 5, 6)
         return patching.sweep(model, setup, "resid_pre", window=(N_TOKENS - 8, N_TOKENS))
 
+    def preview_view():  # the patching page's AtP* preview, its gradients taken block by block
+        corrupted_ids = tokens.clone()
+        corrupted_ids[N_TOKENS - 4] = 2 + (corrupted_ids[N_TOKENS - 4] + 7) % 96
+        setup = patching.PatchingSetup(prompt, model.tokenizer.decode(corrupted_ids[1:]), 5, 6)
+        return preview_sweep(model, setup, "resid_pre", "denoising", "AtP*")
+
     def compare_view():
         return long.pattern_diff(model, prompt, other), compare.lens_diff(
             model, prompt, other, chunk=long.lens_chunk(model), with_patterns=False
         )
 
     views = {"attention": attention_view, "lens": lens_view, "attribution": attribution_view}
-    views |= {"patching": patching_view, "compare": compare_view}
+    views |= {"patching": patching_view, "patching preview": preview_view, "compare": compare_view}
     rows, table = [], []
     for name, fn in views.items():
         model.run_cache.clear()
@@ -132,7 +139,11 @@ def _measure(model, quick: bool) -> list[Row]:
             p, figs = out
             sizes = [draw.figure_bytes(f) for f in figs]
         del out
-        estimate = long.view_bytes(model, N_TOKENS, name)
+        estimate = (
+            long.preview_bytes(model, N_TOKENS, "resid_pre", "AtP*")
+            if name == "patching preview"
+            else long.view_bytes(model, N_TOKENS, name)
+        )
         table.append((name, peak, estimate))
         rows.append(Row("long", case, f"full cache (+{full_peak / MB:,.0f} MB)", full_s, f"{name} view (+{peak / MB:,.0f} MB)", seconds))
     model.run_cache.clear()

@@ -98,8 +98,8 @@ with ui.guard("the patching"):
     st.caption(long.sweep_cost(model, n, site, window).message())
 
     preview = None
-    # a long prompt's preview is a backward pass through the whole model (~1.5x a full cache): only on request
-    backward_mb = 1.5 * long.full_cache_bytes(model, n) / 2**20
+    # a long prompt's preview takes its gradients block by block (n_layers + 1 backward passes for AtP*): only on request
+    backward_mb = long.preview_bytes(model, n, site, method) / 2**20
     if n <= long.LONG_TOKENS or st.checkbox(
         f"Run the {method} preview (backward passes: about {backward_mb:,.0f} MB)", key="w.long_preview"
     ):

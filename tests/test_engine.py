@@ -162,7 +162,7 @@ def test_site_gradients_block_by_block_equal_one_backward_pass(model):
     def value(logits):  # (batch, d_vocab) -> (batch,)
         return logits[:, answer] - logits[:, wrong]
 
-    acts, grads = engine.site_gradients(w, ids, names, value)
+    acts, (grads,) = engine.site_gradients(w, ids, names, value)
     with torch.enable_grad():
         out = engine.forward(w, ids, capture=names)
         whole = [out.captured[n] for n in names]
@@ -171,3 +171,40 @@ def test_site_gradients_block_by_block_equal_one_backward_pass(model):
         assert torch.allclose(acts[n], a.detach(), atol=1e-5), n
         assert torch.allclose(grads[n], g, atol=1e-5, rtol=1e-4), n
     assert any(float(g.abs().max()) > 0 for g in grads.values())
+
+
+def test_graddrop_streams_block_by_block_equal_methods_whole_graph_gradients(circuits):
+    from workbench import methods, patching
+
+    clean = "apple river stone cloud tiger apple river stone"
+    ids = [circuits.tokenizer(" " + x)["input_ids"][0] for x in ("cloud", "lemon")]
+    setup = patching.PatchingSetup(clean, clean.replace("cloud", "lemon"), *ids)
+    pair = methods.prepare(circuits, setup)
+    w = pair.weights
+    names = methods.site_names(w, "resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid", "mlp_post", "mlp_out", "resid_post")
+    base, want, passes = methods.metric_gradients(pair, names, graddrop=True)
+    acts, got = engine.site_gradients(w, pair.base_tokens[None], names, pair.metric, graddrop=True)
+    assert len(got) == passes == w.n_layers + 1
+    for stream, (g_want, g_got) in enumerate(zip(want, got, strict=True)):
+        for n in names:
+            assert torch.allclose(g_got[n][0], g_want[n], atol=1e-5, rtol=1e-4), (stream, n)
+    for n in names:
+        assert torch.allclose(acts[n][0], base[n], atol=1e-5), n
+    assert any(float(g.abs().max()) > 0 for stream in got[1:] for g in stream.values())
+
+
+def test_an_edit_at_resid_mid_acts_as_the_bridge_hook_does(model):
+    """transformer-lens 4's hook_resid_mid feeds the MLP's input only (not the skip path); the engine does the same."""
+    ids = _prompt(model)
+    vector = torch.randn(model.info.d_model, generator=torch.Generator().manual_seed(1))  # (d_model,)
+
+    def add(resid, hook):
+        resid = resid.clone()
+        resid[:, 2] += vector
+        return resid
+
+    want, _ = run_tokens(model, ids, hooks=[("blocks.0.hook_resid_mid", add)])
+    with torch.no_grad():
+        got = engine.forward(engine.weights_of(model), ids, edits=[engine.Edit("add", "resid_mid", 0, position=2, value=vector)]).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got, run_tokens(model, ids)[0], atol=1e-3)

@@ -217,3 +217,26 @@ def test_lens_diff_of_long_prompts_equals_the_cached_one(english):
     cached = compare.lens_diff(english, a, b)
     assert lean.top_a == cached.top_a and lean.top_b == cached.top_b
     assert torch.allclose(lean.js, cached.js, atol=1e-5) and torch.allclose(lean.prob_a, cached.prob_a, atol=1e-5)
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "k_pos"])
+def test_a_long_prompts_preview_taken_block_by_block_equals_the_whole_graph(deep, site, monkeypatch):
+    from workbench import patching
+    from workbench.preview import preview_sweep
+
+    clean = long_prompt(deep, 300, seed=3)
+    words = clean.split()
+    n = long.n_tokens(deep, clean)
+    assert n > long.LONG_TOKENS
+    for other in ["apple", "river", "stone", "cloud", "tiger", "piano", "candle", "garden"]:  # one of the same token count
+        corrupted = " ".join([*words[:-3], other, *words[-2:]])
+        if other != words[-3] and long.n_tokens(deep, corrupted) == n:
+            break
+    ids = [deep.tokenizer(" " + w)["input_ids"][0] for w in ("apple", "river")]
+    setup = patching.PatchingSetup(clean, corrupted, *ids)
+    blockwise = preview_sweep(deep, setup, site, "denoising", "AtP*")
+    monkeypatch.setattr(long, "LONG_TOKENS", 10**6)  # the same preview through one graph of the whole run
+    whole = preview_sweep(deep, setup, site, "denoising", "AtP*")
+    assert torch.allclose(blockwise.raw, whole.raw, atol=1e-4, rtol=1e-3)
+    assert torch.allclose(blockwise.magnitude, whole.magnitude, atol=1e-4, rtol=1e-3)
+    assert float(whole.magnitude.max()) > 0

@@ -451,6 +451,7 @@ def block(
     if w.parallel:
         mlp_in = x if L.ln2 is None else L.ln2(resid)
     else:
+        # as transformer-lens 4's bridge: an edit at resid_mid reaches the MLP's input, not the skip path
         mid = run(index, "resid_mid", resid + attn_out)
         mlp_in = L.ln2(mid)
     if L.W_gate_in is not None:  # gated (SwiGLU, GeGLU): act(x W_gate) * (x W_in + b_in)
@@ -515,10 +516,13 @@ def forward(
     return Output(logits, run.captured)
 
 
+SKIP_SITES = ("resid_pre", "resid_post")  # on the skip path (resid_mid feeds only the MLP, see block): GradDrop keeps their gradient
+
+
 def site_gradients(
-    w: Weights, tokens: torch.Tensor, names: Sequence[str], value: Callable[[torch.Tensor], torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """({name: activation}, {name: ∂value/∂activation}) of one run on `tokens` (batch, pos), block by block.
+    w: Weights, tokens: torch.Tensor, names: Sequence[str], value: Callable[[torch.Tensor], torch.Tensor], graddrop: bool = False
+) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """({name: activation}, [{name: ∂value/∂activation}, ...]) of one run on `tokens` (batch, pos), block by block.
 
     `value` maps the last position's logits (batch, d_vocab) to one number per row (batch,); the
     gradients are of its sum. The same numbers as one backward pass through the whole run, in
@@ -526,6 +530,12 @@ def site_gradients(
     is run again with gradients while the backward pass reaches it, so at most one block's graph is
     held (on a 1,024-token prompt of a GPT-2-small shape, one layer's attention pattern and MLP
     instead of twelve). Costs one forward pass more than the plain backward pass.
+
+    With `graddrop` the list holds, after the plain gradients, one set per layer ℓ with no gradient
+    through layer ℓ's attention and MLP outputs (AtP*'s GradDrop, see methods.py): in that block
+    the gradient passes by the skip path only, so its residual-stream sites keep the incoming
+    gradient and every other site of the block gets zero. All of them are carried down together,
+    one block's graph at a time: the cost of n_layers + 1 backward passes.
     """
     n_layers = w.n_layers
     unknown = [n for n in names if not any(n.startswith(f"blocks.{i}.") for i in range(n_layers))]
@@ -540,10 +550,12 @@ def site_gradients(
     with torch.enable_grad():
         top = x[:, -1].detach().requires_grad_(True)  # (batch, d_model)
         logits = w.ln_final(top) @ w.W_U + (w.b_U if w.b_U is not None else 0)
-        (grad_out,) = torch.autograd.grad(value(logits).sum(), top)
-    grad_out = torch.zeros_like(x).index_copy_(1, torch.tensor([x.shape[1] - 1], device=x.device), grad_out[:, None])
+        (grad_top,) = torch.autograd.grad(value(logits).sum(), top)
+    last = torch.tensor([x.shape[1] - 1], device=x.device)
+    streams = [None, *range(n_layers)] if graddrop else [None]  # None: the plain gradient; ℓ: layer ℓ's outputs dropped
+    grad_out = [torch.zeros_like(x).index_copy_(1, last, grad_top[:, None]) for _ in streams]  # each (batch, pos, d_model)
     acts: dict[str, torch.Tensor] = {}
-    grads: dict[str, torch.Tensor] = {}
+    grads: list[dict[str, torch.Tensor]] = [{} for _ in streams]
     for index in reversed(range(n_layers)):
         wanted = [n for n in names if n.startswith(f"blocks.{index}.")]
         run = _Run((), wanted)
@@ -551,9 +563,16 @@ def site_gradients(
             resid = inputs[index].detach().requires_grad_(True)
             out = block(w, index, resid, run)
             found = [run.captured[n] for n in wanted]
-            got = torch.autograd.grad(out, [resid, *found], grad_outputs=grad_out, allow_unused=True)
-        grad_out = got[0]
-        for n, a, g in zip(wanted, found, got[1:], strict=True):
+            for s, dropped in enumerate(streams):
+                if dropped == index:  # the skip path only
+                    for n, a in zip(wanted, found, strict=True):
+                        on_skip = n.rsplit(".", 1)[-1] in {SITE_HOOKS[k] for k in SKIP_SITES}
+                        grads[s][n] = grad_out[s].clone() if on_skip else torch.zeros_like(a)
+                    continue
+                got = torch.autograd.grad(out, [resid, *found], grad_outputs=grad_out[s], allow_unused=True, retain_graph=True)
+                grad_out[s] = got[0]
+                for n, a, g in zip(wanted, found, got[1:], strict=True):
+                    grads[s][n] = torch.zeros_like(a) if g is None else g
+        for n, a in zip(wanted, found, strict=True):
             acts[n] = a.detach()
-            grads[n] = torch.zeros_like(a) if g is None else g
     return acts, grads

@@ -73,6 +73,28 @@ def _forward_bytes(model: LoadedModel, n: int) -> int:
     return 4 * n * (6 * i.d_model + 3 * i.d_mlp + 3 * i.n_heads * n)
 
 
+def preview_bytes(model: LoadedModel, n: int, site: str, method: str) -> int:
+    """Estimated peak bytes of a patching preview whose gradients are taken block by block (engine.site_gradients).
+
+    The residual stream entering every block; the gradients of the residual stream carried down
+    together (1, or n_layers + 1 for AtP*'s GradDrop); one block's graph (about a layer's share of a
+    full cache, with its gradient); the site's activations in both runs and its gradients at every
+    layer, and every layer's pattern where AtP*'s QK fix recomputes it (queries and keys); the
+    logits of the engine's check. Measured (bench_long): +808 MB for AtP* on the residual stream
+    at 1,024 tokens of a GPT-2-small shape, estimated 903 MB.
+    """
+    i = model.info
+    resid = 4 * n * i.d_model
+    streams = i.n_layers + 1 if method == "AtP*" else 1
+    one_block = 2 * full_cache_bytes(model, n) // max(1, i.n_layers)
+    width = {"resid_pre": i.d_model, "attn_out": i.d_model, "mlp_out": i.d_model, "pattern": i.n_heads * n}
+    per_position = width.get(site.removesuffix("_pos"), i.n_heads * i.d_head)  # q, k, v, z: every head's vectors
+    if method == "AtP*" and site.removesuffix("_pos") in ("q", "k"):
+        per_position += 2 * i.n_heads * n  # the patterns the QK fix reads and writes
+    logits = 2 * 4 * n * i.d_vocab  # the engine's check against the model's logits, on every position
+    return (i.n_layers + streams) * resid + one_block + 3 * 4 * i.n_layers * n * per_position + logits
+
+
 def view_bytes(model: LoadedModel, n: int, view: str, chunk: int = 32) -> int:
     """Estimated peak bytes a view holds for a prompt of n tokens in long-prompt mode (see the module doc)."""
     i = model.info

@@ -239,9 +239,17 @@ def metric_gradients(pair: Pair, names: list[str], graddrop: bool) -> tuple[dict
     """(base activations, [gradients of the metric: plain, then with layer ℓ's output dropped for each ℓ], backward passes).
 
     Activations and gradients are keyed by hook name, without the batch dim. One forward pass of the
-    base run, then 1 (+ n_layers with GradDrop) backward passes through the same graph.
+    base run, then 1 (+ n_layers with GradDrop) backward passes through the same graph. A long
+    prompt's gradients are taken block by block instead (engine.site_gradients: the same numbers,
+    one block's graph in memory, one forward pass more).
     """
+    from workbench.long import LONG_TOKENS  # imported here: long imports the views beside this module
+
     w = pair.weights
+    if len(pair.base_tokens) > LONG_TOKENS:
+        tokens = pair.base_tokens[None].to(w.W_U.device)
+        acts, grads = engine.site_gradients(w, tokens, names, pair.metric, graddrop=graddrop)
+        return {n: acts[n][0] for n in names}, [{n: g[n][0] for n in names} for g in grads], len(grads)
     dropped: dict[str, int | None] = {"layer": None}  # which layer's output passes no gradient in this backward pass
     with torch.enable_grad():
         out = pair.run("base", capture=names + site_names(w, "attn_out", "mlp_out"))
