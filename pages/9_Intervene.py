@@ -121,12 +121,12 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
         plus = minus = ()
         path = feature = site = None
         if what == "prompts":
-            site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site")
+            site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site", help=iv.SITE_HELP)
             a, b = st.columns(2)
             plus = tuple(p for p in a.text_area("Towards these prompts (one per line)", key="w.add_plus").splitlines() if p.strip())
             minus = tuple(p for p in b.text_area("Away from these prompts (one per line)", key="w.add_minus").splitlines() if p.strip())
         elif what == "file":
-            site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site")
+            site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site", help=iv.SITE_HELP)
             path = st.text_input("Vector file on the server (.safetensors, .pt, .npy)", key="w.add_path")
         else:
             feature, layer = int(index), None
