@@ -80,8 +80,9 @@ def preview_bytes(model: LoadedModel, n: int, site: str, method: str) -> int:
     together (1, or n_layers + 1 for AtP*'s GradDrop); one block's graph (about a layer's share of a
     full cache, with its gradient); the site's activations in both runs and its gradients at every
     layer, and every layer's pattern where AtP*'s QK fix recomputes it (queries and keys); the
-    logits of the engine's check. Measured (bench_long): +808 MB for AtP* on the residual stream
-    at 1,024 tokens of a GPT-2-small shape, estimated 903 MB.
+    logits of the engine's check. Measured (bench_long): +1,203 MB for AtP* on the residual stream
+    at 1,024 tokens of a GPT-2-small shape with both runs computed in it (+808 MB with them
+    cached), estimated 1,295 MB.
     """
     i = model.info
     resid = 4 * n * i.d_model
@@ -91,7 +92,7 @@ def preview_bytes(model: LoadedModel, n: int, site: str, method: str) -> int:
     per_position = width.get(site.removesuffix("_pos"), i.n_heads * i.d_head)  # q, k, v, z: every head's vectors
     if method == "AtP*" and site.removesuffix("_pos") in ("q", "k"):
         per_position += 2 * i.n_heads * n  # the patterns the QK fix reads and writes
-    logits = 2 * 4 * n * i.d_vocab  # the engine's check against the model's logits, on every position
+    logits = 4 * 4 * n * i.d_vocab  # both runs' logits (the baselines) and the engine's check against them, on every position
     return (i.n_layers + streams) * resid + one_block + 3 * 4 * i.n_layers * n * per_position + logits
 
 
