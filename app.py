@@ -12,7 +12,9 @@ view = ui.View(
     "🔬 GPT interpretability workbench",
     "Look inside a trained GPT: type a prompt and see what the model does with it. The pages on the left "
     "show attention, the logit lens, activation patching and attribution on the same model and prompt, compare two "
-    "prompts, and show how the model's heads formed during training.",
+    "prompts, show how the model's heads formed during training, trace the routes of one prediction (Graph), read "
+    "its sparse-autoencoder features, change one thing and watch the continuation (Intervene), and score cheap "
+    "patching estimates against exact patching (Methods).",
     params=(
         ui.number("k", int, 3, 30),
         ui.choice("sampling", SAMPLING_MODES),
