@@ -219,7 +219,7 @@ def test_lens_diff_of_long_prompts_equals_the_cached_one(english):
     assert torch.allclose(lean.js, cached.js, atol=1e-5) and torch.allclose(lean.prob_a, cached.prob_a, atol=1e-5)
 
 
-@pytest.mark.parametrize("site", ["resid_pre", "k_pos"])
+@pytest.mark.parametrize("site", ["resid_pre", "k_pos", "q_pos", "k"])
 def test_a_long_prompts_preview_taken_block_by_block_equals_the_whole_graph(deep, site, monkeypatch):
     from workbench import patching
     from workbench.preview import preview_sweep
@@ -235,7 +235,9 @@ def test_a_long_prompts_preview_taken_block_by_block_equals_the_whole_graph(deep
     ids = [deep.tokenizer(" " + w)["input_ids"][0] for w in ("apple", "river")]
     setup = patching.PatchingSetup(clean, corrupted, *ids)
     blockwise = preview_sweep(deep, setup, site, "denoising", "AtP*")
-    monkeypatch.setattr(long, "LONG_TOKENS", 10**6)  # the same preview through one graph of the whole run
+    from workbench import preview
+
+    monkeypatch.setattr(preview, "LONG_TOKENS", 10**6)  # the same preview through one graph of the whole run
     whole = preview_sweep(deep, setup, site, "denoising", "AtP*")
     assert torch.allclose(blockwise.raw, whole.raw, atol=1e-4, rtol=1e-3)
     assert torch.allclose(blockwise.magnitude, whole.magnitude, atol=1e-4, rtol=1e-3)

@@ -520,7 +520,12 @@ SKIP_SITES = ("resid_pre", "resid_post")  # on the skip path (resid_mid feeds on
 
 
 def site_gradients(
-    w: Weights, tokens: torch.Tensor, names: Sequence[str], value: Callable[[torch.Tensor], torch.Tensor], graddrop: bool = False
+    w: Weights,
+    tokens: torch.Tensor,
+    names: Sequence[str],
+    value: Callable[[torch.Tensor], torch.Tensor],
+    graddrop: bool = False,
+    on_block: Callable[[int, dict[str, torch.Tensor], list[dict[str, torch.Tensor]]], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
     """({name: activation}, [{name: ∂value/∂activation}, ...]) of one run on `tokens` (batch, pos), block by block.
 
@@ -536,6 +541,10 @@ def site_gradients(
     the gradient passes by the skip path only, so its residual-stream sites keep the incoming
     gradient and every other site of the block gets zero. All of them are carried down together,
     one block's graph at a time: the cost of n_layers + 1 backward passes.
+
+    `on_block(layer, activations, [gradients per stream])`, when given, receives each block's sites
+    as soon as they are known and nothing is kept (both returned dicts stay empty): a caller that
+    reduces a layer's patterns and their gradients to a few numbers never holds every layer's.
     """
     n_layers = w.n_layers
     unknown = [n for n in names if not any(n.startswith(f"blocks.{i}.") for i in range(n_layers))]
@@ -573,6 +582,9 @@ def site_gradients(
                 grad_out[s] = got[0]
                 for n, a, g in zip(wanted, found, got[1:], strict=True):
                     grads[s][n] = torch.zeros_like(a) if g is None else g
+        if on_block is not None:
+            on_block(index, {n: a.detach() for n, a in zip(wanted, found, strict=True)}, [{n: g.pop(n) for n in wanted} for g in grads])
+            continue
         for n, a in zip(wanted, found, strict=True):
             acts[n] = a.detach()
     return acts, grads

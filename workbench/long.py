@@ -74,15 +74,15 @@ def _forward_bytes(model: LoadedModel, n: int) -> int:
 
 
 def preview_bytes(model: LoadedModel, n: int, site: str, method: str) -> int:
-    """Estimated peak bytes of a patching preview whose gradients are taken block by block (engine.site_gradients).
+    """Estimated peak bytes of a long prompt's patching preview (preview.py: gradients block by block, reduced per layer).
 
     The residual stream entering every block; the gradients of the residual stream carried down
     together (1, or n_layers + 1 for AtP*'s GradDrop); one block's graph (about a layer's share of a
-    full cache, with its gradient); the site's activations in both runs and its gradients at every
-    layer, and every layer's pattern where AtP*'s QK fix recomputes it (queries and keys); the
-    logits of the engine's check. Measured (bench_long): +1,203 MB for AtP* on the residual stream
-    at 1,024 tokens of a GPT-2-small shape with both runs computed in it (+808 MB with them
-    cached), estimated 1,295 MB.
+    full cache, with its gradient); the site's activations in both runs at every layer; where
+    AtP*'s QK fix reads patterns (queries, keys), one layer's pattern with its gradient per stream
+    and the recomputed pattern; both runs' logits and the engine's check against them. Measured
+    (bench_long): +1,203 MB for AtP* on the residual stream at 1,024 tokens of a GPT-2-small
+    shape with both runs computed in it (+808 MB with them cached), estimated 1,295 MB.
     """
     i = model.info
     resid = 4 * n * i.d_model
@@ -90,10 +90,11 @@ def preview_bytes(model: LoadedModel, n: int, site: str, method: str) -> int:
     one_block = 2 * full_cache_bytes(model, n) // max(1, i.n_layers)
     width = {"resid_pre": i.d_model, "attn_out": i.d_model, "mlp_out": i.d_model, "pattern": i.n_heads * n}
     per_position = width.get(site.removesuffix("_pos"), i.n_heads * i.d_head)  # q, k, v, z: every head's vectors
+    sites = 3 * 4 * i.n_layers * n * per_position
     if method == "AtP*" and site.removesuffix("_pos") in ("q", "k"):
-        per_position += 2 * i.n_heads * n  # the patterns the QK fix reads and writes
+        sites += (streams + 3) * 4 * i.n_heads * n * n  # one layer's pattern, its gradients, the recomputed one
     logits = 4 * 4 * n * i.d_vocab  # both runs' logits (the baselines) and the engine's check against them, on every position
-    return (i.n_layers + streams) * resid + one_block + 3 * 4 * i.n_layers * n * per_position + logits
+    return (i.n_layers + streams) * resid + one_block + sites + logits
 
 
 def view_bytes(model: LoadedModel, n: int, view: str, chunk: int = 32) -> int:

@@ -30,8 +30,9 @@ import dataclasses
 
 import torch
 
-from workbench import methods, patching, scoreboard
+from workbench import engine, methods, patching, scoreboard
 from workbench.errors import InputError
+from workbench.long import LONG_TOKENS
 from workbench.model import LoadedModel
 from workbench.runs import provenance, run_prompt
 
@@ -58,7 +59,7 @@ def fixed_patterns(pair: methods.Pair, kind: str, base: dict, source: dict) -> d
 def key_patterns_changes(pair: methods.Pair, layer: int, base: dict, source: dict, grads: torch.Tensor) -> torch.Tensor:
     """(gradient, head, position) Σ ∂metric/∂pattern · Δpattern with the key at one position from the source run.
 
-    `grads`: (gradient, head, query, key) ∂metric/∂pattern of this layer, one per backward pass. A key
+    `grads`: [(head, query, key)] ∂metric/∂pattern of this layer, one per backward pass (or stacked). A key
     at position p changes column p of every query head's scores (of the heads sharing its key/value
     head); the softmax is recomputed exactly (methods.attention_pattern), so every row it normalises
     changes. A key the two runs share changes nothing (every position before the first difference):
@@ -71,12 +72,12 @@ def key_patterns_changes(pair: methods.Pair, layer: int, base: dict, source: dic
         base[k].float(),
         base[pattern].float(),
     )  # (pos, head, d_head), (pos, kv_head, d_head), (head, pos, pos)
-    out = torch.zeros(grads.shape[0], w.n_heads, keys.shape[0])
+    out = torch.zeros(len(grads), w.n_heads, keys.shape[0])
     for p in (source[k] != base[k]).flatten(1).any(1).nonzero().flatten().tolist():
         mixed = keys.clone()
         mixed[p] = source[k][p].float()
         change = methods.attention_pattern(w, layer, queries, mixed) - before  # (head, query, key)
-        out[:, :, p] = (grads * change).sum((-1, -2)).cpu()
+        out[:, :, p] = torch.stack([(x * change).sum((-1, -2)).cpu() for x in grads])
     return out
 
 
@@ -88,29 +89,50 @@ def _estimate(pair: methods.Pair, s: patching.Site, base: dict, source: dict, gr
     change every column of its heads' patterns, the same way; one key changes one column
     (key_patterns_changes). A key/value head's cells sum over the query heads that share it.
     """
+    return torch.stack([_estimate_layer(pair, s, layer, base, source, grads, qk_fix) for layer in range(pair.weights.n_layers)], 1)
+
+
+def _estimate_layer(
+    pair: methods.Pair, s: patching.Site, layer: int, base: dict, source: dict, grads: list[dict], qk_fix: bool
+) -> torch.Tensor:
+    """(gradient, ...cells) the estimates of one layer's cells (see _estimate); reads only this layer's activations."""
     w = pair.weights
     per_position = "position" in s.axes
     one_key = s.engine_site == "k" and per_position
-    fixed = fixed_patterns(pair, s.engine_site, base, source) if qk_fix and not one_key else None
-    out = []
-    for layer in range(w.n_layers):
-        if not qk_fix:
-            name = s.hook(layer)
-            change = source[name].float() - base[name].float()
-            out.append(torch.stack([s.reduce(change * g[name].float()).cpu() for g in grads]))
-            continue
-        pattern = f"blocks.{layer}.attn.hook_pattern"
-        g = torch.stack([x[pattern].float() for x in grads])  # (gradient, head, query, key)
-        if one_key:
-            per_head = key_patterns_changes(pair, layer, base, source, g)  # (gradient, head, position)
-        elif per_position:  # a query at position p changes row p only, exactly as all the source run's queries do
-            per_head = ((fixed[layer] - base[pattern].float()) * g).sum(-1).cpu()  # (gradient, head, query)
-        else:
-            per_head = ((fixed[layer] - base[pattern].float()) * g).sum((-1, -2)).cpu()  # (gradient, head)
-        if s.kv:  # key/value heads: the query heads that share one are consecutive
-            per_head = per_head.reshape(len(grads), w.n_kv_heads, -1, *per_head.shape[2:]).sum(2)  # (gradient, kv_head, ...)
-        out.append(per_head)
-    return torch.stack(out, 1)
+    if not qk_fix:
+        name = s.hook(layer)
+        change = source[name].float() - base[name].float()
+        return torch.stack([s.reduce(change * g[name].float()).cpu() for g in grads])
+    pattern = f"blocks.{layer}.attn.hook_pattern"
+    g = [x[pattern].float() for x in grads]  # [(head, query, key)] one per gradient, never stacked: a long prompt's are large
+    if one_key:
+        per_head = key_patterns_changes(pair, layer, base, source, g)  # (gradient, head, position)
+    else:
+        q, k = (f"blocks.{layer}.attn.hook_{x}" for x in "qk")
+        queries, keys = (source[q], base[k]) if s.engine_site == "q" else (base[q], source[k])
+        change = methods.attention_pattern(w, layer, queries.float(), keys.float()) - base[pattern].float()  # (head, query, key)
+        summed = (-1,) if per_position else (-1, -2)  # a query at position p changes row p only, exactly as all the source run's do
+        per_head = torch.stack([(change * x).sum(summed).cpu() for x in g])  # (gradient, head[, query])
+    if s.kv:  # key/value heads: the query heads that share one are consecutive
+        per_head = per_head.reshape(len(grads), w.n_kv_heads, -1, *per_head.shape[2:]).sum(2)  # (gradient, kv_head, ...)
+    return per_head
+
+
+def _estimate_by_block(pair: methods.Pair, s: patching.Site, names: list[str], source: dict, star: bool, qk_fix: bool) -> torch.Tensor:
+    """As _estimate, with the gradients taken block by block and each layer reduced as soon as its block is done.
+
+    For long prompts: every layer's patterns and their n_layers + 1 gradients are never held at once.
+    """
+    w = pair.weights
+    by_layer: dict[int, torch.Tensor] = {}
+
+    def reduce(layer: int, acts: dict, grads: list[dict]) -> None:
+        base = {n: a[0] for n, a in acts.items()}
+        by_layer[layer] = _estimate_layer(pair, s, layer, base, source, [{n: g[0] for n, g in x.items()} for x in grads], qk_fix)
+
+    tokens = pair.base_tokens[None].to(w.W_U.device)
+    engine.site_gradients(w, tokens, names, pair.metric, graddrop=star, on_block=reduce)
+    return torch.stack([by_layer[layer] for layer in range(w.n_layers)], 1)
 
 
 def preview_sweep(
@@ -136,10 +158,17 @@ def preview_sweep(
     qk_fix = star and s.engine_site in ("q", "k")
     names = [s.hook(layer) for layer in range(w.n_layers)]
     names = list(dict.fromkeys(names + (methods.site_names(w, "q", "k", "pattern") if qk_fix else [])))
+    long_prompt = len(pair.base_tokens) > LONG_TOKENS
+    # the source run's patterns are never read: a long prompt's would be every layer's (head, pos, pos)
+    source_names = [n for n in names if not (long_prompt and n.endswith("hook_pattern"))]
     with torch.no_grad():
-        source = {n: a[0] for n, a in pair.run("source", capture=names).captured.items()}  # forward pass 1
-    base, grads, backward = methods.metric_gradients(pair, names, graddrop=star)  # forward pass 2, then `backward` passes
-    estimates = _estimate(pair, s, base, source, grads, qk_fix)  # (gradient, layer, ...cells): plain, then each layer dropped
+        source = {n: a[0] for n, a in pair.run("source", capture=source_names).captured.items()}  # forward pass 1
+    if long_prompt:  # gradients block by block, each layer reduced to its cells' estimates at once
+        estimates = _estimate_by_block(pair, s, names, source, star, qk_fix)  # (gradient, layer, ...cells)
+        backward = w.n_layers + 1 if star else 1
+    else:
+        base, grads, backward = methods.metric_gradients(pair, names, graddrop=star)  # forward pass 2, then `backward` passes
+        estimates = _estimate(pair, s, base, source, grads, qk_fix)  # (gradient, layer, ...cells): plain, then each layer dropped
     effect = estimates[0]  # (layer, ...cells)
     magnitude = effect.abs()
     if star and w.n_layers > 1:
