@@ -45,7 +45,9 @@ def test_ablating_a_head_equals_zeroing_it_with_a_hook(model):
     assert changed > 0  # the edits did something
 
 
-def test_adding_a_vector_at_one_position_equals_a_hook(model):
+@pytest.mark.parametrize("site", ["resid_pre", "resid_mid"])
+def test_adding_a_vector_at_one_position_equals_a_hook(model, site):
+    """resid_mid too: transformer-lens 4's hook there feeds the MLP's input only (not the skip path); the engine matches."""
     ids = _prompt(model)
     vector = torch.randn(model.info.d_model, generator=torch.Generator().manual_seed(0))  # (d_model,)
 
@@ -54,10 +56,11 @@ def test_adding_a_vector_at_one_position_equals_a_hook(model):
         resid[:, 3] += vector
         return resid
 
-    want, _ = run_tokens(model, ids, hooks=[("blocks.1.hook_resid_pre", add)])
+    want, _ = run_tokens(model, ids, hooks=[(f"blocks.1.{engine.SITE_HOOKS[site]}", add)])
     with torch.no_grad():
-        got = engine.forward(engine.weights_of(model), ids, edits=[engine.Edit("add", "resid_pre", 1, position=3, value=vector)]).logits
+        got = engine.forward(engine.weights_of(model), ids, edits=[engine.Edit("add", site, 1, position=3, value=vector)]).logits
     assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got, run_tokens(model, ids)[0], atol=1e-3)
     assert torch.allclose(got[:, :3], run_tokens(model, ids)[0][:, :3], atol=1e-5)  # causality: earlier positions unchanged
 
 
@@ -191,20 +194,3 @@ def test_graddrop_streams_block_by_block_equal_methods_whole_graph_gradients(cir
     for n in names:
         assert torch.allclose(acts[n][0], base[n], atol=1e-5), n
     assert any(float(g.abs().max()) > 0 for stream in got[1:] for g in stream.values())
-
-
-def test_an_edit_at_resid_mid_acts_as_the_bridge_hook_does(model):
-    """transformer-lens 4's hook_resid_mid feeds the MLP's input only (not the skip path); the engine does the same."""
-    ids = _prompt(model)
-    vector = torch.randn(model.info.d_model, generator=torch.Generator().manual_seed(1))  # (d_model,)
-
-    def add(resid, hook):
-        resid = resid.clone()
-        resid[:, 2] += vector
-        return resid
-
-    want, _ = run_tokens(model, ids, hooks=[("blocks.0.hook_resid_mid", add)])
-    with torch.no_grad():
-        got = engine.forward(engine.weights_of(model), ids, edits=[engine.Edit("add", "resid_mid", 0, position=2, value=vector)]).logits
-    assert torch.allclose(got, want, atol=1e-4)
-    assert not torch.allclose(got, run_tokens(model, ids)[0], atol=1e-3)

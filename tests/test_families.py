@@ -30,23 +30,11 @@ def family(request, tmp_path_factory):
     """(family name, loaded model, the plain transformers model from the same folder)."""
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "bloom":
-        _build_bloom(folder)
+        families.build_bloom(folder)
     else:
         families.build(request.param, folder)
     plain = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     return request.param, load_model(str(folder)), plain
-
-
-def _build_bloom(folder):
-    from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(families.TOKENIZER)
-    config = BloomConfig(
-        vocab_size=len(tokenizer), initializer_range=0.3, hidden_size=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
-    )
-    BloomForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def _setup(model, metric="logit difference"):
@@ -391,3 +379,36 @@ def test_an_architecture_transformer_lens_cannot_wrap_is_refused_at_load_naming_
     with pytest.raises(InputError, match=r"transformer-lens cannot wrap the model in .* \(ctrl\)") as err:
         load_model(str(tmp_path))
     assert "\n" not in str(err.value)
+
+
+def test_site_gradients_equal_the_bridges_backward_pass_and_graddrop_leaves_later_layers_alone(family):
+    """engine.site_gradients (block by block) against autograd through the bridge: the gradient of a zero added at each hook."""
+    name, model, _ = family
+    if name == "bloom":
+        return  # the engine does not know it (tested above)
+    from workbench.runs import run_tokens
+
+    ids = encode(model, CLEAN)[0][None]  # (1, pos)
+    sites = ("resid_pre", "q", "k", "v", "z", "attn_out", "mlp_post", "mlp_out", "resid_post")
+    if name not in ("opt", "gptj"):  # their bridges do not route hook_pattern into the output (see the graph's tests)
+        sites += ("pattern",)
+    names = [f"blocks.{layer}.{engine.SITE_HOOKS[s]}" for layer in range(model.info.n_layers) for s in sites]
+    answer, wrong = 5, 9
+
+    def value(logits):  # (batch, d_vocab) -> (batch,)
+        return logits[:, answer] - logits[:, wrong]
+
+    _, shapes = run_tokens(model, ids, names)
+    zeros = [torch.zeros_like(shapes[n], requires_grad=True) for n in names]
+    hooks = [(n, lambda act, hook, z=z: act + z) for n, z in zip(names, zeros, strict=True)]
+    logits, _ = run_tokens(model, ids, hooks=hooks, grad=True)
+    theirs = torch.autograd.grad(value(logits[:, -1].float()).sum(), zeros)
+    acts, grads = engine.site_gradients(engine.weights_of(model), ids, names, value, graddrop=True)
+    scale = max(float(g.abs().max()) for g in theirs)
+    for n, g in zip(names, theirs, strict=True):
+        assert torch.allclose(acts[n], shapes[n], atol=1e-4), n
+        assert torch.allclose(grads[0][n], g, atol=1e-4 * scale), n
+    for dropped in range(model.info.n_layers):  # dropping layer ℓ's outputs changes no gradient above ℓ, and some below
+        later = [n for n in names if int(n.split(".")[1]) > dropped]
+        assert all(torch.equal(grads[1 + dropped][n], grads[0][n]) for n in later)
+    assert not all(torch.equal(grads[1][n], grads[0][n]) for n in names if n.startswith("blocks.0."))

@@ -219,24 +219,10 @@ def test_the_probe_writes_the_graph_and_its_check(tmp_path):
     assert doc["metadata"]["answer_label"] == "␣stone" and doc["links"]
 
 
-def _build_bloom(folder):
-    """BLOOM (ALiBi positions): a family the forward engine does not know, so ablations go through the bridge's hooks."""
-    from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(families.TOKENIZER)
-    config = BloomConfig(
-        vocab_size=len(tokenizer), initializer_range=0.3, hidden_size=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
-    )
-    BloomForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module", params=[*families.FAMILIES, "bloom"])
 def family(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
-    folder = _build_bloom(folder) if request.param == "bloom" else families.build(request.param, folder)
+    folder = families.build_bloom(folder) if request.param == "bloom" else families.build(request.param, folder)
     return request.param, load_model(str(folder))
 
 

@@ -112,3 +112,21 @@ def build(
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def build_bloom(folder: str | Path) -> Path:
+    """A random BLOOM (ALiBi positions) in `folder`: a family transformer-lens wraps but the forward engine does not know.
+
+    The tests use it for the paths that fall back to the bridge's own hooks.
+    """
+    from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    config = BloomConfig(
+        vocab_size=len(tokenizer), initializer_range=0.3, hidden_size=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
+    BloomForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

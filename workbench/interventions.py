@@ -380,10 +380,8 @@ class FeatureTo:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         pos = _pick(x.shape[1], self.positions, len(self.values) if self.per_position else None).to(x.device)
-        part = x[:, pos]  # (batch, k, d_in)
-        current = self.sae.encode(part)[..., self.feature]  # (batch, k)
-        value = (self.values[pos.cpu()] if self.per_position else self.values).to(x)
-        x[:, pos] = part + (value - current)[..., None] * self.sae.W_dec[self.feature].to(x)
+        value = (self.values[pos.cpu()] if self.per_position else self.values).to(x)  # () or (k,)
+        x[:, pos] = sae.FeatureClamp(self.sae, self.feature, value)(x[:, pos])  # (batch, k, d_in)
         return x
 
     def __repr__(self) -> str:

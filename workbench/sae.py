@@ -163,12 +163,13 @@ class FeatureClamp:
 
     sae: SAE
     feature: int
-    value: float
+    value: float | torch.Tensor  # a tensor broadcasts against the slice's leading axes (a value per position)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         current = self.sae.encode(x)[..., self.feature]  # (...,)
         direction = self.sae.W_dec[self.feature].to(x)  # (d_in,)
-        return x + (self.value - current)[..., None] * direction
+        value = self.value.to(x) if isinstance(self.value, torch.Tensor) else self.value
+        return x + (value - current)[..., None] * direction
 
     def __repr__(self) -> str:
         return f"FeatureClamp(feature={self.feature}, value={self.value}, sae={self.sae.hook_name})"
