@@ -4,8 +4,8 @@ import json
 
 import streamlit as st
 
+from workbench import conventions, ui
 from workbench import interventions as iv
-from workbench import ui
 from workbench.errors import InputError
 from workbench.figures import intervene as draw
 from workbench.generate import Sampling
@@ -100,7 +100,11 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
         index = c2.number_input("Feature", 0, 1_000_000, 0, key="w.add_feature")
     positions = c4.text_input("Positions (empty: all)", key="w.add_positions", placeholder="e.g. 3,4,5")
     if action == "ablate":
-        how = c3.selectbox("By", iv.HOW, key="w.add_how", help="zero; the mean over the held-out text; or the value in another prompt")
+        how = c3.selectbox(
+            "By", iv.HOW, key="w.add_how", format_func=lambda h: f"{h}: {conventions.convention(h)}" if h.startswith("zero") else h,
+            help="zero (a head: its input-dependent output, as transformer-lens) · zero-whole (a head's whole output, as plain "
+            "transformers and nnsight) · the mean over the held-out text · the value in another prompt",
+        )  # fmt: skip
         if how == "resample":
             st.text_input("Resample from this prompt", edits.resample, key="w.add_resample")
         new = iv.Ablate(
@@ -202,7 +206,8 @@ with ui.guard("the intervention"):
     )  # fmt: skip
 
     with st.expander("Which heads matter? Ablate each head alone"):
-        how = st.radio("Ablate by", iv.HOW, key="w.sweep_how", horizontal=True, index=1)
+        how = st.radio("Ablate by", iv.HOW, key="w.sweep_how", horizontal=True, index=iv.HOW.index("mean"))
+        st.caption(conventions.convention(how))
         sweep = head_sweep.peek(model, prompt, r.metric, how, edits)
         if sweep is None and st.button("Ablate every head (one batched pass)", key="w.run_head_sweep"):
             sweep = head_sweep(model, prompt, r.metric, how, edits)

@@ -56,6 +56,7 @@ def edit_set(s: dict) -> iv.EditSet:
 def body(model, s, out):
     edits = edit_set(s)
     out.manifest["edit_set"] = str(edits)
+    out.manifest["conventions"] = {e.label(): e.convention for e in edits.edits if isinstance(e, iv.Ablate)}  # a head's two zeros differ
     metric = None
     if s["answer"]:
         answer = single_token_id(model.tokenizer, s["answer"], "answer")
@@ -85,7 +86,7 @@ def body(model, s, out):
         out.timing("head_sweep", time.time() - t)
         out.figure(draw.head_ablation(sweep), f"intervene-heads-{sweep.how}")
         out.data(f"intervene-heads-{sweep.how}", sweep, sweep.ranked())
-        out.manifest["head_sweep_path"] = {"path": sweep.path, "note": sweep.note}
+        out.manifest["head_sweep_path"] = {"path": sweep.path, "note": sweep.note, "convention": sweep.provenance["settings"]["convention"]}
     if s["steer_answers"]:
         steers = [e for e in edits.edits if isinstance(e, iv.Steer)]
         if not steers:

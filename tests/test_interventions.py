@@ -408,7 +408,7 @@ def test_a_shared_link_reproduces_the_experiment():
     at.query_params["tokens"] = "3"
     at.run()
     assert not at.exception and not at.error
-    assert any("ablate L1H0 (zero)" in m.value and "steer +2" in m.value for m in at.markdown)
+    assert any("ablate L1H0 (zero, input-dependent output)" in m.value and "steer +2" in m.value for m in at.markdown)
 
 
 def test_the_probe_runs_a_spec_file_and_refuses_a_bad_one_in_one_line(tmp_path, capsys):

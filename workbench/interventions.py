@@ -41,7 +41,7 @@ from urllib.parse import quote, unquote
 
 import torch
 
-from workbench import engine, sae
+from workbench import conventions, engine, sae
 from workbench.errors import InputError
 from workbench.generate import Generation, Sampling, generate
 from workbench.model import LoadedModel, allowed_root
@@ -49,7 +49,7 @@ from workbench.runs import check_token_ids, encode, provenance, run_edited
 from workbench.tokens import ordinary_token_ids, token_labels
 
 UNITS = ("head", "mlp", "neuron", "feature")
-HOW = ("zero", "mean", "resample")
+HOW = ("zero", "zero-whole", "mean", "resample")  # a head's two zeros: conventions.ZERO_CONVENTIONS
 VECTORS = ("prompts", "feature", "file")
 STEER_SITES = ("resid_pre", "resid_mid", "resid_post")
 SITE_HELP = (
@@ -89,7 +89,7 @@ class Ablate:
     unit: str  # one of UNITS
     layer: int | None = None  # feature: the SAE's layer
     index: int | None = None  # head, neuron or feature; None for an MLP layer
-    how: str = "zero"  # one of HOW
+    how: str = "zero"  # one of HOW; a head's "zero" keeps its constant output, "zero-whole" removes it (conventions.py)
     positions: tuple[int, ...] | None = None  # None: every position
     sae: str | None = None  # feature: the SAE's hook name or folder (None: the model's only SAE)
     kind: ClassVar[str] = "ablate"
@@ -97,7 +97,15 @@ class Ablate:
     def label(self) -> str:
         where = {"head": f"L{self.layer}H{self.index}", "mlp": f"MLP {self.layer}", "neuron": f"L{self.layer} neuron {self.index}"}
         unit = where.get(self.unit, f"feature {self.index}")
-        return f"ablate {unit} ({self.how}){_at(self.positions)}"
+        how = self.how
+        if self.unit == "head" and how in conventions.ZERO_CONVENTIONS:  # name the convention where the number is shown
+            how = "zero, whole output" if how == "zero-whole" else "zero, input-dependent output"
+        return f"ablate {unit} ({how}){_at(self.positions)}"
+
+    @property
+    def convention(self) -> str:
+        """What this ablation does, in words (conventions.py): a head's two zeros differ by its constant output."""
+        return conventions.convention(self.how, self.unit)
 
 
 @dataclass(frozen=True)
@@ -636,7 +644,7 @@ def compile_edits(model: LoadedModel, edits: EditSet) -> list[engine.Edit]:
             f = s.check_feature(e.index)
             if isinstance(e, Clamp):
                 values, per = torch.tensor(e.value), False
-            elif e.how == "zero":
+            elif e.how in ("zero", "zero-whole"):  # a feature's zero is the same in both conventions
                 values, per = torch.tensor(0.0), False
             elif e.how == "mean":
                 values = reference_mean(model, edits.reference, s.hook_name, lambda a, s=s, f=f: s.encode(a)[..., f], key=f"{id(s)}:{f}")
@@ -659,6 +667,8 @@ def compile_edits(model: LoadedModel, edits: EditSet) -> list[engine.Edit]:
             mean = reference_mean(model, edits.reference, hook) if e.how == "mean" else None
             shape = {"head": (model.info.d_head,), "mlp": (model.info.d_model,), "neuron": ()}[e.unit]
             values = torch.zeros(shape) if mean is None else (mean[head] if head is not None else mean)
+            if e.how == "zero-whole" and head is not None:  # z = −c_h: its output and its constant output cancel
+                values = -conventions.head_constants(model)[e.layer, head]
             values = values[index] if index is not None and values.ndim else values
             per = False
         out.append(engine.Edit("map", site, e.layer, head=head, fn=SetTo(values, per, index, e.positions)))
@@ -781,6 +791,7 @@ def intervene(
         provenance=provenance(
             model, [prompt], edits=str(edits), metric=metric.kind, answer=metric.answer, wrong=metric.wrong,
             sampling=dataclasses.asdict(sampling), path="bridge hooks",
+            conventions=[e.convention for e in edits.edits if isinstance(e, Ablate)], residual=conventions.RESIDUAL,
         ),
     )  # fmt: skip
 
@@ -823,6 +834,8 @@ def _head_values(model: LoadedModel, edits: EditSet, how: str, n_tokens: int, la
     hook = f"blocks.{layer}.attn.hook_z"
     if how == "zero":
         return torch.zeros(i.n_heads, 1, i.d_head)
+    if how == "zero-whole":
+        return -conventions.head_constants(model)[layer][:, None]  # (head, 1, d_head)
     if how == "mean":
         return reference_mean(model, edits.reference, hook)[:, None]  # (head, 1, d_head)
     ids, _ = encode(model, edits.resample, truncate=True)
@@ -857,7 +870,8 @@ def ablation_sweep(model: LoadedModel, prompt: str, metric: Metric, how: str = "
     result = metric.value(logits.float().cpu()).reshape(L, H)
     return AblationSweep(
         how, metric, metric.label(model.tokenizer), result, before, path, note,
-        provenance(model, [prompt], how=how, metric=metric.kind, answer=metric.answer, wrong=metric.wrong, edits=str(edits), path=path),
+        provenance(model, [prompt], how=how, convention=conventions.convention(how), metric=metric.kind, answer=metric.answer,
+                   wrong=metric.wrong, edits=str(edits), path=path),
     )  # fmt: skip
 
 
