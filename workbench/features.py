@@ -155,7 +155,7 @@ def quality(model: LoadedModel, sae: SAE, text: str, k: int | None = None) -> Qu
         chunk, keep = rows[start : start + CHUNK], valid[start : start + CHUNK]
         x = cache[sae.hook_name][keep]  # (tokens, d_in), BOS and padding left out
         a = sae.encode(x)  # (tokens, d_sae)
-        err += float(((sae.decode(a) - x) ** 2).sum())
+        err += float(((sae.decode(a, like=x) - x) ** 2).sum())
         x_sum += x.double().sum(0)
         x_sq += float((x.double() ** 2).sum())
         n += len(x)
@@ -615,7 +615,7 @@ def sae_set(model: LoadedModel, folders: tuple[str, ...] = ()) -> dict[str, SAE]
         key = ("sae folder", str(Path(folder).expanduser().resolve()))
         if key not in model.derived:
             loaded = sae_mod.load(folder)
-            sae_mod.check_fits(loaded, model.info.d_model, model.info.n_layers)
+            sae_mod.check_fits(loaded, model.info.d_model, model.info.n_layers, model.info.n_heads * model.info.d_head)
             model.derived[key] = loaded
         out[USER + str(folder)] = model.derived[key]
     return out

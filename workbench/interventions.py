@@ -405,7 +405,7 @@ class AddAt:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         v = self.vector.to(x)
-        v = v[:, None] if v.ndim == 2 else v  # per row: (batch, 1, d_model)
+        v = v[:, None] if v.ndim == x.ndim - 1 else v  # per row: (batch, 1, d_model); a hook_z row (head, d_head) broadcasts
         if self.positions is None:
             return x + v
         x = x.clone()
@@ -482,7 +482,7 @@ def load_sae(model: LoadedModel, which: str | None) -> sae.SAE:
         if not Path(folder).expanduser().is_dir():
             raise InputError(f"no SAE '{which}': give one of this model's ({', '.join(shipped) or 'none shipped'}) or an SAE folder")
         loaded = sae.load(folder)
-        sae.check_fits(loaded, model.info.d_model, model.info.n_layers)
+        sae.check_fits(loaded, model.info.d_model, model.info.n_layers, model.info.n_heads * model.info.d_head)
         store[key] = loaded
     return store[key]
 
@@ -629,7 +629,9 @@ def compile_edits(model: LoadedModel, edits: EditSet) -> list[engine.Edit]:
         if isinstance(e, Steer):
             if e.vector == "feature":
                 s = load_sae(model, e.sae)
-                vector, site, layer = s.W_dec[s.check_feature(e.feature)], s.site, s.layer
+                vector, site, layer = s.decoder[s.check_feature(e.feature)], s.site, s.layer
+                if site == "z":  # a hook_z SAE's row, each head's slice on its head: (head, d_head)
+                    vector = vector.reshape(model.info.n_heads, model.info.d_head)
             else:
                 site, layer = e.site, e.layer
                 vector = (
