@@ -24,11 +24,11 @@ def _mib_edge_names(cfg: dict) -> set[str]:
         names |= {f"{node}->{head}<{qkv}>" for node in stream for head in heads for qkv in "qkv"}
         if cfg["parallel_attn_mlp"]:
             names |= {f"{node}->{mlp}" for node in stream}
-            stream = stream + heads + [mlp]
+            stream = [*stream, *heads, mlp]
         else:
             stream = stream + heads
             names |= {f"{node}->{mlp}" for node in stream}
-            stream = stream + [mlp]
+            stream = [*stream, mlp]
     return names | {f"{node}->logits" for node in stream}
 
 
