@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench import methods, patching, scoreboard, ui
+from workbench import engine, methods, mib, patching, scoreboard, ui
 from workbench.figures import methods as draw
 
 view = ui.View(
@@ -71,6 +71,12 @@ with ui.guard("the methods scoreboard"):
             sb.edges["EAP-IG"],
             sb.edges["EAP-IG"].ranked(),
         )
+    w = engine.weights_of(model)
+    for col, method in zip(st.columns(2) if w.n_kv_heads == w.n_heads else (), ("EAP-IG", "exact"), strict=False):  # MIB: no grouped heads
+        col.download_button(
+            f"{method} edge scores, top {top} as the circuit (MIB JSON)", mib.from_effects(w, sb.edges[method], top).to_json(),
+            file_name=f"circuit-{method}-top{top}.json", mime="application/json", key=f"dl-mib-{method}", on_click="ignore",
+        )  # fmt: skip
     if st.button(f"Exact-check AtP*'s top {top} nodes", key="w.methods_check"):
         pairs = methods.prepare_all(model, setups, direction)
         st.dataframe(methods.exact_check(model, star, pairs, top), hide_index=True)

@@ -1,8 +1,11 @@
 """Activation patching: clean vs corrupted prompts, every component, exact sweeps, AtP* (or plain AtP) as a preview."""
 
+import json
+
 import streamlit as st
 
-from workbench import long, methods, patching, paths, ui
+from workbench import edges, long, methods, mib, patching, paths, ui
+from workbench.errors import InputError
 from workbench.figures import methods as draw_methods
 from workbench.figures import patching as draw
 from workbench.preview import PREVIEW_METHODS, preview_sweep, recall
@@ -168,7 +171,28 @@ with ui.guard("the patching"):
             found = path_patch(model, setup, direction, sender.label, tuple(labels))
             st.markdown(f"Along the chosen paths: normalised effect **{found.normalised:.4f}** (metric {found.value:.4f}).")
             ui.figure(draw_methods.path_bars(found), f"path-patching-{sender.label}", found, found.rows())
+            paths_chosen = [edges.Edge(sender, r) for r in options if r.label in labels]
+            st.download_button(
+                "These paths as a MIB circuit (JSON)", mib.from_edges(pair.weights, paths_chosen).to_json(),
+                file_name=f"circuit-{sender.label}.json", mime="application/json", key="dl-path-mib", on_click="ignore",
+            )  # fmt: skip
         else:
             st.caption("Choose receivers: the logits alone give the sender's direct effect; every receiver, ordinary patching of it.")
+
+    # circuits in MIB's JSON (#26): score a circuit file on this pair, as the MIB benchmark does (edges.circuit_faithfulness)
+    with st.expander("A circuit from MIB's JSON: its faithfulness on this pair"):
+        upload = st.file_uploader("MIB circuit JSON (cfg, nodes, edges: 'a0.h0->m1', 'input->a1.h2<q>')", type=["json"], key="w.mib_file")
+        if upload is not None:
+            try:
+                doc = json.loads(upload.getvalue().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise InputError(f"{upload.name} is not JSON ({str(err).splitlines()[0]})") from None
+            pair = methods.prepare(model, setup, direction)
+            circuit = mib.read(doc, pair.weights)
+            score = float(edges.circuit_faithfulness(pair, list(circuit.edges), circuit.keep)[0])
+            st.markdown(
+                f"**{circuit.size}** of {len(circuit.edges)} edges in the circuit; faithfulness **{score:.4f}** "
+                "(0: the base run, 1: the source run; every edge outside the circuit reads the base run's value)."
+            )
 
 view.share()

@@ -103,7 +103,7 @@ CASES = [
     ("folder with a pickle checkpoint", lambda m, t: load_model(_folder(t, weights="pickle")), "pickle"),
     ("corrupt safetensors", lambda m, t: load_model(_folder(t, weights="corrupt")), "could not load"),
     ("unreadable weights", lambda m, t: load_model(_folder(t, weights="unreadable")), "could not load"),
-    ("hub model not in the cache", lambda m, t: load_model("someone/nothing-here"), "never downloads"),
+    ("hub model not in the cache", lambda m, t: load_model("someone/nothing-here"), "not in the local Hugging Face cache"),
     ("unknown device", lambda m, t: load_model("circuits", device="tpu"), "unknown device"),
     ("unknown dtype", lambda m, t: load_model("circuits", dtype="int3"), "unknown dtype"),
     ("NUL in a model name", lambda m, t: load_model("a\x00b"), "NUL"),

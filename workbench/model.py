@@ -7,8 +7,9 @@ Sources, tried in this order:
 - nothing, or a shipped model's short name ("english", "circuits", "answer-key"): the folders under models/;
 - a shipped model's training checkpoint, "english@1200" (checkpoints.py);
 - a path to a local Hugging Face model folder;
-- a hub name ("gpt2", "org/name") already in the local Hugging Face cache. Nothing is downloaded:
-  the workbench works offline, and says how to fetch weights when they are not on this machine.
+- a hub name ("gpt2", "org/name"): from the local Hugging Face cache, else downloaded (safetensors
+  only, with progress) unless HF_HUB_OFFLINE=1 or WORKBENCH_OFFLINE=1; on a shared server only the
+  names on its allow-list (hub.py).
 
 Safety: weights load only from safetensors (`use_safetensors=True`); a folder holding only pickle
 checkpoints (.bin, .pt, .ckpt) is refused, because unpickling runs arbitrary code.
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from workbench import checkpoints
+from workbench import checkpoints, hub
 from workbench.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,13 +157,18 @@ def resolve(name_or_path: str | os.PathLike | None, root: Path | None = None) ->
             raise InputError(f"the shipped model '{name}' is missing from {folder}; retrain it with `python -m workbench.train {name}`")
         return name, folder, "shipped"
     path = Path(name).expanduser()
+    if root is not None and name in hub.allow_list(root):  # a shared server's allowed hub names (hub.py)
+        return name, hub.fetch(name, root), "hub cache"
     if root is not None:
         target = (root / path).resolve() if not path.is_absolute() else path.resolve()
         if not target.is_relative_to(root):
             raise InputError(f"this server loads models only from {root} (and the shipped models): '{name}' is outside it")
         path = target
         if not path.exists():
-            raise InputError(f"no model folder '{name}' under {root}: this server loads only folders there (and the shipped models)")
+            raise InputError(
+                f"no model folder '{name}' under {root}: this server loads only folders there, the shipped models "
+                f"and the hub names on its allow-list ({hub.ALLOW_ENV} or {hub.ALLOW_FILE})"
+            )
     if path.exists():
         if not path.is_dir():
             raise InputError(
@@ -171,23 +177,7 @@ def resolve(name_or_path: str | os.PathLike | None, root: Path | None = None) ->
         return name, path.resolve(), "local folder"
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
         raise InputError(f"no model folder at '{name}': check the path (a Hugging Face model folder with config.json and *.safetensors)")
-    return name, _from_hub_cache(name), "hub cache"
-
-
-def _from_hub_cache(name: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    hint = (
-        f"model '{name}' is not a shipped model ({', '.join(SHIPPED)}), not a folder, and not in the local "
-        "Hugging Face cache. This workbench never downloads: on a machine with internet run "
-        f"`huggingface-cli download {name}` (or save the model with save_pretrained) and give its folder here"
-    )
-    if name.count("/") > 1 or any(c in name for c in ' \\:*?"<>|'):
-        raise InputError(hint)
-    try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception as err:  # LocalEntryNotFoundError, HFValidationError, OfflineModeIsEnabled, ...
-        raise InputError(hint) from err
+    return name, hub.fetch(name), "hub cache"  # the cache, else a download when allowed (hub.py)
 
 
 def check_folder(folder: Path) -> None:
