@@ -24,15 +24,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from workbench import checkpoints, export, long
+from workbench import checkpoints, export, hub, long
 from workbench.errors import InputError
-from workbench.model import DEFAULT_MODEL, MODELS_DIR, SHIPPED, LoadedModel, load_model
+from workbench.model import DEFAULT_MODEL, MODELS_DIR, SHIPPED, LoadedModel, allowed_root, load_model
 
 # ---- session keys: everything this module keeps in st.session_state, in one place ------------------
 # (a page's own keys are declared at the top of that page)
@@ -369,6 +370,7 @@ def model_picker() -> LoadedModel | None:
             )
             name = choice if step == "final" else f"{choice}{checkpoints.SEPARATOR}{step}"
     try:
+        _download_with_progress(name)
         model = cached_model(name, trust_remote_code=trust)
     except InputError as err:
         st.sidebar.error(str(err), icon="✋")
@@ -378,6 +380,18 @@ def model_picker() -> LoadedModel | None:
     else:
         st.session_state[MODEL] = name
     return model
+
+
+def _download_with_progress(name: str) -> None:
+    """A hub name not yet in the cache is downloaded here, under a progress bar (hub.py), before the model loads."""
+    root = allowed_root()
+    if name in SHIPPED or Path(name).expanduser().exists() or not hub.is_hub_name(name) or hub.offline():
+        return  # loads from disk, or load_model says why it cannot
+    if (root is not None and name not in hub.allow_list(root)) or hub.cached(name) is not None:
+        return
+    bar = st.sidebar.progress(0.0, text=f"Downloading {name} from the Hugging Face Hub…")
+    hub.fetch(name, root, tqdm_class=hub.progress_tqdm(lambda label, share: bar.progress(share, text=f"{name}: {label}")))
+    bar.empty()
 
 
 def prompt_form(model: LoadedModel, label: str = "Prompt") -> tuple[str, bool]:
