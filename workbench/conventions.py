@@ -52,11 +52,26 @@ def convention(how: str, unit: str = "head") -> str:
     return f"{how} ablation (the same in every coordinate system)"
 
 
+def raw_twin(model: LoadedModel) -> LoadedModel:
+    """The same model on raw Hugging Face weights (no compatibility mode): the model itself when it is raw already.
+
+    A second load of the weights (twice the memory while both are held), kept on the model
+    (`model.derived`) for the numbers defined in Hugging Face's coordinates."""
+    if not model.info.compatibility_mode:
+        return model
+    if "conventions.raw_twin" not in model.derived:
+        from workbench.model import load_model
+
+        info = model.info
+        model.derived["conventions.raw_twin"] = load_model(info.name, device=info.device, dtype=info.dtype, compatibility_mode=False)
+    return model.derived["conventions.raw_twin"]
+
+
 def head_constants(model: LoadedModel) -> torch.Tensor:
     """(layer, head, d_head) c_h: Hugging Face's z minus the workbench's z for every head; zeros on raw weights.
 
     Read by running the model once more on raw Hugging Face weights (transformer-lens's bridge
-    without compatibility mode, loaded from the same source and dropped afterwards) and once as
+    without compatibility mode: `raw_twin`) and once as
     loaded, on the same tokens: the difference of their `hook_z` is the same at every position
     (pattern rows sum to one), checked. Kept on the model (`model.derived`).
     """
@@ -67,10 +82,9 @@ def head_constants(model: LoadedModel) -> torch.Tensor:
     if not info.compatibility_mode:
         out = torch.zeros(info.n_layers, info.n_heads, info.d_head)
     else:
-        from workbench.model import load_model
         from workbench.runs import run_tokens
 
-        raw = load_model(info.name, device=info.device, dtype=info.dtype, compatibility_mode=False)
+        raw = raw_twin(model)
         ids = torch.arange(min(4, info.n_ctx, info.d_vocab))[None]  # (1, 4): any tokens do
         names = [f"blocks.{layer}.attn.hook_z" for layer in range(info.n_layers)]
         _, folded = run_tokens(model, ids, names=names)
@@ -81,6 +95,5 @@ def head_constants(model: LoadedModel) -> torch.Tensor:
         if spread > 1e-3 * scale:  # an internal invariant: the folding moved a constant, nothing else
             raise AssertionError(f"the head constants differ between positions by {spread:.2e}")
         out = diff.mean(1)  # (layer, head, d_head)
-        del raw
     model.derived[key] = out
     return out
