@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench import attribution, ui
+from workbench import attribution, conventions, ui
 from workbench.figures import attribution as draw
 from workbench.runs import next_token_topk, run_prompt
 
@@ -82,6 +82,7 @@ with ui.guard("the attribution"):
             ui.figure(draw.input_attribution_matrix(a), f"input-attribution-matrix-{method}", a, a.rows())
     with components:
         c = attribution.component_attribution(model, prompt, answer.tokens[0], answer.wrong, truncate=truncate)
+        st.caption(f"Convention: {conventions.DLA}.")
         ui.figure(draw.component_bars(c), "dla-components", c, c.rows())
         ui.figure(draw.head_attribution_heatmap(c), "dla-heads", c.heads)
         st.markdown("**Neurons with the largest direct contributions**")

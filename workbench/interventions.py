@@ -54,7 +54,8 @@ VECTORS = ("prompts", "feature", "file")
 STEER_SITES = ("resid_pre", "resid_mid", "resid_post")
 SITE_HELP = (
     "resid_pre: the stream entering the layer; resid_post: leaving it. resid_mid (between attention and MLP) is, on "
-    "transformer-lens 4, the MLP's input: a vector added there reaches the MLP but not the stream that goes on."
+    "transformer-lens 4, the MLP's input: a vector added there reaches the MLP but not the stream that goes on. "
+    f"Vectors are in the workbench's coordinates: {conventions.RESIDUAL}."
 )
 METRICS = ("probability", "logit difference", "log-probability")
 REFERENCE_WINDOWS = 32  # reference prompts cut from the held-out text
