@@ -197,3 +197,16 @@ def test_a_shared_server_loads_only_its_allow_list(env, tmp_path, saved):
         hub.fetch("testorg/other", root)
     env.setenv(hub.ALLOW_ENV, "testorg/other, gpt2")
     assert hub.allow_list(root) == {"testorg/tiny-gpt2", "testorg/other", "gpt2"}
+
+
+def test_the_app_downloads_a_new_hub_name_and_opens_it(server, saved, tmp_path):
+    """The home page with a hub name not in the cache: downloaded (under the sidebar's progress bar), then loaded."""
+    from streamlit.testing.v1 import AppTest
+
+    server.files = {f.name: f.read_bytes() for f in saved.iterdir()}
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+    at.session_state["wb.model"] = "testorg/tiny-gpt2"
+    at.run()
+    assert not at.exception and not [e.value for e in at.sidebar.error]
+    assert hub.cached("testorg/tiny-gpt2") is not None
+    assert any(c.startswith("GET /testorg/tiny-gpt2/resolve/") for c in server.calls)

@@ -343,7 +343,8 @@ def model_picker() -> LoadedModel | None:
             value="" if current in SHIPPED else current,
             placeholder="/path/to/hf-model or gpt2",
             key="w.model_path",
-            help="A Hugging Face model folder (config.json + *.safetensors), or a hub name already in the local cache.",
+            help="A Hugging Face model folder (config.json + *.safetensors), or a hub name: from the local cache, else downloaded "
+            "(safetensors only) unless HF_HUB_OFFLINE=1 or WORKBENCH_OFFLINE=1.",
         ).strip()
         name = path or current
         trust = st.sidebar.checkbox(
@@ -389,8 +390,18 @@ def _download_with_progress(name: str) -> None:
         return  # loads from disk, or load_model says why it cannot
     if (root is not None and name not in hub.allow_list(root)) or hub.cached(name) is not None:
         return
+    from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
+
     bar = st.sidebar.progress(0.0, text=f"Downloading {name} from the Hugging Face Hub…")
-    hub.fetch(name, root, tqdm_class=hub.progress_tqdm(lambda label, share: bar.progress(share, text=f"{name}: {label}")))
+    ctx = get_script_run_ctx()
+
+    def report(label: str, share: float) -> None:
+        # huggingface_hub downloads files in worker threads: they join this session to draw the bar
+        if get_script_run_ctx(suppress_warning=True) is None:
+            add_script_run_ctx(threading.current_thread(), ctx)
+        bar.progress(share, text=f"{name}: {label}")
+
+    hub.fetch(name, root, tqdm_class=hub.progress_tqdm(report))
     bar.empty()
 
 
