@@ -153,7 +153,7 @@ def quality(model: LoadedModel, sae: SAE, text: str, k: int | None = None) -> Qu
     scored = 0
     for start, logits, cache in _activations(model, rows, [sae.hook_name]):
         chunk, keep = rows[start : start + CHUNK], valid[start : start + CHUNK]
-        x = cache[sae.hook_name][keep]  # (tokens, d_in), BOS and padding left out
+        x = sae.flat(cache[sae.hook_name][keep])  # (tokens, d_in), BOS and padding left out (hook_z: heads concatenated)
         a = sae.encode(x)  # (tokens, d_sae)
         err += float(((sae.decode(a, like=x) - x) ** 2).sum())
         x_sum += x.double().sum(0)
@@ -375,9 +375,10 @@ class PromptFeatures:
 
 def prompt_features(model: LoadedModel, saes: dict[str, SAE], prompt: str) -> PromptFeatures:
     """PromptFeatures of `prompt` for every SAE in `saes`, read from the prompt's (cached) run."""
-    run = run_prompt(model, prompt, names=tuple(saes))
+    run = run_prompt(model, prompt, names=tuple(dict.fromkeys(s.hook_name for s in saes.values())))  # a user's SAE is named by its folder
     with torch.no_grad():
-        acts = {h: s.encode(run[h].float()) for h, s in saes.items()}  # run[h]: (pos, d_model) -> (pos, d_sae)
+        # run[hook]: (pos, d_model), or a hook_z SAE's (pos, head, d_head) -> (pos, d_sae)
+        acts = {h: s.encode(run[s.hook_name].float()) for h, s in saes.items()}
     return PromptFeatures(run.tokens, run.labels, acts, provenance(model, [prompt], method="SAE features", hooks=list(saes)))
 
 
