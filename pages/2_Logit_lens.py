@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from workbench import lens, ui
+from workbench import lens, tuned_lens_io, ui
 from workbench.figures import lens as draw
+from workbench.interventions import server_path
 from workbench.runs import next_token_topk, run_prompt
 from workbench.tokens import single_token_id
 
@@ -60,5 +61,21 @@ with ui.guard("the lens"):
         "lens-stats-mean",
         {r.kind: {"entropy": r.entropy.mean(1), "kl_to_final": r.kl_to_final.mean(1)} for r in results},
     )
+
+    # a lens saved by the tuned-lens package (#26): read on Hugging Face hidden states, one translator per layer
+    with st.expander("A tuned lens saved by the tuned-lens package (config.json + params.safetensors)"):
+        folder = st.text_input(
+            "Its folder", "", key="w.lens_package", help="convert params.pt once: python -m workbench.tuned_lens_io params.pt"
+        )
+        if folder:
+            package = tuned_lens_io.read(server_path(folder, "tuned-lens folders"), model)
+            logits = tuned_lens_io.readings(model, package, run.tokens)  # (layer, pos, d_vocab)
+            top = logits.argmax(-1)  # (layer, pos)
+            st.caption("Top-1 token read from each layer's input (hidden state i), as the package reads it.")
+            st.dataframe(
+                [{"hidden state": i, **{f"{p}: {run.labels[p]}": model.tokenizer.decode([int(t)]) for p, t in enumerate(row)}}
+                 for i, row in enumerate(top.tolist())],
+                hide_index=True,
+            )  # fmt: skip
 
 view.share()

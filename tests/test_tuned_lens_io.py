@@ -70,3 +70,15 @@ def test_a_lens_for_another_model_is_refused(converted, english):
         pytest.skip("the english model has the circuits model's shape")
     with pytest.raises(InputError, match="is for a model of width 128 and 2 layers"):
         tuned_lens_io.read(converted, english)
+
+
+def test_the_logit_lens_page_reads_a_package_lens(converted):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "2_Logit_lens.py"), default_timeout=180)
+    at.session_state["wb.model"] = "circuits"
+    at.run()
+    at.text_input(key="w.lens_package").set_value(str(converted)).run()
+    assert not at.exception and not at.error
+    table = at.dataframe[-1].value
+    assert list(table["hidden state"]) == [0, 1]
