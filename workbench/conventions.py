@@ -59,11 +59,12 @@ def raw_twin(model: LoadedModel) -> LoadedModel:
     (`model.derived`) for the numbers defined in Hugging Face's coordinates."""
     if not model.info.compatibility_mode:
         return model
-    if "conventions.raw_twin" not in model.derived:
-        from workbench.model import load_model
+    with model.lock:  # one twin, however many sessions ask at once
+        if "conventions.raw_twin" not in model.derived:
+            from workbench.model import load_model
 
-        info = model.info
-        model.derived["conventions.raw_twin"] = load_model(info.name, device=info.device, dtype=info.dtype, compatibility_mode=False)
+            info = model.info
+            model.derived["conventions.raw_twin"] = load_model(info.name, device=info.device, dtype=info.dtype, compatibility_mode=False)
     return model.derived["conventions.raw_twin"]
 
 
