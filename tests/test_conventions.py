@@ -118,3 +118,45 @@ def test_the_probe_manifest_names_the_convention(how, tmp_path):
     assert code in (0, None)
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["conventions"].values()) == [conventions.ZERO_CONVENTIONS[how]]
+
+
+def test_residual_vectors_are_centred_hf_hidden_states_and_steer_as_in_hf(circuits):
+    """The audit's residual-stream numbers: a difference-of-means vector here is plain transformers' difference of hidden
+    states minus its mean over d_model (conventions.RESIDUAL), and steering with it gives the logits that adding the HF
+    vector in plain transformers gives (every layer norm removes the mean)."""
+    hf = _hf(circuits.info.source)
+    plus, minus = ("apple river stone", "cloud apple river"), ("tiger piano cloud", "piano tiger stone")
+    ours = iv.difference_vector(circuits, plus, minus, 1)  # (d_model,) at blocks.1.hook_resid_pre
+
+    def hf_mean(prompts):
+        rows = []
+        for p in prompts:
+            ids, _ = encode(circuits, p, truncate=True)
+            with torch.no_grad():
+                rows.append(hf(ids[None], output_hidden_states=True).hidden_states[1][0, 1:])  # BOS left out, as ours
+        return torch.cat(rows).mean(0)
+
+    theirs = hf_mean(plus) - hf_mean(minus)
+    assert torch.allclose(ours, theirs - theirs.mean(), atol=1e-4)
+    ids, _ = encode(circuits, PROMPT)
+    steered = _ours(
+        circuits,
+        ids,
+        "steer 1 3 prompts plus="
+        + "|".join(p.replace(" ", "%20") for p in plus)
+        + " minus="
+        + "|".join(p.replace(" ", "%20") for p in minus),
+    )
+
+    def add(module, args, kwargs):  # the block's input (positional or keyword) gains 3 × the HF vector at every position
+        if args:
+            return (args[0] + 3 * theirs, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + 3 * theirs}
+
+    handle = hf.transformer.h[1].register_forward_pre_hook(add, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            hf_steered = hf(ids[None]).logits[0]
+    finally:
+        handle.remove()
+    assert torch.allclose(steered, hf_steered, atol=1e-3)
