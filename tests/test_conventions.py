@@ -42,7 +42,7 @@ def _ours(model, ids, line):
 
 
 def test_zero_whole_is_plain_transformers_zero_and_zero_keeps_the_constant_output(circuits):
-    """The circuits model (2-layer GPT-2, NOTES: 16.62 vs 16.44): "zero-whole" is HF's zeroed head; "zero" is HF with the
+    """The circuits model (a 2-layer GPT-2, as NOTES' 16.62 vs 16.44): "zero-whole" is HF's zeroed head; "zero" is HF with the
     head's slice set to b_V + β·W_V, computed here from the HF weights by hand."""
     hf = _hf(circuits.info.source)
     ids, _ = encode(circuits, PROMPT)

@@ -11,7 +11,7 @@ are defined by the coordinates:
   head's constant c_h = β · W_V + b_V (pattern rows sum to one). Zeroing the folded z therefore
   keeps the constant output c_h · W_O ("zero the head's input-dependent output", transformer-lens's
   convention); zeroing the HF z removes it too ("zero the head's whole output", plain transformers
-  and nnsight). Measured on the 2-layer circuits model: 16.62 vs 16.44 (NOTES.md). Both are offered
+  and nnsight). Measured on a 2-layer GPT-2: 16.62 vs 16.44 (NOTES.md). Both are offered
   (`ZERO_CONVENTIONS`); the whole output is the folded z set to −c_h. Mean and resample ablation
   are the same in both (c_h cancels), and so is an MLP's or a neuron's zero.
 - **Residual-stream vectors** (means, steering vectors, DLA directions): compatibility mode centres
