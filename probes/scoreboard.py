@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from workbench import patching, paths, scoreboard
+from workbench import engine, mib, patching, paths, scoreboard
 from workbench.figures import methods as draw
 
 from .common import run_probe
@@ -46,6 +46,10 @@ def body(model, s, out):
         for method, r in results.items():
             out.data(f"{level}-{method.replace('*', '-star')}", r, r.ranked())
     out.manifest["scoreboard"] = sb.table()
+    w = engine.weights_of(model)
+    if w.n_kv_heads == w.n_heads:  # MIB's graph has no grouped key/value heads
+        for method in ("EAP-IG", "exact"):  # the edge scores as MIB circuit JSON, the top 10 edges as the circuit
+            out.text(f"circuit-{method}-top10.json", mib.from_effects(w, sb.edges[method], min(10, len(sb.edges[method].edges))).to_json())
     out.timing("scoreboard", time.time() - t)
     for row in sb.table():
         print(f"{row['level']:<6} {row['method']:<7} spearman {row['spearman']:.3f}  recall@10 {row['recall@10']:.2f}  "

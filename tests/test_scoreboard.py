@@ -123,6 +123,10 @@ def test_scoreboard_probe(tmp_path, circuits):
     assert probes_main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "done" and len(manifest["scoreboard"]) == 6
+    from workbench import engine, mib
+
+    circuit = mib.read(out / "circuit-EAP-IG-top10.json", engine.weights_of(circuits))  # MIB's JSON, read back
+    assert circuit.size == 10 and "circuit-exact-top10.json" in manifest["files"]
     saved = json.loads((out / "nodes-exact.json").read_text())
     again = methods.exact_nodes(circuits, methods.prepare_all(circuits, scoreboard.task_pairs(circuits, "induction pairs", 2)))
     assert torch.allclose(torch.tensor(saved["effect"]), again.effect, atol=1e-6)
