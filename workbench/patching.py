@@ -42,7 +42,7 @@ from workbench.tokens import Alignment, align, ordinary_token_ids, token_labels
 METRICS = ("logit difference", "probability", "log-probability")
 DIRECTIONS = ("denoising", "noising")
 METHODS = ("exact", "attribution patching")
-PATHS = ("engine", "bridge hooks")
+PATHS = ("engine", "bridge hooks", "nnsight")
 # position-site batches each span 1/SPLIT of the prompt: shorter runs (causality), smaller matmuls
 SPLIT = 8
 BATCH = 64  # patched runs per pass, at most (fewer when one run's intermediates are large: see batch_size)
@@ -353,6 +353,8 @@ def _prepare(model: LoadedModel, setup: PatchingSetup, site: Site, direction: st
         w = None
     base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
     base_ids = corrupted_ids if direction == "denoising" else clean_ids
+    if w is None and model.backend is not None:  # nnsight: every site it exposes for editing reaches the output
+        return _Runs(clean.logits, corrupted.logits, clean.labels, base.cache, source.cache, base_ids, "nnsight", "")
     if w is None:
         _check_hook_reaches_output(model, site, base_ids)
         return _Runs(clean.logits, corrupted.logits, clean.labels, base.cache, source.cache, base_ids, "bridge hooks", note)
@@ -465,6 +467,13 @@ def sweep(
             if progress is not None and progress(done, len(keep)) is False:
                 raise InputError(f"the sweep was cancelled after {done} of {len(keep)} cells")
         return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
+    if model.backend is not None:  # nnsight: cells of every layer in one trace (a server: the whole sweep in one request)
+        for chunk in _traces(model, keep, per_batch):
+            raw[chunk] = _backend_pass(model, s, cells, chunk, runs, setup)
+            done += len(chunk)
+            if progress is not None and progress(done, len(keep)) is False:
+                raise InputError(f"the sweep was cancelled after {done} of {len(keep)} cells")
+        return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
     for layer in range(model.info.n_layers):
         in_layer = [i for i in keep if cells[i][0] == layer]
         source = runs.source[s.hook(layer)].float().to(device)
@@ -482,6 +491,37 @@ def sweep(
             if progress is not None and progress(done, len(keep)) is False:
                 raise InputError(f"the sweep was cancelled after {done} of {len(keep)} cells")
     return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
+
+
+def _traces(model: LoadedModel, keep: list[int], per_batch: int) -> list[list[int]]:
+    """The cells of each trace: all of them for a server (one request), else `per_batch` × layers at a time."""
+    size = len(keep) if model.backend.mode != "local" else per_batch * model.info.n_layers
+    return [keep[i : i + size] for i in range(0, len(keep), max(1, size))]
+
+
+def _backend_pass(model: LoadedModel, s: Site, cells: list[tuple[int, ...]], chunk: list[int], runs: _Runs, setup: PatchingSetup) -> torch.Tensor:
+    """(len(chunk),) metric of the chunk's patched runs in one run: row i patches cell chunk[i], at its own layer."""
+    hooks = []
+    for layer in sorted({cells[i][0] for i in chunk}):
+        rows = [r for r, i in enumerate(chunk) if cells[i][0] == layer]
+        edit = dataclasses.replace(
+            s.edit(layer, [cells[chunk[r]] for r in rows], runs.source[s.hook(layer)].float().to(model.device)), rows=torch.tensor(rows)
+        )
+        hooks.append((edit.hook, _EditHook(edit)))
+    tokens = runs.base_tokens[None].expand(len(chunk), -1)  # (batch, pos)
+    with model.lock:  # the metric is computed where the model runs: one number per patched run comes back
+        values, _ = model.backend.run(tokens.to(model.device), hooks=hooks, last_only=True, reduce=setup.value)
+    return values.float().cpu()
+
+
+@dataclass(frozen=True)
+class _EditHook:
+    """A hook that applies one engine.Edit: data, so that it travels to a server with the trace."""
+
+    edit: engine.Edit
+
+    def __call__(self, act: torch.Tensor, hook) -> torch.Tensor:
+        return engine.apply(self.edit, act)
 
 
 def _result(model: LoadedModel, setup: PatchingSetup, s: Site, direction: str, method: str, raw: torch.Tensor, runs: _Runs) -> PatchResult:
