@@ -157,8 +157,9 @@ def test_zero_ablating_a_head_differs_by_the_folded_bias(trio):
     """Documented, not hidden: zeroing hook_z removes the head's constant here, keeps it on the bridge (NOTES.md)."""
     bridge, local, _ = trio
     edits = iv.EditSet((iv.Ablate("head", 1, 2, "zero"),))
-    want, got = iv.intervene(bridge, CLEAN, edits, sampling=iv.Sampling(max_new_tokens=1)), iv.intervene(
-        local, CLEAN, edits, sampling=iv.Sampling(max_new_tokens=1)
+    want, got = (
+        iv.intervene(bridge, CLEAN, edits, sampling=iv.Sampling(max_new_tokens=1)),
+        iv.intervene(local, CLEAN, edits, sampling=iv.Sampling(max_new_tokens=1)),
     )
     bias_free = bridge.info.architecture.startswith("Llama")
     assert ((got.edited_probs - want.edited_probs).abs().max() < TOL) == bias_free

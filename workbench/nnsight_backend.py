@@ -337,8 +337,14 @@ class NNsightBackend:
             self.traffic.received_bytes += sum(t.numel() * t.element_size() for t in weights.values() if t is not None)
             self.traffic.seconds += time.perf_counter() - start
         config = self.nn.config
-        eps = next((float(getattr(config, k)) for k in ("layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps") if hasattr(config, k)), 1e-5)
-        rms = "rms" in type(self._module(norm_path)._module).__name__.lower() if self.mode == "local" else self.family not in ("gpt2", "gpt_neox")
+        eps = next(
+            (float(getattr(config, k)) for k in ("layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps") if hasattr(config, k)), 1e-5
+        )
+        rms = (
+            "rms" in type(self._module(norm_path)._module).__name__.lower()
+            if self.mode == "local"
+            else self.family not in ("gpt2", "gpt_neox")
+        )
         w = None if weights["w"] is None else weights["w"].detach().float().cpu()
         b = None if rms or weights["b"] is None else weights["b"].detach().float().cpu()
         norm = engine.Norm("rms" if rms else "layer", w, b, eps)
@@ -348,7 +354,11 @@ class NNsightBackend:
     def generate(self, tokens: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """(1, pos + new) greedy continuation of (1, pos) ids, in one request."""
         start = time.perf_counter()
-        with _server_errors(self), torch.no_grad(), self.nn.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, **self.trace_kwargs()) as tracer:
+        with (
+            _server_errors(self),
+            torch.no_grad(),
+            self.nn.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, **self.trace_kwargs()) as tracer,
+        ):
             out = tracer.result.save()
         self.traffic.requests += 1
         self.traffic.seconds += time.perf_counter() - start
@@ -369,7 +379,9 @@ def split_name(name: str) -> tuple[str, str | None]:
         return rest, None
     found = REMOTE_NAME.match(name)
     if not found or not 0 < int(found["port"]) < 65536:
-        raise InputError(f"'{name}' is not a server address: write ndif://host:port/<model>, e.g. ndif://127.0.0.1:8001/openai-community/gpt2")
+        raise InputError(
+            f"'{name}' is not a server address: write ndif://host:port/<model>, e.g. ndif://127.0.0.1:8001/openai-community/gpt2"
+        )
     return found["model"].strip(), f"http://{found['host']}:{found['port']}"
 
 
@@ -465,7 +477,9 @@ def _as_in_out(weight: torch.Tensor, family: str) -> torch.Tensor:
     return weight if family == "gpt2" else weight.T
 
 
-def component_attribution(model, prompt: str, answer: int, wrong: int | None = None, position: int = -1, top_neurons: int = 20, truncate: bool = False):
+def component_attribution(
+    model, prompt: str, answer: int, wrong: int | None = None, position: int = -1, top_neurons: int = 20, truncate: bool = False
+):
     """Direct logit attribution on the nnsight backend: attribution.ComponentAttribution, in the raw model's coordinates.
 
     Each component's write c is read as the final norm reads it with its scale frozen:
@@ -513,7 +527,9 @@ def component_attribution(model, prompt: str, answer: int, wrong: int | None = N
     for layer in range(info.n_layers):
         components += [f"L{layer} attn", f"L{layer} mlp"]
         values += [dla(run[f"blocks.{layer}.hook_attn_out"][position]), dla(run[f"blocks.{layer}.hook_mlp_out"][position])]
-        w_o = _as_in_out(weights[o_paths[layer]], backend.family).reshape(info.n_heads, info.d_head, info.d_model)  # (head, d_head, d_model)
+        w_o = _as_in_out(weights[o_paths[layer]], backend.family).reshape(
+            info.n_heads, info.d_head, info.d_model
+        )  # (head, d_head, d_model)
         z = run[f"blocks.{layer}.attn.hook_z"][position].float()  # (head, d_head)
         heads[layer] = dla(torch.einsum("he,hed->hd", z, w_o))
         post = run[f"blocks.{layer}.mlp.hook_post"][position].float()  # (d_mlp,)
