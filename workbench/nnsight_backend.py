@@ -251,71 +251,89 @@ class NNsightBackend:
         the order given at their site; `names` are recorded after them (the edited values), heads
         split as transformer-lens does ((batch, pos, head, d_head) for hook_z).
         """
-        for name, _ in hooks:
-            if name.split(".", 2)[-1] in READ_ONLY:
-                raise InputError(
-                    f"the nnsight backend cannot edit {name}: the attention pattern is computed inside the attention "
-                    "function, which no module boundary exposes; edit the heads' output (z) instead"
-                )
-        # one entry per module value touched, in the order the model computes them
-        plan: dict[tuple, dict] = {}
-        for name in [*(h[0] for h in hooks), *names]:
-            order, path, io, index = self._point(name)
-            entry = plan.setdefault((order[0], order[1] if index is None else 2, path, io), {"items": {}})
-            entry["items"].setdefault(index, {"name": name, "hooks": [], "keep": False})
-        for name, fn in hooks:
-            order, path, io, index = self._point(name)
-            plan[(order[0], order[1] if index is None else 2, path, io)]["items"][index]["hooks"].append(fn)
-        for name in names:
-            order, path, io, index = self._point(name)
-            plan[(order[0], order[1] if index is None else 2, path, io)]["items"][index]["keep"] = True
-        steps = [
-            (self._module(path), io, [(index, item["name"], item["hooks"], item["keep"]) for index, item in sorted(entry["items"].items(), key=lambda kv: -1 if kv[0] is None else kv[0])])
-            for (_, _, path, io), entry in sorted(plan.items(), key=lambda kv: kv[0][:2])
-        ]  # fmt: skip
-        n_heads = self.n_heads
+        steps = self._plan(names, hooks)
         start = time.perf_counter()
         kwargs = self.trace_kwargs()
         if last_only:
             kwargs["logits_to_keep"] = 1
-        with _server_errors(self), torch.set_grad_enabled(grad), self.nn.trace(tokens, **kwargs):
-            cache = {}
-            for module, io, items in steps:
-                value = module.input if io == "input" else module.output
-                parts = list(value) if isinstance(value, tuple) else None
-                for index, name, fns, keep in items:
-                    act = value if index is None else parts[index]
-                    heads = name.endswith("attn.hook_z")
-                    if heads:  # (batch, pos, head * d_head) -> (batch, pos, head, d_head), as transformer-lens shows it
-                        act = act.reshape(*act.shape[:-1], n_heads, -1)
-                    for fn in fns:
-                        new = fn(act, SimpleNamespace(name=name))
-                        act = act if new is None else new
-                    if keep:
-                        cache[name] = act if grad else act.detach()
-                    if fns:
-                        act = act.reshape(*act.shape[:-2], -1) if heads else act
-                        if index is None:
-                            value = act
-                        else:
-                            parts[index] = act
-                if any(fns for _, _, fns, _ in items):
-                    new_value = value if parts is None else tuple(parts)
-                    if io == "input":
-                        module.input = new_value
-                    else:
-                        module.output = new_value
-            logits = self.nn.output.logits
+        # the traced block names no `self`: a server gets the model's envoys and the hooks, not this object
+        nn, n_heads = self.nn, self.n_heads
+        with _server_errors(self), torch.set_grad_enabled(grad), nn.trace(tokens, **kwargs):
+            cache = _walk(steps, n_heads, grad)
+            logits = nn.output.logits
             if reduce is not None:
                 logits = reduce(logits[:, -1])
             if not grad:
                 logits = logits.detach()
             cache = cache.save()
             logits = logits.save()
-        self.traffic.requests += 1
-        self.traffic.received_bytes += sum(t.numel() * t.element_size() for t in (logits, *cache.values()))
-        self.traffic.seconds += time.perf_counter() - start
+        self._count(start, logits, *cache.values())
         return logits, cache
+
+    def _count(self, start: float, *tensors: torch.Tensor) -> None:
+        self.traffic.requests += 1
+        self.traffic.received_bytes += sum(t.numel() * t.element_size() for t in tensors)
+        self.traffic.seconds += time.perf_counter() - start
+
+    def _plan(self, names: Sequence[str], hooks: Sequence[tuple[str, Callable]]) -> list:
+        """[(module envoy, "input"/"output", [(tuple index, name, hooks, keep), ...])] in the order the model computes them."""
+        for name, _ in hooks:
+            if name.split(".", 2)[-1] in READ_ONLY:
+                raise InputError(
+                    f"the nnsight backend cannot edit {name}: the attention pattern is computed inside the attention "
+                    "function, which no module boundary exposes; edit the heads' output (z) instead"
+                )
+        plan: dict[tuple, dict] = {}  # one entry per module value touched
+
+        def entry(name: str) -> dict:
+            order, path, io, index = self._point(name)
+            items = plan.setdefault((order[0], order[1] if index is None else 2, path, io), {})
+            return items.setdefault(index, {"name": name, "hooks": [], "keep": False})
+
+        for name, fn in hooks:
+            entry(name)["hooks"].append(fn)
+        for name in names:
+            entry(name)["keep"] = True
+        return [
+            (self._module(path), io, [(index, it["name"], it["hooks"], it["keep"]) for index, it in sorted(items.items(), key=lambda kv: -1 if kv[0] is None else kv[0])])
+            for (_, _, path, io), items in sorted(plan.items(), key=lambda kv: kv[0][:2])
+        ]  # fmt: skip
+
+    def patch_sweep(
+        self,
+        source: torch.Tensor,
+        base: torch.Tensor,
+        hook_of: Callable[[int], str],
+        edit_of: Callable,
+        layers: Sequence[int],
+        n_rows: int,
+        reduce: Callable,
+    ):
+        """(metric of each patched run (n_rows,), source run's last logits (d_vocab,), base run's (d_vocab,)) in ONE trace.
+
+        Three invokes share one forward pass: the source run records the site at `layers`, the base
+        run gives the baseline, and `n_rows` copies of the base run take their patched values from the
+        first invoke's activations there, where the model runs (`edit_of(layer, source activation)`
+        builds the engine.Edit of that layer's rows). To a server this is one request, and what comes
+        back is one number per patched run and two rows of logits.
+        """
+        names = [hook_of(layer) for layer in layers]
+        keep_steps = self._plan(names, ())
+        found = {}  # filled by the first invoke, read by the third's hooks (one dict shared by the invokes)
+        hooks = [(name, _SourceEdit(edit_of, layer, found, name)) for layer, name in zip(layers, names, strict=True)]
+        start = time.perf_counter()
+        nn, n_heads, patch_steps = self.nn, self.n_heads, self._plan((), hooks)
+        with _server_errors(self), torch.no_grad(), nn.trace(**self.trace_kwargs()) as tracer:
+            with tracer.invoke(source[None]):
+                _walk(keep_steps, n_heads, False, found)
+                source_logits = nn.output.logits[0, -1].save()
+            with tracer.invoke(base[None]):
+                base_logits = nn.output.logits[0, -1].save()
+            with tracer.invoke(base[None].expand(n_rows, -1)):
+                _walk(patch_steps, n_heads, False)
+                values = reduce(nn.output.logits[:, -1]).save()
+        self._count(start, values, source_logits, base_logits)
+        return values, source_logits, base_logits
 
     def readout_weights(self) -> tuple[object, torch.Tensor, torch.Tensor | None]:
         """(final norm as engine.Norm, W_U (d_model, d_vocab), b_U or None) read from the Hugging Face modules.
@@ -330,8 +348,8 @@ class NNsightBackend:
             weights = {"w": getattr(norm, "weight", None), "b": getattr(norm, "bias", None), "W": unembed.weight, "bU": unembed.bias}
         else:
             start = time.perf_counter()
-            with _server_errors(self), torch.no_grad(), self.nn.trace(torch.zeros(1, 1, dtype=torch.long), **self.trace_kwargs()):
-                norm, unembed = self._module(norm_path), self._module(unembed_path)
+            nn, norm, unembed = self.nn, self._module(norm_path), self._module(unembed_path)
+            with _server_errors(self), torch.no_grad(), nn.trace(torch.zeros(1, 1, dtype=torch.long), **self.trace_kwargs()):
                 weights = {"w": norm.weight, "b": getattr(norm, "bias", None), "W": unembed.weight, "bU": unembed.bias}.save()
             self.traffic.requests += 1
             self.traffic.received_bytes += sum(t.numel() * t.element_size() for t in weights.values() if t is not None)
@@ -363,6 +381,55 @@ class NNsightBackend:
         self.traffic.requests += 1
         self.traffic.seconds += time.perf_counter() - start
         return out
+
+
+def _walk(steps: list, n_heads: int, grad: bool, cache: dict | None = None) -> dict[str, torch.Tensor]:
+    """Inside a trace (or an invoke): applies each step's hooks at its module value and returns {name: kept value}.
+
+    `cache` receives each kept value as soon as it is known (another invoke may read it at the same module).
+    """
+    cache = {} if cache is None else cache
+    for module, io, items in steps:
+        value = module.input if io == "input" else module.output
+        parts = list(value) if isinstance(value, tuple) else None
+        for index, name, fns, keep in items:
+            act = value if index is None else parts[index]
+            heads = name.endswith("attn.hook_z")
+            if heads:  # (batch, pos, head * d_head) -> (batch, pos, head, d_head), as transformer-lens shows it
+                act = act.reshape(*act.shape[:-1], n_heads, -1)
+            for fn in fns:
+                new = fn(act, SimpleNamespace(name=name))
+                act = act if new is None else new
+            if keep:
+                cache[name] = act if grad else act.detach()
+            if fns:
+                act = act.reshape(*act.shape[:-2], -1) if heads else act
+                if index is None:
+                    value = act
+                else:
+                    parts[index] = act
+        if any(fns for _, _, fns, _ in items):
+            new_value = value if parts is None else tuple(parts)
+            if io == "input":
+                module.input = new_value
+            else:
+                module.output = new_value
+    return cache
+
+
+@dataclass(frozen=True)
+class _SourceEdit:
+    """A hook that patches rows with another invoke's activation, read when the hook runs (that invoke ran first)."""
+
+    edit_of: Callable
+    layer: int
+    found: dict
+    name: str
+
+    def __call__(self, act: torch.Tensor, hook) -> torch.Tensor:
+        from workbench import engine
+
+        return engine.apply(self.edit_of(self.layer, self.found[self.name][0]), act)
 
 
 def is_nnsight_name(name: object) -> bool:
@@ -464,8 +531,9 @@ def _weights(backend: NNsightBackend, paths: Sequence[str]) -> dict[str, torch.T
     if backend.mode == "local":
         return {p: backend._module(p)._module.weight.detach().float().cpu() for p in paths}
     start = time.perf_counter()
-    with _server_errors(backend), torch.no_grad(), backend.nn.trace(torch.zeros(1, 1, dtype=torch.long), **backend.trace_kwargs()):
-        found = {p: backend._module(p).weight for p in paths}.save()
+    nn, modules = backend.nn, {p: backend._module(p) for p in paths}
+    with _server_errors(backend), torch.no_grad(), nn.trace(torch.zeros(1, 1, dtype=torch.long), **backend.trace_kwargs()):
+        found = {p: m.weight for p, m in modules.items()}.save()
     backend.traffic.requests += 1
     backend.traffic.received_bytes += sum(t.numel() * t.element_size() for t in found.values())
     backend.traffic.seconds += time.perf_counter() - start

@@ -449,6 +449,8 @@ def sweep(
     """
     s = _site(site)
     _check_direction(direction)
+    if model.backend is not None:  # nnsight: the clean, corrupted and patched runs in one trace (one request to a server)
+        return _backend_sweep(model, setup, s, direction, progress, window)
     runs = _prepare(model, setup, s, direction)
     pos = len(runs.labels)
     cells = s.cells(model, pos)
@@ -463,13 +465,6 @@ def sweep(
         for chunk in _passes(s, cells, per_batch, pos, keep):
             chunk = sorted(chunk, key=lambda i: cells[i][0])  # the rows' order in the pass: by layer
             raw[chunk] = setup.value_of_columns(_engine_pass(s, cells, chunk, runs, columns)).float().cpu()
-            done += len(chunk)
-            if progress is not None and progress(done, len(keep)) is False:
-                raise InputError(f"the sweep was cancelled after {done} of {len(keep)} cells")
-        return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
-    if model.backend is not None:  # nnsight: cells of every layer in one trace (a server: the whole sweep in one request)
-        for chunk in _traces(model, keep, per_batch):
-            raw[chunk] = _backend_pass(model, s, cells, chunk, runs, setup)
             done += len(chunk)
             if progress is not None and progress(done, len(keep)) is False:
                 raise InputError(f"the sweep was cancelled after {done} of {len(keep)} cells")
@@ -499,29 +494,48 @@ def _traces(model: LoadedModel, keep: list[int], per_batch: int) -> list[list[in
     return [keep[i : i + size] for i in range(0, len(keep), max(1, size))]
 
 
-def _backend_pass(model: LoadedModel, s: Site, cells: list[tuple[int, ...]], chunk: list[int], runs: _Runs, setup: PatchingSetup) -> torch.Tensor:
-    """(len(chunk),) metric of the chunk's patched runs in one run: row i patches cell chunk[i], at its own layer."""
-    hooks = []
-    for layer in sorted({cells[i][0] for i in chunk}):
-        rows = [r for r, i in enumerate(chunk) if cells[i][0] == layer]
-        edit = dataclasses.replace(
-            s.edit(layer, [cells[chunk[r]] for r in rows], runs.source[s.hook(layer)].float().to(model.device)), rows=torch.tensor(rows)
-        )
-        hooks.append((edit.hook, _EditHook(edit)))
-    tokens = runs.base_tokens[None].expand(len(chunk), -1)  # (batch, pos)
-    with model.lock:  # the metric is computed where the model runs: one number per patched run comes back
-        values, _ = model.backend.run(tokens.to(model.device), hooks=hooks, last_only=True, reduce=setup.value)
-    return values.float().cpu()
-
-
 @dataclass(frozen=True)
-class _EditHook:
-    """A hook that applies one engine.Edit: data, so that it travels to a server with the trace."""
+class _LayerEdits:
+    """The edit of each layer's rows in one traced sweep, built from the source run's activation where the model runs."""
 
-    edit: engine.Edit
+    site: Site
+    rows: dict[int, tuple[list[int], list[tuple[int, ...]]]]  # layer -> (batch rows, their cells)
 
-    def __call__(self, act: torch.Tensor, hook) -> torch.Tensor:
-        return engine.apply(self.edit, act)
+    def __call__(self, layer: int, source: torch.Tensor) -> engine.Edit:
+        rows, cells = self.rows[layer]
+        return dataclasses.replace(self.site.edit(layer, cells, source), rows=torch.tensor(rows, device=source.device))
+
+
+def _backend_sweep(
+    model: LoadedModel, setup: PatchingSetup, s: Site, direction: str, progress: Callable | None, window: tuple[int, int] | None
+) -> PatchResult:
+    """sweep() on the nnsight backend: each trace runs the source, the base and the patched runs (nnsight_backend.patch_sweep)."""
+    clean_ids, corrupted_ids = check_setup(model, setup)
+    source, base = (clean_ids, corrupted_ids) if direction == "denoising" else (corrupted_ids, clean_ids)
+    pos = len(clean_ids)
+    cells = s.cells(model, pos)
+    keep = window_cells(s, cells, window, pos)
+    raw = torch.full((len(cells),), float("nan"))
+    done = 0
+    for chunk in _traces(model, keep, batch_size(model, pos)):
+        chunk = sorted(chunk, key=lambda i: cells[i][0])
+        layers = sorted({cells[i][0] for i in chunk})
+        rows = {
+            layer: ([r for r, i in enumerate(chunk) if cells[i][0] == layer], [cells[i] for i in chunk if cells[i][0] == layer])
+            for layer in layers
+        }
+        with model.lock:
+            values, source_last, base_last = model.backend.patch_sweep(
+                source.to(model.device), base.to(model.device), s.hook, _LayerEdits(s, rows), layers, len(chunk), setup.value
+            )
+        raw[chunk] = values.float().cpu()
+        done += len(chunk)
+        if progress is not None and progress(done, len(keep)) is False:
+            raise InputError(f"the sweep was cancelled after {done} of {len(keep)} cells")
+    clean_last, corrupted_last = (source_last, base_last) if direction == "denoising" else (base_last, source_last)
+    labels = token_labels(model.tokenizer, clean_ids.tolist())
+    runs = _Runs(clean_last.float().cpu()[None], corrupted_last.float().cpu()[None], labels, {}, {}, base, "nnsight", "")
+    return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
 
 
 def _result(model: LoadedModel, setup: PatchingSetup, s: Site, direction: str, method: str, raw: torch.Tensor, runs: _Runs) -> PatchResult:

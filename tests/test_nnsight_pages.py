@@ -1,0 +1,48 @@
+"""The app's pages on a model run through nnsight (the same pages, unaware of the backend), through AppTest.
+
+A remote model ("ndif://") goes through the same code with a server in between; no NDIF server runs
+on this machine (see README, "Beyond one machine"), so the pages are opened on "nnsight:circuits".
+"""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+pytestmark = pytest.mark.slow
+PAGES = Path(__file__).resolve().parents[1] / "pages"
+MODEL = "nnsight:circuits"
+PROMPT = "apple river stone cloud tiger apple river stone cloud tiger"
+
+
+def _page(name: str) -> AppTest:
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=300)
+    at.session_state["wb.model"] = MODEL
+    at.session_state["wb.prompt"] = PROMPT
+    return at.run()
+
+
+@pytest.mark.parametrize("name", ["2_Logit_lens", "9_Intervene"])
+def test_pages_run_on_nnsight(name):
+    at = _page(name)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.get("plotly_chart")
+
+
+def test_attention_page_shows_patterns_and_refuses_the_head_anatomy_in_one_line():
+    at = _page("1_Attention")
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 6  # every view but the head's anatomy, which needs queries and keys
+    assert [e.value for e in at.error] and all("nnsight backend has no site" in e.value and "\n" not in e.value for e in at.error)
+
+
+def test_patching_page_runs_the_exact_sweep_through_nnsight():
+    at = _page("4_Patching")
+    assert not at.exception, at.exception
+    next(b for b in at.button if b.label == "Run the exact sweep").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 2  # the attribution-patching preview and the exact sweep
+    # path patching runs on the forward engine only: refused in one line
+    assert all("forward engine" in e.value for e in at.error)
