@@ -193,6 +193,7 @@ def test_refusals(trio):
 def test_names():
     assert nnsight_backend.split_name("nnsight:models/english") == ("models/english", None)
     assert nnsight_backend.split_name("ndif://127.0.0.1:8001/org/name") == ("org/name", "http://127.0.0.1:8001")
+    assert nnsight_backend.split_name("ndif://api.ndif.us:443/openai-community/gpt2") == ("openai-community/gpt2", "https://api.ndif.us:443")
     for bad in ("nnsight:", "ndif://nohost/gpt2", "ndif://h:99999/gpt2"):
         with pytest.raises(InputError):
             nnsight_backend.split_name(bad)
@@ -214,3 +215,29 @@ def test_a_server_that_does_not_answer_is_one_line(tmp_path):
     with pytest.raises(InputError, match="did not complete the request") as err:
         runs.run_prompt(model, CLEAN)
     assert "\n" not in str(err.value)
+
+
+def test_two_sessions_at_once_see_only_their_own_edits(trio):
+    """Threads share one nnsight model (one server process, many sessions): each run's edits stay in its own trace."""
+    import threading
+
+    _, local, _ = trio
+    ids, _ = runs.encode(local, CLEAN)
+    plain, _ = runs.run_tokens(local, ids[None], last_only=True)
+    ablated, _ = runs.run_tokens(local, ids[None], hooks=[("blocks.1.hook_mlp_out", lambda act, hook: act * 0)], last_only=True)
+    assert not torch.allclose(plain, ablated)
+    wrong = []
+
+    def session(edit: bool) -> None:
+        for _ in range(6):
+            hooks = [("blocks.1.hook_mlp_out", lambda act, hook: act * 0)] if edit else []
+            got, _ = runs.run_tokens(local, ids[None], hooks=hooks, last_only=True)
+            if not torch.allclose(got, ablated if edit else plain, atol=1e-6):
+                wrong.append(edit)
+
+    threads = [threading.Thread(target=session, args=(i % 2 == 0,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []

@@ -46,3 +46,22 @@ def test_patching_page_runs_the_exact_sweep_through_nnsight():
     assert len(at.get("plotly_chart")) == 2  # the attribution-patching preview and the exact sweep
     # path patching runs on the forward engine only: refused in one line
     assert all("forward engine" in e.value for e in at.error)
+
+
+def test_a_server_that_does_not_answer_is_one_line_on_the_page_and_the_prompt_stays(tmp_path):
+    import socket
+
+    from workbench import families
+
+    folder = families.build("gpt2", tmp_path / "gpt2")
+    with socket.socket() as s:  # a port nobody listens on: the server is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    at = AppTest.from_file(str(PAGES / "2_Logit_lens.py"), default_timeout=300)
+    at.session_state["wb.model"] = f"ndif://127.0.0.1:{port}/{folder}"
+    at.session_state["wb.prompt"] = "The cat sat on the mat"
+    at.run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert errors and all("did not complete the request" in e and "\n" not in e for e in errors), errors
+    assert at.session_state["wb.prompt"] == "The cat sat on the mat"

@@ -449,7 +449,8 @@ def split_name(name: str) -> tuple[str, str | None]:
         raise InputError(
             f"'{name}' is not a server address: write ndif://host:port/<model>, e.g. ndif://127.0.0.1:8001/openai-community/gpt2"
         )
-    return found["model"].strip(), f"http://{found['host']}:{found['port']}"
+    scheme = "https" if found["port"] == "443" else "http"  # the public NDIF (api.ndif.us:443) speaks TLS
+    return found["model"].strip(), f"{scheme}://{found['host']}:{found['port']}"
 
 
 def load(name: str, device: str | None = None, dtype: str = "float32", trust_remote_code: bool = False, simulate_remote: bool = False):
