@@ -65,3 +65,18 @@ def test_a_server_that_does_not_answer_is_one_line_on_the_page_and_the_prompt_st
     errors = [e.value for e in at.error]
     assert errors and all("did not complete the request" in e and "\n" not in e for e in errors), errors
     assert at.session_state["wb.prompt"] == "The cat sat on the mat"
+
+
+@pytest.mark.parametrize("probe", ["lens", "patching"])
+def test_probes_take_an_nnsight_model(tmp_path, probe):
+    import json
+
+    from probes.__main__ import main as probes_main
+
+    out = tmp_path / probe
+    argv = [probe, "--model", MODEL, "--formats", "html", "--out", str(out)]
+    if probe == "patching":
+        argv += ["--site", "resid_pre"]
+    assert probes_main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["files"]
