@@ -80,3 +80,13 @@ def test_probes_take_an_nnsight_model(tmp_path, probe):
     assert probes_main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["files"]
+
+
+@pytest.mark.parametrize("path", [*sorted(PAGES.glob("*.py")), PAGES.parent / "app.py"], ids=lambda p: p.stem)
+def test_every_page_opens_on_nnsight_and_refuses_what_it_cannot_run_in_one_line(path):
+    at = AppTest.from_file(str(path), default_timeout=300)
+    at.session_state["wb.model"] = MODEL
+    at.run()
+    assert not at.exception, at.exception
+    for e in at.error:  # a view that needs the bridge's folded weights or the forward engine says so
+        assert "\n" not in e.value and ("nnsight" in e.value or "forward engine" in e.value), e.value
