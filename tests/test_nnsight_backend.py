@@ -193,7 +193,10 @@ def test_refusals(trio):
 def test_names():
     assert nnsight_backend.split_name("nnsight:models/english") == ("models/english", None)
     assert nnsight_backend.split_name("ndif://127.0.0.1:8001/org/name") == ("org/name", "http://127.0.0.1:8001")
-    assert nnsight_backend.split_name("ndif://api.ndif.us:443/openai-community/gpt2") == ("openai-community/gpt2", "https://api.ndif.us:443")
+    assert nnsight_backend.split_name("ndif://api.ndif.us:443/openai-community/gpt2") == (
+        "openai-community/gpt2",
+        "https://api.ndif.us:443",
+    )
     for bad in ("nnsight:", "ndif://nohost/gpt2", "ndif://h:99999/gpt2"):
         with pytest.raises(InputError):
             nnsight_backend.split_name(bad)
