@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -106,6 +106,8 @@ class Refused:
         self._name = name
 
     def __getattr__(self, attr: str):
+        if attr.startswith("__"):  # Python's own protocol lookups (copy, pickle, hasattr) are not a view
+            raise AttributeError(attr)
         raise InputError(
             f"this view needs transformer-lens's bridge (its folded weights, '{attr}'), and '{self._name}' runs through "
             "nnsight on the plain Hugging Face model: load it without the 'nnsight:' / 'ndif://' prefix for this view"
@@ -525,10 +527,6 @@ def load(name: str, device: str | None = None, dtype: str = "float32", trust_rem
         trust_remote_code=trust_remote_code,
     )
     return model_module.LoadedModel(bridge=Refused(name.strip()), tokenizer=tokenizer, info=info, backend=backend)
-
-
-def names_of(model) -> Iterable[str]:
-    return model.backend.hook_names()
 
 
 def _weights(backend: NNsightBackend, paths: Sequence[str]) -> dict[str, torch.Tensor]:
