@@ -324,6 +324,10 @@ def component_attribution(
     """
     from transformer_lens.tools.analysis import direct_logit_attribution
 
+    if model.backend is not None:  # nnsight: the same decomposition read from the raw model's modules
+        from workbench import nnsight_backend
+
+        return nnsight_backend.component_attribution(model, prompt, answer, wrong, position, top_neurons, truncate)
     if not model.info.compatibility_mode:
         raise InputError(
             "direct logit attribution needs the model loaded in compatibility mode (load_model(..., compatibility_mode=True), the default)"

@@ -281,6 +281,8 @@ def extract(bridge, device="cpu") -> Weights:
 
 def weights_of(model: LoadedModel) -> Weights:
     """The loaded model's Weights, read once and kept in the model's own store (`model.derived`)."""
+    if "engine" not in model.derived and model.backend is not None:
+        model.derived["engine"] = Unsupported("the nnsight backend runs the Hugging Face model itself, not the engine's folded weights")
     if "engine" not in model.derived:
         try:
             model.derived["engine"] = extract(model.bridge, model.device)

@@ -45,7 +45,7 @@ from workbench import conventions, engine, sae
 from workbench.errors import InputError
 from workbench.generate import Generation, Sampling, generate
 from workbench.model import LoadedModel, allowed_root
-from workbench.runs import check_token_ids, encode, provenance, run_edited
+from workbench.runs import check_token_ids, encode, has_hook, provenance, run_edited
 from workbench.tokens import ordinary_token_ids, token_labels
 
 UNITS = ("head", "mlp", "neuron", "feature")
@@ -559,7 +559,7 @@ def _check_layer(model: LoadedModel, layer: int | None, what: str) -> int:
 
 def _check_site(model: LoadedModel, site: str, layer: int) -> None:
     hook = f"blocks.{layer}.{engine.SITE_HOOKS[site]}"
-    if hook not in model.bridge.hook_dict:
+    if not has_hook(model, hook):
         raise InputError(f"this model has no {site} (parallel attention and MLP blocks have no resid_mid); steer at resid_pre")
 
 

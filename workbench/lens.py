@@ -59,6 +59,8 @@ def readout(model: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
     Written out (not called through the bridge's modules) so that the tuned lens can train through
     it; the final norm is the model's own kind (LayerNorm, RMSNorm, Gemma's 1 + w), see engine.Norm.
     """
+    if "readout" not in model.derived and model.backend is not None:  # nnsight: the Hugging Face final norm and lm_head
+        model.derived["readout"] = model.backend.readout_weights()
     if "readout" not in model.derived:
         bridge = model.bridge
         norm = engine.Norm.of(bridge.ln_final, float(getattr(bridge.cfg, "eps", 1e-5)), "cpu")

@@ -112,6 +112,8 @@ class LoadedModel:
     run_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     # what is computed from the weights once and reused (the forward engine's weights, see engine.py)
     derived: dict = field(default_factory=dict, repr=False)
+    # None: the bridge runs the model; else the nnsight backend (nnsight_backend.py) does, here or on an NDIF server
+    backend: object | None = field(default=None, repr=False)
 
     @property
     def bos_id(self) -> int | None:
@@ -124,6 +126,8 @@ class LoadedModel:
     def attached_hooks(self) -> list[str]:
         """Names of hook points that have a hook on them right now (normally none)."""
         found = []
+        if self.backend is not None:  # nnsight's edits live inside one trace: nothing stays on the model
+            return found
         for name, point in self.bridge.hook_dict.items():
             if point._forward_hooks or point._backward_hooks or getattr(point, "fwd_hooks", None) or getattr(point, "bwd_hooks", None):
                 found.append(name)
@@ -231,6 +235,10 @@ def load_model(
     `compatibility_mode=False` keeps the raw Hugging Face weights; analyses that need the
     folded coordinate system (direct logit attribution) then refuse the model and say so.
     """
+    from workbench import nnsight_backend
+
+    if nnsight_backend.is_nnsight_name(name_or_path):  # "nnsight:<model>" or "ndif://host:port/<model>"
+        return nnsight_backend.load(str(name_or_path), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -42,7 +42,7 @@ from workbench.tokens import Alignment, align, ordinary_token_ids, token_labels
 METRICS = ("logit difference", "probability", "log-probability")
 DIRECTIONS = ("denoising", "noising")
 METHODS = ("exact", "attribution patching")
-PATHS = ("engine", "bridge hooks")
+PATHS = ("engine", "bridge hooks", "nnsight")
 # position-site batches each span 1/SPLIT of the prompt: shorter runs (causality), smaller matmuls
 SPLIT = 8
 BATCH = 64  # patched runs per pass, at most (fewer when one run's intermediates are large: see batch_size)
@@ -353,6 +353,8 @@ def _prepare(model: LoadedModel, setup: PatchingSetup, site: Site, direction: st
         w = None
     base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
     base_ids = corrupted_ids if direction == "denoising" else clean_ids
+    if w is None and model.backend is not None:  # nnsight: every site it exposes for editing reaches the output
+        return _Runs(clean.logits, corrupted.logits, clean.labels, base.cache, source.cache, base_ids, "nnsight", "")
     if w is None:
         _check_hook_reaches_output(model, site, base_ids)
         return _Runs(clean.logits, corrupted.logits, clean.labels, base.cache, source.cache, base_ids, "bridge hooks", note)
@@ -447,6 +449,8 @@ def sweep(
     """
     s = _site(site)
     _check_direction(direction)
+    if model.backend is not None:  # nnsight: the clean, corrupted and patched runs in one trace (one request to a server)
+        return _backend_sweep(model, setup, s, direction, progress, window)
     runs = _prepare(model, setup, s, direction)
     pos = len(runs.labels)
     cells = s.cells(model, pos)
@@ -481,6 +485,56 @@ def sweep(
             done += len(chunk)
             if progress is not None and progress(done, len(keep)) is False:
                 raise InputError(f"the sweep was cancelled after {done} of {len(keep)} cells")
+    return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
+
+
+def _traces(model: LoadedModel, keep: list[int], per_batch: int) -> list[list[int]]:
+    """The cells of each trace: all of them for a server (one request), else `per_batch` × layers at a time."""
+    size = len(keep) if model.backend.mode != "local" else per_batch * model.info.n_layers
+    return [keep[i : i + size] for i in range(0, len(keep), max(1, size))]
+
+
+@dataclass(frozen=True)
+class _LayerEdits:
+    """The edit of each layer's rows in one traced sweep, built from the source run's activation where the model runs."""
+
+    site: Site
+    rows: dict[int, tuple[list[int], list[tuple[int, ...]]]]  # layer -> (batch rows, their cells)
+
+    def __call__(self, layer: int, source: torch.Tensor) -> engine.Edit:
+        rows, cells = self.rows[layer]
+        return dataclasses.replace(self.site.edit(layer, cells, source), rows=torch.tensor(rows, device=source.device))
+
+
+def _backend_sweep(
+    model: LoadedModel, setup: PatchingSetup, s: Site, direction: str, progress: Callable | None, window: tuple[int, int] | None
+) -> PatchResult:
+    """sweep() on the nnsight backend: each trace runs the source, the base and the patched runs (nnsight_backend.patch_sweep)."""
+    clean_ids, corrupted_ids = check_setup(model, setup)
+    source, base = (clean_ids, corrupted_ids) if direction == "denoising" else (corrupted_ids, clean_ids)
+    pos = len(clean_ids)
+    cells = s.cells(model, pos)
+    keep = window_cells(s, cells, window, pos)
+    raw = torch.full((len(cells),), float("nan"))
+    done = 0
+    for chunk in _traces(model, keep, batch_size(model, pos)):
+        chunk = sorted(chunk, key=lambda i: cells[i][0])
+        layers = sorted({cells[i][0] for i in chunk})
+        rows = {
+            layer: ([r for r, i in enumerate(chunk) if cells[i][0] == layer], [cells[i] for i in chunk if cells[i][0] == layer])
+            for layer in layers
+        }
+        with model.lock:
+            values, source_last, base_last = model.backend.patch_sweep(
+                source.to(model.device), base.to(model.device), s.hook, _LayerEdits(s, rows), layers, len(chunk), setup.value
+            )
+        raw[chunk] = values.float().cpu()
+        done += len(chunk)
+        if progress is not None and progress(done, len(keep)) is False:
+            raise InputError(f"the sweep was cancelled after {done} of {len(keep)} cells")
+    clean_last, corrupted_last = (source_last, base_last) if direction == "denoising" else (base_last, source_last)
+    labels = token_labels(model.tokenizer, clean_ids.tolist())
+    runs = _Runs(clean_last.float().cpu()[None], corrupted_last.float().cpu()[None], labels, {}, {}, base, "nnsight", "")
     return _result(model, setup, s, direction, "exact", raw.reshape(s.shape(model, pos)), runs)
 
 

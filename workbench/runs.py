@@ -133,13 +133,21 @@ def hook_names(model: LoadedModel, *suffixes: str) -> list[str]:
             names.extend(f"blocks.{layer}.{suffix}" for layer in range(model.info.n_layers))
         else:
             raise ValueError(f"unknown hook suffix {suffix!r}; known: {', '.join(BLOCK_HOOKS + MODEL_HOOKS)}")
+    if model.backend is not None:
+        known = set(model.backend.hook_names())
+        return [n for n in names if n in known]
     known = model.bridge.hook_dict
     learned_positions = model.bridge.cfg.positional_embedding_type == "standard"  # hook_pos_embed exists but never fires otherwise
     return [n for n in names if n in known and (learned_positions or n != "hook_pos_embed")]
 
 
+def _known(model: LoadedModel):
+    """The hook names this model's runs can record or edit (the bridge's, or the nnsight backend's)."""
+    return model.bridge.hook_dict if model.backend is None else set(model.backend.hook_names())
+
+
 def has_hook(model: LoadedModel, name: str) -> bool:
-    return name in model.bridge.hook_dict
+    return name in _known(model)
 
 
 def all_hook_names(model: LoadedModel) -> list[str]:
@@ -189,8 +197,10 @@ def encode(model: LoadedModel, prompt: str, truncate: bool = False) -> tuple[tor
 
 def _validate_names(model: LoadedModel, names: Iterable[str]) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(names))
-    known = model.bridge.hook_dict
+    known = _known(model)
     unknown = [n for n in names if n not in known]
+    if unknown and model.backend is not None:
+        model.backend._point(unknown[0])  # InputError: which sites the nnsight backend sees
     if unknown:
         raise ValueError(f"unknown hook name(s) {unknown}; see runs.all_hook_names(model)")
     return names
@@ -266,6 +276,9 @@ def run_tokens(
 
         return keep
 
+    if model.backend is not None:  # nnsight: the same hooks and names, applied at module boundaries in one trace
+        with model.lock:
+            return model.backend.run(tokens.to(model.device), names, hooks, last_only, grad)
     fwd = [*hooks, *((n, keeper(n)) for n in names)]  # edits first, so that what is recorded is what flowed on
     with model.lock, torch.set_grad_enabled(grad), model.bridge.hooks(fwd_hooks=fwd):
         batch = tokens.to(model.device)
