@@ -145,20 +145,29 @@ def shipped_graph(request, english, circuits):
 
 
 def test_clamping_the_top_features_changes_the_answer_as_the_edges_predict(shipped_graph):
-    """The graph's top 5 features: ablated (×0) and doubled (×2), in the local replacement model with attention live.
+    """The graph's top features (up to 5 kept by pruning) ablated, in the local replacement model with attention live.
 
-    Tolerance: within 35% of the measured change (the prediction freezes attention and norms, which the
-    measurement does not). Random features: 5 drawn from the graph's active ones, changing the answer's
-    logit less than a third as much."""
+    Tolerance: the measured change within 35% of the edges' prediction (the prediction freezes attention and
+    norms; the measurement does not). Random features: 5 drawn from the graph's active ones, 10 draws; the
+    median draw changes the answer's logit less than a fifth as much. Not the mean: a draw that hits a feature
+    acting through an attention pattern (a query or key) changes it a lot, and the graph, whose attention is
+    frozen, cannot see that (measured on the circuits model: L0 #709 at the last position moves the answer's
+    logit by -2.7 through the induction head's query; the graph predicts -0.03).
+
+    Doubling (×2): the prediction's sign holds, and it equals the frozen replacement model's exactly; its size
+    does not (measured on the circuits model: +1.12 predicted, +0.21 measured: the features write into the
+    final norm's input, whose scale the graph freezes)."""
     model, g = shipped_graph
     top = g.top_features(5)
-    assert len(top) == 5
-    for factor in (0.0, 2.0):
-        r = ag.intervene(model, g, top, factor)
-        assert abs(r.replacement) > 0.05, r
-        assert r.predicted == pytest.approx(r.replacement, rel=0.35), r
-        random = [ag.intervene(model, g, ag.random_features(g, 5, seed=s, exclude=top), factor) for s in range(5)]
-        assert sum(abs(x.replacement) for x in random) / 5 < abs(r.replacement) / 3, (r, random)
+    assert top
+    r = ag.intervene(model, g, top, 0.0)
+    assert abs(r.replacement) > 0.3, r
+    assert r.replacement == pytest.approx(r.predicted, rel=0.35), r
+    assert r.frozen == pytest.approx(r.predicted, rel=0.05, abs=0.01), r
+    random = sorted(abs(ag.intervene(model, g, ag.random_features(g, len(top), seed=s, exclude=top), 0.0).replacement) for s in range(10))
+    assert (random[4] + random[5]) / 2 < abs(r.replacement) / 5, (r, random)
+    doubled = ag.intervene(model, g, top, 2.0)
+    assert doubled.replacement * doubled.predicted > 0 and doubled.predicted == pytest.approx(-r.predicted, rel=1e-4)
 
 
 def test_the_export_validates_against_circuit_tracers_schema(shipped_graph, tmp_path):

@@ -353,7 +353,7 @@ def _pick_logits(logits: torch.Tensor, cfg: GraphConfig, answer: int | None) -> 
     n = int((top.values.cumsum(0) < cfg.logit_probability).sum()) + 1
     ids = top.indices[: min(n, cfg.max_logits)].tolist()
     if answer is not None:
-        ids = [answer, *[i for i in ids if i != answer][:cfg.max_logits - 1]]
+        ids = [answer, *[i for i in ids if i != answer][: cfg.max_logits - 1]]
     ids_t = torch.tensor(ids)
     return ids_t, probs[ids_t]
 
@@ -709,14 +709,14 @@ class Intervention:
 
 
 def clamp_edits(w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcoder], nodes: list[int], factor: float) -> list[engine.Edit]:
-    """Engine edits on the real model: each feature's decoder row × (factor - 1) × its activation added to its MLP's output."""
-    P, d = g.n_pos, w.W_E.shape[1]
-    delta: dict[int, torch.Tensor] = {}
+    """Engine edits on the real model: each feature's decoder row × (factor - 1) × its activation added to its MLP's
+    output at its position (one edit per layer and position, so that a generation keeps them on the prompt's positions)."""
+    delta: dict[tuple[int, int], torch.Tensor] = {}
     for i in nodes:
         layer, pos, f = g.features[i].tolist()
-        delta.setdefault(layer, torch.zeros(P, d))
-        delta[layer][pos] += (factor - 1) * float(g.activations[i]) * tcs[layer].W_dec[f].float().cpu()
-    return [engine.Edit("add", "mlp_out", layer, value=v.to(w.W_E.device)) for layer, v in delta.items()]
+        change = (factor - 1) * float(g.activations[i]) * tcs[layer].W_dec[f].float().cpu()
+        delta[(layer, pos)] = delta.get((layer, pos), 0) + change
+    return [engine.Edit("add", "mlp_out", layer, position=pos, value=v.to(w.W_E.device)) for (layer, pos), v in delta.items()]
 
 
 def replacement_edits(
@@ -805,6 +805,84 @@ def intervene(
         top_before=top(base),
         top_after=top(real),
     )
+
+
+def continuations(model: LoadedModel, g: AttributionGraph, nodes: list[int], factor: float, new_tokens: int = 20):
+    """(original, edited) greedy continuations of the graph's prompt, the edited one with `nodes` set to factor × their
+    activation in the real model (clamp_edits) at every step."""
+    from workbench.generate import Sampling, generate
+
+    tcs = transcoders_for(model, None)
+    w = _weights(model)
+    s = Sampling(max_new_tokens=new_tokens)
+    return generate(model, g.prompt, s), generate(model, g.prompt, s, clamp_edits(w, g, tcs, nodes, factor))
+
+
+def graph_of(
+    model: LoadedModel,
+    prompt: str,
+    answer: int | None = None,
+    node_threshold: float = CONFIG.node_threshold,
+    edge_threshold: float = CONFIG.edge_threshold,
+    truncate: bool = False,
+) -> AttributionGraph:
+    """`build` with the shipped transcoders and plain values (a page caches it by them)."""
+    import dataclasses
+
+    return build(
+        model, prompt, None, dataclasses.replace(CONFIG, node_threshold=node_threshold, edge_threshold=edge_threshold), answer, truncate
+    )
+
+
+@dataclass(frozen=True)
+class Contexts:
+    """A feature's strongest activations on held-out data: (text before, token, activation) each."""
+
+    layer: int
+    feature: int
+    data: str
+    top: list[tuple[str, str, float]]
+    density: float  # share of held-out tokens where it is active
+
+    def rows(self) -> list[dict]:
+        return [dict(context=c, token=t, activation=a) for c, t, a in self.top]
+
+
+def top_contexts(model: LoadedModel, layer: int, feature: int, k: int = 8) -> Contexts:
+    """The `k` held-out tokens where `feature` of layer `layer`'s shipped transcoder is strongest (train/transcoders.heldout)."""
+    from workbench.train.transcoders import heldout, io_of
+
+    tcs = transcoders_for(model, None)
+    tc = tcs[layer]
+    f = tc.check_feature(feature)
+    key = ("transcoder-contexts", layer)
+    if key not in model.derived:  # each feature's top activations, one pass over the held-out rows per layer
+        w = _weights(model)
+        name, rows, _ = heldout(model)
+        rows = rows[:64]
+        vals, where, active = [], [], torch.zeros(tc.d_sae)
+        with torch.no_grad():
+            for s in range(0, len(rows), 16):
+                x, _ = io_of(w, rows[s : s + 16].to(model.device))[layer]
+                a = tc.encode(x)[:, 1:].float().cpu()  # (b, pos - 1, d_sae): BOS left out
+                active += (a > 0).flatten(0, 1).sum(0)
+                top = a.flatten(0, 1).topk(min(k, a.shape[0] * a.shape[1]), dim=0)  # (k, d_sae)
+                vals.append(top.values)
+                where.append(top.indices + s * (rows.shape[1] - 1))
+        vals_t, where_t = torch.cat(vals), torch.cat(where)
+        best = vals_t.topk(k, dim=0)
+        model.derived[key] = (name, rows, best.values, where_t.gather(0, best.indices), active / (len(rows) * (rows.shape[1] - 1)))
+    name, rows, values, where, density = model.derived[key]
+    width = rows.shape[1] - 1
+    top = []
+    for v, idx in zip(values[:, f].tolist(), where[:, f].tolist(), strict=True):
+        if v <= 0:
+            continue
+        r, p = divmod(int(idx), width)
+        p += 1
+        before = model.tokenizer.decode(rows[r, max(1, p - 12) : p].tolist())
+        top.append((before, token_labels(model.tokenizer, [int(rows[r, p])])[0], float(v)))
+    return Contexts(layer, f, name, top, float(density[f]))
 
 
 def random_features(g: AttributionGraph, n: int, seed: int = 0, exclude: list[int] = ()) -> list[int]:
