@@ -476,22 +476,25 @@ def build_tokens(
     lin = Linear.of(fz, tcs)
     L, P, d = w.n_layers, fz.n_pos, fz.emb.shape[-1]
     # the features: activations, active set, error nodes
-    acts, errs = [], []
+    pres, errs, found, values = [], [], [], []
     with torch.no_grad():
         for layer in range(L):
             tc = tcs[layer]
-            a = tc.encode(fz.mlp_in[layer])  # (pos, d_sae)
-            acts.append(a)
+            h = tc.pre(fz.mlp_in[layer])  # (pos, d_sae)
+            a = tc.activate(h)
+            pres.append(h.float().cpu())
             errs.append(fz.mlp_out[layer] - tc.decode(a, fz.mlp_in[layer]))  # (pos, d_model)
-    active = torch.cat(
-        [torch.cat([torch.full((len(nz), 1), layer), nz], 1) for layer, nz in ((i, a.nonzero()) for i, a in enumerate(acts))]
-    )
-    n_active = len(active)  # (n_active, 3): layer, position, feature
-    act_values = torch.stack([acts[int(r[0])][int(r[1]), int(r[2])] for r in active]) if n_active else torch.zeros(0)
+            nz = a.nonzero()  # (n, 2): position, feature, in row-major order
+            found.append(torch.cat([torch.full((len(nz), 1), layer, device=nz.device), nz], 1).cpu())
+            values.append(a[nz[:, 0], nz[:, 1]].float().cpu())
+    active = torch.cat(found)  # (n_active, 3): layer, position, feature
+    n_active = len(active)
+    act_values = torch.cat(values)  # (n_active,)
     logit_ids, logit_probs = _pick_logits(fz.logits, cfg, answer)
     logit_ids = logit_ids.to(fz.logits.device)
     n_logit = len(logit_ids)
     err_stack = torch.stack(errs)  # (layer, pos, d_model)
+    groups = _groups(tcs, active, act_values, fz.emb.device)
 
     def rows_for(targets: list[tuple[int, int, int]]) -> torch.Tensor:
         """(len(targets), n_active + L·P + P) direct edges into each target: (layer, position, feature) or (L, -1, logit j)."""
@@ -499,7 +502,7 @@ def build_tokens(
         per_row = P * d * (L + 1) * 4 * 3 + P * max(tc.d_sae for tc in tcs.values()) * 4
         step = max(1, min(cfg.batch, cfg.budget_bytes // max(per_row, 1)))
         for start in range(0, len(targets), step):
-            out.append(_rows(lin, fz, tcs, targets[start : start + step], active, act_values, err_stack, logit_ids))
+            out.append(_rows(lin, fz, tcs, targets[start : start + step], active, groups, err_stack, logit_ids))
         return torch.cat(out) if out else torch.zeros(0, n_active + L * P + P)
 
     # the logits' rows first; then the features', the most influential first, until max_features
@@ -549,9 +552,10 @@ def build_tokens(
     bias = torch.zeros(n)
     value = torch.zeros(n)
     with torch.no_grad():
-        for i, (layer, pos, f) in enumerate(feats.tolist()):
-            bias[i] = const_pre[layer][pos, f]
-            value[i] = tcs[layer].pre(fz.mlp_in[layer][pos])[f]
+        for layer in range(L):
+            rows = (feats[:, 0] == layer).nonzero()[:, 0]
+            bias[rows] = const_pre[layer][feats[rows, 1], feats[rows, 2]]
+            value[rows] = pres[layer][feats[rows, 1], feats[rows, 2]]
         bias[n - n_logit :] = const_logit
         value[n - n_logit :] = fz.logits[logit_ids] - fz.logits.mean()
     weights = torch.zeros(n)
@@ -607,7 +611,7 @@ def _rows(
     tcs: dict[int, Transcoder],
     targets: list[tuple[int, int, int]],
     active: torch.Tensor,
-    act_values: torch.Tensor,
+    groups: list,
     err: torch.Tensor,
     logit_ids: torch.Tensor,
 ) -> torch.Tensor:
@@ -641,17 +645,25 @@ def _rows(
         grads = torch.autograd.grad(picked.sum(), writes, allow_unused=True)
     g = [torch.zeros(B, P, d, device=device) if x is None else x for x in grads]  # ∂target/∂(what is written at each place)
     out = torch.zeros(B, len(active) + L * P + P)
-    for layer in range(L):
-        sel = (active[:, 0] == layer).nonzero()[:, 0]
-        if len(sel):
-            pos, f = active[sel, 1].to(device), active[sel, 2].to(device)
-            dec = tcs[layer].W_dec[f]  # (n, d_model)
-            edge = (g[layer + 1][:, pos] * dec).sum(-1) * act_values[sel].to(device)  # (B, n)
-            out[:, sel] = edge.float().cpu()
+    for layer, pos, sel, writes_p in groups:
+        out[:, sel] = (g[layer + 1][:, pos] @ writes_p.T).float().cpu()  # (B, d_model) @ (d_model, n): each feature's edge
     n_active = len(active)
     out[:, n_active : n_active + L * P] = (torch.stack(g[1:], 1) * err).sum(-1).reshape(B, L * P).float().cpu()
     out[:, n_active + L * P :] = (g[0] * fz.emb).sum(-1).float().cpu()
     return out
+
+
+def _groups(tcs: dict[int, Transcoder], active: torch.Tensor, act_values: torch.Tensor, device) -> list:
+    """[(layer, position, indices into `active`, (n, d_model) what each of those features writes)], one per (layer, position)
+    with active features: a batch's edges are then one small matmul per cell, never a (B, features, d_model) gather."""
+    found = []
+    for layer in range(len(tcs)):
+        in_layer = active[:, 0] == layer
+        for pos in active[in_layer, 1].unique().tolist():
+            sel = (in_layer & (active[:, 1] == pos)).nonzero()[:, 0]
+            dec = tcs[layer].W_dec[active[sel, 2].to(tcs[layer].W_dec.device)]  # (n, d_model)
+            found.append((layer, pos, sel, (dec * act_values[sel].to(dec)[:, None]).to(device)))
+    return found
 
 
 def _constants(lin: Linear, tcs: dict[int, Transcoder], logit_ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
