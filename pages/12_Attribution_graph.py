@@ -24,13 +24,22 @@ view = ui.View(
         ui.text("node"),
         ui.text("supernodes"),
         ui.number("factor", float, -100.0, 100.0),
+        ui.text("transcoders"),
     ),
 )
 build = view.cached(ag.graph_of, spinner="Computing the attribution graph…")
 contexts = view.cached(ag.top_contexts, entries=64)
 model = view.start()
 prompt, truncate = ui.prompt_form(model)
-for name, default in (("node_threshold", 0.8), ("edge_threshold", 0.98), ("answer", ""), ("node", ""), ("supernodes", ""), ("factor", 0.0)):
+for name, default in (
+    ("node_threshold", 0.8),
+    ("edge_threshold", 0.98),
+    ("answer", ""),
+    ("node", ""),
+    ("supernodes", ""),
+    ("factor", 0.0),
+    ("transcoders", ""),
+):
     st.session_state.setdefault(view.key(name), default)
 
 
@@ -46,7 +55,12 @@ def parse_supernodes(text: str, g: ag.AttributionGraph) -> dict[str, list[int]]:
 
 
 with ui.guard("the attribution graph"):
-    if not ag.transcoders_of(model):
+    folder = st.text_input(
+        "Transcoders folder (blank: the model's own)", key=view.key("transcoders"),
+        help="One subfolder per layer in SAELens's transcoder format (cfg.json with d_out and hook_name_out, sae_weights.safetensors)",
+    ).strip() or None  # fmt: skip
+    tcs = ag.transcoder_set(model, folder)
+    if not tcs:
         st.info(
             f"{model.info.name} has no transcoders. Train them with `python -m workbench.train transcoders {model.info.name}` "
             "(a minute or two of CPU per layer on the shipped models)."
@@ -57,7 +71,7 @@ with ui.guard("the attribution graph"):
     edge_threshold = c2.number_input("Edge threshold", 0.0, 1.0, step=0.01, key=view.key("edge_threshold"))
     typed_answer = c3.text_input("Answer token (blank: the top prediction)", key=view.key("answer"))
     answer = single_token_id(model.tokenizer, typed_answer, "answer") if typed_answer else None
-    g = build(model, prompt, answer, float(node_threshold), float(edge_threshold), truncate)
+    g = build(model, prompt, answer, float(node_threshold), float(edge_threshold), truncate, folder)
     ui.probe_command("attribution-graph", model, prompt=prompt, answer=typed_answer, node_threshold=node_threshold)
     st.markdown(
         f"**{g.active_total}** active features ({g.n_features} computed), **{int(g.node_mask.sum())}** nodes and "
@@ -94,7 +108,7 @@ with ui.guard("the attribution graph"):
     if picked is not None:
         layer, pos, f = g.features[picked].tolist()
         st.subheader(f"Feature {f} of layer {layer} (at position {pos}, activation {float(g.activations[picked]):.3f})")
-        details = ag.feature_details(model, g)[g.node_id(picked)] if g.node_mask[picked] else None
+        details = ag.feature_details(model, g, tcs)[g.node_id(picked)] if g.node_mask[picked] else None
         a, b = st.columns(2)
         if details:
             with a:
@@ -105,7 +119,7 @@ with ui.guard("the attribution graph"):
                                              details["bottom_logit_values"], "Logit effect of its decoder row"),
                     "ag-feature-logits",
                 )  # fmt: skip
-        c = contexts(model, layer, f)
+        c = contexts(model, layer, f, 8, folder)
         st.markdown(f"**Top held-out contexts** ({c.data}; active on {c.density:.1%} of its tokens)")
         st.dataframe(c.rows(), hide_index=True)
         i1, i2 = st.columns(2)
@@ -124,9 +138,9 @@ with ui.guard("the attribution graph"):
     factor = c2.number_input("Set to × its activation (0 ablates)", -100.0, 100.0, step=0.5, key=view.key("factor"))
     nodes = targets[which]
     if nodes:
-        r = ag.intervene(model, g, nodes, float(factor))
+        r = ag.intervene(model, g, nodes, float(factor), tcs)
         ui.figure(draw.intervention_figure(r), "ag-intervention", r, r.rows())
-        random = ag.intervene(model, g, ag.random_features(g, len(nodes), exclude=nodes), float(factor))
+        random = ag.intervene(model, g, ag.random_features(g, len(nodes), exclude=nodes), float(factor), tcs)
         st.caption(
             f"As many random features set the same way change it by {random.replacement:+.3f} (replacement model) and "
             f"{random.real:+.3f} (real model)."
@@ -137,7 +151,7 @@ with ui.guard("the attribution graph"):
         t2.markdown("**Next token, with the change (real model)**")
         t2.dataframe([dict(token=t, probability=p) for t, p in r.top_after], hide_index=True)
         if st.button("Continue the text with and without the change", key="w.ag_continue"):
-            before, after = ag.continuations(model, g, nodes, float(factor))
+            before, after = ag.continuations(model, g, nodes, float(factor), tcs=tcs)
             st.markdown(f"**Original:** {before.text!r}\n\n**Changed:** {after.text!r}")
 
 view.share()

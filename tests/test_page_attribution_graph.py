@@ -63,3 +63,15 @@ def _clear():
     import streamlit as st
 
     st.cache_resource.clear()
+
+
+def test_a_users_transcoder_folder_is_read_and_a_wrong_one_is_one_line(tmp_path):
+    import shutil
+
+    shutil.copytree(Path(load_model("circuits").info.source) / "transcoders", tmp_path / "mine")
+    at = _page(model="circuits", prompt=PROMPT, transcoders=str(tmp_path / "mine"))
+    assert not at.exception and not at.error
+    assert at.get("plotly_chart")
+    at = _page(model="circuits", prompt=PROMPT, transcoders=str(tmp_path / "nothing-here"))
+    assert not at.exception
+    assert at.error and "no transcoder folders" in at.error[0].value

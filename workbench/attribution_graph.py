@@ -31,6 +31,7 @@ the MLP's output), and compare the answer's logit change with what the graph's e
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -428,6 +429,20 @@ def scores(A: torch.Tensor, weights: torch.Tensor, n_features: int, n_errors: in
     return replacement, completeness
 
 
+def transcoder_set(model: LoadedModel, folder: str | None = None) -> dict[int, Transcoder]:
+    """The shipped transcoders, or a user's folder of them (one subfolder per layer, SAELens's format), loaded once per model."""
+    if not folder:
+        return transcoders_of(model)
+    from workbench.transcoder import load_set
+
+    key = ("user-transcoders", str(folder))
+    if key not in model.derived:
+        found = load_set(folder)
+        check_fits(found, model.info.d_model, model.info.n_layers)
+        model.derived[key] = found
+    return model.derived[key]
+
+
 def transcoders_for(model: LoadedModel, tcs: dict[int, Transcoder] | None) -> dict[int, Transcoder]:
     found = tcs if tcs is not None else transcoders_of(model)
     if not found:
@@ -471,6 +486,10 @@ def build_tokens(
     answer: int | None,
     prompt: str,
 ) -> AttributionGraph:
+    """The graph of `tokens` (pos,) (what `build` computes once the prompt is encoded).
+
+    Memory: each batch of targets holds (L + 1) gradients of (batch, pos, d_model), the batch cut to
+    cfg.budget_bytes; the rows kept are (max_features + logits) × (active features + errors + tokens)."""
     tcs = {layer: _on(tc, w.W_E.device) for layer, tc in tcs.items()}
     fz = freeze(w, tokens)
     lin = Linear.of(fz, tcs)
@@ -596,8 +615,6 @@ def build_tokens(
 def _on(tc: Transcoder, device) -> Transcoder:
     if tc.W_enc.device == torch.device(device):
         return tc
-    import dataclasses
-
     moved = {n: getattr(tc, n).to(device) for n in ("W_enc", "b_enc", "W_dec", "b_dec") if getattr(tc, n) is not None}
     for n in ("W_skip", "threshold"):
         if getattr(tc, n) is not None:
@@ -819,12 +836,14 @@ def intervene(
     )
 
 
-def continuations(model: LoadedModel, g: AttributionGraph, nodes: list[int], factor: float, new_tokens: int = 20):
+def continuations(
+    model: LoadedModel, g: AttributionGraph, nodes: list[int], factor: float, new_tokens: int = 20, tcs: dict[int, Transcoder] | None = None
+):
     """(original, edited) greedy continuations of the graph's prompt, the edited one with `nodes` set to factor × their
     activation in the real model (clamp_edits) at every step."""
     from workbench.generate import Sampling, generate
 
-    tcs = transcoders_for(model, None)
+    tcs = transcoders_for(model, tcs)
     w = _weights(model)
     s = Sampling(max_new_tokens=new_tokens)
     return generate(model, g.prompt, s), generate(model, g.prompt, s, clamp_edits(w, g, tcs, nodes, factor))
@@ -837,12 +856,12 @@ def graph_of(
     node_threshold: float = CONFIG.node_threshold,
     edge_threshold: float = CONFIG.edge_threshold,
     truncate: bool = False,
+    folder: str | None = None,
 ) -> AttributionGraph:
-    """`build` with the shipped transcoders and plain values (a page caches it by them)."""
-    import dataclasses
-
+    """`build` with the shipped transcoders (or those in `folder`) and plain values (a page caches it by them)."""
+    tcs = transcoder_set(model, folder) or None
     return build(
-        model, prompt, None, dataclasses.replace(CONFIG, node_threshold=node_threshold, edge_threshold=edge_threshold), answer, truncate
+        model, prompt, tcs, dataclasses.replace(CONFIG, node_threshold=node_threshold, edge_threshold=edge_threshold), answer, truncate
     )
 
 
@@ -860,14 +879,15 @@ class Contexts:
         return [dict(context=c, token=t, activation=a) for c, t, a in self.top]
 
 
-def top_contexts(model: LoadedModel, layer: int, feature: int, k: int = 8) -> Contexts:
-    """The `k` held-out tokens where `feature` of layer `layer`'s shipped transcoder is strongest (train/transcoders.heldout)."""
+def top_contexts(model: LoadedModel, layer: int, feature: int, k: int = 8, folder: str | None = None) -> Contexts:
+    """The `k` held-out tokens where `feature` of layer `layer`'s transcoder (shipped, or in `folder`) is strongest
+    (train/transcoders.heldout)."""
     from workbench.train.transcoders import heldout, io_of
 
-    tcs = transcoders_for(model, None)
+    tcs = transcoders_for(model, transcoder_set(model, folder) or None)
     tc = tcs[layer]
     f = tc.check_feature(feature)
-    key = ("transcoder-contexts", layer)
+    key = ("transcoder-contexts", layer, str(folder))
     if key not in model.derived:  # each feature's top activations, one pass over the held-out rows per layer
         w = _weights(model)
         name, rows, _ = heldout(model)
