@@ -147,6 +147,13 @@ class Linear:
                 s2.append(_scale(L.ln2, fz.resid_mid[i]))
         return cls(fz, tcs, s1, s2, _scale(w.ln_final, fz.final))
 
+    def prefix(self, n: int) -> Linear:
+        """The same model on the first n positions only: by causality they do not depend on later ones."""
+        if n >= self.fz.n_pos:
+            return self
+        fz = dataclasses.replace(self.fz, patterns=[p[:, :n, :n] for p in self.fz.patterns])
+        return Linear(fz, self.tcs, [x[:n] for x in self.s1], [x[:n] for x in self.s2], self.sf)
+
     def attention(self, layer: int, x: torch.Tensor, bias: bool) -> torch.Tensor:
         """(B, pos, d_model) -> (B, pos, d_model): the attention's output with its pattern frozen."""
         w = self.fz.w
@@ -520,9 +527,16 @@ def build_tokens(
         out = []
         per_row = P * d * (L + 1) * 4 * 3 + P * max(tc.d_sae for tc in tcs.values()) * 4
         step = max(1, min(cfg.batch, cfg.budget_bytes // max(per_row, 1)))
-        for start in range(0, len(targets), step):
-            out.append(_rows(lin, fz, tcs, targets[start : start + step], active, groups, err_stack, logit_ids))
-        return torch.cat(out) if out else torch.zeros(0, n_active + L * P + P)
+        # by position, so that a batch needs only the positions up to its last target's (causality)
+        order = sorted(range(len(targets)), key=lambda i: P if targets[i][1] < 0 else targets[i][1])
+        ordered = [targets[i] for i in order]
+        for start in range(0, len(ordered), step):
+            out.append(_rows(lin, fz, tcs, ordered[start : start + step], active, groups, err_stack, logit_ids))
+        if not out:
+            return torch.zeros(0, n_active + L * P + P)
+        rows = torch.empty(len(targets), n_active + L * P + P)
+        rows[torch.tensor(order)] = torch.cat(out)
+        return rows
 
     # the logits' rows first; then the features', the most influential first, until max_features
     logit_rows = rows_for([(L, -1, j) for j in range(n_logit)])
@@ -639,8 +653,10 @@ def _rows(
     device = fz.emb.device
     layers = torch.tensor([t[0] for t in targets])
     stop = int(layers.max())
+    n = P if stop == L else max(t[1] for t in targets) + 1  # positions the batch needs: up to its last target's
+    lin = lin.prefix(n)
     with torch.enable_grad():
-        writes = [torch.zeros(B, P, d, device=device, requires_grad=True) for _ in range(L + 1)]
+        writes = [torch.zeros(B, n, d, device=device, requires_grad=True) for _ in range(L + 1)]
         picked = torch.zeros(B, device=device)
 
         def on_pre(layer: int, mlp_in: torch.Tensor) -> None:
@@ -660,13 +676,15 @@ def _rows(
             vals = lin.logit_values(x[rows.to(device), -1], logit_ids, bias=False)  # (rows, n_logit)
             picked = picked.index_add(0, rows.to(device), vals[torch.arange(len(rows)), j.to(device)])
         grads = torch.autograd.grad(picked.sum(), writes, allow_unused=True)
-    g = [torch.zeros(B, P, d, device=device) if x is None else x for x in grads]  # ∂target/∂(what is written at each place)
+    g = [torch.zeros(B, n, d, device=device) if x is None else x for x in grads]  # ∂target/∂(what is written at each place)
     out = torch.zeros(B, len(active) + L * P + P)
     for layer, pos, sel, writes_p in groups:
-        out[:, sel] = (g[layer + 1][:, pos] @ writes_p.T).float().cpu()  # (B, d_model) @ (d_model, n): each feature's edge
+        if pos < n:  # later positions cannot reach the batch's targets: their edges stay zero
+            out[:, sel] = (g[layer + 1][:, pos] @ writes_p.T).float().cpu()  # (B, d_model) @ (d_model, n): each feature's edge
     n_active = len(active)
-    out[:, n_active : n_active + L * P] = (torch.stack(g[1:], 1) * err).sum(-1).reshape(B, L * P).float().cpu()
-    out[:, n_active + L * P :] = (g[0] * fz.emb).sum(-1).float().cpu()
+    errors = (torch.stack(g[1:], 1) * err[:, :n]).sum(-1)  # (B, layer, n)
+    out[:, n_active : n_active + L * P].view(B, L, P)[:, :, :n] = errors.float().cpu()
+    out[:, n_active + L * P : n_active + L * P + n] = (g[0] * fz.emb[:n]).sum(-1).float().cpu()
     return out
 
 
