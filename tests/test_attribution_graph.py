@@ -154,9 +154,10 @@ def test_clamping_the_top_features_changes_the_answer_as_the_edges_predict(shipp
     frozen, cannot see that (measured on the circuits model: L0 #709 at the last position moves the answer's
     logit by -2.7 through the induction head's query; the graph predicts -0.03).
 
-    Doubling (×2): the prediction's sign holds, and it equals the frozen replacement model's exactly; its size
-    does not (measured on the circuits model: +1.12 predicted, +0.21 measured: the features write into the
-    final norm's input, whose scale the graph freezes)."""
+    Doubling (×2) is not predicted: the top features write into the final norm's input, whose scale the graph
+    freezes, and doubling them grows the norm that divides everything (measured: circuits +1.12 predicted, +0.21
+    measured; English +1.19 predicted, -0.42 measured). What holds: the graph's prediction is linear (×2 is
+    minus ×0) and overestimates the measured change."""
     model, g = shipped_graph
     top = g.top_features(5)
     assert top
@@ -167,7 +168,7 @@ def test_clamping_the_top_features_changes_the_answer_as_the_edges_predict(shipp
     random = sorted(abs(ag.intervene(model, g, ag.random_features(g, len(top), seed=s, exclude=top), 0.0).replacement) for s in range(10))
     assert (random[4] + random[5]) / 2 < abs(r.replacement) / 5, (r, random)
     doubled = ag.intervene(model, g, top, 2.0)
-    assert doubled.replacement * doubled.predicted > 0 and doubled.predicted == pytest.approx(-r.predicted, rel=1e-4)
+    assert doubled.predicted == pytest.approx(-r.predicted, rel=1e-4) and abs(doubled.replacement) < abs(doubled.predicted)
 
 
 def test_the_export_validates_against_circuit_tracers_schema(shipped_graph, tmp_path):
