@@ -678,9 +678,10 @@ def _rows(
         grads = torch.autograd.grad(picked.sum(), writes, allow_unused=True)
     g = [torch.zeros(B, n, d, device=device) if x is None else x for x in grads]  # ∂target/∂(what is written at each place)
     out = torch.zeros(B, len(active) + L * P + P)
-    for layer, pos, sel, writes_p in groups:
+    for layer, pos, sel, feats, acts in groups:
         if pos < n:  # later positions cannot reach the batch's targets: their edges stay zero
-            out[:, sel] = (g[layer + 1][:, pos] @ writes_p.T).float().cpu()  # (B, d_model) @ (d_model, n): each feature's edge
+            dec = tcs[layer].W_dec[feats]  # (n_cell, d_model)
+            out[:, sel] = ((g[layer + 1][:, pos] @ dec.T) * acts).float().cpu()  # (B, n_cell): gradient · decoder row × activation
     n_active = len(active)
     errors = (torch.stack(g[1:], 1) * err[:, :n]).sum(-1)  # (B, layer, n)
     out[:, n_active : n_active + L * P].view(B, L, P)[:, :, :n] = errors.float().cpu()
@@ -689,15 +690,15 @@ def _rows(
 
 
 def _groups(tcs: dict[int, Transcoder], active: torch.Tensor, act_values: torch.Tensor, device) -> list:
-    """[(layer, position, indices into `active`, (n, d_model) what each of those features writes)], one per (layer, position)
-    with active features: a batch's edges are then one small matmul per cell, never a (B, features, d_model) gather."""
+    """[(layer, position, indices into `active`, their feature ids, their activations)], one per (layer, position) with
+    active features: a batch's edges are then one small matmul per cell, never a (B, features, d_model) gather, and
+    what the features write is read from the decoder per batch rather than held for the whole graph."""
     found = []
     for layer in range(len(tcs)):
         in_layer = active[:, 0] == layer
         for pos in active[in_layer, 1].unique().tolist():
             sel = (in_layer & (active[:, 1] == pos)).nonzero()[:, 0]
-            dec = tcs[layer].W_dec[active[sel, 2].to(tcs[layer].W_dec.device)]  # (n, d_model)
-            found.append((layer, pos, sel, (dec * act_values[sel].to(dec)[:, None]).to(device)))
+            found.append((layer, pos, sel, active[sel, 2].to(device), act_values[sel].to(device)))
     return found
 
 
