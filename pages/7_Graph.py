@@ -113,8 +113,8 @@ with ui.guard("the information-flow graph"):
     st.subheader("Faithfulness")
     c1, c2, _ = st.columns([1, 1, 3])
     ablation = c1.radio("Ablation", graph.ABLATIONS, key=view.key("ablation"), horizontal=True,
-                        help="mean: over the prompt's tokens shuffled (8 references); zero: remove the parts (in transformer-lens's "
-                        "folded coordinates: a head's constant output (b_V + β·W_V)·W_O stays, as 'zero' on the Intervene page)")  # fmt: skip
+                        help="mean: over 8 prompts of random tokens; zero: remove the parts (patterns held at the clean run's; in "
+                        "transformer-lens's folded coordinates a head's constant output (b_V + β·W_V)·W_O stays, as 'zero' on the Intervene page)")  # fmt: skip
     k = int(c2.number_input("k (top vs random edges)", 1, 100, key=view.key("k")))
     args = (model, prompt, position, float(threshold), answer, wrong, ablation, k, truncate)
     f = check.peek(*args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from . import attention, attribution, features, graph, heads, induction_study, intervene, lens, patching, scoreboard, training
+from . import attribution_graph as attribution_graph_probe
 
 # The probe registry: the one list a new view adds a line to.
 PROBES = {
@@ -19,6 +20,7 @@ PROBES = {
     "intervene": intervene,
     "scoreboard": scoreboard,
     "features": features,
+    "attribution-graph": attribution_graph_probe,
 }
 
 

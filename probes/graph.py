@@ -26,7 +26,7 @@ def add_arguments(p):
     p.add_argument("--threshold", type=float, help=f"keep edges above this share of their node's update (default {graph.THRESHOLD})")
     p.add_argument("--answer", help="the token the graph explains, e.g. ' whale' (default: the top prediction)")
     p.add_argument("--wrong", help="contrastive mode: the token the answer is compared with")
-    p.add_argument("--ablation", choices=graph.ABLATIONS, help="faithfulness check: mean (over the prompt shuffled) or zero")
+    p.add_argument("--ablation", choices=graph.ABLATIONS, help="faithfulness check: mean (over random-token prompts) or zero")
     p.add_argument("--k", type=int, help="top-k edges of the graph vs k random edges, ablated (default 5)")
 
 

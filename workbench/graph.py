@@ -31,6 +31,25 @@ attention edge is removed by zeroing its pattern entries (every head; mean ablat
 mean of the same entries' contribution over reference prompts), an MLP by replacing its output at
 that position. Keeping only the graph must keep the metric; removing the graph's top-k edges must
 hurt it more than removing k random edges.
+
+The check holds the attention patterns at the clean run's (`frozen_patterns`), because that is what
+the graph describes: its edges are value-path contributions pattern · v · W_O, measured with the
+model's own attention weights, and say nothing about the queries and keys that set those weights.
+Measured before this (patterns recomputed in the ablated run): on the answer-key model, whose
+induction circuit is known by construction, the contrastive graph of "apple river stone cloud tiger
+apple river" (answer " stone", wrong " lemon") is exactly the induction head's edge 3 → 7, and the
+check kept only 14% (zero) / 18% (mean) of the metric, at every threshold from 0.04 to 0.01: the
+previous-token edge 2 → 3 carries " river" (orthogonal to stone − lemon, so on no contrastive
+route), yet ablating it moved the induction head's attention away through its keys. On the trained
+circuits model, "… lemon apple river stone": -4% (mean), 79% (zero). The threshold was not at fault.
+With the patterns frozen: 1.05 / 1.06 (answer key), 0.66-0.78 (circuits, either prompt or ablation).
+
+Mean ablation's references are random tokens of the vocabulary (BOS kept first, same length), no longer
+the prompt's own tokens shuffled: a shuffle keeps the prompt's repeated tokens, so the references'
+induction heads copy the prompt's other tokens, and their mean adds competing answers. Measured with
+frozen patterns, share with shuffled references 1.72 on the answer key (the metric overshoots: the
+fill is not neutral) and 1.68 on the circuits model's contrastive graph; with random tokens 1.05 and
+0.62.
 """
 
 from __future__ import annotations
@@ -527,10 +546,15 @@ class Reference:
 
 
 def reference(model: LoadedModel, tokens: torch.Tensor, n: int = 8, seed: int = 0) -> Reference:
-    """`n` reference runs: the prompt's tokens shuffled (BOS kept first), the same length and unigram counts."""
+    """`n` reference runs of random tokens (no special tokens; BOS kept first), the prompt's length (module doc: why not shuffles)."""
     gen = torch.Generator().manual_seed(seed)
     keep = 1 if model.bos_id is not None and int(tokens[0]) == model.bos_id else 0
-    rows = [torch.cat([tokens[:keep], tokens[keep:][torch.randperm(len(tokens) - keep, generator=gen)]]) for _ in range(n)]
+    special = set(getattr(model.tokenizer, "all_special_ids", None) or [])
+    ordinary = torch.tensor([i for i in range(min(model.info.d_vocab, len(model.tokenizer))) if i not in special])
+    rows = [
+        torch.cat([tokens[:keep], ordinary[torch.randint(0, len(ordinary), (len(tokens) - keep,), generator=gen)].to(tokens)])
+        for _ in range(n)
+    ]
     L = model.info.n_layers
     names = [f"blocks.{layer}.{s}" for layer in range(L) for s in ("attn.hook_pattern", "attn.hook_v", "hook_mlp_out")]
     with torch.no_grad():
@@ -545,15 +569,23 @@ def reference(model: LoadedModel, tokens: torch.Tensor, n: int = 8, seed: int = 
     )
 
 
-def ablation_edits(model: LoadedModel, n_tokens: int, ablation: Ablation, row: int, ref: Reference | None) -> list[engine.Edit]:
-    """Engine edits (for runs.run_edited) that remove `ablation`'s parts in batch row `row`; mean ablation with `ref`."""
+def ablation_edits(
+    model: LoadedModel, n_tokens: int, ablation: Ablation, row: int, ref: Reference | None, clean: list[torch.Tensor] | None = None
+) -> list[engine.Edit]:
+    """Engine edits (for runs.run_edited) that remove `ablation`'s parts in batch row `row`; mean ablation with `ref`.
+
+    `clean` (per layer (head, query, key), the clean run's patterns): every layer's pattern is held at
+    the clean one, with the removed entries zeroed (module doc)."""
     rows = torch.tensor([row])
     edits = []
     for layer in range(model.info.n_layers):
         cut = ablation.edges[layer].float()  # (query, key)
+        if clean is not None:  # the pattern edit sees (rows, query, head, key)
+            held = clean[layer][:, :n_tokens, :n_tokens].permute(1, 0, 2) * (1 - cut)[:, None, :]  # (query, head, key)
+            edits.append(engine.Edit("replace", "pattern", layer, rows=rows, value=held.to(model.device)))
         if cut.any():
-            # the pattern edit sees (rows, query, head, key): zero the pairs for every head
-            edits.append(engine.Edit("map", "pattern", layer, rows=rows, fn=Scale((1 - cut)[:, None, :])))
+            if clean is None:  # the pattern edit sees (rows, query, head, key): zero the pairs for every head
+                edits.append(engine.Edit("map", "pattern", layer, rows=rows, fn=Scale((1 - cut)[:, None, :])))
             if ref is not None:  # the removed entries' mean contribution to z, per (query, head)
                 fill = torch.einsum("rhqk,qk,rkhe->qhe", ref.pattern[layer], cut, ref.v[layer]) / len(ref.v[layer])
                 edits.append(engine.Edit("add", "z", layer, rows=rows, value=fill.to(model.device)))
@@ -591,7 +623,12 @@ def metric_of(logits: torch.Tensor, answer: int, wrong: int | None) -> torch.Ten
 
 
 def run_ablations(
-    model: LoadedModel, tokens: torch.Tensor, position: int, ablations: list[Ablation], ref: Reference | None
+    model: LoadedModel,
+    tokens: torch.Tensor,
+    position: int,
+    ablations: list[Ablation],
+    ref: Reference | None,
+    clean: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(ablation, d_vocab) logits at `position`, each ablation in its own batch row of one edited run.
 
@@ -601,7 +638,7 @@ def run_ablations(
     and are not run.
     """
     n = position + 1
-    edits = [e for row, a in enumerate(ablations) for e in ablation_edits(model, n, a.clip(n), row, _clip_ref(ref, n))]
+    edits = [e for row, a in enumerate(ablations) for e in ablation_edits(model, n, a.clip(n), row, _clip_ref(ref, n), clean)]
     batch = tokens[:n][None].expand(len(ablations), -1)
     with torch.no_grad():
         try:
@@ -645,10 +682,27 @@ class Faithfulness:
         return rows + [dict(run=f"{self.k} random ablated (draw {d})", metric=m) for d, m in enumerate(self.random_k)]
 
 
+def clean_patterns(model: LoadedModel, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer (head, query, key): the attention patterns of the clean run of `tokens` (pos,)."""
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.info.n_layers)]
+    with torch.no_grad():
+        _, cache = run_tokens(model, tokens[None], names)
+    return [cache[n][0].float().cpu() for n in names]
+
+
 def faithfulness(
-    model: LoadedModel, g: Graph, ablation: str = "mean", k: int = 5, draws: int = 8, seed: int = 0, min_share: float = 0.5
+    model: LoadedModel,
+    g: Graph,
+    ablation: str = "mean",
+    k: int = 5,
+    draws: int = 8,
+    seed: int = 0,
+    min_share: float = 0.5,
+    frozen_patterns: bool = True,
 ) -> Faithfulness:
-    """Ablates everything outside the graph, and the graph's top-k edges vs k random ones, in one batched edited run."""
+    """Ablates everything outside the graph, and the graph's top-k edges vs k random ones, in one batched edited run.
+
+    `frozen_patterns`: hold the attention patterns at the clean run's (module doc: what the graph describes)."""
     if ablation not in ABLATIONS:
         raise InputError(f"unknown ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
     if not isinstance(k, int) or k < 1:
@@ -673,7 +727,8 @@ def faithfulness(
             )
         )  # fmt: skip
     ablations = [nothing(model, n), every, outside, graph_ablation(model, n, top), *randoms]
-    logits = run_ablations(model, g.tokens, g.position, ablations, ref)  # (ablation, d_vocab)
+    clean = clean_patterns(model, g.tokens[:n]) if frozen_patterns else None
+    logits = run_ablations(model, g.tokens, g.position, ablations, ref, clean)  # (ablation, d_vocab)
     m = metric_of(logits, g.answer, g.wrong).tolist()
     full, empty, kept, top_k, random_k = m[0], m[1], m[2], m[3], m[4:]
     span = full - empty

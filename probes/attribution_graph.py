@@ -1,0 +1,67 @@
+"""The attribution graph of a prediction over transcoder features: the pruned graph, its top features checked by
+ablation and doubling against random ones, and the graph in circuit-tracer's JSON (opens in its viewer)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from workbench import attribution_graph as ag
+from workbench.figures import attribution_graph as draw
+from workbench.tokens import single_token_id
+
+from .common import run_probe
+
+DEFAULTS = {
+    "model": "circuits",
+    "prompt": "apple river stone cloud tiger lemon apple river stone",
+    "answer": None,  # default: the top prediction
+    "node_threshold": 0.8,
+    "edge_threshold": 0.98,
+    "top": 5,  # features in the checked supernode
+    "factors": [0.0, 2.0],
+    "slug": "workbench-graph",
+}
+
+
+def add_arguments(p):
+    p.add_argument("--prompt")
+    p.add_argument("--answer", help="the answer token (default: the top prediction)")
+    p.add_argument("--node-threshold", dest="node_threshold", type=float, help="share of influence kept by node pruning (0.8)")
+    p.add_argument("--edge-threshold", dest="edge_threshold", type=float, help="share kept by edge pruning (0.98)")
+    p.add_argument("--top", type=int, help="how many of the most influential features to clamp together (5)")
+    p.add_argument("--factors", type=float, nargs="+", help="set them to these multiples of their activation (0 2)")
+    p.add_argument("--slug", help="the exported graph's name (letters, digits, - and _)")
+
+
+def body(model, s, out):
+    answer = single_token_id(model.tokenizer, s["answer"], "answer") if s.get("answer") else None
+    t = time.time()
+    g = ag.graph_of(model, s["prompt"], answer, float(s["node_threshold"]), float(s["edge_threshold"]))
+    out.timing("graph", time.time() - t)
+    out.figure(draw.graph_figure(g), "attribution-graph")
+    out.data("attribution-graph-nodes", g.provenance, g.rows())
+    top = g.top_features(int(s["top"]))
+    checks = []
+    for factor in s["factors"]:
+        r = ag.intervene(model, g, top, float(factor))
+        out.figure(draw.intervention_figure(r), f"intervention-top-x{factor:g}")
+        randoms = [ag.intervene(model, g, ag.random_features(g, len(top), seed=k, exclude=top), float(factor)) for k in range(5)]
+        checks.append({**r.rows()[0], "random_replacement": [x.replacement for x in randoms], "random_real": [x.real for x in randoms]})
+    out.data("interventions", checks, checks)
+    doc = ag.export(g, s["slug"], model.info.name, [["top"] + [g.node_id(i) for i in top]])
+    out.text(f"{s['slug']}.json", json.dumps(doc))
+    out.text("features.json", json.dumps(ag.feature_details(model, g)))
+    out.manifest["summary"] = {
+        "answer": g.logit_labels[0],
+        "nodes": int(g.node_mask.sum()),
+        "edges": int(g.edge_mask.sum()),
+        "replacement_score": g.replacement_score,
+        "completeness_score": g.completeness_score,
+        "top": [g.label(i) for i in top],
+        "checks": checks,
+    }
+
+
+def main(argv=None) -> int:
+    return run_probe("attribution-graph", __doc__, add_arguments, DEFAULTS, body, argv)

@@ -1,0 +1,77 @@
+"""The Attribution graph page through Streamlit's AppTest (real model, its shipped transcoders), and its probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from workbench import attribution_graph as ag
+from workbench.model import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "apple river stone cloud tiger lemon apple river stone"
+
+
+def _page(**params) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / "12_Attribution_graph.py"), default_timeout=180)
+    for k, v in params.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def test_the_page_draws_the_graph_opens_a_feature_and_keeps_supernodes_in_the_link():
+    model = load_model("circuits")
+    g = ag.graph_of(model, PROMPT)
+    top = g.top_features(2)
+    node = g.node_id(top[0])
+    groups = "pair: " + " ".join(g.node_id(i) for i in top)
+    at = _page(model="circuits", prompt=PROMPT, node=node, supernodes=groups, factor="0")
+    assert not at.exception, at.exception
+    assert not at.error
+    assert at.selectbox(key="w.node").value == node
+    assert at.query_params["supernodes"] == groups and at.query_params["node"] == node
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 4  # the graph, the feature on the prompt, its logit effect, the intervention
+    spec = json.loads(charts[0].proto.spec)
+    assert "Attribution graph" in spec["layout"]["title"]["text"]
+    assert any(a.get("text") == "pair" for a in spec["layout"].get("annotations", []))  # the supernode drawn
+    assert at.dataframe  # contexts, edges, next tokens
+
+
+def test_a_bad_supernode_is_one_line_not_a_traceback():
+    at = _page(model="circuits", prompt=PROMPT, supernodes="pair: 9_9_9")
+    assert not at.exception
+    assert at.error and "no node" in at.error[0].value
+
+
+def test_the_probe_writes_the_graph_the_checks_and_the_export(tmp_path):
+    from probes.__main__ import main
+
+    assert main(["attribution-graph", "--model", "circuits", "--prompt", PROMPT, "--out", str(tmp_path), "--formats", "html"]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["summary"]["checks"][0]["factor"] == 0.0
+    doc = json.loads((tmp_path / "workbench-graph.json").read_text())
+    assert doc["metadata"]["slug"] == "workbench-graph" and doc["nodes"] and doc["links"]
+    assert main(["attribution-graph", "--model", "english", "--prompt", "", "--out", str(tmp_path / "bad")]) == 2
+
+
+@pytest.fixture(autouse=True)
+def _clear():
+    import streamlit as st
+
+    st.cache_resource.clear()
+
+
+def test_a_users_transcoder_folder_is_read_and_a_wrong_one_is_one_line(tmp_path):
+    import shutil
+
+    shutil.copytree(Path(load_model("circuits").info.source) / "transcoders", tmp_path / "mine")
+    at = _page(model="circuits", prompt=PROMPT, transcoders=str(tmp_path / "mine"))
+    assert not at.exception and not at.error
+    assert at.get("plotly_chart")
+    at = _page(model="circuits", prompt=PROMPT, transcoders=str(tmp_path / "nothing-here"))
+    assert not at.exception
+    assert at.error and "no transcoder folders" in at.error[0].value

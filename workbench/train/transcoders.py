@@ -1,0 +1,322 @@
+"""Per-layer TopK transcoders with a skip connection for a shipped model (workbench/transcoder.py).
+
+`python -m workbench.train transcoders [model]` trains one transcoder per layer on the model's own
+data: the English model on random windows of its training split (corpus.py), the circuits model
+on its copying task (random words with a span copied later). Each reads the MLP's input (after its
+norm) and predicts the MLP's output; all layers are trained from the same runs of the model, which
+pass through a shuffle buffer as the SAEs' do (train/sae.py). The recipe follows the SAE recipe
+(TopK, AuxK for dead latents, unit-norm decoder rows, Adam with warmup and a final linear decay),
+with the MSE of the MLP output divided by its variance as the loss, b_dec started at the output's
+mean, and a linear skip path W_skip (started at zero) for what is linear in the MLP.
+
+The card (models/<model>/transcoders/README.md + card.json) is written from measurements on
+held-out data (the English model's held-out text; fresh copying sequences for the circuits model):
+the explained variance of each MLP's output, the loss recovered when the transcoder replaces its
+MLP (alone, and all layers at once) against zero-ablating the MLP, L0 and dead features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workbench import engine
+from workbench.model import load_model
+from workbench.transcoder import FOLDER, Transcoder, capture_names, mlp_io, splice_edits
+
+
+@dataclass(frozen=True)
+class TranscoderConfig:
+    """One training run of a model's transcoders (every layer at once)."""
+
+    width: int = 1024  # features per layer (d_sae): twice the MLP's 512 neurons
+    k: int = 16  # active features per token
+    skip: bool = True  # a linear skip path W_skip
+    tokens: int = 600_000  # training activations per transcoder
+    batch: int = 1024
+    lr: float = 3e-3
+    warmup: int = 50
+    aux_k: int = 64
+    aux_coef: float = 1 / 32
+    dead_after: int = 150_000
+    windows: int = 64  # sequences run per refill
+    buffer: int = 65_536  # activations kept per layer, shuffled
+    seed: int = 0
+    threads: int = 1
+
+
+CONFIG = TranscoderConfig()
+
+
+class Trainer:
+    """One layer's TopK transcoder being trained."""
+
+    def __init__(self, layer: int, x: torch.Tensor, y: torch.Tensor, cfg: TranscoderConfig, gen: torch.Generator):
+        d_in, d_out = x.shape[1], y.shape[1]
+        self.layer, self.cfg = layer, cfg
+        W_dec = torch.randn(cfg.width, d_out, generator=gen)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        W_enc = torch.randn(d_in, cfg.width, generator=gen)
+        W_enc /= W_enc.norm(dim=0, keepdim=True)
+        self.W_enc = torch.nn.Parameter(W_enc)  # (d_in, width)
+        self.b_enc = torch.nn.Parameter(torch.zeros(cfg.width))
+        self.W_dec = torch.nn.Parameter(W_dec)  # (width, d_out)
+        self.b_dec = torch.nn.Parameter(y.mean(0))
+        self.W_skip = torch.nn.Parameter(torch.zeros(d_in, d_out)) if cfg.skip else None
+        params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec] + ([self.W_skip] if cfg.skip else [])
+        self.scale = float(((y - y.mean(0)) ** 2).sum(1).mean())  # the output's variance: the loss's unit
+        self.opt = torch.optim.Adam(params, lr=cfg.lr)
+        self.since_fired = torch.zeros(cfg.width, dtype=torch.int64)
+        self.log: list[dict] = []
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> dict:
+        cfg = self.cfg
+        pre = x @ self.W_enc + self.b_enc  # (batch, width)
+        top = pre.topk(cfg.k, dim=-1)
+        values = top.values.relu()  # (batch, k)
+        y_hat = (values[..., None] * self.W_dec[top.indices]).sum(1) + self.b_dec  # (batch, d_out)
+        if self.W_skip is not None:
+            y_hat = y_hat + x @ self.W_skip
+        mse = ((y_hat - y) ** 2).sum(-1).mean() / self.scale
+        self.since_fired += len(x)
+        self.since_fired[top.indices[values > 0]] = 0
+        dead = self.since_fired >= cfg.dead_after
+        aux = torch.zeros(())
+        if dead.any():
+            e = (y - y_hat).detach()
+            top_dead = pre.masked_fill(~dead, float("-inf")).topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
+            e_hat = (top_dead.values.relu()[..., None] * self.W_dec[top_dead.indices]).sum(1)
+            aux = ((e_hat - e) ** 2).sum(-1).mean() / self.scale
+        loss = mse + cfg.aux_coef * aux
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():  # unit-norm decoder rows: no gradient along them, then renormalise
+            g = self.W_dec.grad
+            g -= (g * self.W_dec).sum(-1, keepdim=True) * self.W_dec
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        with torch.no_grad():
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+        return {"fvu": float(mse.detach()), "aux": float(aux.detach()), "dead": int(dead.sum())}
+
+    def transcoder(self, model_name: str) -> Transcoder:
+        return Transcoder(
+            layer=self.layer,
+            W_enc=self.W_enc.detach().clone(),
+            b_enc=self.b_enc.detach().clone(),
+            W_dec=self.W_dec.detach().clone(),
+            b_dec=self.b_dec.detach().clone(),
+            W_skip=None if self.W_skip is None else self.W_skip.detach().clone(),
+            activation="topk",
+            k=self.cfg.k,
+            meta={"model_name": model_name},
+        )
+
+
+def io_of(w: engine.Weights, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (MLP input, MLP output), each (batch, pos, d_model), of the engine run on `ids` (batch, pos)."""
+    with torch.no_grad():
+        out = engine.forward(w, ids, capture=capture_names(w))
+    return [mlp_io(w, out.captured, layer) for layer in range(w.n_layers)]
+
+
+def sequences(model, seed: int, windows: int = CONFIG.windows):
+    """Endless (windows, n) id batches: corpus windows (English) or copying sequences (the circuits model's words)."""
+    gen = torch.Generator().manual_seed(seed)
+    if "circuits" in model.info.name or model.tokenizer.vocab_size < 200:
+        from workbench.train import circuits, copying
+
+        words = circuits.word_ids()
+        while True:
+            yield copying.copy_batch(words, windows, model.info.n_ctx, model.bos_id or 0, gen, max_span=60)[0]
+    from workbench.train import sae as sae_train
+
+    ids = torch.from_numpy(sae_train.corpus_ids(model, Path.home() / ".cache" / "workbench-corpus").astype("int64"))
+    n = min(model.info.n_ctx, 256)
+    while True:
+        starts = torch.randint(0, len(ids) - n, (windows,), generator=gen)
+        rows = torch.stack([ids[s : s + n] for s in starts.tolist()])
+        rows[:, 0] = model.bos_id
+        yield rows
+
+
+def stream(model, w: engine.Weights, cfg: TranscoderConfig):
+    """Endless shuffled batches [(x, y) per layer], each (batch, d_model); BOS left out."""
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    L, d = w.n_layers, model.info.d_model
+    buf = [(torch.empty(0, d), torch.empty(0, d)) for _ in range(L)]
+    for ids in sequences(model, cfg.seed + 2, cfg.windows):
+        io = io_of(w, ids)
+        both = [
+            (torch.cat([buf[i][0], x[:, 1:].reshape(-1, d)]), torch.cat([buf[i][1], y[:, 1:].reshape(-1, d)]))
+            for i, (x, y) in enumerate(io)
+        ]
+        order = torch.randperm(len(both[0][0]), generator=gen)
+        cut = max(0, len(order) - cfg.buffer)
+        ready = []
+        for i in range(L):
+            x, y = both[i][0][order], both[i][1][order]
+            ready.append((x[:cut], y[:cut]))
+            buf[i] = (x[cut:], y[cut:])
+        for s in range(cut // cfg.batch):
+            yield [(x[s * cfg.batch : (s + 1) * cfg.batch], y[s * cfg.batch : (s + 1) * cfg.batch]) for x, y in ready]
+
+
+def train(model, cfg: TranscoderConfig = CONFIG, log=print) -> tuple[dict[int, Transcoder], dict]:
+    """({layer: transcoder}, {layer: training record})."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    w = engine.weights_of(model)
+    batches = stream(model, w, cfg)
+    first = next(batches)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    trainers = [Trainer(layer, x, y, cfg, gen) for layer, (x, y) in enumerate(first)]
+    steps = max(1, cfg.tokens // cfg.batch)
+    seconds = [0.0] * len(trainers)
+    start = time.process_time()
+    batch = first
+    for s in range(steps):
+        lr = cfg.lr * min(1.0, (s + 1) / cfg.warmup) * min(1.0, (steps - s) / (0.2 * steps))
+        for i, t in enumerate(trainers):
+            t0 = time.process_time()
+            record = t.step(*batch[i], lr)
+            seconds[i] += time.process_time() - t0
+            if s % 100 == 0 or s == steps - 1:
+                t.log.append({"step": s, **record})
+                log(f"layer {i} step {s}/{steps}: fvu {record['fvu']:.4f} aux {record['aux']:.4f} dead {record['dead']}")
+        batch = next(batches)
+    harvest = time.process_time() - start - sum(seconds)
+    records = {
+        t.layer: {"steps": steps, "tokens": steps * cfg.batch, "cpu_seconds": round(seconds[i] + harvest / len(trainers), 1), "log": t.log}
+        for i, t in enumerate(trainers)
+    }
+    return {t.layer: t.transcoder(model.info.name) for t in trainers}, records
+
+
+def heldout(model, seed: int = 12345) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """(name, rows (n, pos), scored (n, pos - 1) bool: which next-token predictions count) of held-out data."""
+    if "circuits" in model.info.name or model.tokenizer.vocab_size < 200:
+        from workbench.train import circuits, copying
+
+        gen = torch.Generator().manual_seed(seed)
+        ids, mask = copying.copy_batch(circuits.word_ids(), 64, model.info.n_ctx, model.bos_id or 0, gen, max_span=60)
+        return f"64 fresh copying sequences (seed {seed}); loss on the copied positions", ids, mask
+    from workbench import features
+
+    name, text = features.heldout_text(model)
+    rows, valid = features.windows(model, text)
+    return name, rows, valid[:, 1:] & valid[:, :-1]
+
+
+def quality(model, tcs: dict[int, Transcoder], name: str, rows: torch.Tensor, scored: torch.Tensor) -> dict:
+    """The card's measurements on held-out rows: per layer and with every layer replaced at once."""
+    w = engine.weights_of(model)
+    out: dict = {"heldout": name, "layers": {}}
+    chunks = list(range(0, len(rows), 16))
+
+    def loss(edits) -> float:
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for s in chunks:
+                ids, keep = rows[s : s + 16], scored[s : s + 16]
+                logits = engine.forward(w, ids, edits=edits).logits[:, :-1]
+                total += float(torch.nn.functional.cross_entropy(logits[keep], ids[:, 1:][keep], reduction="sum"))
+                n += int(keep.sum())
+        return total / n
+
+    clean = loss([])
+    for layer, tc in tcs.items():
+        err = x_sum = x_sq = 0.0
+        n = active = 0
+        fired = torch.zeros(tc.d_sae, dtype=torch.bool)
+        with torch.no_grad():
+            for s in chunks:
+                ids = rows[s : s + 16]
+                x, y = io_of(w, ids)[layer]
+                keep = torch.ones(ids.shape, dtype=torch.bool)
+                keep[:, 0] = False  # BOS left out, as in training
+                x, y = x[keep], y[keep]
+                a = tc.encode(x)
+                err += float(((tc.decode(a, x) - y) ** 2).sum())
+                x_sum = x_sum + y.double().sum(0)
+                x_sq += float((y.double() ** 2).sum())
+                n += len(y)
+                active += int((a > 0).sum())
+                fired |= (a > 0).any(0)
+        total = x_sq - float((x_sum**2).sum()) / n
+        zero = loss([engine.Edit("ablate", "mlp_out", layer)])
+        spliced = loss(splice_edits(w, {layer: tc}))
+        dead = int((~fired).sum())
+        out["layers"][layer] = {
+            "variance_explained": 1 - err / total,
+            "loss_clean": clean,
+            "loss_spliced": spliced,
+            "loss_zero": zero,
+            "loss_recovered": (zero - spliced) / (zero - clean),
+            "l0": active / n,
+            "dead": dead,
+            "dead_fraction": dead / tc.d_sae,
+            "tokens": n,
+        }
+    zero_all = loss([engine.Edit("ablate", "mlp_out", layer) for layer in tcs])
+    spliced_all = loss(splice_edits(w, tcs))
+    out["all_layers"] = {"loss_clean": clean, "loss_spliced": spliced_all, "loss_zero": zero_all,
+                         "loss_recovered": (zero_all - spliced_all) / (zero_all - clean)}  # fmt: skip
+    return out
+
+
+def build(model_name: str, cfg: TranscoderConfig = CONFIG, out: Path | None = None, log=print) -> dict:
+    """Trains, measures and writes the transcoders of `model_name`, with the card; returns the card's record."""
+    torch.set_num_threads(cfg.threads)
+    model = load_model(model_name)
+    out = out or Path(model.info.source) / FOLDER
+    tcs, records = train(model, cfg, log)
+    q = quality(model, tcs, *heldout(model))
+    card = {"model": model_name, "config": dataclasses.asdict(cfg), "quality": q, "training": {}}
+    for layer, tc in tcs.items():
+        rec = {k: v for k, v in records[layer].items() if k != "log"}
+        tc.save(out / f"layer{layer}", training=rec, quality=q["layers"][layer], trained_with=dataclasses.asdict(cfg))
+        (out / f"layer{layer}" / "training_log.json").write_text(json.dumps(records[layer]["log"]) + "\n")
+        card["training"][layer] = rec
+    write_card(out, card)
+    return card
+
+
+def write_card(out: Path, card: dict) -> None:
+    """card.json and README.md in `out`, every number from `card`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    cfg, q = card["config"], card["quality"]
+    head = "| layer | variance explained (MLP output) | loss recovered | L0 | dead features | loss, unchanged | loss, transcoder | loss, MLP zero-ablated | training CPU s |\n"
+    head += "|---|---|---|---|---|---|---|---|---|\n"
+    rows = "".join(
+        f"| {layer} | {r['variance_explained']:.3f} | {r['loss_recovered']:.3f} | {r['l0']:.1f} | {r['dead']} ({r['dead_fraction']:.1%}) | "
+        f"{r['loss_clean']:.3f} | {r['loss_spliced']:.3f} | {r['loss_zero']:.3f} | {card['training'][str(layer)]['cpu_seconds'] if str(layer) in card['training'] else card['training'][layer]['cpu_seconds']} |\n"
+        for layer, r in q["layers"].items()
+    )
+    a = q["all_layers"]
+    first = next(iter(card["training"].values()))
+    text = (
+        f"# Transcoders of the {card['model']} model\n\n"
+        f"One TopK transcoder per layer (MLP input → MLP output, with a linear skip path: {cfg['skip']}), trained by "
+        f"`python -m workbench.train transcoders {card['model']}` (`workbench/train/transcoders.py`), in SAELens's transcoder format "
+        "(`cfg.json` with `d_out` and `hook_name_out`, `sae_weights.safetensors`). This card is written by that command from its "
+        "measurements; the attribution graph (page *Attribution graph*) reads these transcoders.\n\n"
+        f"Width {cfg['width']} features, k = {cfg['k']}, AuxK with {cfg['aux_k']} latents and weight {cfg['aux_coef']:.4g} (dead: no "
+        f"activation in {cfg['dead_after']:,} tokens), decoder rows unit-norm; {first['tokens']:,} training activations per layer, batch "
+        f"{cfg['batch']}, Adam {cfg['lr']:g}; seed {cfg['seed']}, {cfg['threads']} thread(s).\n\n"
+        f"## Quality on held-out data\n\nData: {q['heldout']}. Variance explained = 1 - Σ|y - ŷ|² / Σ|y - mean y|² of the MLP's output; "
+        "loss recovered = (loss with the MLP zero-ablated - loss with the transcoder in its place) / (zero-ablated - unchanged), "
+        "next-token loss in nats per token; dead = never active on the held-out data; L0 = active features per token.\n\n"
+        + head
+        + rows
+        + f"\nEvery layer replaced at once: loss {a['loss_spliced']:.3f} (unchanged {a['loss_clean']:.3f}, every MLP zero-ablated "
+        f"{a['loss_zero']:.3f}): **{a['loss_recovered']:.3f}** of the loss recovered.\n"
+    )
+    (out / "README.md").write_text(text)
