@@ -30,7 +30,7 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from workbench import checkpoints, export, long
+from workbench import checkpoints, cost, export, long
 from workbench.errors import InputError
 from workbench.model import DEFAULT_MODEL, MODELS_DIR, SHIPPED, LoadedModel, load_model
 
@@ -551,6 +551,19 @@ def progress(label: str):
             raise
     if report.interrupted is not None:
         raise report.interrupted  # the rerun (or stop) Streamlit asked for
+
+
+def gate(est: cost.Estimate, label: str, key: str) -> bool:
+    """True when the work `est` describes may run in this run of the page: within the budget, or asked for now.
+
+    Above the budget (cost.BUDGET_S) the page shows a button that carries the estimate
+    ("Score the methods (~40 s)") and the estimate's line; the work runs only on its click. The
+    caller keeps the result (a `Cached`), so that later reruns show it without asking again.
+    """
+    if not est.over_budget:
+        return True
+    st.caption(f"Not run on its own: {est.line()}.")
+    return st.button(f"{label} ({est.label()})", type="primary", key=f"gate-{key}")
 
 
 def probe_command(probe: str, model: LoadedModel, **options) -> None:
