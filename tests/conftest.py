@@ -7,6 +7,14 @@ import pytest
 from workbench.model import load_model
 
 
+@pytest.fixture(autouse=True)
+def reference_speed(monkeypatch):
+    """Gates decide at the reference machine's speed (cost.reference_calibration): no test depends on how busy this one is."""
+    from workbench import cost
+
+    monkeypatch.setattr(cost, "calibrate", cost.reference_calibration)
+
+
 @pytest.fixture(scope="session")
 def english():
     return load_model("english")

@@ -108,8 +108,8 @@ def _embed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: in
     """
 
     def forward(embeds: torch.Tensor) -> torch.Tensor:
-        def swap(_, hook):
-            return embeds
+        def swap(act, hook):
+            return embeds.to(act.dtype)  # integrated in float32; a bfloat16 or float16 model computes in its own dtype
 
         batch = ids[None].expand(embeds.shape[0], -1)
         logits, _ = run_tokens(model, batch, hooks=[("hook_embed", swap)], last_only=True, grad=torch.is_grad_enabled())

@@ -49,6 +49,8 @@ RESTORED = "wb.restored"  # the pages whose link has been read in this session
 SESSION_CACHES = "wb.caches"  # this session's cached analyses: cache name -> Bounded
 CHECKPOINT = "w.checkpoint"  # the sidebar's training-checkpoint slider
 NOTICE = "wb.notice"  # a message for the next run of the page (what was cancelled)
+DTYPE = "wb.dtype"  # the precision the model is loaded in
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 OTHER = "a local folder or cached hub model…"
 # Each default shows a learned mechanism on its model (tests/test_examples.py): a sentence repeated, so that
@@ -288,8 +290,8 @@ class View:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def cached_model(name: str, device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
-    return load_model(name, device=device, trust_remote_code=trust_remote_code)
+def cached_model(name: str, device: str = "cpu", trust_remote_code: bool = False, dtype: str = "float32") -> LoadedModel:
+    return load_model(name, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
 
 
 @contextmanager
@@ -368,14 +370,23 @@ def model_picker() -> LoadedModel | None:
                 help="The model as it was after this many training steps (the Training page shows what changed).",
             )
             name = choice if step == "final" else f"{choice}{checkpoints.SEPARATOR}{step}"
+    # reduced precision halves the weights' memory; the README's "Reduced precision" says which views stay exact
+    dtype = st.sidebar.selectbox(
+        "Precision",
+        PRECISIONS,
+        index=PRECISIONS.index(st.session_state.get(DTYPE, "float32")),
+        key="w.dtype",
+        help="float32: exact. bfloat16 / float16: half the memory, numbers within the README's stated tolerances.",
+    )
     try:
-        model = cached_model(name, trust_remote_code=trust)
+        model = cached_model(name, trust_remote_code=trust, dtype=dtype)
     except InputError as err:
         st.sidebar.error(str(err), icon="✋")
-        if name == current:
+        if name == current and dtype == st.session_state.get(DTYPE, "float32"):
             return None
-        model = cached_model(current)  # keep working on the previous model
+        model = cached_model(current, dtype=st.session_state.get(DTYPE, "float32"))  # keep working on the previous model
     else:
+        st.session_state[DTYPE] = dtype
         st.session_state[MODEL] = name
     return model
 
