@@ -76,4 +76,4 @@ def test_a_model_too_big_for_free_memory_is_refused_before_loading(monkeypatch):
     real = psutil.virtual_memory()
     monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=1_000_000))  # 1 MB free
     with pytest.raises(InputError, match=r"needs about .* GB to load in float32 in compatibility mode.*max_memory"):
-        load_model("english")
+        load_model("english", device="cpu")

@@ -221,7 +221,10 @@ def check_folder(folder: Path) -> None:
 
 
 def pick_device(device: str | None) -> str:
-    if device in (None, "", "cpu"):
+    """The device to load on; None: WORKBENCH_DEVICE (the server's or a test run's choice, `make gpu-check`), else the CPU."""
+    if device in (None, ""):
+        device = os.environ.get("WORKBENCH_DEVICE", "").strip() or "cpu"
+    if device == "cpu":
         return "cpu"
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -247,19 +250,30 @@ def check_dtype(dtype: str, device: str) -> None:
 COMPATIBILITY_PEAK_BYTES = 16
 
 
-def weight_count(folder: Path) -> int:
-    """Parameters stored in the folder's *.safetensors files, read from their headers (no tensor is loaded)."""
+def weight_count(folder: Path) -> int | None:
+    """Parameters stored in the folder's *.safetensors files, read from their headers (no tensor is loaded).
+
+    None when a header cannot be read: the loader then says what is wrong with the file.
+    """
     total = 0
     for f in folder.glob("*.safetensors"):
-        with open(f, "rb") as fh:
-            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        try:
+            with open(f, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size <= min(100 * 2**20, f.stat().st_size - 8):  # safetensors caps its header at 100 MB
+                    return None
+                header = json.loads(fh.read(size))
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
     return total
 
 
 def check_memory(folder: Path, dtype: str, device: str, compatibility_mode: bool) -> None:
     """Refuses a model whose loading would not fit in the device's free memory, before anything is loaded."""
     n = weight_count(folder)
+    if n is None:
+        return
     need = n * (COMPATIBILITY_PEAK_BYTES if compatibility_mode else DTYPES[dtype].itemsize)
     if str(device).startswith("cuda"):
         free = torch.cuda.mem_get_info(torch.device(device))[0]

@@ -290,7 +290,7 @@ class View:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def cached_model(name: str, device: str = "cpu", trust_remote_code: bool = False, dtype: str = "float32") -> LoadedModel:
+def cached_model(name: str, device: str | None = None, trust_remote_code: bool = False, dtype: str = "float32") -> LoadedModel:
     return load_model(name, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
 
 
