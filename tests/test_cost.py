@@ -15,6 +15,7 @@ from benchmarks import bench_pages
 from benchmarks.shapes import build
 from workbench import attention, cost, scoreboard, ui
 from workbench.cost import calibrate as measured_calibration  # the real one: conftest pins cost.calibrate
+from workbench.errors import InputError
 
 
 def counted(fn) -> int:
@@ -93,3 +94,17 @@ def test_no_page_starts_more_than_the_budget_on_gpt2_small(gpt2_small):
     for v in visits:
         assert not v.problems, (v.page, v.problems)
         assert v.flops * per_flop <= 1.25 * cost.BUDGET_S, f"{v.page} starts {v.flops * per_flop:.1f} s of work: {report}"
+
+
+def test_a_cancelled_scoreboard_stops_with_one_line(circuits):
+    """Cancel: the progress callback returns False after the first engine pass, and the scoreboard stops there."""
+    setups = scoreboard.task_pairs(circuits, "induction pairs", 1)
+    calls = []
+
+    def cancel(done, total):
+        calls.append((done, total))
+        return False
+
+    with pytest.raises(InputError, match="the methods scoreboard was cancelled"):
+        scoreboard.run(circuits, setups, progress=cancel)
+    assert len(calls) == 1 and calls[0][1] > 10  # stopped at the first report, of many

@@ -48,7 +48,11 @@ def app(argv: list[str] | None = None) -> int:
         return 0
     print(f"serving the workbench on http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
     try:
-        env = os.environ | {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")} | ({"WORKBENCH_DEVICE": args.device} if args.device else {})
+        env = (
+            os.environ
+            | {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+            | ({"WORKBENCH_DEVICE": args.device} if args.device else {})
+        )
         return subprocess.call(command, env=env)
     except KeyboardInterrupt:
         return 130

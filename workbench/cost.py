@@ -4,19 +4,19 @@ The cost model is the arithmetic of a transformer: a forward pass costs 2 floati
 per weight of every matrix multiplication per token (the unembedding included, the embedding
 lookup not), plus the attention's own q·k and weights·v products, which grow with the prompt
 (counted once per model with torch's FlopCounterMode, `flops_per_token`); a backward pass costs
-about twice its forward. So a computation is described by the tokens it sends
-through the model forward and backward (`Estimate`), and its seconds are those FLOPs at the rate
-this model reaches on its device, measured once per loaded model by timing two forward passes of
-8 and 64 tokens (`calibrate`): a fixed cost per call (hooks, Python, kernel launches: ~1 ms per
-layer on a CPU) and a cost per FLOP. The model's seconds are what a gate needs: the question is "about a second, or about a minute?" (the
-scoreboard on the circuits model: estimated 41 s, took 32 s on a busy machine).
+about twice its forward. So a computation is described by the tokens it sends through the model
+forward and backward (`Estimate`), and its seconds are those FLOPs at the rate this model reaches
+on its device, measured once per loaded model by timing two forward passes of 8 and 64 tokens
+(`calibrate`): a fixed cost per call (hooks, Python, kernel launches: ~1 ms per layer on a CPU)
+and a cost per FLOP. That is what a gate needs: the question is "about a second, or about a
+minute?" (the scoreboard on the circuits model: estimated 41 s, took 32 s on a busy machine).
 
 Gates: a page runs a computation on its own only when its estimate is within `BUDGET_S` (2 s);
 above it, the page shows a button with the estimate, and the work runs with a progress bar and a
 Cancel button (ui.gate, ui.progress). Probes print the estimate before they start.
 
 Disk cache (`disk_cached`): results that depend on the weights only, not on a prompt (head scores
-on repeated random tokens, reference means), are computed once per model and kept next to a
+on repeated random tokens), are computed once per model and kept next to a
 local model folder (`<folder>/.workbench-cache/`), or under ~/.cache/workbench for a hub model or a
 folder this process may not write. Files are safetensors with a JSON header -- never pickle, which
 would run code when read -- and their names carry a fingerprint of the weight files (size and
