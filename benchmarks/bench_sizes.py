@@ -62,8 +62,11 @@ def measured(fn, device: str) -> tuple[object, float, int]:
     return out, seconds, peak - before
 
 
-def views(model) -> dict[str, tuple[object, float, int]]:
-    """Each view's (numbers to compare, seconds, peak extra bytes) on one random-word prompt."""
+VIEWS = ("forward", "attention", "lens", "patching", "ig")
+
+
+def views(model, which: tuple[str, ...] = VIEWS) -> dict[str, tuple[object, float, int]]:
+    """Each view's (numbers to compare, seconds, peak extra bytes) on one prompt; `which`: a subset of VIEWS."""
     from workbench import attention, attribution, lens, patching
     from workbench.runs import all_hook_names, hook_names, run_prompt
 
@@ -71,25 +74,37 @@ def views(model) -> dict[str, tuple[object, float, int]]:
     out = {}
     device = model.info.device
 
-    def run(name, fn):
+    def run(key, name, fn):
+        if key not in which:
+            return
         model.run_cache.clear()
         out[name] = measured(fn, device)
         print(f"    {name:<22} {out[name][1]:8.2f} s  {out[name][2] / MB:8,.0f} MB", flush=True)
 
-    run("forward, every hook", lambda: run_prompt(model, clean, all_hook_names(model), truncate=True).logits[0, -1].float().cpu())
-    run("attention patterns", lambda: attention.patterns_of(run_prompt(model, clean, hook_names(model, "attn.hook_pattern"))).pattern)
-    run("logit lens", lambda: lens.lens(model, clean, k=5).top_probs)
-    answers, wrongs = patching.candidate_answers(model, clean, corrupted)
-    setup = patching.PatchingSetup(clean, corrupted, next(iter(answers.values())), next(iter(wrongs.values())), "logit difference")
-    run("patching sweep (resid)", lambda: patching.sweep(model, setup, "resid_pre", "denoising").values)
     run(
+        "forward", "forward, every hook", lambda: run_prompt(model, clean, all_hook_names(model), truncate=True).logits[0, -1].float().cpu()
+    )
+    run(
+        "attention",
+        "attention patterns",
+        lambda: attention.patterns_of(run_prompt(model, clean, hook_names(model, "attn.hook_pattern"))).pattern,
+    )
+    run("lens", "logit lens", lambda: lens.lens(model, clean, k=5).top_probs)
+    answers, wrongs = patching.candidate_answers(model, clean, corrupted) if "patching" in which else ({0: 0}, {0: 0})
+    setup = patching.PatchingSetup(clean, corrupted, next(iter(answers.values())), next(iter(wrongs.values())), "logit difference")
+    run("patching", "patching sweep (resid)", lambda: patching.sweep(model, setup, "resid_pre", "denoising").values)
+    run(
+        "ig",
         "integrated gradients",
         lambda: attribution.input_attribution(model, clean, attribution.Answer((500,)), steps=4).scores,
     )
     return out
 
 
-def measure_shape(shape: str, dtype: str, device: str, check: bool) -> dict:
+def measure_shape(
+    shape: str, dtype: str, device: str, check: bool, which: tuple[str, ...] = VIEWS, check_views: tuple[str, ...] | None = None
+) -> dict:
+    """One shape: load and `which` views in `dtype`; with `check`, `check_views` (default: the same) in float32 too."""
     from workbench.model import load_model
 
     record: dict = {"shape": shape, "dtype": dtype, "device": device}
@@ -100,18 +115,18 @@ def measure_shape(shape: str, dtype: str, device: str, check: bool) -> dict:
         model, load_s, load_b = measured(lambda: load_model(tmp, device=device, dtype=dtype, compatibility_mode=False), device)
         record |= {"params": model.info.n_params, "load_s": load_s, "load_mb": load_b / MB}
         print(f"  {shape}: {model.info.n_params / 1e9:.2f} B parameters, {dtype} on {device}: load {load_s:.1f} s, {load_b / MB:,.0f} MB")
-        found = views(model)
+        found = views(model, which)
         record["views"] = {k: {"s": s, "mb": b / MB} for k, (_, s, b) in found.items()}
         del model
         gc.collect()
         if check:
             print("  float32 reference:")
             ref = load_model(tmp, device=device, dtype="float32", compatibility_mode=False)
-            reference = views(ref)
+            reference = views(ref, check_views or which)
             record["max_difference_vs_float32"] = {
-                k: float((found[k][0].float() - reference[k][0].float()).nan_to_num().abs().max()) for k in found
+                k: float((found[k][0].float() - reference[k][0].float()).nan_to_num().abs().max()) for k in reference
             }
-            record["scale_float32"] = {k: float(reference[k][0].float().nan_to_num().abs().max()) for k in found}
+            record["scale_float32"] = {k: float(reference[k][0].float().nan_to_num().abs().max()) for k in reference}
             print("  largest difference to float32:", json.dumps({k: round(v, 4) for k, v in record["max_difference_vs_float32"].items()}))
             del ref
             gc.collect()
@@ -126,9 +141,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--device", default=os.environ.get("WORKBENCH_DEVICE", "cpu"))
     p.add_argument("--check", action="store_true", help="also run float32 and report the largest differences")
+    p.add_argument("--views", nargs="*", default=list(VIEWS), choices=VIEWS)
+    p.add_argument("--check-views", nargs="*", choices=VIEWS, help="the views compared with float32 (default: --views)")
     args = p.parse_args(argv)
     torch.set_grad_enabled(True)
-    records = [measure_shape(s, args.dtype, args.device, args.check) for s in args.shapes]
+    records = [
+        measure_shape(s, args.dtype, args.device, args.check, tuple(args.views), args.check_views and tuple(args.check_views))
+        for s in args.shapes
+    ]
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     (out / "sizes.json").write_text(json.dumps(records, indent=1) + "\n")

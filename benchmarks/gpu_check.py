@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             "| view | seconds | peak MB | largest difference to float32 | float32's largest value |",
             "|---|---|---|---|---|",
             *(
-                f"| {k} | {v['s']:.2f} | {v['mb']:,.0f} | {r['max_difference_vs_float32'][k]:.4f} | {r['scale_float32'][k]:.4f} |"
+                f"| {k} | {v['s']:.2f} | {v['mb']:,.0f} | {r['max_difference_vs_float32'].get(k, float('nan')):.4f} | {r['scale_float32'].get(k, float('nan')):.4f} |"
                 for k, v in r["views"].items()
             ),
             "",
