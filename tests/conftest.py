@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# per-model results of the shipped models (cost.disk_cached) go to a fresh folder, not the user's ~/.cache
+os.environ.setdefault("WORKBENCH_CACHE", tempfile.mkdtemp(prefix="workbench-cache-"))
 
 import pytest
 

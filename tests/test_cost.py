@@ -5,7 +5,8 @@ seconds at the reference machine's speed (cost.reference_calibration, pinned by 
 """
 
 import json
-from pathlib import Path
+import os
+import shutil
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from benchmarks.shapes import build
 from workbench import attention, cost, scoreboard, ui
 from workbench.cost import calibrate as measured_calibration  # the real one: conftest pins cost.calibrate
 from workbench.errors import InputError
+from workbench.model import MODELS_DIR, load_model
 
 
 def counted(fn) -> int:
@@ -59,17 +61,21 @@ def test_estimate_scales_with_passes_tokens_and_backward(english):
     assert "estimated" in both.line() and both.backward_tokens == 16
 
 
-def test_head_types_on_repeats_come_back_from_disk_unchanged(circuits):
-    cost.clear_disk_cache(circuits)
-    assert attention.stored_head_types_on_repeats(circuits) is None
-    fresh = attention.head_types_on_repeats(circuits)
-    stored = attention.stored_head_types_on_repeats(circuits)
+def test_head_types_on_repeats_come_back_from_disk_unchanged(tmp_path):
+    """A local folder keeps them next to itself; a shipped model in the cache folder (its own folder is the package's)."""
+    shutil.copytree(MODELS_DIR / "circuits", tmp_path / "circuits", ignore=shutil.ignore_patterns("checkpoints", "sae"))
+    model = load_model(str(tmp_path / "circuits"))
+    assert attention.stored_head_types_on_repeats(model) is None
+    fresh = attention.head_types_on_repeats(model)
+    stored = attention.stored_head_types_on_repeats(model)
     assert stored is not None and list(stored.scores) == list(fresh.scores)
     for k in fresh.scores:
         assert torch.equal(stored.scores[k], fresh.scores[k])
     assert stored.source == fresh.source and stored.provenance == fresh.provenance
-    files = list(cost.cache_dir(circuits).glob("*.safetensors"))
-    assert len(files) == 1 and files[0].parent.parent == Path(circuits.info.source)  # next to the model folder, no pickle
+    files = list(cost.cache_dir(model).glob("*"))
+    assert [f.parent.parent for f in files] == [tmp_path / "circuits"] and files[0].suffix == ".safetensors"  # no pickle
+    shipped = load_model("circuits")
+    assert cost.cache_dir(shipped).is_relative_to(os.environ["WORKBENCH_CACHE"])
 
 
 def test_scoreboard_estimate_counts_the_exact_edges(circuits):

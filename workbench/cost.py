@@ -17,8 +17,8 @@ Cancel button (ui.gate, ui.progress). Probes print the estimate before they star
 
 Disk cache (`disk_cached`): results that depend on the weights only, not on a prompt (head scores
 on repeated random tokens), are computed once per model and kept next to a
-local model folder (`<folder>/.workbench-cache/`), or under ~/.cache/workbench for a hub model or a
-folder this process may not write. Files are safetensors with a JSON header -- never pickle, which
+local model folder (`<folder>/.workbench-cache/`), or under ~/.cache/workbench (WORKBENCH_CACHE) for a
+shipped or hub model or a folder this process may not write. Files are safetensors with a JSON header -- never pickle, which
 would run code when read -- and their names carry a fingerprint of the weight files (size and
 modification time), the dtype and a version, so a changed model never reads a stale result.
 """
@@ -192,9 +192,13 @@ def _fingerprint(model: LoadedModel) -> str:
 
 
 def cache_dir(model: LoadedModel) -> Path:
-    """Where this model's per-model results live: next to its folder if writable, else ~/.cache/workbench."""
+    """Where this model's per-model results live: next to a local folder if writable, else ~/.cache/workbench.
+
+    The shipped models (and their checkpoints) are part of the installed package: their results go
+    to the cache folder too (WORKBENCH_CACHE, ~/.cache/workbench by default).
+    """
     folder = Path(model.info.source)
-    if model.info.kind != "hub cache" and os.access(folder, os.W_OK):
+    if model.info.kind == "local folder" and os.access(folder, os.W_OK):
         return folder / ".workbench-cache"
     key = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
     return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench")) / key
