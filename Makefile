@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: app test bench lint install chromium
+.PHONY: app test bench lint install chromium gpu-check
 install: $(VENV)/.installed
 
 # the pinned requirements, then the workbench itself (editable): workbench-app and workbench-probe on the venv's PATH
@@ -27,6 +27,11 @@ chromium:
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks
+
+# on a machine with a GPU: the tests that matter and the GPT-2-small and 1B benchmarks on DEVICE, under 8 minutes (benchmarks/gpu_check.py)
+DEVICE ?= cuda
+gpu-check: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.gpu_check --device $(DEVICE) $(GPU_CHECK_ARGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -19,7 +19,7 @@ view = ui.View(
         ui.number("top", int, 1, 50),
     ),
 )
-run_scoreboard = view.cached(scoreboard.run, per_session=True, entries=2, spinner="Running every method and exact patching…")
+run_scoreboard = view.cached(scoreboard.run, per_session=True, entries=2)
 model = view.start()
 
 with ui.guard("the methods scoreboard"):
@@ -47,8 +47,14 @@ with ui.guard("the methods scoreboard"):
         )
         st.form_submit_button("Score the methods", type="primary")
     setups = scoreboard.task_pairs(model, task, int(n_pairs), typed, metric)
-    sb = run_scoreboard(model, setups, task, direction, int(steps))
     ui.probe_command("scoreboard", model, task=task, pairs=int(n_pairs), direction=direction, metric=metric, steps=int(steps))
+    # exact patching of every edge: seconds on the shipped models, hours on GPT-2 small: only on request above the budget
+    sb = run_scoreboard.peek(model, setups, task, direction, int(steps))
+    if sb is None and ui.gate(scoreboard.estimate(model, setups, int(steps)), "Score the methods", "methods"):
+        with ui.progress("The methods scoreboard") as report:
+            sb = run_scoreboard(model, setups, task, direction, int(steps), progress=report)
+    if sb is None:
+        st.stop()
 
     st.markdown(f"**Scoreboard** — {sb.task}, {sb.n_pairs} pair(s), {sb.direction}; whole scoreboard {sb.seconds:.1f} s.")
     st.dataframe(sb.table(), hide_index=True)

@@ -26,7 +26,13 @@ with ui.guard("the attention patterns"):
         run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
         p, tokens = attention.patterns_of(run), run.tokens
     labels = p.labels
-    strongest = head_types_on_repeats(model).ranked("induction", 1)[0]  # the page opens on the best induction head
+    # the page opens on the best induction head: on repeated random tokens when this model's scores are on disk
+    # (or cheap), else on the prompt's own patterns (no extra pass)
+    repeats = attention.stored_head_types_on_repeats(model) or head_types_on_repeats.peek(model)
+    if repeats is None and not attention.repeats_estimate(model).over_budget:
+        repeats = head_types_on_repeats(model)
+    on_prompt = long.head_types(model, p, tokens) if is_long else attention.head_types(model, run)
+    strongest = (repeats if repeats is not None else on_prompt).ranked("induction", 1)[0]
     layer, head = ui.head_picker(model, default=(strongest["layer"], strongest["head"]))
     ui.probe_command("attention", model, prompt=prompt, layer=layer, head=head)
     one, grid, focus, types, anatomy = st.tabs(["One head", "Every head", "Token focus", "Head types", "Anatomy of a head"])
@@ -66,16 +72,18 @@ with ui.guard("the attention patterns"):
             "the same token (duplicate), the token after an earlier copy (induction), the first token (the attention sink); "
             "and each head's mean attention entropy."
         )
-        on_prompt = long.head_types(model, p, tokens) if is_long else attention.head_types(model, run)
         ui.figure(draw.head_types_heatmap(on_prompt), "head-types-prompt", on_prompt, on_prompt.rows())
-        repeats = head_types_on_repeats(model)
-        ui.figure(draw.head_types_heatmap(repeats), "head-types-repeats", repeats, repeats.rows())
+        if repeats is None and ui.gate(attention.repeats_estimate(model), "Score heads on repeated random tokens", "repeats"):
+            repeats = head_types_on_repeats(model)  # kept on disk for this model: asked once
+        if repeats is not None:
+            ui.figure(draw.head_types_heatmap(repeats), "head-types-repeats", repeats, repeats.rows())
         kind = st.selectbox("Rank heads by", attention.HEAD_TYPES, index=2, key="w.rank_by")
         c1, c2 = st.columns(2)
         c1.markdown("**on your prompt**")
         c1.dataframe(on_prompt.ranked(kind, 10), hide_index=True)
-        c2.markdown(f"**on {repeats.source}**")
-        c2.dataframe(repeats.ranked(kind, 10), hide_index=True)
+        if repeats is not None:
+            c2.markdown(f"**on {repeats.source}**")
+            c2.dataframe(repeats.ranked(kind, 10), hide_index=True)
 
     with anatomy:
         query = ui.position_picker(labels, "Query position", key="w.anatomy_query")

@@ -22,6 +22,7 @@ ANSWER_KINDS = {
     "continuation": "continuation",
     "logit difference": "logit difference (answer − wrong)",
 }
+input_attribution = view.cached(attribution.input_attribution, per_session=True, entries=4)
 model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
@@ -67,8 +68,14 @@ with ui.guard("the attribution"):
 
     inputs, components = st.tabs(["Input tokens (captum)", "Components (direct logit attribution)"])
     with inputs:
-        a = attribution.input_attribution(model, prompt, answer, method=method, baseline=baseline, steps=int(steps))
-        if method.startswith("integrated gradients"):
+        # integrated gradients' steps cost a forward and a backward pass each: above the budget only on request
+        args = (model, prompt, answer, method, baseline, int(steps))
+        a = input_attribution.peek(*args)
+        if a is None and ui.gate(
+            attribution.estimate(model, prompt, answer, method, int(steps)), f"Attribute with {method}", "attribution"
+        ):
+            a = input_attribution(*args)
+        if a is not None and method.startswith("integrated gradients"):
             gap = a.completeness_gap()
             st.markdown(
                 f"**Completeness**: attributions sum to {float(a.scores.nansum(-1)[0]):.4f}; metric(input) − metric(baseline) = "
@@ -77,9 +84,10 @@ with ui.guard("the attribution"):
             more = attribution.suggested_steps(a)
             if more:
                 st.warning(f"The gap ({gap:.3f}) is large: try about {more} integration steps.")
-        ui.figure(draw.input_attribution_tokens(a), f"input-attribution-{method}", a, a.rows())
-        if len(a.answer_labels) > 1:
-            ui.figure(draw.input_attribution_matrix(a), f"input-attribution-matrix-{method}", a, a.rows())
+        if a is not None:
+            ui.figure(draw.input_attribution_tokens(a), f"input-attribution-{method}", a, a.rows())
+            if len(a.answer_labels) > 1:
+                ui.figure(draw.input_attribution_matrix(a), f"input-attribution-matrix-{method}", a, a.rows())
     with components:
         c = attribution.component_attribution(model, prompt, answer.tokens[0], answer.wrong, truncate=truncate)
         st.caption(f"Convention: {conventions.DLA}.")

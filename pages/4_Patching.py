@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from workbench import edges, long, methods, mib, patching, paths, ui
+from workbench import cost, edges, long, methods, mib, patching, paths, ui
 from workbench.errors import InputError
 from workbench.figures import methods as draw_methods
 from workbench.figures import patching as draw
@@ -50,6 +50,10 @@ with ui.guard("the patching"):
         st.stop()
 
     answers, wrongs = patching.candidate_answers(model, clean, corrupted)
+    if view.key("preview") not in st.session_state:
+        # AtP*'s GradDrop takes a backward pass per layer: the default preview only while that stays within half the budget
+        star = cost.estimate(model, "AtP*", len(cmp.labels_a), passes=2, backward=model.info.n_layers + 1)
+        st.session_state[view.key("preview")] = "AtP*" if star.seconds <= cost.BUDGET_S / 2 else "AtP"
     with st.form("answer_and_wrong"):
         c1, c2, c3, c4 = st.columns(4)
         answer_label = c1.selectbox(

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench import attention, graph, ui
+from workbench import attention, cost, graph, ui
 from workbench.figures import attention as draw_attention
 from workbench.figures import graph as draw
 from workbench.tokens import single_token_id
@@ -118,8 +118,11 @@ with ui.guard("the information-flow graph"):
     k = int(c2.number_input("k (top vs random edges)", 1, 100, key=view.key("k")))
     args = (model, prompt, position, float(threshold), answer, wrong, ablation, k, truncate)
     f = check.peek(*args)
-    if f is None and (graph.quick_check(model, position + 1) or st.button("Check the graph by ablation", key="w.graph_check")):
-        f = check(*args)  # about 20 forward passes: at once on a small model, on request on a large one
+    # about 20 forward passes: at once within the cost budget, on request above it
+    if f is None and ui.gate(
+        cost.estimate(model, "the faithfulness check", position + 1, passes=20), "Check the graph by ablation", "graph_check"
+    ):
+        f = check(*args)
     if f is not None:
         (st.success if f.survives else st.warning)(f.verdict[0].upper() + f.verdict[1:] + ".")
         st.markdown(

@@ -42,6 +42,7 @@ def body(model, s, out):
     else:
         answer = attribution.Answer((predicted,))
     for method in s["methods"]:
+        print(attribution.estimate(model, s["prompt"], answer, method, int(s["steps"])).line(), flush=True)
         a = attribution.input_attribution(model, s["prompt"], answer, method=method, baseline=s["baseline"], steps=int(s["steps"]))
         name = "input-" + method.replace(" ", "-").replace("×", "x")
         out.figure(draw.input_attribution_tokens(a), name)

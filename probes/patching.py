@@ -8,9 +8,10 @@ import time
 
 from tqdm import tqdm
 
-from workbench import patching, preview
+from workbench import cost, long, patching, preview
 from workbench.errors import InputError
 from workbench.figures import patching as draw
+from workbench.runs import encode
 from workbench.tokens import single_token_id
 
 from .common import run_probe
@@ -68,8 +69,12 @@ def setups(model, s) -> list[patching.PatchingSetup]:
 
 def body(model, s, out):
     pairs = setups(model, s)
+    n = len(encode(model, pairs[0].clean)[0])
     for site in s["sites"]:
         t = time.time()
+        sweep = long.sweep_cost(model, n, site)  # each patched run starts at its layer: at most this many passes
+        print(cost.estimate(model, f"the exact {site} sweep, {sweep.cells} cells x {len(pairs)} pair(s)", n,
+                            passes=sweep.cells * len(pairs), calls=sweep.passes * len(pairs)).line(), flush=True)  # fmt: skip
         if len(pairs) == 1:
             # the preview first: it takes seconds, and bad input stops the probe before the exact sweep
             estimate = preview.preview_sweep(model, pairs[0], site, s["direction"], s["preview"])

@@ -37,6 +37,9 @@ def add_arguments(p):
 def body(model, s, out):
     t = time.time()
     setups = scoreboard.task_pairs(model, s["task"], int(s["pairs"]), "\n".join(s["typed"] or []), s["metric"], int(s["seed"]))
+    est = scoreboard.estimate(model, setups, int(s["steps"]))
+    print(f"{est.line()} (Ctrl-C stops it)", flush=True)
+    out.manifest["estimate_s"] = est.seconds
     sb = scoreboard.run(model, setups, s["task"], s["direction"], int(s["steps"]))
     out.figure(draw.faithfulness_curves(sb), "methods-faithfulness")
     out.figure(draw.estimate_vs_exact(sb.nodes["AtP*"], sb.nodes["exact"]), "methods-atp-star-vs-exact")

@@ -1,10 +1,21 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# per-model results of the shipped models (cost.disk_cached) go to a fresh folder, not the user's ~/.cache
+os.environ.setdefault("WORKBENCH_CACHE", tempfile.mkdtemp(prefix="workbench-cache-"))
 
 import pytest
 
 from workbench.model import load_model
+
+
+@pytest.fixture(autouse=True)
+def reference_speed(monkeypatch):
+    """Gates decide at the reference machine's speed (cost.reference_calibration): no test depends on how busy this one is."""
+    from workbench import cost
+
+    monkeypatch.setattr(cost, "calibrate", cost.reference_calibration)
 
 
 @pytest.fixture(scope="session")

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from workbench import engine
+from workbench import cost, engine
 from workbench.errors import InputError
 from workbench.heads import attention_share, choosing_rows, repeat_scores, target_masks
 from workbench.model import LoadedModel
@@ -138,8 +139,41 @@ def head_types(model: LoadedModel, run: Run) -> HeadTypes:
     return dataclasses.replace(types, provenance=provenance(model, [run.prompt], view="head types"))
 
 
+def _repeats_on_disk(n: int, seqs: int, seed: int) -> tuple[str, Callable, Callable]:
+    """(file name, to_disk, from_disk) of head types on repeated random tokens in the per-model disk cache."""
+
+    def to_disk(h: HeadTypes) -> tuple[dict, dict]:
+        return dict(h.scores), {"source": h.source, "order": list(h.scores), "provenance": h.provenance}
+
+    def from_disk(tensors: dict, meta: dict) -> HeadTypes:
+        return HeadTypes(meta["source"], {k: tensors[k] for k in meta["order"]}, meta["provenance"])
+
+    return f"head-types-n{n}-s{seqs}-seed{seed}", to_disk, from_disk
+
+
 def head_types_on_repeats(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0) -> HeadTypes:
-    """Head types on the standard probe: BOS + n random tokens repeated twice (see heads.py)."""
+    """Head types on the standard probe: BOS + n random tokens repeated twice (see heads.py).
+
+    Per model, not per prompt (seqs × (2n + 1) tokens: ~60 forward passes of a short prompt): computed
+    once per model's weights and kept on disk next to its folder (cost.disk_cached).
+    """
+    name, to_disk, from_disk = _repeats_on_disk(n, seqs, seed)
+    compute = lambda: _head_types_on_repeats(model, n, seqs, seed)  # noqa: E731
+    return cost.disk_cached(model, name, compute, to_disk, from_disk)
+
+
+def stored_head_types_on_repeats(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0) -> HeadTypes | None:
+    """`head_types_on_repeats` if it is already on disk for this model, else None (nothing is run)."""
+    name, to_disk, from_disk = _repeats_on_disk(n, seqs, seed)
+    return cost.disk_cached(model, name, None, to_disk, from_disk)
+
+
+def repeats_estimate(model: LoadedModel, n: int = 50, seqs: int = 8) -> cost.Estimate:
+    """What `head_types_on_repeats` costs when it is not on disk: seqs sequences of 2n + 1 tokens, one batched pass."""
+    return cost.estimate(model, "head scores on repeated random tokens", 2 * n + 1, passes=seqs, calls=1)
+
+
+def _head_types_on_repeats(model: LoadedModel, n: int, seqs: int, seed: int) -> HeadTypes:
     s = repeat_scores(model, n=n, seqs=seqs, seed=seed, keep_patterns=True)
     per_seq = [head_types_of(p, t) for p, t in zip(s.patterns, s.tokens, strict=True)]
     mean = {k: torch.stack([h.scores[k] for h in per_seq]).nanmean(0) for k in per_seq[0].scores}

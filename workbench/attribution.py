@@ -33,7 +33,7 @@ import torch
 from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, Saliency
 from torch.utils.checkpoint import checkpoint
 
-from workbench import engine, ig
+from workbench import cost, engine, ig
 from workbench.errors import InputError
 from workbench.lens import lens_points
 from workbench.model import LoadedModel
@@ -108,8 +108,8 @@ def _embed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: in
     """
 
     def forward(embeds: torch.Tensor) -> torch.Tensor:
-        def swap(_, hook):
-            return embeds
+        def swap(act, hook):
+            return embeds.to(act.dtype)  # integrated in float32; a bfloat16 or float16 model computes in its own dtype
 
         batch = ids[None].expand(embeds.shape[0], -1)
         logits, _ = run_tokens(model, batch, hooks=[("hook_embed", swap)], last_only=True, grad=torch.is_grad_enabled())
@@ -163,6 +163,25 @@ def baseline_token(model: LoadedModel, baseline: str) -> int | None:
             raise InputError("this model's tokenizer has no mask token: choose the zeros or BOS-token baseline")
         return model.tokenizer.mask_token_id
     raise InputError(f"unknown baseline '{baseline}': use one of {', '.join(BASELINES)}")
+
+
+def estimate(model: LoadedModel, prompt: str, answer: Answer, method: str = "integrated gradients", steps: int = 32) -> cost.Estimate:
+    """What `input_attribution` will cost, before it runs (per answer token: the method's passes, then two forwards for the metric).
+
+    Integrated gradients: `steps` forward and backward passes (the adaptive method: at most that
+    many); saliency and input × gradient: one of each; feature ablation: one forward per position.
+    """
+    ids, _ = encode(model, prompt)
+    n = len(ids) + len(answer.tokens) - 1
+    forward, backward = {
+        "integrated gradients": (steps, steps),
+        "integrated gradients (adaptive)": (steps, steps),
+        "saliency": (1, 1),
+        "input × gradient": (1, 1),
+        "feature ablation": (n, 0),
+    }.get(method, (steps, steps))
+    k = len(answer.tokens)
+    return cost.estimate(model, f"{method} on {n} tokens", n, passes=k * (forward + 2), backward=k * backward, calls=k * 4)
 
 
 def input_attribution(

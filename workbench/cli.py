@@ -40,6 +40,7 @@ def app(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--print", action="store_true", help="print the command instead of running it")
+    parser.add_argument("--device", help="where models load: cpu (default), cuda, cuda:N or auto (sets WORKBENCH_DEVICE)")
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     command = app_command(args.port, extra)
     if args.print:
@@ -47,7 +48,12 @@ def app(argv: list[str] | None = None) -> int:
         return 0
     print(f"serving the workbench on http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
     try:
-        return subprocess.call(command, env=os.environ | {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")})
+        env = (
+            os.environ
+            | {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+            | ({"WORKBENCH_DEVICE": args.device} if args.device else {})
+        )
+        return subprocess.call(command, env=env)
     except KeyboardInterrupt:
         return 130
 

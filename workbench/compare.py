@@ -85,8 +85,16 @@ def lens_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunk: int = 32,
         al = align(model.tokenizer, ta, tb)
         ra, rb = ra[:, : al.n], rb[:, : al.n]  # (point, n, d_model)
     tops_a, tops_b, probs_a, probs_b, js = [], [], [], [], []
-    chunks_a, chunks_b = lens_.read_chunks(model, ra, chunk), lens_.read_chunks(model, rb, chunk)
-    for (_, logits_a), (_, logits_b) in lens_.no_grad_chunks(zip(chunks_a, chunks_b, strict=True)):
+    # before the first differing token both runs are the same (causality): B's readout there is A's, read once
+    first = min(al.differ, default=al.n)
+    for start, logits_a in lens_.no_grad_chunks(lens_.read_chunks(model, ra, chunk)):  # (point, c, d_vocab)
+        stop = start + logits_a.shape[1]
+        if stop <= first:
+            logits_b = logits_a
+        else:
+            with torch.no_grad():
+                own = lens_.readout(model, rb[:, max(start, first) : stop])  # (point, stop - max(start, first), d_vocab)
+            logits_b = torch.cat([logits_a[:, : max(0, first - start)], own], 1)
         la, lb = logits_a.log_softmax(-1), logits_b.log_softmax(-1)  # (point, c, d_vocab)
         pa, pb = la.exp(), lb.exp()
         mid = (0.5 * (pa + pb)).clamp_min(1e-30).log()

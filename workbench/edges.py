@@ -209,8 +209,11 @@ def _runs(pair: Pair) -> tuple[dict, dict]:
     return base, source
 
 
-def exact_edges(model: LoadedModel, pairs: list[Pair]) -> EdgeEffects:
-    """Every edge patched on its own, exactly (the module docstring): batched engine passes, one row per edge."""
+def exact_edges(model: LoadedModel, pairs: list[Pair], tick=None) -> EdgeEffects:
+    """Every edge patched on its own, exactly (the module docstring): batched engine passes, one row per edge.
+
+    `tick()` is called after each pass (a long job's progress; it may raise to cancel).
+    """
     t = time.perf_counter()
     w = pairs[0].weights
     edges = edges_of(w)
@@ -229,6 +232,8 @@ def exact_edges(model: LoadedModel, pairs: list[Pair]) -> EdgeEffects:
                 ]
                 out[start : start + len(chunk)] = pair.metric(pair.run("base", edits, batch=len(chunk)).logits).cpu()
                 passes += 1
+                if tick is not None:
+                    tick()
         effects.append((out - pair.base_value) / pair.span)
     return EdgeEffects("exact", tuple(edges), torch.stack(effects).mean(0), time.perf_counter() - t, 2 + passes // len(pairs), 0,
                        len(pairs), provenance=_finish_provenance(model, pairs, "exact edge patching"))  # fmt: skip

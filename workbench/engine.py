@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.model import LoadedModel
+from workbench.model import LoadedModel, offloaded
 
 # engine site -> transformer-lens hook suffix in block L ("blocks.L." + suffix)
 SITE_HOOKS = {
@@ -284,8 +284,11 @@ def weights_of(model: LoadedModel) -> Weights:
     if "engine" not in model.derived and model.backend is not None:
         model.derived["engine"] = Unsupported("the nnsight backend runs the Hugging Face model itself, not the engine's folded weights")
     if "engine" not in model.derived:
+        if offloaded(model):  # reading every weight would undo the offloading: views run through the model's hooks
+            model.derived["engine"] = Unsupported("the model is offloaded by accelerate (max_memory/device_map)")
         try:
-            model.derived["engine"] = extract(model.bridge, model.device)
+            if "engine" not in model.derived:
+                model.derived["engine"] = extract(model.bridge, model.device)
         except Unsupported as err:
             model.derived["engine"] = err
         except AttributeError as err:  # a known model type with an unexpected layout (a newer transformers)

@@ -763,7 +763,8 @@ def intervene(
     ids, _ = encode(model, prompt)
     engine_edits = compile_edits(model, edits)
     original, _ = run_edited(model, ids[None])  # (1, pos, d_vocab)
-    edited, _ = run_edited(model, ids[None], engine_edits)
+    # no edits (the page's first visit): the edited run is the original one, computed once
+    edited = run_edited(model, ids[None], engine_edits)[0] if engine_edits else original
     original, edited = original[0].float().cpu(), edited[0].float().cpu()  # (pos, d_vocab)
     if metric is None:
         metric = Metric("probability", int(original[-1].argmax()))
@@ -771,7 +772,7 @@ def intervene(
     p, q = original[-1].softmax(-1), edited[-1].softmax(-1)  # (d_vocab,)
     top = list(dict.fromkeys([*q.topk(k).indices.tolist(), *p.topk(k).indices.tolist()]))
     gen_a = generate(model, prompt, sampling)
-    gen_b = generate(model, prompt, sampling, engine_edits)
+    gen_b = generate(model, prompt, sampling, engine_edits) if engine_edits else gen_a  # the same seed: the same draws
     changed = [a.chosen_id != b.chosen_id for a, b in zip(gen_a.steps, gen_b.steps, strict=False)]
     changed += [True] * (len(gen_b.steps) - len(changed))
     return Intervention(

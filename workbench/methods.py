@@ -41,6 +41,7 @@ from workbench.patching import CHECK_TOLERANCE, DIRECTIONS, PatchingSetup, check
 from workbench.runs import provenance, run_prompt
 
 NODE_METHODS = ("exact", "AtP", "AtP*")
+ROWS = 128  # patched runs per engine pass (a batch of 128 short prompts; progress is reported between passes)
 
 
 # ---- nodes ------------------------------------------------------------------------------------------
@@ -200,8 +201,11 @@ def node_edit(node: Node, source: dict[str, torch.Tensor], rows: torch.Tensor | 
 # ---- exact ------------------------------------------------------------------------------------------
 
 
-def exact_nodes(model: LoadedModel, pairs: list[Pair], nodes: list[Node] | None = None) -> NodeEffects:
-    """Every node (or only `nodes`) patched on its own, exactly: one batched engine pass per pair (one row per node)."""
+def exact_nodes(model: LoadedModel, pairs: list[Pair], nodes: list[Node] | None = None, tick=None) -> NodeEffects:
+    """Every node (or only `nodes`) patched on its own, exactly: batched engine passes, one row per node.
+
+    `tick()` is called after each pass of at most ROWS rows (a long job's progress; it may raise to cancel).
+    """
     t = time.perf_counter()
     w = pairs[0].weights
     nodes = nodes_of(w) if nodes is None else list(nodes)
@@ -209,9 +213,14 @@ def exact_nodes(model: LoadedModel, pairs: list[Pair], nodes: list[Node] | None 
     with torch.no_grad():
         for pair in pairs:
             source = pair.run("source", capture=site_names(w, "q", "k", "v", "mlp_out")).captured
-            rows = torch.arange(len(nodes))
-            edits = [node_edit(n, source, rows[i : i + 1]) for i, n in enumerate(nodes)]
-            patched = pair.metric(pair.run("base", edits, batch=len(nodes)).logits).cpu()  # (node,)
+            patched = torch.empty(len(nodes))  # (node,)
+            for start in range(0, len(nodes), ROWS):
+                chunk = nodes[start : start + ROWS]
+                rows = torch.arange(len(chunk))
+                edits = [node_edit(n, source, rows[i : i + 1]) for i, n in enumerate(chunk)]
+                patched[start : start + len(chunk)] = pair.metric(pair.run("base", edits, batch=len(chunk)).logits).cpu()
+                if tick is not None:
+                    tick()
             effects.append((patched - pair.base_value) / pair.span)
     return _finish(model, pairs, "exact", nodes, effects, [e.abs() for e in effects], time.perf_counter() - t, 2, 0)
 

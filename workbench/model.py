@@ -30,9 +30,13 @@ Measured here: without it, 7 of 12 plain forward passes picked up another thread
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import tempfile
 import threading
 from collections import OrderedDict
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +81,7 @@ class ModelInfo:
     device: str
     dtype: str
     trust_remote_code: bool
+    note: str = ""  # how the model was placed when accelerate spread it (device_map, max_memory)
 
     @property
     def compatibility_mode(self) -> bool:
@@ -97,6 +102,7 @@ class ModelInfo:
             ("parameters", f"{self.n_params:,}"),
             ("numeric mode", self.numeric_mode),
             ("device / dtype", f"{self.device} / {self.dtype}"),
+            *([("placement", self.note)] if self.note else []),
         ]
 
 
@@ -209,7 +215,10 @@ def check_folder(folder: Path) -> None:
 
 
 def pick_device(device: str | None) -> str:
-    if device in (None, "", "cpu"):
+    """The device to load on; None: WORKBENCH_DEVICE (the server's or a test run's choice, `make gpu-check`), else the CPU."""
+    if device in (None, ""):
+        device = os.environ.get("WORKBENCH_DEVICE", "").strip() or "cpu"
+    if device == "cpu":
         return "cpu"
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -220,6 +229,62 @@ def pick_device(device: str | None) -> str:
     return str(device)
 
 
+def check_dtype(dtype: str, device: str) -> None:
+    """Refuses a dtype that the device cannot compute in, saying which to use instead."""
+    if str(device).startswith("cuda") and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        major, minor = torch.cuda.get_device_capability(device)
+        raise InputError(f"this GPU ({device}, compute capability {major}.{minor}) has no bfloat16: use dtype='float16' or 'float32'")
+    if str(device).startswith("mps") and dtype in ("bfloat16", "float64"):
+        raise InputError(f"Apple's MPS device has no {dtype}: use dtype='float16' or 'float32'")
+
+
+# Peak bytes per parameter while loading, measured on a GPT-2-small shape (README, "Real size"): the raw weights
+# once; compatibility mode's weight processing works on float32 copies (peak 2.15 GB above the start for 0.54 GB
+# of float32 weights, and as much from bfloat16 ones): 4 float32 copies.
+COMPATIBILITY_PEAK_BYTES = 16
+
+
+def weight_count(folder: Path) -> int | None:
+    """Parameters stored in the folder's *.safetensors files, read from their headers (no tensor is loaded).
+
+    None when a header cannot be read: the loader then says what is wrong with the file.
+    """
+    total = 0
+    for f in folder.glob("*.safetensors"):
+        try:
+            with open(f, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size <= min(100 * 2**20, f.stat().st_size - 8):  # safetensors caps its header at 100 MB
+                    return None
+                header = json.loads(fh.read(size))
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    return total
+
+
+def check_memory(folder: Path, dtype: str, device: str, compatibility_mode: bool) -> None:
+    """Refuses a model whose loading would not fit in the device's free memory, before anything is loaded."""
+    n = weight_count(folder)
+    if n is None:
+        return
+    need = n * (COMPATIBILITY_PEAK_BYTES if compatibility_mode else DTYPES[dtype].itemsize)
+    if str(device).startswith("cuda"):
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    if need > free:
+        gb = 2**30
+        raise InputError(
+            f"the model in {folder} ({n / 1e9:.2f} B parameters) needs about {need / gb:.1f} GB to load in {dtype}"
+            f"{' in compatibility mode' if compatibility_mode else ''}, and {device} has {free / gb:.1f} GB free: "
+            "load it with compatibility_mode=False or dtype='bfloat16', or spread it with max_memory "
+            "(e.g. max_memory={'cpu': '8GiB'} offloads the rest to disk)"
+        )
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | None = None,
@@ -227,11 +292,18 @@ def load_model(
     compatibility_mode: bool = True,
     trust_remote_code: bool = False,
     device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Loads a model for inspection (see the module docstring for sources, safety and numeric mode).
 
-    `device`: "cpu" (default), "cuda", "cuda:N" or "auto" (CUDA when available). `device_map`
-    ("auto" or a dict) spreads a model too large for one GPU over several, through accelerate.
+    `device`: "cpu" (default), "cuda", "cuda:N" or "auto" (CUDA when available). `dtype`:
+    "float32" (default), "bfloat16" or "float16" halve the weights' memory (see "Reduced precision"
+    in the README for which views stay exact). `device_map` ("auto" or a dict) and `max_memory`
+    ({"cuda:0": "20GiB", "cpu": "30GiB"}) spread a model larger than one device over several GPUs,
+    CPU RAM and disk (`offload_folder`, a temporary folder by default), through accelerate: every
+    view gives the same numbers, only slower. transformer-lens refuses compatibility mode on an
+    offloaded model, so such a model keeps its raw weights (`info.note` says so).
     `compatibility_mode=False` keeps the raw Hugging Face weights; analyses that need the
     folded coordinate system (direct logit attribution) then refuse the model and say so.
     """
@@ -247,6 +319,13 @@ def load_model(
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     device = pick_device(device)
+    check_dtype(dtype, device)
+    if max_memory is not None and device_map is None:
+        device_map = "auto"  # accelerate places the layers within max_memory, the rest in CPU RAM and on disk
+    if device_map is not None and offload_folder is None:
+        offload_folder = tempfile.mkdtemp(prefix="workbench-offload-")  # what does not fit in max_memory goes here
+    elif device_map is None:
+        check_memory(folder, dtype, device, compatibility_mode)
     try:
         # local_files_only: the folder is on this machine and nothing is downloaded (the workbench works offline)
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
@@ -259,6 +338,7 @@ def load_model(
             dtype=DTYPES[dtype],
             attn_implementation="eager",  # attention weights are what the workbench shows
             device_map=device_map,
+            **({"max_memory": max_memory, "offload_folder": str(offload_folder)} if device_map is not None else {}),
             local_files_only=True,
             output_loading_info=True,
         )
@@ -295,8 +375,21 @@ def load_model(
         )
     except Exception as err:
         raise InputError(f"transformer-lens cannot wrap the model in {folder} ({config.model_type}): {_first_line(err)}") from err
+    note = ""
+    placed = getattr(hf_model, "hf_device_map", None) or {}
+    if device_map is not None:
+        counts = {d: list(placed.values()).count(d) for d in dict.fromkeys(str(v) for v in placed.values())}
+        note = "spread by accelerate: " + ", ".join(f"{n} module(s) on {d}" for d, n in counts.items())
+        device = str(hf_model.get_input_embeddings().weight.device).replace("meta", "cpu")  # where inputs go
     if compatibility_mode:
-        bridge.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
+        try:
+            bridge.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
+        except RuntimeError as err:
+            if "offload" not in str(err):
+                raise InputError(f"transformer-lens cannot process the weights of {folder}: {_first_line(err)}") from err
+            # transformer-lens cannot fold weights that live on disk or in CPU RAM behind accelerate's hooks
+            compatibility_mode = False
+            note += "; raw weights (transformer-lens refuses compatibility mode on an offloaded model)"
     # Per-head outputs are not switched on (set_use_attn_result): OPT's and GPT-J's attention bridges
     # have no such hook, and the views that need them compute them from hook_z and W_O (runs.head_results).
     bridge.eval()
@@ -316,11 +409,34 @@ def load_model(
         d_vocab=cfg.d_vocab,
         n_params=n_params,
         numeric_mode=COMPATIBILITY_MODE if compatibility_mode else RAW_MODE,
-        device=device if not device_map else "device_map",
+        device=device,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
+        note=note,
     )
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, info=info)
+
+
+def offloaded(model: LoadedModel) -> bool:
+    """Whether accelerate keeps some of the weights on disk or elsewhere (device_map/max_memory): they read as meta tensors."""
+    return any(p.is_meta for p in model.bridge.original_model.parameters())
+
+
+@contextmanager
+def onloaded(*modules: torch.nn.Module):
+    """Within it, the offloaded weights of `modules` (and their submodules) are real tensors in CPU memory.
+
+    For small parts that a view reads as numbers (the final norm, the unembedding); the blocks run
+    through accelerate's own hooks, which load each block's weights only while it runs.
+    """
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    with ExitStack() as stack:
+        for module in modules:
+            for sub in module.modules():
+                if has_offloaded_params(sub):
+                    stack.enter_context(align_module_device(sub, torch.device("cpu")))
+        yield
 
 
 def _first_line(err: BaseException) -> str:

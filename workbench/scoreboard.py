@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench import edges, methods
+from workbench import cost, edges, engine, methods
 from workbench.errors import InputError
 from workbench.model import LoadedModel
 from workbench.patching import PatchingSetup, check_setup, induction_pairs
+from workbench.runs import encode
 from workbench.tokens import single_token_id
 
 TASKS = ("induction pairs", "typed pairs")
@@ -167,6 +168,23 @@ class Scoreboard:
         return [dict(r) for r in self.rows]
 
 
+def estimate(model: LoadedModel, setups: list[PatchingSetup], steps: int = 5) -> cost.Estimate:
+    """What `run` will cost, before it runs: every method's passes plus exact patching of every node and edge.
+
+    Per pair of n tokens: each method's own forward and backward passes (AtP 2 + 1, AtP* 2 + L + 1,
+    EAP 2 + 1, EAP-IG 2 + steps forward and steps backward), one patched row per node and per edge,
+    and the faithfulness curves (3 methods × (nodes + 1) rows, 3 × (2L + 2) passes per edge size).
+    """
+    w = engine.weights_of(model)
+    n_nodes, n_edges, layers = len(methods.nodes_of(w)), len(edges.edges_of(w)), model.info.n_layers
+    sizes = len(edge_sizes(n_edges))
+    forward = 2 + n_nodes + 2 + 2 + (2 + n_edges) + 2 + (2 + steps) + 3 * (1 + n_nodes + 1) + 3 * (2 + (2 * layers + 2) * sizes)
+    backward = 1 + (layers + 1) + 1 + steps
+    n = max(len(encode(model, s.clean)[0]) for s in setups)
+    calls = len(setups) * (20 + n_nodes // methods.ROWS + n_edges // edges.ROWS + 6 * (2 * layers + 2))
+    return cost.estimate(model, "the methods scoreboard", n, passes=len(setups) * forward, backward=len(setups) * backward, calls=calls)
+
+
 def run(
     model: LoadedModel,
     setups: list[PatchingSetup],
@@ -175,22 +193,37 @@ def run(
     steps: int = 5,
     progress: Callable[[int, int], bool | None] | None = None,
 ) -> Scoreboard:
-    """Every method on the task's pairs, scored against exact patching (module docstring)."""
+    """Every method on the task's pairs, scored against exact patching (module docstring).
+
+    `progress(done, total)` is called after every engine pass of the exact sweeps and after each
+    method; returning False cancels (an InputError saying so).
+    """
     t = time.perf_counter()
     pairs = methods.prepare_all(model, setups, direction)
+    w = pairs[0].weights
+    total = (
+        len(pairs) * (-(-len(methods.nodes_of(w)) // methods.ROWS) + -(-len(edges.edges_of(w)) // edges.ROWS)) + 6 + 6
+    )  # the sweeps' passes, the six methods, the six curves
+    done_units = 0
+
+    def tick() -> None:
+        nonlocal done_units
+        done_units += 1
+        if progress is not None and progress(min(done_units, total), total) is False:
+            raise InputError("the methods scoreboard was cancelled")
+
     jobs: list[tuple[str, Callable]] = [
-        ("exact", lambda: methods.exact_nodes(model, pairs)),
+        ("exact", lambda: methods.exact_nodes(model, pairs, tick=tick)),
         ("AtP", lambda: methods.atp(model, pairs)),
         ("AtP*", lambda: methods.atp_star(model, pairs)),
-        ("exact edges", lambda: edges.exact_edges(model, pairs)),
+        ("exact edges", lambda: edges.exact_edges(model, pairs, tick=tick)),
         ("EAP", lambda: edges.eap(model, pairs)),
         ("EAP-IG", lambda: edges.eap_ig(model, pairs, steps)),
     ]
     done: dict[str, object] = {}
-    for i, (name, job) in enumerate(jobs):
+    for name, job in jobs:
         done[name] = job()
-        if progress is not None:
-            progress(i + 1, len(jobs) + 1)
+        tick()
     node_results = {m: done[m] for m in ("exact", "AtP", "AtP*")}
     edge_results = {"exact": done["exact edges"], "EAP": done["EAP"], "EAP-IG": done["EAP-IG"]}
     rows, curves = [], []
@@ -208,6 +241,7 @@ def run(
                 for j, s in enumerate(sizes):
                     keep[j, order[:s]] = True
                 curve = torch.stack([edges.circuit_faithfulness(p, items, keep) for p in pairs]).mean(0)
+            tick()
             size_t = torch.tensor(sizes)
             curves.append(Curve(method, level, size_t, curve, n))
             rows.append(
@@ -216,8 +250,6 @@ def run(
                     area=area(size_t, curve, n), seconds=r.seconds, forward=r.forward, backward=r.backward,
                 )
             )  # fmt: skip
-    if progress is not None:
-        progress(len(jobs) + 1, len(jobs) + 1)
     return Scoreboard(
         task, len(pairs), direction, tuple(rows), tuple(curves), node_results, edge_results, time.perf_counter() - t,
         methods._finish_provenance(model, pairs, "scoreboard", task=task, steps=steps),

@@ -31,7 +31,7 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from workbench import checkpoints, export, hub, long
+from workbench import checkpoints, cost, export, hub, long
 from workbench.errors import InputError
 from workbench.model import DEFAULT_MODEL, MODELS_DIR, SHIPPED, LoadedModel, allowed_root, load_model
 
@@ -50,6 +50,8 @@ RESTORED = "wb.restored"  # the pages whose link has been read in this session
 SESSION_CACHES = "wb.caches"  # this session's cached analyses: cache name -> Bounded
 CHECKPOINT = "w.checkpoint"  # the sidebar's training-checkpoint slider
 NOTICE = "wb.notice"  # a message for the next run of the page (what was cancelled)
+DTYPE = "wb.dtype"  # the precision the model is loaded in
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 OTHER = "a local folder or cached hub model…"
 # Each default shows a learned mechanism on its model (tests/test_examples.py): a sentence repeated, so that
@@ -289,8 +291,8 @@ class View:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def cached_model(name: str, device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
-    return load_model(name, device=device, trust_remote_code=trust_remote_code)
+def cached_model(name: str, device: str | None = None, trust_remote_code: bool = False, dtype: str = "float32") -> LoadedModel:
+    return load_model(name, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
 
 
 @contextmanager
@@ -370,15 +372,24 @@ def model_picker() -> LoadedModel | None:
                 help="The model as it was after this many training steps (the Training page shows what changed).",
             )
             name = choice if step == "final" else f"{choice}{checkpoints.SEPARATOR}{step}"
+    # reduced precision halves the weights' memory; the README's "Reduced precision" says which views stay exact
+    dtype = st.sidebar.selectbox(
+        "Precision",
+        PRECISIONS,
+        index=PRECISIONS.index(st.session_state.get(DTYPE, "float32")),
+        key="w.dtype",
+        help="float32: exact. bfloat16 / float16: half the memory, numbers within the README's stated tolerances.",
+    )
     try:
         _download_with_progress(name)
-        model = cached_model(name, trust_remote_code=trust)
+        model = cached_model(name, trust_remote_code=trust, dtype=dtype)
     except InputError as err:
         st.sidebar.error(str(err), icon="✋")
-        if name == current:
+        if name == current and dtype == st.session_state.get(DTYPE, "float32"):
             return None
-        model = cached_model(current)  # keep working on the previous model
+        model = cached_model(current, dtype=st.session_state.get(DTYPE, "float32"))  # keep working on the previous model
     else:
+        st.session_state[DTYPE] = dtype
         st.session_state[MODEL] = name
     return model
 
@@ -576,6 +587,19 @@ def progress(label: str):
             raise
     if report.interrupted is not None:
         raise report.interrupted  # the rerun (or stop) Streamlit asked for
+
+
+def gate(est: cost.Estimate, label: str, key: str) -> bool:
+    """True when the work `est` describes may run in this run of the page: within the budget, or asked for now.
+
+    Above the budget (cost.BUDGET_S) the page shows a button that carries the estimate
+    ("Score the methods (~40 s)") and the estimate's line; the work runs only on its click. The
+    caller keeps the result (a `Cached`), so that later reruns show it without asking again.
+    """
+    if not est.over_budget:
+        return True
+    st.caption(f"Not run on its own: {est.line()}.")
+    return st.button(f"{label} ({est.label()})", type="primary", key=f"gate-{key}")
 
 
 def probe_command(probe: str, model: LoadedModel, **options) -> None:
