@@ -61,14 +61,26 @@ def flops_per_token(model: LoadedModel) -> tuple[float, float]:
 
         def counted(n: int) -> float:
             with model.lock, torch.no_grad(), FlopCounterMode(display=False) as mode:
-                model.bridge(ids[:, :n])
-            return mode.get_total_flops() / n
+                _forward(model, ids[:, :n])
+            counted_flops = mode.get_total_flops()
+            # a remote backend (ndif://) runs elsewhere and nothing is counted here: 2 FLOPs per weight
+            return counted_flops / n if counted_flops else 2.0 * model.info.n_params
 
         per_8, per_16 = counted(8), counted(16)
         b = (per_16 - per_8) / 8
         found = (per_8 - 8 * b, b)
         model.derived["cost.flops_per_token"] = found
     return found
+
+
+def _forward(model: LoadedModel, ids: torch.Tensor) -> None:
+    """One forward pass of ids (1, pos) through whichever backend runs the model (the bridge, or nnsight)."""
+    if model.backend is None:
+        model.bridge(ids)
+    else:
+        from workbench import runs  # runs imports the engine, which the cost model does not otherwise need
+
+        runs.run_tokens(model, ids)
 
 
 def forward_flops(model: LoadedModel, tokens: int, batch: int = 1) -> float:
@@ -102,7 +114,7 @@ def calibrate(model: LoadedModel) -> Calibration:
     def timed(n: int) -> float:
         with model.lock, torch.no_grad():
             start = time.perf_counter()
-            model.bridge(ids[:, :n])
+            _forward(model, ids[:, :n])
             if model.device.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - start
