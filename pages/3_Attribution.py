@@ -23,7 +23,7 @@ ANSWER_KINDS = {
     "logit difference": "logit difference (answer − wrong)",
 }
 model = view.start()
-prompt, truncate = ui.prompt_form(model)
+prompt, truncate = ui.prompt_form(model, page="attribution")
 
 with ui.guard("the attribution"):
     ui.memory_plan(model, prompt, truncate, "attribution")

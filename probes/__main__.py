@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import attention, attribution, features, graph, heads, induction_study, intervene, lens, patching, scoreboard, training
+from . import attention, attribution, features, graph, heads, induction_study, intervene, lens, patching, scoreboard, tasks, training
 
 # The probe registry: the one list a new view adds a line to.
 PROBES = {
@@ -19,6 +19,7 @@ PROBES = {
     "intervene": intervene,
     "scoreboard": scoreboard,
     "features": features,
+    "tasks": tasks,
 }
 
 

@@ -204,7 +204,8 @@ def last_logits(model, tokenizer, prompts: list[str]):
     with torch.no_grad():
         for length in sorted({len(r) for r in rows}):  # equal lengths batch together: no padding
             idx = [i for i, r in enumerate(rows) if len(r) == length]
-            logits = model(torch.tensor([rows[i] for i in idx])).logits[:, -1]  # (n, vocab)
+            result = model(torch.tensor([rows[i] for i in idx]))
+            logits = getattr(result, "logits", result)[:, -1]  # (n, vocab): a transformers output, or a bridge's logits
             out.extend(zip(idx, logits, strict=True))
     return torch.stack([row for _, row in sorted(out, key=lambda t: t[0])])
 
@@ -217,7 +218,7 @@ def token_id(tokenizer, piece: str) -> int:
 
 
 def score(model, tokenizer, task: Task) -> Score:
-    """The task measured on `model` (a transformers causal LM) -- independent of the workbench's engine."""
+    """The task measured on `model`: a transformers causal LM (the card: independent of the workbench), or a bridge."""
     import torch
 
     clean = last_logits(model, tokenizer, [p.clean for p in task.pairs])  # (pair, vocab)
@@ -240,3 +241,79 @@ def score(model, tokenizer, task: Task) -> Score:
     else:
         accuracy = (diff > 0).float().mean().item()
     return Score(task.name, round(accuracy, 4), round(diff.mean().item(), 4), round(corrupted_diff.mean().item(), 4), len(task.pairs))
+
+
+# ---- what the model's card says about each task, and links that open a task in other views ------
+
+
+@dataclass(frozen=True)
+class TaskCard:
+    """One task as the model's card measured it (card.json, written by workbench/train/stories_card.py)."""
+
+    name: str
+    description: str
+    pairs: int
+    accuracy: float
+    logit_diff: float
+    corrupted_logit_diff: float
+    train_accuracy: float  # on training names and templates, for comparison
+    components: tuple[tuple[str, int, int], ...]  # (kind, layer, head): "head" or "mlp" (head -1)
+    labels: tuple[str, ...]  # "L1H2", "MLP0"
+    ablation_cut: float | None
+    random_cut: float | None
+    verdict: str
+
+
+def card(folder: Path) -> list[TaskCard]:
+    """The tasks of a model's card, in the order of TASKS; a clear message when the card has none."""
+    path = Path(folder) / "card.json"
+    measured = json.loads(path.read_text()).get("measured", {}) if path.exists() else {}
+    if "tasks" not in measured:
+        raise InputError(f"this model's card measures no tasks ({path}); the 'stories' model's does")
+    out = []
+    for name, row in measured["tasks"].items():
+        comps = row.get("components", [])
+        out.append(
+            TaskCard(
+                name,
+                TASKS.get(name, name),
+                row["held_out"]["pairs"],
+                row["held_out"]["accuracy"],
+                row["held_out"]["logit_diff"],
+                row["held_out"]["corrupted_logit_diff"],
+                row["train_templates"]["accuracy"],
+                tuple((c["kind"], c["layer"], c["head"]) for c in comps),
+                tuple(c["label"] for c in comps),
+                row.get("ablation_cut"),
+                row.get("random_cut"),
+                row["verdict"],
+            )
+        )
+    return out
+
+
+def edit_line(components, corrupted: str) -> str:
+    """The Intervene page's compact edit line: each component resample-ablated from the corrupted prompt."""
+    from urllib.parse import quote
+
+    items = [
+        f"ablate head {layer}.{head} resample" if kind == "head" else f"ablate mlp {layer} resample" for kind, layer, head in components
+    ]
+    return "; ".join([*items, f"resample {quote(corrupted, safe='')}"]) if items else ""
+
+
+def links(model_name: str, pair: Pair, components=()) -> dict[str, str]:
+    """Relative URLs that open one pair in the Patching, Graph and Intervene pages, settings in the query."""
+    from urllib.parse import urlencode
+
+    patch = {"model": model_name, "clean": pair.clean, "corrupted": pair.corrupted, "site": "z", "direction": "denoising"}
+    patch["metric"] = "logit difference"
+    graph = {"model": model_name, "prompt": pair.clean, "answer": pair.answer, "wrong": pair.wrong}
+    intervene = {"model": model_name, "prompt": pair.clean, "metric": "logit difference", "answer": pair.answer, "wrong": pair.wrong}
+    if components:
+        intervene["edits"] = edit_line(components, pair.corrupted)
+    return {
+        "Patching": "Patching?" + urlencode(patch),
+        "Graph": "Graph?" + urlencode(graph),
+        "Intervene": "Intervene?" + urlencode(intervene),
+    }
