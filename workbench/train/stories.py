@@ -665,13 +665,16 @@ class Recipe:
     """Everything a run of the stories model depends on (with `common.TrainConfig` for the shape)."""
 
     model: object = None  # common.TrainConfig; None = STORIES_SHAPE
+    copy_steps: int = 700  # stage 0: the copying task alone (copying.py), pool `small_pool`, loss over its logits
+    copy_stage_batch: int = 64  # its batch: the phase change needs many sequences per step (NOTES: 64)
+    sinusoidal_positions: bool = True  # start position embeddings as sinusoids: previous-token heads form sooner
     story_batch: int = 8  # rows of BOS + stories, n_positions tokens each
     copy_batch: int = 8  # copying sequences per step
     copy_length: int = 49  # BOS + 48
     copy_weight: float = 0.5
     small_pool: int = 96  # the copy pool of the first stage (loss over the pool's logits)
-    first_steps: int = 600  # stage 1: stories + copies from the small pool, constant lr
-    second_steps: int = 5000  # stage 2: stories + copies over every id, cosine lr
+    first_steps: int = 0  # stage 1: stories + copies from the small pool, constant lr
+    second_steps: int = 3600  # stage 2: stories + copies over every id, cosine lr
     lr: float = 2e-3
     world_seed: int = 0
 
@@ -719,10 +722,16 @@ def stages(recipe: Recipe, cfg, tok, w: World):
         return batch
 
     small = everyone[: recipe.small_pool]
-    return [
+
+    def copy_only(g: torch.Generator):
+        return [copying.copy_part(small, recipe.copy_stage_batch, 49, eot, g)]
+
+    out = [
+        common.Stage(f"copy, pool {len(small)}", recipe.copy_steps, copy_only, recipe.lr, "constant"),
         common.Stage(f"stories + copies, pool {len(small)}", recipe.first_steps, mixed(small), recipe.lr, "constant", warmup=50),
         common.Stage(f"stories + copies, pool {len(everyone)}", recipe.second_steps, mixed(everyone), recipe.lr, "cosine"),
     ]
+    return [stage for stage in out if stage.steps]
 
 
 def quick_eval(tok, w: World, n: int = 48):
@@ -757,8 +766,10 @@ def build(out, recipe: Recipe = Recipe(), run_dir=None, log=print, until: int | 
     cfg = dataclasses.replace(recipe.model or shape(), vocab_size=len(tok))
     torch.manual_seed(cfg.seed)
     model = GPT2LMHeadModel(common.gpt2_config(cfg, tok.bos_token_id, tok.eos_token_id))
-    total = recipe.first_steps + recipe.second_steps
-    snaps = sorted({100, 300, recipe.first_steps, *range(0, total + 1, total // 6)} - {0})
+    if recipe.sinusoidal_positions:
+        common.sinusoidal_positions_(model)
+    total = recipe.copy_steps + recipe.first_steps + recipe.second_steps
+    snaps = sorted({recipe.copy_steps // 2, recipe.copy_steps, *range(0, total + 1, total // 6)} - {0})
     record = common.run_stages(
         model,
         stages(recipe, cfg, tok, w),

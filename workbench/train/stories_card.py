@@ -230,10 +230,24 @@ def met(name: str, row: dict, induction: dict) -> bool:
     return h["accuracy"] >= acc and (ld is None or h["logit_diff"] >= ld)
 
 
-def write(folder: Path) -> dict:
+ROOT = Path(__file__).resolve().parents[2]
+# the runs tried on the way to the shipped recipe (their folders stay on the machine that trained them; the
+# card keeps what it measured from them when they are gone)
+TRIED = {
+    "4 x 128, stories + copies (batch 8) from the start; held-out names in no training sentence": ROOT / "runs" / "stories-4layer-v1",
+    "3 x 128, the same; held-out names in plain sentences only": ROOT / "runs" / "stories-3layer-v2",
+    "3 x 128, the copying task alone first (batch 64), sinusoidal positions, then stories + copies (shipped)": ROOT / "runs" / "stories",
+}
+
+
+def write(folder: Path, speed: bool = True) -> dict:
     folder = Path(folder)
     training = json.loads((folder / "training.json").read_text())
+    old = json.loads((folder / "card.json").read_text()) if (folder / "card.json").exists() else {}
     measured = measure(folder)
+    measured["attempts"] = attempts(TRIED) or old.get("measured", {}).get("attempts", [])
+    if speed:
+        measured["bf16"] = bf16_speed()
     card = {"kind": "stories", "training": {k: v for k, v in training.items() if k != "history"}, "measured": measured}
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     (folder / "README.md").write_text(readme(training, measured))
@@ -309,8 +323,80 @@ def readme(training: dict, m: dict) -> str:
             + "\n"
             + "".join("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n" for r in evals)
         )
+    if m.get("attempts"):
+        cols = ["run", "step", "tokens", "story_loss", "ioi_acc", "pronoun_acc", "greater_than_acc", "capital_acc", "induction_layer_sum"]
+        lines.append(
+            "\n## What was tried (the last held-out evaluation of each run)\n\n| "
+            + " | ".join(cols)
+            + " |\n|"
+            + "---|" * len(cols)
+            + "\n"
+            + "".join("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n" for r in m["attempts"])
+        )
+    if m.get("bf16"):
+        b = m["bf16"]
+        lines.append(
+            f"\nbf16 autocast on this CPU, one training step of this shape (median of {b['steps']}, timed alternately): "
+            f"{b['bf16_s_per_step']:.3f} s against {b['fp32_s_per_step']:.3f} s in fp32 (ratio {b['bf16_over_fp32']:.2f}); "
+            + ("the run uses fp32.\n" if b["bf16_over_fp32"] >= 0.9 else "bf16 is faster here.\n")
+        )
     if training.get("checkpoints"):
         lines.append(
             f"\nCheckpoints in `checkpoints/` (int8): steps {', '.join(map(str, training['checkpoints']))}; open e.g. `stories@{training['checkpoints'][0]}`.\n"
         )
     return "".join(lines)
+
+
+# ---- what was tried: measured, not typed ----------------------------------------------------------
+
+
+def bf16_speed(steps: int = 6, seed: int = 0) -> dict:
+    """Seconds per training step of the shipped shape in fp32 and under bf16 autocast, interleaved (same process).
+
+    The machine is shared, so the two are timed alternately, step by step, and the ratio is of the
+    medians."""
+    import statistics
+    import time
+
+    from transformers import GPT2LMHeadModel
+
+    from workbench.train import common, stories
+
+    tok = stories.tokenizer()
+    cfg = stories.shape()
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(common.gpt2_config(type(cfg)(**{**cfg.__dict__, "vocab_size": len(tok)}), tok.bos_token_id, tok.eos_token_id))
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    ids = stories.story_rows(tok, stories.world(), 8, cfg.n_positions, seed)
+    torch.set_num_threads(cfg.threads)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(steps):
+        for mode in times:
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+                loss = model(ids, labels=ids).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times[mode].append(time.perf_counter() - start)
+    fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
+    return {"fp32_s_per_step": round(fp32, 4), "bf16_s_per_step": round(bf16, 4), "bf16_over_fp32": round(bf16 / fp32, 3), "steps": steps}
+
+
+def attempts(runs: dict[str, Path]) -> list[dict]:
+    """The last held-out evaluation of each training run tried ({description: run folder with log.jsonl})."""
+    out = []
+    for description, folder in runs.items():
+        log = Path(folder) / "log.jsonl"
+        if not log.exists():
+            continue
+        evals = [json.loads(line) for line in log.read_text().splitlines() if '"ioi_acc"' in line]
+        if evals:
+            last = evals[-1]
+            out.append({"run": description, **{k: last[k] for k in ("step", "tokens", "seconds") if k in last}} | _scores(last))
+    return out
+
+
+def _scores(rec: dict) -> dict:
+    keys = ("story_loss", "ioi_acc", "pronoun_acc", "greater_than_acc", "capital_acc", "induction_acc", "induction_layer_sum")
+    return {k: rec[k] for k in keys if k in rec}
