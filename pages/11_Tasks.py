@@ -5,6 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from workbench import tasks, ui
+from workbench.figures import tasks as draw
 
 view = ui.View(
     "Tasks",
@@ -43,6 +44,7 @@ with ui.guard("the tasks"):
         hide_index=True,
         width="stretch",
     )
+    ui.figure(draw.tasks_figure(list(cards.values())), "tasks", list(cards.values()), [c.__dict__ for c in cards.values()])
     st.caption(
         "Measured on held-out names and templates with the plain transformers model (the model card, "
         "`python -m workbench.train card stories`). Ablation: the named components' outputs taken from the corrupted "

@@ -665,7 +665,7 @@ class Recipe:
     """Everything a run of the stories model depends on (with `common.TrainConfig` for the shape)."""
 
     model: object = None  # common.TrainConfig; None = STORIES_SHAPE
-    copy_steps: int = 700  # stage 0: the copying task alone (copying.py), pool `small_pool`, loss over its logits
+    copy_steps: int = 1000  # stage 0: the copying task alone (copying.py), pool `small_pool`, loss over its logits
     copy_stage_batch: int = 64  # its batch: the phase change needs many sequences per step (NOTES: 64)
     sinusoidal_positions: bool = True  # start position embeddings as sinusoids: previous-token heads form sooner
     story_batch: int = 8  # rows of BOS + stories, n_positions tokens each
@@ -674,7 +674,7 @@ class Recipe:
     copy_weight: float = 0.5
     small_pool: int = 96  # the copy pool of the first stage (loss over the pool's logits)
     first_steps: int = 0  # stage 1: stories + copies from the small pool, constant lr
-    second_steps: int = 3600  # stage 2: stories + copies over every id, cosine lr
+    second_steps: int = 3000  # stage 2: stories + copies over every id, cosine lr
     lr: float = 2e-3
     world_seed: int = 0
 

@@ -29,8 +29,8 @@ from workbench import tasks
 FIND = 0.15  # a component restores at least this share of the clean logit difference on its own
 MAX_HEADS = 6
 MAX_MLPS = 2
-PAIRS_FOR_PATCHING = 12
-RANDOM_DRAWS = 20
+PAIRS_FOR_PATCHING = 8
+RANDOM_DRAWS = 10
 OPENINGS = (
     "When Lily and Tom went to the market,",
     "Ben had a dog.",
@@ -301,10 +301,13 @@ def readme(training: dict, m: dict) -> str:
         f"{'yes' if ind['induction_best_layer_sum'] >= 0.4 and ind['second_copy_loss'] < 0.5 * ind['first_copy_loss'] else 'no'} |\n"
     )
     lines.append("\n## Greedy continuations\n\n" + "".join(f"- `{p}` → `{t}`\n" for p, t in m["samples"].items()))
-    cfg = training["config"]
+    shape = {
+        k: training["config"][k] for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "weight_decay", "seed", "threads")
+    }
+    recipe = {k: v for k, v in training.get("recipe", {}).items() if k != "model"}
     lines.append(
         "\n## Training\n\n| setting | value |\n|---|---|\n"
-        + "".join(f"| {k} | {v} |\n" for k, v in cfg.items())
+        + "".join(f"| {k} | {v} |\n" for k, v in {**shape, **recipe}.items())
         + f"| tokens seen | {training['tokens_seen']:,} |\n| training time | {training['train_seconds'] / 60:.1f} min ({training['machine']}) |\n"
         + f"| parameters | {m['n_params']:,} |\n"
     )
