@@ -167,3 +167,34 @@ def test_tasks_probe_measures_what_the_score_function_does(tmp_path, hf):
     plain = tasks.score(model, tok, tasks.Task("ioi", "", task.pairs[:20], "held_out"))
     assert rows[0]["accuracy"] == pytest.approx(plain.accuracy) and rows[0]["logit_diff"] == pytest.approx(plain.logit_diff, abs=1e-3)
     assert main(["tasks", "--model", "circuits", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_stories_defaults_are_task_prompts_of_the_world(hf, card):
+    """Patching opens on an IOI pair, the Lens on a capital, Attribution on a pronoun; where the card finds the
+    mechanism, the default shows it (answer above wrong)."""
+    model, tok = hf
+    w = __import__("workbench.train.stories", fromlist=["world"]).world()
+    clean, corrupted = ui.EXAMPLE_PAIRS["stories"]
+    a, b = tok(clean)["input_ids"], tok(corrupted)["input_ids"]
+    assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1 and tok.unk_token_id not in a + b
+    first, second = clean.split()[1], clean.split()[3]  # "When A and B ...": B repeated, A is the indirect object
+    io = " " + (first if clean.count(second) == 2 else second)
+    lens_prompt = ui.example_prompt("stories", "lens")
+    country = lens_prompt.split()[-2]
+    capital = " " + w.capital(country)
+    pron = ui.example_prompt("stories", "attribution")
+    subject = pron.split(". ")[1].split()[0]
+    she_he = " " + {"f": "she", "m": "he"}[w.gender(subject)]
+    logits = _last_logits(model, tok, [clean, lens_prompt, pron])
+    checks = {
+        "ioi": (logits[0], io, " " + (second if io.strip() == first else first)),
+        "capital": (logits[1], capital, None),
+        "pronoun": (logits[2], she_he, " " + ({"she": "he", "he": "she"}[she_he.strip()])),
+    }
+    for name, (row, answer, wrong) in checks.items():
+        if card["tasks"][name]["verdict"] == "found":
+            target = tok(answer)["input_ids"][0]
+            assert wrong is None or row[target] > row[tok(wrong)["input_ids"][0]], name
+            if wrong is None:
+                caps = [tok(" " + c)["input_ids"][0] for _, c in w.countries]
+                assert max(caps, key=lambda i: row[i].item()) == target

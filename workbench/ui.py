@@ -69,8 +69,8 @@ EXAMPLE_PAIRS = {  # (clean, corrupted), or (A, B) on the compare page
 }
 EXAMPLE_PROMPTS["answer-key"] = EXAMPLE_PROMPTS["circuits"]  # the same 96-word vocabulary
 EXAMPLE_PAIRS["answer-key"] = EXAMPLE_PAIRS["circuits"]
-# The stories model (workbench/tasks.py): each view opens on the mechanism it shows best; names are held out of
-# every training sentence of that kind (tests/test_stories_model.py checks each default does what it says).
+# The stories model (workbench/tasks.py): each view opens on a task prompt, with names held out of every training
+# sentence of that kind (tests/test_stories_model.py: each default shows its mechanism where the card finds it).
 EXAMPLE_PROMPTS["stories"] = "Erin and Vernon went to the park. Vernon was happy because"  # attention: he -> Vernon
 EXAMPLE_PAIRS["stories"] = (  # an IOI pair: the second mention of the subject becomes a third name
     "When Erin and Vernon went to the market, Vernon gave an apple to",
