@@ -103,11 +103,12 @@ def test_named_circuits_cut_the_logit_difference_as_the_card_says(hf, card):
         comps = [(c["kind"], c["layer"], c["head"]) for c in row["components"]]
         task = tasks.load(FOLDER, name)
         cut = _cut_with_our_hooks(model, tok, task, comps)
-        assert cut == pytest.approx(row["ablation_cut"], abs=2e-3), name
+        assert cut == pytest.approx(row["ablation_cut"], rel=1e-3, abs=2e-3), name
         if row["verdict"] == "found":
             assert cut >= 0.5 and row["random_cut"] < 0.2
         checked += 1
-    assert checked, "the card names no circuit at all"
+    if not checked:
+        pytest.skip("the card names no circuit: every task is reported absent (see models/stories/README.md)")
 
 
 def test_a_mechanism_the_model_lacks_is_reported_absent_not_drawn(card):
@@ -198,3 +199,13 @@ def test_the_stories_defaults_are_task_prompts_of_the_world(hf, card):
             if wrong is None:
                 caps = [tok(" " + c)["input_ids"][0] for _, c in w.countries]
                 assert max(caps, key=lambda i: row[i].item()) == target
+
+
+def test_the_cards_ablation_equals_ablation_written_apart(hf):
+    """Whatever the card names, its resample ablation is checked against the test's own hooks on fixed components."""
+    model, tok = hf
+    task = tasks.load(FOLDER, "ioi")
+    task = tasks.Task(task.name, task.description, task.pairs[:60], task.split)
+    comps = [("head", 1, 0), ("head", 2, 3), ("mlp", 0, -1)]
+    assert stories_card.ablation_cut(model, tok, task, comps) == pytest.approx(_cut_with_our_hooks(model, tok, task, comps), rel=1e-3, abs=2e-3)
+    assert stories_card.ablation_cut(model, tok, task, []) == pytest.approx(0.0, abs=1e-5)  # nothing ablated, nothing cut
