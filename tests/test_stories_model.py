@@ -50,8 +50,8 @@ def test_card_task_scores_are_what_plain_transformers_measures(hf, card):
 
 
 def _cut_with_our_hooks(model, tok, task, components) -> float:
-    """Resample ablation written apart from the card's: a head's change enters as (z_corrupted - z_clean) @ W_O
-    added after c_proj; an MLP's output is swapped in a hook on its c_proj."""
+    """Resample ablation written apart from the card's: a head's change enters as (z_corrupted - z) @ W_O added to
+    c_proj's output (z: the head's output in this run); an MLP's output is swapped in a hook on its own c_proj."""
     d_head = model.config.n_embd // model.config.n_head
     clean_sum = ablated_sum = 0.0
     for p in task.pairs:
@@ -75,11 +75,13 @@ def _cut_with_our_hooks(model, tok, task, components) -> float:
             heads = [h for kind, layer, h in components if kind == "head" and layer == i]
             if heads:
                 w_o = block.attn.c_proj.weight  # (n_head * d_head, d_model), Conv1D: x @ W
-                delta = sum(
-                    (z[("corrupted", i)] - z[("clean", i)])[..., h * d_head : (h + 1) * d_head] @ w_o[h * d_head : (h + 1) * d_head]
-                    for h in heads
-                )
-                handles.append(block.attn.c_proj.register_forward_hook(lambda m, a, o, delta=delta: o + delta))
+
+                def add_change(m, a, o, i=i, heads=heads, w_o=w_o, z=z):
+                    # this run's own head outputs a[0] (earlier ablations included) swapped for the corrupted ones
+                    change = z[("corrupted", i)] - a[0]  # (batch, pos, n_head * d_head)
+                    return o + sum(change[..., h * d_head : (h + 1) * d_head] @ w_o[h * d_head : (h + 1) * d_head] for h in heads)
+
+                handles.append(block.attn.c_proj.register_forward_hook(add_change))
             if ("mlp", i, -1) in components:
                 handles.append(block.mlp.c_proj.register_forward_hook(lambda m, a, o, i=i, mlp=mlp: mlp[("corrupted", i)]))
         with torch.no_grad():
@@ -186,7 +188,7 @@ def test_the_stories_defaults_are_task_prompts_of_the_world(hf, card):
     pron = ui.example_prompt("stories", "attribution")
     subject = pron.split(". ")[1].split()[0]
     she_he = " " + {"f": "she", "m": "he"}[w.gender(subject)]
-    logits = _last_logits(model, tok, [clean, lens_prompt, pron])
+    logits = [_last_logits(model, tok, [p])[0] for p in (clean, lens_prompt, pron)]  # lengths differ: one at a time
     checks = {
         "ioi": (logits[0], io, " " + (second if io.strip() == first else first)),
         "capital": (logits[1], capital, None),
@@ -207,5 +209,7 @@ def test_the_cards_ablation_equals_ablation_written_apart(hf):
     task = tasks.load(FOLDER, "ioi")
     task = tasks.Task(task.name, task.description, task.pairs[:60], task.split)
     comps = [("head", 1, 0), ("head", 2, 3), ("mlp", 0, -1)]
-    assert stories_card.ablation_cut(model, tok, task, comps) == pytest.approx(_cut_with_our_hooks(model, tok, task, comps), rel=1e-3, abs=2e-3)
+    assert stories_card.ablation_cut(model, tok, task, comps) == pytest.approx(
+        _cut_with_our_hooks(model, tok, task, comps), rel=1e-3, abs=2e-3
+    )
     assert stories_card.ablation_cut(model, tok, task, []) == pytest.approx(0.0, abs=1e-5)  # nothing ablated, nothing cut
