@@ -213,3 +213,14 @@ def test_the_cards_ablation_equals_ablation_written_apart(hf):
         _cut_with_our_hooks(model, tok, task, comps), rel=1e-3, abs=2e-3
     )
     assert stories_card.ablation_cut(model, tok, task, []) == pytest.approx(0.0, abs=1e-5)  # nothing ablated, nothing cut
+
+
+def test_patching_probe_sweeps_a_tasks_pairs(tmp_path):
+    from probes.__main__ import main
+
+    argv = ["patching", "--model", "stories", "--task", "ioi", "--task-pairs", "2", "--site", "z", "--formats", "html"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "patching-z-dataset.json").read_text())
+    assert "ioi" in json.dumps(json.loads((tmp_path / "manifest.json").read_text())["settings"])
+    assert result
+    assert main(["patching", "--model", "circuits", "--task", "ioi", "--out", str(tmp_path / "x"), "--formats", "html"]) == 2
