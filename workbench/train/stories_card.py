@@ -237,6 +237,7 @@ TRIED = {
     "4 x 128, stories + copies (batch 8) from the start; held-out names in no training sentence": ROOT / "runs" / "stories-4layer-v1",
     "3 x 128, the same; held-out names in plain sentences only": ROOT / "runs" / "stories-3layer-v2",
     "3 x 128, the copying task alone first (batch 64), sinusoidal positions, then stories + copies (shipped)": ROOT / "runs" / "stories",
+    "the shipped run continued from its end: the cosine stretched to 6,000 stories steps (not shipped)": ROOT / "runs" / "stories-longer",
 }
 
 
