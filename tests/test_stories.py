@@ -52,7 +52,9 @@ def test_held_out_names_appear_in_training_text_only_in_sentences_no_task_is_mad
 def test_story_is_its_sentences_joined():
     import random
 
-    assert stories.story(random.Random(5), stories.world()) == " ".join(t for _, t in stories.story_sentences(random.Random(5), stories.world()))
+    assert stories.story(random.Random(5), stories.world()) == " ".join(
+        t for _, t in stories.story_sentences(random.Random(5), stories.world())
+    )
 
 
 def _literal_fragments(template: str) -> list[str]:
