@@ -30,7 +30,7 @@ model = view.start()
 with st.sidebar.expander("Model summary", expanded=False):
     st.table({label: [value] for label, value in model.info.rows()}, border="horizontal")
 
-prompt, truncate = ui.prompt_form(model)
+prompt, truncate = ui.prompt_form(model, page="generate")
 
 with ui.guard("the run"):
     run = run_prompt(model, prompt, truncate=truncate)

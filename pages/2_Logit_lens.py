@@ -17,7 +17,7 @@ view = ui.View(
 )
 tuned_lens = view.cached(lens.load_tuned_lens)
 model = view.start()
-prompt, truncate = ui.prompt_form(model)
+prompt, truncate = ui.prompt_form(model, page="lens")
 
 with ui.guard("the lens"):
     ui.memory_plan(model, prompt, truncate, "lens")

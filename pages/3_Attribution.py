@@ -24,7 +24,7 @@ ANSWER_KINDS = {
 }
 input_attribution = view.cached(attribution.input_attribution, per_session=True, entries=4)
 model = view.start()
-prompt, truncate = ui.prompt_form(model)
+prompt, truncate = ui.prompt_form(model, page="attribution")
 
 with ui.guard("the attribution"):
     ui.memory_plan(model, prompt, truncate, "attribution")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import attention, attribution, features, graph, heads, induction_study, intervene, lens, patching, scoreboard, training
+from . import attention, attribution, features, graph, heads, induction_study, intervene, lens, patching, scoreboard, tasks, training
 from . import attribution_graph as attribution_graph_probe
 
 # The probe registry: the one list a new view adds a line to.
@@ -21,6 +21,7 @@ PROBES = {
     "scoreboard": scoreboard,
     "features": features,
     "attribution-graph": attribution_graph_probe,
+    "tasks": tasks,
 }
 
 

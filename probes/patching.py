@@ -5,10 +5,11 @@ or generated copying pairs for the circuits model). One pair also gets the previ
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
-from workbench import cost, long, patching, preview
+from workbench import cost, long, patching, preview, tasks
 from workbench.errors import InputError
 from workbench.figures import patching as draw
 from workbench.runs import encode
@@ -41,9 +42,19 @@ def add_arguments(p):
     p.add_argument("--site", action="append", dest="sites", choices=list(patching.SITES))
     p.add_argument("--preview", choices=preview.PREVIEW_METHODS, help="the estimate beside the exact sweep (default AtP*)")
     p.add_argument("--induction-pairs", type=int, dest="induction_pairs", help="average over N generated copying pairs (circuits model)")
+    p.add_argument("--task", choices=list(tasks.TASKS), help="average over a shipped task's pairs (the stories model: ioi, pronoun, ...)")
+    p.add_argument("--task-pairs", type=int, dest="task_pairs", help="with --task: how many of its pairs (default 16)")
 
 
 def setups(model, s) -> list[patching.PatchingSetup]:
+    if s.get("task"):
+        task = tasks.load(Path(model.info.source), s["task"])
+        return [
+            patching.PatchingSetup(
+                p.clean, p.corrupted, tasks.token_id(model.tokenizer, p.answer), tasks.token_id(model.tokenizer, p.wrong), s["metric"]
+            )
+            for p in task.pairs[: int(s.get("task_pairs") or 16)]
+        ]
     if s["induction_pairs"]:
         return [
             patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, s["metric"])

@@ -72,6 +72,20 @@ EXAMPLE_PAIRS = {  # (clean, corrupted), or (A, B) on the compare page
 }
 EXAMPLE_PROMPTS["answer-key"] = EXAMPLE_PROMPTS["circuits"]  # the same 96-word vocabulary
 EXAMPLE_PAIRS["answer-key"] = EXAMPLE_PAIRS["circuits"]
+# The stories model (workbench/tasks.py): each view opens on a task prompt, with names held out of every training
+# sentence of that kind (tests/test_stories_model.py: each default shows its mechanism where the card finds it).
+EXAMPLE_PROMPTS["stories"] = "Erin and Vernon went to the park. Vernon was happy because"  # attention: he -> Vernon
+EXAMPLE_PAIRS["stories"] = (  # an IOI pair: the second mention of the subject becomes a third name
+    "When Erin and Vernon went to the market, Vernon gave an apple to",
+    "When Erin and Vernon went to the market, Gordon gave an apple to",
+)
+PAGE_PROMPTS = {
+    "stories": {
+        "lens": "The capital of Sourk is",  # a stored fact forming layer by layer
+        "attribution": "Erin and Vernon went to the park. Vernon was happy because",  # the pronoun points back to its name
+        "generate": "Anna and Jack played at the park.",  # a story continued
+    }
+}
 SELECTED = "#d62728"  # the selected position's outline, the same on every page
 
 
@@ -306,9 +320,10 @@ def guard(what: str = "this view"):
         st.error(f"Could not compute {what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", icon="⚠️")
 
 
-def example_prompt(model_name: str) -> str:
-    """The example prompt of a shipped model (and of its checkpoints, "english@1200"); the English one otherwise."""
-    return EXAMPLE_PROMPTS.get(model_name.split("@")[0], EXAMPLE_PROMPTS["english"])
+def example_prompt(model_name: str, page: str = "") -> str:
+    """The example prompt of a shipped model (and of its checkpoints, "english@1200") on a page; the English one otherwise."""
+    base = model_name.split("@")[0]
+    return PAGE_PROMPTS.get(base, {}).get(page) or EXAMPLE_PROMPTS.get(base, EXAMPLE_PROMPTS["english"])
 
 
 def example_pair(model_name: str) -> tuple[str, str]:
@@ -416,9 +431,14 @@ def _download_with_progress(name: str) -> None:
     bar.empty()
 
 
-def prompt_form(model: LoadedModel, label: str = "Prompt") -> tuple[str, bool]:
-    """The shared prompt, edited in a form; returns (prompt, truncate)."""
-    st.session_state.setdefault(PROMPT, example_prompt(model.info.name))
+def prompt_form(model: LoadedModel, label: str = "Prompt", page: str = "") -> tuple[str, bool]:
+    """The shared prompt, edited in a form; returns (prompt, truncate). A page's own example replaces another
+    page's example of the same model (never a prompt the user typed or a link carried)."""
+    base = model.info.name.split("@")[0]
+    examples = {*PAGE_PROMPTS.get(base, {}).values(), EXAMPLE_PROMPTS.get(base)}
+    if page and st.session_state.get(PROMPT) in examples:
+        st.session_state[PROMPT] = example_prompt(model.info.name, page)
+    st.session_state.setdefault(PROMPT, example_prompt(model.info.name, page))
     st.session_state.setdefault(TRUNCATE, False)
     with st.form("prompt_form"):
         prompt = st.text_area(label, value=st.session_state[PROMPT], height=100, key="w.prompt")

@@ -1,4 +1,4 @@
-"""python -m workbench.train {english,circuits,answer-key} -- retrain a shipped model (and write its card);
+"""python -m workbench.train {english,circuits,answer-key,stories} -- retrain a shipped model (and write its card);
 python -m workbench.train search -- the short measured runs that chose the English recipe;
 python -m workbench.train lens MODEL [--text FILE] -- train a tuned lens for a model and save it beside its weights;
 python -m workbench.train card MODEL -- rewrite a shipped model's card from its weights;
@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m workbench.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["english", "circuits", "answer-key", "search", "lens", "card", "sae", "sae-search", "transcoders"])
+    p.add_argument(
+        "what", choices=["english", "circuits", "answer-key", "stories", "search", "lens", "card", "sae", "sae-search", "transcoders"]
+    )
     p.add_argument("model", nargs="?", default="english", help="with lens and card: the model (shipped name or folder)")
     p.add_argument("--text", type=Path, help="with lens: training text (default: the model's held-out samples, or copying sequences)")
     p.add_argument("--out", type=Path, help="output folder (default: models/<model>)")
@@ -38,9 +40,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.what == "card":
         from workbench.model import resolve
-        from workbench.train import card
+        from workbench.train import card, stories_card
 
-        card.write(resolve(args.model)[1])
+        folder = resolve(args.model)[1]
+        if (folder / "tasks").is_dir():  # the stories model: its card measures its tasks
+            stories_card.write(folder)
+        else:
+            card.write(folder)
         return
     if args.what in ("sae", "sae-search"):
         from workbench.model import resolve
@@ -81,6 +87,15 @@ def main(argv: list[str] | None = None) -> None:
 
         cfg = dataclasses.replace(circuits.CIRCUITS, **overrides, **({"steps": args.steps} if args.steps else {}))
         circuits.build(out, cfg, run_dir)
+    elif args.what == "stories":
+        from workbench import tasks
+        from workbench.train import stories, stories_card
+
+        stories.build(out, run_dir=run_dir)
+        tasks.write(out)
+        stories_card.write(out)
+        print(f"wrote {out}")
+        return
     else:
         from workbench.train import constructed
 
