@@ -30,6 +30,8 @@ PAGES = {
     "intervene": "Intervene",
     "methods": "Methods",
     "features": "Features",
+    "tasks": "Tasks?model=stories",  # the tasks of the stories model (the default model has none)
+    "attribution_graph": "Attribution_graph",
 }
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

@@ -61,7 +61,21 @@ def test_home_page_takes_a_prompt(browser_page):
 
 
 @pytest.mark.parametrize(
-    "name", ["attention", "lens", "attribution", "patching", "compare", "training", "graph", "intervene", "methods", "features"]
+    "name",
+    [
+        "attention",
+        "lens",
+        "attribution",
+        "patching",
+        "compare",
+        "training",
+        "graph",
+        "intervene",
+        "methods",
+        "features",
+        "tasks",
+        "attribution_graph",
+    ],
 )
 def test_every_page_draws_its_figures(browser_page, name):
     page, url = browser_page
