@@ -104,28 +104,7 @@ class Trainer:
         # decoding reads only the k rows in use: (batch, k, d) instead of a dense (batch, width) @ (width, d)
         x_hat = (values[..., None] * self.W_dec[top.indices]).sum(1) + self.b_dec  # (batch, d)
         mse = ((x_hat - x) ** 2).sum(-1).mean() / self.scale
-        self.since_fired += len(x)
-        self.since_fired[top.indices[values > 0]] = 0
-        dead = self.since_fired >= cfg.dead_after
-        aux = torch.zeros(())
-        if dead.any():
-            e = (x - x_hat).detach()  # (batch, d): what the live latents left
-            pre_dead = pre.masked_fill(~dead, float("-inf"))
-            top_dead = pre_dead.topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
-            e_hat = (top_dead.values.relu()[..., None] * self.W_dec[top_dead.indices]).sum(1)  # (batch, d)
-            aux = ((e_hat - e) ** 2).sum(-1).mean() / self.scale
-        loss = mse + cfg.aux_coef * aux
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():  # keep the decoder's rows unit-norm: no gradient along them, then renormalise
-            g = self.W_dec.grad
-            g -= (g * self.W_dec).sum(-1, keepdim=True) * self.W_dec
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.step()
-        with torch.no_grad():
-            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
-        return {"fvu": float(mse.detach()), "aux": float(aux.detach()), "dead": int(dead.sum())}
+        return topk_update(self, pre, top, x, x_hat, mse, lr)
 
     def sae(self, model_name: str) -> SAE:
         return SAE(
@@ -138,6 +117,40 @@ class Trainer:
             k=self.cfg.k,
             meta={"model_name": model_name},
         )
+
+
+def topk_update(trainer, pre: torch.Tensor, top, target: torch.Tensor, recon: torch.Tensor, mse: torch.Tensor, lr: float) -> dict:
+    """One optimiser step of a TopK dictionary (an SAE, or a transcoder: `target` is then the MLP's output).
+
+    Adds AuxK's loss (Gao et al. 2024: the latents dead for `dead_after` tokens reconstruct what the
+    live ones left), steps, and keeps the decoder's rows unit-norm. `trainer` carries cfg, W_dec,
+    opt, scale and since_fired; `pre` (batch, width) are the pre-activations, `top` their top k,
+    `recon` (batch, d) the reconstruction of `target`, `mse` its normalised loss. Returns the log row.
+    """
+    cfg = trainer.cfg
+    values = top.values.relu()  # (batch, k)
+    trainer.since_fired += len(target)
+    trainer.since_fired[top.indices[values > 0]] = 0
+    dead = trainer.since_fired >= cfg.dead_after
+    aux = torch.zeros(())
+    if dead.any():
+        e = (target - recon).detach()  # (batch, d): what the live latents left
+        pre_dead = pre.masked_fill(~dead, float("-inf"))
+        top_dead = pre_dead.topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
+        e_hat = (top_dead.values.relu()[..., None] * trainer.W_dec[top_dead.indices]).sum(1)  # (batch, d)
+        aux = ((e_hat - e) ** 2).sum(-1).mean() / trainer.scale
+    loss = mse + cfg.aux_coef * aux
+    trainer.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    with torch.no_grad():  # keep the decoder's rows unit-norm: no gradient along them, then renormalise
+        g = trainer.W_dec.grad
+        g -= (g * trainer.W_dec).sum(-1, keepdim=True) * trainer.W_dec
+    for group in trainer.opt.param_groups:
+        group["lr"] = lr
+    trainer.opt.step()
+    with torch.no_grad():
+        trainer.W_dec /= trainer.W_dec.norm(dim=1, keepdim=True)
+    return {"fvu": float(mse.detach()), "aux": float(aux.detach()), "dead": int(dead.sum())}
 
 
 def activation_stream(model, train_ids: np.ndarray, hooks: tuple[str, ...], cfg: SAEConfig):

@@ -27,6 +27,7 @@ import torch
 
 from workbench import engine
 from workbench.model import load_model
+from workbench.train.sae import topk_update
 from workbench.transcoder import FOLDER, Transcoder, capture_names, mlp_io, splice_edits
 
 
@@ -83,27 +84,7 @@ class Trainer:
         if self.W_skip is not None:
             y_hat = y_hat + x @ self.W_skip
         mse = ((y_hat - y) ** 2).sum(-1).mean() / self.scale
-        self.since_fired += len(x)
-        self.since_fired[top.indices[values > 0]] = 0
-        dead = self.since_fired >= cfg.dead_after
-        aux = torch.zeros(())
-        if dead.any():
-            e = (y - y_hat).detach()
-            top_dead = pre.masked_fill(~dead, float("-inf")).topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
-            e_hat = (top_dead.values.relu()[..., None] * self.W_dec[top_dead.indices]).sum(1)
-            aux = ((e_hat - e) ** 2).sum(-1).mean() / self.scale
-        loss = mse + cfg.aux_coef * aux
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():  # unit-norm decoder rows: no gradient along them, then renormalise
-            g = self.W_dec.grad
-            g -= (g * self.W_dec).sum(-1, keepdim=True) * self.W_dec
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.step()
-        with torch.no_grad():
-            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
-        return {"fvu": float(mse.detach()), "aux": float(aux.detach()), "dead": int(dead.sum())}
+        return topk_update(self, pre, top, y, y_hat, mse, lr)  # AuxK and the unit-norm decoder, as the SAEs train
 
     def transcoder(self, model_name: str) -> Transcoder:
         return Transcoder(
