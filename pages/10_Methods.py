@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench import engine, methods, mib, patching, scoreboard, ui
+from workbench import engine, methods, mib, patching, scoreboard, tasks, ui
 from workbench.figures import methods as draw
 
 view = ui.View(
@@ -11,7 +11,7 @@ view = ui.View(
     "task: rank correlation, recall of the exact top 10, the faithfulness of the circuits each ranking builds, and time.",
     shared=("model", "clean", "corrupted"),
     params=(
-        ui.choice("task", scoreboard.TASKS),
+        ui.choice("task", (*scoreboard.TASKS, *tasks.TASKS)),
         ui.number("pairs", int, 1, 32),
         ui.choice("direction", patching.DIRECTIONS),
         ui.choice("metric", patching.METRICS),
@@ -25,12 +25,18 @@ model = view.start()
 with ui.guard("the methods scoreboard"):
     with st.form("methods_task"):
         c1, c2, c3, c4, c5 = st.columns(5)
-        # generated copying pairs suit the word-vocabulary copying models; elsewhere the task starts from the shared prompt pair
+        # generated copying pairs suit the word-vocabulary copying models, a shipped task dataset the model it ships with;
+        # elsewhere the task starts from the shared prompt pair
+        options = scoreboard.tasks_of(model)
         copying = model.info.name.split("@")[0] in ("circuits", "answer-key")
+        default = 0 if copying else (2 if len(options) > 2 else 1)
+        if st.session_state.get(view.key("task")) not in options:  # a link's task dataset that this model does not ship
+            st.session_state.pop(view.key("task"), None)
         task = c1.selectbox(
-            "Task", scoreboard.TASKS, index=0 if copying else 1, key=view.key("task"), help="generated copying pairs, or pairs you type"
-        )
-        n_pairs = c2.number_input("Copying pairs", 1, 32, 8, key=view.key("pairs"))
+            "Task", options, index=default, key=view.key("task"),
+            help="generated copying pairs, pairs you type, or a task dataset shipped with the model",
+        )  # fmt: skip
+        n_pairs = c2.number_input("Pairs", 1, 32, 8, key=view.key("pairs"), help="generated copying pairs, or the first of a task dataset")
         direction = c3.radio("Direction", patching.DIRECTIONS, key=view.key("direction"), horizontal=True)
         metric = c4.selectbox("Metric", patching.METRICS, key=view.key("metric"))
         steps = c5.number_input("EAP-IG steps", 1, 32, 5, key=view.key("steps"))

@@ -29,6 +29,14 @@ exact_sweep = view.cached(patching.sweep, per_session=True, entries=4)
 dataset_sweep = view.cached(patching.sweep_dataset, per_session=True, entries=2)
 path_patch = view.cached(paths.path_patch_named, per_session=True, entries=4)
 model = view.start()
+
+
+def use_task_pair(pair) -> None:
+    ui.use_pair(pair.clean, pair.corrupted)
+    st.session_state["w.answer_typed"], st.session_state["w.wrong_typed"] = pair.answer, pair.wrong
+
+
+ui.task_picker(model, use_task_pair)
 clean, corrupted = ui.pair_form(model)
 
 with ui.guard("the patching"):

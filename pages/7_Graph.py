@@ -26,6 +26,16 @@ view = ui.View(
 build = view.cached(graph.build, spinner="Tracing the routes…")
 check = view.cached(graph.check, spinner="Checking the graph by ablation…")
 model = view.start()
+
+
+def use_task_pair(pair) -> None:
+    ui.use_prompt(pair.clean)
+    st.session_state[view.key("answer")], st.session_state[view.key("wrong")] = pair.answer, pair.wrong
+    for key in (ui.POSITION, "w.position"):  # the prediction after the prompt's last token
+        st.session_state.pop(key, None)
+
+
+ui.task_picker(model, use_task_pair)
 prompt, truncate = ui.prompt_form(model)
 for name, default in (
     ("threshold", graph.THRESHOLD),

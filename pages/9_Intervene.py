@@ -50,6 +50,15 @@ head_sweep = view.cached(iv.ablation_sweep, per_session=True, entries=4)
 steer_sweep = view.cached(iv.steering_sweep, per_session=True, entries=2)
 model = view.start()
 st.session_state.setdefault(EDITS, DEFAULT_EDITS.get(model.info.name, ""))
+
+
+def use_task_pair(pair) -> None:
+    ui.use_prompt(pair.clean)
+    st.session_state[view.key("metric")] = "logit difference"
+    st.session_state[view.key("answer")], st.session_state[view.key("wrong")] = pair.answer, pair.wrong
+
+
+ui.task_picker(model, use_task_pair)
 prompt, _ = ui.prompt_form(model)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from workbench import engine, mib, patching, paths, scoreboard
+from workbench import engine, mib, patching, paths, scoreboard, tasks
 from workbench.figures import methods as draw
 
 from .common import run_probe
@@ -24,8 +24,10 @@ DEFAULTS = {
 
 
 def add_arguments(p):
-    p.add_argument("--task", choices=scoreboard.TASKS)
-    p.add_argument("--pairs", type=int, help="generated copying pairs (task 'induction pairs')")
+    p.add_argument(
+        "--task", choices=(*scoreboard.TASKS, *tasks.TASKS), help="a task dataset (ioi, pronoun, ...) needs a model that ships it"
+    )
+    p.add_argument("--pairs", type=int, help="pairs: generated (task 'induction pairs') or the first of a task dataset")
     p.add_argument("--typed", action="append", help="a pair 'clean | corrupted | answer | wrong' (task 'typed pairs'); repeat for more")
     p.add_argument("--metric", choices=patching.METRICS)
     p.add_argument("--direction", choices=patching.DIRECTIONS)

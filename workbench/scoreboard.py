@@ -23,10 +23,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from workbench import cost, edges, engine, methods
+from workbench import cost, edges, engine, methods, tasks
 from workbench.errors import InputError
 from workbench.model import LoadedModel
 from workbench.patching import PatchingSetup, check_setup, induction_pairs
@@ -71,7 +72,8 @@ def parse_pairs(model: LoadedModel, text: str, metric: str = "logit difference")
 def task_pairs(
     model: LoadedModel, task: str, n_pairs: int = 8, text: str = "", metric: str = "logit difference", seed: int = 0
 ) -> list[PatchingSetup]:
-    """The task's prompt pairs: generated copying pairs (patching.induction_pairs), or typed ones (parse_pairs)."""
+    """The task's prompt pairs: generated copying pairs (patching.induction_pairs), typed ones (parse_pairs), or a
+    task dataset shipped beside the model (dataset_pairs)."""
     if task == "induction pairs":
         pairs = [PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in induction_pairs(model, n_pairs, seed=seed)]
         try:
@@ -85,7 +87,32 @@ def task_pairs(
         return pairs
     if task == "typed pairs":
         return parse_pairs(model, text, metric)
-    raise InputError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
+    if task in tasks.available(Path(model.info.source)):
+        return dataset_pairs(model, task, n_pairs, metric)
+    raise InputError(f"unknown task '{task}': use one of {', '.join(tasks_of(model))}")
+
+
+def tasks_of(model: LoadedModel) -> tuple[str, ...]:
+    """The tasks the scoreboard can score on this model: generated copying pairs, typed pairs, and the task
+    datasets shipped beside its weights (the stories model's ioi, pronoun, ...)."""
+    return (*TASKS, *tasks.available(Path(model.info.source)))
+
+
+def dataset_pairs(model: LoadedModel, task: str, n_pairs: int, metric: str = "logit difference") -> list[PatchingSetup]:
+    """The first n pairs of a shipped task dataset whose prompts have as many tokens as its first pair's
+    (the node scores are per position, so the pairs of one scoreboard share a length)."""
+    pairs = tasks.load(Path(model.info.source), task).pairs
+
+    def length(text: str) -> int:
+        return len(model.tokenizer(text)["input_ids"])
+
+    n = length(pairs[0].clean)
+    same = [p for p in pairs if length(p.clean) == n and length(p.corrupted) == n][:n_pairs]
+    tok = model.tokenizer
+    return [
+        PatchingSetup(p.clean, p.corrupted, single_token_id(tok, p.answer, "answer"), single_token_id(tok, p.wrong, "wrong"), metric)
+        for p in same
+    ]
 
 
 def ranks(x: torch.Tensor) -> torch.Tensor:

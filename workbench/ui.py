@@ -472,6 +472,41 @@ def set_pair(clean: str, corrupted: str) -> None:
     st.session_state[CLEAN], st.session_state[CORRUPTED] = clean, corrupted
 
 
+def use_pair(clean: str, corrupted: str) -> None:
+    """Replaces the shared prompt pair from a widget's callback (the form's text areas take it on this run)."""
+    set_pair(clean, corrupted)
+    for key in ("w.clean", "w.corrupted"):
+        st.session_state.pop(key, None)
+
+
+def use_prompt(prompt: str) -> None:
+    """Replaces the shared prompt from a widget's callback (the prompt form takes it on this run)."""
+    st.session_state[PROMPT] = prompt
+    st.session_state.pop("w.prompt", None)
+
+
+def task_picker(model: LoadedModel, apply: Callable[[Any], None]) -> None:
+    """Opens a pair of a task dataset shipped beside the model (tasks/*.json: the stories model's ioi, pronoun, ...).
+
+    `apply(pair)` (a `tasks.Pair`) puts the pair into the page's inputs. It runs as the button's
+    callback, before this run draws the page's widgets, so it may set their keys. Nothing is drawn
+    for a model without task datasets."""
+    from workbench import tasks
+
+    folder = Path(model.info.source)
+    names = tasks.available(folder) if folder.is_dir() else []
+    if not names:
+        return
+    with st.expander("Open a pair of a task dataset"):
+        c1, c2, c3 = st.columns([3, 1, 1])
+        name = c1.selectbox("Task", names, key="w.task", format_func=lambda n: f"{n}: {tasks.TASKS[n]}")
+        task = tasks.load(folder, name)
+        index = min(int(c2.number_input("Pair", 0, 10_000, 0, key="w.task_pair")), len(task.pairs) - 1)
+        pair = task.pairs[index]
+        c3.button("Use this pair", on_click=apply, args=(pair,), key="w.task_use", type="primary")
+        st.caption(f"clean: {pair.clean!r} · corrupted: {pair.corrupted!r} · answer {pair.answer!r} · wrong {pair.wrong!r}")
+
+
 def _chips(labels: list[str], backgrounds: list[str], titles: list[str]) -> str:
     """One token display for the whole app: visible whitespace, the selected position outlined."""
     selected = st.session_state.get(POSITION)
