@@ -238,6 +238,11 @@ TRIED = {
     "3 x 128, the same; held-out names in plain sentences only": ROOT / "runs" / "stories-3layer-v2",
     "3 x 128, the copying task alone first (batch 64), sinusoidal positions, then stories + copies (shipped)": ROOT / "runs" / "stories",
     "the shipped run continued from its end: the cosine stretched to 6,000 stories steps (not shipped)": ROOT / "runs" / "stories-longer",
+    # this session's search (runs/exp_stories.py: batch 16 x 128, AdamW, warmup 100, cosine; 64 held-out pairs per task)
+    "A: 3 x 128, stories only, learned positions, lr 1e-3": ROOT / "runs" / "exp-A",
+    "B: 2 x 128, stories only, sinusoidal positions, lr 1e-3": ROOT / "runs" / "exp-B",
+    "E: 3 x 128, stories + answer rows (loss at the answers only), lr 2e-3; held-out templates of unseen words": ROOT / "runs" / "exp-E",
+    "G: 2 x 128, copying alone first, then stories + answer rows + copies; held-out templates of unseen words": ROOT / "runs" / "stories-G",
 }
 
 
@@ -246,7 +251,10 @@ def write(folder: Path, speed: bool = True) -> dict:
     training = json.loads((folder / "training.json").read_text())
     old = json.loads((folder / "card.json").read_text()) if (folder / "card.json").exists() else {}
     measured = measure(folder)
-    measured["attempts"] = attempts(TRIED) or old.get("measured", {}).get("attempts", [])
+    # a run whose folder is gone (another machine) keeps the row its folder gave when it was there
+    kept = {row["run"]: row for row in old.get("measured", {}).get("attempts", [])}
+    found = {row["run"]: row for row in attempts(TRIED)}
+    measured["attempts"] = [found.get(run) or kept[run] for run in TRIED if run in found or run in kept]
     if speed:
         measured["bf16"] = bf16_speed()
     card = {"kind": "stories", "training": {k: v for k, v in training.items() if k != "history"}, "measured": measured}
