@@ -1,5 +1,7 @@
 """The attribution graph of a prediction over transcoder features: the pruned graph, its top features checked by
-ablation and doubling against random ones, and the graph in circuit-tracer's JSON (opens in its viewer)."""
+ablation and doubling against random ones, and the graph in circuit-tracer's JSON (opens in its viewer); `viewer/` holds
+the graph with its feature detail files as circuit-tracer's viewer reads them (serve it with circuit-tracer's
+`serve(data_dir="viewer", features_dir="viewer/features")`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import time
 
 from workbench import attribution_graph as ag
+from workbench import graph_files
 from workbench.figures import attribution_graph as draw
 from workbench.tokens import single_token_id
 
@@ -52,6 +55,8 @@ def body(model, s, out):
     doc = ag.export(g, s["slug"], model.info.name, [["top"] + [g.node_id(i) for i in top]])
     out.text(f"{s['slug']}.json", json.dumps(doc))
     out.text("features.json", json.dumps(ag.feature_details(model, g)))
+    # circuit-tracer's viewer folder: the graph, its listing, one detail file per feature (graph_files)
+    graph_files.write(out.folder / "viewer", model, g, s["slug"], model.info.name, [["top"] + [g.node_id(i) for i in top]])
     out.manifest["summary"] = {
         "answer": g.logit_labels[0],
         "nodes": int(g.node_mask.sum()),

@@ -55,6 +55,9 @@ def test_the_probe_writes_the_graph_the_checks_and_the_export(tmp_path):
     assert manifest["summary"]["checks"][0]["factor"] == 0.0
     doc = json.loads((tmp_path / "workbench-graph.json").read_text())
     assert doc["metadata"]["slug"] == "workbench-graph" and doc["nodes"] and doc["links"]
+    viewer = json.loads((tmp_path / "viewer" / "workbench-graph.json").read_text())
+    index = next(n["feature"] for n in viewer["nodes"] if n["feature_type"] == "cross layer transcoder")
+    assert (tmp_path / "viewer" / "features" / "circuits" / f"{index}.json").is_file()
     assert main(["attribution-graph", "--model", "english", "--prompt", "", "--out", str(tmp_path / "bad")]) == 2
 
 
