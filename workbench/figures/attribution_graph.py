@@ -107,6 +107,21 @@ def graph_figure(g: AttributionGraph, picked: int | None = None, supernodes: dic
     return layout(fig, title, 520)
 
 
+def node_of_selection(selection: dict | None) -> str | None:
+    """The node id of the first node point in a Streamlit selection event of `graph_figure` (its payload:
+    {"points": [{"curve_number", "point_index", "x", "y", "customdata", ...}], ...}), or None.
+
+    The node traces carry each node's id as their customdata (one string per point; a list where a
+    chart wraps it); the edge traces carry none, so a click on an edge selects nothing."""
+    for point in (selection or {}).get("points", []):
+        data = point.get("customdata")
+        if isinstance(data, list | tuple):
+            data = data[0] if data else None
+        if isinstance(data, str) and data:
+            return data
+    return None
+
+
 def intervention_figure(r: Intervention) -> go.Figure:
     """The answer's logit change: predicted by the graph and measured three ways."""
     names = ["predicted by the edges", "frozen replacement model", "replacement model (attention live)", "real model"]
