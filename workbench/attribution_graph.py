@@ -41,7 +41,15 @@ from workbench.errors import InputError
 from workbench.model import LoadedModel
 from workbench.runs import encode, memory_budget, provenance
 from workbench.tokens import token_labels
-from workbench.transcoder import Transcoder, capture_names, check_fits, mlp_io, transcoders_of
+from workbench.transcoder import (
+    Transcoder,
+    capture_names,
+    check_fits,
+    is_cross_layer,
+    mlp_io,
+    reconstruction_errors,
+    transcoders_of,
+)
 
 
 @dataclass(frozen=True)
@@ -653,17 +661,21 @@ def build_tokens(
     L, P = w.n_layers, fz.n_pos
     # the features: activations, active set, error nodes
     pres, errs, found, values = [], [], [], []
+    cross = is_cross_layer(tcs)  # a cross-layer transcoder's errors need every layer's activations: computed after
     with torch.no_grad():
         for layer in range(L):
             tc = tcs[layer]
             h = tc.pre(fz.mlp_in[layer])  # (pos, d_sae)
             a = tc.activate(h)
-            errs.append(fz.mlp_out[layer] - tc.decode(a, fz.mlp_in[layer]))  # (pos, d_model)
+            if not cross:
+                errs.append(fz.mlp_out[layer] - tc.decode(a, fz.mlp_in[layer]))  # (pos, d_model)
             nz = a.nonzero()  # (n, 2): position, feature, in row-major order
             found.append(torch.cat([torch.full((len(nz), 1), layer, device=nz.device), nz], 1).cpu())
             values.append(a[nz[:, 0], nz[:, 1]].float().cpu())
             pres.append(h[nz[:, 0], nz[:, 1]].float().cpu())  # (n,) only the active ones' pre-activations are kept
             del h, a
+    if cross:
+        errs = [e for _, e in sorted(reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out).items())]
     active = torch.cat(found)  # (n_active, 3): layer, position, feature -- sorted by layer, position, feature
     n_active = len(active)
     act_values = torch.cat(values)  # (n_active,)
@@ -792,7 +804,7 @@ def _on(tc: Transcoder, device) -> Transcoder:
     if tc.W_enc.device == torch.device(device):
         return tc
     moved = {n: getattr(tc, n).to(device) for n in ("W_enc", "b_enc", "W_dec", "b_dec") if getattr(tc, n) is not None}
-    for n in ("W_skip", "threshold"):
+    for n in ("W_skip", "threshold", "W_dec_later"):
         if getattr(tc, n) is not None:
             moved[n] = getattr(tc, n).to(device)
     return dataclasses.replace(tc, **moved)
@@ -843,7 +855,10 @@ def _rows(
     for layer, pos, sel, feats, acts in groups:
         if pos < n:  # later positions cannot reach the batch's targets: their edges stay zero
             dec = tcs[layer].W_dec[feats]  # (n_cell, d_model)
-            out[:, sel] = ((g[layer + 1][:, pos] @ dec.T) * acts).float().cpu()  # (B, n_cell): gradient · decoder row × activation
+            edge = g[layer + 1][:, pos] @ dec.T  # (B, n_cell): gradient · decoder row
+            for j in range(tcs[layer].n_later):  # a cross-layer feature writes to the later MLP outputs too
+                edge = edge + g[layer + 2 + j][:, pos] @ tcs[layer].W_dec_later[feats, j].T
+            out[:, sel] = (edge * acts).float().cpu()  # × activation
     n_active = len(active)
     errors = (torch.stack(g[1:], 1) * err[:, :n]).sum(-1)  # (B, layer, n)
     out[:, n_active : n_active + L * P].view(B, L, P)[:, :, :n] = errors.float().cpu()
@@ -934,8 +949,11 @@ def clamp_edits(w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcode
     delta: dict[tuple[int, int], torch.Tensor] = {}
     for i in nodes:
         layer, pos, f = g.features[i].tolist()
-        change = (factor - 1) * float(g.activations[i]) * tcs[layer].W_dec[f].float().cpu()
-        delta[(layer, pos)] = delta.get((layer, pos), 0) + change
+        tc = tcs[layer]
+        rows = [tc.W_dec[f]] + ([] if tc.W_dec_later is None else list(tc.W_dec_later[f]))  # its own layer, then later ones
+        for j, row in enumerate(rows):
+            change = (factor - 1) * float(g.activations[i]) * row.float().cpu()
+            delta[(layer + j, pos)] = delta.get((layer + j, pos), 0) + change
     return [engine.Edit("add", "mlp_out", layer, position=pos, value=v.to(w.W_E.device)) for (layer, pos), v in delta.items()]
 
 
@@ -946,10 +964,7 @@ def replacement_edits(
     from workbench.transcoder import splice_edits
 
     fz = freeze(w, g.tokens.to(w.W_E.device))
-    errors = {}
-    with torch.no_grad():
-        for layer, tc in tcs.items():
-            errors[layer] = fz.mlp_out[layer] - tc(fz.mlp_in[layer])
+    errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
     clamp = _clamps(g, nodes, factor)
     return splice_edits(w, tcs, errors, clamp)
 
@@ -970,10 +985,8 @@ def frozen_effect(w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transco
     fz = freeze(w, g.tokens.to(w.W_E.device))
     lin = Linear.of(fz, tcs)
     clamp = _clamps(g, nodes, factor)
-    errors = []
-    with torch.no_grad():
-        for layer, tc in tcs.items():
-            errors.append(fz.mlp_out[layer] - tc(fz.mlp_in[layer]))
+    errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
+    seen: dict[int, torch.Tensor] = {}  # this run's activations so far: a cross-layer feature writes to later layers
 
     def mlp(layer: int, mlp_in: torch.Tensor, clamped: bool) -> torch.Tensor:
         tc = tcs[layer]
@@ -981,7 +994,12 @@ def frozen_effect(w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transco
         if clamped:
             for pos, f, value in clamp.get(layer, ()):
                 a[:, pos, f] = value
-        return a @ tc.W_dec + tc.b_dec + errors[layer]  # the skip path is added by Linear.run
+        seen[layer] = a
+        out = a @ tc.W_dec + tc.b_dec + errors[layer]  # the skip path is added by Linear.run
+        for source in range(layer):
+            if layer <= source + tcs[source].n_later:
+                out = out + tcs[source].write_later(seen[source])[..., layer - source - 1, :]
+        return out
 
     answer = g.logit_tokens[:1].to(w.W_E.device)
     with torch.no_grad():
@@ -1199,7 +1217,7 @@ def feature_details(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Tran
         tc = tcs[layer]
         with torch.no_grad():
             acts = tc.encode(fz.mlp_in[layer])[:, f].float().cpu()  # (pos,)
-            effect = (tc.W_dec[f].to(w.W_U) @ w.W_U).float().cpu()  # (d_vocab,)
+            effect = (tc.total_row(f).to(w.W_U) @ w.W_U).float().cpu()  # (d_vocab,)
         up, down = effect.topk(k), (-effect).topk(k)
         out[g.node_id(i)] = {
             "index": _cantor(layer, f),

@@ -116,7 +116,7 @@ def feature_file(model: LoadedModel, rows: torch.Tensor, valid: torch.Tensor, ac
         qv, hist = [0.0] * 100, [0.0] * BINS
     w = _weights(model)
     with torch.no_grad():
-        effect = (tc.W_dec[feature].to(w.W_U) @ w.W_U).float().cpu()  # (d_vocab,) its decoder row through the unembedding
+        effect = (tc.total_row(feature).to(w.W_U) @ w.W_U).float().cpu()  # (d_vocab,) what it writes, through the unembedding
     k = min(10, len(effect))
     return {
         "transcoder_id": transcoder_id,
