@@ -79,6 +79,8 @@ with ui.guard("the attribution graph"):
         f"influence that is the tokens', through features), completeness **{g.completeness_score:.2f}** (share of the nodes' input "
         "that is not error)."
     )
+    if g.plan is not None and g.plan.rows < g.plan.wanted:  # a long prompt: fewer feature rows computed, to fit the budget
+        st.caption(g.plan.message())
     kept = [i for i in g.top_features(g.n_features)]
     st.text_input(
         "Supernodes (name: node_id node_id …; separate groups with ;)", key=view.key("supernodes"),
