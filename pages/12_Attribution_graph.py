@@ -79,6 +79,8 @@ with ui.guard("the attribution graph"):
         f"influence that is the tokens', through features), completeness **{g.completeness_score:.2f}** (share of the nodes' input "
         "that is not error)."
     )
+    if g.plan is not None and g.plan.rows < g.plan.wanted:  # a long prompt: fewer feature rows computed, to fit the budget
+        st.caption(g.plan.message())
     kept = [i for i in g.top_features(g.n_features)]
     st.text_input(
         "Supernodes (name: node_id node_id …; separate groups with ;)", key=view.key("supernodes"),
@@ -88,6 +90,9 @@ with ui.guard("the attribution graph"):
     ids = [""] + [g.node_id(i) for i in kept]
     if st.session_state[view.key("node")] not in ids:
         st.session_state[view.key("node")] = ""
+    clicked = draw.node_of_selection(ui.clicked("attribution-graph"))  # a node clicked in the graph picks it
+    if clicked in ids:
+        st.session_state[view.key("node")] = clicked
     left, right = st.columns([3, 1])
     with right:
         st.selectbox(
@@ -96,7 +101,8 @@ with ui.guard("the attribution graph"):
         )  # fmt: skip
     picked = g.index_of(st.session_state[view.key("node")]) if st.session_state[view.key("node")] else None
     with left:
-        ui.figure(draw.graph_figure(g, picked, supernodes), "attribution-graph", g.provenance, g.rows())
+        ui.figure(draw.graph_figure(g, picked, supernodes), "attribution-graph", g.provenance, g.rows(), select=True)
+        st.caption("Click a feature in the graph to open it.")
     st.download_button(
         "Export for circuit-tracer's viewer (graph JSON)",
         data=lambda: json.dumps(

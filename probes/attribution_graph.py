@@ -1,5 +1,7 @@
 """The attribution graph of a prediction over transcoder features: the pruned graph, its top features checked by
-ablation and doubling against random ones, and the graph in circuit-tracer's JSON (opens in its viewer)."""
+ablation and doubling against random ones, and the graph in circuit-tracer's JSON (opens in its viewer); `viewer/` holds
+the graph with its feature detail files as circuit-tracer's viewer reads them (serve it with circuit-tracer's
+`serve(data_dir="viewer", features_dir="viewer/features")`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import time
 
 from workbench import attribution_graph as ag
+from workbench import graph_files, task_circuits, tasks
 from workbench.figures import attribution_graph as draw
 from workbench.tokens import single_token_id
 
@@ -21,6 +24,9 @@ DEFAULTS = {
     "top": 5,  # features in the checked supernode
     "factors": [0.0, 2.0],
     "slug": "workbench-graph",
+    "task": None,  # check a task's circuits instead of one prompt (task_circuits)
+    "task_pairs": 8,
+    "random_draws": 10,
 }
 
 
@@ -32,9 +38,28 @@ def add_arguments(p):
     p.add_argument("--top", type=int, help="how many of the most influential features to clamp together (5)")
     p.add_argument("--factors", type=float, nargs="+", help="set them to these multiples of their activation (0 2)")
     p.add_argument("--slug", help="the exported graph's name (letters, digits, - and _)")
+    p.add_argument("--task", choices=list(tasks.TASKS), help="check the top supernode's effect on each pair of a task instead of one prompt "
+                   "(the model's shipped task datasets; induction is built for any model)")  # fmt: skip
+    p.add_argument("--task-pairs", type=int, dest="task_pairs", help="with --task: how many of its pairs (8)")
+    p.add_argument("--random-draws", type=int, dest="random_draws", help="with --task: random supernodes per pair (10)")
+
+
+def task_body(model, s, out):
+    """--task: each pair's top supernode ablated (or set to the first factor), predicted against measured (task_circuits)."""
+    cfg = task_circuits.CheckConfig(
+        top=int(s["top"]), factor=float(s["factors"][0]), pairs=int(s["task_pairs"]), random_draws=int(s["random_draws"])
+    )
+    t = time.time()
+    c = task_circuits.check_task(model, s["task"], cfg)
+    out.timing("task check", time.time() - t)
+    out.figure(draw.task_check_figure(c), f"task-{s['task']}")
+    out.data(f"task-{s['task']}", c, c.rows())
+    out.manifest["summary"] = c.summary()
 
 
 def body(model, s, out):
+    if s.get("task"):
+        return task_body(model, s, out)
     answer = single_token_id(model.tokenizer, s["answer"], "answer") if s.get("answer") else None
     t = time.time()
     g = ag.graph_of(model, s["prompt"], answer, float(s["node_threshold"]), float(s["edge_threshold"]))
@@ -52,6 +77,8 @@ def body(model, s, out):
     doc = ag.export(g, s["slug"], model.info.name, [["top"] + [g.node_id(i) for i in top]])
     out.text(f"{s['slug']}.json", json.dumps(doc))
     out.text("features.json", json.dumps(ag.feature_details(model, g)))
+    # circuit-tracer's viewer folder: the graph, its listing, one detail file per feature (graph_files)
+    graph_files.write(out.folder / "viewer", model, g, s["slug"], model.info.name, [["top"] + [g.node_id(i) for i in top]])
     out.manifest["summary"] = {
         "answer": g.logit_labels[0],
         "nodes": int(g.node_mask.sum()),

@@ -55,6 +55,9 @@ def test_the_probe_writes_the_graph_the_checks_and_the_export(tmp_path):
     assert manifest["summary"]["checks"][0]["factor"] == 0.0
     doc = json.loads((tmp_path / "workbench-graph.json").read_text())
     assert doc["metadata"]["slug"] == "workbench-graph" and doc["nodes"] and doc["links"]
+    viewer = json.loads((tmp_path / "viewer" / "workbench-graph.json").read_text())
+    index = next(n["feature"] for n in viewer["nodes"] if n["feature_type"] == "cross layer transcoder")
+    assert (tmp_path / "viewer" / "features" / "circuits" / f"{index}.json").is_file()
     assert main(["attribution-graph", "--model", "english", "--prompt", "", "--out", str(tmp_path / "bad")]) == 2
 
 
@@ -75,3 +78,66 @@ def test_a_users_transcoder_folder_is_read_and_a_wrong_one_is_one_line(tmp_path)
     at = _page(model="circuits", prompt=PROMPT, transcoders=str(tmp_path / "nothing-here"))
     assert not at.exception
     assert at.error and "no transcoder folders" in at.error[0].value
+
+
+def _click(at: AppTest, chart: str, points: list[dict]) -> AppTest:
+    """Reruns the page as a click in the browser does: the chart's widget state holds the selection, serialized as
+    Streamlit's frontend sends it ({"selection": {"points": [...], "point_indices": [...], "box": [], "lasso": []}})."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    element = next(c for c in at.get("plotly_chart") if c.proto.id.endswith(chart))
+    assert element.proto.selection_mode  # drawn with on_select: a click reruns the page
+    payload = {"selection": {"points": points, "point_indices": [p["point_index"] for p in points], "box": [], "lasso": []}}
+    tree = at._tree
+    states = tree.get_widget_states
+
+    def with_click():
+        ws = states()
+        ws.widgets.append(WidgetState(id=element.proto.id, string_value=json.dumps(payload)))
+        return ws
+
+    tree.get_widget_states = with_click  # AppTest has no plotly chart widget to set: the state it would send, added
+    return at.run()
+
+
+def _point(spec: dict, node: str) -> dict:
+    """The selection point of `node` in the drawn figure (its trace, index and coordinates), as plotly.js reports a click."""
+    for c, trace in enumerate(spec["data"]):
+        ids = trace.get("customdata") or []
+        if node in ids:
+            i = ids.index(node)
+            return {"curve_number": c, "point_number": i, "point_index": i, "x": _values(trace["x"])[i],
+                    "y": _values(trace["y"])[i], "customdata": node}  # fmt: skip
+    raise AssertionError(f"{node} is not drawn")
+
+
+def _values(v):
+    """A plotly array as a list (plotly 6+ encodes numeric arrays as base64 `bdata`)."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).tolist()
+    return list(v)
+
+
+def test_clicking_a_feature_in_the_graph_opens_it_and_the_picker_still_works_after():
+    model = load_model("circuits")
+    g = ag.graph_of(model, PROMPT)
+    first, second = (g.node_id(i) for i in g.top_features(2))
+    at = _page(model="circuits", prompt=PROMPT)
+    assert not at.exception and at.selectbox(key="w.node").value == ""
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    at = _click(at, "attribution-graph", [_point(spec, second)])
+    assert not at.exception, at.exception
+    assert at.selectbox(key="w.node").value == second and at.query_params["node"] == second
+    layer, _pos, f = g.features[g.index_of(second)].tolist()
+    assert any(f"Feature {f} of layer {layer}" in h.value for h in at.subheader)  # its dashboard is open
+    # the old click, still in the chart's state, does not override a feature picked afterwards
+    at.selectbox(key="w.node").set_value(first)
+    at.run()
+    assert at.selectbox(key="w.node").value == first
+    # an edge (no customdata) selects nothing
+    at = _click(at, "attribution-graph", [{"curve_number": 0, "point_number": 0, "point_index": 0, "x": 0, "y": 0}])
+    assert at.selectbox(key="w.node").value == first

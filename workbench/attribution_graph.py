@@ -39,9 +39,17 @@ import torch
 from workbench import engine
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.runs import encode, provenance
+from workbench.runs import encode, memory_budget, provenance
 from workbench.tokens import token_labels
-from workbench.transcoder import Transcoder, capture_names, check_fits, mlp_io, transcoders_of
+from workbench.transcoder import (
+    Transcoder,
+    capture_names,
+    check_fits,
+    is_cross_layer,
+    mlp_io,
+    reconstruction_errors,
+    transcoders_of,
+)
 
 
 @dataclass(frozen=True)
@@ -245,6 +253,7 @@ class AttributionGraph:
     unexplained: torch.Tensor  # (n_feature + n_logit,) what un-computed features contributed to each target
     config: GraphConfig
     provenance: dict
+    plan: GraphPlan | None = None  # what it was planned to hold (feature rows cut to the memory budget)
 
     @property
     def n_features(self) -> int:
@@ -392,45 +401,86 @@ def _threshold(scores: torch.Tensor, share: float) -> torch.Tensor:
     return s[i]
 
 
-def prune(A: torch.Tensor, weights: torch.Tensor, n_features: int, n_keep_tail: int, node_threshold: float, edge_threshold: float):
+def _influence_rows(norm: torch.Tensor, live: torch.Tensor, weights: torch.Tensor, max_iter: int = 1000) -> torch.Tensor:
+    """influence_of where only the rows `live` (m,) of the normalised adjacency can be non-zero: `norm` is those rows
+    (m, node), so the series costs (m, node) per step instead of (node, node)."""
+    current = weights[live] @ norm  # (node,)
+    total = current.clone()
+    for _ in range(max_iter):
+        if not current.any():
+            return total
+        current = current[live] @ norm
+        total += current
+    raise RuntimeError("influence did not converge: the graph has a cycle")
+
+
+def _live(A: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+    return A.any(1).nonzero()[:, 0] if live is None else live
+
+
+def prune(
+    A: torch.Tensor,
+    weights: torch.Tensor,
+    n_features: int,
+    n_keep_tail: int,
+    node_threshold: float,
+    edge_threshold: float,
+    live: torch.Tensor | None = None,
+):
     """(node_mask, edge_mask, influence, cumulative) as circuit-tracer's prune_graph: tokens and logits always kept.
 
-    `n_keep_tail`: the number of nodes at the end (tokens and logits) that are always kept."""
+    `n_keep_tail`: the number of nodes at the end (tokens and logits) that are always kept. `live`: the
+    rows of A that may be non-zero (features and logits; default: found); the work is done on those rows
+    alone, which on a long prompt are a small part of a (node, node) matrix made mostly of error nodes."""
     if not (0 <= node_threshold <= 1 and 0 <= edge_threshold <= 1):
         raise InputError(f"thresholds are shares between 0 and 1, got node {node_threshold} and edge {edge_threshold}")
-    influence = influence_of(normalize(A), weights)
+    live = _live(A, live)
+    rows = A[live]  # (m, node) a copy: pruned in place below
+    influence = _influence_rows(normalize(rows), live, weights)
     node_mask = influence >= _threshold(influence, node_threshold)
     node_mask[-n_keep_tail:] = True
-    pruned = A.clone()
-    pruned[~node_mask] = 0
-    pruned[:, ~node_mask] = 0
-    norm = normalize(pruned)
-    edge_scores = norm * (influence_of(norm, weights) + weights)[:, None]
-    edge_mask = edge_scores >= _threshold(edge_scores.flatten(), edge_threshold)
-    edge_mask &= pruned != 0
+    rows[~node_mask[live]] = 0
+    rows[:, ~node_mask] = 0
+    norm = normalize(rows)
+    edge_scores = norm * (_influence_rows(norm, live, weights) + weights)[live][:, None]  # (m, node)
+    del norm
+    # the threshold over every entry of the (node, node) scores: the rows left out are zeros, which come last
+    kept = edge_scores >= _threshold(edge_scores.flatten(), edge_threshold)
+    del edge_scores
+    kept &= rows != 0
+    del rows
     body = slice(0, A.shape[0] - n_keep_tail)
+    features = live < n_features  # which of the live rows are features
     previous = None
     while previous is None or not torch.equal(previous, node_mask):
         previous = node_mask.clone()
-        edge_mask[~node_mask] = False
-        edge_mask[:, ~node_mask] = False
-        node_mask[body] &= edge_mask[:, body].any(0)  # features and errors must send somewhere
-        node_mask[:n_features] &= edge_mask[:n_features].any(1)  # features must receive from somewhere
+        kept[~node_mask[live]] = False
+        kept[:, ~node_mask] = False
+        node_mask[body] &= kept[:, body].any(0)  # features and errors must send somewhere
+        receives = torch.zeros(n_features, dtype=torch.bool)
+        receives[live[features]] = kept[features].any(1)
+        node_mask[:n_features] &= receives  # features must receive from somewhere
+    edge_mask = torch.zeros(A.shape, dtype=torch.bool)
+    edge_mask[live] = kept
     s, order = influence.sort(descending=True)
     cumulative = torch.zeros_like(influence)
     cumulative[order] = s.cumsum(0) / s.sum().clamp(min=1e-30)
     return node_mask, edge_mask, influence, cumulative
 
 
-def scores(A: torch.Tensor, weights: torch.Tensor, n_features: int, n_errors: int, n_pos: int) -> tuple[float, float]:
-    """(replacement score, completeness score), as circuit-tracer's compute_graph_scores."""
-    norm = normalize(A)
-    infl = influence_of(norm, weights)
+def scores(
+    A: torch.Tensor, weights: torch.Tensor, n_features: int, n_errors: int, n_pos: int, live: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """(replacement score, completeness score), as circuit-tracer's compute_graph_scores (`live` as in prune)."""
+    live = _live(A, live)
+    norm = normalize(A[live])  # (m, node)
+    infl = _influence_rows(norm, live, weights)
     errors = slice(n_features, n_features + n_errors)
     tokens = slice(n_features + n_errors, n_features + n_errors + n_pos)
     t, e = float(infl[tokens].sum()), float(infl[errors].sum())
     replacement = t / (t + e) if t + e > 0 else float("nan")
-    non_error = 1 - norm[:, errors].sum(-1)
+    non_error = torch.ones(A.shape[0])  # rows with no input take nothing from errors
+    non_error[live] = 1 - norm[:, errors].sum(-1)
     out = infl + weights
     completeness = float((non_error * out).sum() / out.sum())
     return replacement, completeness
@@ -484,6 +534,110 @@ def build(
     return build_tokens(model, w, tokens, tcs, cfg, answer, prompt)
 
 
+# ---- memory: what a graph holds, planned before its rows are computed -----------------------------------------
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """What one graph will hold, said before its rows are computed (long.Plan for the other views).
+
+    The rows of direct edges are the graph's largest part on a long prompt: (computed features +
+    logits) × (active features + errors + tokens) floats. When they would not fit the budget, fewer
+    feature rows are computed (the most influential first, as always) and the plan says so."""
+
+    n_tokens: int
+    n_active: int  # active features (for a plan made before the run: TopK's k per layer and position)
+    rows: int  # feature rows that will be computed
+    wanted: int  # feature rows the config asked for (min(n_active, max_features))
+    batch: int  # targets per backward pass
+    bytes: int  # estimated peak
+    budget: int
+
+    @property
+    def fits(self) -> bool:
+        return self.bytes <= self.budget
+
+    def message(self) -> str:
+        mb = 2**20
+        cut = "" if self.rows >= self.wanted else f" (cut from {self.wanted:,} to fit)"
+        fit = "fits" if self.fits else "does NOT fit"
+        return (
+            f"The attribution graph at {self.n_tokens:,} tokens computes {self.rows:,} feature rows{cut} over {self.n_active:,} active "
+            f"features, {self.batch} targets per backward pass, and holds about {self.bytes / mb:,.0f} MB: it {fit} this server's "
+            f"budget of {self.budget / mb:,.0f} MB."
+        )
+
+
+def graph_bytes(w: engine.Weights, n_pos: int, n_active: int, rows: int, d_sae: int, batch: int, n_logit: int = 10) -> int:
+    """Estimated peak bytes of one graph (build_tokens), the largest of its three phases.
+
+    Always: the frozen run (per layer the residual stream, MLP input and output and their copies, the
+    patterns), the pre-activations and error nodes. Rows phase: the rows buffer and one batch's
+    gradients ((L + 1) streams of (batch, pos, d_model), their saved activations and a (batch, layer,
+    pos, d_model) product). Adjacency phase: the rows buffer and the (node, node) adjacency. Pruning:
+    the adjacency, its boolean masks, and the computed rows normalised, scored and sorted (about 8
+    copies of (rows, node) floats and one of int64 indices)."""
+    L, H, d, P = w.n_layers, w.n_heads, w.W_E.shape[1], n_pos
+    f = 4
+    frozen = f * L * (8 * P * d + 2 * H * P * P) + f * (P * d_sae * 3 + P * w.W_U.shape[1])
+    keep = f * L * P * (d_sae + d)  # pre-activations and error nodes
+    m = rows + n_logit
+    n_cols = n_active + L * P + P
+    n = rows + L * P + P + n_logit
+    buffer = f * m * n_cols
+    grads = batch * _per_target_bytes(w, P) + f * batch * n_cols * 2
+    adjacency = f * n * n
+    assembly = buffer + adjacency + 3 * f * ASSEMBLY_ROWS * n_cols
+    prune_phase = adjacency + 2 * n * n + f * m * n * 8 + 8 * m * n
+    return frozen + keep + max(buffer + grads, assembly, prune_phase)
+
+
+ASSEMBLY_ROWS = 64  # rows of the buffer copied into the adjacency at a time
+
+
+def _per_target_bytes(w: engine.Weights, n_pos: int) -> int:
+    """Bytes one target adds to a backward pass of the frozen model: (4 L + 6) floats of (pos, d_model) (measured with
+    torch's profiler: 13 of them at 2 layers, 28 at 6: the L + 1 gradients, what each layer saves for the backward pass,
+    the product with the error nodes)."""
+    d = w.W_E.shape[1]
+    return 4 * n_pos * d * (4 * w.n_layers + 6)
+
+
+def _batch(w: engine.Weights, n_pos: int, d_sae: int, cfg: GraphConfig, budget: int) -> int:
+    """Targets per backward pass: cfg.batch, fewer where cfg.budget_bytes or a quarter of the memory budget asks."""
+    return max(1, min(cfg.batch, min(cfg.budget_bytes, budget // 4) // max(1, _per_target_bytes(w, n_pos))))
+
+
+def plan_graph(
+    w: engine.Weights, n_pos: int, n_active: int, d_sae: int, cfg: GraphConfig = CONFIG, budget: int | None = None, n_logit: int = 10
+) -> GraphPlan:
+    """The graph's plan at n_pos tokens: as many feature rows as cfg.max_features asks, fewer where the budget
+    (runs.memory_budget, WORKBENCH_MEMORY_MB) would be exceeded; `fits` is False when not even no rows fit."""
+    budget = memory_budget() if budget is None else budget
+    batch = _batch(w, n_pos, d_sae, cfg, budget)
+    wanted = min(n_active, cfg.max_features)
+
+    def cost(rows: int) -> int:
+        return graph_bytes(w, n_pos, n_active, rows, d_sae, batch, n_logit)
+
+    lo, hi = 0, wanted
+    if cost(hi) <= budget:
+        lo = hi
+    while lo < hi:  # the most rows that fit: the cost grows with the rows
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid - 1)
+    return GraphPlan(n_pos, n_active, lo, wanted, batch, cost(lo), budget)
+
+
+def plan(model: LoadedModel, n_tokens: int, tcs: dict[int, Transcoder] | None = None, cfg: GraphConfig = CONFIG) -> GraphPlan:
+    """The plan of a graph of a prompt of n_tokens, before it runs: TopK transcoders' active features are k per layer
+    and position at most; others' are taken as 5% of their width (the shipped and random ones fire far less)."""
+    tcs = transcoders_for(model, tcs)
+    w = _weights(model)
+    per_pos = sum(tc.k if tc.activation == "topk" else max(1, tc.d_sae // 20) for tc in tcs.values())
+    return plan_graph(w, n_tokens, per_pos * n_tokens, max(tc.d_sae for tc in tcs.values()), cfg)
+
+
 def build_tokens(
     model: LoadedModel,
     w: engine.Weights,
@@ -492,115 +646,122 @@ def build_tokens(
     cfg: GraphConfig,
     answer: int | None,
     prompt: str,
+    budget: int | None = None,
 ) -> AttributionGraph:
     """The graph of `tokens` (pos,) (what `build` computes once the prompt is encoded).
 
-    Memory: each batch of targets holds (L + 1) gradients of (batch, pos, d_model), the batch cut to
-    cfg.budget_bytes; the rows kept are (max_features + logits) × (active features + errors + tokens)."""
+    Memory (plan_graph): the rows of direct edges live in one buffer, computed a batch of targets at a
+    time (the batch cut to the budget; each batch runs only the positions up to its last target's), the
+    ranking of the next features reads the buffer a block of rows at a time, and pruning works on the
+    computed rows rather than the whole (node, node) adjacency. Where the rows would not fit the budget
+    (`budget`, default runs.memory_budget), fewer feature rows are computed: `g.plan` says how many."""
     tcs = {layer: _on(tc, w.W_E.device) for layer, tc in tcs.items()}
     fz = freeze(w, tokens)
     lin = Linear.of(fz, tcs)
-    L, P, d = w.n_layers, fz.n_pos, fz.emb.shape[-1]
+    L, P = w.n_layers, fz.n_pos
     # the features: activations, active set, error nodes
     pres, errs, found, values = [], [], [], []
+    cross = is_cross_layer(tcs)  # a cross-layer transcoder's errors need every layer's activations: computed after
     with torch.no_grad():
         for layer in range(L):
             tc = tcs[layer]
             h = tc.pre(fz.mlp_in[layer])  # (pos, d_sae)
             a = tc.activate(h)
-            pres.append(h.float().cpu())
-            errs.append(fz.mlp_out[layer] - tc.decode(a, fz.mlp_in[layer]))  # (pos, d_model)
+            if not cross:
+                errs.append(fz.mlp_out[layer] - tc.decode(a, fz.mlp_in[layer]))  # (pos, d_model)
             nz = a.nonzero()  # (n, 2): position, feature, in row-major order
             found.append(torch.cat([torch.full((len(nz), 1), layer, device=nz.device), nz], 1).cpu())
             values.append(a[nz[:, 0], nz[:, 1]].float().cpu())
-    active = torch.cat(found)  # (n_active, 3): layer, position, feature
+            pres.append(h[nz[:, 0], nz[:, 1]].float().cpu())  # (n,) only the active ones' pre-activations are kept
+            del h, a
+    if cross:
+        errs = [e for _, e in sorted(reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out).items())]
+    active = torch.cat(found)  # (n_active, 3): layer, position, feature -- sorted by layer, position, feature
     n_active = len(active)
     act_values = torch.cat(values)  # (n_active,)
+    pre_values = torch.cat(pres)  # (n_active,)
     logit_ids, logit_probs = _pick_logits(fz.logits, cfg, answer)
     logit_ids = logit_ids.to(fz.logits.device)
     n_logit = len(logit_ids)
     err_stack = torch.stack(errs)  # (layer, pos, d_model)
+    del errs
     groups = _groups(tcs, active, act_values, fz.emb.device)
+    d_sae = max(tc.d_sae for tc in tcs.values())
+    the_plan = plan_graph(w, P, n_active, d_sae, cfg, budget, n_logit)
+    if not the_plan.fits:
+        raise InputError(f"{the_plan.message()} Shorten the prompt, or raise the budget (WORKBENCH_MEMORY_MB).")
+    limit = the_plan.rows
+    n_cols = n_active + L * P + P
+    # the rows buffer: logits first, then the features in the order they are chosen
+    R = torch.zeros(n_logit + limit, n_cols)
+    row_abs = torch.zeros(n_logit + limit)  # each row's sum of |edges|: the rows normalised without a copy
 
-    def rows_for(targets: list[tuple[int, int, int]]) -> torch.Tensor:
-        """(len(targets), n_active + L·P + P) direct edges into each target: (layer, position, feature) or (L, -1, logit j)."""
-        out = []
-        per_row = P * d * (L + 1) * 4 * 3 + P * max(tc.d_sae for tc in tcs.values()) * 4
-        step = max(1, min(cfg.batch, cfg.budget_bytes // max(per_row, 1)))
+    def fill(start: int, targets: list[tuple[int, int, int]]) -> None:
+        """Computes the rows of `targets` ((layer, position, feature) or (L, -1, logit j)) into R[start:]."""
         # by position, so that a batch needs only the positions up to its last target's (causality)
         order = sorted(range(len(targets)), key=lambda i: P if targets[i][1] < 0 else targets[i][1])
-        ordered = [targets[i] for i in order]
-        for start in range(0, len(ordered), step):
-            out.append(_rows(lin, fz, tcs, ordered[start : start + step], active, groups, err_stack, logit_ids))
-        if not out:
-            return torch.zeros(0, n_active + L * P + P)
-        rows = torch.empty(len(targets), n_active + L * P + P)
-        rows[torch.tensor(order)] = torch.cat(out)
-        return rows
+        for s in range(0, len(order), the_plan.batch):
+            idx = order[s : s + the_plan.batch]
+            rows = _rows(lin, fz, tcs, [targets[i] for i in idx], active, groups, err_stack, logit_ids)
+            where = torch.tensor(idx) + start
+            R[where] = rows
+            row_abs[where] = rows.abs().sum(1)
 
-    # the logits' rows first; then the features', the most influential first, until max_features
-    logit_rows = rows_for([(L, -1, j) for j in range(n_logit)])
+    fill(0, [(L, -1, j) for j in range(n_logit)])
+    # the features' rows, the most influential first (influence through the rows known so far), until `limit`
     chosen: list[int] = []
-    feature_rows = torch.zeros(0, logit_rows.shape[1])
     remaining = torch.ones(n_active, dtype=torch.bool)
-    limit = min(n_active, cfg.max_features)
     while len(chosen) < limit:
-        # influence of each active feature through the rows known so far
-        known = torch.cat([feature_rows, logit_rows])  # (rows, columns)
-        rows_norm = normalize(known)
-        prod = torch.zeros(len(known))
-        prod[len(chosen) :] = logit_probs
-        infl = torch.zeros(known.shape[1])
+        done = n_logit + len(chosen)
+        prod = torch.zeros(done)
+        prod[:n_logit] = logit_probs
+        infl = torch.zeros(n_cols)
         index = torch.tensor(chosen, dtype=torch.long)
         for _ in range(L + 2):
-            contrib = prod @ rows_norm  # (columns,)
+            contrib = _spread(R[:done], row_abs[:done], prod)  # (columns,)
             infl += contrib
-            prod = torch.zeros(len(known))
-            if len(chosen):
-                prod[: len(chosen)] = contrib[index]
+            prod = torch.zeros(done)
+            prod[n_logit:] = contrib[index]
         score = infl[:n_active].masked_fill(~remaining, -1.0)
         take = score.argsort(descending=True)[: min(cfg.batch, limit - len(chosen))].tolist()
-        feature_rows = torch.cat([feature_rows, rows_for([tuple(active[i].tolist()) for i in take])])
+        fill(done, [tuple(active[i].tolist()) for i in take])
         chosen += take
         remaining[take] = False
-    chosen_t = torch.tensor(chosen, dtype=torch.long)
-    order = (active[chosen_t, 0] * P + active[chosen_t, 1]).argsort(stable=True) if chosen else chosen_t  # layer, then position
-    chosen_t = chosen_t[order]
-    feature_rows = feature_rows[order]
+    row_of = torch.full((n_active,), -1, dtype=torch.long)
+    row_of[torch.tensor(chosen, dtype=torch.long)] = torch.arange(n_logit, n_logit + len(chosen))
+    chosen_t = torch.tensor(sorted(chosen), dtype=torch.long)  # nodes by layer, position, feature (the order of `active`)
     n_feat = len(chosen_t)
     # columns: chosen features, errors, tokens; what the features left out contributed is kept aside
-    cols = torch.cat([chosen_t, torch.arange(n_active, n_active + L * P + P)])
-    dropped = torch.ones(n_active, dtype=torch.bool)
-    dropped[chosen_t] = False
-    body = torch.cat([feature_rows, logit_rows])  # (n_feat + n_logit, columns)
-    unexplained = body[:, :n_active][:, dropped].sum(1)
+    cols = torch.cat([chosen_t, torch.arange(n_active, n_cols)])
     n = n_feat + L * P + P + n_logit
     A = torch.zeros(n, n)
-    sources = body[:, cols]  # (n_feat + n_logit, n_feat + L·P + P)
-    A[:n_feat, : n_feat + L * P + P] = sources[:n_feat]
-    A[n - n_logit :, : n_feat + L * P + P] = sources[n_feat:]
+    targets_rows = torch.cat([row_of[chosen_t], torch.arange(n_logit)])  # R's row of each target node, in node order
+    targets_nodes = torch.cat([torch.arange(n_feat), torch.arange(n - n_logit, n)])
+    unexplained = torch.zeros(n_feat + n_logit)
+    for s in range(0, len(targets_rows), ASSEMBLY_ROWS):  # a block of rows at a time: no (rows, columns) copy of R
+        block = R[targets_rows[s : s + ASSEMBLY_ROWS]]  # (b, n_cols)
+        A[targets_nodes[s : s + ASSEMBLY_ROWS], : n - n_logit] = block[:, cols]
+        unexplained[s : s + ASSEMBLY_ROWS] = block[:, :n_active].sum(1) - block[:, chosen_t].sum(1)
+    R = block = None  # the buffer freed before pruning
     # constants and values
-    const_pre, const_logit = _constants(lin, tcs, logit_ids)
-    feats = active[chosen_t]
+    const_pre, const_logit = _constants(lin, tcs, logit_ids, active[chosen_t])
     bias = torch.zeros(n)
     value = torch.zeros(n)
-    with torch.no_grad():
-        for layer in range(L):
-            rows = (feats[:, 0] == layer).nonzero()[:, 0]
-            bias[rows] = const_pre[layer][feats[rows, 1], feats[rows, 2]]
-            value[rows] = pres[layer][feats[rows, 1], feats[rows, 2]]
-        bias[n - n_logit :] = const_logit
-        value[n - n_logit :] = fz.logits[logit_ids] - fz.logits.mean()
+    bias[:n_feat] = const_pre
+    value[:n_feat] = pre_values[chosen_t]
+    bias[n - n_logit :] = const_logit
+    value[n - n_logit :] = (fz.logits[logit_ids] - fz.logits.mean()).float().cpu()
     weights = torch.zeros(n)
     weights[n - n_logit :] = logit_probs.float().cpu()
-    node_mask, edge_mask, infl, cumulative = prune(A, weights, n_feat, P + n_logit, cfg.node_threshold, cfg.edge_threshold)
-    replacement, completeness = scores(A, weights, n_feat, L * P, P)
+    live = targets_nodes.sort().values  # the only rows with edges: features and logits
+    node_mask, edge_mask, infl, cumulative = prune(A, weights, n_feat, P + n_logit, cfg.node_threshold, cfg.edge_threshold, live)
+    replacement, completeness = scores(A, weights, n_feat, L * P, P, live)
     labels = token_labels(model.tokenizer, fz.tokens.tolist())
     return AttributionGraph(
         prompt=prompt,
         tokens=fz.tokens.cpu(),
         labels=labels,
-        features=feats.cpu(),
+        features=active[chosen_t].cpu(),
         activations=act_values[chosen_t].float().cpu() if n_feat else torch.zeros(0),
         logit_tokens=logit_ids.cpu(),
         logit_labels=token_labels(model.tokenizer, logit_ids.tolist()),
@@ -620,17 +781,30 @@ def build_tokens(
         config=cfg,
         provenance=provenance(
             model, [prompt], method="attribution graph (Ameisen et al. 2025)", node_threshold=cfg.node_threshold,
-            edge_threshold=cfg.edge_threshold, max_features=cfg.max_features, transcoders={layer: tc.meta.get("model_name", "") or
-            tc.hook_name for layer, tc in tcs.items()},
+            edge_threshold=cfg.edge_threshold, max_features=cfg.max_features, feature_rows=limit, planned_bytes=the_plan.bytes,
+            transcoders={layer: tc.meta.get("model_name", "") or tc.hook_name for layer, tc in tcs.items()},
         ),
+        plan=the_plan,
     )  # fmt: skip
+
+
+def _spread(R: torch.Tensor, row_abs: torch.Tensor, prod: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """(columns,) prod @ normalize(R), read a block of rows at a time (no normalised copy of R)."""
+    out = torch.zeros(R.shape[1])
+    scale = prod / row_abs.clamp(min=1e-10)  # (rows,)
+    for s in range(0, len(R), block):
+        p = scale[s : s + block]
+        live = p != 0
+        if live.any():
+            out += p[live] @ R[s : s + block][live].abs()
+    return out
 
 
 def _on(tc: Transcoder, device) -> Transcoder:
     if tc.W_enc.device == torch.device(device):
         return tc
     moved = {n: getattr(tc, n).to(device) for n in ("W_enc", "b_enc", "W_dec", "b_dec") if getattr(tc, n) is not None}
-    for n in ("W_skip", "threshold"):
+    for n in ("W_skip", "threshold", "W_dec_later"):
         if getattr(tc, n) is not None:
             moved[n] = getattr(tc, n).to(device)
     return dataclasses.replace(tc, **moved)
@@ -681,7 +855,10 @@ def _rows(
     for layer, pos, sel, feats, acts in groups:
         if pos < n:  # later positions cannot reach the batch's targets: their edges stay zero
             dec = tcs[layer].W_dec[feats]  # (n_cell, d_model)
-            out[:, sel] = ((g[layer + 1][:, pos] @ dec.T) * acts).float().cpu()  # (B, n_cell): gradient · decoder row × activation
+            edge = g[layer + 1][:, pos] @ dec.T  # (B, n_cell): gradient · decoder row
+            for j in range(tcs[layer].n_later):  # a cross-layer feature writes to the later MLP outputs too
+                edge = edge + g[layer + 2 + j][:, pos] @ tcs[layer].W_dec_later[feats, j].T
+            out[:, sel] = (edge * acts).float().cpu()  # × activation
     n_active = len(active)
     errors = (torch.stack(g[1:], 1) * err[:, :n]).sum(-1)  # (B, layer, n)
     out[:, n_active : n_active + L * P].view(B, L, P)[:, :, :n] = errors.float().cpu()
@@ -702,17 +879,27 @@ def _groups(tcs: dict[int, Transcoder], active: torch.Tensor, act_values: torch.
     return found
 
 
-def _constants(lin: Linear, tcs: dict[int, Transcoder], logit_ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """([per layer (pos, d_sae)], (n_logit,)) every target's constant: the frozen model run on its biases alone."""
+def _constants(lin: Linear, tcs: dict[int, Transcoder], logit_ids: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """((n_feat,), (n_logit,)) the constant of each feature node (`feats` (n_feat, 3): layer, position, feature) and logit
+    node: the frozen model run on its biases alone."""
     fz = lin.fz
     P, d = fz.n_pos, fz.emb.shape[-1]
     zero = torch.zeros(1, P, d, device=fz.emb.device)
     writes = [zero] + [tcs[layer].b_dec.to(zero).expand(1, P, d) for layer in range(fz.w.n_layers)]
-    pres = []
+    out = torch.zeros(len(feats))
+
+    def on_pre(layer: int, mlp_in: torch.Tensor) -> None:
+        rows = (feats[:, 0] == layer).nonzero()[:, 0]
+        if len(rows):
+            pos, f = feats[rows, 1].to(zero.device), feats[rows, 2].to(zero.device)
+            tc = tcs[layer]
+            pre = (mlp_in[0, pos] * tc.W_enc[:, f].T.to(zero)).sum(-1) + tc.b_enc[f].to(zero)  # (rows,) only the nodes'
+            out[rows] = pre.float().cpu()
+
     with torch.no_grad():
-        x = lin.run(writes, bias=True, on_pre=lambda layer, mlp_in: pres.append(tcs[layer].pre(mlp_in[0])))
+        x = lin.run(writes, bias=True, on_pre=on_pre)
         logit = lin.logit_values(x[:, -1], logit_ids, bias=True)[0]
-    return [p.float().cpu() for p in pres], logit.float().cpu()
+    return out, logit.float().cpu()
 
 
 # ---- checking the graph by intervention ----------------------------------------------------------------
@@ -762,8 +949,11 @@ def clamp_edits(w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcode
     delta: dict[tuple[int, int], torch.Tensor] = {}
     for i in nodes:
         layer, pos, f = g.features[i].tolist()
-        change = (factor - 1) * float(g.activations[i]) * tcs[layer].W_dec[f].float().cpu()
-        delta[(layer, pos)] = delta.get((layer, pos), 0) + change
+        tc = tcs[layer]
+        rows = [tc.W_dec[f]] + ([] if tc.W_dec_later is None else list(tc.W_dec_later[f]))  # its own layer, then later ones
+        for j, row in enumerate(rows):
+            change = (factor - 1) * float(g.activations[i]) * row.float().cpu()
+            delta[(layer + j, pos)] = delta.get((layer + j, pos), 0) + change
     return [engine.Edit("add", "mlp_out", layer, position=pos, value=v.to(w.W_E.device)) for (layer, pos), v in delta.items()]
 
 
@@ -774,10 +964,7 @@ def replacement_edits(
     from workbench.transcoder import splice_edits
 
     fz = freeze(w, g.tokens.to(w.W_E.device))
-    errors = {}
-    with torch.no_grad():
-        for layer, tc in tcs.items():
-            errors[layer] = fz.mlp_out[layer] - tc(fz.mlp_in[layer])
+    errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
     clamp = _clamps(g, nodes, factor)
     return splice_edits(w, tcs, errors, clamp)
 
@@ -798,10 +985,8 @@ def frozen_effect(w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transco
     fz = freeze(w, g.tokens.to(w.W_E.device))
     lin = Linear.of(fz, tcs)
     clamp = _clamps(g, nodes, factor)
-    errors = []
-    with torch.no_grad():
-        for layer, tc in tcs.items():
-            errors.append(fz.mlp_out[layer] - tc(fz.mlp_in[layer]))
+    errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
+    seen: dict[int, torch.Tensor] = {}  # this run's activations so far: a cross-layer feature writes to later layers
 
     def mlp(layer: int, mlp_in: torch.Tensor, clamped: bool) -> torch.Tensor:
         tc = tcs[layer]
@@ -809,7 +994,12 @@ def frozen_effect(w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transco
         if clamped:
             for pos, f, value in clamp.get(layer, ()):
                 a[:, pos, f] = value
-        return a @ tc.W_dec + tc.b_dec + errors[layer]  # the skip path is added by Linear.run
+        seen[layer] = a
+        out = a @ tc.W_dec + tc.b_dec + errors[layer]  # the skip path is added by Linear.run
+        for source in range(layer):
+            if layer <= source + tcs[source].n_later:
+                out = out + tcs[source].write_later(seen[source])[..., layer - source - 1, :]
+        return out
 
     answer = g.logit_tokens[:1].to(w.W_E.device)
     with torch.no_grad():
@@ -1027,7 +1217,7 @@ def feature_details(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Tran
         tc = tcs[layer]
         with torch.no_grad():
             acts = tc.encode(fz.mlp_in[layer])[:, f].float().cpu()  # (pos,)
-            effect = (tc.W_dec[f].to(w.W_U) @ w.W_U).float().cpu()  # (d_vocab,)
+            effect = (tc.total_row(f).to(w.W_U) @ w.W_U).float().cpu()  # (d_vocab,)
         up, down = effect.topk(k), (-effect).topk(k)
         out[g.node_id(i)] = {
             "index": _cantor(layer, f),

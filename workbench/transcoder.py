@@ -58,6 +58,9 @@ class Transcoder:
     hook_name: str = ""  # what it reads; default blocks.L.mlp.hook_in
     hook_name_out: str = ""  # what it predicts; default blocks.L.hook_mlp_out
     meta: dict = field(default_factory=dict)
+    # a cross-layer transcoder's layer (Ameisen et al. 2025): its features also write to the MLP outputs of the next
+    # n_later layers, (d_sae, n_later, d_out); the MLP output of layer l is then its own decode plus those writes
+    W_dec_later: torch.Tensor | None = None
 
     def __post_init__(self):
         d_in, d_sae = self.W_enc.shape
@@ -69,6 +72,10 @@ class Transcoder:
             )
         if self.W_skip is not None and self.W_skip.shape != (d_in, d_out):
             raise InputError(f"W_skip must be (d_in, d_out) = {(d_in, d_out)}, got {tuple(self.W_skip.shape)}")
+        if self.W_dec_later is not None and (self.W_dec_later.ndim != 3 or self.W_dec_later.shape[::2] != (d_sae, d_out)):
+            raise InputError(
+                f"W_dec_later must be (d_sae, later layers, d_out) = ({d_sae}, n, {d_out}), got {tuple(self.W_dec_later.shape)}"
+            )
         if self.activation not in ACTIVATIONS:
             raise InputError(f"unknown transcoder activation {self.activation!r}; this workbench reads {', '.join(ACTIVATIONS)}")
         if self.activation == "topk" and not (self.k and 0 < self.k <= d_sae):
@@ -121,6 +128,20 @@ class Transcoder:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x), x)
 
+    @property
+    def n_later(self) -> int:
+        """Later layers a cross-layer transcoder's features write to (0 for a per-layer transcoder)."""
+        return 0 if self.W_dec_later is None else self.W_dec_later.shape[1]
+
+    def write_later(self, a: torch.Tensor) -> torch.Tensor:
+        """(..., d_sae) activations -> (..., n_later, d_out): what they write to the MLP outputs of the next layers."""
+        return torch.einsum("...s,snd->...nd", a, self.W_dec_later.to(a))
+
+    def total_row(self, feature: int) -> torch.Tensor:
+        """(d_out,) everything one feature writes per unit of activation: its decoder row plus its later layers' rows."""
+        row = self.W_dec[feature]
+        return row if self.W_dec_later is None else row + self.W_dec_later[feature].sum(0)
+
     def check_feature(self, feature: object) -> int:
         try:
             f = int(feature)
@@ -159,12 +180,17 @@ class Transcoder:
             tensors["W_skip"] = self.W_skip
         if self.threshold is not None:
             tensors["threshold"] = self.threshold
+        if self.W_dec_later is not None:  # a cross-layer transcoder's layer: its writes to the later MLP outputs
+            tensors["W_dec_later"] = self.W_dec_later
+            cfg["cross_layer_outputs"] = self.n_later
+            (folder / CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
         save_file({n: t.detach().float().contiguous().cpu() for n, t in tensors.items()}, str(folder / WEIGHTS))
         return folder
 
     @classmethod
-    def random(cls, layer: int, d_model: int, d_sae: int, k: int, skip: bool = False, seed: int = 0) -> Transcoder:
-        """A random TopK transcoder (tests: the graph's arithmetic does not depend on training)."""
+    def random(cls, layer: int, d_model: int, d_sae: int, k: int, skip: bool = False, seed: int = 0, later: int = 0) -> Transcoder:
+        """A random TopK transcoder (tests: the graph's arithmetic does not depend on training); `later`: a cross-layer
+        transcoder's layer writing to that many later layers too."""
         g = torch.Generator().manual_seed(seed + 1000 * layer)
         return cls(
             layer=layer,
@@ -174,6 +200,7 @@ class Transcoder:
             b_dec=0.1 * torch.randn(d_model, generator=g),
             W_skip=0.1 * torch.randn(d_model, d_model, generator=g) / d_model**0.5 if skip else None,
             k=k,
+            W_dec_later=torch.randn(d_sae, later, d_model, generator=g) / d_sae**0.5 if later else None,
         )
 
 
@@ -226,7 +253,7 @@ def load(folder: str | Path) -> Transcoder:
     for name, size in (("d_in", tensors["W_enc"].shape[0]), ("d_sae", tensors["W_enc"].shape[1]), ("d_out", tensors["W_dec"].shape[1])):
         if name in cfg and int(cfg[name]) != size:
             raise InputError(f"{folder / CONFIG} says {name} = {cfg[name]} but the weights have {size}")
-    skip, threshold = tensors.get("W_skip"), tensors.get("threshold")
+    skip, threshold, later = tensors.get("W_skip"), tensors.get("threshold"), tensors.get("W_dec_later")
     return Transcoder(
         layer=int(layer),
         W_enc=tensors["W_enc"].float(),
@@ -240,6 +267,7 @@ def load(folder: str | Path) -> Transcoder:
         hook_name=hook or "",
         hook_name_out=hook_out or "",
         meta=cfg,
+        W_dec_later=None if later is None else later.float(),
     )
 
 
@@ -251,6 +279,32 @@ def check_fits(tcs: dict[int, Transcoder], d_model: int, n_layers: int) -> None:
     for layer, tc in tcs.items():
         if tc.d_in != d_model or tc.d_out != d_model:
             raise InputError(f"the transcoder of layer {layer} maps {tc.d_in} -> {tc.d_out}, but the model's width is {d_model}")
+        if layer + tc.n_later >= n_layers:
+            raise InputError(f"the cross-layer transcoder of layer {layer} writes to {tc.n_later} later layers; the model has {n_layers}")
+
+
+def is_cross_layer(tcs: dict[int, Transcoder]) -> bool:
+    return any(tc.W_dec_later is not None for tc in tcs.values())
+
+
+def cross_layer_outputs(tcs: dict[int, Transcoder], acts: dict[int, torch.Tensor], xs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """layer -> (..., d_out) the replacement's MLP output at each layer: its transcoder's decode of its activations `acts`
+    (inputs `xs` for the skip path) plus what earlier layers' cross-layer decoders write there."""
+    out = {layer: tcs[layer].decode(acts[layer], xs[layer]) for layer in tcs}
+    for layer, tc in tcs.items():
+        if tc.n_later:
+            later = tc.write_later(acts[layer])  # (..., n_later, d_out)
+            for j in range(tc.n_later):
+                out[layer + 1 + j] = out[layer + 1 + j] + later[..., j, :]
+    return out
+
+
+def reconstruction_errors(tcs: dict[int, Transcoder], mlp_in: list[torch.Tensor], mlp_out: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+    """layer -> what the transcoders miss of each real MLP output (the error nodes), cross-layer writes included."""
+    with torch.no_grad():
+        acts = {layer: tc.encode(mlp_in[layer]) for layer, tc in tcs.items()}
+        got = cross_layer_outputs(tcs, acts, {layer: mlp_in[layer] for layer in tcs})
+    return {layer: mlp_out[layer] - got[layer] for layer in tcs}
 
 
 def transcoder_folders(model_folder: str | Path) -> dict[int, Path]:
@@ -340,6 +394,7 @@ class _Swap:
     seen: dict
     error: torch.Tensor | None = None  # (pos, d_model) or (batch, pos, d_model)
     clamp: tuple = ()  # ((position, feature, factor), ...)
+    shared: dict | None = None  # a cross-layer set: {"tcs": all layers' transcoders, layer: activations of this run}
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         layer, w = self.tc.layer, self.w
@@ -351,6 +406,11 @@ class _Swap:
             for pos, f, value in self.clamp:
                 a[:, pos, f] = value
         out = self.tc.decode(a, x)
+        if self.shared is not None:  # the earlier layers of this run write here too (layers run in order)
+            self.shared[layer] = a
+            for source, tc in self.shared["tcs"].items():
+                if source < layer <= source + tc.n_later:
+                    out = out + tc.write_later(self.shared[source])[..., layer - source - 1, :]
         return out if self.error is None else out + self.error.to(out)
 
 
@@ -360,10 +420,11 @@ def splice_edits(w: engine.Weights, tcs: dict[int, Transcoder], errors: dict[int
     `clamp` {layer: ((position, feature, value), ...)}. With every layer's error, the run is the real one
     exactly (the local replacement model); without, the transcoders alone replace the MLPs."""
     edits = []
+    shared = {"tcs": tcs} if is_cross_layer(tcs) else None
     for layer, tc in tcs.items():
         seen: dict = {}
         # the MLP reads the norm of resid_mid in a sequential block, of resid_pre in a parallel one
         edits.append(engine.Edit("map", "resid_pre" if w.parallel else "resid_mid", layer, fn=_Tap(seen)))
         err = None if errors is None else errors.get(layer)
-        edits.append(engine.Edit("map", "mlp_out", layer, fn=_Swap(w, tc, seen, err, tuple((clamp or {}).get(layer, ())))))
+        edits.append(engine.Edit("map", "mlp_out", layer, fn=_Swap(w, tc, seen, err, tuple((clamp or {}).get(layer, ())), shared)))
     return edits

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import json
 import math
 import shlex
 import threading
@@ -540,13 +541,17 @@ def token_rows(clean: list[str], corrupted: list[str], differ: list[int], names:
     )
 
 
-def figure(fig, name: str, data=None, rows: list[dict] | None = None) -> None:
+def figure(fig, name: str, data=None, rows: list[dict] | None = None, select: bool = False) -> None:
     """A plotly figure with downloads: PNG, SVG, HTML of the figure; JSON (and CSV) of its numbers.
 
     The files are made only when a button is clicked (deferred `data`), so a page costs nothing
-    for exports nobody asks for.
+    for exports nobody asks for. `select`: a click on a point reruns the page, which reads it
+    with `clicked(name)`.
     """
-    st.plotly_chart(fig, width="stretch", key=f"chart-{name}")
+    if select:
+        st.plotly_chart(fig, width="stretch", key=f"chart-{name}", on_select="rerun", selection_mode="points")
+    else:
+        st.plotly_chart(fig, width="stretch", key=f"chart-{name}")
     name = export.safe_name(name)
     no_browser = export.browser() is None
     cols = st.columns(6)
@@ -574,6 +579,22 @@ def figure(fig, name: str, data=None, rows: list[dict] | None = None) -> None:
         cols[4].download_button(
             "CSV", data=lambda: export.to_csv(rows), file_name=f"{name}.csv", mime="text/csv", key=f"dl-csv-{name}", on_click="ignore"
         )
+
+
+def clicked(name: str) -> dict | None:
+    """The selection of figure `name` (drawn with `figure(..., select=True)`) when it changed since this was last asked,
+    else None: a click is acted on once, and a picker set afterwards is not overridden by the old click still shown.
+
+    Read it before the widgets it sets are drawn: the chart's selection is known when the rerun starts."""
+    selection = st.session_state.get(f"chart-{name}", {}).get("selection")
+    if not selection or not selection.get("points"):
+        return None
+    seen = f"wb.clicked.{name}"
+    signature = json.dumps(selection.get("points"), sort_keys=True, default=str)
+    if st.session_state.get(seen) == signature:
+        return None
+    st.session_state[seen] = signature
+    return dict(selection)
 
 
 def head_picker(model: LoadedModel, default: tuple[int, int] = (0, 0)) -> tuple[int, int]:

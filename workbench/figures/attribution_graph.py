@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 
 from workbench.attribution_graph import AttributionGraph, Intervention
 from workbench.figures.common import layout, token_ticks
+from workbench.task_circuits import TaskCheck
 from workbench.tokens import unique_labels
 
 KINDS = {  # kind -> (marker, colour)
@@ -107,6 +108,21 @@ def graph_figure(g: AttributionGraph, picked: int | None = None, supernodes: dic
     return layout(fig, title, 520)
 
 
+def node_of_selection(selection: dict | None) -> str | None:
+    """The node id of the first node point in a Streamlit selection event of `graph_figure` (its payload:
+    {"points": [{"curve_number", "point_index", "x", "y", "customdata", ...}], ...}), or None.
+
+    The node traces carry each node's id as their customdata (one string per point; a list where a
+    chart wraps it); the edge traces carry none, so a click on an edge selects nothing."""
+    for point in (selection or {}).get("points", []):
+        data = point.get("customdata")
+        if isinstance(data, list | tuple):
+            data = data[0] if data else None
+        if isinstance(data, str) and data:
+            return data
+    return None
+
+
 def intervention_figure(r: Intervention) -> go.Figure:
     """The answer's logit change: predicted by the graph and measured three ways."""
     names = ["predicted by the edges", "frozen replacement model", "replacement model (attention live)", "real model"]
@@ -132,3 +148,28 @@ def logit_effect_figure(up: list[str], up_values: list[float], down: list[str], 
     fig.add_trace(go.Bar(y=down[::-1], x=down_values[::-1], orientation="h", marker_color="#d62728", name="suppresses"))
     fig.update_xaxes(title="decoder row · W_U")
     return layout(fig, title, 360)
+
+
+def task_check_figure(c: TaskCheck) -> go.Figure:
+    """Each pair's supernode change of the answer's logit: measured (replacement model) against the edges' prediction,
+    with the tolerance band around measured = predicted, and the median random draw's change beside it."""
+    pred = [p.predicted for p in c.pairs]
+    lo, hi = min([0.0, *pred, *(p.replacement for p in c.pairs)]), max([0.0, *pred, *(p.replacement for p in c.pairs)])
+    line = [lo, hi]
+    t = c.config.tolerance
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=line, y=line, mode="lines", line=dict(color="#7f7f7f", dash="dash"), name="measured = predicted"))
+    for sign in (1 - t, 1 + t):
+        fig.add_trace(go.Scatter(x=line, y=[v * sign for v in line], mode="lines", line=dict(color="#c7c7c7", width=1),
+                                 name=f"±{t:.0%}", showlegend=sign < 1))  # fmt: skip
+    text = [f"{p.prompt[-40:]!r} → {p.answer!r}" for p in c.pairs]
+    fig.add_trace(go.Scatter(x=pred, y=[p.replacement for p in c.pairs], mode="markers", name="top supernode",
+                             marker=dict(size=10, color=["#2ca02c" if p.passed else "#d62728" for p in c.pairs]), text=text,
+                             hovertemplate="%{text}<br>predicted %{x:.3f}, measured %{y:.3f}<extra></extra>"))  # fmt: skip
+    fig.add_trace(go.Scatter(x=pred, y=[-p.random_median if p.predicted < 0 else p.random_median for p in c.pairs], mode="markers",
+                             name="as many random features (median |change|)", marker=dict(size=7, color="#7f7f7f", symbol="x"),
+                             text=text, hovertemplate="%{text}<br>random median %{y:.3f}<extra></extra>"))  # fmt: skip
+    fig.update_xaxes(title="Δ answer logit predicted by the edges")
+    fig.update_yaxes(title="Δ answer logit measured (replacement model)")
+    title = f"{c.task} on {c.model}: {c.passed:.0%} of {len(c.pairs)} pairs pass (supernode set to ×{c.config.factor:g})"
+    return layout(fig, title, 420)

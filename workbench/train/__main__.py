@@ -4,7 +4,9 @@ python -m workbench.train lens MODEL [--text FILE] -- train a tuned lens for a m
 python -m workbench.train card MODEL -- rewrite a shipped model's card from its weights;
 python -m workbench.train sae [MODEL] -- TopK SAEs on its residual stream, measured, with dashboards (models/MODEL/sae/);
 python -m workbench.train sae-search [MODEL] -- the short measured runs that chose the SAEs' width and k;
-python -m workbench.train transcoders [MODEL] -- per-layer TopK transcoders (MLP in -> MLP out), measured (models/MODEL/transcoders/).
+python -m workbench.train transcoders [MODEL] -- per-layer TopK transcoders (MLP in -> MLP out), measured (models/MODEL/transcoders/);
+python -m workbench.train clt [MODEL] -- a cross-layer transcoder (each layer's features write to every later MLP output too),
+measured (models/MODEL/transcoders-clt/).
 
 Training runs keep their state in --run-dir (default runs/<model>): run the same command again to
 resume an interrupted run where it stopped; the result is the same as an uninterrupted run."""
@@ -22,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m workbench.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "what", choices=["english", "circuits", "answer-key", "stories", "search", "lens", "card", "sae", "sae-search", "transcoders"]
+        "what",
+        choices=["english", "circuits", "answer-key", "stories", "search", "lens", "card", "sae", "sae-search", "transcoders", "clt"],
     )
     p.add_argument("model", nargs="?", default="english", help="with lens and card: the model (shipped name or folder)")
     p.add_argument("--text", type=Path, help="with lens: training text (default: the model's held-out samples, or copying sequences)")
@@ -60,12 +63,13 @@ def main(argv: list[str] | None = None) -> None:
         cfg = dataclasses.replace(sae.CONFIG, **{k: v for k, v in given.items() if v})
         print(json.dumps(sae.build(args.model, args.cache, cfg, args.out), indent=1)[:2000])
         return
-    if args.what == "transcoders":
-        from workbench.train import transcoders
+    if args.what in ("transcoders", "clt"):
+        from workbench.train import clt, transcoders
 
         given = {"threads": args.threads, "seed": args.seed, "tokens": args.steps and args.steps * transcoders.CONFIG.batch}
         cfg = dataclasses.replace(transcoders.CONFIG, **{k: v for k, v in given.items() if v})
-        print(json.dumps(transcoders.build(args.model, cfg, args.out)["quality"], indent=1))
+        build = transcoders.build if args.what == "transcoders" else clt.build
+        print(json.dumps(build(args.model, cfg, args.out)["quality"], indent=1))
         return
     if args.what == "search":
         from workbench.train import search

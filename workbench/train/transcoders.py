@@ -2,7 +2,8 @@
 
 `python -m workbench.train transcoders [model]` trains one transcoder per layer on the model's own
 data: the English model on random windows of its training split (corpus.py), the circuits model
-on its copying task (random words with a span copied later). Each reads the MLP's input (after its
+on its copying task (random words with a span copied later), the stories model on generated training
+stories (train/stories.py; held out: stories of the held-out names and templates). Each reads the MLP's input (after its
 norm) and predicts the MLP's output; all layers are trained from the same runs of the model, which
 pass through a shuffle buffer as the SAEs' do (train/sae.py). The recipe follows the SAE recipe
 (TopK, AuxK for dead latents, unit-norm decoder rows, Adam with warmup and a final linear decay),
@@ -107,9 +108,37 @@ def io_of(w: engine.Weights, ids: torch.Tensor) -> list[tuple[torch.Tensor, torc
     return [mlp_io(w, out.captured, layer) for layer in range(w.n_layers)]
 
 
+def is_stories(model) -> bool:
+    """The stories model organism (train/stories.py): its tokenizer is the stories world's closed vocabulary, and its
+    data are generated stories, not the English corpus."""
+    return model.info.name == "stories" or Path(model.info.source).name == "stories"
+
+
+def story_rows(model, rows: int, seed: int, split: str = "train") -> torch.Tensor:
+    """(rows, n_ctx) ids: BOS, then stories of `split` ("train" or "held_out": held-out names and templates), each ended
+    by BOS as the stories model was trained (train/stories.story_rows), cut at the context."""
+    import random
+
+    from workbench.train import stories
+
+    w, rng, n = stories.world(), random.Random(f"transcoders-{seed}-{split}"), model.info.n_ctx
+    bos = model.bos_id if model.bos_id is not None else model.tokenizer.bos_token_id
+    out = []
+    for _ in range(rows):
+        ids = [bos]
+        while len(ids) < n:
+            ids += model.tokenizer(stories.story(rng, w, split), add_special_tokens=False)["input_ids"] + [bos]
+        out.append(ids[:n])
+    return torch.tensor(out)
+
+
 def sequences(model, seed: int, windows: int = CONFIG.windows):
-    """Endless (windows, n) id batches: corpus windows (English) or copying sequences (the circuits model's words)."""
+    """Endless (windows, n) id batches: corpus windows (English), training stories (the stories model) or copying
+    sequences (the circuits model's words)."""
     gen = torch.Generator().manual_seed(seed)
+    if is_stories(model):
+        while True:
+            yield story_rows(model, windows, int(torch.randint(0, 2**62, (1,), generator=gen)))
     if "circuits" in model.info.name or model.tokenizer.vocab_size < 200:
         from workbench.train import circuits, copying
 
@@ -182,6 +211,13 @@ def train(model, cfg: TranscoderConfig = CONFIG, log=print) -> tuple[dict[int, T
 
 def heldout(model, seed: int = 12345) -> tuple[str, torch.Tensor, torch.Tensor]:
     """(name, rows (n, pos), scored (n, pos - 1) bool: which next-token predictions count) of held-out data."""
+    if is_stories(model):
+        rows = story_rows(model, 64, seed, "held_out")
+        return (
+            f"64 rows of held-out stories (held-out names and templates, seed {seed})",
+            rows,
+            torch.ones(64, rows.shape[1] - 1, dtype=torch.bool),
+        )
     if "circuits" in model.info.name or model.tokenizer.vocab_size < 200:
         from workbench.train import circuits, copying
 

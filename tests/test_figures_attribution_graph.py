@@ -1,0 +1,34 @@
+"""The attribution graph's figures: a click's selection event maps back to the node drawn there."""
+
+from __future__ import annotations
+
+import pytest
+
+from workbench import attribution_graph as ag
+from workbench.figures import attribution_graph as draw
+from workbench.transcoder import transcoders_of
+
+PROMPT = "apple river stone cloud tiger lemon apple river stone"
+
+
+def test_every_drawn_node_is_found_again_from_the_selection_a_click_on_it_makes(circuits):
+    if not transcoders_of(circuits):
+        pytest.skip("circuits has no transcoders")
+    g = ag.build(circuits, PROMPT)
+    fig = draw.graph_figure(g)
+    xy = draw.positions(g, g.node_mask.nonzero()[:, 0].tolist())
+    found = 0
+    for c, trace in enumerate(fig.data):
+        if trace.customdata is None:  # edges: nothing to select
+            continue
+        for i, (x, y, data) in enumerate(zip(trace.x, trace.y, trace.customdata, strict=True)):
+            node = g.index_of(data)
+            assert xy[node] == pytest.approx((x, y))  # the id drawn at a point is the node placed there
+            for wrapped in (data, [data]):  # plotly.js reports a string; a chart may wrap it in a list
+                point = {"curve_number": c, "point_number": i, "point_index": i, "x": x, "y": y, "customdata": wrapped}
+                assert draw.node_of_selection({"points": [point], "point_indices": [i], "box": [], "lasso": []}) == data
+            found += 1
+    assert found == int(g.node_mask.sum())
+    edge = {"curve_number": 0, "point_number": 3, "point_index": 3, "x": 1.0, "y": 0.0}
+    assert draw.node_of_selection({"points": [edge]}) is None
+    assert draw.node_of_selection({"points": []}) is None and draw.node_of_selection(None) is None
