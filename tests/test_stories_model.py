@@ -208,7 +208,7 @@ def test_the_cards_ablation_equals_ablation_written_apart(hf):
     model, tok = hf
     task = tasks.load(FOLDER, "ioi")
     task = tasks.Task(task.name, task.description, task.pairs[:60], task.split)
-    comps = [("head", 1, 0), ("head", 2, 3), ("mlp", 0, -1)]
+    comps = [("head", 1, 0), ("head", 0, 3), ("mlp", 0, -1)]
     assert stories_card.ablation_cut(model, tok, task, comps) == pytest.approx(
         _cut_with_our_hooks(model, tok, task, comps), rel=1e-3, abs=2e-3
     )

@@ -236,13 +236,14 @@ ROOT = Path(__file__).resolve().parents[2]
 TRIED = {
     "4 x 128, stories + copies (batch 8) from the start; held-out names in no training sentence": ROOT / "runs" / "stories-4layer-v1",
     "3 x 128, the same; held-out names in plain sentences only": ROOT / "runs" / "stories-3layer-v2",
-    "3 x 128, the copying task alone first (batch 64), sinusoidal positions, then stories + copies (shipped)": ROOT / "runs" / "stories",
+    "3 x 128, the copying task alone first (batch 64), sinusoidal positions, then stories + copies (shipped until this run)": ROOT / "runs" / "stories",
     "the shipped run continued from its end: the cosine stretched to 6,000 stories steps (not shipped)": ROOT / "runs" / "stories-longer",
     # this session's search (runs/exp_stories.py: batch 16 x 128, AdamW, warmup 100, cosine; 64 held-out pairs per task)
     "A: 3 x 128, stories only, learned positions, lr 1e-3": ROOT / "runs" / "exp-A",
     "B: 2 x 128, stories only, sinusoidal positions, lr 1e-3": ROOT / "runs" / "exp-B",
     "E: 3 x 128, stories + answer rows (loss at the answers only), lr 2e-3; held-out templates of unseen words": ROOT / "runs" / "exp-E",
     "G: 2 x 128, copying alone first, then stories + answer rows + copies; held-out templates of unseen words": ROOT / "runs" / "stories-G",
+    "H: 2 x 128, the copying stage alone, learned positions instead of sinusoids (phase change at ~650 steps)": ROOT / "runs" / "stories-H",
 }
 
 
