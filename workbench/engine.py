@@ -299,6 +299,56 @@ def weights_of(model: LoadedModel) -> Weights:
     return found
 
 
+CHECK_TOLERANCE = 1e-4  # the engine's logits must equal the model's within this, relative to the logits' scale
+CHECK_TOKENS = 12  # the check's prompt: random ids, as long as the context allows
+
+
+def checked_weights(model: LoadedModel) -> Weights:
+    """The loaded model's Weights, once the engine's logits have been found equal to the model's own (else Unsupported).
+
+    Checked once per set of weights (a loaded model has one dtype and device): one short prompt of
+    random tokens through the engine and through the model's hooks (runs.run_tokens), every
+    position's logits compared within CHECK_TOLERANCE. A mismatch is a property of the weights and
+    the architecture, not of a prompt: what differs is a family's option the engine misreads, or a
+    reduced precision (the engine computes in float32). The options that act only on long prompts
+    (sliding windows, length-dependent rotary scaling) are refused by `extract`'s caller here, as a
+    short check could not see them.
+    """
+    w = weights_of(model)
+    found = model.derived.get("engine.check")
+    if found is None or found[0] is not w:  # a new set of weights (or one put in by hand) is checked again
+        found = (w, _check(model, w))
+        model.derived["engine.check"] = found
+    if isinstance(found[1], Unsupported):
+        raise found[1]
+    return w
+
+
+def _check(model: LoadedModel, w: Weights) -> float | Unsupported:
+    """The largest relative difference of the engine's logits from the model's, or why the engine cannot be trusted."""
+    from workbench.runs import run_tokens  # runs imports this module
+
+    config = model.bridge.original_model.config
+    window = getattr(config, "sliding_window", None)
+    if window and (getattr(config, "use_sliding_window", True) and window < model.info.n_ctx):
+        return Unsupported(f"the engine does not implement sliding-window attention (a window of {window} tokens)")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    scaling = rope.get("rope_type") or rope.get("type") if isinstance(rope, dict) else None
+    if scaling in ("dynamic", "longrope"):
+        return Unsupported(f"the engine does not implement '{scaling}' rotary scaling, which changes with the prompt's length")
+    n = min(CHECK_TOKENS, model.info.n_ctx)
+    vocab = min(model.info.d_vocab, len(model.tokenizer))
+    ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(0))  # (1, pos)
+    reference, _ = run_tokens(model, ids)  # (1, pos, d_vocab)
+    with torch.no_grad():
+        ours = forward(w, ids.to(w.W_U.device)).logits
+    reference, ours = reference.float().cpu(), ours.float().cpu()
+    gap = float((ours - reference).abs().max()) / max(1.0, float(reference.abs().max()))
+    if gap > CHECK_TOLERANCE:
+        return Unsupported(f"the forward engine's logits differ from the model's by {gap:.1e} (relative)")
+    return gap
+
+
 # ---- edits ------------------------------------------------------------------------------------------
 
 
