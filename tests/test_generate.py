@@ -160,7 +160,7 @@ def test_unedited_generation_equals_plain_transformers_generate(family_model):
     """Greedy generation against transformers' own `generate` (its key/value cache, its sampling code)."""
     from transformers import AutoModelForCausalLM
 
-    name, model, folder = family_model
+    _, model, folder = family_model
     plain = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     ids = encode(model, CACHE_PROMPT)[0]
     with torch.no_grad():
