@@ -93,8 +93,8 @@ def gpt2_small(tmp_path_factory):
 @pytest.mark.slow
 def test_no_page_starts_more_than_the_budget_on_gpt2_small(gpt2_small):
     """Every page opened alone on a GPT-2-small shape: its unrequested work, counted, stays within ~2 s at the reference speed."""
-    _, ref_flops, visits = bench_pages.measure(gpt2_small)
-    model = ui.cached_model(gpt2_small)  # the one the pages ran on
+    _, ref_flops, visits, _ = bench_pages.measure(gpt2_small)
+    model = ui.cached_model(gpt2_small, trust_remote_code=False, dtype="float32")  # the one the pages ran on
     per_flop = cost.reference_calibration(model).per_flop
     report = json.dumps({v.page: round(v.flops / ref_flops, 1) for v in visits})
     for v in visits:
