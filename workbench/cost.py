@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from workbench.errors import InputError
 from workbench.model import LoadedModel
 
 BUDGET_S = 2.0  # seconds of work a page may start without being asked
@@ -189,6 +190,17 @@ def estimate(model: LoadedModel, what: str, tokens: int, passes: int = 1, backwa
     flops = one * (passes + BACKWARD_FACTOR * backward)
     calls = passes + backward if calls is None else calls
     return Estimate(what, tokens * passes, tokens * backward, calls, cal.seconds(flops, calls))
+
+
+def report(progress: Callable[[int, int], bool | None] | None, done: int, total: int, what: str) -> None:
+    """Tells `progress(done, total)` (when given) how far `what` is; its False (the page's Cancel) stops the work here.
+
+    Long work calls this between its chunks: the callback is where a page returns to Streamlit,
+    so that a click on Cancel can reach the work at all (NOTES: work that never calls Streamlit
+    cannot be stopped). Cancelled: InputError, one line.
+    """
+    if progress is not None and progress(done, total) is False:
+        raise InputError(f"{what} was cancelled after {done} of {total} steps")
 
 
 # ---- per-model results on disk ---------------------------------------------------------------------
