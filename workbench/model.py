@@ -237,6 +237,14 @@ def check_dtype(dtype: str, device: str) -> None:
         raise InputError(f"this GPU ({device}, compute capability {major}.{minor}) has no bfloat16: use dtype='float16' or 'float32'")
     if str(device).startswith("mps") and dtype in ("bfloat16", "float64"):
         raise InputError(f"Apple's MPS device has no {dtype}: use dtype='float16' or 'float32'")
+    # what a forward pass needs, tried on two numbers: a build of torch (or a CPU) may lack a reduced-precision kernel,
+    # which would otherwise fail deep inside the first view with a traceback
+    try:
+        x = torch.ones(2, 2, dtype=DTYPES[dtype], device=device)
+        torch.nn.functional.layer_norm(torch.matmul(x, x), (2,)).softmax(-1).sum().item()
+    except (RuntimeError, NotImplementedError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{device} cannot compute in {dtype} with this build of torch ({first}): use dtype='float32'") from err
 
 
 # Peak bytes per parameter while loading, measured on a GPT-2-small shape (README, "Real size"): the raw weights
