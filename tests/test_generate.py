@@ -173,3 +173,18 @@ def test_unedited_generation_equals_plain_transformers_generate(family_model):
     if 0 in expected:  # our generation stops at the end-of-text token (id 0 here), transformers' was told not to
         expected = expected[: expected.index(0) + 1]
     assert [x.chosen_id for x in ours.steps] == expected
+
+
+def test_a_reduced_precision_model_generates_through_its_hooks_without_copying_its_weights():
+    """bfloat16: no engine (it computes in float32, and reading the weights would copy them all); tokens as the hooks give."""
+    from workbench.generate import NextLogits
+    from workbench.model import load_model
+
+    model = load_model("english", dtype="bfloat16")
+    assert not NextLogits(model).cached and "engine" not in model.derived
+    gen = generate(model, "It was the best of", Sampling(max_new_tokens=4))
+    ids = encode(model, "It was the best of")[0]
+    for step in gen.steps:
+        logits = run_tokens(model, ids[None], last_only=True)[0][0, -1].float()
+        assert step.chosen_id == int(logits.argmax())
+        ids = torch.cat([ids, torch.tensor([step.chosen_id])])

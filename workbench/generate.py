@@ -114,7 +114,9 @@ class NextLogits:
     def __init__(self, model: LoadedModel, edits: Sequence[Edit] = (), cache: bool = True):
         self.model, self.edits = model, list(edits)
         self.weights = None
-        if cache:
+        # the engine computes in float32: a model in another dtype would not check out, and reading its weights
+        # would make a float32 copy of them all (5 GB for a 1B model in bfloat16) only to find that out
+        if cache and model.info.dtype == "float32":
             with contextlib.suppress(engine.Unsupported):  # else the model's own hooks, uncached
                 self.weights = engine.checked_weights(model)
         self.ids: torch.Tensor | None = None  # (pos,) the sequence whose keys and values are kept
