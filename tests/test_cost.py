@@ -76,6 +76,8 @@ def test_head_types_on_repeats_come_back_from_disk_unchanged(tmp_path):
     assert [f.parent.parent for f in files] == [tmp_path / "circuits"] and files[0].suffix == ".safetensors"  # no pickle
     shipped = load_model("circuits")
     assert cost.cache_dir(shipped).is_relative_to(os.environ["WORKBENCH_CACHE"])
+    by_path = load_model(str(MODELS_DIR / "circuits"))  # the package's folder, however it is named
+    assert cost.cache_dir(by_path).is_relative_to(os.environ["WORKBENCH_CACHE"])
 
 
 def test_scoreboard_estimate_counts_the_exact_edges(circuits):

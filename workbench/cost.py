@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import InputError
-from workbench.model import LoadedModel
+from workbench.model import MODELS_DIR, LoadedModel
 
 BUDGET_S = 2.0  # seconds of work a page may start without being asked
 CALIBRATION_TOKENS = (8, 64)
@@ -222,7 +222,9 @@ def cache_dir(model: LoadedModel) -> Path:
     to the cache folder too (WORKBENCH_CACHE, ~/.cache/workbench by default).
     """
     folder = Path(model.info.source)
-    if model.info.kind == "local folder" and os.access(folder, os.W_OK):
+    # a shipped model loaded by its path (as the pages benchmark does) is still the package's folder
+    shipped = folder.resolve().is_relative_to(MODELS_DIR.resolve())
+    if model.info.kind == "local folder" and not shipped and os.access(folder, os.W_OK):
         return folder / ".workbench-cache"
     key = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
     return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench")) / key
