@@ -63,23 +63,30 @@ def measured(fn, device: str) -> tuple[object, float, int]:
 
 
 VIEWS = ("forward", "attention", "lens", "patching", "ig")
+PLAIN = "plain forward"  # the reference: one forward of the prompt through the loaded model, no hooks, nothing kept
 
 
 def views(model, which: tuple[str, ...] = VIEWS) -> dict[str, tuple[object, float, int]]:
     """Each view's (numbers to compare, seconds, peak extra bytes) on one prompt; `which`: a subset of VIEWS."""
     from workbench import attention, attribution, lens, patching
-    from workbench.runs import all_hook_names, hook_names, run_prompt
+    from workbench.runs import all_hook_names, encode, hook_names, run_prompt, run_tokens
 
     clean, corrupted = CLEAN, CORRUPTED
     out = {}
     device = model.info.device
+    ids = encode(model, clean)[0][None]  # (1, pos)
+    run_tokens(model, ids)  # the first call pages the mapped weights in: not part of any view
+    out[PLAIN] = measured(lambda: run_tokens(model, ids)[0][0, -1].float().cpu(), device)
+    print(f"    {PLAIN:<22} {out[PLAIN][1]:8.2f} s  {out[PLAIN][2] / MB:8,.0f} MB", flush=True)
 
     def run(key, name, fn):
         if key not in which:
             return
         model.run_cache.clear()
         out[name] = measured(fn, device)
-        print(f"    {name:<22} {out[name][1]:8.2f} s  {out[name][2] / MB:8,.0f} MB", flush=True)
+        s, b = out[name][1], out[name][2]
+        ratio = f"{s / out[PLAIN][1]:7.1f}x the plain forward's time"
+        print(f"    {name:<22} {s:8.2f} s  {b / MB:8,.0f} MB  {ratio}", flush=True)
 
     run(
         "forward", "forward, every hook", lambda: run_prompt(model, clean, all_hook_names(model), truncate=True).logits[0, -1].float().cpu()
@@ -117,6 +124,7 @@ def measure_shape(
         print(f"  {shape}: {model.info.n_params / 1e9:.2f} B parameters, {dtype} on {device}: load {load_s:.1f} s, {load_b / MB:,.0f} MB")
         found = views(model, which)
         record["views"] = {k: {"s": s, "mb": b / MB} for k, (_, s, b) in found.items()}
+        print(table(record), flush=True)
         del model
         gc.collect()
         if check:
@@ -131,6 +139,27 @@ def measure_shape(
             del ref
             gc.collect()
     return record
+
+
+def table(record: dict) -> str:
+    """The views of one shape as a markdown table: seconds as a ratio to the plain forward, peak memory as a ratio to the weights.
+
+    Memory is against the weights, not the plain forward: a 10-token forward holds a few MB above
+    the weights, so ratios to it would be noise.
+    """
+    views = record["views"]
+    plain = views[PLAIN]
+    weights_mb = record["params"] * torch.tensor([], dtype=getattr(torch, record["dtype"])).element_size() / MB
+    lines = [
+        f"{record['shape']} ({record['params'] / 1e9:.2f} B parameters), {record['dtype']} on {record['device']}, raw weights "
+        f"({weights_mb:,.0f} MB): load {record['load_s']:.1f} s, {record['load_mb']:,.0f} MB; plain forward {plain['s']:.2f} s",
+        "",
+        "| view | seconds | time / plain forward | peak memory above the loaded model (MB) | that / the weights |",
+        "|---|---|---|---|---|",
+    ]
+    for k, v in views.items():
+        lines.append(f"| {k} | {v['s']:.2f} | {v['s'] / plain['s']:.1f} | {v['mb']:,.0f} | {v['mb'] / weights_mb:.2f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         build("gpt2-small", Path(tmp))
-        ref_s, ref_flops, visits = bench_pages.measure(tmp)
-    lines += ["## Pages, GPT-2-small shape", "", bench_pages.table(ref_s, ref_flops, visits), ""]
+        ref_s, ref_flops, visits, once = bench_pages.measure(tmp)
+    lines += ["## Pages, GPT-2-small shape", "", bench_pages.table(ref_s, ref_flops, visits, once), ""]
     for shape in args.sizes:
         r = bench_sizes.measure_shape(shape, "bfloat16", args.device, check=True)
         lines += [

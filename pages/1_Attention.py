@@ -73,8 +73,10 @@ with ui.guard("the attention patterns"):
             "and each head's mean attention entropy."
         )
         ui.figure(draw.head_types_heatmap(on_prompt), "head-types-prompt", on_prompt, on_prompt.rows())
-        if repeats is None and ui.gate(attention.repeats_estimate(model), "Score heads on repeated random tokens", "repeats"):
-            repeats = head_types_on_repeats(model)  # kept on disk for this model: asked once
+        if repeats is None:  # kept on disk for this model: asked once
+            repeats = ui.gated(
+                attention.repeats_estimate(model), "Score heads on repeated random tokens", "repeats", head_types_on_repeats, model
+            )
         if repeats is not None:
             ui.figure(draw.head_types_heatmap(repeats), "head-types-repeats", repeats, repeats.rows())
         kind = st.selectbox("Rank heads by", attention.HEAD_TYPES, index=2, key="w.rank_by")

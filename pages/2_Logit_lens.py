@@ -13,15 +13,25 @@ view = ui.View(
     "Read the residual stream after every layer as if it were the last: final layer norm, then unembedding. "
     "The tuned lens first translates each layer's stream with a learned affine map, so early layers read better.",
     shared=("model", "prompt", "pos"),
-    params=(ui.text("tracked"),),
+    params=(ui.text("tracked"), ui.choice("points", lens.POINTS)),
 )
 tuned_lens = view.cached(lens.load_tuned_lens)
 model = view.start()
 prompt, truncate = ui.prompt_form(model, page="lens")
 
 with ui.guard("the lens"):
-    ui.memory_plan(model, prompt, truncate, "lens")
-    run = run_prompt(model, prompt, truncate=truncate)
+    n = ui.memory_plan(model, prompt, truncate, "lens")
+    if view.key("points") not in st.session_state:
+        # every point costs an unembedding per position: the midpoints on a first visit only where that stays cheap
+        st.session_state[view.key("points")] = "midpoints" if lens.default_midpoints(model, n) else "blocks"
+    points = st.radio(
+        "Points read", lens.POINTS, key=view.key("points"), horizontal=True,
+        format_func=lambda p: {"blocks": "each block's output", "midpoints": "after each attention and MLP"}[p],
+        help="Each point costs one unembedding per position. Reading after each attention as well doubles the points: "
+        f"here ~{lens.reading_seconds(model, n, True):.1f} s against ~{lens.reading_seconds(model, n, False):.1f} s.",
+    )  # fmt: skip
+    midpoints = points == "midpoints"
+    run = run_prompt(model, prompt, [name for _, name in lens.lens_points(model, midpoints)], truncate=truncate)
     tuned = tuned_lens(model)
     position = ui.position_picker(run.labels, "Position (whose next token is read)")
     suggestions = next_token_topk(model, run, k=8, position=position)
@@ -33,15 +43,15 @@ with ui.guard("the lens"):
     tracked = [suggestions.ids[suggestions.labels.index(label)] for label in picked]
     if typed:
         tracked.append(single_token_id(model.tokenizer, typed, "tracked"))
-    ui.probe_command("lens", model, prompt=prompt, track=[model.tokenizer.decode([t]) for t in tracked])
+    ui.probe_command("lens", model, prompt=prompt, track=[model.tokenizer.decode([t]) for t in tracked], points=points)
 
-    logit = lens.lens(model, prompt, k=5, tracked=tracked, truncate=truncate)
+    logit = lens.lens(model, prompt, k=5, tracked=tracked, truncate=truncate, midpoints=midpoints)
     results = [logit]
     if tuned is None:
         st.info("This model has no tuned lens yet: train one with `python -m workbench.train lens <model>`.")
         ui.figure(draw.lens_heatmap(logit), "logit-lens", logit, logit.rows())
     else:
-        tuned_result = lens.lens(model, prompt, k=5, tracked=tracked, tuned=tuned, truncate=truncate)
+        tuned_result = lens.lens(model, prompt, k=5, tracked=tracked, tuned=tuned, truncate=truncate, midpoints=midpoints)
         results.append(tuned_result)
         # side by side while the cells stay readable; one above the other for longer prompts
         left, right = st.columns(2) if run.n_tokens <= 12 else (st.container(), st.container())

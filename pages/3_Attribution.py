@@ -71,10 +71,9 @@ with ui.guard("the attribution"):
         # integrated gradients' steps cost a forward and a backward pass each: above the budget only on request
         args = (model, prompt, answer, method, baseline, int(steps))
         a = input_attribution.peek(*args)
-        if a is None and ui.gate(
-            attribution.estimate(model, prompt, answer, method, int(steps)), f"Attribute with {method}", "attribution"
-        ):
-            a = input_attribution(*args)
+        if a is None:
+            est = attribution.estimate(model, prompt, answer, method, int(steps))
+            a = ui.gated(est, f"Attribute with {method}", "attribution", input_attribution, *args)
         if a is not None and method.startswith("integrated gradients"):
             gap = a.completeness_gap()
             st.markdown(

@@ -129,10 +129,9 @@ with ui.guard("the information-flow graph"):
     args = (model, prompt, position, float(threshold), answer, wrong, ablation, k, truncate)
     f = check.peek(*args)
     # about 20 forward passes: at once within the cost budget, on request above it
-    if f is None and ui.gate(
-        cost.estimate(model, "the faithfulness check", position + 1, passes=20), "Check the graph by ablation", "graph_check"
-    ):
-        f = check(*args)
+    if f is None:
+        est = cost.estimate(model, "the faithfulness check", position + 1, passes=20)
+        f = ui.gated(est, "Check the graph by ablation", "graph_check", check, *args)
     if f is not None:
         (st.success if f.survives else st.warning)(f.verdict[0].upper() + f.verdict[1:] + ".")
         st.markdown(

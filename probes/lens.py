@@ -14,6 +14,7 @@ DEFAULTS = {
     "prompts": ["It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a"],
     "tracked": [],
     "k": 5,
+    "points": "midpoints",
 }
 
 
@@ -23,15 +24,19 @@ def add_arguments(p):
         "--track", "--target", action="append", dest="tracked", help="a token to track at every point, e.g. ' wife' (repeatable)"
     )
     p.add_argument("--k", type=int, help="top-k tokens kept per cell (default 5)")
+    p.add_argument(
+        "--points", choices=lens.POINTS, help="read each block's output, or after each attention and MLP too (midpoints, the default)"
+    )
 
 
 def body(model, s, out):
     tuned = lens.load_tuned_lens(model)
     tracked = [single_token_id(model.tokenizer, t, "tracked") for t in s["tracked"]]
     for i, prompt in enumerate(s["prompts"]):
-        results = [lens.lens(model, prompt, k=int(s["k"]), tracked=tracked)]
+        midpoints = s["points"] == "midpoints"
+        results = [lens.lens(model, prompt, k=int(s["k"]), tracked=tracked, midpoints=midpoints)]
         if tuned is not None:
-            results.append(lens.lens(model, prompt, k=int(s["k"]), tracked=tracked, tuned=tuned))
+            results.append(lens.lens(model, prompt, k=int(s["k"]), tracked=tracked, tuned=tuned, midpoints=midpoints))
         for r in results:
             name = f"{r.kind.replace(' ', '-')}-prompt{i}"
             out.figure(draw.lens_heatmap(r), name)

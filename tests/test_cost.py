@@ -76,6 +76,8 @@ def test_head_types_on_repeats_come_back_from_disk_unchanged(tmp_path):
     assert [f.parent.parent for f in files] == [tmp_path / "circuits"] and files[0].suffix == ".safetensors"  # no pickle
     shipped = load_model("circuits")
     assert cost.cache_dir(shipped).is_relative_to(os.environ["WORKBENCH_CACHE"])
+    by_path = load_model(str(MODELS_DIR / "circuits"))  # the package's folder, however it is named
+    assert cost.cache_dir(by_path).is_relative_to(os.environ["WORKBENCH_CACHE"])
 
 
 def test_scoreboard_estimate_counts_the_exact_edges(circuits):
@@ -93,8 +95,8 @@ def gpt2_small(tmp_path_factory):
 @pytest.mark.slow
 def test_no_page_starts_more_than_the_budget_on_gpt2_small(gpt2_small):
     """Every page opened alone on a GPT-2-small shape: its unrequested work, counted, stays within ~2 s at the reference speed."""
-    _, ref_flops, visits = bench_pages.measure(gpt2_small)
-    model = ui.cached_model(gpt2_small)  # the one the pages ran on
+    _, ref_flops, visits, _ = bench_pages.measure(gpt2_small)
+    model = ui.cached_model(gpt2_small, trust_remote_code=False, dtype="float32")  # the one the pages ran on
     per_flop = cost.reference_calibration(model).per_flop
     report = json.dumps({v.page: round(v.flops / ref_flops, 1) for v in visits})
     for v in visits:
@@ -114,3 +116,118 @@ def test_a_cancelled_scoreboard_stops_with_one_line(circuits):
     with pytest.raises(InputError, match="the methods scoreboard was cancelled"):
         scoreboard.run(circuits, setups, progress=cancel)
     assert len(calls) == 1 and calls[0][1] > 10  # stopped at the first report, of many
+
+
+# ---- progress and Cancel for the gated jobs -------------------------------------------------------------------------
+
+
+def _stop_after(n: int):
+    """A progress callback that records what it is told and answers False (the page's Cancel) at its n-th report."""
+    seen = []
+
+    def progress(done, total):
+        seen.append((done, total))
+        return len(seen) < n
+
+    return progress, seen
+
+
+def _gated_jobs(english):
+    from workbench import attribution, graph
+
+    prompt = "It was the best of times, it was the worst of"
+    answer = attribution.Answer((english.tokenizer(" times")["input_ids"][0],))
+    return {
+        "integrated gradients": (
+            lambda p: attribution.input_attribution(english, prompt, answer, steps=8, internal_batch_size=2, progress=p),
+            lambda r: r.scores,
+            "the input attribution",
+        ),
+        "head scores on repeats": (
+            lambda p: attention.head_types_on_repeats(english, n=10, seqs=4, progress=p),
+            lambda r: torch.stack(list(r.scores.values())),
+            "head scores on repeated random tokens",
+        ),
+        "faithfulness": (
+            lambda p: graph.check(english, prompt, progress=p),
+            lambda r: torch.tensor([r.full, r.empty, r.kept, r.top_k, *r.random_k]),
+            "the faithfulness check",
+        ),
+    }
+
+
+@pytest.mark.parametrize("job", ["integrated gradients", "head scores on repeats", "faithfulness"])
+def test_gated_jobs_report_progress_and_stop_at_a_cancel_with_one_line(english, job, tmp_path, monkeypatch):
+    """Progress comes between chunks, up to done == total; a False stops the job there with one line; watching changes nothing."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))  # nothing on disk: the head scores are computed here
+    run, numbers, what = _gated_jobs(english)[job]
+    plain = run(None)
+    cost.clear_disk_cache(english)
+    watched, seen = _stop_after(10**6)
+    result = run(watched)
+    assert len(seen) > 2 and seen[-1][0] == seen[-1][1] and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    torch.testing.assert_close(numbers(result), numbers(plain), atol=1e-5, rtol=1e-5)
+    cost.clear_disk_cache(english)
+    cancel, seen = _stop_after(2)
+    with pytest.raises(InputError, match=f"^{what}.* was cancelled after 2 of ") as err:
+        run(cancel)
+    assert len(seen) == 2 and str(err.value).endswith(f"after 2 of {seen[-1][1]} steps") and "\n" not in str(err.value)
+    if job == "head scores on repeats":
+        assert attention.stored_head_types_on_repeats(english, n=10, seqs=4) is None  # a cancelled job keeps nothing
+
+
+PAGES = bench_pages.ROOT / "pages"
+
+
+@pytest.mark.parametrize(
+    "page, button, result",
+    [
+        ("3_Attribution.py", "Attribute with", "**Completeness**"),
+        ("1_Attention.py", "Score heads on repeated random tokens", None),
+        ("7_Graph.py", "Check the graph by ablation", "Ablating the graph's top"),
+    ],
+)
+def test_a_gated_job_cancelled_on_its_page_keeps_the_inputs_and_says_so(page, button, result, tmp_path, monkeypatch):
+    """Every gate above the budget (BUDGET_S = 0): the button runs the job under a progress bar; a Cancel arriving while
+    it runs (its on_click, then Streamlit's stop from the next progress update) leaves no result, no error, the inputs as
+    they were, and one line saying what was cancelled on the next run."""
+    from contextlib import contextmanager
+
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(cost, "BUDGET_S", 0.0)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    for cache in ui._server_caches().values():  # nothing remembered from another test
+        with cache._lock:
+            cache._items.clear()
+    real, reports = ui.progress, []
+
+    @contextmanager
+    def cancelled_progress(label):
+        with real(label) as report:
+
+            def update(done, total):
+                reports.append(done)
+                if len(reports) == 2:
+                    ui._cancel(label)  # the Cancel button's on_click
+                    raise StopException()  # what Streamlit raises from the next drawing call
+
+            report.update = update
+            yield report
+
+    monkeypatch.setattr(ui, "progress", cancelled_progress)
+    at = AppTest.from_file(str(PAGES / page), default_timeout=180)
+    at.session_state["wb.model"] = "english"
+    at.run()
+    before = {w.key: w.value for w in (*at.text_input, *at.number_input, *at.selectbox) if w.key}
+    gate = [b for b in at.button if b.label.startswith(button)]
+    assert len(gate) == 1 and "(~" in gate[0].label
+    gate[0].click().run()
+    assert not at.exception and not at.error and len(reports) == 2
+    if result:
+        assert not [m for m in at.markdown if result in m.value]
+    at.run()
+    assert any("cancelled" in i.value for i in at.info), [i.value for i in at.info]
+    assert {w.key: w.value for w in (*at.text_input, *at.number_input, *at.selectbox) if w.key} == before
+    assert [b for b in at.button if b.label.startswith(button)]  # asked again: nothing was kept

@@ -194,3 +194,30 @@ def test_graddrop_streams_block_by_block_equal_methods_whole_graph_gradients(cir
     for n in names:
         assert torch.allclose(acts[n][0], base[n], atol=1e-5), n
     assert any(float(g.abs().max()) > 0 for stream in got[1:] for g in stream.values())
+
+
+def test_the_engine_is_checked_once_per_set_of_weights_and_a_wrong_one_is_refused(circuits):
+    """checked_weights compares the engine's logits with the model's once; a changed engine (embeddings × 2) is checked
+    again and refused; an option that acts only on long prompts (a sliding window) is refused without a run."""
+    import dataclasses
+
+    w = engine.checked_weights(circuits)
+    check = circuits.derived["engine.check"]
+    assert check[0] is w and check[1] <= engine.CHECK_TOLERANCE
+    assert engine.checked_weights(circuits) is w and circuits.derived["engine.check"] is check  # not run again
+    wrong = dataclasses.replace(w, embed_scale=2.0)
+    config = circuits.bridge.original_model.config
+    try:
+        circuits.derived["engine"] = wrong
+        with pytest.raises(engine.Unsupported, match="differ from the model's"):
+            engine.checked_weights(circuits)
+        circuits.derived["engine"] = w
+        config.sliding_window = 4
+        circuits.derived.pop("engine.check")
+        with pytest.raises(engine.Unsupported, match="sliding-window"):
+            engine.checked_weights(circuits)
+    finally:
+        circuits.derived["engine"] = w
+        del config.sliding_window
+        circuits.derived.pop("engine.check", None)
+    assert engine.checked_weights(circuits) is w

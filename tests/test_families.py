@@ -54,7 +54,10 @@ def test_logits_and_patterns_equal_plain_transformers(family):
 def test_the_lens_last_point_is_the_output_and_points_follow_the_blocks(family):
     name, model, _ = family
     r = lens.lens(model, CLEAN, k=3)
-    run = run_prompt(model, CLEAN)
+    run = run_prompt(model, CLEAN, [name for _, name in lens.lens_points(model)])
+    # the lens takes the model's logits as its last point's reading: the lens's own readout of the final residual equals them
+    final = lens.readout(model, lens.residuals(run, model)[-1])  # (pos, d_vocab)
+    assert torch.allclose(final.log_softmax(-1), run.logits.log_softmax(-1), atol=1e-5)
     assert torch.allclose(r.top_probs[-1, :, 0], run.logits.softmax(-1).max(-1).values, atol=1e-5)
     assert torch.equal(r.top_ids[-1, :, 0], run.logits.argmax(-1))
     parallel = name in ("gpt_neox", "phi", "gptj")

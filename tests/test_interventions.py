@@ -309,13 +309,12 @@ def test_the_head_sweep_runs_through_the_hooks_when_the_engine_disagrees(circuit
     prompt = "apple river stone cloud tiger piano apple river stone"
     metric = iv.Metric("probability", circuits.tokenizer(" cloud")["input_ids"][0])
     right = iv.ablation_sweep(circuits, prompt, metric, "zero")
-    saved, check = engine.weights_of(circuits), circuits.derived.pop("interventions.engine_check", None)
+    saved = engine.weights_of(circuits)
     circuits.derived["engine"] = dataclasses.replace(saved, embed_scale=2.0)
     try:
         s = iv.ablation_sweep(circuits, prompt, metric, "zero")
     finally:
         circuits.derived["engine"] = saved
-        circuits.derived["interventions.engine_check"] = check
     assert s.path == "bridge hooks" and "differ from the model's" in s.note
     assert torch.allclose(s.values, right.values, atol=1e-5)
 

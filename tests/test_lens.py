@@ -112,3 +112,49 @@ def test_lens_page_shows_both_lenses():
     at.text_input(key="w.tracked").set_value(" zzzqqq")
     at.run()
     assert not at.exception and any("not one" in e.value for e in at.error)
+
+
+def test_the_block_outputs_lens_ends_at_the_output_and_agrees_with_transformer_lens(shipped):
+    """Without the midpoints: layers + 1 points (the classic logit lens), the last the model's output, each as
+    transformer-lens's logit_lens reads the block outputs (incl_mid=False), and the same rows as the full lens there."""
+    prompt = "apple river stone apple river" if shipped.info.name == "circuits" else PROMPT
+    run = run_prompt(shipped, prompt)
+    blocks = lens.lens(shipped, prompt, k=3, tracked=[int(run.logits[-1].argmax())], midpoints=False)
+    assert blocks.points == ["embed", *(f"L{layer}" for layer in range(shipped.info.n_layers))]
+    assert torch.allclose(blocks.top_probs[-1], run.logits.softmax(-1).topk(3).values, atol=1e-5)
+    assert blocks.kl_to_final[-1].abs().max() < 1e-5 and bool((blocks.tracked_ranks[-1, -1] == 0).all())
+    top = tl_logit_lens(shipped.bridge, run.tokens[None], positions=None, incl_mid=False, return_type="log_probs", top_k=3)
+    assert len(top.labels) == len(blocks.points)
+    assert torch.equal(top.readout.top_ids[:, 0], blocks.top_ids)
+    assert torch.allclose(top.readout.values[:, 0].exp(), blocks.top_probs, atol=1e-5)
+    every = lens.lens(shipped, prompt, k=3)
+    rows = [0, *range(2, len(every.points), 2)]  # the embeddings, then each block's "mlp" point: its output
+    assert torch.equal(every.top_ids[rows], blocks.top_ids) and torch.allclose(every.entropy[rows], blocks.entropy, atol=1e-6)
+
+
+def test_a_tuned_lens_read_at_the_block_outputs_uses_their_translators(english):
+    gen = torch.Generator().manual_seed(0)
+    n, d = len(lens.lens_points(english)), english.info.d_model
+    tuned = lens.TunedLens(0.05 * torch.randn(n - 1, d, d, generator=gen), 0.1 * torch.randn(n - 1, d, generator=gen))
+    every = lens.lens(english, PROMPT, tuned=tuned)
+    blocks = lens.lens(english, PROMPT, tuned=tuned, midpoints=False)
+    rows = [0, *range(2, n, 2)]
+    assert torch.equal(every.top_ids[rows], blocks.top_ids) and torch.allclose(every.kl_to_final[rows], blocks.kl_to_final, atol=1e-6)
+
+
+def test_the_readings_cost_is_what_torch_counts_and_decides_the_midpoints(english):
+    """reading_seconds: the unembedding's FLOPs at every point and position, as torch's FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from workbench import cost
+
+    run = run_prompt(english, PROMPT, [name for _, name in lens.lens_points(english)])
+    for midpoints in (True, False):
+        resid = lens.residuals(run, english, midpoints)  # (point, pos, d_model)
+        with torch.no_grad(), FlopCounterMode(display=False) as mode:
+            lens.readout(english, resid)
+        seconds = cost.calibrate(english).seconds(mode.get_total_flops(), calls=0)
+        assert lens.reading_seconds(english, run.n_tokens, midpoints) == pytest.approx(seconds, rel=1e-6)
+    assert lens.default_midpoints(english, run.n_tokens)  # a shipped model: a few milliseconds
+    long = 10**6  # tokens at which even this model's readings would pass the share of the budget
+    assert not lens.default_midpoints(english, long)

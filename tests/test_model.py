@@ -178,3 +178,38 @@ def test_concurrent_runs_never_see_each_others_hooks(circuits):
         t.join()
     assert errors == []
     assert circuits.attached_hooks() == []
+
+
+def test_compatibility_mode_frees_gpt2s_fused_qkv_and_still_equals_plain_transformers(tmp_path):
+    """The fused QKV weight the processing leaves unused is released (an empty tensor); logits, every attention hook and
+    W_Q/K/V still equal plain transformers' numbers and those read from its c_attn."""
+    from workbench import families
+
+    folder = families.build("gpt2", tmp_path / "gpt2")
+    model = load_model(str(folder))
+    plain = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    for block in model.bridge.blocks:
+        assert block.attn.qkv.original_component.weight.numel() == 0
+    ids = runs.encode(model, "The cat sat on the mat. The cat sat on the")[0][None]
+    with torch.no_grad():
+        want = plain(ids, output_attentions=True)
+    logits, cache = runs.run_tokens(model, ids, [f"blocks.{i}.attn.hook_pattern" for i in range(model.info.n_layers)])
+    assert torch.allclose(logits, want.logits, atol=1e-4)
+    for i, pattern in enumerate(want.attentions):
+        assert torch.allclose(cache[f"blocks.{i}.attn.hook_pattern"], pattern, atol=1e-5)
+
+
+def test_head_constants_do_not_keep_a_second_copy_of_the_model(tmp_path):
+    """The raw twin read for the head constants is loaded for them alone (conventions.raw_twin(keep=False)); the values
+    equal those read with a kept twin."""
+    import shutil
+
+    from workbench import conventions
+
+    shutil.copytree(MODELS_DIR / "circuits", tmp_path / "circuits", ignore=shutil.ignore_patterns("checkpoints", "sae"))
+    model = load_model(str(tmp_path / "circuits"))
+    once = conventions.head_constants(model)
+    assert "conventions.raw_twin" not in model.derived
+    model.derived.pop("conventions.head_constants")
+    conventions.raw_twin(model)  # a kept twin (the tuned-lens package readings keep one) is reused
+    assert torch.equal(conventions.head_constants(model), once) and "conventions.raw_twin" in model.derived

@@ -70,6 +70,33 @@ def test_a_dtype_the_device_lacks_is_one_line():
         load_model("english", dtype="int8")
 
 
+def test_a_gpu_without_bfloat16_is_one_line(monkeypatch):
+    """No GPU here: the check's own answer from torch is what is replaced (an old GPU, compute capability 6.1)."""
+    from workbench.model import check_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (6, 1))
+    with pytest.raises(InputError, match=r"^this GPU \(cuda:0, compute capability 6.1\) has no bfloat16: use dtype='float16'") as err:
+        check_dtype("bfloat16", "cuda:0")
+    assert "\n" not in str(err.value)
+
+
+def test_a_dtype_this_cpu_cannot_compute_in_is_one_line(monkeypatch):
+    """A CPU (or a torch build) without a float16 matmul kernel: torch's own error, as it words it, becomes one line at load."""
+    real = torch.matmul
+
+    def no_half(a, b, *args, **kwargs):
+        if a.dtype == torch.float16:
+            raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'Half'")
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "matmul", no_half)
+    with pytest.raises(InputError, match=r"^cpu cannot compute in float16 with this build of torch .*addmm.*: use dtype='float32'$"):
+        load_model("english", device="cpu", dtype="float16")
+    monkeypatch.undo()
+    assert load_model("english", device="cpu", dtype="float16").info.dtype == "float16"  # this CPU can: nothing refused
+
+
 def test_a_model_too_big_for_free_memory_is_refused_before_loading(monkeypatch):
     import psutil
 

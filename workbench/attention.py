@@ -151,14 +151,15 @@ def _repeats_on_disk(n: int, seqs: int, seed: int) -> tuple[str, Callable, Calla
     return f"head-types-n{n}-s{seqs}-seed{seed}", to_disk, from_disk
 
 
-def head_types_on_repeats(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0) -> HeadTypes:
+def head_types_on_repeats(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0, progress=None) -> HeadTypes:
     """Head types on the standard probe: BOS + n random tokens repeated twice (see heads.py).
 
     Per model, not per prompt (seqs × (2n + 1) tokens: ~60 forward passes of a short prompt): computed
-    once per model's weights and kept on disk next to its folder (cost.disk_cached).
+    once per model's weights and kept on disk next to its folder (cost.disk_cached). `progress(done,
+    seqs)` after each sequence; its False cancels (nothing is kept).
     """
     name, to_disk, from_disk = _repeats_on_disk(n, seqs, seed)
-    compute = lambda: _head_types_on_repeats(model, n, seqs, seed)  # noqa: E731
+    compute = lambda: _head_types_on_repeats(model, n, seqs, seed, progress)  # noqa: E731
     return cost.disk_cached(model, name, compute, to_disk, from_disk)
 
 
@@ -169,12 +170,12 @@ def stored_head_types_on_repeats(model: LoadedModel, n: int = 50, seqs: int = 8,
 
 
 def repeats_estimate(model: LoadedModel, n: int = 50, seqs: int = 8) -> cost.Estimate:
-    """What `head_types_on_repeats` costs when it is not on disk: seqs sequences of 2n + 1 tokens, one batched pass."""
-    return cost.estimate(model, "head scores on repeated random tokens", 2 * n + 1, passes=seqs, calls=1)
+    """What `head_types_on_repeats` costs when it is not on disk: seqs sequences of 2n + 1 tokens, one call each."""
+    return cost.estimate(model, "head scores on repeated random tokens", 2 * n + 1, passes=seqs, calls=seqs)
 
 
-def _head_types_on_repeats(model: LoadedModel, n: int, seqs: int, seed: int) -> HeadTypes:
-    s = repeat_scores(model, n=n, seqs=seqs, seed=seed, keep_patterns=True)
+def _head_types_on_repeats(model: LoadedModel, n: int, seqs: int, seed: int, progress=None) -> HeadTypes:
+    s = repeat_scores(model, n=n, seqs=seqs, seed=seed, keep_patterns=True, progress=progress)
     per_seq = [head_types_of(p, t) for p, t in zip(s.patterns, s.tokens, strict=True)]
     mean = {k: torch.stack([h.scores[k] for h in per_seq]).nanmean(0) for k in per_seq[0].scores}
     return HeadTypes(

@@ -184,6 +184,23 @@ def estimate(model: LoadedModel, prompt: str, answer: Answer, method: str = "int
     return cost.estimate(model, f"{method} on {n} tokens", n, passes=k * (forward + 2), backward=k * backward, calls=k * 4)
 
 
+class _Calls:
+    """Counts the model calls of a long attribution and reports each to `progress` (cost.report: False cancels)."""
+
+    def __init__(self, progress, total: int, what: str):
+        self.progress, self.total, self.what, self.done = progress, total, what, 0
+
+    def counting(self, forward):
+        def counted(x: torch.Tensor) -> torch.Tensor:
+            out = forward(x)
+            self.done += 1
+            self.total = max(self.total, self.done)  # the adaptive method may take a level more than planned
+            cost.report(self.progress, self.done, self.total, self.what)
+            return out
+
+        return counted
+
+
 def input_attribution(
     model: LoadedModel,
     prompt: str,
@@ -192,12 +209,14 @@ def input_attribution(
     baseline: str = "zeros",
     steps: int = 32,
     internal_batch_size: int | None = None,
+    progress=None,
 ) -> InputAttribution:
     """Attributes the answer's metric to every input token (see the module doc).
 
     Integrated gradients runs its steps `internal_batch_size` at a time (default: as many as the
     memory budget allows for this prompt's length, see long.ig_batch; captum's default puts every
-    step in one batch, which a long prompt cannot afford).
+    step in one batch, which a long prompt cannot afford). `progress(done, total)` is told after
+    every model call (a batch of steps); its False cancels there (cost.report).
     """
     if method not in METHODS:
         raise InputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
@@ -223,12 +242,18 @@ def input_attribution(
     scores = torch.full((len(answer.tokens), n), float("nan"))
     metric, metric_base, delta = (torch.full((len(answer.tokens),), float("nan")) for _ in range(3))
     used = [steps] * len(answer.tokens)  # gradient evaluations per answer token (the adaptive method picks its own)
+    # model calls per answer token: the method's batches, then captum's completeness check and the two metric runs
+    per_token = {"saliency": 1, "input × gradient": 1}.get(
+        method, -(-(len(full) if method == "feature ablation" else steps) // internal_batch_size)
+    )
+    calls = _Calls(progress, len(answer.tokens) * (per_token + 4), f"the input attribution ({method})")
     with model.lock:
         for t, token in enumerate(answer.tokens):
             ctx = full[: len(ids) + t]  # (pos_t,)
             forward = _embed_forward(model, ctx, token, answer.wrong)
             if checkpointed:
                 forward = _checkpointed_forward(model, ctx, token, answer.wrong)
+            forward = calls.counting(forward)
             inputs = token_embeddings(model, ctx).requires_grad_(True)  # (1, pos_t, d_model)
             zeros = base_id is None
             base = torch.zeros_like(inputs).detach() if zeros else token_embeddings(model, torch.full_like(ctx, base_id))

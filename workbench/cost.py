@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from workbench.model import LoadedModel
+from workbench.errors import InputError
+from workbench.model import MODELS_DIR, LoadedModel
 
 BUDGET_S = 2.0  # seconds of work a page may start without being asked
 CALIBRATION_TOKENS = (8, 64)
@@ -191,6 +192,17 @@ def estimate(model: LoadedModel, what: str, tokens: int, passes: int = 1, backwa
     return Estimate(what, tokens * passes, tokens * backward, calls, cal.seconds(flops, calls))
 
 
+def report(progress: Callable[[int, int], bool | None] | None, done: int, total: int, what: str) -> None:
+    """Tells `progress(done, total)` (when given) how far `what` is; its False (the page's Cancel) stops the work here.
+
+    Long work calls this between its chunks: the callback is where a page returns to Streamlit,
+    so that a click on Cancel can reach the work at all (NOTES: work that never calls Streamlit
+    cannot be stopped). Cancelled: InputError, one line.
+    """
+    if progress is not None and progress(done, total) is False:
+        raise InputError(f"{what} was cancelled after {done} of {total} steps")
+
+
 # ---- per-model results on disk ---------------------------------------------------------------------
 
 
@@ -210,7 +222,9 @@ def cache_dir(model: LoadedModel) -> Path:
     to the cache folder too (WORKBENCH_CACHE, ~/.cache/workbench by default).
     """
     folder = Path(model.info.source)
-    if model.info.kind == "local folder" and os.access(folder, os.W_OK):
+    # a shipped model loaded by its path (as the pages benchmark does) is still the package's folder
+    shipped = folder.resolve().is_relative_to(MODELS_DIR.resolve())
+    if model.info.kind == "local folder" and not shipped and os.access(folder, os.W_OK):
         return folder / ".workbench-cache"
     key = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
     return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench")) / key

@@ -299,6 +299,56 @@ def weights_of(model: LoadedModel) -> Weights:
     return found
 
 
+CHECK_TOLERANCE = 1e-4  # the engine's logits must equal the model's within this, relative to the logits' scale
+CHECK_TOKENS = 12  # the check's prompt: random ids, as long as the context allows
+
+
+def checked_weights(model: LoadedModel) -> Weights:
+    """The loaded model's Weights, once the engine's logits have been found equal to the model's own (else Unsupported).
+
+    Checked once per set of weights (a loaded model has one dtype and device): one short prompt of
+    random tokens through the engine and through the model's hooks (runs.run_tokens), every
+    position's logits compared within CHECK_TOLERANCE. A mismatch is a property of the weights and
+    the architecture, not of a prompt: what differs is a family's option the engine misreads, or a
+    reduced precision (the engine computes in float32). The options that act only on long prompts
+    (sliding windows, length-dependent rotary scaling) are refused by `extract`'s caller here, as a
+    short check could not see them.
+    """
+    w = weights_of(model)
+    found = model.derived.get("engine.check")
+    if found is None or found[0] is not w:  # a new set of weights (or one put in by hand) is checked again
+        found = (w, _check(model, w))
+        model.derived["engine.check"] = found
+    if isinstance(found[1], Unsupported):
+        raise found[1]
+    return w
+
+
+def _check(model: LoadedModel, w: Weights) -> float | Unsupported:
+    """The largest relative difference of the engine's logits from the model's, or why the engine cannot be trusted."""
+    from workbench.runs import run_tokens  # runs imports this module
+
+    config = model.bridge.original_model.config
+    window = getattr(config, "sliding_window", None)
+    if window and (getattr(config, "use_sliding_window", True) and window < model.info.n_ctx):
+        return Unsupported(f"the engine does not implement sliding-window attention (a window of {window} tokens)")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    scaling = rope.get("rope_type") or rope.get("type") if isinstance(rope, dict) else None
+    if scaling in ("dynamic", "longrope"):
+        return Unsupported(f"the engine does not implement '{scaling}' rotary scaling, which changes with the prompt's length")
+    n = min(CHECK_TOKENS, model.info.n_ctx)
+    vocab = min(model.info.d_vocab, len(model.tokenizer))
+    ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(0))  # (1, pos)
+    reference, _ = run_tokens(model, ids)  # (1, pos, d_vocab)
+    with torch.no_grad():
+        ours = forward(w, ids.to(w.W_U.device)).logits
+    reference, ours = reference.float().cpu(), ours.float().cpu()
+    gap = float((ours - reference).abs().max()) / max(1.0, float(reference.abs().max()))
+    if gap > CHECK_TOLERANCE:
+        return Unsupported(f"the forward engine's logits differ from the model's by {gap:.1e} (relative)")
+    return gap
+
+
 # ---- edits ------------------------------------------------------------------------------------------
 
 
@@ -381,12 +431,13 @@ class Output:
 class _Run:
     """The edits and captures of one forward call, looked up by hook name."""
 
-    def __init__(self, edits: Iterable[Edit], capture: Iterable[str]):
+    def __init__(self, edits: Iterable[Edit], capture: Iterable[str], offset: int = 0):
         self.edits: dict[str, list[Edit]] = {}
         for e in edits:
             self.edits.setdefault(e.hook, []).append(e)
         self.capture = set(capture)
         self.captured: dict[str, torch.Tensor] = {}
+        self.offset = offset  # the absolute position of the activations' first position (see forward's `offset`)
 
     def touches(self, layer: int) -> bool:
         """Whether any edit or capture acts inside block `layer`."""
@@ -396,17 +447,31 @@ class _Run:
     def __call__(self, layer: int, site: str, act: torch.Tensor) -> torch.Tensor:
         name = f"blocks.{layer}.{SITE_HOOKS[site]}"
         for e in self.edits.get(name, ()):
-            act = apply(e, act)
+            act = apply(e, act) if not self.offset else _apply_at(e, act, self.offset, 2 if site == "pattern" else 1)
         if name in self.capture:
             self.captured[name] = act
         return act
 
 
-def embed(w: Weights, tokens: torch.Tensor) -> torch.Tensor:
-    """(batch, pos) ids -> (batch, pos, d_model), the residual stream before block 0."""
+def _apply_at(edit: Edit, act: torch.Tensor, offset: int, axis: int) -> torch.Tensor:
+    """`act` holds positions offset.. of a run (along `axis`): the edit applied as to the whole run, this part returned.
+
+    The earlier positions are zeros standing in for what a cache already holds: an edit acts on
+    each position by itself (a slice, or a map of the slice position by position), so what it does
+    at positions offset.. does not depend on them, and an edit of an earlier position only changes
+    the zeros, which are dropped.
+    """
+    before = list(act.shape)
+    before[axis] = offset
+    whole = apply(edit, torch.cat([act.new_zeros(before), act], axis))
+    return whole.narrow(axis, offset, act.shape[axis])
+
+
+def embed(w: Weights, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """(batch, pos) ids at positions start.. -> (batch, pos, d_model), the residual stream before block 0."""
     x = w.W_E[tokens] * w.embed_scale
     if w.W_pos is not None:
-        x = x + w.W_pos[w.pos_offset + torch.arange(tokens.shape[1], device=tokens.device)]
+        x = x + w.W_pos[w.pos_offset + start + torch.arange(tokens.shape[1], device=tokens.device)]
     return x
 
 
@@ -482,6 +547,7 @@ def forward(
     columns: torch.Tensor | None = None,
     past: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     enter: dict[int, torch.Tensor] | None = None,
+    offset: int = 0,
 ) -> Output:
     """Runs the model on `tokens` (batch, pos), or from block `start` on a residual stream `resid` (batch, pos, d_model).
 
@@ -495,15 +561,20 @@ def forward(
     `enter` {layer: residual streams (rows, pos, d_model)}: rows that join the batch before that
     layer's block, after the rows already there (a sweep runs the cells of every layer in one
     pass, each starting at its own layer; an edit's `rows` picks them out).
+    `offset`: with `past`, the absolute position of the first token run (the length of the past),
+    so that edits keep counting positions from the start of the sequence, as in the uncached run
+    (generation: an edit of a prompt position is already in the cache, one of every position
+    acts on each new token); `tokens` are then embedded at positions offset.. too. Without it
+    (0), edit positions count from the first position run (the patching sweeps).
     """
     if sum(x is not None for x in (tokens, resid, enter)) != 1:
         raise ValueError("give tokens, a residual stream or rows that enter at given layers: one of them")
-    run = _Run(edits, capture)
+    run = _Run(edits, capture, offset)
     if enter:
         start = min(enter)
         x = enter[start]
     else:
-        x = embed(w, tokens) if tokens is not None else resid
+        x = embed(w, tokens, offset) if tokens is not None else resid
     if torch.is_grad_enabled() and not x.requires_grad:
         # the weights are frozen: a leaf here lets gradients reach every captured activation
         x = x.detach().requires_grad_(True)

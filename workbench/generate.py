@@ -6,10 +6,18 @@ distribution before the draw:
 - temperature T divides the logits (T < 1 sharpens, T > 1 flattens; greedy is T -> 0);
 - top-k keeps the k most likely tokens; top-p keeps the smallest set whose probability reaches p;
 the kept probabilities are renormalised, and each `Step` records them as its candidates.
+
+Each step's logits come from `NextLogits`: on the forward engine with a key/value cache, so that a
+step runs only the new token (the earlier positions' keys and values are kept; by causality
+nothing else about them can change), or -- where the engine does not run this model or does not
+check out against it (engine.checked_weights) -- by a full run of the whole sequence through the
+model's own hooks. Edits apply inside every step's call either way: one of a prompt position acts
+in the first step and stays in the cache, one of every position acts on each new token too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -17,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workbench import engine
 from workbench.engine import Edit
 from workbench.errors import InputError
 from workbench.model import LoadedModel
@@ -92,14 +101,64 @@ class Generation:
     provenance: dict = field(default_factory=dict, repr=False)
 
 
-def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling(), edits: Sequence[Edit] = ()) -> Generation:
+class NextLogits:
+    """next_logits(ids (pos,)) -> (d_vocab,) float32 next-token logits of ids, with `edits` applied; for a growing sequence.
+
+    With `cache` (and an engine that checks out for this model), a call whose ids extend the
+    previous call's runs only the new positions on the engine, from the keys and values kept of
+    the earlier ones (before rotary, after the edits: what the uncached run computes there); any
+    other call runs the whole sequence. Without, every call runs the whole sequence through the
+    model's hooks (runs.run_edited). `cached` says which.
+    """
+
+    def __init__(self, model: LoadedModel, edits: Sequence[Edit] = (), cache: bool = True):
+        self.model, self.edits = model, list(edits)
+        self.weights = None
+        # the engine computes in float32: a model in another dtype would not check out, and reading its weights
+        # would make a float32 copy of them all (5 GB for a 1B model in bfloat16) only to find that out
+        if cache and model.info.dtype == "float32":
+            with contextlib.suppress(engine.Unsupported):  # else the model's own hooks, uncached
+                self.weights = engine.checked_weights(model)
+        self.ids: torch.Tensor | None = None  # (pos,) the sequence whose keys and values are kept
+        self.past: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> ((1, pos, kv_head, d_head) keys, values)
+
+    @property
+    def cached(self) -> bool:
+        return self.weights is not None
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.weights is None:
+            logits, _ = run_edited(self.model, ids[None], self.edits, last_only=True)
+            return logits[0, -1].float().cpu()
+        w = self.weights
+        seen = self.ids
+        extends = seen is not None and len(ids) > len(seen) and torch.equal(ids[: len(seen)], seen)
+        start = len(seen) if extends else 0
+        names = [f"blocks.{layer}.{engine.SITE_HOOKS[kv]}" for layer in range(w.n_layers) for kv in ("k", "v")]
+        with torch.no_grad():
+            out = engine.forward(
+                w, ids[None, start:].to(w.W_U.device), edits=self.edits, capture=names, last_only=True,
+                past=self.past if start else None, offset=start,
+            )  # fmt: skip
+        new = {layer: (out.captured[names[2 * layer]], out.captured[names[2 * layer + 1]]) for layer in range(w.n_layers)}
+        if start:
+            new = {layer: tuple(torch.cat([old, n], 1) for old, n in zip(self.past[layer], new[layer], strict=True)) for layer in new}
+        self.ids, self.past = ids.clone(), new
+        return out.logits[0].float().cpu()
+
+
+def generate(
+    model: LoadedModel, prompt: str, sampling: Sampling = Sampling(), edits: Sequence[Edit] = (), cache: bool = True
+) -> Generation:
     """The continuation of `prompt`, step by step; with `edits` (engine.Edit data) applied to every step's run.
 
     An edit with a position acts on that position of the prompt at every step; one without acts
-    on every position, the generated ones included.
+    on every position, the generated ones included. `cache`: keep the keys and values of the
+    positions already run (NextLogits); the same tokens and logits (within float error) as without.
     """
     s = sampling.check()
     ids, _ = encode(model, prompt)
+    next_logits = NextLogits(model, edits, cache)
     gen = torch.Generator().manual_seed(s.seed)
     steps: list[Step] = []
     stopped = f"reached {s.max_new_tokens} new tokens"
@@ -108,8 +167,7 @@ def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling(), e
         if len(ids) >= model.info.n_ctx:
             stopped = f"the context is full ({model.info.n_ctx} tokens)"
             break
-        logits, _ = run_edited(model, ids[None], edits, last_only=True)
-        logits = logits[0, -1].float().cpu()  # (d_vocab,)
+        logits = next_logits(ids)  # (d_vocab,)
         probs = logits.softmax(-1)
         draw = sampling_distribution(logits, s)
         chosen = int(draw.argmax()) if s.greedy else int(torch.multinomial(draw, 1, generator=gen))
@@ -140,5 +198,11 @@ def generate(model: LoadedModel, prompt: str, sampling: Sampling = Sampling(), e
         text,
         steps,
         stopped,
-        provenance(model, [prompt], **dataclasses.asdict(s), **({"edits": [repr(e) for e in edits]} if edits else {})),
+        provenance(
+            model,
+            [prompt],
+            **dataclasses.asdict(s),
+            **({"edits": [repr(e) for e in edits]} if edits else {}),
+            path="engine, key/value cache" if next_logits.cached else "model hooks, whole sequence each step",
+        ),
     )

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench import engine, lens
+from workbench import cost, engine, lens
 from workbench.errors import InputError
 from workbench.model import LoadedModel
 from workbench.runs import Run, check_position, check_token_ids, has_hook, hook_names, provenance, run_edited, run_prompt, run_tokens
@@ -629,15 +629,23 @@ def run_ablations(
     ablations: list[Ablation],
     ref: Reference | None,
     clean: list[torch.Tensor] | None = None,
+    progress=None,
 ) -> torch.Tensor:
     """(ablation, d_vocab) logits at `position`, each ablation in its own batch row of one edited run.
 
     Through the forward engine where it knows the family: some attention bridges (OPT, GPT-J) hand
     the pattern to Hugging Face's module before its hook fires and discard an edit of it. Elsewhere
     through the bridge's hooks (runs.run_edited). Positions after `position` cannot change it (causality)
-    and are not run.
+    and are not run. With `progress(done)`, one ablation per call instead, reported after each (long work
+    on a large model: a Cancel reaches it between calls).
     """
     n = position + 1
+    if progress is not None:
+        out = []
+        for i, a in enumerate(ablations):
+            out.append(run_ablations(model, tokens, position, [a], ref, clean))
+            progress(i + 1)
+        return torch.cat(out)
     edits = [e for row, a in enumerate(ablations) for e in ablation_edits(model, n, a.clip(n), row, _clip_ref(ref, n), clean)]
     batch = tokens[:n][None].expand(len(ablations), -1)
     with torch.no_grad():
@@ -699,16 +707,21 @@ def faithfulness(
     seed: int = 0,
     min_share: float = 0.5,
     frozen_patterns: bool = True,
+    progress=None,
 ) -> Faithfulness:
     """Ablates everything outside the graph, and the graph's top-k edges vs k random ones, in one batched edited run.
 
-    `frozen_patterns`: hold the attention patterns at the clean run's (module doc: what the graph describes)."""
+    `frozen_patterns`: hold the attention patterns at the clean run's (module doc: what the graph describes).
+    `progress(done, total)` after each model call (the reference runs, the clean run, each ablated
+    run in turn); its False cancels there (cost.report)."""
     if ablation not in ABLATIONS:
         raise InputError(f"unknown ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
     if not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive number of edges, got {k}")
     n = g.position + 1  # later positions cannot change the prediction (causality): neither ablated nor drawn
+    total, what = 2 + 4 + draws, "the faithfulness check"  # the reference and clean runs, then each ablated run
     ref = reference(model, g.tokens[:n], seed=seed) if ablation == "mean" else None
+    cost.report(progress, 1, total, what)
     every = everything(model, n)
     inside = graph_ablation(model, n, list(g.edges))
     outside = Ablation(every.edges & ~inside.edges, every.mlps & ~inside.mlps)
@@ -728,7 +741,8 @@ def faithfulness(
         )  # fmt: skip
     ablations = [nothing(model, n), every, outside, graph_ablation(model, n, top), *randoms]
     clean = clean_patterns(model, g.tokens[:n]) if frozen_patterns else None
-    logits = run_ablations(model, g.tokens, g.position, ablations, ref, clean)  # (ablation, d_vocab)
+    cost.report(progress, 2, total, what)
+    logits = run_ablations(model, g.tokens, g.position, ablations, ref, clean, progress=lambda i: cost.report(progress, 2 + i, total, what))
     m = metric_of(logits, g.answer, g.wrong).tolist()
     full, empty, kept, top_k, random_k = m[0], m[1], m[2], m[3], m[4:]
     span = full - empty
@@ -765,6 +779,7 @@ def check(
     ablation: str = "mean",
     k: int = 5,
     truncate: bool = False,
+    progress=None,
 ) -> Faithfulness:
     """The faithfulness of the graph `build` makes with these arguments (plain values: a page can cache it by them)."""
-    return faithfulness(model, build(model, prompt, position, threshold, answer, wrong, truncate), ablation, k)
+    return faithfulness(model, build(model, prompt, position, threshold, answer, wrong, truncate), ablation, k, progress=progress)

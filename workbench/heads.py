@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from transformer_lens import head_detector
 
+from workbench import cost
 from workbench.errors import InputError
 from workbench.model import LoadedModel
 from workbench.runs import hook_names, provenance, run_tokens
@@ -108,8 +109,13 @@ class RepeatScores:
         return layer, head
 
 
-def repeat_scores(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0, keep_patterns: bool = False) -> RepeatScores:
-    """Runs `seqs` sequences BOS + n random tokens + the same n tokens and scores every head."""
+def repeat_scores(
+    model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0, keep_patterns: bool = False, progress=None
+) -> RepeatScores:
+    """Runs `seqs` sequences BOS + n random tokens + the same n tokens and scores every head.
+
+    One sequence per model call, `progress(done, seqs)` after each (its False cancels: cost.report).
+    """
     if not 2 <= n <= (model.info.n_ctx - 1) // 2:
         raise InputError(f"n must be between 2 and {(model.info.n_ctx - 1) // 2} for this model's context, got {n}")
     gen = torch.Generator().manual_seed(seed)
@@ -117,8 +123,12 @@ def repeat_scores(model: LoadedModel, n: int = 50, seqs: int = 8, seed: int = 0,
     words = ordinary_token_ids(model.tokenizer, model.info.d_vocab)
     ids = torch.stack([repeated_tokens(words, n, bos, gen) for _ in range(seqs)])  # (seqs, 1+2n)
     names = hook_names(model, "attn.hook_pattern")
-    _, cache = run_tokens(model, ids, names, last_only=True)
-    per_seq = torch.stack([cache[name].float().cpu() for name in names], dim=1)  # (seqs, layer, head, q, k)
+    rows = []
+    for i in range(seqs):
+        _, cache = run_tokens(model, ids[i : i + 1], names, last_only=True)
+        rows.append(torch.stack([cache[name][0].float().cpu() for name in names]))  # (layer, head, q, k)
+        cost.report(progress, i + 1, seqs, "head scores on repeated random tokens")
+    per_seq = torch.stack(rows)  # (seqs, layer, head, q, k)
     pattern = per_seq.mean(0)  # (layer, head, q, k)
     kept = (ids, per_seq) if keep_patterns else (None, None)
     return RepeatScores(

@@ -61,7 +61,7 @@ METRICS = ("probability", "logit difference", "log-probability")
 REFERENCE_WINDOWS = 32  # reference prompts cut from the held-out text
 REFERENCE_TOKENS = 64  # tokens per reference window
 CONTINUATION = Sampling(max_new_tokens=12)  # the continuations compared, by default greedy
-CHECK_TOLERANCE = 1e-4  # the engine's logits must match the bridge's within this (relative) for a sweep to use it
+CHECK_TOLERANCE = engine.CHECK_TOLERANCE  # the engine's logits must match the bridge's within this (relative) for a sweep to use it
 # the site each ablated unit lives at (engine.SITE_HOOKS)
 UNIT_SITES = {"head": "z", "mlp": "mlp_out", "neuron": "mlp_post"}
 
@@ -911,27 +911,12 @@ def _engine_sweep(w: engine.Weights, ids: torch.Tensor, values: dict[int, torch.
 
 
 def _checked_engine(model: LoadedModel, ids: torch.Tensor) -> tuple[engine.Weights | None, str]:
-    """(the engine's weights, "") when the engine computes this model's logits (checked against the bridge's on
-    the first prompt swept, and remembered on the model), else (None, why)."""
-    found = model.derived.get("interventions.engine_check")
-    if found is None:
-        try:
-            w = engine.weights_of(model)
-            plain, _ = run_edited(model, ids[None], last_only=True)
-            with torch.no_grad():
-                ours = engine.forward(w, ids[None].to(w.W_U.device), last_only=True).logits.float().cpu()
-            gap = float((ours - plain[:, -1].float().cpu()).abs().max()) / max(1.0, float(plain.abs().max()))
-            found = (
-                gap
-                if gap <= CHECK_TOLERANCE
-                else engine.Unsupported(f"the forward engine's logits differ from the model's by {gap:.1e} (relative)")
-            )
-        except engine.Unsupported as err:
-            found = err
-        model.derived["interventions.engine_check"] = found
-    if isinstance(found, engine.Unsupported):
-        return None, f"{found}; this sweep ran through the model's own hooks instead (exact, slower)"
-    return engine.weights_of(model), ""
+    """(the engine's weights, "") when the engine computes this model's logits (engine.checked_weights: checked
+    against the model's own once per loaded model), else (None, why)."""
+    try:
+        return engine.checked_weights(model), ""
+    except engine.Unsupported as err:
+        return None, f"{err}; this sweep ran through the model's own hooks instead (exact, slower)"
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,7 +1,10 @@
 """Logit lens and tuned lens: what the model would predict if it stopped after each layer.
 
 The residual stream is read at 2·layers + 1 points: before block 0 (the embeddings), then after
-each block's attention and after its MLP. The logit lens reads each point exactly as the model
+each block's attention and after its MLP -- or, without the midpoints, at layers + 1: the
+embeddings and each block's output (the classic logit lens). Each point costs an unembedding per
+position (on a GPT-2-small shape ~0.3 of a forward pass): the page shows the midpoints by default
+only where reading them all is cheap (`default_midpoints`). The logit lens reads each point exactly as the model
 reads its last one: the final layer norm, then the unembedding. At the last point this *is* the
 model's output. Early layers are often unreadable this way because their residual stream lives in
 a different basis; the tuned lens (Belrose et al. 2023) first maps each point through a learned
@@ -32,25 +35,49 @@ from workbench.tokens import token_labels
 LENS_FILE, LENS_STATS = "tuned_lens.safetensors", "tuned_lens.json"
 
 
-def lens_points(model: LoadedModel) -> list[tuple[str, str]]:
+def lens_points(model: LoadedModel, midpoints: bool = True) -> list[tuple[str, str]]:
     """(label, hook name) of each residual-stream point, in order; the last is the model's final residual.
 
     The points follow the architecture: a sequential block has a point after its attention
     (resid_mid) and one after its MLP; a parallel block (GPT-NeoX, Phi, GPT-J) adds both at once,
-    so it has only the point after it ("L3").
+    so it has only the point after it ("L3"). Without `midpoints`, every block has only that one.
     """
     points = [("embed", "blocks.0.hook_resid_pre")]
     for layer in range(model.info.n_layers):
-        if has_hook(model, f"blocks.{layer}.hook_resid_mid"):
+        if midpoints and has_hook(model, f"blocks.{layer}.hook_resid_mid"):
             points += [(f"L{layer} attn", f"blocks.{layer}.hook_resid_mid"), (f"L{layer} mlp", f"blocks.{layer}.hook_resid_post")]
         else:
             points.append((f"L{layer}", f"blocks.{layer}.hook_resid_post"))
     return points
 
 
-def residuals(run: Run, model: LoadedModel) -> torch.Tensor:
-    """(point, pos, d_model) residual stream at every lens point."""
-    return torch.stack([run[name] for _, name in lens_points(model)]).float()
+POINTS = ("blocks", "midpoints")  # which points a view reads: each block's output, or after each attention and MLP too
+MIDPOINTS_SHARE = 0.25  # the midpoints are on by default while reading every point costs at most this share of cost.BUDGET_S
+
+
+def reading_seconds(model: LoadedModel, n_tokens: int, midpoints: bool = True) -> float:
+    """Estimated seconds of the lens's readings (final norm and unembedding at every point and position) on this model."""
+    from workbench import cost
+
+    flops = 2 * len(lens_points(model, midpoints)) * n_tokens * model.info.d_model * model.info.d_vocab
+    return cost.calibrate(model).seconds(flops, calls=0)
+
+
+def default_midpoints(model: LoadedModel, n_tokens: int) -> bool:
+    """Whether a first view shows the attention and MLP midpoints: only where reading 2·layers + 1 points stays cheap.
+
+    On the shipped models it is a few milliseconds; on a GPT-2-small shape at 24 tokens ~1.3 s at the
+    reference speed (25 unembeddings of 50,257 columns: 7.8 forward passes), against 0.7 s for the
+    block outputs alone.
+    """
+    from workbench import cost
+
+    return reading_seconds(model, n_tokens, True) <= MIDPOINTS_SHARE * cost.BUDGET_S
+
+
+def residuals(run: Run, model: LoadedModel, midpoints: bool = True) -> torch.Tensor:
+    """(point, pos, d_model) residual stream at every lens point (lens_points)."""
+    return torch.stack([run[name] for _, name in lens_points(model, midpoints)]).float()
 
 
 def readout(model: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
@@ -72,12 +99,16 @@ def readout(model: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
     return logits if b_u is None else logits + b_u
 
 
-def read_chunks(model: LoadedModel, resid: torch.Tensor, chunk: int, tuned: TunedLens | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+def read_chunks(
+    model: LoadedModel, resid: torch.Tensor, chunk: int, tuned: TunedLens | None = None, final: torch.Tensor | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(start, (point, c, d_vocab) logits) for `chunk` positions at a time of resid (point, pos, d_model).
 
     The points × positions × vocabulary tensor is never built whole: a long prompt on a large
     vocabulary would not fit. Call it under torch.no_grad() (a generator must not switch the grad
-    mode itself: while it is suspended the switch would leak into its caller).
+    mode itself: while it is suspended the switch would leak into its caller). `final` (pos, d_vocab):
+    the model's own logits, taken as the last point's reading (the last point is the final
+    residual, whose reading they are: one unembedding fewer).
     """
     if chunk < 1:
         raise InputError(f"chunk must be positive, got {chunk}")
@@ -85,7 +116,10 @@ def read_chunks(model: LoadedModel, resid: torch.Tensor, chunk: int, tuned: Tune
         x = resid[:, start : start + chunk]  # (point, c, d_model)
         if tuned is not None:
             x = tuned.translate(x)
-        yield start, readout(model, x)
+        if final is None:
+            yield start, readout(model, x)
+        else:
+            yield start, torch.cat([readout(model, x[:-1]), final[None, start : start + chunk].float()])
 
 
 def no_grad_chunks(chunks: Iterator) -> Iterator:
@@ -109,6 +143,12 @@ class TunedLens:
     @classmethod
     def identity(cls, n_points: int, d_model: int) -> TunedLens:
         return cls(torch.zeros(n_points - 1, d_model, d_model), torch.zeros(n_points - 1, d_model))
+
+    def at(self, model: LoadedModel, points: list[tuple[str, str]]) -> TunedLens:
+        """The translators of `points` (a subset of every lens point, ending at the final residual, which has none)."""
+        every = [name for _, name in lens_points(model)]
+        keep = [every.index(name) for _, name in points[:-1]]
+        return TunedLens(self.A[keep], self.b[keep], self.stats)
 
     def translate(self, resid: torch.Tensor) -> torch.Tensor:
         """(point, ..., d_model) -> same, the last point unchanged."""
@@ -182,18 +222,26 @@ def lens(
     tuned: TunedLens | None = None,
     truncate: bool = False,
     chunk: int = 32,
+    midpoints: bool = True,
 ) -> LensResult:
-    """Runs the prompt (cached) and reads every point through the logit lens, or the tuned lens if given."""
+    """Runs the prompt (cached) and reads every point through the logit lens, or the tuned lens if given.
+
+    `midpoints`: the points after each block's attention too (2·layers + 1 points), or only the
+    block outputs (layers + 1).
+    """
     if not 1 <= k <= 50:
         raise InputError(f"k must be between 1 and 50, got {k}")
     tracked = check_token_ids(model, [int(t) for t in tracked], "tracked token")
-    points = lens_points(model)
+    points = lens_points(model, midpoints)
+    if tuned is not None and not midpoints:
+        tuned = tuned.at(model, points)
     run = run_prompt(model, prompt, [name for _, name in points], truncate=truncate)
-    resid = residuals(run, model)  # (point, pos, d_model)
+    resid = residuals(run, model, midpoints)  # (point, pos, d_model)
     n_points, pos, _ = resid.shape
     tracked = torch.tensor(tracked, dtype=torch.long)  # (tracked,)
     top_ids, top_probs, entropy, kl, t_logit, t_prob, t_rank = [], [], [], [], [], [], []
-    for _, logits in no_grad_chunks(read_chunks(model, resid, chunk, tuned)):  # (point, c, d_vocab)
+    final = run.logits  # (pos, d_vocab) the model's output: the last point's reading
+    for _, logits in no_grad_chunks(read_chunks(model, resid, chunk, tuned, final)):  # (point, c, d_vocab)
         logp = logits.log_softmax(-1)
         p = logp.exp()
         top = logp.topk(k, dim=-1)
@@ -227,7 +275,7 @@ def lens(
         tracked_ranks=torch.cat(t_rank, 1),
         provenance=provenance(
             model, [prompt], view="tuned lens" if tuned is not None else "logit lens", k=k, tracked=tracked.tolist(), truncate=truncate,
-            tuned_lens=None if tuned is None else tuned.stats,
+            tuned_lens=None if tuned is None else tuned.stats, midpoints=midpoints,
         ),
     )  # fmt: skip
 

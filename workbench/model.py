@@ -237,6 +237,14 @@ def check_dtype(dtype: str, device: str) -> None:
         raise InputError(f"this GPU ({device}, compute capability {major}.{minor}) has no bfloat16: use dtype='float16' or 'float32'")
     if str(device).startswith("mps") and dtype in ("bfloat16", "float64"):
         raise InputError(f"Apple's MPS device has no {dtype}: use dtype='float16' or 'float32'")
+    # what a forward pass needs, tried on two numbers: a build of torch (or a CPU) may lack a reduced-precision kernel,
+    # which would otherwise fail deep inside the first view with a traceback
+    try:
+        x = torch.ones(2, 2, dtype=DTYPES[dtype], device=device)
+        torch.nn.functional.layer_norm(torch.matmul(x, x), (2,)).softmax(-1).sum().item()
+    except (RuntimeError, NotImplementedError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{device} cannot compute in {dtype} with this build of torch ({first}): use dtype='float32'") from err
 
 
 # Peak bytes per parameter while loading, measured on a GPT-2-small shape (README, "Real size"): the raw weights
@@ -284,6 +292,34 @@ def check_memory(folder: Path, dtype: str, device: str, compatibility_mode: bool
             "load it with compatibility_mode=False or dtype='bfloat16', or spread it with max_memory "
             "(e.g. max_memory={'cpu': '8GiB'} offloads the rest to disk)"
         )
+
+
+def _release_after_processing(bridge, model_type: str) -> None:
+    """Gives back what compatibility mode's weight processing leaves behind (measured: benchmarks/bench_load_memory.py).
+
+    - GPT-2's fused QKV weight (`c_attn`, a third of each block's attention weights): the processing
+      splits it into separate Q, K and V linears, which the bridge's forward uses from then on; the
+      fused one is never read again (tested: NaN in it changes no logit, hook or W_Q/K/V), yet it
+      stays, 81 MB on a GPT-2-small shape. It becomes an empty tensor, so that any later read fails
+      loudly instead of using stale weights. (BLOOM's bridge rebuilds and runs its fused QKV: kept.)
+    - The processing's float32 copies, freed by then, stay in the C heap unless handed back
+      (glibc's malloc_trim): ~0.36 GB of resident memory on a GPT-2-small shape.
+    """
+    if model_type == "gpt2":
+        for block in bridge.blocks:
+            attn = block.attn
+            if all(hasattr(attn, n) for n in ("qkv", "q", "k", "v")):
+                fused = attn.qkv.original_component
+                fused.weight = torch.nn.Parameter(fused.weight.new_empty(0), requires_grad=False)
+                if getattr(fused, "bias", None) is not None:
+                    fused.bias = torch.nn.Parameter(fused.bias.new_empty(0), requires_grad=False)
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): the memory is reused by this process all the same
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def load_model(
@@ -385,6 +421,7 @@ def load_model(
     if compatibility_mode:
         try:
             bridge.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
+            _release_after_processing(bridge, config.model_type)
         except RuntimeError as err:
             if "offload" not in str(err):
                 raise InputError(f"transformer-lens cannot process the weights of {folder}: {_first_line(err)}") from err

@@ -19,8 +19,8 @@ are tested against) runs one full forward pass per cell. Here the forward engine
 runs many patched runs in one batched pass, each joining the batch at its patched layer from
 the base run's residual stream (the layers before it cannot change) and, for a patched position,
 starting at that position with the base run's keys and values before it (nothing earlier can
-change either), unembedding only the last position and only the logits the metric reads. Before a sweep the engine's logits are checked against the
-bridge's on both prompts; on a mismatch, or a model the engine does not know, the sweep runs
+change either), unembedding only the last position and only the logits the metric reads. The engine's logits are checked against the
+bridge's once per loaded model (engine.checked_weights); on a mismatch, or a model the engine does not know, the sweep runs
 through the bridge's own hooks instead (batched, slower, exact) and the result says so
 (`PatchResult.path`, `PatchResult.note`).
 """
@@ -46,7 +46,7 @@ PATHS = ("engine", "bridge hooks", "nnsight")
 # position-site batches each span 1/SPLIT of the prompt: shorter runs (causality), smaller matmuls
 SPLIT = 8
 BATCH = 64  # patched runs per pass, at most (fewer when one run's intermediates are large: see batch_size)
-CHECK_TOLERANCE = 1e-4  # the engine's logits must equal the bridge's within this, relative to the logits' scale
+CHECK_TOLERANCE = engine.CHECK_TOLERANCE  # the engine's logits must equal the bridge's within this, relative to the logits' scale
 # A clean − corrupted span below this share of the logits' size is float noise (float32 keeps ~7 digits,
 # and a patched run's arithmetic differs in order from the clean run's): dividing by it would show noise
 SPAN_FLOOR = 1e-5
@@ -322,13 +322,6 @@ class _Runs:
     weights: engine.Weights | None = None
 
 
-def _engine_mismatch(w: engine.Weights, ids: torch.Tensor, reference: torch.Tensor) -> float:
-    """max |engine logits − bridge logits| / the logits' scale, for one prompt (pos,)."""
-    with torch.no_grad():
-        ours = engine.forward(w, ids[None].to(w.W_U.device)).logits[0].float().cpu()
-    return float((ours - reference).abs().max()) / max(1.0, float(reference.abs().max()))
-
-
 def _prepare(model: LoadedModel, setup: PatchingSetup, site: Site, direction: str) -> _Runs:
     """Both runs, with the activations the site's patching reads, by the engine when it checks out."""
     clean_ids, corrupted_ids = check_setup(model, setup)
@@ -341,13 +334,7 @@ def _prepare(model: LoadedModel, setup: PatchingSetup, site: Site, direction: st
     corrupted = run_prompt(model, setup.corrupted, names)
     note = ""
     try:
-        w = engine.weights_of(model)
-        for which, ids, run in (("clean", clean_ids, clean), ("corrupted", corrupted_ids, corrupted)):
-            gap = _engine_mismatch(w, ids, run.logits)
-            if gap > CHECK_TOLERANCE:
-                raise engine.Unsupported(
-                    f"the forward engine's logits differ from the model's by {gap:.1e} (relative) on the {which} prompt"
-                )
+        w = engine.checked_weights(model)  # checked against the model's logits once per loaded model
     except engine.Unsupported as err:
         note = f"{err}; this sweep ran through the model's own hooks instead (exact, slower)"
         w = None

@@ -678,6 +678,16 @@ def gate(est: cost.Estimate, label: str, key: str) -> bool:
     return st.button(f"{label} ({est.label()})", type="primary", key=f"gate-{key}")
 
 
+def gated(est: cost.Estimate, label: str, key: str, fn: Callable, *args):
+    """fn(*args) when `gate` lets it run, else None; above the budget under `progress` (fn takes progress=), so Cancel reaches it."""
+    if not gate(est, label, key):
+        return None
+    if not est.over_budget:
+        return fn(*args)
+    with progress(label) as report:
+        return fn(*args, progress=report)
+
+
 def probe_command(probe: str, model: LoadedModel, **options) -> None:
     """Shows the command that reproduces this view as a probe (lists become repeated flags)."""
     parts = ["workbench-probe", probe, "--model", model.info.name]
