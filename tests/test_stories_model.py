@@ -224,3 +224,17 @@ def test_patching_probe_sweeps_a_tasks_pairs(tmp_path):
     assert "ioi" in json.dumps(json.loads((tmp_path / "manifest.json").read_text())["settings"])
     assert result
     assert main(["patching", "--model", "circuits", "--task", "ioi", "--out", str(tmp_path / "x"), "--formats", "html"]) == 2
+
+
+def test_the_random_control_ablates_all_the_others_where_the_model_has_fewer(hf):
+    """Named components covering almost the whole model leave fewer others than 'as many': the control then ablates
+    exactly those others (one possible draw), which ablating them directly must equal."""
+    model, tok = hf
+    cfg = model.config
+    heads = [("head", layer, h) for layer in range(cfg.n_layer) for h in range(cfg.n_head)]
+    named = heads[:-2] + [("mlp", layer, -1) for layer in range(cfg.n_layer)]
+    assert stories_card.random_size(model, named) == 2
+    task = tasks.load(FOLDER, "ioi")
+    task = tasks.Task(task.name, task.description, task.pairs[:12], task.split)
+    expected = stories_card.ablation_cut(model, tok, task, heads[-2:])
+    assert stories_card.random_cut(model, tok, task, named, draws=2) == pytest.approx(expected, abs=1e-6)

@@ -52,7 +52,7 @@ SHIPPED = {
     "english": "English GPT (trained on public-domain English, with induction heads) -- the default",
     "circuits": "Circuits GPT (2 layers, trained on a copying task: learned induction heads)",
     "answer-key": "Answer key (2 layers, weights written by hand: a known induction circuit)",
-    "stories": "Stories GPT (2 layers, trained on stories of a small world whose tasks are IOI, pronouns, years, facts and induction; see Tasks)",
+    "stories": "Stories GPT (3 layers, trained on stories of a small world whose tasks are IOI, pronouns, years, facts and induction; see Tasks)",
 }
 DEFAULT_MODEL = "english"
 COMPATIBILITY_MODE = "compatibility mode (layer norms folded, writing weights centred, value biases folded; unembedding not centred)"

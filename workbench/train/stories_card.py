@@ -146,15 +146,29 @@ def ablation_cut(model, tokenizer, task: tasks.Task, components: list[tuple[str,
 def random_cut(
     model, tokenizer, task: tasks.Task, components: list[tuple[str, int, int]], draws: int = RANDOM_DRAWS, seed: int = 0
 ) -> float:
-    """Mean cut of as many random components of the same kinds, none of them named."""
+    """Mean cut of as many random components of the same kinds, none of them named (all the others of a kind where
+    the model has fewer: random_size says how many)."""
     rng = random.Random(seed)
-    cfg = model.config
-    all_heads = [("head", i, h) for i in range(cfg.n_layer) for h in range(cfg.n_head) if ("head", i, h) not in components]
-    all_mlps = [("mlp", i, -1) for i in range(cfg.n_layer) if ("mlp", i, -1) not in components]
-    n_heads = sum(k == "head" for k, _, _ in components)
-    n_mlps = min(len(all_mlps), sum(k == "mlp" for k, _, _ in components))
+    all_heads, all_mlps = _others(model, components)
+    n_heads, n_mlps = _random_counts(model, components)
     cuts = [ablation_cut(model, tokenizer, task, rng.sample(all_heads, n_heads) + rng.sample(all_mlps, n_mlps)) for _ in range(draws)]
     return sum(cuts) / len(cuts)
+
+
+def _others(model, components) -> tuple[list, list]:
+    cfg = model.config
+    heads = [("head", i, h) for i in range(cfg.n_layer) for h in range(cfg.n_head) if ("head", i, h) not in components]
+    return heads, [("mlp", i, -1) for i in range(cfg.n_layer) if ("mlp", i, -1) not in components]
+
+
+def _random_counts(model, components) -> tuple[int, int]:
+    heads, mlps = _others(model, components)
+    return min(len(heads), sum(k == "head" for k, _, _ in components)), min(len(mlps), sum(k == "mlp" for k, _, _ in components))
+
+
+def random_size(model, components) -> int:
+    """How many random components random_cut ablates for these named ones."""
+    return sum(_random_counts(model, components))
 
 
 # ---- the card -----------------------------------------------------------------------------------
@@ -193,6 +207,7 @@ def measure(folder: Path, n_pairs: int = PAIRS_FOR_PATCHING) -> dict:
             if keys:
                 row["ablation_cut"] = round(ablation_cut(hf, tok, task, keys), 4)
                 row["random_cut"] = round(random_cut(hf, tok, task, keys), 4)
+                row["random_size"] = random_size(hf, keys)
         row["verdict"] = verdict(name, row)
         out["tasks"][name] = row
     out["induction"] = english.induction_check(hf, len(tok), tok.bos_token_id, n=50, seqs=8)
@@ -236,7 +251,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TRIED = {
     "4 x 128, stories + copies (batch 8) from the start; held-out names in no training sentence": ROOT / "runs" / "stories-4layer-v1",
     "3 x 128, the same; held-out names in plain sentences only": ROOT / "runs" / "stories-3layer-v2",
-    "3 x 128, the copying task alone first (batch 64), sinusoidal positions, then stories + copies (shipped until this run)": ROOT / "runs" / "stories",
+    "3 x 128, the copying task alone first (batch 64), sinusoidal positions, then stories + copies (shipped until this run)": ROOT
+    / "runs"
+    / "stories",
     "the shipped run continued from its end: the cosine stretched to 6,000 stories steps (not shipped)": ROOT / "runs" / "stories-longer",
     # this session's search (runs/exp_stories.py: batch 16 x 128, AdamW, warmup 100, cosine; 64 held-out pairs per task)
     "A: 3 x 128, stories only, learned positions, lr 1e-3": ROOT / "runs" / "exp-A",
@@ -244,6 +261,8 @@ TRIED = {
     "E: 3 x 128, stories + answer rows (loss at the answers only), lr 2e-3; held-out templates of unseen words": ROOT / "runs" / "exp-E",
     "G: 2 x 128, copying alone first, then stories + answer rows + copies; held-out templates of unseen words": ROOT / "runs" / "stories-G",
     "H: 2 x 128, the copying stage alone, learned positions instead of sinusoids (phase change at ~650 steps)": ROOT / "runs" / "stories-H",
+    "I: 2 x 128, learned positions, copying 1,000 steps, then stories + answer rows + copies 8,000 steps; an everyday sentence "
+    "taught 'while it' (not shipped: pronouns on held-out phrasings at chance)": ROOT / "runs" / "stories-final",
 }
 
 
@@ -262,6 +281,13 @@ def write(folder: Path, speed: bool = True) -> dict:
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     (folder / "README.md").write_text(readme(training, measured))
     return card
+
+
+def _random(row: dict) -> str:
+    """The random control's cut, with how many components it ablated where that is fewer than the named ones."""
+    named = len(row.get("components", []))
+    size = row.get("random_size", named)
+    return _pct(row.get("random_cut")) + (f" ({size})" if size < named else "")
 
 
 def _pct(x) -> str:
@@ -288,7 +314,7 @@ def readme(training: dict, m: dict) -> str:
         target = TARGETS[name][0]
         lines.append(
             f"| {name} | {h['pairs']} | {h['accuracy']:.1%} | {_pct(target)} | {h['logit_diff']:.2f} | {h['corrupted_logit_diff']:.2f} | "
-            f"{s['accuracy']:.1%}, {s['logit_diff']:.2f} | {comps} | {_pct(row.get('ablation_cut'))} | {_pct(row.get('random_cut'))} | "
+            f"{s['accuracy']:.1%}, {s['logit_diff']:.2f} | {comps} | {_pct(row.get('ablation_cut'))} | {_random(row)} | "
             f"{row['verdict']} |\n"
         )
     lines.append(
@@ -297,7 +323,7 @@ def readme(training: dict, m: dict) -> str:
         "endings after the start year. A component's number is the share of the clean logit difference that patching it "
         f"alone restores (denoising, mean over {PAIRS_FOR_PATCHING} pairs; named at ≥ {FIND}). Ablation: the named components' "
         "outputs replaced by their outputs on the corrupted prompt, all positions, all pairs; random: as many other components "
-        f"of the same kinds, mean of {RANDOM_DRAWS} draws.\n"
+        f"of the same kinds (all the others, their number in brackets, where the model has fewer), mean of {RANDOM_DRAWS} draws.\n"
     )
     lines.append(
         "\n## Targets\n\n| target | measured | met |\n|---|---|---|\n"
