@@ -114,11 +114,12 @@ def test_named_circuits_cut_the_logit_difference_as_the_card_says(hf, card):
 
 
 def test_a_mechanism_the_model_lacks_is_reported_absent_not_drawn(card):
-    for row in card["tasks"].values():
+    for name, row in card["tasks"].items():
         if row["verdict"].startswith("absent"):
             assert not row.get("components")
-        if row["held_out"]["accuracy"] <= 0.5 or row["held_out"]["logit_diff"] <= 0.5:
-            assert row["verdict"].startswith("absent")
+        h, target = row["held_out"], stories_card.TARGETS[name][0]
+        solved = (h["accuracy"] > 0.5 and h["logit_diff"] > 0.5) or (target is not None and h["accuracy"] >= target)
+        assert row["verdict"].startswith("absent") != solved, name
 
 
 def test_card_quotes_greedy_continuations_of_five_story_openings(hf, card):

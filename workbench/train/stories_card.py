@@ -199,7 +199,10 @@ def measure(folder: Path, n_pairs: int = PAIRS_FOR_PATCHING) -> dict:
         held = tasks.score(hf, tok, task)
         seen = tasks.score(hf, tok, tasks.build(name, len(task.pairs), split="train"))
         row = {"held_out": asdict(held), "train_templates": asdict(seen)}
-        if held.logit_diff > 0.5 and held.accuracy > 0.5:
+        target = TARGETS[name][0]
+        # solved: a clear logit difference, or the task's own target met (greater-than's answer and wrong are neighbouring
+        # years, so its logit difference stays small while the probability after the start year is high)
+        if (held.logit_diff > 0.5 and held.accuracy > 0.5) or (target is not None and held.accuracy >= target):
             components, grids = find_components(wb, task, n_pairs)
             row["grids"] = grids
             row["components"] = [asdict(c) | {"label": c.label} for c in components]
@@ -258,8 +261,12 @@ TRIED = {
     # this session's search (runs/exp_stories.py: batch 16 x 128, AdamW, warmup 100, cosine; 64 held-out pairs per task)
     "A: 3 x 128, stories only, learned positions, lr 1e-3": ROOT / "runs" / "exp-A",
     "B: 2 x 128, stories only, sinusoidal positions, lr 1e-3": ROOT / "runs" / "exp-B",
-    "E: 3 x 128, stories + answer rows (loss at the answers only), lr 2e-3; held-out templates of unseen words": ROOT / "runs" / "exp-E",
-    "G: 2 x 128, copying alone first, then stories + answer rows + copies; held-out templates of unseen words": ROOT / "runs" / "stories-G",
+    "E: 3 x 128, sinusoidal positions, stories + answer rows (loss at the answers only), lr 2e-3; held-out templates of unseen words": ROOT
+    / "runs"
+    / "exp-E",
+    "G: 2 x 128, sinusoidal positions, copying alone first (no phase change in 1,000 steps), then stories + answer rows + copies (stopped)": ROOT
+    / "runs"
+    / "stories-G",
     "H: 2 x 128, the copying stage alone, learned positions instead of sinusoids (phase change at ~650 steps)": ROOT / "runs" / "stories-H",
     "I: 2 x 128, learned positions, copying 1,000 steps, then stories + answer rows + copies 8,000 steps; an everyday sentence "
     "taught 'while it' (not shipped: pronouns on held-out phrasings at chance)": ROOT / "runs" / "stories-final",
