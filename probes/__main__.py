@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from . import attention, attribution, features, graph, heads, induction_study, intervene, lens, patching, scoreboard, tasks, training
@@ -26,6 +27,9 @@ PROBES = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as a program: Ctrl-C stops the probe (keeping the finished part) even when started by a
+        # parent that ignores SIGINT, as a non-interactive shell does for `&` jobs: Python then leaves it ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "list"):
         print(__doc__.strip() + "\n\nprobes:")
