@@ -258,7 +258,9 @@ TRIED = {
     / "runs"
     / "stories",
     "the shipped run continued from its end: the cosine stretched to 6,000 stories steps (not shipped)": ROOT / "runs" / "stories-longer",
-    # this session's search (runs/exp_stories.py: batch 16 x 128, AdamW, warmup 100, cosine; 64 held-out pairs per task)
+    # the search that chose the shipped recipe. A, B and E: a short loop kept outside the repository (stories.story_rows, batch
+    # 16 x 128, AdamW, warmup 100, cosine, 64 held-out pairs a task; E's answer rows were answer_rows without the capital
+    # segments); G, H and I: stories.build with the Recipe each description gives. Each run's log.jsonl is what the row reads.
     "A: 3 x 128, stories only, learned positions, lr 1e-3": ROOT / "runs" / "exp-A",
     "B: 2 x 128, stories only, sinusoidal positions, lr 1e-3": ROOT / "runs" / "exp-B",
     "E: 3 x 128, sinusoidal positions, stories + answer rows (loss at the answers only), lr 2e-3; held-out templates of unseen words": ROOT
