@@ -13,8 +13,9 @@ for a seed:
   lists read back (induction in text), dialogue in quotes;
 - a split: some names and some templates of every kind are held out. Held-out templates never
   occur in the training text (`story(..., split="train")`); held-out names occur only in the
-  sentences no task is made of (plain sentences, dialogue, lists), never in a transfer, a pronoun
-  clause, a fact or a question. The task datasets (`workbench/tasks.py`) measure the model on them.
+  sentences no task is made of (plain and everyday sentences, dialogue, lists), never in a transfer,
+  a pronoun clause, a fact or a question. Every word of a held-out template does occur in training
+  text, in other arrangements (`EVERYDAY`), so that a held-out phrasing is new, not unknown. The task datasets (`workbench/tasks.py`) measure the model on them.
   Why held-out names appear at all: a token that never occurs in training text only ever has its
   (tied) unembedding pushed down, so no mechanism could move it to the output; appearing in other
   sentences, the model learns the name and its gender, and the tasks test whether the IOI and
@@ -24,7 +25,7 @@ The tokenizer (`tokenizer`) is a closed word-level vocabulary: every word of eve
 the world, held-out ones included, is one token, and a year is two tokens (" 17" + "32"), as GPT-2
 splits it. A small vocabulary makes training cheap here (measured on this CPU: a softmax over
 ~4,000 logits blocked induction heads from forming), and it makes every answer of every task one
-token. Held-out names have a token (so a task can ask about them) that no training story uses.
+token.
 """
 
 from __future__ import annotations

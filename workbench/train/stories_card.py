@@ -310,7 +310,7 @@ def readme(training: dict, m: dict) -> str:
         "A small GPT-2 trained from scratch on simple stories about a fixed small world (`workbench/train/stories.py`): "
         "people with a gender, places, objects, invented countries with capitals, spans of years, lists read back. "
         "Each task of `workbench/tasks.py` is a known regularity of that text; the task datasets in `tasks/` hold only "
-        "names and templates no training story uses. Every number below is measured by `workbench/train/stories_card.py` "
+        "phrasings no training story uses, and names no training story uses in a task's kind of sentence. Every number below is measured by `workbench/train/stories_card.py` "
         "(`python -m workbench.train card stories`): accuracies with the plain `transformers` model, components with the "
         "workbench's activation patching, ablations with plain `transformers` hooks.\n\n",
         "## Tasks (held-out names and templates)\n\n",
