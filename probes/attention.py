@@ -8,7 +8,7 @@ from workbench.figures import attention as draw
 from .common import run_probe
 
 DEFAULTS = {
-    "prompt": "It is a truth universally acknowledged, that a single man in possession of a good fortune",
+    "prompt": None,  # the model's example for this view (workbench/examples.py)
     "layer": 0,
     "head": 0,
     "query": -1,

@@ -9,7 +9,7 @@ from workbench.runs import run_prompt
 from .common import run_probe
 
 DEFAULTS = {
-    "prompt": "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a",
+    "prompt": None,  # the model's example for this view (workbench/examples.py)
     "answer": "",
     "wrong": "",
     "continuation": "",

@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from workbench import export
+from workbench import examples, export
 from workbench.errors import InputError
 from workbench.model import LoadedModel, load_model
 from workbench.runs import versions
+from workbench.tokens import unknown_words
 
 
 def base_parser(name: str, doc: str) -> argparse.ArgumentParser:
@@ -130,6 +131,25 @@ class Output:
         (self.folder / "manifest.json").write_text(json.dumps(self.manifest, indent=1, ensure_ascii=False) + "\n")
 
 
+def with_examples(name: str, model: LoadedModel, settings: dict) -> dict:
+    """The settings with the model's example prompt for this probe's view where none was given; a prompt with words
+    the model's vocabulary lacks is kept, with a note (they read as its unknown token)."""
+    out = dict(settings)
+    if "prompt" in out and out["prompt"] is None:
+        out["prompt"] = examples.prompt(model.info.name, name)
+    if "prompts" in out and not out["prompts"]:
+        out["prompts"] = [examples.prompt(model.info.name, name)]
+    typed = [out.get("prompt"), *(out.get("prompts") or []), out.get("clean"), out.get("corrupted")]
+    for text in (t for t in typed if isinstance(t, str)):
+        unknown = unknown_words(model.tokenizer, text)
+        if unknown:
+            print(
+                f"note: {model.info.name} does not know {', '.join(map(repr, unknown))}: read as {model.tokenizer.unk_token}",
+                file=sys.stderr,
+            )
+    return out
+
+
 def run_probe(name: str, doc: str, add_arguments, defaults: dict, body, argv: list[str] | None) -> int:
     """Parses arguments, loads the model, runs `body(model, settings, out)`; returns the exit status."""
     parser = base_parser(name, doc)
@@ -139,6 +159,7 @@ def run_probe(name: str, doc: str, add_arguments, defaults: dict, body, argv: li
     try:
         settings = merged(args, read_spec(args.spec), defaults)
         model = load_model(settings.get("model"))
+        settings = with_examples(name, model, settings)
         out = Output(
             name,
             args.out or (Path(settings["out"]) if settings.get("out") else None),

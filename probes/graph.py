@@ -10,7 +10,7 @@ from workbench.tokens import single_token_id
 from .common import run_probe
 
 DEFAULTS = {
-    "prompt": "In the morning Jane walked to the old whale by the sea. In the morning Jane walked to the old",
+    "prompt": None,  # the model's example for this view (workbench/examples.py)
     "position": -1,
     "threshold": graph.THRESHOLD,
     "answer": None,

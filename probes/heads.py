@@ -14,7 +14,7 @@ from workbench.runs import hook_names, run_prompt
 from .common import run_probe
 
 DEFAULTS = {
-    "prompts": ["It is a truth universally acknowledged, that a single man in possession of a good fortune"],
+    "prompts": [],  # none given: the model's example for this view (workbench/examples.py)
     "repeat_n": 50,
     "repeat_seqs": 8,
 }

@@ -11,7 +11,7 @@ from workbench.tokens import single_token_id
 from .common import run_probe
 
 DEFAULTS = {
-    "prompts": ["It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a"],
+    "prompts": [],  # none given: the model's example for this view (workbench/examples.py)
     "tracked": [],
     "k": 5,
     "points": "midpoints",

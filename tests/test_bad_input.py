@@ -153,7 +153,8 @@ def test_memory_budget_refuses_and_says_what_fits(english, monkeypatch):
     [
         (["lens", "--model", "/no/such/folder"], "no model folder"),
         (["lens", "--prompt", "   "], "empty"),
-        (["lens", "--target", " unquestionably"], "not one"),
+        (["lens", "--model", "english", "--target", " unquestionably"], "not one"),
+        (["lens", "--target", " unquestionably"], "not in the model's vocabulary"),  # the default, word-level stories model
         (["attention", "--model", "circuits", "--prompt", "apple river", "--layer", "9"], "layer 9"),
         (["patching", "--corrupted", "apple"], "same number of tokens"),
         (["attribution", "--steps", "-2"], "steps"),

@@ -1,4 +1,5 @@
-"""Each page's default example, on the default model, shows a known mechanism (induction, learned in training)."""
+"""Each page's example on the English model shows a known mechanism (induction, learned in training). The default
+model's (stories) examples are task prompts: tests/test_stories_model.py."""
 
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def test_the_default_prompt_repeats_and_the_model_copies_from_the_repeat(english
 
 def test_the_attention_page_opens_on_an_induction_head_that_looks_at_the_repeat(english):
     at = AppTest.from_file(str(ROOT / "pages" / "1_Attention.py"), default_timeout=120)
+    at.session_state[ui.MODEL] = "english"
     at.run()
     assert not at.exception
     layer, head = at.selectbox(key="w.layer").value, at.selectbox(key="w.head").value

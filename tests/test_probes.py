@@ -153,3 +153,13 @@ def test_ctrl_c_keeps_the_finished_part(tmp_path):
     assert proc.returncode == 130 and "interrupted" in err
     assert manifest["status"] == "interrupted" and "1-head-types.json" in manifest["files"]
     json.loads((out / "1-head-types.json").read_text())
+
+
+def test_a_probe_without_a_prompt_takes_the_models_example_and_notes_unknown_words(tmp_path, capsys):
+    from workbench import examples
+
+    _, manifest = _run(tmp_path, "lens", "--model", "stories", "--formats", "html")
+    assert manifest["settings"]["prompts"] == [examples.prompt("stories", "lens")] == ["The capital of Sourk is"]
+    assert "does not know" not in capsys.readouterr().err
+    _run(tmp_path / "typed", "lens", "--model", "stories", "--prompt", "The whale of Sourk is", "--formats", "html")
+    assert "stories does not know 'whale'" in capsys.readouterr().err

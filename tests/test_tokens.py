@@ -1,3 +1,5 @@
+import pytest
+
 from workbench.tokens import token_views, unique_labels
 
 
@@ -28,3 +30,33 @@ def test_special_tokens_keep_their_names(english):
 
 def test_unique_labels_number_positions():
     assert unique_labels(["a", "a"]) == ["0: a", "1: a"]
+
+
+def test_unknown_words_are_those_a_word_level_vocabulary_reads_as_unk(english):
+    from transformers import AutoTokenizer
+
+    from workbench.model import MODELS_DIR
+    from workbench.tokens import unknown_words
+
+    words = AutoTokenizer.from_pretrained(MODELS_DIR / "stories")
+    text = "Erin met a whale, and the whale met Erin"
+    # the reference: which of the text's words the vocabulary lists, read off the vocabulary itself
+    vocab = words.get_vocab()
+    expected = [w for w in dict.fromkeys(text.replace(",", " ").split()) if w not in vocab and "Ġ" + w not in vocab]
+    assert unknown_words(words, text) == expected == ["whale"]
+    assert unknown_words(words, "Erin and Vernon went to the park.") == []
+    # a byte-level vocabulary has no unknown words, its end-of-text token typed literally included
+    assert unknown_words(english.tokenizer, "a whale <|endoftext|> 雪") == []
+
+
+def test_a_typed_token_the_vocabulary_lacks_is_refused_not_read_as_unk():
+    from transformers import AutoTokenizer
+
+    from workbench.errors import InputError
+    from workbench.model import MODELS_DIR
+    from workbench.tokens import single_token_id
+
+    words = AutoTokenizer.from_pretrained(MODELS_DIR / "stories")
+    assert single_token_id(words, " Erin") == words.convert_tokens_to_ids("ĠErin")
+    with pytest.raises(InputError, match="not in the model's vocabulary"):
+        single_token_id(words, " unquestionably")

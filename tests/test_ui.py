@@ -268,3 +268,15 @@ def test_the_graph_page_restores_its_link_and_shows_a_picked_edge():
     at.selectbox(key="w.graph_edge").set_value(attention_edges[0] - 1).run()  # options start with "—"
     assert not at.exception and at.selectbox(key="w.graph_head").value in range(4)
     assert len(at.get("plotly_chart")) == 4  # graph, the edge's heads, the head's pattern, faithfulness
+
+
+def test_the_app_opens_on_the_stories_model_and_names_words_it_does_not_know():
+    at = _page("pages/1_Attention.py")
+    assert not at.exception, at.exception
+    assert at.session_state["wb.model"] == "stories" and at.text_area(key="w.prompt").value == ui.example_prompt("stories")
+    assert not at.warning  # the example is the world's own words
+    at = _page("pages/1_Attention.py", prompt="Erin saw a whale and a submarine")
+    assert not at.exception, at.exception
+    (note,) = [w.value for w in at.warning if "does not know" in w.value]
+    assert "'whale', 'submarine'" in note and "<unk>" in note
+    assert at.selectbox(key="w.layer").value is not None  # the views still run

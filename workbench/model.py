@@ -4,7 +4,7 @@
 attention head, MLP and residual stream) with its tokenizer, a summary, and a lock.
 
 Sources, tried in this order:
-- nothing, or a shipped model's short name ("english", "circuits", "answer-key"): the folders under models/;
+- nothing (the stories model), or a shipped model's short name ("stories", "english", "circuits", "answer-key"): the folders under models/;
 - a shipped model's training checkpoint, "english@1200" (checkpoints.py);
 - a path to a local Hugging Face model folder;
 - a hub name ("gpt2", "org/name"): from the local Hugging Face cache, else downloaded (safetensors
@@ -49,12 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 _INSTALLED_MODELS = Path(__file__).resolve().parent / "models"  # where `pip install .` puts models/ (pyproject.toml)
 MODELS_DIR = _INSTALLED_MODELS if _INSTALLED_MODELS.is_dir() else ROOT / "models"  # else: a checkout's models/
 SHIPPED = {
-    "english": "English GPT (trained on public-domain English, with induction heads) -- the default",
+    "stories": "Stories GPT (3 layers, trained on stories of a small world whose tasks are IOI, pronouns, years, facts and induction; see Tasks) -- the default",
+    "english": "English GPT (trained on public-domain English, with induction heads)",
     "circuits": "Circuits GPT (2 layers, trained on a copying task: learned induction heads)",
     "answer-key": "Answer key (2 layers, weights written by hand: a known induction circuit)",
-    "stories": "Stories GPT (3 layers, trained on stories of a small world whose tasks are IOI, pronouns, years, facts and induction; see Tasks)",
 }
-DEFAULT_MODEL = "english"
+# the model organism: its world's regularities are known, so every view has something true to find (models/stories/README.md)
+DEFAULT_MODEL = "stories"
 COMPATIBILITY_MODE = "compatibility mode (layer norms folded, writing weights centred, value biases folded; unembedding not centred)"
 RAW_MODE = "raw Hugging Face weights"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

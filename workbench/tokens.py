@@ -121,6 +121,19 @@ def ordinary_token_ids(tokenizer, d_vocab: int) -> torch.Tensor:
     return torch.tensor([i for i in range(min(d_vocab, len(tokenizer))) if i not in special])
 
 
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """The words of `text` that the tokenizer reads as its unknown token, in order, each once.
+
+    A word-level vocabulary (the stories model's) has such words; a byte-level one (GPT-2's) has none, and its
+    "unknown" token is its end-of-text token, which only that token's own text produces."""
+    unk = tokenizer.unk_token_id
+    if unk is None or unk in (tokenizer.bos_token_id, tokenizer.eos_token_id) or not text:
+        return []
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    words = [text[a:b].strip() for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True) if i == unk]
+    return list(dict.fromkeys(w for w in words if w))
+
+
 def single_token_id(tokenizer, text: str, what: str = "answer") -> int:
     """The id of a token typed as text; it must be exactly one token (" Paris", with its space)."""
     if not isinstance(text, str) or text == "":
@@ -130,5 +143,9 @@ def single_token_id(tokenizer, text: str, what: str = "answer") -> int:
         labels = token_labels(tokenizer, ids)
         raise InputError(
             f"{text!r} is {len(ids)} tokens ({' | '.join(labels)}), not one: pick one of them, or one of the model's top predictions"
+        )
+    if unknown_words(tokenizer, text):  # a word-level vocabulary reads a word it lacks as one token: its unknown token
+        raise InputError(
+            f"{text!r} is not in the model's vocabulary (it reads as {tokenizer.unk_token}): pick one of the model's top predictions"
         )
     return ids[0]

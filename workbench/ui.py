@@ -32,9 +32,10 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from workbench import checkpoints, cost, export, hub, long
+from workbench import checkpoints, cost, examples, export, hub, long
 from workbench.errors import InputError
 from workbench.model import DEFAULT_MODEL, MODELS_DIR, SHIPPED, LoadedModel, allowed_root, load_model
+from workbench.tokens import unknown_words
 
 # ---- session keys: everything this module keeps in st.session_state, in one place ------------------
 # (a page's own keys are declared at the top of that page)
@@ -55,38 +56,9 @@ DTYPE = "wb.dtype"  # the precision the model is loaded in
 PRECISIONS = ("float32", "bfloat16", "float16")
 
 OTHER = "a local folder or cached hub model…"
-# Each default shows a learned mechanism on its model (tests/test_examples.py): a sentence repeated, so that
-# the induction heads copy what followed its first half last time ("whale"), and the lens shows it forming.
-EXAMPLE_PROMPTS = {
-    "english": "In the morning Jane walked to the old whale by the sea. In the morning Jane walked to the old",
-    "circuits": "apple river stone cloud tiger piano candle garden apple river stone cloud tiger piano",
-}
-EXAMPLE_PAIRS = {  # (clean, corrupted), or (A, B) on the compare page
-    "circuits": (
-        "apple river stone cloud tiger piano candle garden apple river stone",
-        "apple river stone lemon tiger piano candle garden apple river stone",
-    ),
-    "english": (
-        "In the morning Jane walked to the old whale by the sea. In the morning Jane walked to the old",
-        "In the morning Jane walked to the old woman by the sea. In the morning Jane walked to the old",
-    ),
-}
-EXAMPLE_PROMPTS["answer-key"] = EXAMPLE_PROMPTS["circuits"]  # the same 96-word vocabulary
-EXAMPLE_PAIRS["answer-key"] = EXAMPLE_PAIRS["circuits"]
-# The stories model (workbench/tasks.py): each view opens on a task prompt, with names held out of every training
-# sentence of that kind (tests/test_stories_model.py: each default shows its mechanism where the card finds it).
-EXAMPLE_PROMPTS["stories"] = "Erin and Vernon went to the park. Vernon was happy because"  # attention: he -> Vernon
-EXAMPLE_PAIRS["stories"] = (  # an IOI pair: the second mention of the subject becomes a third name
-    "When Erin and Vernon went to the market, Vernon gave an apple to",
-    "When Erin and Vernon went to the market, Gordon gave an apple to",
-)
-PAGE_PROMPTS = {
-    "stories": {
-        "lens": "The capital of Sourk is",  # a stored fact forming layer by layer
-        "attribution": "Erin and Vernon went to the park. Vernon was happy because",  # the pronoun points back to its name
-        "generate": "Anna and Jack played at the park.",  # a story continued
-    }
-}
+# the example prompts per model and view (workbench/examples.py), under the names pages and tests use
+EXAMPLE_PROMPTS, EXAMPLE_PAIRS, PAGE_PROMPTS = examples.PROMPTS, examples.PAIRS, examples.VIEW_PROMPTS
+example_prompt, example_pair = examples.prompt, examples.pair
 SELECTED = "#d62728"  # the selected position's outline, the same on every page
 
 
@@ -321,16 +293,6 @@ def guard(what: str = "this view"):
         st.error(f"Could not compute {what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", icon="⚠️")
 
 
-def example_prompt(model_name: str, page: str = "") -> str:
-    """The example prompt of a shipped model (and of its checkpoints, "english@1200") on a page; the English one otherwise."""
-    base = model_name.split("@")[0]
-    return PAGE_PROMPTS.get(base, {}).get(page) or EXAMPLE_PROMPTS.get(base, EXAMPLE_PROMPTS["english"])
-
-
-def example_pair(model_name: str) -> tuple[str, str]:
-    return EXAMPLE_PAIRS.get(model_name.split("@")[0], EXAMPLE_PAIRS["english"])
-
-
 def open_model(name: str) -> None:
     """Makes `name` (a shipped model or MODEL@STEP) every page's model; for a button's on_click, before the picker draws."""
     base, _, step = name.partition(checkpoints.SEPARATOR)
@@ -435,9 +397,7 @@ def _download_with_progress(name: str) -> None:
 def prompt_form(model: LoadedModel, label: str = "Prompt", page: str = "") -> tuple[str, bool]:
     """The shared prompt, edited in a form; returns (prompt, truncate). A page's own example replaces another
     page's example of the same model (never a prompt the user typed or a link carried)."""
-    base = model.info.name.split("@")[0]
-    examples = {*PAGE_PROMPTS.get(base, {}).values(), EXAMPLE_PROMPTS.get(base)}
-    if page and st.session_state.get(PROMPT) in examples:
+    if page and st.session_state.get(PROMPT) in examples.prompts_of(model.info.name):
         st.session_state[PROMPT] = example_prompt(model.info.name, page)
     st.session_state.setdefault(PROMPT, example_prompt(model.info.name, page))
     st.session_state.setdefault(TRUNCATE, False)
@@ -451,6 +411,7 @@ def prompt_form(model: LoadedModel, label: str = "Prompt", page: str = "") -> tu
         if st.form_submit_button("Run", type="primary"):
             st.session_state[PROMPT] = prompt
             st.session_state[TRUNCATE] = truncate
+    unknown_words_note(model, st.session_state[PROMPT])
     return st.session_state[PROMPT], st.session_state[TRUNCATE]
 
 
@@ -465,7 +426,21 @@ def pair_form(model: LoadedModel) -> tuple[str, str]:
         corrupted = c2.text_area("Corrupted prompt (same number of tokens)", st.session_state[CORRUPTED], height=90, key="w.corrupted")
         if st.form_submit_button("Use these prompts", type="primary"):
             st.session_state[CLEAN], st.session_state[CORRUPTED] = clean, corrupted
+    unknown_words_note(model, st.session_state[CLEAN], st.session_state[CORRUPTED])
     return st.session_state[CLEAN], st.session_state[CORRUPTED]
+
+
+def unknown_words_note(model: LoadedModel, *texts: str) -> None:
+    """One line where a prompt holds words the model's vocabulary lacks (the stories model knows only its world's
+    words): the views still run, on its unknown token in their place."""
+    unknown = list(dict.fromkeys(w for t in texts for w in unknown_words(model.tokenizer, t)))
+    if unknown:
+        shown = ", ".join(f"'{w}'" for w in unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+        st.warning(
+            f"{model.info.name} does not know {shown}: each reads as {model.tokenizer.unk_token}. "
+            "Its vocabulary is its world's words; another model reads any text.",
+            icon="🔤",
+        )
 
 
 def set_pair(clean: str, corrupted: str) -> None:

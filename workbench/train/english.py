@@ -1,4 +1,4 @@
-"""The default model: a small GPT-2 trained on public-domain English (corpus.py), with induction heads.
+"""The English model: a small GPT-2 trained on public-domain English (corpus.py), with induction heads (the default until the stories model).
 
 The tokenizer is a byte-level BPE trained on the same training text, so every string has an
 encoding (no unknown token) and leading spaces stay part of the token, as in GPT-2.
