@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from workbench import conventions, ui
+from workbench import conventions, examples, ui
 from workbench import interventions as iv
 from workbench.errors import InputError
 from workbench.figures import intervene as draw
@@ -13,11 +13,6 @@ from workbench.tokens import single_token_id
 
 EDITS = "wb.edits"  # the edit set's compact line (the URL carries it); not a widget key: the buttons below change it
 REFUSED = "wb.edits_refused"  # why the last typed edit set was refused (the one before it stays)
-# a first visit shows the example prompt's induction heads knocked out (their mean over the held-out text)
-DEFAULT_EDITS = {
-    "english": "ablate head 1.0 mean; ablate head 1.2 mean; ablate head 1.3 mean",
-    "circuits": "ablate head 1.0 mean; ablate head 1.1 mean; ablate head 1.2 mean; ablate head 1.3 mean",
-}
 KINDS = {
     "ablate a head": ("ablate", "head"),
     "ablate an MLP layer": ("ablate", "mlp"),
@@ -49,7 +44,7 @@ run = view.cached(iv.intervene, per_session=True, entries=4, spinner="Running bo
 head_sweep = view.cached(iv.ablation_sweep, per_session=True, entries=4)
 steer_sweep = view.cached(iv.steering_sweep, per_session=True, entries=2)
 model = view.start()
-st.session_state.setdefault(EDITS, DEFAULT_EDITS.get(model.info.name, ""))
+st.session_state.setdefault(EDITS, examples.edits(model.info.name))
 
 
 def use_task_pair(pair) -> None:
@@ -59,7 +54,7 @@ def use_task_pair(pair) -> None:
 
 
 ui.task_picker(model, use_task_pair)
-prompt, _ = ui.prompt_form(model)
+prompt, _ = ui.prompt_form(model, page="generate")
 
 
 def set_edits(text: str) -> None:

@@ -239,3 +239,26 @@ def test_the_random_control_ablates_all_the_others_where_the_model_has_fewer(hf)
     task = tasks.Task(task.name, task.description, task.pairs[:12], task.split)
     expected = stories_card.ablation_cut(model, tok, task, heads[-2:])
     assert stories_card.random_cut(model, tok, task, named, draws=2) == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_intervene_page_opens_on_a_story_with_the_cards_pronoun_head_knocked_out(hf):
+    """The default model's Intervene page: the story opening, continued, with the head the card finds first for
+    pronouns (past layer 0) mean-ablated; the original continuation is plain `transformers`' greedy one."""
+    from workbench import examples
+
+    at = AppTest.from_file(str(ROOT / "pages" / "9_Intervene.py"), default_timeout=180)
+    at.run()
+    assert not at.exception and not at.error
+    prompt = examples.prompt("stories", "generate")
+    assert at.session_state[ui.MODEL] == "stories" and at.text_area(key="w.prompt").value == prompt
+    card = json.loads((FOLDER / "card.json").read_text())["measured"]["tasks"]["pronoun"]["components"]
+    heads = [c for c in __import__("ast").literal_eval(card) if c["kind"] == "head" and c["layer"] > 0]
+    assert at.session_state["wb.edits"] == f"ablate head {heads[0]['layer']}.{heads[0]['head']} mean"
+    assert any(f"ablate L{heads[0]['layer']}H{heads[0]['head']} (mean)" in m.value for m in at.markdown)
+    model, tok = hf
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], 1) if ids[0, 0] != tok.bos_token_id else ids
+    greedy = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.bos_token_id)[0, ids.shape[1] :]
+    words = tok.decode(greedy).split()
+    shown = " ".join(m.value for m in at.markdown) + " ".join(str(c.proto.spec) for c in at.get("plotly_chart"))
+    assert words and all(w.strip(".,") in shown for w in words[:3])

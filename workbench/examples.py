@@ -6,7 +6,8 @@ Each default shows a learned mechanism on its model:
   the card finds it);
 - `english`: a sentence repeated, so that the induction heads copy what followed its first half last time
   ("whale"), and the lens shows it forming (tests/test_examples.py);
-- `circuits` and `answer-key`: a repeated run of their 96-word vocabulary.
+- `circuits` and `answer-key`: a repeated run of their 96-word vocabulary;
+- the Intervene page's first edit set (`edits`): the heads that carry the example's mechanism, knocked out.
 A model that is not shipped gets the English ones.
 """
 
@@ -41,6 +42,11 @@ VIEW_PROMPTS = {  # a view's own example, where it differs from the model's
     }
 }
 FALLBACK = "english"
+# the Intervene page's first edit set: the example prompt's induction heads knocked out (their mean over the held-out text)
+EDITS = {
+    "english": "ablate head 1.0 mean; ablate head 1.2 mean; ablate head 1.3 mean",
+    "circuits": "ablate head 1.0 mean; ablate head 1.1 mean; ablate head 1.2 mean; ablate head 1.3 mean",
+}
 
 
 def prompt(model_name: str, view: str = "") -> str:
@@ -58,3 +64,25 @@ def prompts_of(model_name: str) -> set[str]:
     """Every example prompt of a model's views: a prompt among these was not typed by the user."""
     base = model_name.split("@")[0]
     return {*VIEW_PROMPTS.get(base, {}).values(), PROMPTS.get(base, PROMPTS[FALLBACK])}
+
+
+def edits(model_name: str) -> str:
+    """The Intervene page's first edit set for a model ("" for none): for the stories model, the head its card finds
+    first for pronouns (models/stories/card.json) knocked out, so that the story's pronoun can change."""
+    base = model_name.split("@")[0]
+    if base in EDITS:
+        return EDITS[base]
+    if base != "stories":
+        return ""
+    import ast
+    import json
+
+    from workbench.model import MODELS_DIR
+
+    card = MODELS_DIR / "stories" / "card.json"
+    if not card.is_file():
+        return ""
+    components = json.loads(card.read_text())["measured"]["tasks"]["pronoun"]["components"]
+    components = ast.literal_eval(components) if isinstance(components, str) else components  # the card stores its repr
+    heads = [c for c in components if c["kind"] == "head" and c["layer"] > 0]  # past layer 0's heads, which every task reads
+    return f"ablate head {heads[0]['layer']}.{heads[0]['head']} mean" if heads else ""
