@@ -255,3 +255,38 @@ def test_features_probe_writes_figures_data_html_and_a_manifest(tmp_path, englis
     assert [e["index"] for e in d["top"]] == [e.index for e in expected.top]
     assert manifest["summary"]["blocks.1.hook_resid_pre"]["intervention"]["feature"] == 3
     assert probes_main(["features", "--sae", "blocks.9.hook_resid_pre", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_the_default_stories_model_ships_saes_measured_on_held_out_stories():
+    """Variance explained by hand: plain `transformers`' hidden states (centred over d_model, as compatibility mode's
+    centred writing weights make the stream), through the SAE's TopK written out here."""
+    from workbench.model import load_model
+
+    stories = load_model("stories")
+    found = sae.saes_of(stories)
+    n = stories.info.n_layers
+    assert set(found) == {*(f"blocks.{i}.hook_resid_pre" for i in range(n)), f"blocks.{n - 1}.hook_resid_post"}
+    name, text = features.heldout_text(stories)
+    assert "unseen stories" in name and stories.tokenizer.unk_token_id not in stories.tokenizer(text)["input_ids"]
+    rows, valid = features.windows(stories, text[:8000])
+    hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "stories").eval()
+    with torch.no_grad():
+        hidden = hf(rows, output_hidden_states=True).hidden_states  # (n+1) × (rows, pos, d); the last after ln_f
+    for i in range(1, n):
+        s = found[f"blocks.{i}.hook_resid_pre"]
+        x = hidden[i][valid]
+        x = x - x.mean(-1, keepdim=True)  # (tokens, d_model)
+        pre = (x - s.b_dec) @ s.W_enc + s.b_enc  # (tokens, d_sae)
+        top = pre.topk(s.k, dim=-1)
+        acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        fve = 1 - ((acts @ s.W_dec + s.b_dec - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+        q = features.quality(stories, s, text[:8000])
+        assert q.variance_explained == pytest.approx(float(fve), abs=2e-3), i
+        assert q.variance_explained > 0.8 and q.loss_clean < q.loss_spliced < q.loss_zero
+
+
+def test_the_features_page_opens_on_the_default_model():
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["wb.model"] == "stories" and not at.info  # an SAE is shown, not "ships no SAEs"

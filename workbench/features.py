@@ -55,8 +55,13 @@ CHUNK = 16  # windows per forward pass
 def heldout_text(model: LoadedModel) -> tuple[str, str]:
     """(name, text) of the held-out text that dashboards and quality are measured on.
 
-    The model's own held-out samples when its folder has them; otherwise the English model's
-    (English prose that any English tokenizer reads: a user's GPT-2 SAE is shown on it)."""
+    The model's own held-out samples when its folder has them; the stories model's held-out stories (generated:
+    held-out names and phrasings, stories.heldout_stories); otherwise the English model's (English prose that any
+    English tokenizer reads: a user's GPT-2 SAE is shown on it)."""
+    from workbench.train import stories
+
+    if stories.is_stories_model(model):
+        return stories.HELDOUT_NAME, stories.heldout_stories()
     for folder in (Path(model.info.source), MODELS_DIR / "english"):
         if all((folder / f).is_file() for f in HELDOUT_FILES):
             name = " + ".join(f"models/{folder.name}/{f}" if folder.parent == MODELS_DIR else str(folder / f) for f in HELDOUT_FILES)

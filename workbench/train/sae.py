@@ -207,8 +207,16 @@ def train(model, train_ids: np.ndarray, cfg: SAEConfig, log=print) -> tuple[dict
     return {h: t.sae(model.info.name) for h, t in trainers.items()}, records
 
 
+STORY_TOKENS = 2_000_000  # the stories model's stream: windows are drawn from it at random
+
+
 def corpus_ids(model, cache: Path) -> np.ndarray:
-    """The training split of the corpus (corpus.split_text) in the model's own tokenizer, as one id stream."""
+    """The training split of the corpus (corpus.split_text) in the model's own tokenizer, as one id stream; for the
+    stories model, generated training stories (stories.training_ids)."""
+    from workbench.train import stories
+
+    if stories.is_stories_model(model):
+        return np.asarray(stories.training_ids(model.tokenizer, STORY_TOKENS), dtype=np.int64)
     train_text, _ = corpus.split_text(corpus.documents(corpus.fetch(cache)))
     return english.encode(model.tokenizer, train_text)
 
@@ -216,17 +224,25 @@ def corpus_ids(model, cache: Path) -> np.ndarray:
 KS = (8, 16, 32, 64)  # the L0 vs loss recovered curve: the same weights read with these k
 
 
+def hooks_of(model) -> tuple[str, ...]:
+    """The residual stream before each layer and after the last (CONFIG.hooks for the two-layer English model)."""
+    n = model.info.n_layers
+    return (*(f"blocks.{i}.hook_resid_pre" for i in range(n)), f"blocks.{n - 1}.hook_resid_post")
+
+
 def build(model_name: str, cache: Path, cfg: SAEConfig = CONFIG, out: Path | None = None, log=print) -> dict:
     """Trains, measures and writes the SAEs of `model_name` (module doc); returns the card's record."""
     torch.set_num_threads(cfg.threads)
     model = load_model(model_name)
+    if cfg.hooks == CONFIG.hooks:  # the default sites: this model's residual stream, layer by layer
+        cfg = dataclasses.replace(cfg, hooks=hooks_of(model))
     folder = Path(model.info.source)
     out = out or folder / SAE_FOLDER
     ids = corpus_ids(model, cache)
     log(f"corpus: {len(ids):,} training tokens")
     saes, records = train(model, ids, cfg, log)
     name, text = features.heldout_text(model)
-    card = {"config": dataclasses.asdict(cfg), "heldout_text": name, "hooks": {}}
+    card = {"model": model.info.name, "config": dataclasses.asdict(cfg), "heldout_text": name, "hooks": {}}
     for hook, s in saes.items():
         q = features.quality(model, s, text)
         curve = [features.quality(model, s, text, k=k).row() for k in KS]
@@ -298,6 +314,9 @@ SEARCH_COLUMNS = {"width": "width", "k": "k", "l0": "L0", "variance_explained": 
                   "dead": "dead latents", "cpu_seconds": "CPU s"}  # fmt: skip
 
 
+TITLES = {"english": "English", "stories": "stories"}
+
+
 def write_card(out: Path, card: dict) -> None:
     """card.json and README.md in `out` (models/<model>/sae/), every number from `card` (the measurements)."""
     (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
@@ -314,15 +333,16 @@ def write_card(out: Path, card: dict) -> None:
         for r in card["hooks"].values()
     )
     lines = [
-        "# SAEs of the English model\n\n",
+        f"# SAEs of the {TITLES.get(card.get('model', 'english'), card.get('model'))} model\n\n",
         f"TopK sparse autoencoders (Gao et al. 2024) on the residual stream at {len(card['hooks'])} sites, trained by "
-        "`python -m workbench.train sae english` (`workbench/train/sae.py`), in SAELens's format: one folder per hook with "
+        f"`python -m workbench.train sae {card.get('model', 'english')}` (`workbench/train/sae.py`), in SAELens's format: one folder per hook with "
         "`cfg.json` + `sae_weights.safetensors`, and `dashboards.safetensors` (every feature's top activations, band samples "
         "and histogram on the held-out text). This card is written by that command from its measurements.\n\n",
         f"Width {cfg['width']} latents, k = {cfg['k']}, AuxK with {cfg['aux_k']} latents and weight {cfg['aux_coef']:.4g} "
         f"(dead: no activation in {cfg['dead_after']:,} tokens), decoder rows unit-norm, b_dec initialised at the {cfg['b_dec_init']}; "
-        f"{card['hooks'][next(iter(card['hooks']))]['tokens']:,} training activations per SAE from the corpus's training split, "
-        f"batch {cfg['batch']}, Adam {cfg['lr']:g}; seed {cfg['seed']}, {cfg['threads']} thread(s).\n\n",
+        f"{card['hooks'][next(iter(card['hooks']))]['tokens']:,} training activations per SAE from "
+        + ("generated training stories, " if card.get("model") == "stories" else "the corpus's training split, ")
+        + f"batch {cfg['batch']}, Adam {cfg['lr']:g}; seed {cfg['seed']}, {cfg['threads']} thread(s).\n\n",
         "## Quality on held-out text\n\n",
         f"Text: `{card['heldout_text']}` (BOS left out). Variance explained = 1 - Σ|x - x̂|² / Σ|x - mean x|²; loss recovered = "
         "(loss with the stream zero-ablated - loss with the reconstruction in its place) / (zero-ablated - unchanged), "

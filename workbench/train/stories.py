@@ -649,6 +649,35 @@ def corpus(n_stories: int, seed: int = 0, world_seed: int = 0) -> list[str]:
 SPLIT = r"'s| ?[A-Za-z]+| ?\d\d|\d| ?[^\sA-Za-z\d]|\s"
 
 
+HELDOUT_NAME = "300 unseen stories (train/stories.py heldout_stories, seed 12345)"
+
+
+def heldout_stories(n: int = 300, seed: int = 12345, world_seed: int = 0) -> str:
+    """Fresh stories of the training distribution from a seed no training stream uses, each ended by <|endoftext|>
+    as the model was trained (story_rows): the text the stories model's SAEs and dashboards are measured on, as the
+    English model's are on held-out paragraphs. (The held-out split, with held-out names and phrasings, measures the
+    tasks' generalisation: the model's loss there is four times its training loss, which would measure the SAEs on
+    text the model itself cannot read.)"""
+    w, rng = world(world_seed), random.Random(f"heldout-{seed}")
+    return "".join(story(rng, w) + "<|endoftext|>" for _ in range(n))
+
+
+def training_ids(tok, tokens: int, seed: int = 0, world_seed: int = 0) -> list[int]:
+    """About `tokens` ids of training stories, each ended by <|endoftext|> (BOS) as in training: an id stream that
+    activation samplers cut windows from."""
+    w, rng, ids = world(world_seed), random.Random(f"stream-{seed}"), []
+    while len(ids) < tokens:
+        ids += tok(story(rng, w), add_special_tokens=False)["input_ids"] + [tok.bos_token_id]
+    return ids
+
+
+def is_stories_model(model) -> bool:
+    """The stories model (its name, or a folder named stories): its vocabulary is this world's, its data these stories."""
+    from pathlib import Path
+
+    return model.info.name.split("@")[0] == "stories" or Path(model.info.source).name == "stories"
+
+
 def vocabulary(w: World) -> list[str]:
     """Every piece a story or a task can contain, in a fixed order: specials, then sorted pieces.
 

@@ -111,7 +111,9 @@ def io_of(w: engine.Weights, ids: torch.Tensor) -> list[tuple[torch.Tensor, torc
 def is_stories(model) -> bool:
     """The stories model organism (train/stories.py): its tokenizer is the stories world's closed vocabulary, and its
     data are generated stories, not the English corpus."""
-    return model.info.name == "stories" or Path(model.info.source).name == "stories"
+    from workbench.train import stories
+
+    return stories.is_stories_model(model)
 
 
 def story_rows(model, rows: int, seed: int, split: str = "train") -> torch.Tensor:
