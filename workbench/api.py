@@ -1,0 +1,710 @@
+"""The workbench as a library: one import, strings where a user has strings, results that show themselves.
+
+    import workbench as wb
+
+    m = wb.load("circuits")
+    wb.attention(m, "apple river stone apple river", head="1.0")        # a head's pattern, inline in Jupyter
+    wb.lens(m, "apple river stone apple river", track=[" stone"])        # the logit lens
+    wb.patch(m, clean, corrupted, answer=" cloud", wrong=" lemon").figure()
+    with wb.edits(m, "ablate head 1.0 mean"):                             # every call in the block runs edited
+        wb.lens(m, "apple river stone apple river").to_pandas()
+
+Thin by design: each function turns the user's strings into what the analysis takes (token ids of
+an answer, a head's layer and index, an edit set) and returns that analysis's own frozen result,
+computed by its module, wrapped in a `Result`: `figure()` draws it with the view's figure function,
+`to_pandas()` is its table, `_repr_mimebundle_` shows the figure in a notebook (offline, through
+notebook.py), and `to_json` / `from_json` write and read it, including what the probes write
+(`out/<probe>/*.json`): a probe's data file reads back as the result that made it.
+
+Edits are scoped, in nnsight's spirit: `with wb.edits(model, "ablate head 1.2 mean"):` registers
+nothing on the model. It compiles the edit set once (interventions.compile_edits) and records it
+in a context variable; the facade calls made inside the block for that model (`run`, `attention`,
+`head_types`, `lens`, `intervene`) pass the edits as data into their one model call
+(runs.run_edited), as every edit of the workbench is applied. Views whose analysis has no edited
+run (patching, attribution, the graph, features) refuse to run inside the block rather than
+silently ignore it. Leaving the block, by its end or by an exception, forgets the edits.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from workbench import attention as attention_analysis
+from workbench import attribution as attribution_analysis
+from workbench import export, notebook, patching, preview, runs
+from workbench import features as features_analysis
+from workbench import graph as graph_analysis
+from workbench import interventions as iv
+from workbench import lens as lens_analysis
+from workbench.errors import InputError
+from workbench.generate import Sampling
+from workbench.model import LoadedModel, load_model
+from workbench.tokens import single_token_id, token_labels
+
+__all__ = ["InputError", "Result", "attention", "attribute", "edits", "features", "from_json", "graph", "head_types", "intervene"]
+__all__ += ["lens", "load", "patch", "run"]
+
+
+def load(name_or_path: str | None = None, **options) -> LoadedModel:
+    """A model to inspect: a shipped one by name ("english", "circuits", "answer-key", "stories"), a checkpoint
+    ("circuits@800"), a local Hugging Face folder or a hub name. `options`: model.load_model's (device, dtype, ...)."""
+    return load_model(name_or_path, **options)
+
+
+# ---- what the user types, made into what the analyses take ------------------------------------------------
+
+
+def _parse_head(head) -> tuple[int, int]:
+    """(layer, head) of "1.2", "L1H2" or (1, 2), not yet checked against a model."""
+    if isinstance(head, str):
+        parts = head.strip().upper().replace("L", "").replace("H", ".").split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise InputError(f"a head is written LAYER.HEAD, e.g. '1.2' (or 'L1H2'), got {head!r}")
+        head = (int(parts[0]), int(parts[1]))
+    if not (isinstance(head, tuple | list) and len(head) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in head)):
+        raise InputError(f"a head is written LAYER.HEAD, e.g. '1.2' (or a pair (1, 2)), got {head!r}")
+    return int(head[0]), int(head[1])
+
+
+def _head(model: LoadedModel, head) -> tuple[int, int]:
+    """(layer, head) of "1.2", "L1H2" or (1, 2); InputError naming the model's heads otherwise."""
+    layer, index = _parse_head(head)
+    attention_analysis.check_head(model.info.n_layers, model.info.n_heads, layer, index)
+    return layer, index
+
+
+def _token(model: LoadedModel, token: str | int, what: str) -> int:
+    """The id of one token typed as text (" cloud", with its space) or given as an id."""
+    if isinstance(token, int) and not isinstance(token, bool):
+        return runs.check_token_ids(model, [token], what)[0]
+    return single_token_id(model.tokenizer, token, what)
+
+
+def _names(model: LoadedModel, names: str | Iterable[str] | None) -> list[str]:
+    """Hook names to record: full names, per-block suffixes ("attn.hook_pattern": every layer), or "all"."""
+    if names is None or names == "all":
+        return runs.all_hook_names(model)
+    out = []
+    for name in [names] if isinstance(names, str) else names:
+        if name in runs.BLOCK_HOOKS or name in runs.MODEL_HOOKS:
+            out += runs.hook_names(model, name)
+        elif runs.has_hook(model, name):
+            out.append(name)
+        else:
+            raise InputError(
+                f"this model has no hook {name!r}: name one of runs.all_hook_names(model), or a suffix such as 'attn.hook_pattern'"
+            )
+    return list(dict.fromkeys(out))
+
+
+# ---- edits: data in a context variable, never hooks on the model ------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Active:
+    model: LoadedModel
+    edit_set: iv.EditSet
+    compiled: tuple  # engine.Edit, applied inside each call
+
+
+_ACTIVE: contextvars.ContextVar[tuple[_Active, ...]] = contextvars.ContextVar("workbench_edits", default=())
+
+
+class Edits:
+    """`with wb.edits(model, "ablate head 1.2 mean; ablate mlp 0 zero"):` -- the facade's calls on `model` inside run edited.
+
+    The edit set is the Intervene page's line (interventions.EditSet.parse), or an EditSet. Entering
+    checks it against the model and computes what it needs (reference means, a resample prompt's run);
+    nothing is attached to the model. Blocks nest: the inner block's edits apply after the outer's.
+    """
+
+    def __init__(self, model: LoadedModel, edit_set: str | iv.EditSet):
+        if not isinstance(model, LoadedModel):
+            raise InputError(f"wb.edits takes the model first (from wb.load), got {type(model).__name__}")
+        self.model = model
+        self.edit_set = edit_set if isinstance(edit_set, iv.EditSet) else iv.EditSet.parse(str(edit_set))
+        if not self.edit_set.edits:
+            raise InputError("the edit set is empty: write an edit such as 'ablate head 1.2 mean'")
+        self._tokens: list[contextvars.Token] = []
+
+    @property
+    def labels(self) -> list[str]:
+        return self.edit_set.labels()
+
+    def __enter__(self) -> Edits:
+        compiled = tuple(iv.compile_edits(self.model, self.edit_set))
+        self._tokens.append(_ACTIVE.set((*_ACTIVE.get(), _Active(self.model, self.edit_set, compiled))))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE.reset(self._tokens.pop())
+
+    def __repr__(self) -> str:
+        return f"wb.edits({self.model.info.name!r}, {str(self.edit_set)!r})"
+
+
+def edits(model: LoadedModel, edit_set: str | iv.EditSet) -> Edits:
+    """A scoped edit set: see `Edits`."""
+    return Edits(model, edit_set)
+
+
+def _active(model: LoadedModel) -> list[_Active]:
+    return [a for a in _ACTIVE.get() if a.model is model]
+
+
+def _refuse_edits(model: LoadedModel, view: str) -> None:
+    if _active(model):
+        raise InputError(
+            f"wb.{view} does not run under wb.edits: its analysis has no edited run; call it outside the `with` block "
+            "(wb.run, wb.attention, wb.head_types, wb.lens and wb.intervene apply the edits)"
+        )
+
+
+def _edit_note(model: LoadedModel) -> str:
+    return "; ".join(str(a.edit_set) for a in _active(model))
+
+
+def _with_edits(result, model: LoadedModel):
+    """The result with the block's edit set in its provenance's settings (a frozen dataclass with `provenance`)."""
+    if not _active(model):
+        return result
+    p = dict(result.provenance)
+    p["settings"] = {**p.get("settings", {}), "edits": _edit_note(model)}
+    return dataclasses.replace(result, provenance=p)
+
+
+# ---- the run ----------------------------------------------------------------------------------------------
+
+
+def run(model: LoadedModel, prompt: str, names: str | Iterable[str] | None = "all") -> runs.Run:
+    """The prompt's forward pass (runs.Run): tokens, labels, logits and the activations `names` (default every hook).
+
+    `run["blocks.1.attn.hook_pattern"]` is (head, query, key). Inside `wb.edits` the run is edited
+    (never cached); outside it is the model's shared cached run (runs.run_prompt).
+    """
+    wanted = _names(model, names)
+    active = _active(model)
+    if not active:
+        return runs.run_prompt(model, prompt, wanted)
+    ids, dropped = runs.encode(model, prompt)  # (pos,) BOS first
+    edits_ = [e for a in active for e in a.compiled]
+    logits, cache = runs.run_edited(model, ids[None], edits_, names=wanted)  # (1, pos, d_vocab)
+    return runs.Run(
+        model=model.info.name,
+        prompt=prompt,
+        tokens=ids,
+        labels=token_labels(model.tokenizer, ids.tolist()),
+        logits=logits[0].float().cpu(),
+        cache={n: cache[n][0].cpu() for n in wanted},
+        truncated=dropped,
+    )
+
+
+# ---- the views ----------------------------------------------------------------------------------------------
+
+
+def attention(model: LoadedModel, prompt: str, head: str | tuple[int, int] | None = None) -> Result:
+    """Every head's attention pattern (attention.Patterns: pattern (layer, head, query, key)); `head` ("1.2") is the one drawn."""
+    focus = {} if head is None else {"head": _head(model, head)}
+    if not _active(model):
+        return Result(attention_analysis.patterns(model, prompt), focus)
+    r = attention_analysis.patterns_of(run(model, prompt, "attn.hook_pattern"))
+    return Result(_with_edits(dataclasses.replace(r, provenance=runs.provenance(model, [prompt], view="attention patterns")), model), focus)
+
+
+def head_types(model: LoadedModel, prompt: str) -> Result:
+    """Each head's share of attention on previous, duplicate and induction tokens, the first token, and its entropy
+    (attention.HeadTypes: scores {type: (layer, head)}; `.ranked("induction", 1)` names the strongest)."""
+    return Result(_with_edits(attention_analysis.head_types(model, run(model, prompt, "attn.hook_pattern")), model))
+
+
+def lens(
+    model: LoadedModel, prompt: str, track: Sequence[str | int] = (), k: int = 5, tuned: bool = False, midpoints: bool = True
+) -> Result:
+    """The logit lens (or the model's tuned lens) at every point and position (lens.LensResult); `track` tokens (" stone")
+    get their probability, rank and logit everywhere."""
+    if isinstance(track, str | int):
+        track = [track]
+    tracked = [_token(model, t, "tracked") for t in track]
+    lens_ = None
+    if tuned:
+        lens_ = lens_analysis.load_tuned_lens(model)
+        if lens_ is None:
+            raise InputError(f"{model.info.name} has no tuned lens: train one with `python -m workbench.train lens`, or use tuned=False")
+    edited = None
+    if _active(model):
+        edited = run(model, prompt, [name for _, name in lens_analysis.lens_points(model, midpoints)])
+    r = lens_analysis.lens(model, prompt, k=k, tracked=tracked, tuned=lens_, midpoints=midpoints, run=edited)
+    return Result(_with_edits(r, model))
+
+
+def patch(
+    model: LoadedModel,
+    clean: str,
+    corrupted: str,
+    answer: str | int,
+    wrong: str | int,
+    site: str = "resid_pre",
+    metric: str = "logit difference",
+    direction: str = "denoising",
+    method: str = "exact",
+) -> Result:
+    """Activation patching of every cell of `site` (patching.PatchResult, 0 = corrupted, 1 = clean); `method` "AtP*" or
+    "AtP": the attribution-patching estimate (preview.py) instead of the exact sweep."""
+    _refuse_edits(model, "patch")
+    setup = patching.PatchingSetup(clean, corrupted, _token(model, answer, "answer"), _token(model, wrong, "wrong"), metric)
+    if method == "exact":
+        return Result(patching.sweep(model, setup, site, direction))
+    if method not in preview.PREVIEW_METHODS:
+        raise InputError(f"unknown method {method!r}: use exact or one of {', '.join(preview.PREVIEW_METHODS)}")
+    return Result(preview.preview_sweep(model, setup, site, direction, method))
+
+
+def attribute(
+    model: LoadedModel,
+    prompt: str,
+    answer: str | int | None = None,
+    wrong: str | int | None = None,
+    method: str = "integrated gradients",
+    steps: int = 32,
+    baseline: str = "zeros",
+) -> Result:
+    """Attribution of the answer's log-probability (or answer − wrong's logit difference): to the input tokens by
+    `method` (attribution.METHODS: attribution.InputAttribution), or to every component, head and neuron by
+    "direct logit attribution" (attribution.ComponentAttribution). `answer` None: the model's top prediction."""
+    _refuse_edits(model, "attribute")
+    answer_id = int(runs.run_prompt(model, prompt).logits[-1].argmax()) if answer is None else _token(model, answer, "answer")
+    wrong_id = None if wrong is None else _token(model, wrong, "wrong")
+    if method == "direct logit attribution":
+        return Result(attribution_analysis.component_attribution(model, prompt, answer_id, wrong_id))
+    return Result(
+        attribution_analysis.input_attribution(model, prompt, attribution_analysis.Answer((answer_id,), wrong_id), method, baseline, steps)
+    )
+
+
+def graph(
+    model: LoadedModel,
+    prompt: str,
+    position: int = -1,
+    threshold: float = graph_analysis.THRESHOLD,
+    answer: str | int | None = None,
+    wrong: str | int | None = None,
+) -> Result:
+    """The information-flow routes of the prediction after `position` (graph.Graph); `wrong` turns on the contrastive mode."""
+    _refuse_edits(model, "graph")
+    answer_id = None if answer is None else _token(model, answer, "answer")
+    wrong_id = None if wrong is None else _token(model, wrong, "wrong")
+    return Result(graph_analysis.build(model, prompt, position, threshold, answer_id, wrong_id))
+
+
+def intervene(
+    model: LoadedModel,
+    prompt: str,
+    edit_set: str | iv.EditSet = "",
+    answer: str | int | None = None,
+    wrong: str | int | None = None,
+    metric: str | None = None,
+    tokens: int = 12,
+) -> Result:
+    """The prompt run without and with the edits (interventions.Intervention): next-token distributions, KL at each
+    position, the metric before and after, both greedy continuations. Inside `wb.edits` the block's edits come
+    first, then `edit_set`'s. `answer` (and `wrong`): the metric's tokens (default: the original run's top token)."""
+    given = edit_set if isinstance(edit_set, iv.EditSet) else iv.EditSet.parse(str(edit_set))
+    outer = [a.edit_set for a in _active(model)]
+    combined = iv.EditSet(
+        tuple(e for s in [*outer, given] for e in s.edits),
+        given.reference or next((s.reference for s in outer if s.reference), ()),
+        given.resample or next((s.resample for s in outer if s.resample), ""),
+    )
+    chosen = None
+    if answer is not None:
+        kind = metric or ("logit difference" if wrong is not None else "probability")
+        chosen = iv.Metric(kind, _token(model, answer, "answer"), None if wrong is None else _token(model, wrong, "wrong"))
+    elif metric not in (None, "probability"):
+        raise InputError(f"the {metric} needs an answer token (answer=' cloud')")
+    return Result(iv.intervene(model, prompt, combined, chosen, Sampling(max_new_tokens=tokens)))
+
+
+def features(model: LoadedModel, prompt: str, sae: str | None = None, feature: int | None = None) -> Result:
+    """Every SAE's feature activations on the prompt (features.PromptFeatures: acts {sae: (position, feature)}); `sae`
+    (its hook name, e.g. "blocks.1.hook_resid_post") and `feature` choose what the figure shows."""
+    _refuse_edits(model, "features")
+    found = features_analysis.sae_set(model)
+    if not found:
+        raise InputError(f"{model.info.name} has no SAEs: use wb.load('english'), or train them with `python -m workbench.train sae`")
+    focus = {}
+    if sae is not None:
+        if sae not in found:
+            raise InputError(f"no SAE {sae!r} on {model.info.name}; it has {', '.join(found)}")
+        focus["sae"] = sae
+    if feature is not None:
+        focus["feature"] = found[focus.setdefault("sae", next(iter(found)))].check_feature(feature)
+    return Result(features_analysis.prompt_features(model, found, prompt), focus)
+
+
+# ---- results: figure, table, notebook display, JSON -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the facade shows one type of analysis result: its view, its figures by name (the first is the default), its table."""
+
+    view: str
+    figures: dict[str, Callable]  # name -> fn(result, focus) -> plotly Figure
+    rows: Callable  # fn(result, focus) -> list[dict]
+
+
+def _pattern_figure(p, focus):
+    from workbench.figures import attention as draw
+
+    return draw.pattern_heatmap(p, *focus["head"]) if "head" in focus else draw.pattern_grid(p)[0]
+
+
+def _pattern_rows(p, focus):
+    if "head" in focus:
+        return attention_analysis.pattern_rows(p, *focus["head"])
+    layers, heads, _ = p.shape
+    return [
+        dict(layer=layer, head=h, **row)
+        for layer in range(layers)
+        for h in range(heads)
+        for row in attention_analysis.pattern_rows(p, layer, h)
+    ]
+
+
+def _grid(p, focus):
+    from workbench.figures import attention as draw
+
+    return draw.pattern_grid(p)[0]
+
+
+def _draw(module: str, name: str, *args) -> Callable:
+    """fn(result, focus) calling workbench.figures.<module>.<name>(result, *args): figure modules load when first drawn."""
+
+    def figure(result, focus):
+        import importlib
+
+        return getattr(importlib.import_module(f"workbench.figures.{module}"), name)(result, *args)
+
+    return figure
+
+
+def _in_list(module: str, name: str, *args) -> Callable:
+    """The same for a figure function that takes a list of results (the lens's lines)."""
+
+    def figure(result, focus):
+        import importlib
+
+        return getattr(importlib.import_module(f"workbench.figures.{module}"), name)([result], *args)
+
+    return figure
+
+
+def _sae(pf, focus) -> str:
+    return focus.get("sae") or next(iter(pf.acts))
+
+
+def _features_of_sae(pf, focus):
+    from workbench.figures import features as draw
+
+    hook = _sae(pf, focus)
+    chosen, values = pf.strongest(hook)
+    return draw.token_feature_heatmap(pf, hook, chosen, values)
+
+
+def _one_feature(pf, focus):
+    from workbench.figures import features as draw
+
+    hook = _sae(pf, focus)
+    if "feature" not in focus:
+        raise InputError("name the feature to draw: figure('feature', feature=12)")
+    return draw.feature_across_prompt(pf, hook, focus["feature"])
+
+
+def _feature_rows(pf, focus):
+    hooks = [focus["sae"]] if "sae" in focus else list(pf.acts)
+    return [row for h in hooks for row in pf.rows(h, [focus["feature"]] if "feature" in focus else pf.strongest(h)[0])]
+
+
+def _rows(result, focus):
+    return result.rows()
+
+
+def _by_head(g, focus):
+    from workbench.figures import graph as draw
+
+    return draw.graph_figure(g, by_head=True)
+
+
+KINDS: dict[type, Kind] = {
+    attention_analysis.Patterns: Kind("attention", {"pattern": _pattern_figure, "grid": _grid}, _pattern_rows),
+    attention_analysis.HeadTypes: Kind("head_types", {"scores": _draw("attention", "head_types_heatmap")}, _rows),
+    lens_analysis.LensResult: Kind(
+        "lens",
+        {
+            "lens": _draw("lens", "lens_heatmap"),
+            "stats": _in_list("lens", "lens_stats_lines"),
+            "tracked": _in_list("lens", "lens_tracked_lines", -1),
+        },
+        _rows,
+    ),
+    patching.PatchResult: Kind("patch", {"heatmap": _draw("patching", "patching_heatmap")}, _rows),
+    patching.DatasetPatchResult: Kind(
+        "patch",
+        {"heatmap": _draw("patching", "patching_heatmap")},
+        lambda r, focus: [
+            dict(cell=i, mean=float(m), std=float(s)) for i, (m, s) in enumerate(zip(r.mean.flatten(), r.std.flatten(), strict=True))
+        ],
+    ),
+    attribution_analysis.InputAttribution: Kind(
+        "attribute",
+        {"tokens": _draw("attribution", "input_attribution_tokens"), "matrix": _draw("attribution", "input_attribution_matrix")},
+        _rows,
+    ),
+    attribution_analysis.ComponentAttribution: Kind(
+        "attribute",
+        {"components": _draw("attribution", "component_bars"), "heads": _draw("attribution", "head_attribution_heatmap")},
+        _rows,
+    ),
+    graph_analysis.Graph: Kind("graph", {"graph": _draw("graph", "graph_figure"), "by head": _by_head}, _rows),
+    iv.Intervention: Kind(
+        "intervene",
+        {
+            "next token": _draw("intervene", "next_token"),
+            "kl": _draw("intervene", "kl_by_position"),
+            "continuations": _draw("intervene", "continuations"),
+        },
+        _rows,
+    ),
+    iv.AblationSweep: Kind("intervene", {"heads": _draw("intervene", "head_ablation")}, lambda s, focus: s.ranked()),
+    features_analysis.PromptFeatures: Kind(
+        "features", {"strongest": _draw("features", "strongest_by_layer"), "sae": _features_of_sae, "feature": _one_feature}, _feature_rows
+    ),
+}
+
+
+def _focus_of(model_dims: tuple[int, int] | None, focus: dict) -> dict:
+    """Focus given to figure() as the user types it ("1.2") made into the result's own values."""
+    out = dict(focus)
+    if "head" in out:
+        out["head"] = _parse_head(out["head"])
+        if model_dims is not None:
+            attention_analysis.check_head(*model_dims, *out["head"])
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """An analysis result (`data`, the analysis module's own frozen dataclass) with what a notebook wants of it.
+
+    Attributes not found here are the data's (`r.values`, `r.labels`, `r.ranked()`), so a Result reads like the
+    analysis's result. `focus`: what the default figure and the table show (a head, an SAE, a feature).
+    """
+
+    data: object
+    focus: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if type(self.data) not in KINDS:
+            raise TypeError(f"the facade has no view of {type(self.data).__name__}")
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("data", "focus"):  # copy and pickle probe dunders before the fields exist
+            raise AttributeError(name)
+        return getattr(self.data, name)
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[type(self.data)]
+
+    @property
+    def view(self) -> str:
+        return self.kind.view
+
+    @property
+    def figure_names(self) -> list[str]:
+        return list(self.kind.figures)
+
+    def _dims(self) -> tuple[int, int] | None:
+        pattern = getattr(self.data, "pattern", None)
+        return tuple(pattern.shape[:2]) if isinstance(pattern, torch.Tensor) else None
+
+    def figure(self, which: str | None = None, **focus):
+        """The view's figure (plotly): `which` one of `figure_names` (default the first), `focus` e.g. head="1.2"."""
+        figures = self.kind.figures
+        if which is not None and which not in figures:
+            raise InputError(f"the {self.view} view draws {', '.join(map(repr, figures))}, not {which!r}")
+        return figures[which or next(iter(figures))](self.data, _focus_of(self._dims(), {**self.focus, **focus}))
+
+    def to_pandas(self):
+        """The result's table (the rows its CSV export writes), as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.kind.rows(self.data, self.focus))
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return notebook.inline(self.figure())._repr_mimebundle_(include, exclude)
+
+    def _repr_html_(self) -> str:
+        return notebook.bundle(self.figure())["text/html"]
+
+    def __repr__(self) -> str:
+        return f"<wb.{self.view} result: {type(self.data).__name__}{f' focus={self.focus}' if self.focus else ''}; .figure(), .to_pandas()>"
+
+    # ---- JSON: the probes' format, with the type and focus around it ----
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The result as JSON (`from_json` reads it back); written to `path` when given."""
+        data = self.data.document() if isinstance(self.data, graph_analysis.Graph) else self.data
+        focus = {k: list(v) if isinstance(v, tuple) else v for k, v in self.focus.items()}
+        text = json.dumps({"type": _type_name(type(self.data)), "focus": focus, "data": export.plain(data)}, indent=1, ensure_ascii=False)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path | dict) -> Result:
+        """A result from `to_json`'s text or file, or from a probe's data file (out/<probe>/<name>.json)."""
+        return from_json(source)
+
+
+def _type_name(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def from_json(source: str | Path | dict) -> Result | dict[str, Result]:
+    """The Result written by `Result.to_json` or by a probe (its data file); a probe's folder (or its manifest.json) gives
+    {file name: Result} for every data file in its manifest that holds a result."""
+    if isinstance(source, dict):
+        doc = source
+    else:
+        text = str(source)
+        path = Path(text) if len(text) < 4096 and not text.lstrip().startswith(("{", "[")) else None
+        if path is not None and (path.is_dir() or path.name == "manifest.json"):
+            return _probe_folder(path if path.is_dir() else path.parent)
+        if path is not None and not path.is_file():
+            raise InputError(f"no JSON file at {path}")
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8") if path is not None else text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"not JSON ({err.msg} at line {err.lineno}): give a result's file or text") from None
+    if not isinstance(doc, dict):
+        raise InputError("this JSON is not a result (a list or a number, such as a probe's table or one tensor)")
+    focus = {}
+    if set(doc) == {"type", "focus", "data"}:
+        types_ = {_type_name(t): t for t in KINDS}
+        if doc["type"] not in types_:
+            raise InputError(f"unknown result type {doc['type']!r}: this workbench reads {', '.join(sorted(types_))}")
+        cls, data, focus = types_[doc["type"]], doc["data"], dict(doc["focus"] or {})
+        if "head" in focus:
+            focus["head"] = _parse_head(focus["head"])
+    else:
+        cls, data = _guess(doc), doc
+    if cls is graph_analysis.Graph:
+        return Result(_graph_of(data), focus)
+    return Result(_rebuild(cls, data), focus)
+
+
+def _probe_folder(folder: Path) -> dict[str, Result]:
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        raise InputError(f"{folder} has no manifest.json: give a probe's output folder or one of its data files")
+    files = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
+    out = {}
+    for name in files:
+        if name.endswith(".json"):
+            try:
+                out[name.removesuffix(".json")] = from_json(folder / name)
+            except InputError:  # a table or a tensor, not a result
+                continue
+    return out
+
+
+GRAPH_DOCUMENT = {"directed", "multigraph", "nodes", "links", "metadata"}
+
+
+def _guess(doc: dict) -> type:
+    """The result type whose fields are exactly the document's keys (a probe's data file carries no type)."""
+    if set(doc) == GRAPH_DOCUMENT:
+        return graph_analysis.Graph
+    found = [t for t in KINDS if t is not graph_analysis.Graph and {f.name for f in dataclasses.fields(t)} == set(doc)]
+    if len(found) != 1:
+        raise InputError(
+            f"this JSON is not a result the facade reads (keys {sorted(doc)[:6]}...): give a probe's data file or a to_json file"
+        )
+    return found[0]
+
+
+def _nan(value):
+    """JSON's null (export.plain writes NaN so) back to NaN, inside nested lists."""
+    if value is None:
+        return math.nan
+    if isinstance(value, list):
+        return [_nan(v) for v in value]
+    return value
+
+
+def _rebuild(hint, value):
+    """`value` (plain JSON) as the type `hint` names: dataclasses field by field, tensors from nested lists, tuples."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if isinstance(value, dict):  # a union of dataclasses (interventions.EditSpec): the one whose fields match
+            options = [
+                a for a in options if dataclasses.is_dataclass(a) and set(value) <= {f.name for f in dataclasses.fields(a)}
+            ] or options
+        return _rebuild(options[0], value)
+    if hint is torch.Tensor:
+        return torch.tensor(_nan(value))
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        known = {f.name for f in dataclasses.fields(hint) if f.init}
+        return hint(**{k: _rebuild(hints[k], v) for k, v in value.items() if k in known})
+    if hint is float:
+        return math.nan if value is None else float(value)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_rebuild(args[0], v) for v in value)
+        return tuple(_rebuild(a, v) for a, v in zip(args, value, strict=True)) if args else tuple(value)
+    if origin is list:
+        (arg,) = typing.get_args(hint) or (typing.Any,)
+        return [_rebuild(arg, v) for v in value]
+    if origin is dict:
+        _, arg = typing.get_args(hint) or (typing.Any, typing.Any)
+        return {k: _rebuild(arg, v) for k, v in value.items()}
+    return value
+
+
+def _graph_of(doc: dict) -> graph_analysis.Graph:
+    """A Graph from its node-link document (Graph.document, what the graph probe writes)."""
+
+    def node(node_id: str) -> tuple[int, int]:  # "p{point}@{position}" (graph.node_id)
+        point, position = node_id[1:].split("@")
+        return int(point), int(position)
+
+    meta = doc["metadata"]
+    edges = tuple(
+        graph_analysis.Edge(
+            kind=e["kind"], layer=e["layer"], source=node(e["source"]), destination=node(e["target"]),
+            importance=e["importance"], weight=e["weight"], flow=e["flow"], heads=tuple(e["heads"]),
+        )
+        for e in doc["links"]
+    )  # fmt: skip
+    return graph_analysis.Graph(
+        model=meta["model"], prompt=meta["prompt"], tokens=torch.tensor(meta["tokens"]), labels=meta["labels"], points=meta["points"],
+        position=meta["position"], threshold=meta["threshold"], answer=meta["answer"], answer_label=meta["answer_label"],
+        wrong=meta["wrong"], wrong_label=meta["wrong_label"], nodes=tuple(node(n["id"]) for n in doc["nodes"]), edges=edges,
+        node_flow={node(n["id"]): n["flow"] for n in doc["nodes"]}, error=meta["decomposition_error"], provenance=meta["provenance"],
+    )  # fmt: skip
