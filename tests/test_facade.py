@@ -350,3 +350,15 @@ def test_import_is_cheap_and_the_modules_are_still_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_the_readmes_using_the_library_block_runs_as_written():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Using the library") :]
+    code = section[section.index("```python\n") + len("```python\n") : section.index("```\n", section.index("```python\n") + 10)]
+    assert code.count("import") == 1  # one import
+    scope: dict = {}
+    exec(compile(code, "README.md: Using the library", "exec"), scope)
+    assert not scope["m"].attached_hooks()
+    assert float(scope["ablated"].tracked_probs[-1, -1, 0]) < float(scope["lensed"].tracked_probs[-1, -1, 0])
+    assert scope["run"]["blocks.1.attn.hook_pattern"].shape[0] == scope["m"].info.n_heads
