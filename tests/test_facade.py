@@ -169,12 +169,19 @@ def test_intervene_is_the_analysis_and_its_before_is_plain_transformers(circuits
 # ---- results as data: JSON both ways, the probes' files, the notebook's display -------------------------------
 
 
+RESULTS = ["attention", "head_types", "lens", "lens untracked", "patch", "nothing to restore", "atp", "attribute", "saliency", "dla"]
+RESULTS += ["graph", "intervene", "features"]
+
+
 @pytest.fixture(scope="module")
 def results(circuits, english):
     return {
         "attention": wb.attention(circuits, REPEATED, head="1.0"),
         "head_types": wb.head_types(circuits, REPEATED),
         "lens": wb.lens(circuits, REPEATED, track=" cloud"),
+        "lens untracked": wb.lens(circuits, REPEATED),  # empty (point, position, 0) tensors keep their dtype
+        "nothing to restore": wb.patch(circuits, CLEAN, CLEAN, answer=" cloud", wrong=" lemon"),  # NaN values
+        "saliency": wb.attribute(circuits, CLEAN, answer=" cloud", method="saliency"),  # NaN deltas
         "patch": wb.patch(circuits, CLEAN, CORRUPTED, answer=" cloud", wrong=" lemon", site="z"),
         "atp": wb.patch(circuits, CLEAN, CORRUPTED, answer=" cloud", wrong=" lemon", method="AtP*"),
         "attribute": wb.attribute(circuits, CLEAN, answer=" cloud", steps=8),
@@ -185,7 +192,7 @@ def results(circuits, english):
     }
 
 
-@pytest.mark.parametrize("name", ["attention", "head_types", "lens", "patch", "atp", "attribute", "dla", "graph", "intervene", "features"])
+@pytest.mark.parametrize("name", RESULTS)
 def test_a_result_reads_back_from_its_json_with_its_figure(results, name, tmp_path):
     r = results[name]
     back = wb.from_json(r.to_json(tmp_path / "r.json"))

@@ -566,7 +566,8 @@ class Result:
         """The result as JSON (`from_json` reads it back); written to `path` when given."""
         data = self.data.document() if isinstance(self.data, graph_analysis.Graph) else self.data
         focus = {k: list(v) if isinstance(v, tuple) else v for k, v in self.focus.items()}
-        text = json.dumps({"type": _type_name(type(self.data)), "focus": focus, "data": export.plain(data)}, indent=1, ensure_ascii=False)
+        doc = {"type": _type_name(type(self.data)), "focus": focus, "data": export.plain(data), "dtypes": _dtypes(self.data)}
+        text = json.dumps(doc, indent=1, ensure_ascii=False)
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
@@ -600,18 +601,19 @@ def from_json(source: str | Path | dict) -> Result | dict[str, Result]:
     if not isinstance(doc, dict):
         raise InputError("this JSON is not a result (a list or a number, such as a probe's table or one tensor)")
     focus = {}
-    if set(doc) == {"type", "focus", "data"}:
+    dtypes = {}
+    if {"type", "focus", "data"} <= set(doc) <= {"type", "focus", "data", "dtypes"}:
         types_ = {_type_name(t): t for t in KINDS}
         if doc["type"] not in types_:
             raise InputError(f"unknown result type {doc['type']!r}: this workbench reads {', '.join(sorted(types_))}")
-        cls, data, focus = types_[doc["type"]], doc["data"], dict(doc["focus"] or {})
+        cls, data, focus, dtypes = types_[doc["type"]], doc["data"], dict(doc["focus"] or {}), doc.get("dtypes") or {}
         if "head" in focus:
             focus["head"] = _parse_head(focus["head"])
     else:
         cls, data = _guess(doc), doc
     if cls is graph_analysis.Graph:
         return Result(_graph_of(data), focus)
-    return Result(_rebuild(cls, data), focus)
+    return Result(_rebuild(cls, data, dtypes), focus)
 
 
 def _probe_folder(folder: Path) -> dict[str, Result]:
@@ -653,8 +655,31 @@ def _nan(value):
     return value
 
 
-def _rebuild(hint, value):
-    """`value` (plain JSON) as the type `hint` names: dataclasses field by field, tensors from nested lists, tuples."""
+def _dtypes(value, path: str = "") -> dict[str, str]:
+    """{path: dtype} of every tensor in a result ("scores.induction"): JSON's lists do not say int64 from float32 when empty."""
+    if isinstance(value, torch.Tensor):
+        return {path: str(value.dtype).removeprefix("torch.")}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+    elif isinstance(value, dict):
+        items = ((str(k), v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {}
+    return {p: d for name, v in items for p, d in _dtypes(v, f"{path}.{name}" if path else name).items()}
+
+
+def _rebuild(hint, value, dtypes: dict[str, str] | None = None, path: str = ""):
+    """`value` (plain JSON) as the type `hint` names: dataclasses field by field, tensors from nested lists (of the dtype
+    recorded at their `path`, else as torch infers it), tuples. export.plain wrote NaN as null: a float comes back NaN."""
+    dtypes = dtypes or {}
+
+    def at(name) -> str:
+        return f"{path}.{name}" if path else str(name)
+
+    if hint is float:
+        return math.nan if value is None else float(value)
     if value is None:
         return None
     origin = typing.get_origin(hint)
@@ -664,26 +689,25 @@ def _rebuild(hint, value):
             options = [
                 a for a in options if dataclasses.is_dataclass(a) and set(value) <= {f.name for f in dataclasses.fields(a)}
             ] or options
-        return _rebuild(options[0], value)
+        return _rebuild(options[0], value, dtypes, path)
     if hint is torch.Tensor:
-        return torch.tensor(_nan(value))
+        dtype = getattr(torch, dtypes[path]) if path in dtypes else None
+        return torch.tensor(_nan(value), dtype=dtype)
     if dataclasses.is_dataclass(hint):
         hints = typing.get_type_hints(hint)
         known = {f.name for f in dataclasses.fields(hint) if f.init}
-        return hint(**{k: _rebuild(hints[k], v) for k, v in value.items() if k in known})
-    if hint is float:
-        return math.nan if value is None else float(value)
+        return hint(**{k: _rebuild(hints[k], v, dtypes, at(k)) for k, v in value.items() if k in known})
     if origin is tuple:
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_rebuild(args[0], v) for v in value)
-        return tuple(_rebuild(a, v) for a, v in zip(args, value, strict=True)) if args else tuple(value)
+            return tuple(_rebuild(args[0], v, dtypes, at(i)) for i, v in enumerate(value))
+        return tuple(_rebuild(a, v, dtypes, at(i)) for i, (a, v) in enumerate(zip(args, value, strict=True))) if args else tuple(value)
     if origin is list:
         (arg,) = typing.get_args(hint) or (typing.Any,)
-        return [_rebuild(arg, v) for v in value]
+        return [_rebuild(arg, v, dtypes, at(i)) for i, v in enumerate(value)]
     if origin is dict:
         _, arg = typing.get_args(hint) or (typing.Any, typing.Any)
-        return {k: _rebuild(arg, v) for k, v in value.items()}
+        return {k: _rebuild(arg, v, dtypes, at(k)) for k, v in value.items()}
     return value
 
 
