@@ -236,6 +236,19 @@ def test_the_lens_and_graph_probes_read_back(circuits, tmp_path):
     assert g.figure("by head").data
 
 
+def test_the_attention_attribution_and_intervene_probes_read_back(circuits, tmp_path):
+    out = _probe("attention", tmp_path, "--model", "circuits", "--prompt", REPEATED, "--layer", "1", "--head", "2")
+    same(wb.from_json(out / "patterns.json").data, wb.attention(circuits, REPEATED).data)
+    assert list(wb.from_json(out)) == ["patterns"]  # one head's bare tensor and its arithmetic are not views of the facade
+    out = _probe("attribution", tmp_path, "--model", "circuits", "--prompt", CLEAN, "--answer", " cloud", "--method", "saliency")
+    same(wb.from_json(out / "input-saliency.json").data, wb.attribute(circuits, CLEAN, answer=" cloud", method="saliency").data)
+    same(wb.from_json(out / "dla.json").data, wb.attribute(circuits, CLEAN, answer=" cloud", method="direct logit attribution").data)
+    out = _probe("intervene", tmp_path, "--model", "circuits", "--prompt", REPEATED, "--edits", "ablate head 1.2 mean", "--tokens", "4")
+    read = wb.from_json(out / "intervene.json")
+    same(read.data, wb.intervene(circuits, REPEATED, "ablate head 1.2 mean", tokens=4).data)
+    assert read.figure("continuations").data
+
+
 def test_what_is_not_a_result_says_so_in_one_line(tmp_path):
     (tmp_path / "table.json").write_text("[1, 2]")
     (tmp_path / "other.json").write_text('{"a": 1}')
