@@ -277,6 +277,7 @@ def test_what_is_not_a_result_says_so_in_one_line(tmp_path):
         lambda m: wb.edits(m, "ablate head 9.9 mean").__enter__(),
         lambda m: wb.edits(m, "remove head 1.2"),
         lambda m: wb.attention(m, REPEATED).figure(head="1.9"),
+        lambda m: wb.lens("circuits", REPEATED),  # the model's name instead of the model
     ],
 )
 def test_bad_input_is_one_line(circuits, call):

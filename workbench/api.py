@@ -90,6 +90,14 @@ def _token(model: LoadedModel, token: str | int, what: str) -> int:
     return single_token_id(model.tokenizer, token, what)
 
 
+def _model(model) -> LoadedModel:
+    """The loaded model every view takes first; InputError for anything else (a model's name, typically)."""
+    if not isinstance(model, LoadedModel):
+        shown = repr(model) if isinstance(model, str) else type(model).__name__
+        raise InputError(f'pass the loaded model first (m = wb.load("circuits"); wb.lens(m, prompt)), not {shown}')
+    return model
+
+
 def _names(model: LoadedModel, names: str | Iterable[str] | None) -> list[str]:
     """Hook names to record: full names, per-block suffixes ("attn.hook_pattern": every layer), or "all"."""
     if names is None or names == "all":
@@ -129,9 +137,7 @@ class Edits:
     """
 
     def __init__(self, model: LoadedModel, edit_set: str | iv.EditSet):
-        if not isinstance(model, LoadedModel):
-            raise InputError(f"wb.edits takes the model first (from wb.load), got {type(model).__name__}")
-        self.model = model
+        self.model = _model(model)
         self.edit_set = edit_set if isinstance(edit_set, iv.EditSet) else iv.EditSet.parse(str(edit_set))
         if not self.edit_set.edits:
             raise InputError("the edit set is empty: write an edit such as 'ablate head 1.2 mean'")
@@ -190,8 +196,10 @@ def run(model: LoadedModel, prompt: str, names: str | Iterable[str] | None = "al
     """The prompt's forward pass (runs.Run): tokens, labels, logits and the activations `names` (default every hook).
 
     `run["blocks.1.attn.hook_pattern"]` is (head, query, key). Inside `wb.edits` the run is edited
-    (never cached); outside it is the model's shared cached run (runs.run_prompt).
+    (never cached); outside it is the model's shared cached run (runs.run_prompt): clone a tensor
+    before changing it.
     """
+    model = _model(model)
     wanted = _names(model, names)
     active = _active(model)
     if not active:
@@ -215,6 +223,7 @@ def run(model: LoadedModel, prompt: str, names: str | Iterable[str] | None = "al
 
 def attention(model: LoadedModel, prompt: str, head: str | tuple[int, int] | None = None) -> Result:
     """Every head's attention pattern (attention.Patterns: pattern (layer, head, query, key)); `head` ("1.2") is the one drawn."""
+    model = _model(model)
     focus = {} if head is None else {"head": _head(model, head)}
     if not _active(model):
         return Result(attention_analysis.patterns(model, prompt), focus)
@@ -225,6 +234,7 @@ def attention(model: LoadedModel, prompt: str, head: str | tuple[int, int] | Non
 def head_types(model: LoadedModel, prompt: str) -> Result:
     """Each head's share of attention on previous, duplicate and induction tokens, the first token, and its entropy
     (attention.HeadTypes: scores {type: (layer, head)}; `.ranked("induction", 1)` names the strongest)."""
+    model = _model(model)
     return Result(_with_edits(attention_analysis.head_types(model, run(model, prompt, "attn.hook_pattern")), model))
 
 
@@ -233,6 +243,7 @@ def lens(
 ) -> Result:
     """The logit lens (or the model's tuned lens) at every point and position (lens.LensResult); `track` tokens (" stone")
     get their probability, rank and logit everywhere."""
+    model = _model(model)
     if isinstance(track, str | int):
         track = [track]
     tracked = [_token(model, t, "tracked") for t in track]
@@ -261,6 +272,7 @@ def patch(
 ) -> Result:
     """Activation patching of every cell of `site` (patching.PatchResult, 0 = corrupted, 1 = clean); `method` "AtP*" or
     "AtP": the attribution-patching estimate (preview.py) instead of the exact sweep."""
+    model = _model(model)
     _refuse_edits(model, "patch")
     setup = patching.PatchingSetup(clean, corrupted, _token(model, answer, "answer"), _token(model, wrong, "wrong"), metric)
     if method == "exact":
@@ -282,6 +294,7 @@ def attribute(
     """Attribution of the answer's log-probability (or answer − wrong's logit difference): to the input tokens by
     `method` (attribution.METHODS: attribution.InputAttribution), or to every component, head and neuron by
     "direct logit attribution" (attribution.ComponentAttribution). `answer` None: the model's top prediction."""
+    model = _model(model)
     _refuse_edits(model, "attribute")
     answer_id = int(runs.run_prompt(model, prompt).logits[-1].argmax()) if answer is None else _token(model, answer, "answer")
     wrong_id = None if wrong is None else _token(model, wrong, "wrong")
@@ -301,6 +314,7 @@ def graph(
     wrong: str | int | None = None,
 ) -> Result:
     """The information-flow routes of the prediction after `position` (graph.Graph); `wrong` turns on the contrastive mode."""
+    model = _model(model)
     _refuse_edits(model, "graph")
     answer_id = None if answer is None else _token(model, answer, "answer")
     wrong_id = None if wrong is None else _token(model, wrong, "wrong")
@@ -319,6 +333,7 @@ def intervene(
     """The prompt run without and with the edits (interventions.Intervention): next-token distributions, KL at each
     position, the metric before and after, both greedy continuations. Inside `wb.edits` the block's edits come
     first, then `edit_set`'s. `answer` (and `wrong`): the metric's tokens (default: the original run's top token)."""
+    model = _model(model)
     given = edit_set if isinstance(edit_set, iv.EditSet) else iv.EditSet.parse(str(edit_set))
     outer = [a.edit_set for a in _active(model)]
     combined = iv.EditSet(
@@ -338,6 +353,7 @@ def intervene(
 def features(model: LoadedModel, prompt: str, sae: str | None = None, feature: int | None = None) -> Result:
     """Every SAE's feature activations on the prompt (features.PromptFeatures: acts {sae: (position, feature)}); `sae`
     (its hook name, e.g. "blocks.1.hook_resid_post") and `feature` choose what the figure shows."""
+    model = _model(model)
     _refuse_edits(model, "features")
     found = features_analysis.sae_set(model)
     if not found:
