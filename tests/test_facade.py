@@ -340,6 +340,30 @@ def test_edits_apply_to_the_calls_inside_the_block_and_leave_nothing(circuits, h
         assert torch.allclose(before, hf(_ids(circuits, REPEATED)[None]).logits[0], atol=1e-4)
 
 
+def test_attention_under_edits_is_plain_transformers_with_the_head_removed(circuits, hf):
+    """Removing a layer-0 head changes what layer 1 attends to: the edited patterns are HF's with that head's slice zeroed."""
+    ids = _ids(circuits, REPEATED)
+
+    def pre(module, args):
+        x = args[0].clone()
+        x[..., : circuits.info.d_head] = 0.0  # head 0
+        return (x,)
+
+    handle = hf.transformer.h[0].attn.c_proj.register_forward_pre_hook(pre)
+    try:
+        with torch.no_grad():
+            reference = torch.stack(hf(ids[None], output_attentions=True).attentions)[:, 0]  # (layer, head, q, k)
+    finally:
+        handle.remove()
+    with wb.edits(circuits, "ablate head 0.0 zero-whole"):
+        edited = wb.attention(circuits, REPEATED)
+        types = wb.head_types(circuits, REPEATED)
+    assert torch.allclose(edited.pattern, reference, atol=1e-5)
+    assert not torch.allclose(edited.pattern[1], attention.patterns(circuits, REPEATED).pattern[1], atol=1e-3)
+    assert torch.allclose(types.scores["induction"], attention.head_types_of(reference, ids).scores["induction"], atol=1e-5)
+    assert edited.provenance["settings"]["edits"] == "ablate head 0.0 zero-whole"
+
+
 def test_nested_blocks_add_their_edits(circuits, hf):
     ids = _ids(circuits, REPEATED)
     with wb.edits(circuits, "ablate head 1.2 zero-whole"), wb.edits(circuits, "ablate head 1.3 zero-whole"):
