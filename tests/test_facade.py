@@ -217,7 +217,8 @@ def _probe(name, tmp_path, *args):
 
 
 def test_a_probes_output_reads_back_as_the_result_that_made_it(circuits, tmp_path):
-    out = _probe("patching", tmp_path, "--model", "circuits", "--site", "resid_pre")
+    pair = ["--clean", CLEAN, "--corrupted", CORRUPTED, "--answer", " cloud", "--wrong", " lemon"]
+    out = _probe("patching", tmp_path, "--model", "circuits", "--site", "resid_pre", *pair)
     r = wb.from_json(out / "patching-resid_pre.json")
     same(r.data, wb.patch(circuits, CLEAN, CORRUPTED, answer=" cloud", wrong=" lemon").data)
     assert r.figure().data
