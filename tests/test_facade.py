@@ -392,7 +392,8 @@ def test_import_is_cheap_and_the_modules_are_still_modules():
         "import sys, workbench as wb; assert 'torch' not in sys.modules; "
         "import workbench.lens as L; from workbench import attention, graph; import workbench.model; "
         "assert callable(wb.lens) and L is wb.lens and L.lens_points and attention.patterns and graph.build; "
-        "assert wb.patch.__module__ == 'workbench.api'; print('ok')"
+        "assert wb.patch.__module__ == 'workbench.api'; "
+        "assert 'streamlit' not in sys.modules and 'plotly' not in sys.modules; print('ok')"  # figures load when first drawn
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
