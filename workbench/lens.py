@@ -223,11 +223,13 @@ def lens(
     truncate: bool = False,
     chunk: int = 32,
     midpoints: bool = True,
+    run: Run | None = None,
 ) -> LensResult:
     """Runs the prompt (cached) and reads every point through the logit lens, or the tuned lens if given.
 
     `midpoints`: the points after each block's attention too (2·layers + 1 points), or only the
-    block outputs (layers + 1).
+    block outputs (layers + 1). `run`: the prompt's run made elsewhere, holding every point's
+    activation (an edited run: the facade's `wb.edits`); None runs the prompt here.
     """
     if not 1 <= k <= 50:
         raise InputError(f"k must be between 1 and 50, got {k}")
@@ -235,7 +237,8 @@ def lens(
     points = lens_points(model, midpoints)
     if tuned is not None and not midpoints:
         tuned = tuned.at(model, points)
-    run = run_prompt(model, prompt, [name for _, name in points], truncate=truncate)
+    if run is None:
+        run = run_prompt(model, prompt, [name for _, name in points], truncate=truncate)
     resid = residuals(run, model, midpoints)  # (point, pos, d_model)
     n_points, pos, _ = resid.shape
     tracked = torch.tensor(tracked, dtype=torch.long)  # (tracked,)
