@@ -72,7 +72,8 @@ def body(model, s, out):
         r = ag.intervene(model, g, top, float(factor))
         out.figure(draw.intervention_figure(r), f"intervention-top-x{factor:g}")
         randoms = [ag.intervene(model, g, ag.random_features(g, len(top), seed=k, exclude=top), float(factor)) for k in range(5)]
-        checks.append({**r.rows()[0], "random_replacement": [x.replacement for x in randoms], "random_real": [x.real for x in randoms]})
+        checks.append({**r.rows()[0], "random_attention_frozen": [x.attention_frozen for x in randoms],
+                       "random_replacement": [x.replacement for x in randoms], "random_real": [x.real for x in randoms]})  # fmt: skip
     out.data("interventions", checks, checks)
     doc = ag.export(g, s["slug"], model.info.name, [["top"] + [g.node_id(i) for i in top]])
     out.text(f"{s['slug']}.json", json.dumps(doc))
