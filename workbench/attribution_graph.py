@@ -31,7 +31,8 @@ change is measured
   its MLP's output, norms live; with every attention pattern held at the real run's (its default,
   `freeze_attention=True`: `attention_frozen`) and with attention live (`real`). Its demos and
   tutorial check a graph's supernodes with that default; its tests check the edges exactly with
-  everything frozen (`constrained_layers` over every layer: patterns, norm scales, MLP outputs);
+  everything frozen (`constrained_layers` over every layer: patterns, norm scales, MLP outputs).
+  Beside them, `final_norm_frozen`: attention frozen and the final norm's scale held too;
 - in the local replacement model (transcoders in place of the MLPs, the error nodes frozen,
   attention and norms live: `replacement`);
 - in the graph's own frozen model (`frozen_effect`: patterns, norm scales and errors frozen, every
@@ -948,6 +949,7 @@ class Intervention:
     final_norm_live: float  # the graph's own model with the final norm's scale live (what freezing that one scale hides)
     replacement: float  # measured in the local replacement model (transcoders + frozen errors, attention live)
     attention_frozen: float  # measured in the real model, attention patterns held (circuit-tracer's feature_intervention default)
+    final_norm_frozen: float  # as attention_frozen, the final norm's scale held at the real run's too (what that scale adds)
     real: float  # measured in the real model, attention live (feature_intervention with freeze_attention=False)
     top_before: list[tuple[str, float]]  # (token, probability) of the real run
     top_after: list[tuple[str, float]]  # of the real model with the edit (attention live)
@@ -955,7 +957,7 @@ class Intervention:
     def rows(self) -> list[dict]:
         return [dict(nodes=" ".join(self.nodes), factor=self.factor, answer=self.answer, predicted=self.predicted,
                      frozen=self.frozen, final_norm_live=self.final_norm_live, replacement=self.replacement,
-                     attention_frozen=self.attention_frozen,
+                     attention_frozen=self.attention_frozen, final_norm_frozen=self.final_norm_frozen,
                      real=self.real)]  # fmt: skip
 
 
@@ -1062,13 +1064,17 @@ def intervene(
     w = _weights(model)
     answer = int(g.logit_tokens[0])
     tokens = g.tokens.to(model.device)[None]
+    final = [f"blocks.{w.n_layers - 1}.hook_resid_post"]  # the stream the final norm reads
     with torch.no_grad():
-        base = engine.forward(w, tokens, last_only=True).logits[0].float().cpu()
+        plain = engine.forward(w, tokens, capture=final, last_only=True)
+        base = plain.logits[0].float().cpu()
         rep = engine.forward(w, tokens, edits=replacement_edits(w, g, tcs, nodes, factor), last_only=True).logits[0].float().cpu()
-        real, held = [
-            engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, frozen), last_only=True).logits[0].float().cpu()
-            for frozen in (False, True)
-        ]
+        real = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, False), last_only=True).logits[0].float().cpu()
+        out = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, True), capture=final, last_only=True)
+        held = out.logits[0].float().cpu()
+        x0, x1 = plain.captured[final[0]][0, -1:], out.captured[final[0]][0, -1:]  # (1, d_model) before and after
+        scale = _scale(w.ln_final, x0)  # the real run's divisor, held: the final norm made linear as in the graph
+        held_norm = [(_norm(w.ln_final, scale, x, bias=True) @ w.W_U + (0 if w.b_U is None else w.b_U))[0].float().cpu() for x in (x0, x1)]
 
     def top(logits: torch.Tensor) -> list[tuple[str, float]]:
         p = logits.softmax(-1).topk(5)
@@ -1084,6 +1090,7 @@ def intervene(
         final_norm_live=frozen_effect(w, g, tcs, nodes, factor, live_final_norm=True),
         replacement=_answer_logit(rep, answer) - b,
         attention_frozen=_answer_logit(held, answer) - b,
+        final_norm_frozen=_answer_logit(held_norm[1], answer) - _answer_logit(held_norm[0], answer),
         real=_answer_logit(real, answer) - b,
         top_before=top(base),
         top_after=top(real),

@@ -21,10 +21,11 @@ Reported beside them: the same real-model change with attention live (`live`, fe
 with freeze_attention=False), the local replacement model's (transcoders + frozen errors, attention
 live: what the check measured before), the graph's own frozen model's (`frozen`: patterns, norm
 scales and errors frozen, every feature recomputed; the prediction's arithmetic), and that frozen
-model with only the final norm live (`final_norm_live`). Where `measured` misses the prediction,
-these say why: on the stories tasks `frozen` meets the prediction, freezing attention changes
-little, and making the final norm's scale live alone takes the frozen model down to what is
-measured (README).
+model with only the final norm live (`final_norm_live`), and the real model with attention and the
+final norm's scale frozen (`final_norm_frozen`). Where `measured` misses the prediction, these say
+why: on the stories tasks `frozen` meets the prediction, freezing attention changes little, making
+the final norm's scale live alone takes the frozen model down to what is measured, and holding it
+in the real model brings the measurement back to the prediction (README).
 
 Where the pairs come from: a task dataset shipped beside the model (models/<model>/tasks/*.json:
 the stories model), else, for induction, pairs built by tasks.induction from the model's own
@@ -78,6 +79,7 @@ class PairCheck:
     replacement: float  # the local replacement model (transcoders + frozen errors), attention live
     frozen: float  # the graph's own frozen model
     final_norm_live: float  # the graph's own frozen model with the final norm's scale live
+    final_norm_frozen: float  # the real model with attention and the final norm's scale frozen
     random: list[float]  # |change| of each random draw, measured as `measured`
     within_tolerance: bool
     beats_random: bool
@@ -109,7 +111,8 @@ class TaskCheck:
     def rows(self) -> list[dict]:
         return [
             dict(prompt=p.prompt, answer=p.answer, nodes=" ".join(p.nodes), predicted=p.predicted, measured=p.measured, live=p.live,
-                 replacement=p.replacement, frozen=p.frozen, final_norm_live=p.final_norm_live, random_median=p.random_median,
+                 replacement=p.replacement, frozen=p.frozen, final_norm_live=p.final_norm_live, final_norm_frozen=p.final_norm_frozen,
+                 random_median=p.random_median,
                  within_tolerance=p.within_tolerance, beats_random=p.beats_random, passed=p.passed)
             for p in self.pairs
         ]  # fmt: skip
@@ -170,7 +173,7 @@ def check_pair(model: LoadedModel, pair: tasks.Pair, tcs: dict[int, Transcoder],
     beats = statistics.median(random_changes) < cfg.random_share * abs(r.attention_frozen) if random_changes else True
     return PairCheck(
         pair.clean, pair.answer, r.nodes, r.predicted, r.attention_frozen, r.real, r.replacement, r.frozen, r.final_norm_live,
-        random_changes, within, beats,
+        r.final_norm_frozen, random_changes, within, beats,
     )  # fmt: skip
 
 

@@ -124,11 +124,12 @@ def node_of_selection(selection: dict | None) -> str | None:
 
 
 def intervention_figure(r: Intervention) -> go.Figure:
-    """The answer's logit change: predicted by the graph and measured five ways (attribution_graph's module doc)."""
+    """The answer's logit change: predicted by the graph and measured six ways (attribution_graph's module doc)."""
     names = ["predicted by the edges", "frozen model", "frozen model, final norm live", "replacement model (attention live)",
-             "real model, attention frozen", "real model (attention live)"]  # fmt: skip
-    values = [r.predicted, r.frozen, r.final_norm_live, r.replacement, r.attention_frozen, r.real]
-    fig = go.Figure(go.Bar(x=names, y=values, marker_color=["#9467bd", "#8c564b", "#e377c2", "#2ca02c", "#17becf", "#1f77b4"],
+             "real model, attention and final norm frozen", "real model, attention frozen", "real model (attention live)"]  # fmt: skip
+    values = [r.predicted, r.frozen, r.final_norm_live, r.replacement, r.final_norm_frozen, r.attention_frozen, r.real]
+    colors = ["#9467bd", "#8c564b", "#e377c2", "#2ca02c", "#bcbd22", "#17becf", "#1f77b4"]
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors,
                            text=[f"{v:+.3f}" for v in values], textposition="outside"))  # fmt: skip
     fig.update_yaxes(title=f"Δ logit of {r.answer!r} − mean logit")
     return layout(fig, f"{len(r.nodes)} feature(s) set to ×{r.factor:g} their activation", 360)
