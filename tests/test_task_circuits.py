@@ -76,6 +76,7 @@ def test_the_probe_checks_a_task(tmp_path, circuits):
     assert main([*args, "--out", str(tmp_path), "--formats", "html"]) == 0
     summary = json.loads((tmp_path / "manifest.json").read_text())["summary"]
     assert summary["task"] == "induction" and summary["pairs"] == 2 and 0 <= summary["passed"] <= 1
+    assert set(summary["within_tolerance"]) >= {"measured", "live"} and 0 <= summary["within_tolerance"]["measured"] <= 2
     rows = json.loads((tmp_path / "task-induction.json").read_text())
     assert len(rows["pairs"]) == 2 and torch.tensor([r["predicted"] for r in rows["pairs"]]).lt(0).all()
 
@@ -94,7 +95,11 @@ def stories_checks():
 
 
 def _within(c: tc.TaskCheck, value: str) -> int:
-    return sum(abs(getattr(p, value) - p.predicted) <= c.config.tolerance * abs(p.predicted) for p in c.pairs)
+    n = sum(abs(getattr(p, value) - p.predicted) <= c.config.tolerance * abs(p.predicted) for p in c.pairs)
+    assert n == c.within_tolerance()[value]  # what the probe's summary reports
+    if value == "measured":
+        assert n == sum(p.within_tolerance for p in c.pairs)
+    return n
 
 
 def test_on_the_stories_tasks_the_top_supernode_beats_random_features_and_pronouns_match_their_edges(stories_checks):

@@ -124,8 +124,15 @@ class TaskCheck:
             "source": self.source,
             "pairs": len(self.pairs),
             "passed": self.passed,
+            "within_tolerance": self.within_tolerance(),
             "config": asdict(self.config),
         }
+
+    def within_tolerance(self) -> dict[str, int]:
+        """How many pairs each measurement puts within the tolerance of the prediction (`measured` is the check's)."""
+        t = self.config.tolerance
+        names = ("measured", "live", "final_norm_frozen", "replacement", "frozen", "final_norm_live")
+        return {n: sum(abs(getattr(p, n) - p.predicted) <= t * abs(p.predicted) for p in self.pairs) for n in names}
 
 
 def model_words(model: LoadedModel) -> list[str]:
