@@ -1,6 +1,6 @@
 """The attribution graph (transcoders, backward passes of the frozen replacement model, pruning) against one forward
-pass of the same prompt, in time and in peak memory: the default model (`english`, its shipped transcoders) at 64
-tokens and at its whole context (256: it cannot read 512), and a GPT-2-small shape (12 layers, width 768, 12 heads,
+pass of the same prompt, in time and in peak memory: the default model (`workbench.model.DEFAULT_MODEL`, its shipped
+transcoders) at 64 tokens and at 512 or its whole context if shorter, and a GPT-2-small shape (12 layers, width 768, 12 heads,
 vocabulary 50,257, random weights) with random TopK transcoders (width 3,072, k = 16, skip path) at 64 and 512
 tokens, where `max_features` (64: the CPU here is small and shared) bounds the feature rows computed; the time per
 row scales the rest.
@@ -23,7 +23,7 @@ from benchmarks.bench_graph import WORDS
 from benchmarks.common import Row, compare
 from workbench import attribution_graph as ag
 from workbench import families
-from workbench.model import load_model
+from workbench.model import DEFAULT_MODEL, load_model
 from workbench.runs import encode, run_tokens
 from workbench.transcoder import Transcoder, transcoders_of
 
@@ -91,12 +91,13 @@ def run(quick: bool = False) -> list[Row]:
     gen = torch.Generator().manual_seed(0)
     repeats = 1 if quick else 3
     rows = []
-    english = load_model("english")
-    tcs = transcoders_of(english) or None
+    default = load_model(DEFAULT_MODEL)
+    tcs = transcoders_of(default) or None
     if tcs is None:  # not trained yet: random ones of the shipped shape (the cost does not depend on training)
-        tcs = {layer: Transcoder.random(layer, 128, 1024, 16, skip=True) for layer in range(english.info.n_layers)}
-    for n in (64, min(512, english.info.n_ctx)):
-        rows.append(_case("english", english, tcs, _prompt(english, n, gen), ag.CONFIG, repeats))
+        d = default.info.d_model
+        tcs = {layer: Transcoder.random(layer, d, 8 * d, 16, skip=True) for layer in range(default.info.n_layers)}
+    for n in (64, min(512, default.info.n_ctx)):
+        rows.append(_case(DEFAULT_MODEL, default, tcs, _prompt(default, n, gen), ag.CONFIG, repeats))
     with tempfile.TemporaryDirectory() as tmp:
         families.build("gpt2", Path(tmp), layers=12, width=768, heads=12, mlp=3072, positions=1024, tokenizer=WORDS, vocab=50257, init=0.02)
         model = load_model(tmp)

@@ -148,8 +148,9 @@ with ui.guard("the attribution graph"):
         ui.figure(draw.intervention_figure(r), "ag-intervention", r, r.rows())
         random = ag.intervene(model, g, ag.random_features(g, len(nodes), exclude=nodes), float(factor), tcs)
         st.caption(
-            f"As many random features set the same way change it by {random.replacement:+.3f} (replacement model) and "
-            f"{random.real:+.3f} (real model)."
+            f"As many random features set the same way change it by {random.attention_frozen:+.3f} (real model, attention "
+            f"frozen: circuit-tracer's default), {random.real:+.3f} (attention live) and {random.replacement:+.3f} "
+            "(replacement model)."
         )
         t1, t2 = st.columns(2)
         t1.markdown("**Next token, before**")

@@ -39,13 +39,15 @@ def add_arguments(p):
     p.add_argument("--factors", type=float, nargs="+", help="set them to these multiples of their activation (0 2)")
     p.add_argument("--slug", help="the exported graph's name (letters, digits, - and _)")
     p.add_argument("--task", choices=list(tasks.TASKS), help="check the top supernode's effect on each pair of a task instead of one prompt "
-                   "(the model's shipped task datasets; induction is built for any model)")  # fmt: skip
+                   "(the model's shipped task datasets; induction is built for any model): measured in the real model with "
+                   "attention frozen (circuit-tracer's default), attention-live and frozen-model changes beside it")  # fmt: skip
     p.add_argument("--task-pairs", type=int, dest="task_pairs", help="with --task: how many of its pairs (8)")
     p.add_argument("--random-draws", type=int, dest="random_draws", help="with --task: random supernodes per pair (10)")
 
 
 def task_body(model, s, out):
-    """--task: each pair's top supernode ablated (or set to the first factor), predicted against measured (task_circuits)."""
+    """--task: each pair's top supernode ablated (or set to the first factor), predicted against measured (task_circuits:
+    real model, attention frozen; the rows hold the attention-live, replacement-model and frozen-model changes too)."""
     cfg = task_circuits.CheckConfig(
         top=int(s["top"]), factor=float(s["factors"][0]), pairs=int(s["task_pairs"]), random_draws=int(s["random_draws"])
     )
@@ -72,7 +74,8 @@ def body(model, s, out):
         r = ag.intervene(model, g, top, float(factor))
         out.figure(draw.intervention_figure(r), f"intervention-top-x{factor:g}")
         randoms = [ag.intervene(model, g, ag.random_features(g, len(top), seed=k, exclude=top), float(factor)) for k in range(5)]
-        checks.append({**r.rows()[0], "random_replacement": [x.replacement for x in randoms], "random_real": [x.real for x in randoms]})
+        checks.append({**r.rows()[0], "random_attention_frozen": [x.attention_frozen for x in randoms],
+                       "random_replacement": [x.replacement for x in randoms], "random_real": [x.real for x in randoms]})  # fmt: skip
     out.data("interventions", checks, checks)
     doc = ag.export(g, s["slug"], model.info.name, [["top"] + [g.node_id(i) for i in top]])
     out.text(f"{s['slug']}.json", json.dumps(doc))

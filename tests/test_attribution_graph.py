@@ -157,7 +157,10 @@ def test_clamping_the_top_features_changes_the_answer_as_the_edges_predict(shipp
     Doubling (×2) is not predicted: the top features write into the final norm's input, whose scale the graph
     freezes, and doubling them grows the norm that divides everything (measured: circuits +1.12 predicted, +0.21
     measured; English +1.19 predicted, -0.42 measured). What holds: the graph's prediction is linear (×2 is
-    minus ×0) and overestimates the measured change."""
+    minus ×0) and overestimates the measured change, and the graph's own frozen model with only the final norm's
+    scale live gives the measured change (the top features sit at the last layer and position here: nothing else
+    reacts). The same holds in the real model with attention frozen (circuit-tracer's default): equal to the
+    replacement model's change here."""
     model, g = shipped_graph
     top = g.top_features(5)
     assert top
@@ -167,8 +170,10 @@ def test_clamping_the_top_features_changes_the_answer_as_the_edges_predict(shipp
     assert r.frozen == pytest.approx(r.predicted, rel=0.05, abs=0.01), r
     random = sorted(abs(ag.intervene(model, g, ag.random_features(g, len(top), seed=s, exclude=top), 0.0).replacement) for s in range(10))
     assert (random[4] + random[5]) / 2 < abs(r.replacement) / 5, (r, random)
+    assert r.attention_frozen == pytest.approx(r.predicted, rel=0.35), r
     doubled = ag.intervene(model, g, top, 2.0)
     assert doubled.predicted == pytest.approx(-r.predicted, rel=1e-4) and abs(doubled.replacement) < abs(doubled.predicted)
+    assert doubled.final_norm_live == pytest.approx(doubled.attention_frozen, abs=0.05), doubled
 
 
 def test_the_export_validates_against_circuit_tracers_schema(shipped_graph, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import pytest
 import torch
@@ -107,9 +108,24 @@ def test_ablating_a_feature_in_the_real_model_takes_out_all_its_decoder_rows(fam
     hooks = [(f"blocks.{layer + j}.hook_mlp_out", remove(row)) for j, row in enumerate(rows)]
     ids = encode(model, PROMPT)[0][None]
     answer = int(g.logit_tokens[0])
-    base = run_tokens(model, ids, last_only=True)[0][0, -1]
+    patterns = [f"blocks.{j}.attn.hook_pattern" for j in range(model.info.n_layers)]
+    base, clean = run_tokens(model, ids, patterns, last_only=True)
+    base = base[0, -1]
     edited = run_tokens(model, ids, hooks=hooks, last_only=True)[0][0, -1]
     assert r.real == pytest.approx(float((edited[answer] - edited.mean()) - (base[answer] - base.mean())), abs=1e-4)
+
+    def hold(name):
+        def hook(act, hook):  # (1, head, query, key): the clean run's pattern (circuit-tracer's freeze_attention)
+            return clean[name]
+
+        return hook
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        held = run_tokens(model, ids, hooks=hooks + [(n, hold(n)) for n in patterns], last_only=True)[0][0, -1]
+    if any("discarded" in str(c.message) for c in caught):
+        return  # the bridge lets the wrapped module compute attention (OPT, GPT-J) and drops a pattern edit: no reference
+    assert r.attention_frozen == pytest.approx(float((held[answer] - held.mean()) - (base[answer] - base.mean())), abs=1e-4)
 
 
 def test_a_cross_layer_set_round_trips_through_its_folders(family, tmp_path):

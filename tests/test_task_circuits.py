@@ -1,7 +1,9 @@
 """Task circuits checked by intervention (workbench/task_circuits.py) on the induction task of the circuits model, whose
 transcoders ship: the graph's top supernode, ablated, changes the answer's logit as its edges predict (within 35% on
-most pairs) and as many random features far less; the real model's change is recomputed with transformer-lens hooks
-written here. The stories model's shipped task datasets are read, and other tasks on other models refused."""
+most pairs, measured in the real model with attention frozen, circuit-tracer's feature_intervention default) and as
+many random features far less. The measurements themselves are checked against transformer-lens hooks and a hand
+computation in tests/test_attribution_graph_interventions.py. The stories model's shipped task datasets are read,
+checked, and the gap between prediction and measurement located; other tasks on other models are refused."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from workbench import attribution_graph as ag
 from workbench import task_circuits as tc
 from workbench import tasks
 from workbench.errors import InputError
-from workbench.runs import encode, run_tokens
+from workbench.runs import encode
 from workbench.transcoder import transcoders_of
 
 
@@ -28,43 +30,26 @@ def induction(circuits):
 
 
 def test_the_top_supernode_moves_the_answer_as_the_edges_predict_and_random_features_do_not(induction):
-    """Measured on 8 pairs: 6 within 35% of the prediction (the two others -0.70 against -1.28 and -2.41 against -1.54:
-    the prediction freezes attention and the norms' scales); every random draw's median change below 0.002."""
+    """Measured on 8 pairs: 6 within 35% of the prediction (the two others -0.70 against -1.28 and -2.41 against -1.54;
+    the graph's own frozen model gives the prediction on all 8); every random draw's median change below 0.001."""
     c = induction
     assert c.source.startswith("tasks.induction on 96 single-token words of circuits") and len(c.pairs) == 8
     assert c.passed >= 0.75, c.rows()
     for p in c.pairs:
-        assert p.predicted < -0.5 and p.replacement < -0.3, p  # ablating what drives the answer lowers it, as predicted
-        assert p.beats_random and p.random_median < 0.05 * abs(p.replacement), p
+        assert p.predicted < -0.5 and p.measured < -0.3, p  # ablating what drives the answer lowers it, as predicted
+        assert p.beats_random and p.random_median < 0.05 * abs(p.measured), p
+        assert p.frozen == pytest.approx(p.predicted, rel=0.35), p
         assert 1 <= len(p.nodes) <= tc.CHECK.top  # the top kept by pruning: fewer where pruning keeps fewer
 
 
-def test_the_real_models_change_is_the_decoder_rows_removed_by_hooks_written_apart(induction, circuits):
+def test_a_pairs_numbers_are_the_interventions_on_its_graph(induction, circuits):
+    """measured: the real model with attention frozen; live: with attention live (both checked against hooks elsewhere)."""
     p = induction.pairs[0]
     g = ag.build(circuits, p.prompt, answer=tasks.token_id(circuits.tokenizer, p.answer))
-    tcs = transcoders_of(circuits)
-    nodes = [g.index_of(n) for n in p.nodes]
-    ids = encode(circuits, p.prompt)[0][None]
-    by_layer: dict[int, list[int]] = {}
-    for i in nodes:
-        by_layer.setdefault(int(g.features[i, 0]), []).append(i)
-
-    def remove(layer: int):
-        def hook(act, hook):  # (1, pos, d_model): each ablated feature's activation × decoder row taken out at its position
-            act = act.clone()
-            for i in by_layer[layer]:
-                _, pos, f = g.features[i].tolist()
-                act[0, pos] -= g.activations[i] * tcs[layer].W_dec[f]
-            return act
-
-        return hook
-
-    hooks = [(f"blocks.{layer}.hook_mlp_out", remove(layer)) for layer in by_layer]
-    answer = tasks.token_id(circuits.tokenizer, p.answer)
-    base = run_tokens(circuits, ids, last_only=True)[0][0, -1]
-    edited = run_tokens(circuits, ids, hooks=hooks, last_only=True)[0][0, -1]
-    change = float((edited[answer] - edited.mean()) - (base[answer] - base.mean()))
-    assert change == pytest.approx(p.real, abs=1e-4)
+    r = ag.intervene(circuits, g, [g.index_of(n) for n in p.nodes], tc.CHECK.factor)
+    assert (p.predicted, p.measured, p.live, p.replacement, p.frozen, p.final_norm_live) == pytest.approx(
+        (r.predicted, r.attention_frozen, r.real, r.replacement, r.frozen, r.final_norm_live), abs=1e-5
+    )
 
 
 def test_task_pairs_come_from_the_shipped_datasets_or_the_models_own_words(circuits):
@@ -91,12 +76,14 @@ def test_the_probe_checks_a_task(tmp_path, circuits):
     assert main([*args, "--out", str(tmp_path), "--formats", "html"]) == 0
     summary = json.loads((tmp_path / "manifest.json").read_text())["summary"]
     assert summary["task"] == "induction" and summary["pairs"] == 2 and 0 <= summary["passed"] <= 1
+    assert set(summary["within_tolerance"]) >= {"measured", "live"} and 0 <= summary["within_tolerance"]["measured"] <= 2
     rows = json.loads((tmp_path / "task-induction.json").read_text())
     assert len(rows["pairs"]) == 2 and torch.tensor([r["predicted"] for r in rows["pairs"]]).lt(0).all()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stories_checks():
+    """Every stories task the card does not call absent, 8 pairs each (~1 minute: run once)."""
     from workbench.model import load_model
 
     model = load_model("stories")
@@ -107,14 +94,41 @@ def stories_checks():
     return {name: tc.check_task(model, name, dataclasses.replace(tc.CHECK, pairs=8)) for name in solved}
 
 
+def _within(c: tc.TaskCheck, value: str) -> int:
+    n = sum(abs(getattr(p, value) - p.predicted) <= c.config.tolerance * abs(p.predicted) for p in c.pairs)
+    assert n == c.within_tolerance()[value]  # what the probe's summary reports
+    if value == "measured":
+        assert n == sum(p.within_tolerance for p in c.pairs)
+    return n
+
+
 def test_on_the_stories_tasks_the_top_supernode_beats_random_features_and_pronouns_match_their_edges(stories_checks):
-    """Measured on the shipped stories model (8 pairs a task): the pronoun circuit's top supernode changes the answer as
-    the edges predict on 8 of 8 pairs; on induction, capitals and greater-than it beats random features on most pairs
-    but the frozen-attention prediction overshoots the live change (2/8, 3/8 and 0/8 within 35%: README)."""
+    """Measured on the shipped stories model (8 pairs a task, real model, attention frozen): the pronoun circuit's top
+    supernode passes on 7 of 8 pairs; on induction, capitals and greater-than it beats random features on 7-8 pairs,
+    but its change is within 35% of the prediction on only 2, 4 and 0 (README). The open point of issue #28: when the
+    last assertion fails, the README's table is out of date."""
     assert "pronoun" in stories_checks and "induction" in stories_checks
     assert stories_checks["pronoun"].passed >= 0.75, stories_checks["pronoun"].rows()
     for name, c in stories_checks.items():
         beats = sum(p.beats_random for p in c.pairs) / len(c.pairs)
         assert beats >= 0.75, (name, c.rows())
         # ablating what drives the answer lowers it, as predicted, on most pairs
-        assert sum(p.predicted < 0 and p.replacement < 0 for p in c.pairs) >= 0.75 * len(c.pairs), (name, c.rows())
+        assert sum(p.predicted < 0 and p.measured < 0 for p in c.pairs) >= 0.75 * len(c.pairs), (name, c.rows())
+    assert stories_checks["greater_than"].passed <= 0.25, stories_checks["greater_than"].rows()
+
+
+def test_on_the_stories_tasks_the_gap_is_the_final_norms_frozen_scale_not_attention(stories_checks):
+    """Where the measurement misses the prediction: the graph's own frozen model meets it (its arithmetic holds: 7-8 of
+    8 pairs within 35% on every task); freezing attention barely changes how many pairs the measurement meets (live and
+    frozen attention within two pairs on every task); holding the final norm's scale too brings the real model within
+    35% on 6-8 pairs (greater-than 8, capitals 8, induction 6, pronouns 7); and making only that scale live in the frozen
+    model brings it closer to the measured change than the prediction is on most pairs of induction, capitals and
+    greater-than."""
+    for name, c in stories_checks.items():
+        assert _within(c, "frozen") >= 7, (name, c.rows())
+        assert abs(_within(c, "measured") - _within(c, "live")) <= 2, (name, c.rows())
+        assert _within(c, "final_norm_frozen") >= 6, (name, c.rows())
+    for name in ("induction", "capital", "greater_than"):
+        c = stories_checks[name]
+        closer = sum(abs(p.final_norm_live - p.measured) < abs(p.predicted - p.measured) for p in c.pairs)
+        assert closer >= 0.75 * len(c.pairs), (name, c.rows())

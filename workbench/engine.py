@@ -592,6 +592,18 @@ def forward(
     return Output(logits, run.captured)
 
 
+def frozen_patterns(w: Weights, tokens: torch.Tensor) -> list[Edit]:
+    """Edits that hold every layer's attention pattern at its value in the plain run of `tokens` (1, pos).
+
+    Added to an intervention's edits, they leave out what the intervention does through queries and
+    keys: circuit-tracer's `freeze_attention` (the attribution graph freezes the patterns too). One
+    `replace` per layer, its value laid out as a pattern edit sees it, (query, head, key)."""
+    names = [f"blocks.{layer}.{SITE_HOOKS['pattern']}" for layer in range(w.n_layers)]
+    with torch.no_grad():
+        found = forward(w, tokens, capture=names).captured  # name -> (1, head, query, key)
+    return [Edit("replace", "pattern", layer, value=found[n][0].transpose(0, 1)) for layer, n in enumerate(names)]
+
+
 SKIP_SITES = ("resid_pre", "resid_post")  # on the skip path (resid_mid feeds only the MLP, see block): GradDrop keeps their gradient
 
 

@@ -6,14 +6,26 @@ attribution graph of the answer (attribution_graph.build with the answer as its 
 computed; its `top` most influential features kept by pruning form the supernode, which is set to
 `factor` × its activation (0 ablates). Two things are checked, as the issue's "done when" asks:
 - the answer's logit (minus the mean logit) changes as the graph's edges predict
-  (attribution_graph.predict), measured in the local replacement model (transcoders in place of
-  the MLPs, their errors frozen, attention live: circuit-tracer's intervention): within
-  `tolerance` × |predicted|;
-- as many random features of the same graph, set the same way, change it far less: the median of
-  `random_draws` draws below `random_share` × the supernode's measured change. The median, not
-  the mean: a random feature that acts through an attention pattern (a query or key) can move the
-  answer a lot, which a graph with frozen attention cannot see (tests/test_attribution_graph.py).
-The real model's change (the decoder rows' change added to the MLP output) is reported beside them.
+  (attribution_graph.predict), within `tolerance` × |predicted|, measured the way circuit-tracer
+  checks a graph's supernodes (its demos and tutorial call `ReplacementModel.feature_intervention`
+  with its defaults, `freeze_attention=True`, `constrained_layers=None`): in the real model, every
+  MLP computing, each set feature's decoder row × (its value − its activation in that run) added
+  to its MLP's output, every attention pattern held at the real run's (engine.frozen_patterns),
+  the norms live (`measured`);
+- as many random features of the same graph, set the same way and measured the same way, change it
+  far less: the median of `random_draws` draws below `random_share` × the supernode's measured
+  change. The median, not the mean: a random feature that acts through an attention pattern (a
+  query or key) can move the answer a lot, which a graph with frozen attention cannot see
+  (tests/test_attribution_graph.py).
+Reported beside them: the same real-model change with attention live (`live`, feature_intervention
+with freeze_attention=False), the local replacement model's (transcoders + frozen errors, attention
+live: what the check measured before), the graph's own frozen model's (`frozen`: patterns, norm
+scales and errors frozen, every feature recomputed; the prediction's arithmetic), and that frozen
+model with only the final norm live (`final_norm_live`), and the real model with attention and the
+final norm's scale frozen (`final_norm_frozen`). Where `measured` misses the prediction, these say
+why: on the stories tasks `frozen` meets the prediction, freezing attention changes little, making
+the final norm's scale live alone takes the frozen model down to what is measured, and holding it
+in the real model brings the measurement back to the prediction (README).
 
 Where the pairs come from: a task dataset shipped beside the model (models/<model>/tasks/*.json:
 the stories model), else, for induction, pairs built by tasks.induction from the model's own
@@ -41,7 +53,11 @@ class CheckConfig:
 
     top: int = 5  # features in the supernode: the graph's most influential kept ones
     factor: float = 0.0  # the supernode set to this × its activation (0 ablates)
-    tolerance: float = 0.35  # measured within this share of |predicted| (the prediction freezes attention and norms)
+    # measured within this share of |predicted|. Why a third: the prediction is first-order (edges carried linearly,
+    # norm scales frozen, as the graph is built), the measurement is not (TopK sets, the real MLPs and the norms react),
+    # and "as the edges predict" asks for the size, not the digits. Fixed before the stories tasks were measured and
+    # kept: not tuned to make a task pass.
+    tolerance: float = 0.35
     random_draws: int = 10
     random_share: float = 0.2  # the median random draw moves the answer less than this share of the supernode's change
     pairs: int = 8  # pairs of the task checked (its first ones)
@@ -58,9 +74,13 @@ class PairCheck:
     answer: str
     nodes: list[str]  # the supernode's node ids
     predicted: float  # by the graph's edges
-    replacement: float  # measured: local replacement model, attention live
-    real: float  # measured: the real model
-    random: list[float]  # |change| of each random draw (replacement model)
+    measured: float  # the real model, attention patterns frozen (circuit-tracer's feature_intervention defaults): checked
+    live: float  # the real model, attention live
+    replacement: float  # the local replacement model (transcoders + frozen errors), attention live
+    frozen: float  # the graph's own frozen model
+    final_norm_live: float  # the graph's own frozen model with the final norm's scale live
+    final_norm_frozen: float  # the real model with attention and the final norm's scale frozen
+    random: list[float]  # |change| of each random draw, measured as `measured`
     within_tolerance: bool
     beats_random: bool
 
@@ -90,9 +110,10 @@ class TaskCheck:
 
     def rows(self) -> list[dict]:
         return [
-            dict(prompt=p.prompt, answer=p.answer, nodes=" ".join(p.nodes), predicted=p.predicted, replacement=p.replacement,
-                 real=p.real, random_median=p.random_median, within_tolerance=p.within_tolerance, beats_random=p.beats_random,
-                 passed=p.passed)
+            dict(prompt=p.prompt, answer=p.answer, nodes=" ".join(p.nodes), predicted=p.predicted, measured=p.measured, live=p.live,
+                 replacement=p.replacement, frozen=p.frozen, final_norm_live=p.final_norm_live, final_norm_frozen=p.final_norm_frozen,
+                 random_median=p.random_median,
+                 within_tolerance=p.within_tolerance, beats_random=p.beats_random, passed=p.passed)
             for p in self.pairs
         ]  # fmt: skip
 
@@ -103,8 +124,15 @@ class TaskCheck:
             "source": self.source,
             "pairs": len(self.pairs),
             "passed": self.passed,
+            "within_tolerance": self.within_tolerance(),
             "config": asdict(self.config),
         }
+
+    def within_tolerance(self) -> dict[str, int]:
+        """How many pairs each measurement puts within the tolerance of the prediction (`measured` is the check's)."""
+        t = self.config.tolerance
+        names = ("measured", "live", "final_norm_frozen", "replacement", "frozen", "final_norm_live")
+        return {n: sum(abs(getattr(p, n) - p.predicted) <= t * abs(p.predicted) for p in self.pairs) for n in names}
 
 
 def model_words(model: LoadedModel) -> list[str]:
@@ -147,10 +175,13 @@ def check_pair(model: LoadedModel, pair: tasks.Pair, tcs: dict[int, Transcoder],
         raise InputError(f"the graph of {pair.clean!r} kept no feature: nothing to check")
     r = ag.intervene(model, g, top, cfg.factor, tcs)
     draws = [ag.intervene(model, g, ag.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs) for s in range(cfg.random_draws)]
-    random_changes = [abs(d.replacement) for d in draws]
-    within = abs(r.replacement - r.predicted) <= cfg.tolerance * abs(r.predicted)
-    beats = statistics.median(random_changes) < cfg.random_share * abs(r.replacement) if random_changes else True
-    return PairCheck(pair.clean, pair.answer, r.nodes, r.predicted, r.replacement, r.real, random_changes, within, beats)
+    random_changes = [abs(d.attention_frozen) for d in draws]
+    within = abs(r.attention_frozen - r.predicted) <= cfg.tolerance * abs(r.predicted)
+    beats = statistics.median(random_changes) < cfg.random_share * abs(r.attention_frozen) if random_changes else True
+    return PairCheck(
+        pair.clean, pair.answer, r.nodes, r.predicted, r.attention_frozen, r.real, r.replacement, r.frozen, r.final_norm_live,
+        r.final_norm_frozen, random_changes, within, beats,
+    )  # fmt: skip
 
 
 def check_task(

@@ -428,3 +428,51 @@ def splice_edits(w: engine.Weights, tcs: dict[int, Transcoder], errors: dict[int
         err = None if errors is None else errors.get(layer)
         edits.append(engine.Edit("map", "mlp_out", layer, fn=_Swap(w, tc, seen, err, tuple((clamp or {}).get(layer, ())), shared)))
     return edits
+
+
+@dataclass(frozen=True, eq=False)
+class _Steer:
+    """A `map` edit of mlp_out: the real MLP's output, plus each clamped feature's decoder row × (its value − its
+    activation in this run), the features read from the MLP's input (from `_Tap`): circuit-tracer's feature_intervention.
+
+    `shared` {"tcs": every layer's transcoder, layer: that layer's activation changes}: a cross-layer feature's change
+    is written to the later layers' outputs too."""
+
+    w: engine.Weights
+    tc: Transcoder
+    seen: dict
+    clamp: tuple = ()  # ((position, feature, value), ...)
+    shared: dict | None = None
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        layer, L = self.tc.layer, self.w.layers[self.tc.layer]
+        out = y
+        if self.clamp:
+            x = (L.ln1 if L.ln2 is None else L.ln2)(self.seen["x"])
+            a = self.tc.encode(x)  # (batch, pos, d_sae) this run's activations
+            change = torch.zeros_like(a)
+            for pos, f, value in self.clamp:
+                change[:, pos, f] = value - a[:, pos, f]
+            out = out + change @ self.tc.W_dec.to(change)
+            if self.shared is not None:
+                self.shared[layer] = change
+        if self.shared is not None:  # earlier layers' cross-layer decoders write their changes here (layers run in order)
+            for source, tc in self.shared["tcs"].items():
+                if source in self.shared and source < layer <= source + tc.n_later:
+                    out = out + tc.write_later(self.shared[source])[..., layer - source - 1, :]
+        return out
+
+
+def steer_edits(w: engine.Weights, tcs: dict[int, Transcoder], clamp: dict[int, list[tuple[int, int, float]]]) -> list:
+    """Engine edits on the real model that set features to fixed values (`clamp` {layer: ((position, feature, value),
+    ...)}) while every MLP keeps computing: each clamped feature's decoder row × (value − its live activation) is added to
+    its MLP's output (circuit-tracer's ReplacementModel.feature_intervention, unconstrained)."""
+    edits = []
+    shared = {"tcs": tcs} if is_cross_layer(tcs) else None
+    for layer, tc in tcs.items():
+        if layer not in clamp and shared is None:
+            continue
+        seen: dict = {}
+        edits.append(engine.Edit("map", "resid_pre" if w.parallel else "resid_mid", layer, fn=_Tap(seen)))
+        edits.append(engine.Edit("map", "mlp_out", layer, fn=_Steer(w, tc, seen, tuple(clamp.get(layer, ())), shared)))
+    return edits
