@@ -252,7 +252,7 @@ def test_the_intervene_page_opens_on_a_story_with_the_cards_pronoun_head_knocked
     prompt = examples.prompt("stories", "generate")
     assert at.session_state[ui.MODEL] == "stories" and at.text_area(key="w.prompt").value == prompt
     card = json.loads((FOLDER / "card.json").read_text())["measured"]["tasks"]["pronoun"]["components"]
-    heads = [c for c in __import__("ast").literal_eval(card) if c["kind"] == "head" and c["layer"] > 0]
+    heads = [c for c in card if c["kind"] == "head" and c["layer"] > 0]
     assert at.session_state["wb.edits"] == f"ablate head {heads[0]['layer']}.{heads[0]['head']} mean"
     assert any(f"ablate L{heads[0]['layer']}H{heads[0]['head']} (mean)" in m.value for m in at.markdown)
     model, tok = hf

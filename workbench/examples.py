@@ -74,7 +74,6 @@ def edits(model_name: str) -> str:
         return EDITS[base]
     if base != "stories":
         return ""
-    import ast
     import json
 
     from workbench.model import MODELS_DIR
@@ -83,6 +82,5 @@ def edits(model_name: str) -> str:
     if not card.is_file():
         return ""
     components = json.loads(card.read_text())["measured"]["tasks"]["pronoun"]["components"]
-    components = ast.literal_eval(components) if isinstance(components, str) else components  # the card stores its repr
     heads = [c for c in components if c["kind"] == "head" and c["layer"] > 0]  # past layer 0's heads, which every task reads
     return f"ablate head {heads[0]['layer']}.{heads[0]['head']} mean" if heads else ""
