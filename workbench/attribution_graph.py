@@ -322,13 +322,9 @@ class AttributionGraph:
 
     def label(self, i: int) -> str:
         k, layer, pos, f = self.where(i)
-        if k == "feature":
-            return f"L{layer} #{f} @{pos} {self.labels[pos]}"
-        if k == "error":
-            return f"L{layer} error @{pos} {self.labels[pos]}"
-        if k == "token":
-            return f"token @{pos} {self.labels[pos]}"
-        return f"logit {self.logit_labels[i - self.n_features - self.n_errors - self.n_pos]}"
+        if k == "logit":
+            return f"logit {self.logit_labels[i - self.answer_node]}"
+        return {"feature": f"L{layer} #{f}", "error": f"L{layer} error", "token": "token"}[k] + f" @{pos} {self.labels[pos]}"
 
     def index_of(self, node_id: str) -> int:
         """The node with circuit-tracer id `node_id` (InputError naming the form if there is none)."""

@@ -68,8 +68,44 @@ UNSUPPORTED = {
 }
 
 
+def check_activation(what: str, activation: str, allowed: tuple[str, ...], k: int | None, threshold, d_sae: int) -> None:
+    """Refuses, in one line, an activation a dictionary of `d_sae` features (an SAE, a transcoder) cannot run with."""
+    if activation not in allowed:
+        raise InputError(f"unknown {what} activation {activation!r}; this workbench reads {', '.join(allowed)}")
+    if activation == "topk" and not (k and 0 < k <= d_sae):
+        raise InputError(f"a TopK {what} needs k between 1 and {d_sae}, got {k}")
+    if activation == "jumprelu" and (threshold is None or threshold.shape != (d_sae,)):
+        raise InputError(f"a JumpReLU {what} needs a threshold per feature")
+
+
+def read_config(folder: Path, what: str) -> dict:
+    """A saved dictionary's cfg.json (SAELens's format: cfg.json beside sae_weights.safetensors), or an InputError
+    that names what is missing or unreadable (`what`: "an SAE", "a transcoder")."""
+    missing = [n for n in (CONFIG, WEIGHTS) if not (folder / n).is_file()]
+    if missing:
+        raise InputError(f"{folder} is not {what} folder: {' and '.join(missing)} missing (SAELens's format)")
+    try:
+        return json.loads((folder / CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{folder / CONFIG} is not valid JSON ({err.msg}, line {err.lineno})") from None
+
+
+class Dictionary:
+    """What an SAE and a transcoder share: an encoder W_enc (d_in, d_sae) that reads d_in and writes d_sae features."""
+
+    W_enc: torch.Tensor
+
+    @property
+    def d_in(self) -> int:
+        return self.W_enc.shape[0]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_enc.shape[1]
+
+
 @dataclass(frozen=True, eq=False)
-class SAE:
+class SAE(Dictionary):
     """One SAE's weights and how it encodes; tensors on the CPU in float32 unless moved."""
 
     hook_name: str  # the transformer-lens hook it reads, e.g. "blocks.1.hook_resid_pre"
@@ -94,25 +130,12 @@ class SAE:
                 f"the SAE's weights do not fit together: W_enc {tuple(self.W_enc.shape)}, b_enc {tuple(self.b_enc.shape)}, "
                 f"W_dec {tuple(self.W_dec.shape)}, b_dec {tuple(self.b_dec.shape)}"
             )
-        if self.activation not in ACTIVATIONS:
-            raise InputError(f"unknown SAE activation {self.activation!r}; this workbench reads {', '.join(ACTIVATIONS)}")
-        if self.activation == "topk" and not (self.k and 0 < self.k <= d_sae):
-            raise InputError(f"a TopK SAE needs k between 1 and {d_sae}, got {self.k}")
-        if self.activation == "jumprelu" and (self.threshold is None or self.threshold.shape != (d_sae,)):
-            raise InputError("a JumpReLU SAE needs a threshold per feature")
+        check_activation("SAE", self.activation, ACTIVATIONS, self.k, self.threshold, d_sae)
         if self.activation == "gated" and any(t is None or t.shape != (d_sae,) for t in (self.b_gate, self.r_mag)):
             raise InputError("a gated SAE needs b_gate and r_mag, one per feature")
         if self.normalize not in NORMALIZE:
             raise InputError(f"unknown input scaling {self.normalize!r}; this workbench applies {', '.join(NORMALIZE)}")
         engine_site(self.hook_name)  # refuses a hook the engine cannot edit
-
-    @property
-    def d_in(self) -> int:
-        return self.W_enc.shape[0]
-
-    @property
-    def d_sae(self) -> int:
-        return self.W_enc.shape[1]
 
     @property
     def layer(self) -> int:
@@ -289,13 +312,7 @@ def load(folder: str | Path, norm_scaling_factor: float | None = None) -> SAE:
     from safetensors.torch import load_file
 
     folder = Path(folder).expanduser()
-    missing = [n for n in (CONFIG, WEIGHTS) if not (folder / n).is_file()]
-    if missing:
-        raise InputError(f"{folder} is not an SAE folder: {' and '.join(missing)} missing (SAELens's format)")
-    try:
-        cfg = json.loads((folder / CONFIG).read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{folder / CONFIG} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    cfg = read_config(folder, "an SAE")
     arch = (cfg.get("architecture") or "standard").lower()
     act = (cfg.get("activation_fn_str") or "relu").lower()
     if arch in UNSUPPORTED:

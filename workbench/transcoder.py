@@ -35,15 +35,14 @@ import torch
 
 from workbench import engine
 from workbench.errors import InputError
+from workbench.sae import CONFIG, WEIGHTS, Dictionary, check_activation, read_config  # SAELens's file names
 
-CONFIG = "cfg.json"
-WEIGHTS = "sae_weights.safetensors"
 ACTIVATIONS = ("relu", "topk", "jumprelu")
 FOLDER = "transcoders"  # models/<model>/transcoders/<layer>/: the transcoders that ship with a model
 
 
 @dataclass(frozen=True, eq=False)
-class Transcoder:
+class Transcoder(Dictionary):
     """One layer's transcoder; tensors on the CPU in float32 unless moved."""
 
     layer: int
@@ -76,24 +75,11 @@ class Transcoder:
             raise InputError(
                 f"W_dec_later must be (d_sae, later layers, d_out) = ({d_sae}, n, {d_out}), got {tuple(self.W_dec_later.shape)}"
             )
-        if self.activation not in ACTIVATIONS:
-            raise InputError(f"unknown transcoder activation {self.activation!r}; this workbench reads {', '.join(ACTIVATIONS)}")
-        if self.activation == "topk" and not (self.k and 0 < self.k <= d_sae):
-            raise InputError(f"a TopK transcoder needs k between 1 and {d_sae}, got {self.k}")
-        if self.activation == "jumprelu" and (self.threshold is None or self.threshold.shape != (d_sae,)):
-            raise InputError("a JumpReLU transcoder needs a threshold per feature")
+        check_activation("transcoder", self.activation, ACTIVATIONS, self.k, self.threshold, d_sae)
         if not self.hook_name:
             object.__setattr__(self, "hook_name", f"blocks.{self.layer}.mlp.hook_in")
         if not self.hook_name_out:
             object.__setattr__(self, "hook_name_out", f"blocks.{self.layer}.hook_mlp_out")
-
-    @property
-    def d_in(self) -> int:
-        return self.W_enc.shape[0]
-
-    @property
-    def d_sae(self) -> int:
-        return self.W_enc.shape[1]
 
     @property
     def d_out(self) -> int:
@@ -214,13 +200,7 @@ def load(folder: str | Path) -> Transcoder:
     from safetensors.torch import load_file
 
     folder = Path(folder).expanduser()
-    missing = [n for n in (CONFIG, WEIGHTS) if not (folder / n).is_file()]
-    if missing:
-        raise InputError(f"{folder} is not a transcoder folder: {' and '.join(missing)} missing (SAELens's format)")
-    try:
-        cfg = json.loads((folder / CONFIG).read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{folder / CONFIG} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    cfg = read_config(folder, "a transcoder")
     meta = cfg.get("metadata") or {}
     hook_out = cfg.get("hook_name_out") or meta.get("hook_name_out")
     if "d_out" not in cfg and not hook_out:

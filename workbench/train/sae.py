@@ -78,6 +78,13 @@ def geometric_median(x: torch.Tensor, iters: int = 50) -> torch.Tensor:
     return m
 
 
+def topk_decode(pre: torch.Tensor, k: int, W_dec: torch.Tensor, b_dec: torch.Tensor):
+    """(the k largest pre-activations of each row, their decoding (batch, d)): TopK's activations are those values
+    ReLU'd, and decoding reads only the k rows in use, (batch, k, d) instead of a dense (batch, width) @ (width, d)."""
+    top = pre.topk(k, dim=-1)
+    return top, (top.values.relu()[..., None] * W_dec[top.indices]).sum(1) + b_dec
+
+
 class Trainer:
     """One TopK SAE being trained: its parameters, optimiser and dead-latent counters."""
 
@@ -99,10 +106,7 @@ class Trainer:
     def step(self, x: torch.Tensor, lr: float) -> dict:
         cfg = self.cfg
         pre = (x - self.b_dec) @ self.W_enc + self.b_enc  # (batch, width)
-        top = pre.topk(cfg.k, dim=-1)
-        values = top.values.relu()  # (batch, k)
-        # decoding reads only the k rows in use: (batch, k, d) instead of a dense (batch, width) @ (width, d)
-        x_hat = (values[..., None] * self.W_dec[top.indices]).sum(1) + self.b_dec  # (batch, d)
+        top, x_hat = topk_decode(pre, cfg.k, self.W_dec, self.b_dec)  # (batch, d)
         mse = ((x_hat - x) ** 2).sum(-1).mean() / self.scale
         return topk_update(self, pre, top, x, x_hat, mse, lr)
 

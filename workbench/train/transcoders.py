@@ -28,7 +28,7 @@ import torch
 
 from workbench import engine
 from workbench.model import load_model
-from workbench.train.sae import topk_update
+from workbench.train.sae import topk_decode, topk_update
 from workbench.transcoder import FOLDER, Transcoder, capture_names, mlp_io, splice_edits
 
 
@@ -79,9 +79,7 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> dict:
         cfg = self.cfg
         pre = x @ self.W_enc + self.b_enc  # (batch, width)
-        top = pre.topk(cfg.k, dim=-1)
-        values = top.values.relu()  # (batch, k)
-        y_hat = (values[..., None] * self.W_dec[top.indices]).sum(1) + self.b_dec  # (batch, d_out)
+        top, y_hat = topk_decode(pre, cfg.k, self.W_dec, self.b_dec)  # (batch, d_out)
         if self.W_skip is not None:
             y_hat = y_hat + x @ self.W_skip
         mse = ((y_hat - y) ** 2).sum(-1).mean() / self.scale
