@@ -50,3 +50,59 @@ def constructed_heads(hf) -> list[tuple[int, int]]:
             if w_q[:, head * d_head : (head + 1) * d_head].abs().max() > 0:
                 found.append((layer, head))
     return found
+
+
+def metric_by_hand(logits: torch.Tensor, answer: int, wrong: int | None, metric: str) -> torch.Tensor:
+    """(batch,) the patching metric of next-token logits (batch, d_vocab), written out."""
+    if metric == "logit difference":
+        return logits[:, answer] - logits[:, wrong]
+    if metric == "probability":
+        return logits.softmax(-1)[:, answer]
+    return logits.log_softmax(-1)[:, answer]
+
+
+@torch.no_grad()
+def gpt2_node_effects(hf, base: torch.Tensor, source: torch.Tensor, nodes, answer: int, wrong: int | None, metric: str) -> torch.Tensor:
+    """(node,) the normalised effect of patching each node, on plain transformers' GPT-2 with forward hooks.
+
+    A node (kind "q", "k", "v" with a head, or "mlp") takes its activation at every position from the source run
+    (base, source: (pos,) ids); the effect is (patched − base) / (source − base) of the metric. q, k and v are
+    slices of the fused c_attn output; the MLP is the block's MLP output (transformer-lens's centred residual
+    writes differ from these by a multiple of the ones vector, which every layer norm removes).
+    """
+    d = hf.config.n_embd
+    d_head = d // hf.config.n_head
+    grab: dict = {}
+    hooks = []
+    for layer, block in enumerate(hf.transformer.h):
+        for name, module in ((f"qkv{layer}", block.attn.c_attn), (f"mlp{layer}", block.mlp)):
+            hooks.append(module.register_forward_hook(lambda m, a, out, name=name: grab.__setitem__(name, out.detach().clone())))
+    try:
+        value = {}
+        for which, ids in (("base", base), ("source", source)):
+            value[which] = float(metric_by_hand(hf(ids[None]).logits[:, -1].float(), answer, wrong, metric)[0])
+            if which == "source":
+                stored = dict(grab)
+    finally:
+        for h in hooks:
+            h.remove()
+    effects = []
+    for node in nodes:
+        if node.kind == "mlp":
+            module, key, cols = hf.transformer.h[node.layer].mlp, f"mlp{node.layer}", slice(None)
+        else:
+            offset = {"q": 0, "k": d, "v": 2 * d}[node.kind] + node.head * d_head
+            module, key, cols = hf.transformer.h[node.layer].attn.c_attn, f"qkv{node.layer}", slice(offset, offset + d_head)
+
+        def patch(m, a, out, key=key, cols=cols):
+            out = out.clone()
+            out[..., cols] = stored[key][..., cols]
+            return out
+
+        handle = module.register_forward_hook(patch)
+        try:
+            patched = float(metric_by_hand(hf(base[None]).logits[:, -1].float(), answer, wrong, metric)[0])
+        finally:
+            handle.remove()
+        effects.append((patched - value["base"]) / (value["source"] - value["base"]))
+    return torch.tensor(effects)
