@@ -201,3 +201,38 @@ def test_the_reader_sees_a_private_name_in_both_spellings():
     source = "from workbench import patching\nfrom workbench.engine import _hidden\nx = patching._secret\ny = patching.public\n"
     found = private_uses(ROOT / "workbench" / "made_up.py", source)
     assert sorted(found) == ["workbench.engine._hidden", "workbench.patching._secret"]
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The project modules a file imports when it is imported (module level, not inside functions)."""
+    modules = _modules()
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & modules
+            found |= subs or ({node.module} & modules)
+    return found - {_module_name(path)}
+
+
+def test_the_library_has_no_import_cycle_at_import_time():
+    """Lazy imports inside functions may point back (the nnsight backend, a model's loader); what runs at import does not."""
+    library = {_module_name(p): p for p in sorted((ROOT / "workbench").rglob("*.py"))}
+    graph = {name: _top_level_imports(path) & set(library) for name, path in library.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for other in sorted(graph[name]):
+            if state.get(other) == 1:
+                cycles.append([*trail[trail.index(other) :], other])
+            elif other not in state:
+                visit(other, [*trail, other])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, " ; ".join(" -> ".join(c) for c in cycles)
