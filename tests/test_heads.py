@@ -47,6 +47,7 @@ def test_the_answer_key_scores_as_plain_transformers_and_its_construction_say(an
     assert previous_head[0] == 0 and induction_head[0] == 1  # the construction: layer 0 feeds layer 1
     for n, seed in ((50, 0), (20, 0), (50, 3)):
         s = heads.repeat_scores(answer_key, n=n, seqs=8, seed=seed, keep_patterns=True)
+        assert torch.equal(s.tokens[:, 1 : n + 1], s.tokens[:, n + 1 :]) and (s.tokens[:, 0] == answer_key.bos_id).all()  # BOS, x, x
         ref = repeat_scores_by_hand(hf_patterns(hf, s.tokens).mean(0), n)
         assert torch.allclose(s.induction, ref["induction"], atol=1e-4) and torch.allclose(
             s.previous_token, ref["previous token"], atol=1e-4
