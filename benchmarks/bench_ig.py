@@ -18,7 +18,7 @@ from captum.attr import IntegratedGradients
 
 from benchmarks.common import Row
 from workbench import ig
-from workbench.attribution import _embed_forward, token_embeddings
+from workbench.attribution import embed_forward, token_embeddings
 from workbench.model import load_model
 from workbench.runs import encode
 
@@ -39,7 +39,7 @@ def _setup(model, prompt: str):
     ids, _ = encode(model, prompt)
     with torch.no_grad():
         answer = int(model.bridge(ids[None])[0, -1].argmax())
-    f = _embed_forward(model, ids, answer, None)
+    f = embed_forward(model, ids, answer, None)
     x = token_embeddings(model, ids)
     b = torch.zeros_like(x)
     b[0, 0] = x[0, 0]  # BOS stays, as the attribution view does

@@ -120,7 +120,7 @@ def reset(model) -> None:
     """Forgets every analysis of `model` held in memory (not the per-model work), so that the next page starts as a first visit."""
     from workbench import ui
 
-    for cache in ui._server_caches().values():
+    for cache in ui.server_caches().values():
         with cache._lock:
             cache._items.clear()
     model.run_cache.clear()

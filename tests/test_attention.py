@@ -5,6 +5,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from tests.references import constructed_heads, hf_model, hf_patterns, repeat_scores_by_hand
 from workbench import attention
 from workbench.errors import InputError
 from workbench.runs import hook_names, run_prompt
@@ -56,17 +57,32 @@ def test_query_zero_does_not_bias_a_perfect_previous_token_head():
     assert scores["entropy"].item() == 0.0
 
 
-def test_strongest_induction_head_on_repeats_is_the_cards(circuits):
-    import json
+def test_head_types_on_repeats_are_plain_transformers_scores_on_the_same_sequences(circuits):
+    """The trained model's head types on repeated random tokens against the definitions by hand on plain transformers'
+    attentions, per sequence then averaged (the view averages per sequence, a score of each sequence's own tokens)."""
+    from workbench import heads
 
-    from workbench.model import MODELS_DIR
-
-    card = json.loads((MODELS_DIR / "circuits" / "card.json").read_text())["measured"]["head_scores"]["50"]
     types = attention.head_types_on_repeats(circuits)
+    tokens = heads.repeat_scores(circuits, n=50, seqs=8, seed=0, keep_patterns=True).tokens  # the view's sequences (same seed)
+    per_seq = [repeat_scores_by_hand(p, 50) for p in hf_patterns(hf_model(circuits), tokens)]
+    for name in ("induction", "previous token"):
+        ref = torch.stack([r[name] for r in per_seq]).mean(0)
+        assert torch.allclose(types.scores[name], ref, atol=1e-4), name
     best = types.ranked("induction", 1)[0]
-    assert [best["layer"], best["head"]] == card["strongest_induction_head"]  # two measures, one head
+    ind = torch.stack([r["induction"] for r in per_seq]).mean(0)
+    assert (best["layer"], best["head"]) == divmod(int(ind.argmax()), ind.shape[1])
     # the trained model spreads induction over layer 1's heads: together they carry it
     assert types.scores["induction"][best["layer"]].sum() >= 0.4 and best["score"] > 3 * types.scores["induction"][0].max()
+
+
+def test_the_answer_key_heads_are_the_constructed_ones(answer_key):
+    """Construction (workbench/train/constructed.py): the only heads with query weights are L0's previous-token head and
+    L1's induction head."""
+    previous_head, induction_head = constructed_heads(hf_model(answer_key))
+    types = attention.head_types_on_repeats(answer_key)
+    for name, head in (("induction", induction_head), ("previous token", previous_head)):
+        best = types.ranked(name, 1)[0]
+        assert (best["layer"], best["head"]) == head and best["score"] >= 0.99, name
 
 
 def test_token_focus_is_the_row_and_column(english):

@@ -198,7 +198,7 @@ def test_a_gated_job_cancelled_on_its_page_keeps_the_inputs_and_says_so(page, bu
 
     monkeypatch.setattr(cost, "BUDGET_S", 0.0)
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    for cache in ui._server_caches().values():  # nothing remembered from another test
+    for cache in ui.server_caches().values():  # nothing remembered from another test
         with cache._lock:
             cache._items.clear()
     real, reports = ui.progress, []

@@ -112,29 +112,75 @@ def test_a_map_edit_equals_the_same_function_as_a_hook(model):
     assert torch.allclose(got[:1, :2], want[:, :2], atol=1e-4)  # before the edited position nothing changes
 
 
-def test_ablating_a_neuron_at_mlp_post_equals_a_hook(model):
+def _hf(model):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model.info.source, use_safetensors=True, attn_implementation="eager").eval()
+
+
+def _mlp_output_projection(hf, layer: int):
+    """The plain transformers module whose input is layer's neurons (batch, pos, d_mlp): GPT-2's c_proj, Llama's down_proj."""
+    if hasattr(hf, "transformer"):
+        return hf.transformer.h[layer].mlp.c_proj
+    return hf.model.layers[layer].mlp.down_proj
+
+
+def test_ablating_one_neuron_at_mlp_post_equals_plain_transformers(model):
+    """One neuron zeroed by the engine (a map edit on mlp_post, as interventions compile it) against plain transformers
+    with that neuron's input column of the MLP's output projection zeroed by a forward pre-hook."""
     ids = _prompt(model)
-    layer, neuron = 0, 5
+    hf = _hf(model)
+    seen = {}
+    handle = _mlp_output_projection(hf, 0).register_forward_pre_hook(lambda m, args: seen.setdefault("post", args[0].detach()))
+    with torch.no_grad():
+        plain = hf(ids).logits
+    handle.remove()
+    neuron = int(seen["post"][0].abs().sum(0).argmax())  # the busiest neuron, so that zeroing it shows
 
-    def zero(post, hook):
-        post = post.clone()
-        post[..., neuron] = 0.0
-        return post
+    def zero_neuron(module, args):
+        (x,) = args
+        x = x.clone()
+        x[..., neuron] = 0.0
+        return (x,)
 
-    want, cache = run_tokens(model, ids, names=["blocks.0.mlp.hook_post"], hooks=[("blocks.0.mlp.hook_post", zero)])
+    handle = _mlp_output_projection(hf, 0).register_forward_pre_hook(zero_neuron)
+    with torch.no_grad():
+        want = hf(ids).logits
+    handle.remove()
+
+    def zero(post: torch.Tensor) -> torch.Tensor:
+        return post.index_fill(-1, torch.tensor([neuron]), 0.0)
+
     with torch.no_grad():
         out = engine.forward(
-            engine.weights_of(model), ids, edits=[engine.Edit("ablate", "mlp_post", layer, head=None)], capture=["blocks.0.mlp.hook_post"]
+            engine.weights_of(model), ids, edits=[engine.Edit("map", "mlp_post", 0, fn=zero)], capture=["blocks.0.mlp.hook_post"]
         )
-        one = engine.forward(
-            engine.weights_of(model), ids, edits=[engine.Edit("replace", "mlp_post", layer, value=cache["blocks.0.mlp.hook_post"][0])]
-        )
-    assert torch.allclose(one.logits, want, atol=1e-4)  # replacing the neurons with the hooked ones gives the hooked run
-    assert float(out.captured["blocks.0.mlp.hook_post"].abs().max()) == 0.0
-    _, plain_cache = run_tokens(model, ids, names=["blocks.0.mlp.hook_post"])
-    with torch.no_grad():
         ours = engine.forward(engine.weights_of(model), ids, capture=["blocks.0.mlp.hook_post"]).captured["blocks.0.mlp.hook_post"]
-    assert torch.allclose(ours, plain_cache["blocks.0.mlp.hook_post"], atol=1e-4)  # the site is the bridge's hook_post
+    assert torch.allclose(out.logits, want, atol=1e-4)
+    assert (want - plain).abs().max() > 1e-3  # the neuron mattered, so the comparison can fail
+    assert torch.allclose(ours, seen["post"], atol=1e-4)  # the site is the plain model's neurons
+    captured = out.captured["blocks.0.mlp.hook_post"]
+    assert (
+        float(captured[..., neuron].abs().max()) == 0.0
+        and torch.equal(  # only that neuron changed
+            torch.cat([captured[..., :neuron], captured[..., neuron + 1 :]], -1),
+            torch.cat([ours[..., :neuron], ours[..., neuron + 1 :]], -1),
+        )
+    )
+
+
+def test_ablating_mlp_post_zeroes_every_neuron_as_plain_transformers_does(model):
+    """An ablate edit without a head on mlp_post zeroes the whole layer of neurons: plain transformers with the output
+    projection's whole input zeroed (only its bias is left)."""
+    ids = _prompt(model)
+    hf = _hf(model)
+    handle = _mlp_output_projection(hf, 0).register_forward_pre_hook(lambda m, args: (torch.zeros_like(args[0]),))
+    with torch.no_grad():
+        want = hf(ids).logits
+    handle.remove()
+    with torch.no_grad():
+        out = engine.forward(engine.weights_of(model), ids, edits=[engine.Edit("ablate", "mlp_post", 0)])
+    assert torch.allclose(out.logits, want, atol=1e-4)
 
 
 def test_run_edited_leaves_no_hook_behind(model):

@@ -5,7 +5,8 @@ Each family is checked against references that do not share the workbench's code
 patching site, patched by hand), transformer-lens's patching functions (the pattern site) and
 the mathematics itself (DLA sums to the logit, integrated gradients' completeness, the lens's
 last point is the output). BLOOM stands for a family the forward engine does not know: its
-sweeps must fall back to the bridge's hooks and say so.
+sweeps must fall back to the bridge's hooks, say so, and every one of its sites is checked against the same
+hand-built hooks on the plain model.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def test_engine_equals_the_bridge_or_says_it_does_not_know(family):
 
 def _modules(name: str, plain, layer: int) -> dict[str, object]:
     """The plain model's modules that carry each site's activation in block `layer`."""
-    if name in ("gpt2", "gptj"):
+    if name in ("gpt2", "gptj", "bloom"):
         block = plain.transformer.h[layer]
     elif name == "gpt_neox":
         block = plain.gpt_neox.layers[layer]
@@ -93,10 +94,12 @@ def _modules(name: str, plain, layer: int) -> dict[str, object]:
         block = plain.model.decoder.layers[layer]
     else:
         block = plain.model.layers[layer]
-    attn = getattr(block, "attn", None) or getattr(block, "self_attn", None) or block.attention
+    attn = getattr(block, "attn", None) or getattr(block, "self_attn", None) or getattr(block, "self_attention", None) or block.attention
     out_proj = next(getattr(attn, n) for n in ("o_proj", "c_proj", "dense", "out_proj") if hasattr(attn, n))
     mlp = block.fc2 if name == "opt" else block.mlp
-    return dict(block=block, attn=attn, out_proj=out_proj, mlp=mlp)
+    if name == "bloom":  # BLOOM's attention and MLP modules add the residual to their output: read their last projection
+        return dict(block=block, attn=attn, out_proj=out_proj, attn_out=out_proj, mlp=mlp.dense_4h_to_h)
+    return dict(block=block, attn=attn, out_proj=out_proj, attn_out=attn, mlp=mlp)
 
 
 def _qkv_slice(name: str, plain, which: str, head: int, kv_heads: int):
@@ -119,7 +122,7 @@ def _qkv_slice(name: str, plain, which: str, head: int, kv_heads: int):
                 return out.view(*out.shape[:2], 3, n_heads, d_head)[:, :, j, head]
 
             return attn_module.c_attn, view
-        if name == "gpt_neox":
+        if name in ("gpt_neox", "bloom"):
 
             def view(out):  # query_key_value: (head, q/k/v, d_head)
                 return out.view(*out.shape[:2], n_heads, 3, d_head)[:, :, head, j]
@@ -169,7 +172,7 @@ def _reference(name, plain, model, site: str, cell: tuple[int, ...], setup) -> f
 
             return [m["block"].register_forward_pre_hook(pre, with_kwargs=True)]
         if site in ("attn_out", "mlp_out"):
-            module = m["attn"] if site == "attn_out" else m["mlp"]
+            module = m["attn_out"] if site == "attn_out" else m["mlp"]
 
             def out_hook(module, args, out):
                 t = out[0] if isinstance(out, tuple) else out
@@ -196,12 +199,13 @@ def _reference(name, plain, model, site: str, cell: tuple[int, ...], setup) -> f
                 return (z.view(*args[0].shape), *args[1:])
 
             return [m["out_proj"].register_forward_pre_hook(z_hook)]
-        module, view = _qkv_slice(name, plain, site, head, model.info.n_kv_heads)(m["attn"])
+        module, view = _qkv_slice(name, plain, s.engine_site, head, model.info.n_kv_heads)(m["attn"])
+        at = slice(None) if position is None else position
 
         def qkv_hook(module, args, out):
             out = out.clone()
             if patch:
-                view(out)[:] = store["x"]
+                view(out)[:, at] = store["x"][:, at]
             else:
                 store["x"] = view(out).clone()
             return out
@@ -211,20 +215,15 @@ def _reference(name, plain, model, site: str, cell: tuple[int, ...], setup) -> f
     return _hand_patched(name, plain, clean_ids, corrupted_ids, lambda lg: setup.value(lg), install)
 
 
-@pytest.mark.parametrize("site", ["resid_pre", "attn_out", "mlp_out", "z", "z_pos", "q", "k", "v"])
+@pytest.mark.parametrize("site", [s for s in patching.SITES if s != "pattern"])  # pattern: against transformer-lens below
 def test_every_patching_site_equals_forward_hooks_on_the_plain_model(family, site):
+    """Every site of every family, BLOOM's bridge-hook fallback included, against the plain model patched by hand."""
     name, model, plain = family
-    if name == "bloom" and site in ("q", "k", "v"):
-        pytest.skip(
-            "BLOOM's fused query_key_value layout is not rebuilt by hand here; its sweeps are checked against transformer-lens below"
-        )
-    if name == "bloom":
-        pytest.skip("checked against transformer-lens below (the hand-built hooks cover the engine's families)")
     setup = _setup(model)
     r = patching.sweep(model, setup, site)
-    assert r.path == "engine", r.note
+    assert r.path == ("bridge hooks" if name == "bloom" else "engine"), r.note
     cells = [c for c in patching.SITES[site].cells(model, len(r.labels))]
-    if site == "z_pos":
+    if site.endswith("_pos"):
         cells = cells[:: max(1, len(cells) // 12)]  # a spread of cells: every one costs two plain forward passes
     for cell in cells:
         ref = _reference(name, plain, model, site, cell, setup)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.references import hf_model
 from workbench.errors import InputError
 from workbench.generate import Sampling, generate, sampling_distribution
 from workbench.runs import encode, next_token_topk, run_prompt, run_tokens
@@ -19,28 +20,37 @@ def test_topk_is_sorted_and_matches_the_logits(english):
         next_token_topk(english, run, position=run.n_tokens)
 
 
-def test_greedy_generation_follows_the_argmax(english):
+@torch.no_grad()
+def _hf_next_logits(hf, ids: torch.Tensor) -> torch.Tensor:
+    """(d_vocab,) plain transformers' next-token logits after ids (pos,), the whole sequence run again."""
+    return hf(ids[None]).logits[0, -1].float()
+
+
+def test_greedy_generation_follows_plain_transformers_argmax(english):
+    hf = hf_model(english)
     prompt = "My dear sister,"
     gen = generate(english, prompt, Sampling(max_new_tokens=6))
     assert len(gen.steps) == 6
-    ids = run_prompt(english, prompt).tokens
+    ids = encode(english, prompt)[0]
     for step in gen.steps:
-        with torch.no_grad():
-            logits = english.bridge(ids[None])[0, -1]
+        logits = _hf_next_logits(hf, ids)
         assert step.chosen_id == int(logits.argmax())
+        assert step.chosen_prob == pytest.approx(float(logits.softmax(-1).max()), abs=1e-5)
         ids = torch.cat([ids, torch.tensor([step.chosen_id])])
     assert gen.text == english.tokenizer.decode([s.chosen_id for s in gen.steps])
 
 
 def test_sampling_is_reproducible_by_seed(english):
+    hf = hf_model(english)
     s = Sampling(max_new_tokens=8, greedy=False, temperature=1.2, top_k=50, seed=7)
     a, b = generate(english, "The whale", s), generate(english, "The whale", s)
     assert a.text == b.text
-    # every drawn token was possible under the settings, and its recorded probability is the model's own
+    # every drawn token was possible under the settings (top 50 of plain transformers' logits), and its recorded
+    # probability is the model's own
     ids = encode(english, "The whale")[0]
     for step in a.steps:
-        logits = run_tokens(english, ids[None], last_only=True)[0][0, -1].float()
-        assert sampling_distribution(logits, s)[step.chosen_id] > 0
+        logits = _hf_next_logits(hf, ids)
+        assert step.chosen_id in logits.topk(50).indices.tolist()
         assert step.chosen_prob == pytest.approx(float(logits.softmax(-1)[step.chosen_id]), abs=1e-5)
         ids = torch.cat([ids, torch.tensor([step.chosen_id])])
 
@@ -80,7 +90,9 @@ def test_bad_settings_are_refused(english, settings):
         generate(english, "Hello", settings)
 
 
-def test_generation_with_an_edit_differs_and_leaves_the_model_as_it_was(english):
+def test_generation_with_an_edit_is_plain_transformers_with_the_edit_and_leaves_the_model_as_it_was(english):
+    """Layer 1's heads ablated (z = 0 in compatibility mode) against plain transformers with those heads' slices of
+    c_proj's input set to their constant output b_V + β_ln1 · W_V (tests/test_conventions.py measures the convention)."""
     from workbench import engine
 
     prompt = "In the morning Jane walked to the old whale by the sea. In the morning Jane walked to the"
@@ -91,6 +103,19 @@ def test_generation_with_an_edit_differs_and_leaves_the_model_as_it_was(english)
     assert [st.chosen_id for st in again.steps] == [st.chosen_id for st in plain.steps]
     assert [st.chosen_prob for st in edited.steps] != [st.chosen_prob for st in plain.steps]
     assert "edits" in edited.provenance["settings"] and "edits" not in plain.provenance["settings"]
+    hf = hf_model(english)
+    block, d = hf.transformer.h[1], english.info.d_model
+    constant = (block.ln_1.bias @ block.attn.c_attn.weight[:, 2 * d :] + block.attn.c_attn.bias[2 * d :]).detach()  # (d_model,)
+    handle = block.attn.c_proj.register_forward_pre_hook(lambda m, args: (constant.expand_as(args[0]).clone(),))
+    try:
+        ids = encode(english, prompt)[0]
+        for step in edited.steps:
+            logits = _hf_next_logits(hf, ids)
+            assert step.chosen_id == int(logits.argmax())
+            assert step.chosen_prob == pytest.approx(float(logits.softmax(-1).max()), abs=1e-4)
+            ids = torch.cat([ids, torch.tensor([step.chosen_id])])
+    finally:
+        handle.remove()
 
 
 # ---- the key/value cache: the same tokens and logits as running the whole sequence each step ----------------------

@@ -251,3 +251,113 @@ def test_every_family_makes_an_exact_graph_and_its_ablations_act(family):
     assert torch.allclose(logits[0], zeroed[0, g.position].float(), atol=1e-4)
     f = graph.faithfulness(model, graph.build(model, prompt, threshold=0.0), "mean", k=2, draws=2)
     assert f.share == pytest.approx(1.0, abs=1e-3)
+
+
+# ---- the ablations (and mean ablation's fill) against plain transformers -------------------------------------
+
+
+@torch.no_grad()
+def _hf_ablated_logits(hf, tokens: torch.Tensor, cut: torch.Tensor, gone: torch.Tensor, ref_tokens: torch.Tensor | None) -> torch.Tensor:
+    """(d_vocab,) plain transformers' last-position logits of tokens (n,) with attention edges and MLPs removed, written
+    out from graph.py's module doc: every layer's pattern held at the clean run's (transformers' output_attentions);
+    a removed edge (layer, query, key) drops that key's term pattern · v from every head's z at the query; mean
+    ablation adds back the mean over the reference runs (ref_tokens (R, n)) of the removed terms, and sets a removed
+    MLP's output to its mean there; zero ablation adds nothing. cut (layer, n, n), gone (layer, n) bool.
+
+    transformer-lens's compatibility mode folds each head's constant output (b_V + β_ln1 · W_V) into b_O, so its v
+    is transformers' v minus that constant, and the constant is never removed (tests/test_conventions.py).
+    """
+    blocks = hf.transformer.h
+    d, H = hf.config.n_embd, hf.config.n_head
+    E = d // H
+    constant = [(b.ln_1.bias @ b.attn.c_attn.weight[:, 2 * d :] + b.attn.c_attn.bias[2 * d :]).view(H, E) for b in blocks]
+    seen: dict = {}
+    grab = [
+        b.attn.c_attn.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("v", i), out[..., 2 * d :]))
+        for i, b in enumerate(blocks)
+    ]
+    grab += [b.mlp.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("mlp", i), out)) for i, b in enumerate(blocks)]
+    try:
+        clean = [p[0] for p in hf(tokens[None], output_attentions=True).attentions]  # per layer (head, q, k)
+        fills, mlp_means = [], []
+        if ref_tokens is not None:
+            attn = hf(ref_tokens, output_attentions=True).attentions
+            for i in range(len(blocks)):
+                v = seen[("v", i)].reshape(len(ref_tokens), -1, H, E) - constant[i]  # (R, k, head, E)
+                fills.append(torch.einsum("rhqk,qk,rkhe->qhe", attn[i], cut[i].float(), v) / len(ref_tokens))
+                mlp_means.append(seen[("mlp", i)].mean(0))  # (n, d_model)
+    finally:
+        for h in grab:
+            h.remove()
+
+    hooks = []
+    for i, b in enumerate(blocks):
+        held = clean[i] * (1 - cut[i].float())  # (head, q, k)
+
+        def z_of(m, args, i=i, held=held):
+            v = seen[("v", i)][0].reshape(-1, H, E) - constant[i]  # (k, head, E) this run's values
+            z = torch.einsum("hqk,khe->qhe", held, v) + constant[i]  # (q, head, E)
+            if fills:
+                z = z + fills[i]
+            return (z.reshape(1, -1, d),)
+
+        def mlp_of(m, args, out, i=i):
+            keep = (~gone[i]).float()[None, :, None]
+            return out * keep + (0 if not mlp_means else (1 - keep) * mlp_means[i])
+
+        hooks.append(b.attn.c_attn.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("v", i), out[..., 2 * d :])))
+        hooks.append(b.attn.c_proj.register_forward_pre_hook(z_of))
+        hooks.append(b.mlp.register_forward_hook(mlp_of))
+    try:
+        return hf(tokens[None]).logits[0, -1].float()
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _reference_tokens(model, tokens: torch.Tensor, n: int = 8, seed: int = 0) -> torch.Tensor:
+    """(n, pos) the mean ablation's reference prompts as graph.py's module doc defines them: BOS kept, then random
+    ordinary tokens drawn with the seed."""
+    gen = torch.Generator().manual_seed(seed)
+    special = set(model.tokenizer.all_special_ids)
+    ordinary = torch.tensor([i for i in range(min(model.info.d_vocab, len(model.tokenizer))) if i not in special])
+    return torch.stack(
+        [torch.cat([tokens[:1], ordinary[torch.randint(0, len(ordinary), (len(tokens) - 1,), generator=gen)]]) for _ in range(n)]
+    )
+
+
+@pytest.mark.parametrize("ablation", graph.ABLATIONS)
+def test_ablations_and_the_mean_fill_equal_plain_transformers_by_hand(circuits, ablation):
+    """graph.run_ablations (the engine, frozen clean patterns, the mean fill from graph.reference) against the same
+    removals written out on plain transformers, for ablations of every size: none, all, random halves, the graph's
+    outside; and faithfulness's numbers at the default threshold (neither 1 nor 0 by construction) recomputed."""
+    from tests.references import hf_model
+
+    hf = hf_model(circuits)
+    pair = patching.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT, seed=3)[0]
+    g = graph.build(circuits, pair.clean)
+    n, L = g.position + 1, circuits.info.n_layers
+    tokens = g.tokens[:n]
+    ref_tokens = _reference_tokens(circuits, tokens) if ablation == "mean" else None
+    ref = graph.reference(circuits, tokens) if ablation == "mean" else None
+    every = graph.everything(circuits, n)
+    inside = graph.graph_ablation(circuits, n, list(g.edges))
+    outside = graph.Ablation(every.edges & ~inside.edges, every.mlps & ~inside.mlps)
+    gen = torch.Generator().manual_seed(0)
+    halves = [
+        graph.Ablation(
+            every.edges & (torch.rand(every.edges.shape, generator=gen) < 0.5), every.mlps & (torch.rand(L, n, generator=gen) < 0.5)
+        )
+        for _ in range(2)
+    ]
+    ablations = [graph.nothing(circuits, n), every, outside, *halves]
+    ours = graph.run_ablations(circuits, g.tokens, g.position, ablations, ref, graph.clean_patterns(circuits, tokens))
+    want = torch.stack([_hf_ablated_logits(hf, tokens, a.edges, a.mlps, ref_tokens) for a in ablations])
+    centred = lambda x: x - x.mean(-1, keepdim=True)  # noqa: E731 (logits up to a constant per row: the unembedding's bias)
+    assert torch.allclose(centred(ours), centred(want), atol=1e-4), (centred(ours) - centred(want)).abs().amax(-1)
+    assert (centred(want[1]) - centred(want[0])).abs().max() > 1.0  # the ablations matter, so the comparison can fail
+    f = graph.faithfulness(circuits, g, ablation, k=2)
+    m = graph.metric_of(want, g.answer, g.wrong)
+    full, empty, kept = float(m[0]), float(m[1]), float(m[2])
+    assert (f.full, f.empty, f.kept) == (pytest.approx(full, abs=2e-3), pytest.approx(empty, abs=2e-3), pytest.approx(kept, abs=2e-3))
+    assert f.share == pytest.approx((kept - empty) / (full - empty), abs=1e-3) and 0.05 < f.share < 1.5

@@ -1,9 +1,7 @@
-import json
-
 import torch
 
+from tests.references import constructed_heads, hf_model, hf_patterns, repeat_scores_by_hand
 from workbench import heads
-from workbench.model import MODELS_DIR
 
 
 def _perfect_patterns(n):
@@ -41,14 +39,20 @@ def test_repeated_tokens_are_distinct_when_possible():
     assert seq[0] == 0 and torch.equal(seq[1:51], seq[51:]) and len(set(seq[1:51].tolist())) == 50
 
 
-def test_the_answer_key_has_the_induction_head_its_card_names(answer_key):
-    circuits = answer_key
-    card = json.loads((MODELS_DIR / "answer-key" / "card.json").read_text())["measured"]["head_scores"]
-    for n in (50, 20):
-        s = heads.repeat_scores(circuits, n=n, seqs=8, seed=0)
-        assert list(s.strongest_induction_head()) == card[str(n)]["strongest_induction_head"]
-        assert s.induction.max() >= 0.9
-    # the mechanism: a previous-token head in layer 0 feeds the induction head in layer 1
-    s = heads.repeat_scores(circuits, n=50, seqs=8, seed=3)
-    assert s.strongest_induction_head()[0] == 1
-    assert s.previous_token[0].max() >= 0.5
+def test_the_answer_key_scores_as_plain_transformers_and_its_construction_say(answer_key):
+    """The scores against the definitions computed by hand from plain transformers' attentions on the same sequences, and
+    the strongest heads against the construction (the only heads with query weights: L0 previous token, L1 induction)."""
+    hf = hf_model(answer_key)
+    (previous_head, induction_head) = constructed_heads(hf)
+    assert previous_head[0] == 0 and induction_head[0] == 1  # the construction: layer 0 feeds layer 1
+    for n, seed in ((50, 0), (20, 0), (50, 3)):
+        s = heads.repeat_scores(answer_key, n=n, seqs=8, seed=seed, keep_patterns=True)
+        assert torch.equal(s.tokens[:, 1 : n + 1], s.tokens[:, n + 1 :]) and (s.tokens[:, 0] == answer_key.bos_id).all()  # BOS, x, x
+        ref = repeat_scores_by_hand(hf_patterns(hf, s.tokens).mean(0), n)
+        assert torch.allclose(s.induction, ref["induction"], atol=1e-4) and torch.allclose(
+            s.previous_token, ref["previous token"], atol=1e-4
+        )
+        assert s.strongest_induction_head() == induction_head
+        layer, head = divmod(int(s.previous_token.argmax()), s.previous_token.shape[1])
+        assert (layer, head) == previous_head
+        assert s.induction[induction_head] >= 0.99 and s.previous_token[previous_head] >= 0.99  # sharp by construction

@@ -7,7 +7,7 @@ import torch
 from captum.attr import IntegratedGradients
 
 from workbench import attribution, ig
-from workbench.attribution import Answer, _embed_forward, token_embeddings
+from workbench.attribution import Answer, embed_forward, token_embeddings
 from workbench.runs import encode
 
 PROMPT = "Once upon a time there was a little girl who lived in a"
@@ -36,7 +36,7 @@ def test_separable_function_gets_its_exact_attributions():
 
 def test_batches_do_not_change_the_result(english):
     ids, _ = encode(english, PROMPT)
-    f = _embed_forward(english, ids, 5, None)
+    f = embed_forward(english, ids, 5, None)
     x = token_embeddings(english, ids)
     b = torch.zeros_like(x)
     whole = ig.integrated_gradients(f, x, b, batch=64)
@@ -49,7 +49,7 @@ def test_adaptive_ig_matches_captum_and_reaches_one_percent(english):
     ids, _ = encode(english, PROMPT)
     with torch.no_grad():
         answer = int(english.bridge(ids[None])[0, -1].argmax())
-    f = _embed_forward(english, ids, answer, None)
+    f = embed_forward(english, ids, answer, None)
     x = token_embeddings(english, ids)
     b = torch.zeros_like(x)
     b[0, 0] = x[0, 0]

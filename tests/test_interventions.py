@@ -295,6 +295,117 @@ def test_the_batched_head_sweep_equals_one_edited_run_per_head(english, how):
     assert len(ranked) == 8 and abs(ranked[0]["effect"]) == float(s.effect.abs().max())
 
 
+def _hf_ids(model, prompt: str) -> torch.Tensor:
+    """(1, pos) BOS + the prompt's tokens, the model's context's last tokens if it is longer (the tokenizer alone)."""
+    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"][-(model.info.n_ctx - 1) :]
+    return torch.tensor([[model.bos_id, *ids]])
+
+
+@torch.no_grad()
+def _hf_z(hf, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer (pos, head, d_head): each head's output before c_proj in plain transformers (its value bias included)."""
+    H = hf.config.n_head
+    seen = {}
+    hooks = [
+        b.attn.c_proj.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0][0])) for i, b in enumerate(hf.transformer.h)
+    ]
+    try:
+        hf(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [seen[i].reshape(ids.shape[1], H, -1) for i in range(len(hf.transformer.h))]
+
+
+@pytest.mark.parametrize("how", iv.HOW)
+def test_the_head_sweep_equals_plain_transformers_with_each_head_set_by_hand(english, how):
+    """Each head's slice of c_proj's input set in plain transformers to what the ablation means there: zero keeps the
+    head's constant output b_V + β_ln1 · W_V (compatibility mode's z = 0), zero-whole is 0, mean is transformers' own
+    mean over the reference prompts' non-BOS positions, resample is the resample prompt's run, position by position."""
+    from tests.references import hf_model
+
+    hf = hf_model(english)
+    tok = english.tokenizer
+    answer, wrong = tok(" whale")["input_ids"][0], tok(" man")["input_ids"][0]
+    resample = "Once upon a time a man walked to the old house by the river. Once upon a"
+    s = iv.ablation_sweep(english, PROMPT, iv.Metric("logit difference", answer, wrong), how, iv.EditSet(resample=resample))
+    ids = _hf_ids(english, PROMPT)
+    d, H = english.info.d_model, english.info.n_heads
+    E = d // H
+    if how == "mean":
+        zs = [_hf_z(hf, _hf_ids(english, p)) for p in iv.reference_prompts(english)]
+        means = [torch.cat([z[layer][1:] for z in zs]).mean(0) for layer in range(english.info.n_layers)]  # (head, d_head)
+    if how == "resample":
+        again = _hf_z(hf, _hf_ids(english, resample))
+    want = torch.empty(english.info.n_layers, H)
+    for layer, block in enumerate(hf.transformer.h):
+        constant = (block.ln_1.bias @ block.attn.c_attn.weight[:, 2 * d :] + block.attn.c_attn.bias[2 * d :]).view(H, -1).detach()
+        for head in range(H):
+
+            def set_head(m, args, layer=layer, head=head, constant=constant):
+                z = args[0].clone()  # (1, pos, d_model): heads side by side
+                cols = slice(head * E, (head + 1) * E)
+                if how == "zero":
+                    z[..., cols] = constant[head]
+                elif how == "zero-whole":
+                    z[..., cols] = 0.0
+                elif how == "mean":
+                    z[..., cols] = means[layer][head]
+                else:
+                    n = min(z.shape[1], again[layer].shape[0])
+                    z[0, :n, cols] = again[layer][:n, head]
+                return (z,)
+
+            handle = block.attn.c_proj.register_forward_pre_hook(set_head)
+            try:
+                with torch.no_grad():
+                    logits = hf(ids).logits[0, -1]
+            finally:
+                handle.remove()
+            want[layer, head] = logits[answer] - logits[wrong]
+    with torch.no_grad():
+        plain = hf(ids).logits[0, -1]
+    assert s.before == pytest.approx(float(plain[answer] - plain[wrong]), abs=1e-4)
+    assert torch.allclose(s.values, want, atol=1e-4), (s.values - want).abs().max()
+    assert (want - s.before).abs().max() > 0.05  # some head matters, so the comparison can fail
+
+
+def test_the_steering_sweep_equals_plain_transformers_with_the_vector_added_by_hand(english):
+    """The difference vector from transformers' hidden states (mean over non-BOS positions, plus minus minus), added to
+    block 1's input by a pre-hook; the answer tokens' probability and the KL on neutral prompts computed here."""
+    from tests.references import hf_model
+
+    hf = hf_model(english)
+    tok = english.tokenizer
+    answers = [tok(t, add_special_tokens=False)["input_ids"][0] for t in (" sea", " ship", " whale", " boat")]
+    held = iv.reference_prompts(english)
+    coefficients = (0, 1, 2, 4)
+    s = iv.steering_sweep(english, iv.Steer(1, 1.0, "prompts", SEA, LAND), answers, held[:8], held[8:16], coefficients)
+
+    def mean_resid(prompts):
+        with torch.no_grad():
+            return torch.cat([hf(_hf_ids(english, p), output_hidden_states=True).hidden_states[1][0, 1:] for p in prompts]).mean(0)
+
+    vector = mean_resid(SEA) - mean_resid(LAND)  # (d_model,)
+
+    def logits(prompt, c):
+        handle = hf.transformer.h[1].register_forward_pre_hook(lambda m, args: (args[0] + c * vector, *args[1:]))
+        try:
+            with torch.no_grad():
+                return hf(_hf_ids(english, prompt)).logits[0, 1:].float()  # (pos, d_vocab), BOS's prediction left out
+        finally:
+            handle.remove()
+
+    answer = torch.tensor([[logits(p, c).softmax(-1)[:, answers].sum(-1).mean() for c in coefficients] for p in held[:8]]).mean(0)
+    damage = []
+    for p in held[8:16]:
+        lp = logits(p, 0).log_softmax(-1)
+        damage.append([float((lp.exp() * (lp - logits(p, c).log_softmax(-1))).sum(-1).mean()) for c in coefficients])
+    assert torch.allclose(s.answer, answer, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(s.kl_neutral, torch.tensor(damage).mean(0), atol=1e-5, rtol=1e-3)
+    assert answer[2] > 2 * answer[0]  # the steering does something, so the comparison can fail
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
 def test_the_head_sweep_on_other_families(tmp_path, family):
     model = load_model(str(families.build(family, tmp_path / family)))

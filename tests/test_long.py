@@ -169,13 +169,13 @@ def test_patching_page_offers_a_window_and_says_its_cost(deep):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_checkpointed_engine_forward_equals_the_bridge_with_its_gradient(family, tmp_path):
-    from workbench.attribution import _checkpointed_forward, _embed_forward, token_embeddings
+    from workbench.attribution import checkpointed_forward, embed_forward, token_embeddings
 
     model = load_model(str(families.build(family, tmp_path / family, layers=3, width=32, heads=4, mlp=64, positions=128)))
     ids = encode_ids(model, "apple river stone cloud apple river stone cloud tiger")
     x = token_embeddings(model, ids).repeat(3, 1, 1) * torch.tensor([0.2, 0.7, 1.0])[:, None, None]  # (3, pos, d_model)
     grads = []
-    for make in (_embed_forward, _checkpointed_forward):
+    for make in (embed_forward, checkpointed_forward):
         points = x.clone().requires_grad_(True)
         out = make(model, ids, 5, 7)(points)  # (3,) logit difference
         (grad,) = torch.autograd.grad(out.sum(), points)

@@ -1,5 +1,4 @@
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
@@ -7,9 +6,9 @@ import torch
 import transformer_lens.patching as tlp
 from streamlit.testing.v1 import AppTest
 
+from tests.references import constructed_heads, hf_model
 from workbench import engine, patching
 from workbench.errors import InputError
-from workbench.model import MODELS_DIR
 from workbench.runs import encode, run_prompt
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "4_Patching.py")
@@ -87,7 +86,7 @@ def test_whole_clean_residual_restores_clean_and_nothing_leaves_corrupted(circui
 
 
 def test_induction_mechanism_lights_up(answer_key):
-    """The corrupted earlier copy's position, then the induction head named in the model card (the answer key: known)."""
+    """The corrupted earlier copy's position, then the induction head of the answer key's construction."""
     circuits = answer_key
     s = _setup(circuits)
     resid = patching.sweep(circuits, s, "resid_pre")
@@ -95,9 +94,9 @@ def test_induction_mechanism_lights_up(answer_key):
     # before layer 1 too: the induction head reads the word right after the earlier ' stone'
     assert int(resid.values[1].argmax()) == 4 and resid.values[1, 4] > 0.9
     heads = patching.sweep(circuits, s, "z")
-    card = json.loads((MODELS_DIR / "answer-key" / "card.json").read_text())["measured"]["head_scores"]["50"]
+    _, induction_head = constructed_heads(hf_model(circuits))  # the construction's layer-1 head (its only one with queries)
     top = heads.ranked(1)[0]
-    assert [top["layer"], top["head"]] == card["strongest_induction_head"]
+    assert (top["layer"], top["head"]) == induction_head
 
 
 def test_attribution_patching_ranks_like_the_exact_sweep(circuits):

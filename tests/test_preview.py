@@ -215,7 +215,6 @@ def test_atp_star_recalls_the_exact_top_cells_at_least_as_well_as_atp(request, n
         exact = patching.sweep(model, setup, site, direction)
         star, plain = (preview.preview_sweep(model, setup, site, direction, m) for m in ("AtP*", "AtP"))
         assert preview.recall(star, exact) >= preview.recall(plain, exact), site
-        assert preview.recall(exact, exact) == 1.0
 
 
 def test_recall_by_hand(circuits):

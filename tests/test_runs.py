@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.references import hf_model
 from workbench import runs
 from workbench.errors import InputError
 
@@ -47,11 +48,16 @@ def test_runs_are_shared_and_hold_what_was_asked(english):
     assert english.attached_hooks() == []
 
 
-def test_logits_match_a_plain_forward(english):
-    run = runs.run_prompt(english, "The sea was calm")
+def test_logits_and_cache_match_plain_transformers(english):
+    """The run's logits, residual stream and patterns against transformers' own forward (output_hidden_states and
+    output_attentions), not the bridge that made the run."""
+    run = runs.run_prompt(english, "The sea was calm", ["blocks.1.hook_resid_pre", "blocks.0.attn.hook_pattern"])
     with torch.no_grad():
-        ref = english.bridge(run.tokens[None])[0]
-    assert torch.allclose(run.logits, ref, atol=1e-5)
+        out = hf_model(english)(run.tokens[None], output_hidden_states=True, output_attentions=True)
+    assert torch.allclose(run.logits, out.logits[0], atol=1e-4)
+    hidden = out.hidden_states[1][0]  # (pos, d_model) block 1's input; compatibility mode centres the residual stream
+    assert torch.allclose(run["blocks.1.hook_resid_pre"], hidden - hidden.mean(-1, keepdim=True), atol=1e-4)
+    assert torch.allclose(run["blocks.0.attn.hook_pattern"], out.attentions[0][0], atol=1e-5)
     assert run.tokens[0] == english.bos_id and run.labels[0] == "<|endoftext|>"
 
 

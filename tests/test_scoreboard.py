@@ -8,6 +8,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from probes.__main__ import main as probes_main
+from tests.references import gpt2_node_effects, hf_model
 from workbench import methods, scoreboard
 from workbench.errors import InputError
 
@@ -134,8 +135,15 @@ def test_scoreboard_probe(tmp_path, circuits):
     circuit = mib.read(out / "circuit-EAP-IG-top10.json", engine.weights_of(circuits))  # MIB's JSON, read back
     assert circuit.size == 10 and "circuit-exact-top10.json" in manifest["files"]
     saved = json.loads((out / "nodes-exact.json").read_text())
-    again = methods.exact_nodes(circuits, methods.prepare_all(circuits, scoreboard.task_pairs(circuits, "induction pairs", 2)))
-    assert torch.allclose(torch.tensor(saved["effect"]), again.effect, atol=1e-6)
+    # the saved exact effects against plain transformers with forward hooks, each node patched on its own (not exact_nodes)
+    hf = hf_model(circuits)
+    nodes = [methods.Node(**n) for n in saved["nodes"]]
+    assert len(nodes) == len(methods.nodes_of(engine.weights_of(circuits)))  # every node was scored
+    ref = torch.stack([
+        gpt2_node_effects(hf, p.base_tokens, p.source_tokens, nodes, p.setup.answer, p.setup.wrong, p.setup.metric)
+        for p in methods.prepare_all(circuits, scoreboard.task_pairs(circuits, "induction pairs", 2))
+    ]).mean(0)  # fmt: skip
+    assert torch.allclose(torch.tensor(saved["effect"]), ref, atol=1e-4) and ref.abs().max() > 0.5
     assert (out / "path-patching.html").exists() and (out / "methods-faithfulness.html").exists()
     assert (
         probes_main(["scoreboard", "--model", "circuits", "--task", "typed pairs", "--typed", "a b | c", "--out", str(tmp_path / "x")]) == 2

@@ -9,13 +9,86 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from workbench.train import transcoders as train
 from workbench.transcoder import FOLDER, transcoders_of
 
 
+def _hand(tc, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(activations, predicted MLP output) of a TopK transcoder written out from its weight tensors."""
+    h = x @ tc.W_enc + tc.b_enc
+    top = h.topk(tc.k, dim=-1)
+    a = torch.zeros_like(h).scatter(-1, top.indices, top.values.clamp_min(0))
+    return a, a @ tc.W_dec + tc.b_dec + (0 if tc.W_skip is None else x @ tc.W_skip)
+
+
+@torch.no_grad()
+def _quality_by_hand(hf, tcs, rows: torch.Tensor, scored: torch.Tensor) -> dict:
+    """The card's quality numbers from plain transformers' GPT-2 with hooks: a transcoder reads the MLP's input before
+    the norm's gain and bias (transformer-lens folds them into W_in: ln_2's input, normalised) and replaces the MLP's
+    output (transformer-lens centres it: compared centred; a layer norm reads every residual, so splicing it is the
+    same edit); BOS's position is left out of the reconstruction, as in training."""
+    blocks = hf.transformer.h
+    eps = blocks[0].ln_2.eps
+
+    def run(ids, replace: dict) -> tuple[torch.Tensor, dict]:
+        seen, hooks = {}, []
+        for i, b in enumerate(blocks):
+            hooks.append(
+                b.ln_2.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(("x", i), F.layer_norm(a[0], a[0].shape[-1:], eps=eps)))
+            )
+
+            def out(m, a, y, i=i):
+                seen[("y", i)] = y - y.mean(-1, keepdim=True)
+                if i not in replace:
+                    return y
+                return torch.zeros_like(y) if replace[i] is None else _hand(replace[i], seen[("x", i)])[1]
+
+            hooks.append(b.mlp.register_forward_hook(out))
+        try:
+            return hf(ids).logits.float(), seen
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def loss(replace) -> float:
+        total = n = 0
+        for s in range(0, len(rows), 16):
+            ids, keep = rows[s : s + 16], scored[s : s + 16]
+            logits = run(ids, replace)[0][:, :-1]
+            total += float(F.cross_entropy(logits[keep], ids[:, 1:][keep], reduction="sum"))
+            n += int(keep.sum())
+        return total / n
+
+    clean = loss({})
+    out = {"layers": {}}
+    for layer, tc in tcs.items():
+        ys, preds, acts = [], [], []
+        for s in range(0, len(rows), 16):
+            _, seen = run(rows[s : s + 16], {})
+            x, y = seen[("x", layer)][:, 1:].flatten(0, 1), seen[("y", layer)][:, 1:].flatten(0, 1)  # BOS left out
+            a, pred = _hand(tc, x)
+            ys, preds, acts = [*ys, y.double()], [*preds, pred.double()], [*acts, a]
+        y, pred, a = torch.cat(ys), torch.cat(preds), torch.cat(acts)
+        zero, spliced = loss({layer: None}), loss({layer: tc})
+        out["layers"][layer] = {
+            "variance_explained": float(1 - ((pred - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()),
+            "loss_recovered": (zero - spliced) / (zero - clean),
+            "l0": float((a > 0).sum(-1).double().mean()),
+            "dead": int(((a > 0).sum(0) == 0).sum()),
+        }
+    zero_all, spliced_all = loss(dict.fromkeys(tcs)), loss(dict(tcs))
+    out["all_layers"] = {"loss_recovered": (zero_all - spliced_all) / (zero_all - clean)}
+    return out
+
+
 @pytest.mark.parametrize("name", ["circuits", "english"])
 def test_the_card_is_its_measurements_reproduced_from_the_shipped_weights(name, english, circuits, tmp_path):
+    """The card's README is written from card.json; card.json's quality numbers are recomputed with plain transformers
+    and the transcoders written out (not train.quality, which wrote them)."""
+    from tests.references import hf_model
+
     model = {"english": english, "circuits": circuits}[name]
     tcs = transcoders_of(model)
     if not tcs:
@@ -24,7 +97,10 @@ def test_the_card_is_its_measurements_reproduced_from_the_shipped_weights(name, 
     card = json.loads((folder / "card.json").read_text())
     train.write_card(tmp_path, card)
     assert (tmp_path / "README.md").read_text() == (folder / "README.md").read_text()  # every number from card.json
-    measured = train.quality(model, tcs, *train.heldout(model))
+    assert all(tc.activation == "topk" for tc in tcs.values())  # what _hand writes out
+    heldout_name, rows, scored = train.heldout(model)  # the held-out data (input)
+    assert card["quality"]["heldout"] == heldout_name
+    measured = _quality_by_hand(hf_model(model), tcs, rows, scored)
     for layer, q in card["quality"]["layers"].items():
         for key in ("variance_explained", "loss_recovered", "l0", "dead"):
             assert measured["layers"][int(layer)][key] == pytest.approx(q[key], abs=1e-3), (layer, key)

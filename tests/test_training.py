@@ -75,3 +75,49 @@ def test_probe_writes_the_figures_and_a_summary(tmp_path):
     assert manifest["status"] == "done" and manifest["summary"]["checkpoints"] == steps(MODELS_DIR / "circuits")
     assert {"head-scores-over-training.html", "formation.json", "formation.csv"} <= set(manifest["files"])
     assert probes_main(["training", "--model", "answer-key", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_formation_equals_plain_transformers_at_every_checkpoint(formation):
+    """Each snapshot loaded into plain transformers' GPT-2: the head scores by hand from its attentions on the view's
+    sequences (per sequence, then averaged), the early and late losses by hand on the view's prompts, and the phase
+    change as the largest rise of the best layer's summed induction score."""
+    from transformers import GPT2LMHeadModel
+
+    from tests.references import hf_patterns
+    from workbench.checkpoints import weights
+    from workbench.model import load_model
+
+    folder = MODELS_DIR / "circuits"
+    n, seqs = formation.settings["n"], formation.settings["seqs"]
+    model = load_model("circuits")
+    tokens = heads.repeat_scores(model, n=n, seqs=seqs, seed=0, keep_patterns=True).tokens  # the view's sequences (same seed)
+    prompts, _ = training._text_windows(model, folder, n, seqs, 0)  # the view's prompts (the same module's input)
+    tok = model.tokenizer
+    q = torch.arange(n + 1, 2 * n + 1)
+    rows = torch.arange(1, 2 * n + 1)
+    for i, step in enumerate(formation.steps):
+        hf = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+        loaded = hf.load_state_dict(weights(folder / "checkpoints" / f"step-{step:06d}.safetensors"), strict=False)
+        assert loaded.missing_keys == ["lm_head.weight"] and hf.lm_head.weight is hf.transformer.wte.weight  # tied to wte
+        p = hf_patterns(hf, tokens)  # (seq, layer, head, q, k)
+        want = {
+            "induction": p[..., q, q - n + 1].mean(-1).mean(0),
+            "duplicate token": p[..., q, q - n].mean(-1).mean(0),
+            "previous token": p[..., rows, rows - 1].mean(-1).mean(0),
+        }
+        for t, ref in want.items():
+            assert torch.allclose(formation.scores[t][i], ref, atol=1e-4), (step, t)
+        early, late = [], []
+        for prompt in prompts:
+            ids = torch.tensor([[tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]][-hf.config.n_positions :]])
+            with torch.no_grad():
+                losses = torch.nn.functional.cross_entropy(hf(ids).logits[0, :-1], ids[0, 1:], reduction="none")  # (pos - 1,)
+            m = len(losses)
+            early.append(losses[1 : max(2, int(0.1 * m))].mean())
+            late.append(losses[int(0.8 * m) :].mean())
+        assert formation.early_loss[i] == pytest.approx(float(torch.stack(early).mean()), abs=1e-4), step
+        assert formation.late_loss[i] == pytest.approx(float(torch.stack(late).mean()), abs=1e-4), step
+    best = formation.scores["induction"].sum(-1).max(-1).values  # (checkpoint,)
+    rise = best[1:] - best[:-1]
+    j = int(rise.argmax())
+    assert formation.phase_change == (formation.steps[j], formation.steps[j + 1]) and float(rise[j]) >= 0.1

@@ -101,7 +101,7 @@ class InputAttribution:
         ]
 
 
-def _embed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: int | None):
+def embed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: int | None):
     """f(token embeddings (batch, pos, d_model)) -> (batch,) metric, with ids (pos,) fixed.
 
     The embeddings are what `hook_embed` carries (for Gemma already scaled by √d_model).
@@ -118,8 +118,8 @@ def _embed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: in
     return forward
 
 
-def _checkpointed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: int | None):
-    """_embed_forward's function through the forward engine, each block checkpointed (for long prompts).
+def checkpointed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: int | None):
+    """embed_forward's function through the forward engine, each block checkpointed (for long prompts).
 
     A backward pass through the model keeps every block's insides (a 1,024-token GPT-2 small: ~2 GB
     a sequence, most of it attention scores); checkpointing keeps only the residual stream between
@@ -135,7 +135,7 @@ def _checkpointed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wr
 
     def forward(embeds: torch.Tensor) -> torch.Tensor:
         x = embeds.to(offset.device) + offset  # (batch, pos, d_model), the residual stream before block 0
-        run = engine._Run((), ())
+        run = engine.ForwardCall((), ())
         for index in range(w.n_layers):
             x = checkpoint(engine.block, w, index, x, run, index == last, use_reentrant=False)  # (batch, d_model) after the last
         logits = w.ln_final(x) @ w.W_U + (w.b_U if w.b_U is not None else 0)  # (batch, d_vocab)
@@ -250,9 +250,9 @@ def input_attribution(
     with model.lock:
         for t, token in enumerate(answer.tokens):
             ctx = full[: len(ids) + t]  # (pos_t,)
-            forward = _embed_forward(model, ctx, token, answer.wrong)
+            forward = embed_forward(model, ctx, token, answer.wrong)
             if checkpointed:
-                forward = _checkpointed_forward(model, ctx, token, answer.wrong)
+                forward = checkpointed_forward(model, ctx, token, answer.wrong)
             forward = calls.counting(forward)
             inputs = token_embeddings(model, ctx).requires_grad_(True)  # (1, pos_t, d_model)
             zeros = base_id is None

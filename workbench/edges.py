@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workbench import engine
-from workbench.methods import Pair, _finish_provenance, site_names
+from workbench.methods import Pair, pairs_provenance, site_names
 from workbench.model import LoadedModel
 
 EDGE_METHODS = ("exact", "EAP", "EAP-IG")
@@ -236,7 +236,7 @@ def exact_edges(model: LoadedModel, pairs: list[Pair], tick=None) -> EdgeEffects
                     tick()
         effects.append((out - pair.base_value) / pair.span)
     return EdgeEffects("exact", tuple(edges), torch.stack(effects).mean(0), time.perf_counter() - t, 2 + passes // len(pairs), 0,
-                       len(pairs), provenance=_finish_provenance(model, pairs, "exact edge patching"))  # fmt: skip
+                       len(pairs), provenance=pairs_provenance(model, pairs, "exact edge patching"))  # fmt: skip
 
 
 def _input_gradients(w: engine.Weights, acts: dict, grads: dict, receivers: list[Receiver]) -> dict[Receiver, torch.Tensor]:
@@ -286,7 +286,7 @@ def attribution_edges(model: LoadedModel, pairs: list[Pair], steps: int | None =
         effects.append(score / pair.span)
     method = "EAP" if steps is None else "EAP-IG"
     return EdgeEffects(method, tuple(edges), torch.stack(effects).mean(0), time.perf_counter() - t, 3, 1, len(pairs), steps or 1,
-                       _finish_provenance(model, pairs, method, steps=steps))  # fmt: skip
+                       pairs_provenance(model, pairs, method, steps=steps))  # fmt: skip
 
 
 def eap(model: LoadedModel, pairs: list[Pair]) -> EdgeEffects:

@@ -80,8 +80,8 @@ class Norm:
         rms = bool(getattr(ln, "uses_rms_norm", False))
         return cls(
             "rms" if rms else "layer",
-            _t(_get(ln, "weight"), device),
-            None if rms else _t(_get(ln, "bias"), device),
+            _t(weight_or_none(ln, "weight"), device),
+            None if rms else _t(weight_or_none(ln, "bias"), device),
             eps,
             1.0 if getattr(ln, "uses_weight_offset", False) else 0.0,
         )
@@ -175,7 +175,7 @@ def _t(x: torch.Tensor | None, device) -> torch.Tensor | None:
     return None if x is None else x.detach().float().to(device).contiguous()
 
 
-def _get(module, name: str) -> torch.Tensor | None:
+def weight_or_none(module, name: str) -> torch.Tensor | None:
     """A transformer-lens weight property, None where the checkpoint has none (bias-free families raise)."""
     try:
         return getattr(module, name, None)
@@ -233,7 +233,7 @@ def extract(bridge, device="cpu") -> Weights:
             scale = 1.0
         if family == "gpt2" and getattr(hf_config, "scale_attn_by_inverse_layer_idx", False):
             scale /= index + 1
-        bias = [_get(a, n) for n in ("b_Q", "b_K", "b_V")]
+        bias = [weight_or_none(a, n) for n in ("b_Q", "b_K", "b_V")]
         if all(x is None for x in bias):
             b_qkv = None
         else:
@@ -250,12 +250,12 @@ def extract(bridge, device="cpu") -> Weights:
                 W_qkv=_t(W_qkv, device),
                 b_qkv=_t(b_qkv, device),
                 W_O=_t(a.W_O.detach().reshape(n_heads * d_head, -1), device),
-                b_O=_t(_get(a, "b_O"), device),
+                b_O=_t(weight_or_none(a, "b_O"), device),
                 W_in=_t(m.W_in, device),
-                b_in=_t(_get(m, "b_in"), device),
-                W_gate=_t(_get(m, "W_gate"), device),
+                b_in=_t(weight_or_none(m, "b_in"), device),
+                W_gate=_t(weight_or_none(m, "W_gate"), device),
                 W_out=_t(m.W_out, device),
-                b_out=_t(_get(m, "b_out"), device),
+                b_out=_t(weight_or_none(m, "b_out"), device),
                 act=act,
                 scale=scale,
             )
@@ -275,7 +275,7 @@ def extract(bridge, device="cpu") -> Weights:
         layers=layers,
         ln_final=Norm.of(bridge.ln_final, eps, device),
         W_U=_t(bridge.W_U, device),
-        b_U=_t(_get(bridge, "b_U"), device),
+        b_U=_t(weight_or_none(bridge, "b_U"), device),
     )
 
 
@@ -428,7 +428,7 @@ class Output:
     captured: dict[str, torch.Tensor]  # hook name -> activation as it flowed on (after any edit), batch first
 
 
-class _Run:
+class ForwardCall:
     """The edits and captures of one forward call, looked up by hook name."""
 
     def __init__(self, edits: Iterable[Edit], capture: Iterable[str], offset: int = 0):
@@ -476,7 +476,12 @@ def embed(w: Weights, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
 
 
 def block(
-    w: Weights, index: int, resid: torch.Tensor, run: _Run, last_only: bool = False, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    w: Weights,
+    index: int,
+    resid: torch.Tensor,
+    run: ForwardCall,
+    last_only: bool = False,
+    past: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(batch, pos, d_model) -> the residual stream after block `index`: (batch, pos, d_model), or (batch, d_model) with last_only.
 
@@ -569,7 +574,7 @@ def forward(
     """
     if sum(x is not None for x in (tokens, resid, enter)) != 1:
         raise ValueError("give tokens, a residual stream or rows that enter at given layers: one of them")
-    run = _Run(edits, capture, offset)
+    run = ForwardCall(edits, capture, offset)
     if enter:
         start = min(enter)
         x = enter[start]
@@ -643,7 +648,7 @@ def site_gradients(
         inputs = []  # (batch, pos, d_model) the residual stream entering each block
         for index in range(n_layers):
             inputs.append(x)
-            x = block(w, index, x, _Run((), ()))
+            x = block(w, index, x, ForwardCall((), ()))
     with torch.enable_grad():
         top = x[:, -1].detach().requires_grad_(True)  # (batch, d_model)
         logits = w.ln_final(top) @ w.W_U + (w.b_U if w.b_U is not None else 0)
@@ -655,7 +660,7 @@ def site_gradients(
     grads: list[dict[str, torch.Tensor]] = [{} for _ in streams]
     for index in reversed(range(n_layers)):
         wanted = [n for n in names if n.startswith(f"blocks.{index}.")]
-        run = _Run((), wanted)
+        run = ForwardCall((), wanted)
         with torch.enable_grad():
             resid = inputs[index].detach().requires_grad_(True)
             out = block(w, index, resid, run)

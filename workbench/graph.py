@@ -121,7 +121,7 @@ def _value_out(model: LoadedModel, run: Run, layer: int) -> torch.Tensor:
 
 
 def _bias(module, name: str) -> torch.Tensor | None:
-    b = engine._get(module, name)
+    b = engine.weight_or_none(module, name)
     return None if b is None else b.detach().float().cpu()
 
 

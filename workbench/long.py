@@ -275,9 +275,9 @@ class SweepCost:
 def sweep_cost(model: LoadedModel, n_tokens: int, site: str, window: tuple[int, int] | None = None) -> SweepCost:
     from workbench import patching  # imported here: patching imports the run layer this module sits beside
 
-    s = patching._site(site)
+    s = patching.site_named(site)
     cells = s.cells(model, n_tokens)
     keep = patching.window_cells(s, cells, window, n_tokens)
     per_pass = patching.batch_size(model, n_tokens)
-    passes = patching._passes(s, cells, per_pass, n_tokens, keep)
+    passes = patching.plan_passes(s, cells, per_pass, n_tokens, keep)
     return SweepCost(site, window, len(keep), len(passes), per_pass, view_bytes(model, n_tokens, "patching"))

@@ -186,7 +186,7 @@ class NodeEffects:
         ]
 
 
-def _finish_provenance(model: LoadedModel, pairs: list[Pair], method: str, **settings) -> dict:
+def pairs_provenance(model: LoadedModel, pairs: list[Pair], method: str, **settings) -> dict:
     return provenance(
         model, [p for x in pairs for p in (x.setup.clean, x.setup.corrupted)], method=method, direction=pairs[0].direction,
         metric=pairs[0].setup.metric, answers=[x.setup.answer for x in pairs], wrongs=[x.setup.wrong for x in pairs], **settings,
@@ -196,7 +196,7 @@ def _finish_provenance(model: LoadedModel, pairs: list[Pair], method: str, **set
 def _finish(model, pairs, method, nodes, effects, magnitudes, seconds, forward, backward, **settings) -> NodeEffects:
     return NodeEffects(
         method, tuple(nodes), torch.stack(effects).mean(0), torch.stack(magnitudes).mean(0), seconds, forward, backward, len(pairs),
-        _finish_provenance(model, pairs, method, **settings),
+        pairs_provenance(model, pairs, method, **settings),
     )  # fmt: skip
 
 

@@ -388,9 +388,9 @@ def load_model(
                 f"{folder} needs its own Python code to load (trust_remote_code). It is off because that code runs "
                 "on this machine; turn it on only for a folder you trust"
             ) from err
-        raise InputError(f"could not load the model in {folder}: {_first_line(err)}") from err
+        raise InputError(f"could not load the model in {folder}: {first_line(err)}") from err
     except Exception as err:  # corrupt safetensors, unreadable files, unsupported architecture
-        raise InputError(f"could not load the model in {folder}: {_first_line(err)}") from err
+        raise InputError(f"could not load the model in {folder}: {first_line(err)}") from err
     # transformers fills missing tensors with random values and only logs it: a view of such a model
     # would look right and mean nothing
     missing = sorted(loading.get("missing_keys", ()))
@@ -412,7 +412,7 @@ def load_model(
             trust_remote_code=trust_remote_code,
         )
     except Exception as err:
-        raise InputError(f"transformer-lens cannot wrap the model in {folder} ({config.model_type}): {_first_line(err)}") from err
+        raise InputError(f"transformer-lens cannot wrap the model in {folder} ({config.model_type}): {first_line(err)}") from err
     note = ""
     placed = getattr(hf_model, "hf_device_map", None) or {}
     if device_map is not None:
@@ -425,7 +425,7 @@ def load_model(
             _release_after_processing(bridge, config.model_type)
         except RuntimeError as err:
             if "offload" not in str(err):
-                raise InputError(f"transformer-lens cannot process the weights of {folder}: {_first_line(err)}") from err
+                raise InputError(f"transformer-lens cannot process the weights of {folder}: {first_line(err)}") from err
             # transformer-lens cannot fold weights that live on disk or in CPU RAM behind accelerate's hooks
             compatibility_mode = False
             note += "; raw weights (transformer-lens refuses compatibility mode on an offloaded model)"
@@ -478,6 +478,6 @@ def onloaded(*modules: torch.nn.Module):
         yield
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0][:300]

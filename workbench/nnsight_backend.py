@@ -489,7 +489,7 @@ def load(name: str, device: str | None = None, dtype: str = "float32", trust_rem
                 attn_implementation="eager", local_files_only=True,
             ).to(device).eval()  # fmt: skip
         except Exception as err:
-            raise InputError(f"could not load the model in {folder}: {model_module._first_line(err)}") from err
+            raise InputError(f"could not load the model in {folder}: {model_module.first_line(err)}") from err
         nn = TransformersModel(hf_model, tokenizer=tokenizer, task="text-generation")
         n_params = sum(p.numel() for p in hf_model.parameters())
     else:

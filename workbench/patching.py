@@ -279,7 +279,7 @@ class PatchResult:
         return self.ranked(self.values.numel())
 
 
-def _site(site: str) -> Site:
+def site_named(site: str) -> Site:
     if site not in SITES:
         raise InputError(f"unknown site '{site}': use one of {', '.join(SITES)}")
     return SITES[site]
@@ -290,7 +290,7 @@ def _check_direction(direction: str) -> None:
         raise InputError(f"unknown direction '{direction}': use denoising or noising")
 
 
-def _normalise(raw: torch.Tensor, clean_value: float, corrupted_value: float, logits: torch.Tensor) -> tuple[torch.Tensor, str]:
+def normalise(raw: torch.Tensor, clean_value: float, corrupted_value: float, logits: torch.Tensor) -> tuple[torch.Tensor, str]:
     """(normalised values, note). A span within float noise of the logits' scale is not divided by."""
     span = clean_value - corrupted_value
     noise = SPAN_FLOOR * float(logits.abs().max())
@@ -381,7 +381,7 @@ def window_cells(s: Site, cells: list[tuple[int, ...]], window: tuple[int, int] 
     return [i for i, c in enumerate(cells) if start <= c[axis] < stop]
 
 
-def _passes(s: Site, cells: list[tuple[int, ...]], per_batch: int, n_tokens: int, keep: list[int] | None = None) -> list[list[int]]:
+def plan_passes(s: Site, cells: list[tuple[int, ...]], per_batch: int, n_tokens: int, keep: list[int] | None = None) -> list[list[int]]:
     """Cells grouped into batched passes of at most `per_batch`, each sorted by layer.
 
     One pass holds the cells of every layer (each patched run joins the batch at its own layer);
@@ -434,7 +434,7 @@ def sweep(
     `window` (start, stop): patch only positions start <= position < stop (a long prompt's
     region of interest); the other positions' values are NaN.
     """
-    s = _site(site)
+    s = site_named(site)
     _check_direction(direction)
     if model.backend is not None:  # nnsight: the clean, corrupted and patched runs in one trace (one request to a server)
         return _backend_sweep(model, setup, s, direction, progress, window)
@@ -449,7 +449,7 @@ def sweep(
     device = w.W_U.device if w is not None else model.device
     columns = None if setup.columns() is None else torch.tensor(setup.columns(), device=device)
     if w is not None:
-        for chunk in _passes(s, cells, per_batch, pos, keep):
+        for chunk in plan_passes(s, cells, per_batch, pos, keep):
             chunk = sorted(chunk, key=lambda i: cells[i][0])  # the rows' order in the pass: by layer
             raw[chunk] = setup.value_of_columns(_engine_pass(s, cells, chunk, runs, columns)).float().cpu()
             done += len(chunk)
@@ -528,7 +528,7 @@ def _backend_sweep(
 def _result(model: LoadedModel, setup: PatchingSetup, s: Site, direction: str, method: str, raw: torch.Tensor, runs: _Runs) -> PatchResult:
     clean_value = float(setup.value(runs.clean_logits[-1:]))
     corrupted_value = float(setup.value(runs.corrupted_logits[-1:]))
-    normalised, why = _normalise(raw, clean_value, corrupted_value, runs.clean_logits[-1])
+    normalised, why = normalise(raw, clean_value, corrupted_value, runs.clean_logits[-1])
     return PatchResult(
         site=s.name,
         direction=direction,
@@ -561,7 +561,7 @@ def attribution_sweep(model: LoadedModel, setup: PatchingSetup, site: str = "res
     preview: check the top cells exactly. Runs through the engine, or the bridge's hooks when the
     engine does not check out.
     """
-    s = _site(site)
+    s = site_named(site)
     _check_direction(direction)
     runs = _prepare(model, setup, s, direction)
     names = [s.hook(layer) for layer in range(model.info.n_layers)]

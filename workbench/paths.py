@@ -24,7 +24,7 @@ import torch
 from workbench import engine
 from workbench.edges import Receiver, Sender, capture_names, receive, receiver_edit, receiver_input, receivers_of, sender_output, senders_of
 from workbench.errors import InputError
-from workbench.methods import Pair, _finish_provenance
+from workbench.methods import Pair, pairs_provenance
 from workbench.model import LoadedModel
 
 
@@ -96,7 +96,7 @@ def path_patch(model: LoadedModel, pair: Pair, sender: Sender, receivers: list[R
     return PathResult(
         sender.label, tuple(r.label for r in receivers), value, (value - pair.base_value) / pair.span, each,
         pair.clean_value, pair.corrupted_value, pair.direction,
-        _finish_provenance(model, [pair], "path patching", sender=sender.label, receivers=[r.label for r in receivers]),
+        pairs_provenance(model, [pair], "path patching", sender=sender.label, receivers=[r.label for r in receivers]),
     )  # fmt: skip
 
 

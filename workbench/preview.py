@@ -177,7 +177,7 @@ def preview_sweep(
     clean, corrupted = run_prompt(model, setup.clean), run_prompt(model, setup.corrupted)  # cached: the bridge's baselines
     clean_value, corrupted_value = float(setup.value(clean.logits[-1:])), float(setup.value(corrupted.logits[-1:]))
     raw = effect + (corrupted_value if direction == "denoising" else clean_value)  # the estimated patched metric
-    values, why = patching._normalise(raw, clean_value, corrupted_value, clean.logits[-1])
+    values, why = patching.normalise(raw, clean_value, corrupted_value, clean.logits[-1])
     if torch.isfinite(values).any():
         magnitude = magnitude / abs(clean_value - corrupted_value)  # on the normalised scale: 1 is the full restoration
     return patching.PatchResult(

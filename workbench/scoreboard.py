@@ -279,5 +279,5 @@ def run(
             )  # fmt: skip
     return Scoreboard(
         task, len(pairs), direction, tuple(rows), tuple(curves), node_results, edge_results, time.perf_counter() - t,
-        methods._finish_provenance(model, pairs, "scoreboard", task=task, steps=steps),
+        methods.pairs_provenance(model, pairs, "scoreboard", task=task, steps=steps),
     )  # fmt: skip

