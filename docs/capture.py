@@ -30,7 +30,7 @@ PAGES = {
     "intervene": "Intervene",
     "methods": "Methods",
     "features": "Features",
-    "tasks": "Tasks?model=stories",  # the tasks of the stories model (the default model has none)
+    "tasks": "Tasks",  # the default model's tasks
     "attribution_graph": "Attribution_graph",
 }
 CHROMIUM_ARGS = [
