@@ -227,7 +227,8 @@ with ui.guard("the intervention"):
             st.caption("Add a steering edit first; this sweeps its coefficient.")
         else:
             pick = st.selectbox("Steering edit", range(len(steers)), format_func=lambda k: steers[k].label(), key="w.sweep_steer")
-            answers_text = st.text_input("Answer tokens (comma-separated, with their spaces)", " sea, ship", key="w.sweep_answers")
+            toward = ", ".join(dict.fromkeys(p.split()[-1] for p in steers[pick].plus if p.split()))  # what it steers toward
+            answers_text = st.text_input("Answer tokens (comma-separated, with their spaces)", toward, key="w.sweep_answers")
             coefficients = st.text_input("Coefficients", "0, 0.5, 1, 2, 4, 8", key="w.sweep_coefficients")
             try:
                 coefs = tuple(float(c) for c in coefficients.split(",") if c.strip())
@@ -236,8 +237,10 @@ with ui.guard("the intervention"):
             answers = tuple(single_token_id(model.tokenizer, " " + t.strip(), "answer") for t in answers_text.split(",") if t.strip())
             held = iv.reference_prompts(model)
             args = (model, steers[pick], answers, held[:8], held[8:16], coefs, edits)
-            result = steer_sweep.peek(*args)
-            if result is None and st.button("Sweep the coefficient", key="w.run_steer_sweep"):
+            result = steer_sweep.peek(*args) if answers else None
+            if not answers:
+                st.caption("Type the answer tokens whose probability the sweep follows.")
+            elif result is None and st.button("Sweep the coefficient", key="w.run_steer_sweep"):
                 result = steer_sweep(*args)
             if result is not None:
                 ui.figure(draw.steering(result), "intervene-steering", result, result.rows())

@@ -12,15 +12,17 @@ from workbench.errors import InputError
 from workbench.model import COMPATIBILITY_MODE, MODELS_DIR, load_model, resolve
 
 
-def test_default_is_the_english_model(english):
-    assert resolve(None)[0] == "english"
-    info = english.info
+@pytest.mark.parametrize("name", ["stories", "english"])
+def test_the_default_is_the_stories_model_and_shipped_models_load_as_shipped(name):
+    assert resolve(None)[0] == "stories"
+    model = load_model(name)
+    info = model.info
     assert info.kind == "shipped" and info.compatibility_mode and info.numeric_mode == COMPATIBILITY_MODE
-    config = json.loads((MODELS_DIR / "english" / "config.json").read_text())  # the shipped shape, as the bridge reads it
+    config = json.loads((MODELS_DIR / name / "config.json").read_text())  # the shipped shape, as the bridge reads it
     assert (info.n_layers, info.n_heads, info.d_model) == (config["n_layer"], config["n_head"], config["n_embd"])
     assert info.d_head == config["n_embd"] // config["n_head"]
     assert info.n_ctx == config["n_positions"] and info.d_vocab == config["vocab_size"] and not info.trust_remote_code
-    hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "english", use_safetensors=True)
+    hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / name, use_safetensors=True)
     assert info.n_params == sum(p.numel() for p in hf.parameters())
 
 
