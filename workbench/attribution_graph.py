@@ -361,29 +361,13 @@ def build_tokens(
     live = targets_nodes.sort().values  # the only rows with edges: features and logits
     node_mask, edge_mask, infl, cumulative = prune(A, weights, n_feat, P + n_logit, cfg.node_threshold, cfg.edge_threshold, live)
     replacement, completeness = scores(A, weights, n_feat, L * P, P, live)
-    labels = token_labels(model.tokenizer, fz.tokens.tolist())
     return AttributionGraph(
-        prompt=prompt,
-        tokens=fz.tokens.cpu(),
-        labels=labels,
-        features=active[chosen_t].cpu(),
-        activations=act_values[chosen_t].float().cpu() if n_feat else torch.zeros(0),
-        logit_tokens=logit_ids.cpu(),
-        logit_labels=token_labels(model.tokenizer, logit_ids.tolist()),
-        logit_probs=logit_probs.float().cpu(),
-        adjacency=A,
-        value=value,
-        bias=bias,
-        influence=infl,
-        node_mask=node_mask,
-        edge_mask=edge_mask,
-        cumulative=cumulative,
-        replacement_score=replacement,
-        completeness_score=completeness,
-        n_layers=L,
-        active_total=n_active,
-        unexplained=unexplained,
-        config=cfg,
+        prompt=prompt, tokens=fz.tokens.cpu(), labels=token_labels(model.tokenizer, fz.tokens.tolist()),
+        features=active[chosen_t].cpu(), activations=act_values[chosen_t].float().cpu() if n_feat else torch.zeros(0),
+        logit_tokens=logit_ids.cpu(), logit_labels=token_labels(model.tokenizer, logit_ids.tolist()), logit_probs=logit_probs.float().cpu(),
+        adjacency=A, value=value, bias=bias, unexplained=unexplained,
+        influence=infl, node_mask=node_mask, edge_mask=edge_mask, cumulative=cumulative,
+        replacement_score=replacement, completeness_score=completeness, n_layers=L, active_total=n_active, config=cfg,
         provenance=provenance(
             model, [prompt], method="attribution graph (Ameisen et al. 2025)", node_threshold=cfg.node_threshold,
             edge_threshold=cfg.edge_threshold, max_features=cfg.max_features, feature_rows=limit, planned_bytes=the_plan.bytes,

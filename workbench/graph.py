@@ -770,16 +770,8 @@ def quick_check(model: LoadedModel, n_tokens: int) -> bool:
 
 
 def check(
-    model: LoadedModel,
-    prompt: str,
-    position: int = -1,
-    threshold: float = THRESHOLD,
-    answer: int | None = None,
-    wrong: int | None = None,
-    ablation: str = "mean",
-    k: int = 5,
-    truncate: bool = False,
-    progress=None,
-) -> Faithfulness:
+    model: LoadedModel, prompt: str, position: int = -1, threshold: float = THRESHOLD, answer: int | None = None, wrong: int | None = None,
+    ablation: str = "mean", k: int = 5, truncate: bool = False, progress=None,
+) -> Faithfulness:  # fmt: skip
     """The faithfulness of the graph `build` makes with these arguments (plain values: a page can cache it by them)."""
     return faithfulness(model, build(model, prompt, position, threshold, answer, wrong, truncate), ablation, k, progress=progress)
