@@ -6,7 +6,7 @@ VmHWM after), printed
 against a full cache's (every hook of the model, as `run_tokens` keeps them) measured in the
 same run. Times are single runs (a 1,024-token GPT-2-small forward takes seconds on two cores);
 the full-resolution attention grid is timed as the median of three draws, its figure's size
-printed beside it. The views, as the long-prompt mode runs them (workbench/long.py):
+printed beside it. The views, as the long-prompt mode runs them (planned by workbench/long.py):
 - attention: float16 patterns of every layer, the whole grid at every token, one head, the token
   focus of the last position and head types by layer;
 - lens: the logit lens (residual points only, read through the unembedding in chunks);
@@ -96,11 +96,11 @@ def _measure(model, quick: bool) -> list[Row]:
             os.environ["WORKBENCH_MEMORY_MB"] = old
 
     def attention_view():
-        p, toks = long.patterns(model, prompt)
+        p = attention.patterns(model, prompt)  # past long.LONG_TOKENS: the chunked path
         grid, _ = draw.grid_image(p)
         head = draw.head_image(p, 5, 1)
         focus = draw_attention.token_focus_figure(attention.token_focus(p, N_TOKENS - 1), p.labels)
-        long.head_types(model, p, toks)
+        attention.head_types(model, p)
         return p, [grid, head, focus]
 
     def lens_view():
@@ -125,7 +125,7 @@ def _measure(model, quick: bool) -> list[Row]:
         return preview_sweep(model, setup, "resid_pre", "denoising", "AtP*")
 
     def compare_view():
-        return long.pattern_diff(model, prompt, other), compare.lens_diff(
+        return compare.pattern_diff(model, prompt, other), compare.lens_diff(
             model, prompt, other, chunk=long.lens_chunk(model), with_patterns=False
         )
 

@@ -5,7 +5,8 @@ import json
 import streamlit as st
 
 from workbench import attribution_graph as ag
-from workbench import ui
+from workbench import attribution_graph_checks as graph_checks
+from workbench import graph_files, ui
 from workbench.errors import InputError
 from workbench.figures import attribution_graph as draw
 from workbench.tokens import single_token_id
@@ -106,7 +107,7 @@ with ui.guard("the attribution graph"):
     st.download_button(
         "Export for circuit-tracer's viewer (graph JSON)",
         data=lambda: json.dumps(
-            ag.export(g, "workbench-graph", model.info.name, [[n] + [g.node_id(i) for i in m] for n, m in supernodes.items()])
+            graph_files.export(g, "workbench-graph", model.info.name, [[n] + [g.node_id(i) for i in m] for n, m in supernodes.items()])
         ),
         file_name="workbench-graph.json", mime="application/json", on_click="ignore",
     )  # fmt: skip
@@ -114,7 +115,7 @@ with ui.guard("the attribution graph"):
     if picked is not None:
         layer, pos, f = g.features[picked].tolist()
         st.subheader(f"Feature {f} of layer {layer} (at position {pos}, activation {float(g.activations[picked]):.3f})")
-        details = ag.feature_details(model, g, tcs)[g.node_id(picked)] if g.node_mask[picked] else None
+        details = graph_files.feature_details(model, g, tcs)[g.node_id(picked)] if g.node_mask[picked] else None
         a, b = st.columns(2)
         if details:
             with a:
@@ -144,9 +145,9 @@ with ui.guard("the attribution graph"):
     factor = c2.number_input("Set to × its activation (0 ablates)", -100.0, 100.0, step=0.5, key=view.key("factor"))
     nodes = targets[which]
     if nodes:
-        r = ag.intervene(model, g, nodes, float(factor), tcs)
+        r = graph_checks.intervene(model, g, nodes, float(factor), tcs)
         ui.figure(draw.intervention_figure(r), "ag-intervention", r, r.rows())
-        random = ag.intervene(model, g, ag.random_features(g, len(nodes), exclude=nodes), float(factor), tcs)
+        random = graph_checks.intervene(model, g, graph_checks.random_features(g, len(nodes), exclude=nodes), float(factor), tcs)
         st.caption(
             f"As many random features set the same way change it by {random.attention_frozen:+.3f} (real model, attention "
             f"frozen: circuit-tracer's default), {random.real:+.3f} (attention live) and {random.replacement:+.3f} "
@@ -158,7 +159,7 @@ with ui.guard("the attribution graph"):
         t2.markdown("**Next token, with the change (real model)**")
         t2.dataframe([dict(token=t, probability=p) for t, p in r.top_after], hide_index=True)
         if st.button("Continue the text with and without the change", key="w.ag_continue"):
-            before, after = ag.continuations(model, g, nodes, float(factor), tcs=tcs)
+            before, after = graph_checks.continuations(model, g, nodes, float(factor), tcs=tcs)
             st.markdown(f"**Original:** {before.text!r}\n\n**Changed:** {after.text!r}")
 
 view.share()

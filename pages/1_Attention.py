@@ -5,7 +5,6 @@ import streamlit as st
 from workbench import attention, long, ui
 from workbench.figures import attention as draw
 from workbench.figures import long as draw_long
-from workbench.runs import hook_names, run_prompt
 
 view = ui.View(
     "Attention",
@@ -13,25 +12,21 @@ view = ui.View(
     shared=("model", "prompt", "layer", "head", "pos"),
 )
 head_types_on_repeats = view.cached(attention.head_types_on_repeats, spinner="Scoring heads on repeated random tokens…")
-long_patterns = view.cached(long.patterns, entries=2, spinner="Running the long prompt, keeping each layer's patterns…")
+long_patterns = view.cached(attention.patterns, entries=2, spinner="Running the long prompt, keeping each layer's patterns…")
 model = view.start()
 prompt, truncate = ui.prompt_form(model)
 
 with ui.guard("the attention patterns"):
     n = ui.memory_plan(model, prompt, truncate, "attention")
     is_long = n > long.LONG_TOKENS  # long prompt: float16 patterns kept as each layer computes them, no run cache
-    if is_long:
-        p, tokens = long_patterns(model, prompt, truncate)
-    else:
-        run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
-        p, tokens = attention.patterns_of(run), run.tokens
+    p = long_patterns(model, prompt, truncate) if is_long else attention.patterns(model, prompt, truncate)
     labels = p.labels
     # the page opens on the best induction head: on repeated random tokens when this model's scores are on disk
     # (or cheap), else on the prompt's own patterns (no extra pass)
     repeats = attention.stored_head_types_on_repeats(model) or head_types_on_repeats.peek(model)
     if repeats is None and not attention.repeats_estimate(model).over_budget:
         repeats = head_types_on_repeats(model)
-    on_prompt = long.head_types(model, p, tokens) if is_long else attention.head_types(model, run)
+    on_prompt = attention.head_types(model, p)
     strongest = (repeats if repeats is not None else on_prompt).ranked("induction", 1)[0]
     layer, head = ui.head_picker(model, default=(strongest["layer"], strongest["head"]))
     ui.probe_command("attention", model, prompt=prompt, layer=layer, head=head)

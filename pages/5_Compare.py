@@ -31,7 +31,7 @@ prompt_a, prompt_b = st.session_state[ui.PROMPT], st.session_state[PROMPT_B]
 with ui.guard("the comparison"):
     n = max(ui.memory_plan(model, prompt_a, False, "compare"), long.n_tokens(model, prompt_b))
     # long prompts: float16 patterns, the difference taken a layer at a time (no run cache of every pattern)
-    d = long.pattern_diff(model, prompt_a, prompt_b) if n > long.LONG_TOKENS else compare.pattern_diff(model, prompt_a, prompt_b)
+    d = compare.pattern_diff(model, prompt_a, prompt_b, chunked=n > long.LONG_TOKENS)
     al = d.alignment
     ui.token_rows(al.labels_a, al.labels_b, al.differ, names=("A", "B"))
     if not al.same_length:

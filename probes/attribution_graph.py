@@ -9,6 +9,7 @@ import json
 import time
 
 from workbench import attribution_graph as ag
+from workbench import attribution_graph_checks as graph_checks
 from workbench import graph_files, task_circuits, tasks
 from workbench.figures import attribution_graph as draw
 from workbench.tokens import single_token_id
@@ -71,15 +72,18 @@ def body(model, s, out):
     top = g.top_features(int(s["top"]))
     checks = []
     for factor in s["factors"]:
-        r = ag.intervene(model, g, top, float(factor))
+        r = graph_checks.intervene(model, g, top, float(factor))
         out.figure(draw.intervention_figure(r), f"intervention-top-x{factor:g}")
-        randoms = [ag.intervene(model, g, ag.random_features(g, len(top), seed=k, exclude=top), float(factor)) for k in range(5)]
+        randoms = [
+            graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=k, exclude=top), float(factor))
+            for k in range(5)
+        ]
         checks.append({**r.rows()[0], "random_attention_frozen": [x.attention_frozen for x in randoms],
                        "random_replacement": [x.replacement for x in randoms], "random_real": [x.real for x in randoms]})  # fmt: skip
     out.data("interventions", checks, checks)
-    doc = ag.export(g, s["slug"], model.info.name, [["top"] + [g.node_id(i) for i in top]])
+    doc = graph_files.export(g, s["slug"], model.info.name, [["top"] + [g.node_id(i) for i in top]])
     out.text(f"{s['slug']}.json", json.dumps(doc))
-    out.text("features.json", json.dumps(ag.feature_details(model, g)))
+    out.text("features.json", json.dumps(graph_files.feature_details(model, g)))
     # circuit-tracer's viewer folder: the graph, its listing, one detail file per feature (graph_files)
     graph_files.write(out.folder / "viewer", model, g, s["slug"], model.info.name, [["top"] + [g.node_id(i) for i in top]])
     out.manifest["summary"] = {

@@ -36,6 +36,24 @@ def _independent_head_types(pattern, tokens):
     return out
 
 
+def test_the_short_and_the_long_path_both_give_plain_transformers_patterns_and_head_types(english):
+    """One function per idea, two paths: the run cache in float32, and the long prompts' chunked path (float16 kept a
+    layer at a time, no cache). On a prompt both can run, each equals transformers' output_attentions, and the head
+    types of each equal the definitions computed by hand on transformers' patterns."""
+    prompt = "The whale swam into the bay. The boat followed the whale into the bay, and the whale swam away."
+    short, chunked = attention.patterns(english, prompt, chunked=False), attention.patterns(english, prompt, chunked=True)
+    assert short.pattern.dtype == torch.float32 and chunked.pattern.dtype == torch.float16
+    assert torch.equal(short.tokens, chunked.tokens) and short.labels == chunked.labels
+    ref = hf_patterns(hf_model(english), short.tokens[None])[0]  # (layer, head, query, key)
+    assert torch.allclose(short.pattern, ref, atol=1e-4)
+    assert torch.allclose(chunked.pattern.float(), ref, atol=1e-3)  # float16 keeps ~3 significant digits
+    by_hand = _independent_head_types(ref, short.tokens)
+    for p, atol in ((short, 1e-4), (chunked, 2e-3)):
+        got = attention.head_types(english, p).scores
+        for kind in attention.HEAD_TYPES:
+            assert torch.allclose(got[kind], by_hand[kind], atol=atol, equal_nan=True), kind
+
+
 @pytest.mark.parametrize("prompt", ["apple river stone cloud apple river stone cloud tiger apple river", "apple river stone"])
 def test_head_types_agree_with_an_independent_computation(circuits, prompt):
     run = run_prompt(circuits, prompt, hook_names(circuits, "attn.hook_pattern"))

@@ -21,7 +21,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from workbench import attribution_graph as ag
-from workbench import engine, families
+from workbench import attribution_graph_checks as graph_checks
+from workbench import attribution_graph_pruning as pruning
+from workbench import engine, families, graph_files, replacement_model
 from workbench.errors import InputError
 from workbench.model import load_model
 from workbench.runs import encode, run_tokens
@@ -85,7 +87,7 @@ def test_the_replacement_model_with_error_nodes_reproduces_the_logits(family):
     _name, model, plain, tcs = family
     ids = encode(model, PROMPT)[0]
     w = engine.weights_of(model)
-    fz = ag.freeze(w, ids)
+    fz = replacement_model.freeze(w, ids)
     errors = {layer: fz.mlp_out[layer] - tc(fz.mlp_in[layer]) for layer, tc in tcs.items()}
     with torch.no_grad():
         replaced = engine.forward(w, ids[None], edits=splice_edits(w, tcs, errors)).logits[0]
@@ -103,8 +105,8 @@ def test_the_graphs_prediction_is_the_frozen_replacement_model(family):
     # small changes keep every TopK set as it was, and the frozen model is then linear (at ×0.9 a random
     # transcoder's TopK sets already change here: measured, prediction -0.03 against 0.16 on GPT-2)
     for factor in (0.99, 1.01):
-        predicted = ag.predict(g, top, factor)
-        frozen = ag.frozen_effect(w, g, tcs, top, factor)
+        predicted = graph_checks.predict(g, top, factor)
+        frozen = graph_checks.frozen_effect(w, g, tcs, top, factor)
         assert abs(frozen) > 1e-5
         assert predicted == pytest.approx(frozen, abs=2e-5, rel=3e-3)
 
@@ -121,10 +123,10 @@ def test_influence_is_the_matrix_series():
     """The influence of the power series equals w·((I - A)^-1 - I), the closed form."""
     gen = torch.Generator().manual_seed(0)
     A = torch.rand(6, 6, generator=gen).tril(-1)  # a DAG
-    norm = ag.normalize(A)
+    norm = pruning.normalize(A)
     w = torch.tensor([0, 0, 0, 0, 0.3, 0.7])
     closed = w @ (torch.linalg.inv(torch.eye(6) - norm) - torch.eye(6))
-    assert torch.allclose(ag.influence_of(norm, w), closed, atol=1e-6)
+    assert torch.allclose(pruning.influence_of(norm, w), closed, atol=1e-6)
 
 
 # ---- the shipped models with their trained transcoders ------------------------------------------------
@@ -164,14 +166,17 @@ def test_clamping_the_top_features_changes_the_answer_as_the_edges_predict(shipp
     model, g = shipped_graph
     top = g.top_features(5)
     assert top
-    r = ag.intervene(model, g, top, 0.0)
+    r = graph_checks.intervene(model, g, top, 0.0)
     assert abs(r.replacement) > 0.3, r
     assert r.replacement == pytest.approx(r.predicted, rel=0.35), r
     assert r.frozen == pytest.approx(r.predicted, rel=0.05, abs=0.01), r
-    random = sorted(abs(ag.intervene(model, g, ag.random_features(g, len(top), seed=s, exclude=top), 0.0).replacement) for s in range(10))
+    random = sorted(
+        abs(graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=s, exclude=top), 0.0).replacement)
+        for s in range(10)
+    )
     assert (random[4] + random[5]) / 2 < abs(r.replacement) / 5, (r, random)
     assert r.attention_frozen == pytest.approx(r.predicted, rel=0.35), r
-    doubled = ag.intervene(model, g, top, 2.0)
+    doubled = graph_checks.intervene(model, g, top, 2.0)
     assert doubled.predicted == pytest.approx(-r.predicted, rel=1e-4) and abs(doubled.replacement) < abs(doubled.predicted)
     assert doubled.final_norm_live == pytest.approx(doubled.attention_frozen, abs=0.05), doubled
 
@@ -180,7 +185,7 @@ def test_the_export_validates_against_circuit_tracers_schema(shipped_graph, tmp_
     jsonschema = pytest.importorskip("jsonschema")
     model, g = shipped_graph
     top = g.top_features(2)
-    doc = ag.export(g, "test-graph", model.info.name, supernodes=[["top two"] + [g.node_id(i) for i in top]])
+    doc = graph_files.export(g, "test-graph", model.info.name, supernodes=[["top two"] + [g.node_id(i) for i in top]])
     jsonschema.validate(json.loads(json.dumps(doc)), json.loads(SCHEMA.read_text()))
     ids = {n["node_id"] for n in doc["nodes"]}
     assert len(ids) == len(doc["nodes"])
@@ -191,7 +196,7 @@ def test_the_export_validates_against_circuit_tracers_schema(shipped_graph, tmp_
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, json.loads(SCHEMA.read_text()))
     with pytest.raises(InputError, match="slug"):
-        ag.export(g, "no spaces please", "x")
+        graph_files.export(g, "no spaces please", "x")
 
 
 def test_transcoders_round_trip_in_saelens_format(tmp_path, english):

@@ -21,7 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from workbench import attribution_graph as ag
-from workbench import engine, families
+from workbench import attribution_graph_checks as graph_checks
+from workbench import engine, families, replacement_model
 from workbench.model import load_model
 from workbench.runs import encode, run_tokens
 from workbench.transcoder import Transcoder, load_set, reconstruction_errors, splice_edits
@@ -66,7 +67,7 @@ def test_the_replacement_model_with_cross_layer_writes_reproduces_the_logits(fam
     model, plain, tcs = family
     ids = encode(model, PROMPT)[0]
     w = engine.weights_of(model)
-    fz = ag.freeze(w, ids)
+    fz = replacement_model.freeze(w, ids)
     errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
     per_layer = {layer: dataclasses.replace(tc, W_dec_later=None) for layer, tc in tcs.items()}
     with torch.no_grad():
@@ -83,8 +84,8 @@ def test_the_graphs_prediction_is_the_frozen_replacement_model(family):
     w = engine.weights_of(model)
     early = [i for i in g.top_features(g.n_features, pruned=False) if g.features[i, 0] == 0][:3]  # they write to every layer
     for factor in (0.99, 1.01):
-        predicted = ag.predict(g, early, factor)
-        frozen = ag.frozen_effect(w, g, tcs, early, factor)
+        predicted = graph_checks.predict(g, early, factor)
+        frozen = graph_checks.frozen_effect(w, g, tcs, early, factor)
         assert abs(frozen) > 1e-5
         assert predicted == pytest.approx(frozen, abs=2e-5, rel=3e-3)
 
@@ -94,7 +95,7 @@ def test_ablating_a_feature_in_the_real_model_takes_out_all_its_decoder_rows(fam
     g = ag.build(model, PROMPT, tcs)
     i = next(i for i in g.top_features(g.n_features, pruned=False) if g.features[i, 0] == 0)
     layer, pos, f = g.features[i].tolist()
-    r = ag.intervene(model, g, [i], 0.0, tcs)
+    r = graph_checks.intervene(model, g, [i], 0.0, tcs)
 
     def remove(row):
         def hook(act, hook):

@@ -1,4 +1,4 @@
-"""The graph's interventions measured as circuit-tracer measures them (attribution_graph.intervene: `attention_frozen`,
+"""The graph's interventions measured as circuit-tracer measures them (attribution_graph_checks.intervene: `attention_frozen`,
 its ReplacementModel.feature_intervention with the default freeze_attention=True, and `real`, attention live), on the
 circuits model with its shipped transcoders, against references that share no code with them:
 - transformer-lens hooks on the bridge, written here: the transcoder's activations read at `mlp.hook_in`, each set
@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from workbench import attribution_graph as ag
+from workbench import attribution_graph_checks as graph_checks
 from workbench import engine
 from workbench.runs import run_tokens
 from workbench.transcoder import transcoders_of
@@ -91,7 +92,7 @@ def test_frozen_patterns_are_the_runs_own_and_change_nothing_by_themselves(circu
 
 
 def test_a_clamp_to_the_features_own_values_changes_nothing(circuits, graph):
-    r = ag.intervene(circuits, graph, graph.top_features(5), 1.0)
+    r = graph_checks.intervene(circuits, graph, graph.top_features(5), 1.0)
     for v in (r.predicted, r.frozen, r.final_norm_live, r.replacement, r.attention_frozen, r.final_norm_frozen, r.real):
         assert v == pytest.approx(0.0, abs=1e-4), r
 
@@ -100,8 +101,8 @@ def test_a_clamp_to_the_features_own_values_changes_nothing(circuits, graph):
 def test_the_real_model_measurements_equal_hooks_written_apart(circuits, graph, factor):
     """The top supernode and a random draw that acts through attention too (ablated: +0.16 with attention frozen, -0.08
     live), so that the two measurements differ and each must match its own reference."""
-    for nodes in (graph.top_features(5), ag.random_features(graph, 5, seed=2)):
-        r = ag.intervene(circuits, graph, nodes, factor)
+    for nodes in (graph.top_features(5), graph_checks.random_features(graph, 5, seed=2)):
+        r = graph_checks.intervene(circuits, graph, nodes, factor)
         assert r.attention_frozen == pytest.approx(hooked_change(circuits, graph, nodes, factor, True), abs=1e-4)
         assert r.real == pytest.approx(hooked_change(circuits, graph, nodes, factor, False), abs=1e-4)
     if factor == 0.0:
@@ -129,7 +130,7 @@ def test_through_the_final_norm_alone_the_prediction_freezes_its_scale_and_the_m
         y = x + change
         scale = (x.var(unbiased=False) + ln.eps).sqrt()  # the real run's divisor, frozen
         frozen = _answer_change(before, head((y - y.mean()) / scale * ln.weight + ln.bias), answer)
-    r = ag.intervene(circuits, graph, [i], 0.0)
+    r = graph_checks.intervene(circuits, graph, [i], 0.0)
     for v in (r.predicted, r.frozen, r.final_norm_frozen):
         assert v == pytest.approx(frozen, abs=1e-4), r
     for v in (r.attention_frozen, r.real, r.final_norm_live):

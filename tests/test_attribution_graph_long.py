@@ -19,6 +19,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from workbench import attribution_graph as ag
+from workbench import attribution_graph_plan as graph_plan
+from workbench import attribution_graph_pruning as pruning
 from workbench import families
 from workbench.errors import InputError
 from workbench.model import load_model
@@ -53,15 +55,15 @@ def small(tmp_path_factory):
 def _dense_prune(A, weights, n_features, n_keep_tail, node_threshold, edge_threshold):
     """circuit-tracer's prune_graph on the whole (node, node) adjacency, as this module computed it before it
     pruned the computed rows alone: the reference."""
-    influence = ag.influence_of(ag.normalize(A), weights)
-    node_mask = influence >= ag._threshold(influence, node_threshold)
+    influence = pruning.influence_of(pruning.normalize(A), weights)
+    node_mask = influence >= pruning._threshold(influence, node_threshold)
     node_mask[-n_keep_tail:] = True
     pruned = A.clone()
     pruned[~node_mask] = 0
     pruned[:, ~node_mask] = 0
-    norm = ag.normalize(pruned)
-    edge_scores = norm * (ag.influence_of(norm, weights) + weights)[:, None]
-    edge_mask = (edge_scores >= ag._threshold(edge_scores.flatten(), edge_threshold)) & (pruned != 0)
+    norm = pruning.normalize(pruned)
+    edge_scores = norm * (pruning.influence_of(norm, weights) + weights)[:, None]
+    edge_mask = (edge_scores >= pruning._threshold(edge_scores.flatten(), edge_threshold)) & (pruned != 0)
     body = slice(0, A.shape[0] - n_keep_tail)
     previous = None
     while previous is None or not torch.equal(previous, node_mask):
@@ -103,7 +105,7 @@ def test_a_long_prompt_stays_under_its_planned_peak(english):
     if tcs is None:
         pytest.skip("english has no transcoders")
     budget = 48 * MB
-    full = ag.plan_graph(w, len(tokens), 2 * len(tokens) * 16, 1024, ag.CONFIG, budget=2**40)
+    full = graph_plan.plan_graph(w, len(tokens), 2 * len(tokens) * 16, 1024, ag.CONFIG, budget=2**40)
     assert full.bytes > budget  # the whole graph would not fit
     peak, g = peak_bytes(lambda: ag.build_tokens(english, w, tokens, tcs, ag.CONFIG, None, "held-out prose", budget=budget))
     assert g.n_pos == 250 and 0 < g.plan.rows < g.plan.wanted == min(g.active_total, ag.CONFIG.max_features)

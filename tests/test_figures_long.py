@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from tests.test_long import long_prompt
-from workbench import families, long
+from workbench import attention, compare, families
 from workbench.figures import long as draw
 from workbench.model import load_model
 
@@ -22,7 +22,7 @@ def deep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def long_patterns(deep):
-    return long.patterns(deep, long_prompt(deep, 1024))[0]
+    return attention.patterns(deep, long_prompt(deep, 1024))
 
 
 def pixels(fig) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_thinned_keeps_every_label_when_few():
 
 
 def test_diff_image_holds_the_difference_on_the_diverging_scale(deep):
-    d = long.pattern_diff(deep, long_prompt(deep, 600, seed=1), long_prompt(deep, 600, seed=2))
+    d = compare.pattern_diff(deep, long_prompt(deep, 600, seed=1), long_prompt(deep, 600, seed=2))
     fig = draw.diff_image(d, 2, 1)
     want = expected_indices((d.diff[2, 1].float() + 1) / 2)
     assert np.abs(pixels(fig).astype(np.int64) - want).max() <= 1

@@ -55,7 +55,7 @@ def test_every_feature_node_has_its_file_where_the_viewer_looks(written):
         detail = json.loads(path.read_text())
         jsonschema.validate(detail, schema)
         layer, f = node["jsNodeId"].split("-")[0].split("_")
-        assert detail["index"] == node["feature"] == ag._cantor(int(layer), int(f))
+        assert detail["index"] == node["feature"] == graph_files.cantor(int(layer), int(f))
     listing = json.loads((folder / "graph-metadata.json").read_text())
     assert [m["slug"] for m in listing["graphs"]] == ["copying"]
     with pytest.raises(jsonschema.ValidationError):

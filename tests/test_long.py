@@ -33,19 +33,18 @@ def long_prompt(model, n_tokens: int, seed: int = 0) -> str:
     return " ".join(words[i] for i in picks[:count])
 
 
-def test_patterns_equal_the_whole_cache_to_float16_precision(english):
+def test_chunked_patterns_equal_the_whole_cache_to_float16_precision(english):
     prompt = long_prompt(english, 200)
-    p, tokens = long.patterns(english, prompt)
-    full = attention.patterns(english, prompt)
-    assert p.pattern.dtype == torch.float16 and p.pattern.shape == full.pattern.shape
+    p = attention.patterns(english, prompt, chunked=True)
+    full = attention.patterns(english, prompt)  # 200 tokens: the cached path
+    assert p.pattern.dtype == torch.float16 and full.pattern.dtype == torch.float32 and p.pattern.shape == full.pattern.shape
     assert torch.allclose(p.pattern.float(), full.pattern, atol=1e-3, rtol=1e-3)
-    assert p.labels == full.labels and torch.equal(tokens, run_prompt(english, prompt).tokens)
+    assert p.labels == full.labels and torch.equal(p.tokens, run_prompt(english, prompt).tokens)
 
 
 def test_head_types_by_layer_equal_the_whole_pattern_scores(english):
     prompt = long_prompt(english, 120, seed=1)
-    p, tokens = long.patterns(english, prompt)
-    chunked = long.head_types(english, p, tokens)
+    chunked = attention.head_types(english, attention.patterns(english, prompt, chunked=True))
     whole = attention.head_types(english, run_prompt(english, prompt, hook_names(english, "attn.hook_pattern")))
     for kind in attention.HEAD_TYPES:
         assert torch.allclose(chunked.scores[kind], whole.scores[kind], atol=2e-3), kind
@@ -53,7 +52,8 @@ def test_head_types_by_layer_equal_the_whole_pattern_scores(english):
 
 def test_pattern_diff_by_layer_equals_the_whole_one(english):
     a, b = long_prompt(english, 100, seed=2), long_prompt(english, 100, seed=3)
-    chunked, whole = long.pattern_diff(english, a, b), compare.pattern_diff(english, a, b)
+    chunked, whole = compare.pattern_diff(english, a, b, chunked=True), compare.pattern_diff(english, a, b)
+    assert chunked.diff.dtype == torch.float16 and whole.diff.dtype == torch.float32
     assert chunked.alignment.n == whole.alignment.n
     assert torch.allclose(chunked.diff.float(), whole.diff, atol=2e-3)
     assert torch.allclose(chunked.change, whole.change, atol=2e-3)
@@ -61,8 +61,9 @@ def test_pattern_diff_by_layer_equals_the_whole_one(english):
 
 def test_long_patterns_run_at_1024_tokens_with_rows_summing_to_one(deep):
     prompt = long_prompt(deep, 1024)
-    p, tokens = long.patterns(deep, prompt)
-    n = len(tokens)
+    p = attention.patterns(deep, prompt)  # past long.LONG_TOKENS: the chunked path, chosen by the length
+    assert p.pattern.dtype == torch.float16
+    n = len(p.tokens)
     assert 1000 <= n <= 1024 and p.pattern.shape == (4, 4, n, n)
     rows = p.pattern.float().sum(-1)  # (layer, head, query)
     assert torch.allclose(rows, torch.ones_like(rows), atol=2e-2)  # float16 keeps ~3 digits per weight
@@ -103,7 +104,7 @@ def test_unknown_view_is_refused(english):
 
 def test_too_long_prompt_is_an_input_error(english):
     with pytest.raises(InputError, match="context"):
-        long.patterns(english, long_prompt(english, 256) + " apple" * 10)
+        attention.patterns(english, long_prompt(english, 256) + " apple" * 10)
 
 
 def test_windowed_sweep_equals_the_full_sweep_on_its_positions(circuits):

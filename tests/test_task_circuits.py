@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from workbench import attribution_graph as ag
+from workbench import attribution_graph_checks as graph_checks
 from workbench import task_circuits as tc
 from workbench import tasks
 from workbench.errors import InputError
@@ -46,7 +47,7 @@ def test_a_pairs_numbers_are_the_interventions_on_its_graph(induction, circuits)
     """measured: the real model with attention frozen; live: with attention live (both checked against hooks elsewhere)."""
     p = induction.pairs[0]
     g = ag.build(circuits, p.prompt, answer=tasks.token_id(circuits.tokenizer, p.answer))
-    r = ag.intervene(circuits, g, [g.index_of(n) for n in p.nodes], tc.CHECK.factor)
+    r = graph_checks.intervene(circuits, g, [g.index_of(n) for n in p.nodes], tc.CHECK.factor)
     assert (p.predicted, p.measured, p.live, p.replacement, p.frozen, p.final_norm_live) == pytest.approx(
         (r.predicted, r.attention_frozen, r.real, r.replacement, r.frozen, r.final_norm_live), abs=1e-5
     )

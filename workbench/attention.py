@@ -13,6 +13,11 @@ it, averaged over the query positions where that behaviour has somewhere to look
 The target masks come from `transformer_lens.head_detector`'s detection patterns; the score is a
 share of attention (TransformerLens's "mul" measure divides by all rows, so a perfect induction
 head scores ~0.5 there -- see heads.py).
+
+Long prompts take the same functions: past `long.LONG_TOKENS` tokens `patterns` runs the prompt
+once without the run cache, each layer's hook keeping its pattern in float16 as it is computed (a
+full cache of a 1,024-token prompt holds ~2 GB, its float32 patterns alone 604 MB on a GPT-2-small
+shape), and head types are always scored one layer at a time in float32 (long.py plans the memory).
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench import cost, engine
+from workbench import cost, engine, long
 from workbench.errors import InputError
 from workbench.heads import attention_share, choosing_rows, repeat_scores, target_masks
 from workbench.model import LoadedModel
-from workbench.runs import Run, check_position, head_results, hook_names, provenance, run_prompt
+from workbench.runs import Run, check_position, encode, head_results, hook_names, provenance, run_prompt, run_tokens
+from workbench.tokens import token_labels
 
 HEAD_TYPES = ("previous token", "duplicate token", "induction", "first token", "entropy")
+KEEP_DTYPE = torch.float16  # patterns of long prompts: 3 significant digits, half float32's memory
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,8 @@ class Patterns:
     model: str
     prompt: str
     labels: list[str]  # token labels, (pos,)
-    pattern: torch.Tensor  # (layer, head, query, key)
+    pattern: torch.Tensor  # (layer, head, query, key); float16 for a long prompt
+    tokens: torch.Tensor  # (pos,) token ids, BOS first
     provenance: dict = field(default_factory=dict, repr=False)  # model and source, prompt(s), settings, versions (runs.provenance)
 
     @property
@@ -61,13 +69,36 @@ def check_head(n_layers: int, n_heads: int, layer: int, head: int) -> None:
         raise InputError(f"head {head} does not exist: each layer has heads 0..{n_heads - 1}")
 
 
-def patterns(model: LoadedModel, prompt: str, truncate: bool = False) -> Patterns:
-    run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
-    return dataclasses.replace(patterns_of(run), provenance=provenance(model, [prompt], view="attention patterns", truncate=truncate))
+def patterns(model: LoadedModel, prompt: str, truncate: bool = False, chunked: bool | None = None) -> Patterns:
+    """Every head's pattern on `prompt`, (layer, head, query, key).
+
+    Not `chunked` (by default: up to long.LONG_TOKENS tokens): from the shared run cache, float32.
+    `chunked`: one uncached forward pass whose hook at each layer copies its pattern to float16 on
+    the CPU and keeps nothing else, the logits computed for the last position only, so that one
+    layer's float32 patterns are alive at a time.
+    """
+    tokens, _ = encode(model, prompt, truncate)
+    if not (len(tokens) > long.LONG_TOKENS if chunked is None else chunked):
+        run = run_prompt(model, prompt, hook_names(model, "attn.hook_pattern"), truncate=truncate)
+        return dataclasses.replace(patterns_of(run), provenance=provenance(model, [prompt], view="attention patterns", truncate=truncate))
+    names = hook_names(model, "attn.hook_pattern")
+    kept: dict[str, torch.Tensor] = {}
+
+    def keeper(name: str):
+        def keep(act: torch.Tensor, hook) -> None:
+            kept[name] = act[0].detach().to("cpu", KEEP_DTYPE)  # (head, query, key)
+
+        return keep
+
+    run_tokens(model, tokens[None], hooks=[(n, keeper(n)) for n in names], last_only=True)
+    pattern = torch.stack([kept[n] for n in names])  # (layer, head, query, key) float16
+    labels = token_labels(model.tokenizer, tokens.tolist())
+    settings = dict(view="attention patterns", truncate=truncate, chunked=True, dtype="float16")
+    return Patterns(model.info.name, prompt, labels, pattern, tokens, provenance(model, [prompt], **settings))
 
 
 def patterns_of(run: Run) -> Patterns:
-    return Patterns(run.model, run.prompt, run.labels, run.stack("attn.hook_pattern").float())
+    return Patterns(run.model, run.prompt, run.labels, run.stack("attn.hook_pattern").float(), run.tokens)
 
 
 @dataclass(frozen=True)
@@ -126,17 +157,26 @@ class HeadTypes:
 
 
 def head_types_of(pattern: torch.Tensor, tokens: torch.Tensor, source: str = "prompt") -> HeadTypes:
-    """Scores from a (layer, head, query, key) pattern over `tokens` (pos,); query 0 is left out (it cannot choose)."""
-    scores = {name: attention_share(pattern, mask) for name, mask in target_masks(tokens).items()}
+    """Scores from a (layer, head, query, key) pattern over `tokens` (pos,); query 0 is left out (it cannot choose).
+
+    Scored one layer at a time in float32, so that a long prompt's float16 patterns are never copied whole."""
+    masks = target_masks(tokens)  # name -> (query, key)
     rows = choosing_rows(pattern.shape[-1])
-    entropy = -(pattern * pattern.clamp_min(1e-12).log()).sum(-1)  # (layer, head, query)
-    scores["entropy"] = entropy[..., rows].mean(-1) if rows.any() else torch.full(pattern.shape[:2], float("nan"))
-    return HeadTypes(source, scores)
+    per_layer = []
+    for layer in range(pattern.shape[0]):
+        p = pattern[layer : layer + 1].float()  # (1, head, query, key)
+        scores = {name: attention_share(p, mask) for name, mask in masks.items()}
+        entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (1, head, query)
+        scores["entropy"] = entropy[..., rows].mean(-1) if rows.any() else torch.full(p.shape[:2], float("nan"))
+        per_layer.append(scores)
+    return HeadTypes(source, {name: torch.cat([s[name] for s in per_layer]) for name in per_layer[0]})
 
 
-def head_types(model: LoadedModel, run: Run) -> HeadTypes:
-    types = head_types_of(run.stack("attn.hook_pattern").float(), run.tokens, "prompt")
-    return dataclasses.replace(types, provenance=provenance(model, [run.prompt], view="head types"))
+def head_types(model: LoadedModel, of: Run | Patterns) -> HeadTypes:
+    """Head types on a prompt's own patterns: from its run (with the patterns cached) or its `patterns`, short or long."""
+    p = patterns_of(of) if isinstance(of, Run) else of
+    types = head_types_of(p.pattern, p.tokens, "prompt")
+    return dataclasses.replace(types, provenance=provenance(model, [p.prompt], view="head types"))
 
 
 def _repeats_on_disk(n: int, seqs: int, seed: int) -> tuple[str, Callable, Callable]:

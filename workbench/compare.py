@@ -4,6 +4,10 @@ Positions are compared one to one, from the start. Where the two prompts tokeniz
 length the comparison covers every position; otherwise it covers the shared prefix length, and
 the result says so (`Alignment.same_length`). Causality gives a check for free: before the first
 differing token the two runs are identical, so every difference there is exactly zero.
+
+Long prompts take the same functions: past `long.LONG_TOKENS` tokens each prompt's patterns are
+kept in float16 (attention.patterns) and their difference is taken a layer at a time, and the lens
+difference reads only the residual stream at the lens points, a chunk of positions at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workbench import attention, long
 from workbench import lens as lens_
 from workbench.model import LoadedModel
 from workbench.runs import Run, encode, hook_names, provenance, run_prompt, run_tokens
@@ -37,16 +42,28 @@ def _names(model: LoadedModel) -> list[str]:
     return hook_names(model, "attn.hook_pattern") + [name for _, name in lens_.lens_points(model)]
 
 
-def pattern_diff(model: LoadedModel, prompt_a: str, prompt_b: str) -> PatternDiff:
-    names = _names(model)
-    run_a, run_b = run_prompt(model, prompt_a, names), run_prompt(model, prompt_b, names)
-    al = align_runs(model, run_a, run_b)
+def pattern_diff(model: LoadedModel, prompt_a: str, prompt_b: str, chunked: bool | None = None) -> PatternDiff:
+    """B's patterns minus A's over the compared positions, and each head's change.
+
+    Not `chunked` (by default: both prompts up to long.LONG_TOKENS tokens): from the shared run
+    cache, whose runs lens_diff reuses. `chunked`: each prompt's patterns kept in float16
+    (attention.patterns), the difference stored in float16 too."""
+    if chunked is None:
+        chunked = max(long.n_tokens(model, prompt_a), long.n_tokens(model, prompt_b)) > long.LONG_TOKENS
+    if chunked:
+        pa, pb = (attention.patterns(model, p, chunked=True) for p in (prompt_a, prompt_b))
+    else:
+        pa, pb = (attention.patterns_of(run_prompt(model, p, _names(model))) for p in (prompt_a, prompt_b))
+    al = align(model.tokenizer, pa.tokens, pb.tokens)
     n = al.n
-    a = run_a.stack("attn.hook_pattern")[..., :n, :n].float()
-    b = run_b.stack("attn.hook_pattern")[..., :n, :n].float()
-    diff = b - a
-    change = 0.5 * diff.abs().sum(-1).mean(-1)  # total variation distance of each row, mean over queries
-    return PatternDiff(al, a, b, diff, change, provenance(model, [prompt_a, prompt_b], view="pattern difference"))
+    a, b = pa.pattern[..., :n, :n], pb.pattern[..., :n, :n]  # (layer, head, n, n)
+    diff = torch.empty_like(a)
+    change = torch.empty(a.shape[:2])  # (layer, head)
+    for layer in range(a.shape[0]):  # a layer at a time: float32 arithmetic on one layer of a long prompt's float16
+        d = b[layer].float() - a[layer].float()  # (head, n, n)
+        diff[layer] = d
+        change[layer] = 0.5 * d.abs().sum(-1).mean(-1)  # total variation distance of each row, mean over queries
+    return PatternDiff(al, a, b, diff, change, provenance(model, [prompt_a, prompt_b], view="pattern difference", chunked=chunked))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workbench import engine
-from workbench.methods import Pair, pairs_provenance, site_names
+from workbench.methods import Node, Pair, nodes_of, pairs_provenance, site_names
 from workbench.model import LoadedModel
 
 EDGE_METHODS = ("exact", "EAP", "EAP-IG")
@@ -56,16 +56,12 @@ class Sender:
 
 
 @dataclass(frozen=True)
-class Receiver:
-    kind: str  # "q", "k", "v" (k and v: a key/value head), "mlp" or "logits"
-    layer: int
-    head: int | None = None
+class Receiver(Node):
+    """What reads the residual stream: a node (methods.Node: a head's q, k or v, an MLP), or the logits (kind "logits")."""
 
     @property
     def label(self) -> str:
-        if self.kind == "logits":
-            return "logits"
-        return f"L{self.layer} MLP" if self.kind == "mlp" else f"L{self.layer}H{self.head}.{self.kind}"
+        return "logits" if self.kind == "logits" else super().label
 
     def reads(self, parallel: bool) -> tuple[float, ...]:
         return (self.layer, 1.0 if self.kind == "mlp" and not parallel else 0.0)
@@ -89,12 +85,8 @@ def senders_of(w: engine.Weights) -> list[Sender]:
 
 
 def receivers_of(w: engine.Weights) -> list[Receiver]:
-    out = []
-    for layer in range(w.n_layers):
-        out += [Receiver("q", layer, h) for h in range(w.n_heads)]
-        out += [Receiver(kind, layer, g) for kind in ("k", "v") for g in range(w.n_kv_heads)]
-        out.append(Receiver("mlp", layer))
-    return [*out, Receiver("logits", w.n_layers)]
+    """Every node (methods.nodes_of, in its order), then the logits."""
+    return [*(Receiver(n.kind, n.layer, n.head) for n in nodes_of(w)), Receiver("logits", w.n_layers)]
 
 
 def edges_of(w: engine.Weights) -> list[Edge]:

@@ -1,6 +1,6 @@
 """circuit-tracer's graph files: the graph JSON and one feature detail file per feature, as its viewer reads them.
 
-circuit-tracer's viewer (and Neuronpedia's) opens a graph JSON (attribution_graph.export) and, for
+circuit-tracer's viewer (and Neuronpedia's) opens a graph JSON (`export`) and, for
 the feature a user clicks, fetches that feature's detail file: `features/<scan>/<index>.json`, where
 `index` is the node's `feature` field, the Cantor pairing of (layer, feature). A detail file holds
 what the viewer draws beside the graph (its frontend/feature_models.py and feature_examples/*.js):
@@ -29,9 +29,12 @@ from pathlib import Path
 
 import torch
 
-from workbench.attribution_graph import AttributionGraph, _cantor, _weights, export, transcoders_for
+from workbench import attribution_graph as ag
+from workbench.attribution_graph import AttributionGraph
 from workbench.errors import InputError
 from workbench.model import LoadedModel
+from workbench.replacement_model import freeze
+from workbench.tokens import token_labels
 from workbench.transcoder import Transcoder
 
 BEFORE, AFTER = 16, 4  # tokens of context shown before and after the token an example peaks on
@@ -40,6 +43,110 @@ BANDS = 3  # bands of non-zero activations below the top, each with SAMPLES exam
 SAMPLES = 5
 BINS = 50  # histogram bins
 ROWS = 64  # held-out rows read
+
+
+# ---- export: circuit-tracer's graph JSON ------------------------------------------------------------------
+
+
+def cantor(x: int, y: int) -> int:
+    """The Cantor pairing of (layer, feature): a feature's index in circuit-tracer's files."""
+    return (x + y) * (x + y + 1) // 2 + y
+
+
+def export(g: AttributionGraph, slug: str, scan: str, supernodes: list[list[str]] = ()) -> dict:
+    """The graph in circuit-tracer's JSON (frontend/graph_models.py: metadata, qParams, nodes, links), pruned.
+
+    `supernodes`: [[name, node_id, ...], ...] as the viewer's qParams keeps them."""
+    if not slug or not all(c.isalnum() or c in "-_" for c in slug):
+        raise InputError(f"a graph's slug is letters, digits, - and _, got {slug!r}")
+    keep = g.node_mask.nonzero()[:, 0].tolist()
+    nodes = []
+    for i in keep:
+        k, layer, pos, f = g.where(i)
+        cum = float(g.cumulative[i])  # circuit-tracer's 'influence': the cumulative share up to this node
+        if k == "feature":
+            node = dict(node_id=g.node_id(i), feature=cantor(layer, f), layer=str(layer), ctx_idx=pos, feature_type="cross layer transcoder",
+                        jsNodeId=f"{layer}_{f}-0", clerp=g.label(i), influence=cum, activation=float(g.activations[i]))  # fmt: skip
+        elif k == "error":
+            node = dict(node_id=g.node_id(i), feature=-1, layer=str(layer), ctx_idx=pos, feature_type="mlp reconstruction error",
+                        jsNodeId=f"{layer}_-1-{pos}", clerp=g.label(i), influence=cum, activation=None)  # fmt: skip
+        elif k == "token":
+            node = dict(node_id=g.node_id(i), feature=pos, layer="E", ctx_idx=pos, feature_type="embedding",
+                        jsNodeId=f"E_{f}-{pos}", clerp=g.label(i), influence=cum, activation=None)  # fmt: skip
+        else:
+            j = i - (g.n_nodes - g.n_logits)
+            p = float(g.logit_probs[j])
+            node = dict(node_id=g.node_id(i), feature=f, layer=str(g.n_layers + 1), ctx_idx=pos, feature_type="logit",
+                        jsNodeId=f"L_{f}-{pos}", clerp=f'Output "{g.logit_labels[j]}" (p={p:.3f})', influence=cum, activation=None,
+                        token_prob=p, is_target_logit=j == 0)  # fmt: skip
+        node.setdefault("token_prob", 0.0)
+        node.setdefault("is_target_logit", False)
+        node.update(run_idx=0, reverse_ctx_idx=0)
+        nodes.append(node)
+    kept = set(keep)
+    dst, src = g.edge_mask.nonzero(as_tuple=True)
+    links = [
+        dict(source=g.node_id(s), target=g.node_id(t), weight=float(g.adjacency[t, s]))
+        for t, s in zip(dst.tolist(), src.tolist(), strict=True)
+        if s in kept and t in kept
+    ]
+    return {
+        "metadata": {
+            "slug": slug,
+            "scan": scan,
+            "transcoder_list": [],
+            "prompt_tokens": list(g.labels),
+            "prompt": g.prompt,
+            "node_threshold": g.config.node_threshold,
+            "schema_version": 1,
+            "info": {
+                "creator_name": "GPT interpretability workbench",
+                "generator": {"name": "workbench.attribution_graph"},
+                "replacement_score": g.replacement_score,
+                "completeness_score": g.completeness_score,
+            },
+        },
+        "qParams": {
+            "pinnedIds": [],
+            "supernodes": [list(s) for s in supernodes],
+            "linkType": "both",
+            "clickedId": "",
+            "sg_pos": "",
+        },
+        "nodes": nodes,
+        "links": links,
+    }
+
+
+def feature_details(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Transcoder] | None = None, k: int = 10) -> dict[str, dict]:
+    """node_id -> a feature detail file (circuit-tracer's frontend reads one per feature): its activation on this
+    prompt at every position and the tokens its decoder row promotes and suppresses through the unembedding."""
+    tcs = ag.transcoders_for(model, tcs)
+    w = ag._weights(model)
+    fz = freeze(w, g.tokens.to(model.device))
+    out = {}
+    for i in g.node_mask[: g.n_features].nonzero()[:, 0].tolist():
+        layer, _pos, f = g.features[i].tolist()
+        tc = tcs[layer]
+        with torch.no_grad():
+            acts = tc.encode(fz.mlp_in[layer])[:, f].float().cpu()  # (pos,)
+            effect = (tc.total_row(f).to(w.W_U) @ w.W_U).float().cpu()  # (d_vocab,)
+        up, down = effect.topk(k), (-effect).topk(k)
+        out[g.node_id(i)] = {
+            "index": cantor(layer, f),
+            "layer": layer,
+            "feature": f,
+            "act_max": float(acts.max()),
+            "activations": acts.tolist(),
+            "top_logits": token_labels(model.tokenizer, up.indices.tolist()),
+            "top_logit_values": up.values.tolist(),
+            "bottom_logits": token_labels(model.tokenizer, down.indices.tolist()),
+            "bottom_logit_values": (-down.values).tolist(),
+        }
+    return out
+
+
+# ---- the feature files ----------------------------------------------------------------------------------
 
 
 def process_token(token: str) -> str:
@@ -51,7 +158,7 @@ def _activations(model: LoadedModel, tcs: dict[int, Transcoder], wanted: dict[in
     """(rows (n, pos), valid (n, pos) bool, {layer: (n, pos, len(wanted[layer])) activations}) on the held-out rows."""
     from workbench.train.transcoders import heldout, io_of
 
-    w = _weights(model)
+    w = ag._weights(model)
     name, rows, _ = heldout(model)
     rows = rows[:ROWS]
     bos = model.bos_id if model.bos_id is not None else -1
@@ -114,13 +221,13 @@ def feature_file(model: LoadedModel, rows: torch.Tensor, valid: torch.Tensor, ac
         hist = torch.histc(values, bins=BINS, min=0.0, max=act_max).tolist()
     else:
         qv, hist = [0.0] * 100, [0.0] * BINS
-    w = _weights(model)
+    w = ag._weights(model)
     with torch.no_grad():
         effect = (tc.total_row(feature).to(w.W_U) @ w.W_U).float().cpu()  # (d_vocab,) what it writes, through the unembedding
     k = min(10, len(effect))
     return {
         "transcoder_id": transcoder_id,
-        "index": _cantor(layer, feature),
+        "index": cantor(layer, feature),
         "examples_quantiles": quantiles,
         "top_logits": [process_token(model.tokenizer.decode([i])) for i in effect.topk(k).indices.tolist()],
         "bottom_logits": [process_token(model.tokenizer.decode([i])) for i in (-effect).topk(k).indices.tolist()],
@@ -134,7 +241,7 @@ def feature_file(model: LoadedModel, rows: torch.Tensor, valid: torch.Tensor, ac
 
 def feature_files(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Transcoder] | None = None) -> dict[int, dict]:
     """{index: detail file} for every feature node kept by the graph's pruning (index: the node's `feature`, Cantor(layer, feature))."""
-    tcs = transcoders_for(model, tcs)
+    tcs = ag.transcoders_for(model, tcs)
     kept = g.node_mask[: g.n_features].nonzero()[:, 0].tolist()
     wanted: dict[int, list[int]] = {}
     for i in kept:
@@ -149,7 +256,7 @@ def feature_files(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Transc
         tc = tcs[layer]
         tid = tc.meta.get("model_name", "") or f"{model.info.name}/{tc.hook_name}"
         for j, f in enumerate(feats):
-            out[_cantor(layer, f)] = feature_file(model, rows, valid, acts[layer][..., j], tc, layer, f, tid)
+            out[cantor(layer, f)] = feature_file(model, rows, valid, acts[layer][..., j], tc, layer, f, tid)
     return out
 
 

@@ -6,14 +6,14 @@ and every hook of the model together about 2 GB, twice that while the run comput
 prompt never asks for the whole cache. Each view asks the run layer for what it draws:
 - attention: every layer's patterns, kept in float16 as each layer computes them (one hook per
   layer, the last position's logits only), so the float32 patterns of only one layer are alive
-  at a time; the head-type scores are taken a layer at a time;
+  at a time; the head-type scores are taken a layer at a time (attention.py);
 - lens: the residual stream at the lens points (points x positions x d_model), read through the
   unembedding a chunk of positions at a time (lens.py), never points x positions x vocabulary;
 - attribution: integrated gradients' steps in batches that fit the budget (`ig_batch`), each
   block checkpointed through the forward engine so that a backward pass keeps only the residual
   stream between blocks (attribution.py);
 - patching: a chosen window of positions (`patching.sweep(window=...)`), its cost shown first;
-- compare: both prompts' patterns in float16, their difference taken a layer at a time.
+- compare: both prompts' patterns in float16, their difference taken a layer at a time (compare.py).
 
 `plan(model, n_tokens, view)` says, before anything runs, what a view will hold at this length,
 what a full cache would hold, and the longest prompt the budget allows.
@@ -24,14 +24,9 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-import torch
-
-from workbench.attention import HeadTypes, Patterns, head_types_of
-from workbench.compare import PatternDiff
 from workbench.lens import lens_points
 from workbench.model import LoadedModel
-from workbench.runs import all_hook_names, encode, estimate_bytes, hook_names, memory_budget, provenance, run_tokens
-from workbench.tokens import align, token_labels
+from workbench.runs import all_hook_names, encode, estimate_bytes, memory_budget
 
 
 def map_large_allocations() -> None:
@@ -55,7 +50,6 @@ def map_large_allocations() -> None:
 
 LONG_TOKENS = 256  # prompts longer than this switch a page to its long-prompt views
 VIEWS = ("attention", "lens", "attribution", "patching", "compare")
-KEEP_DTYPE = torch.float16  # patterns of long prompts: 3 significant digits, half float32's memory
 
 
 def _bytes(dtype_name: str) -> int:
@@ -194,60 +188,6 @@ def plan(model: LoadedModel, n_tokens: int, view: str) -> Plan:
 def n_tokens(model: LoadedModel, prompt: str, truncate: bool = False) -> int:
     """The prompt's length in tokens (BOS included), as a run would see it."""
     return len(encode(model, prompt, truncate)[0])
-
-
-# ---- attention --------------------------------------------------------------------------------------
-
-
-def patterns(model: LoadedModel, prompt: str, truncate: bool = False) -> tuple[Patterns, torch.Tensor]:
-    """(every head's pattern kept in float16, the tokens (pos,)) from one forward pass, without the run cache.
-
-    Each layer's hook copies its (head, query, key) pattern to float16 on the CPU as it is computed
-    and keeps nothing else; the logits are computed for the last position only.
-    """
-    tokens, _ = encode(model, prompt, truncate)
-    names = hook_names(model, "attn.hook_pattern")
-    kept: dict[str, torch.Tensor] = {}
-
-    def keeper(name: str):
-        def keep(act: torch.Tensor, hook) -> None:
-            kept[name] = act[0].detach().to("cpu", KEEP_DTYPE)  # (head, query, key)
-
-        return keep
-
-    run_tokens(model, tokens[None], hooks=[(n, keeper(n)) for n in names], last_only=True)
-    pattern = torch.stack([kept[n] for n in names])  # (layer, head, query, key) float16
-    labels = token_labels(model.tokenizer, tokens.tolist())
-    p = Patterns(
-        model.info.name, prompt, labels, pattern, provenance(model, [prompt], view="attention patterns (long prompt)", dtype="float16")
-    )
-    return p, tokens
-
-
-def head_types(model: LoadedModel, p: Patterns, tokens: torch.Tensor) -> HeadTypes:
-    """attention.head_types on a long prompt: scored one layer at a time in float32."""
-    per_layer = [head_types_of(p.pattern[layer : layer + 1].float(), tokens) for layer in range(p.pattern.shape[0])]
-    scores = {k: torch.cat([h.scores[k] for h in per_layer]) for k in per_layer[0].scores}
-    return HeadTypes("prompt", scores, provenance(model, [p.prompt], view="head types (long prompt)"))
-
-
-# ---- compare ----------------------------------------------------------------------------------------
-
-
-def pattern_diff(model: LoadedModel, prompt_a: str, prompt_b: str) -> PatternDiff:
-    """compare.pattern_diff for long prompts: float16 patterns, the change per head taken a layer at a time."""
-    pa, ta = patterns(model, prompt_a)
-    pb, tb = patterns(model, prompt_b)
-    al = align(model.tokenizer, ta, tb)
-    n = al.n
-    a, b = pa.pattern[..., :n, :n], pb.pattern[..., :n, :n]  # (layer, head, n, n) float16
-    diff = torch.empty_like(a)
-    change = torch.empty(a.shape[:2])  # (layer, head)
-    for layer in range(a.shape[0]):
-        d = b[layer].float() - a[layer].float()  # (head, n, n)
-        diff[layer] = d.to(KEEP_DTYPE)
-        change[layer] = 0.5 * d.abs().sum(-1).mean(-1)  # total variation distance of each row, mean over queries
-    return PatternDiff(al, a, b, diff, change, provenance(model, [prompt_a, prompt_b], view="pattern difference (long prompts)"))
 
 
 # ---- patching ---------------------------------------------------------------------------------------

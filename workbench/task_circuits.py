@@ -6,7 +6,7 @@ attribution graph of the answer (attribution_graph.build with the answer as its 
 computed; its `top` most influential features kept by pruning form the supernode, which is set to
 `factor` × its activation (0 ablates). Two things are checked, as the issue's "done when" asks:
 - the answer's logit (minus the mean logit) changes as the graph's edges predict
-  (attribution_graph.predict), within `tolerance` × |predicted|, measured the way circuit-tracer
+  (attribution_graph_checks.predict), within `tolerance` × |predicted|, measured the way circuit-tracer
   checks a graph's supernodes (its demos and tutorial call `ReplacementModel.feature_intervention`
   with its defaults, `freeze_attention=True`, `constrained_layers=None`): in the real model, every
   MLP computing, each set feature's decoder row × (its value − its activation in that run) added
@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workbench import attribution_graph as ag
+from workbench import attribution_graph_checks as graph_checks
 from workbench import tasks
 from workbench.errors import InputError
 from workbench.model import LoadedModel
@@ -173,8 +174,11 @@ def check_pair(model: LoadedModel, pair: tasks.Pair, tcs: dict[int, Transcoder],
     top = g.top_features(cfg.top)
     if not top:
         raise InputError(f"the graph of {pair.clean!r} kept no feature: nothing to check")
-    r = ag.intervene(model, g, top, cfg.factor, tcs)
-    draws = [ag.intervene(model, g, ag.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs) for s in range(cfg.random_draws)]
+    r = graph_checks.intervene(model, g, top, cfg.factor, tcs)
+    draws = [
+        graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs)
+        for s in range(cfg.random_draws)
+    ]
     random_changes = [abs(d.attention_frozen) for d in draws]
     within = abs(r.attention_frozen - r.predicted) <= cfg.tolerance * abs(r.predicted)
     beats = statistics.median(random_changes) < cfg.random_share * abs(r.attention_frozen) if random_changes else True

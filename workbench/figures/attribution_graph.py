@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from workbench.attribution_graph import AttributionGraph, Intervention
+from workbench.attribution_graph import AttributionGraph
+from workbench.attribution_graph_checks import Intervention
 from workbench.figures.common import layout, token_ticks
 from workbench.task_circuits import TaskCheck
 from workbench.tokens import unique_labels

@@ -1,0 +1,237 @@
+"""Checking an attribution graph on the model by intervention, and continuations with its features set.
+
+Interventions check the graph on the model (`intervene`): set features to a multiple of their
+activation (0 ablates, 2 doubles) and compare the answer's logit change with what the graph's edges
+predict (`predict`: the direct edges, carried through the graph's active features linearly). The
+change is measured
+- in the real model as circuit-tracer's `ReplacementModel.feature_intervention` does it: every MLP
+  computing, each set feature's decoder row × (its value − its activation in that run) added to
+  its MLP's output, norms live; with every attention pattern held at the real run's (its default,
+  `freeze_attention=True`: `attention_frozen`) and with attention live (`real`). Its demos and
+  tutorial check a graph's supernodes with that default; its tests check the edges exactly with
+  everything frozen (`constrained_layers` over every layer: patterns, norm scales, MLP outputs).
+  Beside them, `final_norm_frozen`: attention frozen and the final norm's scale held too;
+- in the local replacement model (transcoders in place of the MLPs, the error nodes frozen,
+  attention and norms live: `replacement`);
+- in the graph's own frozen model (`frozen_effect`: patterns, norm scales and errors frozen, every
+  feature recomputed: the prediction's arithmetic, equal to it while no TopK set changes), and in
+  that model with only the final norm's scale live (`final_norm_live`). A frozen scale leaves out
+  that a change along the stream's own direction is divided away by the norm; for features that
+  write straight to the logits at the last position this can undo most of the predicted change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workbench import attribution_graph as ag
+from workbench import engine
+from workbench.attribution_graph import AttributionGraph
+from workbench.errors import InputError
+from workbench.model import LoadedModel
+from workbench.replacement_model import Linear, freeze, frozen_norm, norm_scale, on_device
+from workbench.tokens import token_labels
+from workbench.transcoder import Transcoder, reconstruction_errors
+
+
+def predict(g: AttributionGraph, nodes: list[int], factor: float, target: int | None = None) -> float:
+    """The change of `target`'s value (default: the answer's logit minus the mean logit) that the graph's edges predict
+    when feature nodes `nodes` are set to `factor` × their activation: their direct edges, carried linearly through the
+    graph's other active features (each active feature passes on a change of its pre-activation one for one)."""
+    target = g.answer_node if target is None else target
+    nf = g.n_features
+    bad = [i for i in nodes if not 0 <= i < nf]
+    if bad:
+        raise InputError(f"only feature nodes can be clamped; nodes {bad} are not features")
+    per_unit = g.adjacency[:, :nf] / g.activations.clamp(min=1e-12)  # (node, feature): Δ target per unit of the source's activation
+    delta = torch.zeros(nf)
+    fixed = torch.zeros(nf, dtype=torch.bool)
+    fixed[nodes] = True
+    delta[nodes] = (factor - 1) * g.activations[nodes]
+    for _ in range(g.n_layers):  # one layer deeper each pass: the graph has n_layers feature layers
+        delta = torch.where(fixed, delta, per_unit[:nf] @ delta)
+    return float(per_unit[target] @ delta)
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Features set to `factor` × their activation: the answer's logit change as predicted and as measured."""
+
+    nodes: list[str]  # node ids
+    factor: float
+    answer: str
+    predicted: float  # by the graph's edges (predict)
+    frozen: float  # measured in the graph's own model: transcoders, frozen errors, attention patterns and norm scales
+    final_norm_live: float  # the graph's own model with the final norm's scale live (what freezing that one scale hides)
+    replacement: float  # measured in the local replacement model (transcoders + frozen errors, attention live)
+    attention_frozen: float  # measured in the real model, attention patterns held (circuit-tracer's feature_intervention default)
+    final_norm_frozen: float  # as attention_frozen, the final norm's scale held at the real run's too (what that scale adds)
+    real: float  # measured in the real model, attention live (feature_intervention with freeze_attention=False)
+    top_before: list[tuple[str, float]]  # (token, probability) of the real run
+    top_after: list[tuple[str, float]]  # of the real model with the edit (attention live)
+
+    def rows(self) -> list[dict]:
+        return [dict(nodes=" ".join(self.nodes), factor=self.factor, answer=self.answer, predicted=self.predicted,
+                     frozen=self.frozen, final_norm_live=self.final_norm_live, replacement=self.replacement,
+                     attention_frozen=self.attention_frozen, final_norm_frozen=self.final_norm_frozen,
+                     real=self.real)]  # fmt: skip
+
+
+def clamp_edits(w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcoder], nodes: list[int], factor: float) -> list[engine.Edit]:
+    """Engine edits on the real model: each feature's decoder row × (factor - 1) × its activation added to its MLP's
+    output at its position (one edit per layer and position, so that a generation keeps them on the prompt's positions).
+
+    A constant change, for continuations; `real_edits` sets the features as circuit-tracer does (the same where no set
+    feature feeds another)."""
+    delta: dict[tuple[int, int], torch.Tensor] = {}
+    for i in nodes:
+        layer, pos, f = g.features[i].tolist()
+        tc = tcs[layer]
+        rows = [tc.W_dec[f]] + ([] if tc.W_dec_later is None else list(tc.W_dec_later[f]))  # its own layer, then later ones
+        for j, row in enumerate(rows):
+            change = (factor - 1) * float(g.activations[i]) * row.float().cpu()
+            delta[(layer + j, pos)] = delta.get((layer + j, pos), 0) + change
+    return [engine.Edit("add", "mlp_out", layer, position=pos, value=v.to(w.W_E.device)) for (layer, pos), v in delta.items()]
+
+
+def replacement_edits(
+    w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcoder], nodes: list[int], factor: float
+) -> list[engine.Edit]:
+    """Engine edits for the local replacement model (transcoders in place of the MLPs, errors frozen), `nodes` clamped."""
+    from workbench.transcoder import splice_edits
+
+    fz = freeze(w, g.tokens.to(w.W_E.device))
+    errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
+    clamp = _clamps(g, nodes, factor)
+    return splice_edits(w, tcs, errors, clamp)
+
+
+def real_edits(
+    w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcoder], nodes: list[int], factor: float, freeze_attention: bool
+) -> list[engine.Edit]:
+    """Engine edits on the real model that set `nodes` to factor × their activation as circuit-tracer's
+    feature_intervention does (transcoder.steer_edits), with every attention pattern held at the real run's when
+    `freeze_attention` (engine.frozen_patterns)."""
+    from workbench.transcoder import steer_edits
+
+    edits = steer_edits(w, tcs, _clamps(g, nodes, factor))
+    return edits + engine.frozen_patterns(w, g.tokens.to(w.W_E.device)[None]) if freeze_attention else edits
+
+
+def _clamps(g: AttributionGraph, nodes: list[int], factor: float) -> dict[int, list[tuple[int, int, float]]]:
+    """{layer: [(position, feature, value)]}: each node fixed at factor × its activation in the graph's run (a constant,
+    as circuit-tracer clamps: a clamped feature downstream of another does not follow it)."""
+    clamp: dict[int, list] = {}
+    for i in nodes:
+        layer, pos, f = g.features[i].tolist()
+        clamp.setdefault(layer, []).append((pos, f, factor * float(g.activations[i])))
+    return clamp
+
+
+def frozen_effect(
+    w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcoder], nodes: list[int], factor: float, live_final_norm: bool = False
+) -> float:
+    """The answer's logit change in the frozen replacement model (patterns, norm scales and errors from the real run;
+    every feature recomputed by its transcoder, `nodes` clamped): what `predict` linearises.
+
+    `live_final_norm`: the final norm computes its scale from the changed stream, the rest stays frozen (what that one
+    scale adds: the frozen scale leaves out that a change along the stream's own direction is divided away)."""
+    fz = freeze(w, g.tokens.to(w.W_E.device))
+    lin = Linear.of(fz, tcs)
+    clamp = _clamps(g, nodes, factor)
+    errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
+    seen: dict[int, torch.Tensor] = {}  # this run's activations so far: a cross-layer feature writes to later layers
+
+    def mlp(layer: int, mlp_in: torch.Tensor, clamped: bool) -> torch.Tensor:
+        tc = tcs[layer]
+        a = tc.encode(mlp_in)  # (1, pos, d_sae)
+        if clamped:
+            for pos, f, value in clamp.get(layer, ()):
+                a[:, pos, f] = value
+        seen[layer] = a
+        out = a @ tc.W_dec + tc.b_dec + errors[layer]  # the skip path is added by Linear.run
+        for source in range(layer):
+            if layer <= source + tcs[source].n_later:
+                out = out + tcs[source].write_later(seen[source])[..., layer - source - 1, :]
+        return out
+
+    answer = g.logit_tokens[:1].to(w.W_E.device)
+
+    def logit(last: torch.Tensor) -> torch.Tensor:  # (1, d_model) the last position's stream -> (1, 1)
+        if not live_final_norm:
+            return lin.logit_values(last, answer, bias=True)
+        u, b = lin.logit_directions(answer)
+        return w.ln_final(last) @ u + b
+
+    with torch.no_grad():
+        values = [logit(lin.run([fz.emb[None]], bias=True, mlp=lambda layer, x, c=c: mlp(layer, x, c))[:, -1]) for c in (False, True)]
+    return float(values[1] - values[0])
+
+
+def _answer_logit(logits: torch.Tensor, answer: int) -> float:
+    return float(logits[answer] - logits.mean())
+
+
+def intervene(
+    model: LoadedModel, g: AttributionGraph, nodes: list[int], factor: float = 0.0, tcs: dict[int, Transcoder] | None = None
+) -> Intervention:
+    """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc)."""
+    tcs = {layer: on_device(tc, model.device) for layer, tc in ag.transcoders_for(model, tcs).items()}
+    w = ag._weights(model)
+    answer = int(g.logit_tokens[0])
+    tokens = g.tokens.to(model.device)[None]
+    final = [f"blocks.{w.n_layers - 1}.hook_resid_post"]  # the stream the final norm reads
+    with torch.no_grad():
+        plain = engine.forward(w, tokens, capture=final, last_only=True)
+        base = plain.logits[0].float().cpu()
+        rep = engine.forward(w, tokens, edits=replacement_edits(w, g, tcs, nodes, factor), last_only=True).logits[0].float().cpu()
+        real = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, False), last_only=True).logits[0].float().cpu()
+        out = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, True), capture=final, last_only=True)
+        held = out.logits[0].float().cpu()
+        x0, x1 = plain.captured[final[0]][0, -1:], out.captured[final[0]][0, -1:]  # (1, d_model) before and after
+        scale = norm_scale(w.ln_final, x0)  # the real run's divisor, held: the final norm made linear as in the graph
+        held_norm = [
+            (frozen_norm(w.ln_final, scale, x, bias=True) @ w.W_U + (0 if w.b_U is None else w.b_U))[0].float().cpu() for x in (x0, x1)
+        ]
+
+    def top(logits: torch.Tensor) -> list[tuple[str, float]]:
+        p = logits.softmax(-1).topk(5)
+        return list(zip(token_labels(model.tokenizer, p.indices.tolist()), p.values.tolist(), strict=True))
+
+    b = _answer_logit(base, answer)
+    return Intervention(
+        nodes=[g.node_id(i) for i in nodes],
+        factor=float(factor),
+        answer=g.logit_labels[0],
+        predicted=predict(g, nodes, factor),
+        frozen=frozen_effect(w, g, tcs, nodes, factor),
+        final_norm_live=frozen_effect(w, g, tcs, nodes, factor, live_final_norm=True),
+        replacement=_answer_logit(rep, answer) - b,
+        attention_frozen=_answer_logit(held, answer) - b,
+        final_norm_frozen=_answer_logit(held_norm[1], answer) - _answer_logit(held_norm[0], answer),
+        real=_answer_logit(real, answer) - b,
+        top_before=top(base),
+        top_after=top(real),
+    )
+
+
+def continuations(
+    model: LoadedModel, g: AttributionGraph, nodes: list[int], factor: float, new_tokens: int = 20, tcs: dict[int, Transcoder] | None = None
+):
+    """(original, edited) greedy continuations of the graph's prompt, the edited one with `nodes` set to factor × their
+    activation in the real model (clamp_edits) at every step."""
+    from workbench.generate import Sampling, generate
+
+    tcs = ag.transcoders_for(model, tcs)
+    w = ag._weights(model)
+    s = Sampling(max_new_tokens=new_tokens)
+    return generate(model, g.prompt, s), generate(model, g.prompt, s, clamp_edits(w, g, tcs, nodes, factor))
+
+
+def random_features(g: AttributionGraph, n: int, seed: int = 0, exclude: list[int] = ()) -> list[int]:
+    """n feature nodes drawn at random (not in `exclude`)."""
+    pool = torch.tensor([i for i in range(g.n_features) if i not in set(exclude)])
+    gen = torch.Generator().manual_seed(seed)
+    return pool[torch.randperm(len(pool), generator=gen)[:n]].tolist()
