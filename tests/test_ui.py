@@ -280,3 +280,18 @@ def test_the_app_opens_on_the_stories_model_and_names_words_it_does_not_know():
     (note,) = [w.value for w in at.warning if "does not know" in w.value]
     assert "'whale', 'submarine'" in note and "<unk>" in note
     assert at.selectbox(key="w.layer").value is not None  # the views still run
+
+
+def test_importing_the_ui_leaves_the_process_allocator_alone_and_a_page_sets_it():
+    """long.map_large_allocations changes the whole process's malloc: a notebook or test importing ui must not get it;
+    the server gets it when its first page runs (ui.View.start)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import workbench.long as l; calls = []; l.map_large_allocations = lambda: calls.append(1)\n"
+        "import workbench.ui as ui; print(len(calls))\n"
+        "ui.serving_allocator(); ui.serving_allocator(); print(len(calls))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
+    assert out == ["0", "1"]  # none at import; once per process however many pages run

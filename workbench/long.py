@@ -39,7 +39,7 @@ def map_large_allocations() -> None:
     A fixed threshold turns the dynamic adjustment off. No-op off glibc.
 
     It changes the whole process's allocator, so the library never calls it by itself: the app
-    (workbench/ui.py) and the long-prompt benchmarks do, where long prompts are expected.
+    (ui.View.start, when a page first runs) and the long-prompt benchmarks do, where long prompts are expected.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -39,9 +39,6 @@ from workbench.tokens import unknown_words
 
 # ---- session keys: everything this module keeps in st.session_state, in one place ------------------
 # (a page's own keys are declared at the top of that page)
-# The app serves long prompts, whose chunked tensors fragment glibc's heap under its default
-# allocation threshold (see long.map_large_allocations): set once for the server's process.
-long.map_large_allocations()
 
 MODEL = "wb.model"  # name or path of the chosen model
 PROMPT = "wb.prompt"  # the prompt shared by all pages
@@ -60,6 +57,16 @@ OTHER = "a local folder or cached hub model…"
 EXAMPLE_PROMPTS, EXAMPLE_PAIRS, PAGE_PROMPTS = examples.PROMPTS, examples.PAIRS, examples.VIEW_PROMPTS
 example_prompt, example_pair = examples.prompt, examples.pair
 SELECTED = "#d62728"  # the selected position's outline, the same on every page
+
+
+_ALLOCATOR = {"set": False}
+
+
+def serving_allocator() -> None:
+    """Once per process: the server's allocator setting for long prompts (long.map_large_allocations)."""
+    if not _ALLOCATOR["set"]:
+        long.map_large_allocations()
+        _ALLOCATOR["set"] = True
 
 
 # ---- shareable views: a page's state in the URL's query parameters --------------------------------
@@ -240,6 +247,10 @@ class View:
 
         Stops the page if no model loads.
         """
+        # The app serves long prompts, whose chunked tensors fragment glibc's heap under its default allocation
+        # threshold (see long.map_large_allocations): set for the server's process when a page first runs, not when
+        # this module is imported (a notebook or a test that imports it keeps its allocator).
+        serving_allocator()
         st.set_page_config(
             page_title=self.title if "workbench" in self.title else f"{self.title} · workbench", page_icon="🔬", layout="wide"
         )
