@@ -57,6 +57,13 @@ ui.task_picker(model, use_task_pair)
 prompt, _ = ui.prompt_form(model, page="generate")
 
 
+def how_label(h: str) -> str:
+    """An ablation's choice as the page shows it: a head's two zeros and the mean named by what they put in its place."""
+    if h.startswith("zero"):
+        return f"{h}: {conventions.convention(h)}"
+    return iv.mean_reference(model, edits.reference) if h == "mean" else h
+
+
 def set_edits(text: str) -> None:
     st.session_state[EDITS] = text
     st.session_state["w.edits_text"] = text
@@ -105,9 +112,10 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
     positions = c4.text_input("Positions (empty: all)", key="w.add_positions", placeholder="e.g. 3,4,5")
     if action == "ablate":
         how = c3.selectbox(
-            "By", iv.HOW, key="w.add_how", format_func=lambda h: f"{h}: {conventions.convention(h)}" if h.startswith("zero") else h,
+            "By", iv.HOW, key="w.add_how", format_func=how_label,
             help="zero (a head: its input-dependent output, as transformer-lens) · zero-whole (a head's whole output, as plain "
-            "transformers and nnsight) · the mean over the held-out text · the value in another prompt",
+            "transformers and nnsight) · mean: over the reference prompts (the model's held-out text unless given; not the "
+            "Graph page's random-token runs) · resample: the value in another prompt",
         )  # fmt: skip
         if how == "resample":
             st.text_input("Resample from this prompt", edits.resample, key="w.add_resample")
@@ -155,7 +163,7 @@ with ui.guard("the intervention"):
         st.text_area(
             "The edit set (one line: edits separated by ';', as in the link)", key="w.edits_text", height=80,
             help="ablate head 1.2 mean · ablate mlp 0 zero · ablate neuron 0.37 resample · clamp neuron 0.37 3.5 · "
-            "steer 1 4 prompts plus=the%20sea minus=the%20house · steer 1 2 file path=v.npy · resample <prompt>",
+            "steer 1 4 prompts plus=the%20sea minus=the%20house · steer 1 2 file file=v.npy · resample <prompt>",
         )  # fmt: skip
         a, b = st.columns([1, 6])
         a.form_submit_button("Apply", type="primary", on_click=apply_typed)
@@ -188,6 +196,8 @@ with ui.guard("the intervention"):
         tokens=int(tokens), sampling=mode, seed=None if sampling.greedy else sampling.seed,
     )  # fmt: skip
 
+    if r.reference:
+        st.caption(f"Mean ablation here: each unit's {r.reference}.")
     m1, m2, m3 = st.columns(3)
     m1.metric(f"{r.metric_label}, original", f"{r.before:.4f}")
     m2.metric(f"{r.metric_label}, edited", f"{r.after:.4f}", delta=f"{r.after - r.before:+.4f}")
@@ -210,8 +220,11 @@ with ui.guard("the intervention"):
     )  # fmt: skip
 
     with st.expander("Which heads matter? Ablate each head alone"):
-        how = st.radio("Ablate by", iv.HOW, key="w.sweep_how", horizontal=True, index=iv.HOW.index("mean"))
-        st.caption(conventions.convention(how))
+        how = st.radio(
+            "Ablate by", iv.HOW, key="w.sweep_how", horizontal=True, index=iv.HOW.index("mean"),
+            format_func=lambda h: "mean over the reference prompts" if h == "mean" else h,
+        )  # fmt: skip
+        st.caption(how_label(how) if how == "mean" else conventions.convention(how))
         sweep = head_sweep.peek(model, prompt, r.metric, how, edits)
         if sweep is None and st.button("Ablate every head (one batched pass)", key="w.run_head_sweep"):
             sweep = head_sweep(model, prompt, r.metric, how, edits)

@@ -168,7 +168,7 @@ class EditSet:
     # ---- the compact line for the URL: items separated by ';' ----
     # ablate head 1.2 mean | ablate mlp 0 zero | ablate neuron 0.37 resample | ablate feature 12 zero sae=...
     # clamp neuron 0.37 3.5 | clamp feature 12 5 sae=... | steer 1 4 prompts plus=a|b minus=c|d
-    # steer 1 -2 file path=v.npy | steer - 3 feature feature=12 sae=... | resample <prompt> | reference <a|b>
+    # steer 1 -2 file file=v.npy | steer - 3 feature feature=12 sae=... | resample <prompt> | reference <a|b>
     # Free text is percent-quoted, so that ';', ' ', '=' and '|' inside a prompt stay inside it.
 
     def __str__(self) -> str:
@@ -292,6 +292,8 @@ def _read_line(kind: str, words: list[str]) -> EditSpec:
         if len(positional) < 2:
             raise InputError("write steer LAYER COEFFICIENT [prompts|feature|file] (LAYER '-' for a feature's own layer)")
         fields = {"layer": None if positional[0] == "-" else positional[0], "coefficient": positional[1]}
+        if "file" in keyed:  # the line says file= ("path" is path patching's word); path= still reads, as older links wrote it
+            keyed["path"] = keyed.pop("file")
         if len(positional) > 2:
             fields["vector"] = positional[2]
         return _build("steer", fields | keyed, "steer")
@@ -321,7 +323,7 @@ def _line(e: EditSpec) -> str:
     """The compact form of one edit (EditSet.parse reads it back)."""
     if isinstance(e, Steer):
         words = ["steer", "-" if e.layer is None else str(e.layer), f"{e.coefficient:g}", e.vector]
-        extra = {"feature": e.feature, "sae": e.sae, "path": e.path, "site": None if e.site == "resid_pre" else e.site}
+        extra = {"feature": e.feature, "sae": e.sae, "file": e.path, "site": None if e.site == "resid_pre" else e.site}
         if e.plus:
             words.append("plus=" + "|".join(quote(p, safe="") for p in e.plus))
         if e.minus:
@@ -437,6 +439,15 @@ def reference_prompts(model: LoadedModel) -> tuple[str, ...]:
     gen = torch.Generator().manual_seed(0)
     n = min(REFERENCE_TOKENS, model.info.n_ctx - 1)
     return tuple(model.tokenizer.decode(words[torch.randint(len(words), (n,), generator=gen)]) for _ in range(REFERENCE_WINDOWS))
+
+
+def mean_reference(model: LoadedModel, reference: tuple[str, ...] = ()) -> str:
+    """What a mean ablation here averages over, in words (the graph's mean is another: graph.ablation_reference)."""
+    if reference:
+        return f"mean over {len(reference)} given reference prompt(s)"
+    if any(Path(model.info.source).glob("heldout_*.txt")):
+        return f"mean over {REFERENCE_WINDOWS} windows of {REFERENCE_TOKENS} tokens of the model's held-out text"
+    return f"mean over {REFERENCE_WINDOWS} random sequences of the model's ordinary tokens (it has no held-out text)"
 
 
 def _activations(model: LoadedModel, prompts: Sequence[str], hooks: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -589,7 +600,7 @@ def check(model: LoadedModel, edits: EditSet) -> None:
                 _check_site(model, e.site, _check_layer(model, e.layer, what))
                 if e.vector == "file":
                     if not e.path:
-                        raise InputError(f"{what}: give the vector file (path=...)")
+                        raise InputError(f"{what}: give the vector file (file=...)")
                     load_vector(e.path, i.d_model)
                 elif not e.plus or not e.minus:
                     raise InputError(f"{what}: a difference vector needs prompts on both sides (plus and minus)")
@@ -740,6 +751,7 @@ class Intervention:
     original: Generation
     edited: Generation
     changed: list[bool]  # per generated step: the edited continuation's token differs from the original's there
+    reference: str = ""  # what the edit set's mean ablations average over (mean_reference); "" when it has none
     provenance: dict = field(default_factory=dict, repr=False)
 
     def rows(self) -> list[dict]:
@@ -792,6 +804,7 @@ def intervene(
         original=gen_a,
         edited=gen_b,
         changed=changed,
+        reference=mean_reference(model, edits.reference) if any(isinstance(e, Ablate) and e.how == "mean" for e in edits.edits) else "",
         provenance=provenance(
             model, [prompt], edits=str(edits), metric=metric.kind, answer=metric.answer, wrong=metric.wrong,
             sampling=dataclasses.asdict(sampling), path="bridge hooks",
@@ -814,6 +827,7 @@ class AblationSweep:
     before: float
     path: str  # "engine" (one batched pass) or "bridge hooks"
     note: str = ""
+    reference: str = ""  # for `how` "mean": what the mean is over (mean_reference); else ""
     provenance: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -874,6 +888,7 @@ def ablation_sweep(model: LoadedModel, prompt: str, metric: Metric, how: str = "
     result = metric.value(logits.float().cpu()).reshape(L, H)
     return AblationSweep(
         how, metric, metric.label(model.tokenizer), result, before, path, note,
+        mean_reference(model, edits.reference) if how == "mean" else "",
         provenance(model, [prompt], how=how, convention=conventions.convention(how), metric=metric.kind, answer=metric.answer,
                    wrong=metric.wrong, edits=str(edits), path=path),
     )  # fmt: skip
