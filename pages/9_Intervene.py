@@ -64,6 +64,18 @@ def how_label(h: str) -> str:
     return iv.mean_reference(model, edits.reference) if h == "mean" else h
 
 
+def sweep_answers(r: iv.Intervention) -> str:
+    """The steering sweep's default answer tokens: ' sea, ship' where the model has both words (the example's steering
+    vector points at the sea), else the original run's two likeliest next words (a word-vocabulary model has no 'sea')."""
+    try:
+        for word in (" sea", " ship"):
+            single_token_id(model.tokenizer, word, "answer")
+        return " sea, ship"
+    except InputError:
+        words = [t for t in (model.tokenizer.decode([i]) for i in r.ids) if t.startswith(" ") and t.strip()]
+        return ", ".join(w.strip() for w in words[:2])
+
+
 def set_edits(text: str) -> None:
     st.session_state[EDITS] = text
     st.session_state["w.edits_text"] = text
@@ -240,7 +252,9 @@ with ui.guard("the intervention"):
             st.caption("Add a steering edit first; this sweeps its coefficient.")
         else:
             pick = st.selectbox("Steering edit", range(len(steers)), format_func=lambda k: steers[k].label(), key="w.sweep_steer")
-            answers_text = st.text_input("Answer tokens (comma-separated, with their spaces)", " sea, ship", key="w.sweep_answers")
+            answers_text = st.text_input(
+                "Answer tokens (comma-separated, with their spaces)", sweep_answers(r), key="w.sweep_answers"
+            )
             coefficients = st.text_input("Coefficients", "0, 0.5, 1, 2, 4, 8", key="w.sweep_coefficients")
             try:
                 coefs = tuple(float(c) for c in coefficients.split(",") if c.strip())
