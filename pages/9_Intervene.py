@@ -252,9 +252,7 @@ with ui.guard("the intervention"):
             st.caption("Add a steering edit first; this sweeps its coefficient.")
         else:
             pick = st.selectbox("Steering edit", range(len(steers)), format_func=lambda k: steers[k].label(), key="w.sweep_steer")
-            answers_text = st.text_input(
-                "Answer tokens (comma-separated, with their spaces)", sweep_answers(r), key="w.sweep_answers"
-            )
+            answers_text = st.text_input("Answer tokens (comma-separated, with their spaces)", sweep_answers(r), key="w.sweep_answers")
             coefficients = st.text_input("Coefficients", "0, 0.5, 1, 2, 4, 8", key="w.sweep_coefficients")
             try:
                 coefs = tuple(float(c) for c in coefficients.split(",") if c.strip())
