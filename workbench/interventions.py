@@ -807,7 +807,7 @@ def intervene(
         reference=mean_reference(model, edits.reference) if any(isinstance(e, Ablate) and e.how == "mean" for e in edits.edits) else "",
         provenance=provenance(
             model, [prompt], edits=str(edits), metric=metric.kind, answer=metric.answer, wrong=metric.wrong,
-            sampling=dataclasses.asdict(sampling), path="bridge hooks",
+            sampling=dataclasses.asdict(sampling), backend="bridge hooks",
             conventions=[e.convention for e in edits.edits if isinstance(e, Ablate)], residual=conventions.RESIDUAL,
         ),
     )  # fmt: skip
@@ -825,7 +825,7 @@ class AblationSweep:
     metric_label: str
     values: torch.Tensor  # (layer, head) the metric with that head ablated
     before: float
-    path: str  # "engine" (one batched pass) or "bridge hooks"
+    backend: str  # "engine" (one batched pass) or "bridge hooks"
     note: str = ""
     reference: str = ""  # for `how` "mean": what the mean is over (mean_reference); else ""
     provenance: dict = field(default_factory=dict, repr=False)
@@ -876,7 +876,7 @@ def ablation_sweep(model: LoadedModel, prompt: str, metric: Metric, how: str = "
     if w is not None:
         logits = _engine_sweep(w, ids, values, L, H)  # (L * H, d_vocab)
         before = float(metric.value(logits[-1:].float().cpu()))  # the last row: nothing ablated
-        logits, path = logits[:-1], "engine"
+        logits, backend = logits[:-1], "engine"
     else:
         plain, _ = run_edited(model, ids[None], last_only=True)
         before = float(metric.value(plain[:, -1].float().cpu()))
@@ -884,13 +884,13 @@ def ablation_sweep(model: LoadedModel, prompt: str, metric: Metric, how: str = "
             engine.Edit("map", "z", layer, rows=torch.arange(layer * H, (layer + 1) * H), fn=_RowHeads(values[layer])) for layer in range(L)
         ]
         logits, _ = run_edited(model, ids[None].expand(L * H, -1), batch_edits, last_only=True)
-        logits, path = logits[:, -1], "bridge hooks"
+        logits, backend = logits[:, -1], "bridge hooks"
     result = metric.value(logits.float().cpu()).reshape(L, H)
     return AblationSweep(
-        how, metric, metric.label(model.tokenizer), result, before, path, note,
+        how, metric, metric.label(model.tokenizer), result, before, backend, note,
         mean_reference(model, edits.reference) if how == "mean" else "",
         provenance(model, [prompt], how=how, convention=conventions.convention(how), metric=metric.kind, answer=metric.answer,
-                   wrong=metric.wrong, edits=str(edits), path=path),
+                   wrong=metric.wrong, edits=str(edits), backend=backend),
     )  # fmt: skip
 
 
