@@ -222,7 +222,7 @@ def test_every_patching_site_equals_forward_hooks_on_the_plain_model(family, sit
         pytest.skip("checked against transformer-lens below (the hand-built hooks cover the engine's families)")
     setup = _setup(model)
     r = patching.sweep(model, setup, site)
-    assert r.backend == "engine", r.note
+    assert r.path == "engine", r.note
     cells = [c for c in patching.SITES[site].cells(model, len(r.labels))]
     if site == "z_pos":
         cells = cells[:: max(1, len(cells) // 12)]  # a spread of cells: every one costs two plain forward passes
@@ -248,7 +248,7 @@ def test_pattern_site_and_the_bridge_fallback_equal_transformer_lens(family):
             theirs["pattern"] = tlp.get_act_patch_attn_head_pattern_all_pos(model.bridge, corrupted_ids, clean_cache, metric)
     for site, ref in theirs.items():
         r = patching.sweep(model, setup, site)
-        assert r.backend == ("bridge hooks" if name == "bloom" else "engine")
+        assert r.path == ("bridge hooks" if name == "bloom" else "engine")
         assert torch.allclose(r.raw, ref, atol=1e-4), (site, (r.raw - ref).abs().max())
     if name == "bloom":
         assert "does not know the 'bloom' architecture" in r.note and "own hooks" in r.note
@@ -368,7 +368,7 @@ def test_a_site_whose_hook_does_not_reach_the_output_is_refused(family):
         with pytest.raises(InputError, match="cannot be patched on this model"):
             patching.sweep(model, _setup(model), "pattern")
         r = patching.sweep(model, _setup(model), "z")  # the heads' output still patches through the hooks
-        assert r.backend == "bridge hooks" and "switched off" in r.note
+        assert r.path == "bridge hooks" and "switched off" in r.note
     finally:
         model.derived["engine"] = saved
 

@@ -256,6 +256,11 @@ class PatchResult:
     forward: int = 0  # forward and backward passes an estimate took (exact sweeps: 0, their runs are batched)
     backward: int = 0
 
+    @property
+    def path(self) -> str:
+        """The older name of `backend`, read by tests/test_families.py until it says backend (merged in after #25's words)."""
+        return self.backend
+
     def ranked(self, k: int = 10) -> list[dict]:
         """The k cells that move the metric most (by the estimate's magnitude when it has one, else by |normalised
         effect|, by |metric change| when not normalisable)."""
