@@ -147,7 +147,7 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
     else:
         coefficient = c3.number_input("Coefficient", value=2.0, key="w.add_coefficient")
         plus = minus = ()
-        path = feature = site = None
+        vector_file = feature = site = None
         if what == "prompts":
             site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site", help=iv.SITE_HELP)
             a, b = st.columns(2)
@@ -155,11 +155,11 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
             minus = tuple(p for p in b.text_area("Away from these prompts (one per line)", key="w.add_minus").splitlines() if p.strip())
         elif what == "file":
             site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site", help=iv.SITE_HELP)
-            path = st.text_input("Vector file on the server (.safetensors, .pt, .npy)", key="w.add_path")
+            vector_file = st.text_input("Vector file on the server (.safetensors, .pt, .npy)", key="w.add_path")
         else:
             feature, layer = int(index), None
         new = iv.Steer(
-                None if layer is None else int(layer), float(coefficient), what, plus, minus, feature, sae or None, path or None,
+                None if layer is None else int(layer), float(coefficient), what, plus, minus, feature, sae or None, vector_file or None,
                 site or "resid_pre", iv.parse_positions(positions),
             )  # fmt: skip
     if st.button("Add this edit", type="primary", key="w.add"):

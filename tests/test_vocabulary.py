@@ -289,8 +289,11 @@ def test_steering_files_are_written_file_and_path_still_reads():
     from workbench import interventions as iv
 
     edits = iv.EditSet.parse("steer 1 2 file file=v.npy")
-    assert str(edits) == "steer 1 2 file file=v.npy" and edits.edits[0].path == "v.npy"
+    assert str(edits) == "steer 1 2 file file=v.npy" and edits.edits[0].file == "v.npy"
     assert iv.EditSet.parse("steer 1 2 file path=v.npy") == edits  # older links
+    spec = json.dumps(edits.to_dict())
+    assert '"file": "v.npy"' in spec and '"path"' not in spec
+    assert iv.EditSet.from_dict(json.loads(spec.replace('"file": "v.npy"', '"path": "v.npy"'))) == edits  # older spec files
 
 
 # names that stay in two modules, each for one idea (the listed double meanings are renamed: graph.Update, graph.Rescale,

@@ -137,14 +137,14 @@ class Steer:
     minus: tuple[str, ...] = ()  # ... and away from
     feature: int | None = None  # feature: its decoder row
     sae: str | None = None
-    path: str | None = None  # file: a saved vector
+    file: str | None = None  # file: a saved vector's file ("path" is path patching's word; older specs' path= still reads)
     site: str = "resid_pre"  # one of STEER_SITES (feature vectors: the SAE's site)
     positions: tuple[int, ...] | None = None
     kind: ClassVar[str] = "steer"
 
     def label(self) -> str:
         what = {"prompts": f"difference of {len(self.plus)} and {len(self.minus)} prompts", "feature": f"feature {self.feature}"}
-        source = what.get(self.vector, f"vector {self.path}")
+        source = what.get(self.vector, f"vector {self.file}")
         layer = "" if self.layer is None else f" at layer {self.layer}"
         return f"steer {self.coefficient:+g} × {source}{layer}{_at(self.positions)}"
 
@@ -247,6 +247,8 @@ def _fields(e: EditSpec) -> dict:
 def _build(kind: str, values: dict, where: str) -> EditSpec:
     """An edit from a mapping of its fields, every value checked for type; InputError otherwise."""
     cls = KINDS[kind]
+    if kind == "steer" and "path" in values and "file" not in values:  # a steering file was written path= before #25's words
+        values = {("file" if k == "path" else k): v for k, v in values.items()}
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -292,8 +294,6 @@ def _read_line(kind: str, words: list[str]) -> EditSpec:
         if len(positional) < 2:
             raise InputError("write steer LAYER COEFFICIENT [prompts|feature|file] (LAYER '-' for a feature's own layer)")
         fields = {"layer": None if positional[0] == "-" else positional[0], "coefficient": positional[1]}
-        if "file" in keyed:  # the line says file= ("path" is path patching's word); path= still reads, as older links wrote it
-            keyed["path"] = keyed.pop("file")
         if len(positional) > 2:
             fields["vector"] = positional[2]
         return _build("steer", fields | keyed, "steer")
@@ -323,7 +323,7 @@ def _line(e: EditSpec) -> str:
     """The compact form of one edit (EditSet.parse reads it back)."""
     if isinstance(e, Steer):
         words = ["steer", "-" if e.layer is None else str(e.layer), f"{e.coefficient:g}", e.vector]
-        extra = {"feature": e.feature, "sae": e.sae, "file": e.path, "site": None if e.site == "resid_pre" else e.site}
+        extra = {"feature": e.feature, "sae": e.sae, "file": e.file, "site": None if e.site == "resid_pre" else e.site}
         if e.plus:
             words.append("plus=" + "|".join(quote(p, safe="") for p in e.plus))
         if e.minus:
@@ -599,9 +599,9 @@ def check(model: LoadedModel, edits: EditSet) -> None:
                     raise InputError(f"{what}: steer at one of {', '.join(STEER_SITES)}, not {e.site!r}")
                 _check_site(model, e.site, _check_layer(model, e.layer, what))
                 if e.vector == "file":
-                    if not e.path:
+                    if not e.file:
                         raise InputError(f"{what}: give the vector file (file=...)")
-                    load_vector(e.path, i.d_model)
+                    load_vector(e.file, i.d_model)
                 elif not e.plus or not e.minus:
                     raise InputError(f"{what}: a difference vector needs prompts on both sides (plus and minus)")
             continue
@@ -647,7 +647,7 @@ def compile_edits(model: LoadedModel, edits: EditSet) -> list[engine.Edit]:
             else:
                 site, layer = e.site, e.layer
                 vector = (
-                    load_vector(e.path, model.info.d_model)
+                    load_vector(e.file, model.info.d_model)
                     if e.vector == "file"
                     else difference_vector(model, e.plus, e.minus, layer, site)
                 )
