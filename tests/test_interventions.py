@@ -98,7 +98,7 @@ def test_no_edit_and_a_zero_vector_leave_the_logits_bit_for_bit(english, tmp_pat
         logits, _ = _run(english, line)
         assert torch.equal(logits, plain), line
     r = iv.intervene(english, PROMPT, iv.EditSet(), sampling=iv.Sampling(max_new_tokens=4))
-    assert torch.equal(r.kl, torch.zeros_like(r.kl)) and r.before == r.after and not any(r.changed)
+    assert torch.equal(r.kl, torch.zeros_like(r.kl)) and r.before == r.after and not any(r.differs)
     assert r.original.text == r.edited.text
 
 
@@ -334,9 +334,9 @@ def test_intervene_reports_both_runs(english):
     p, q = plain[0].log_softmax(-1), edited[0].log_softmax(-1)
     assert torch.allclose(r.kl, (p.exp() * (p - q)).sum(-1), atol=1e-5)
     assert r.original.steps[0].chosen_label == "␣whale" and r.edited.steps[0].chosen_label != "␣whale"
-    assert r.changed == [a.chosen_id != b.chosen_id for a, b in zip(r.original.steps, r.edited.steps, strict=True)]
+    assert r.differs == [a.chosen_id != b.chosen_id for a, b in zip(r.original.steps, r.edited.steps, strict=True)]
     assert r.provenance["settings"]["edits"] == str(edits)
-    assert len(r.rows()) >= 10 and r.continuation_rows()[0]["changed"]
+    assert len(r.rows()) >= 10 and r.continuation_rows()[0]["differs"]
     assert english.attached_hooks() == []
 
 

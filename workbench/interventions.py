@@ -750,7 +750,7 @@ class Intervention:
     after: float
     original: Generation
     edited: Generation
-    changed: list[bool]  # per generated step: the edited continuation's token differs from the original's there
+    differs: list[bool]  # per generated step: the edited continuation's token differs from the original's there
     reference: str = ""  # what the edit set's mean ablations average over (mean_reference); "" when it has none
     provenance: dict = field(default_factory=dict, repr=False)
 
@@ -763,8 +763,8 @@ class Intervention:
 
     def continuation_rows(self) -> list[dict]:
         return [
-            dict(step=n, position=a.position, original=a.chosen_label, edited=b.chosen_label, changed=c)
-            for n, (a, b, c) in enumerate(zip(self.original.steps, self.edited.steps, self.changed, strict=False))
+            dict(step=n, position=a.position, original=a.chosen_label, edited=b.chosen_label, differs=c)
+            for n, (a, b, c) in enumerate(zip(self.original.steps, self.edited.steps, self.differs, strict=False))
         ]
 
 
@@ -785,8 +785,8 @@ def intervene(
     top = list(dict.fromkeys([*q.topk(k).indices.tolist(), *p.topk(k).indices.tolist()]))
     gen_a = generate(model, prompt, sampling)
     gen_b = generate(model, prompt, sampling, engine_edits) if engine_edits else gen_a  # the same seed: the same draws
-    changed = [a.chosen_id != b.chosen_id for a, b in zip(gen_a.steps, gen_b.steps, strict=False)]
-    changed += [True] * (len(gen_b.steps) - len(changed))
+    differs = [a.chosen_id != b.chosen_id for a, b in zip(gen_a.steps, gen_b.steps, strict=False)]
+    differs += [True] * (len(gen_b.steps) - len(differs))
     return Intervention(
         prompt=prompt,
         edits=edits,
@@ -803,7 +803,7 @@ def intervene(
         after=float(metric.value(edited[-1:])),
         original=gen_a,
         edited=gen_b,
-        changed=changed,
+        differs=differs,
         reference=mean_reference(model, edits.reference) if any(isinstance(e, Ablate) and e.how == "mean" for e in edits.edits) else "",
         provenance=provenance(
             model, [prompt], edits=str(edits), metric=metric.kind, answer=metric.answer, wrong=metric.wrong,
