@@ -112,7 +112,7 @@ ALLOWED = {
     "sequence": [r"repeated sequence", r"sequences? of (\d+ )?random", r"random sequences", r"\d+ sequences"],  # not a prompt
     "preview": [r"the patching page's preview"],  # where the Methods page says its ranking is not the preview
     "path": [r"path patching", r"chosen paths", r"these paths"],  # path patching's own ("these paths": its MIB download)
-    "changed": [r"tokens? changed", r"what changed"],  # prose: what differs, not the name of the edited run
+    "changed": [r"what changed"],  # prose (the Training page), not the name of the edited run
     "clean": [r"\bclean: '", r"\bclean run's"],  # a task pair picked on the Intervene page; the Graph's patterns held at the clean run's
     "corrupted": [r"\bcorrupted: '"],
 }
