@@ -6,7 +6,7 @@ captions, info/warning/error/success texts, headers, widget labels, help texts, 
 and tab labels, metric labels, and figure titles and axis titles. The words the glossary's "not" column chose
 against are refused wherever they would stand for the chosen word; the few other meanings they keep are listed
 below, each with the idea it stands for. The issue's double meanings (#25: mean ablation, node/edge/faithfulness,
-preview, path, original/changed) are checked one by one.
+preview, path, original/changed) are checked one by one, in the pages, in the results' fields and in the class names.
 """
 
 from __future__ import annotations
@@ -318,3 +318,18 @@ def test_a_class_name_means_one_thing():
     from workbench import graph, interventions
 
     assert not hasattr(graph, "check") and callable(interventions.check)  # "check" is an edit set's check; the graph's is faithfulness_of
+
+
+def test_result_fields_use_the_settled_words():
+    """No class field is named after a word the glossary settled elsewhere: a compute route is a `backend`, a steering vector's
+    file a `file` ("path" is path patching's), a continuation's differing tokens `differs` (not "changed", a run's name)."""
+    fields = {}
+    for path in sorted((ROOT / "workbench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        fields.setdefault(item.target.id, []).append(f"{path.relative_to(ROOT)}:{node.name}")
+    assert not [where for word in ("path", "changed", "changed_labels") for where in fields.get(word, [])]
+    assert {"workbench/patching.py:PatchResult", "workbench/interventions.py:AblationSweep"} <= set(fields["backend"])
+    assert {"workbench/features.py:Intervention", "workbench/interventions.py:Intervention"} <= set(fields["differs"])
