@@ -64,9 +64,14 @@ with ui.guard("the methods scoreboard"):
 
     st.markdown(f"**Scoreboard** — {sb.task}, {sb.n_pairs} pair(s), {sb.direction}; whole scoreboard {sb.seconds:.1f} s.")
     st.dataframe(sb.table(), hide_index=True)
+    st.caption(
+        "Nodes here are a head's queries, keys or values and an MLP's output; edges a sender joined to a receiver (the "
+        "Information flow page's nodes are residual-stream points). Faithfulness: a circuit's normalised metric, 0 the base "
+        "run, 1 the source run."
+    )
     ui.figure(draw.faithfulness_curves(sb), "methods-faithfulness", sb, sb.table())
 
-    st.markdown("**AtP\\* as the preview**: its ranking of the nodes against the exact one")
+    st.markdown("**AtP\\* on nodes**: its ranking of the nodes against the exact one (the Patching page's preview ranks cells)")
     top = st.slider("top k", 1, len(sb.nodes["exact"].nodes), min(10, len(sb.nodes["exact"].nodes)), key=view.key("top"))
     star, exact = sb.nodes["AtP*"], sb.nodes["exact"]
     st.caption(

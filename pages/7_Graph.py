@@ -24,7 +24,7 @@ view = ui.View(
     ),
 )
 build = view.cached(graph.build, spinner="Tracing the routes…")
-check = view.cached(graph.check, spinner="Checking the graph by ablation…")
+faithfulness_of = view.cached(graph.faithfulness_of, spinner="Checking the graph by ablation…")
 model = view.start()
 
 
@@ -121,17 +121,22 @@ with ui.guard("the information-flow graph"):
         st.dataframe(r.rows(), hide_index=True)
 
     st.subheader("Faithfulness")
+    st.caption(
+        "The share of the metric left when every part outside the graph is ablated: 0 is everything ablated, 1 the model's "
+        "own run. Nodes here are the residual stream at one point and position, edges the parts of their updates "
+        "(the Methods page's nodes are heads' inputs and MLPs, its edges senders to receivers)."
+    )
     c1, c2, _ = st.columns([1, 1, 3])
-    ablation = c1.radio("Ablation", graph.ABLATIONS, key=view.key("ablation"), horizontal=True,
-                        help="mean: over 8 prompts of random tokens; zero: remove the parts (patterns held at the clean run's; in "
+    ablation = c1.radio("Ablation", graph.ABLATIONS, key=view.key("ablation"), horizontal=True, format_func=graph.ablation_reference,
+                        help="mean: each part's mean over runs of random tokens (not the Intervene page's held-out text); zero: remove the parts (patterns held at the clean run's; in "
                         "transformer-lens's folded coordinates a head's constant output (b_V + β·W_V)·W_O stays, as 'zero' on the Intervene page)")  # fmt: skip
     k = int(c2.number_input("k (top vs random edges)", 1, 100, key=view.key("k")))
     args = (model, prompt, position, float(threshold), answer, wrong, ablation, k, truncate)
-    f = check.peek(*args)
+    f = faithfulness_of.peek(*args)
     # about 20 forward passes: at once within the cost budget, on request above it
     if f is None:
         est = cost.estimate(model, "the faithfulness check", position + 1, passes=20)
-        f = ui.gated(est, "Check the graph by ablation", "graph_check", check, *args)
+        f = ui.gated(est, "Check the graph by ablation", "graph_check", faithfulness_of, *args)
     if f is not None:
         (st.success if f.survives else st.warning)(f.verdict[0].upper() + f.verdict[1:] + ".")
         st.markdown(

@@ -107,8 +107,8 @@ with ui.guard("the intervention"):
         c1, c2 = st.columns(2)
         c1.markdown("**Original**")
         c1.code(prompt + iv.original.text, language=None)
-        c2.markdown("**Changed**")
-        c2.code(prompt + iv.changed.text, language=None)
+        c2.markdown("**Edited**")
+        c2.code(prompt + iv.edited.text, language=None)
 
 card = features.card_of(model)
 if card and not name.startswith(features.USER):

@@ -57,6 +57,20 @@ ui.task_picker(model, use_task_pair)
 prompt, _ = ui.prompt_form(model, page="generate")
 
 
+def how_label(h: str) -> str:
+    """An ablation's choice as the page shows it: a head's two zeros and the mean named by what they put in its place."""
+    if h.startswith("zero"):
+        return f"{h}: {conventions.convention(h)}"
+    return iv.mean_reference(model, edits.reference) if h == "mean" else h
+
+
+def sweep_answers(r: iv.Intervention) -> str:
+    """The steering sweep's default answer tokens where the edit has no prompts it steers toward (a feature, a file):
+    the original run's two likeliest next words."""
+    words = [t for t in (model.tokenizer.decode([i]) for i in r.ids) if t.startswith(" ") and t.strip()]
+    return ", ".join(w.strip() for w in words[:2])
+
+
 def set_edits(text: str) -> None:
     st.session_state[EDITS] = text
     st.session_state["w.edits_text"] = text
@@ -105,9 +119,10 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
     positions = c4.text_input("Positions (empty: all)", key="w.add_positions", placeholder="e.g. 3,4,5")
     if action == "ablate":
         how = c3.selectbox(
-            "By", iv.HOW, key="w.add_how", format_func=lambda h: f"{h}: {conventions.convention(h)}" if h.startswith("zero") else h,
+            "By", iv.HOW, key="w.add_how", format_func=how_label,
             help="zero (a head: its input-dependent output, as transformer-lens) · zero-whole (a head's whole output, as plain "
-            "transformers and nnsight) · the mean over the held-out text · the value in another prompt",
+            "transformers and nnsight) · mean: over the reference prompts (the model's held-out text unless given; not the "
+            "Graph page's random-token runs) · resample: the value in another prompt",
         )  # fmt: skip
         if how == "resample":
             st.text_input("Resample from this prompt", edits.resample, key="w.add_resample")
@@ -127,7 +142,7 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
     else:
         coefficient = c3.number_input("Coefficient", value=2.0, key="w.add_coefficient")
         plus = minus = ()
-        path = feature = site = None
+        vector_file = feature = site = None
         if what == "prompts":
             site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site", help=iv.SITE_HELP)
             a, b = st.columns(2)
@@ -135,11 +150,11 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
             minus = tuple(p for p in b.text_area("Away from these prompts (one per line)", key="w.add_minus").splitlines() if p.strip())
         elif what == "file":
             site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site", help=iv.SITE_HELP)
-            path = st.text_input("Vector file on the server (.safetensors, .pt, .npy)", key="w.add_path")
+            vector_file = st.text_input("Vector file on the server (.safetensors, .pt, .npy)", key="w.add_path")
         else:
             feature, layer = int(index), None
         new = iv.Steer(
-                None if layer is None else int(layer), float(coefficient), what, plus, minus, feature, sae or None, path or None,
+                None if layer is None else int(layer), float(coefficient), what, plus, minus, feature, sae or None, vector_file or None,
                 site or "resid_pre", iv.parse_positions(positions),
             )  # fmt: skip
     if st.button("Add this edit", type="primary", key="w.add"):
@@ -155,7 +170,7 @@ with ui.guard("the intervention"):
         st.text_area(
             "The edit set (one line: edits separated by ';', as in the link)", key="w.edits_text", height=80,
             help="ablate head 1.2 mean · ablate mlp 0 zero · ablate neuron 0.37 resample · clamp neuron 0.37 3.5 · "
-            "steer 1 4 prompts plus=the%20sea minus=the%20house · steer 1 2 file path=v.npy · resample <prompt>",
+            "steer 1 4 prompts plus=the%20sea minus=the%20house · steer 1 2 file file=v.npy · resample <prompt>",
         )  # fmt: skip
         a, b = st.columns([1, 6])
         a.form_submit_button("Apply", type="primary", on_click=apply_typed)
@@ -188,6 +203,8 @@ with ui.guard("the intervention"):
         tokens=int(tokens), sampling=mode, seed=None if sampling.greedy else sampling.seed,
     )  # fmt: skip
 
+    if r.reference:
+        st.caption(f"Mean ablation here: each unit's {r.reference}.")
     m1, m2, m3 = st.columns(3)
     m1.metric(f"{r.metric_label}, original", f"{r.before:.4f}")
     m2.metric(f"{r.metric_label}, edited", f"{r.after:.4f}", delta=f"{r.after - r.before:+.4f}")
@@ -210,8 +227,11 @@ with ui.guard("the intervention"):
     )  # fmt: skip
 
     with st.expander("Which heads matter? Ablate each head alone"):
-        how = st.radio("Ablate by", iv.HOW, key="w.sweep_how", horizontal=True, index=iv.HOW.index("mean"))
-        st.caption(conventions.convention(how))
+        how = st.radio(
+            "Ablate by", iv.HOW, key="w.sweep_how", horizontal=True, index=iv.HOW.index("mean"),
+            format_func=lambda h: "mean over the reference prompts" if h == "mean" else h,
+        )  # fmt: skip
+        st.caption(how_label(how) if how == "mean" else conventions.convention(how))
         sweep = head_sweep.peek(model, prompt, r.metric, how, edits)
         if sweep is None and st.button("Ablate every head (one batched pass)", key="w.run_head_sweep"):
             sweep = head_sweep(model, prompt, r.metric, how, edits)
@@ -228,7 +248,9 @@ with ui.guard("the intervention"):
         else:
             pick = st.selectbox("Steering edit", range(len(steers)), format_func=lambda k: steers[k].label(), key="w.sweep_steer")
             toward = ", ".join(dict.fromkeys(p.split()[-1] for p in steers[pick].plus if p.split()))  # what it steers toward
-            answers_text = st.text_input("Answer tokens (comma-separated, with their spaces)", toward, key="w.sweep_answers")
+            answers_text = st.text_input(
+                "Answer tokens (comma-separated, with their spaces)", toward or sweep_answers(r), key="w.sweep_answers"
+            )
             coefficients = st.text_input("Coefficients", "0, 0.5, 1, 2, 4, 8", key="w.sweep_coefficients")
             try:
                 coefs = tuple(float(c) for c in coefficients.split(",") if c.strip())

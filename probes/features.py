@@ -94,7 +94,7 @@ def body(model, s, out):
                 "feature": iv.feature,
                 "value": iv.value,
                 "original": iv.original.text,
-                "changed": iv.changed.text,
+                "edited": iv.edited.text,
             }
     # plotly.js inlined once, so that the page opens offline
     page = "".join(fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures))

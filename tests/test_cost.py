@@ -149,7 +149,7 @@ def _gated_jobs(english):
             "head scores on repeated random tokens",
         ),
         "faithfulness": (
-            lambda p: graph.check(english, prompt, progress=p),
+            lambda p: graph.faithfulness_of(english, prompt, progress=p),
             lambda r: torch.tensor([r.full, r.empty, r.kept, r.top_k, *r.random_k]),
             "the faithfulness check",
         ),

@@ -251,9 +251,9 @@ def test_intervention_marks_exactly_the_changed_tokens(english, saes):
     iv = features.intervene(english, s, PROMPT, f, 30.0, None, Sampling(max_new_tokens=8))
     plain = generate(english, PROMPT, Sampling(max_new_tokens=8))
     assert iv.original.text == plain.text
-    assert iv.changed.text == generate(english, PROMPT, Sampling(max_new_tokens=8), edits=[s.clamp_edit(f, 30.0)]).text
+    assert iv.edited.text == generate(english, PROMPT, Sampling(max_new_tokens=8), edits=[s.clamp_edit(f, 30.0)]).text
     for i, differs in enumerate(iv.differs):
-        same = i < len(iv.original.steps) and i < len(iv.changed.steps) and iv.original.steps[i].chosen_id == iv.changed.steps[i].chosen_id
+        same = i < len(iv.original.steps) and i < len(iv.edited.steps) and iv.original.steps[i].chosen_id == iv.edited.steps[i].chosen_id
         assert differs == (not same)
     assert not english.attached_hooks()
     with pytest.raises(InputError, match="outside the prompt"):

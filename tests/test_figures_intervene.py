@@ -18,7 +18,7 @@ def test_the_figures_draw_the_results_numbers(circuits):
     rows = draw.continuations(r).data
     assert list(rows[1].text) == [s.chosen_label for s in r.edited.steps]
     colours = rows[1].textfont.color
-    assert [c == draw.EDITED for c in colours] == r.changed and any(r.changed)
+    assert [c == draw.EDITED for c in colours] == r.differs and any(r.differs)
 
 
 def test_the_sweeps_draw_effects_around_zero_and_the_answer_tokens_against_the_damage(circuits):

@@ -98,7 +98,7 @@ def test_no_edit_and_a_zero_vector_leave_the_logits_bit_for_bit(english, tmp_pat
         logits, _ = _run(english, line)
         assert torch.equal(logits, plain), line
     r = iv.intervene(english, PROMPT, iv.EditSet(), sampling=iv.Sampling(max_new_tokens=4))
-    assert torch.equal(r.kl, torch.zeros_like(r.kl)) and r.before == r.after and not any(r.changed)
+    assert torch.equal(r.kl, torch.zeros_like(r.kl)) and r.before == r.after and not any(r.differs)
     assert r.original.text == r.edited.text
 
 
@@ -287,7 +287,7 @@ def test_the_batched_head_sweep_equals_one_edited_run_per_head(english, how):
     metric = iv.Metric("logit difference", english.tokenizer(" whale")["input_ids"][0], english.tokenizer(" man")["input_ids"][0])
     edits = iv.EditSet(resample="Once upon a time a man walked to the old house by the river. Once upon a")  # shorter than PROMPT
     s = iv.ablation_sweep(english, PROMPT, metric, how, edits)
-    assert s.path == "engine" and s.values.shape == (2, 4)
+    assert s.backend == "engine" and s.values.shape == (2, 4)
     assert torch.allclose(s.values, _per_head(english, PROMPT, metric, how, edits), atol=1e-4)
     plain, _ = run_edited(english, _ids(english), last_only=True)
     assert abs(s.before - float(metric.value(plain[:, -1]))) < 1e-4
@@ -412,7 +412,7 @@ def test_the_head_sweep_on_other_families(tmp_path, family):
     prompt = "apple river stone cloud tiger piano apple river"
     metric = iv.Metric("log-probability", 7)
     s = iv.ablation_sweep(model, prompt, metric, "mean")
-    assert s.path == "engine"
+    assert s.backend == "engine"
     assert torch.allclose(s.values, _per_head(model, prompt, metric, "mean"), atol=1e-4)
 
 
@@ -426,7 +426,7 @@ def test_the_head_sweep_runs_through_the_hooks_when_the_engine_disagrees(circuit
         s = iv.ablation_sweep(circuits, prompt, metric, "zero")
     finally:
         circuits.derived["engine"] = saved
-    assert s.path == "bridge hooks" and "differ from the model's" in s.note
+    assert s.backend == "bridge hooks" and "differ from the model's" in s.note
     assert torch.allclose(s.values, right.values, atol=1e-5)
 
 
@@ -445,9 +445,9 @@ def test_intervene_reports_both_runs(english):
     p, q = plain[0].log_softmax(-1), edited[0].log_softmax(-1)
     assert torch.allclose(r.kl, (p.exp() * (p - q)).sum(-1), atol=1e-5)
     assert r.original.steps[0].chosen_label == "␣whale" and r.edited.steps[0].chosen_label != "␣whale"
-    assert r.changed == [a.chosen_id != b.chosen_id for a, b in zip(r.original.steps, r.edited.steps, strict=True)]
+    assert r.differs == [a.chosen_id != b.chosen_id for a, b in zip(r.original.steps, r.edited.steps, strict=True)]
     assert r.provenance["settings"]["edits"] == str(edits)
-    assert len(r.rows()) >= 10 and r.continuation_rows()[0]["changed"]
+    assert len(r.rows()) >= 10 and r.continuation_rows()[0]["differs"]
     assert english.attached_hooks() == []
 
 

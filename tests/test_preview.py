@@ -279,7 +279,7 @@ def test_a_model_the_engine_cannot_run_gets_plain_atp_and_says_so(circuits):
     finally:
         circuits.derived["engine"] = saved
     for site, r in found.items():
-        assert r.method == "AtP" and "plain attribution patching" in r.note and r.path == "bridge hooks"
+        assert r.method == "AtP" and "plain attribution patching" in r.note and r.backend == "bridge hooks"
         torch.testing.assert_close(r.raw, right[site].raw, atol=1e-4, rtol=1e-4)
 
 

@@ -222,20 +222,7 @@ def test_a_cancelled_sweep_stops_between_batches(circuits):
     assert len(seen) == 2 and isinstance(report.interrupted, RerunException) and report(99, 100) is False
 
 
-AVOIDED = ("target", "contrast", "token a", "token b")  # docs/glossary.md: answer, wrong, tracked token, position instead
-
-
-@pytest.mark.parametrize("page", ["app.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))])
-def test_widget_labels_use_the_glossarys_words(page):
-    at = AppTest.from_file(str(ROOT / page), default_timeout=180)
-    at.session_state["wb.model"] = "circuits"
-    at.run()
-    assert not at.exception
-    widgets = [*at.radio, *at.selectbox, *at.multiselect, *at.text_input, *at.text_area, *at.number_input, *at.button, *at.checkbox]
-    labels = [w.label.lower() for w in widgets]
-    assert labels and not [label for label in labels if any(word in label for word in AVOIDED)]
-    options = [str(o).lower() for w in at.radio for o in w.options]
-    assert not [o for o in options if any(word in o for word in AVOIDED)]
+# the glossary's words on every page (labels, captions, markdown, options…): tests/test_vocabulary.py
 
 
 def test_cache_keys_are_values_not_identities():

@@ -563,22 +563,23 @@ def search(model: LoadedModel, sae: SAE, stats: DashboardStats, query: str, n: i
 
 @dataclass(frozen=True)
 class Intervention:
-    """A continuation without and with a feature clamped: the same sampling, token by token."""
+    """A continuation without and with a feature clamped, the original and the edited run (the Intervene page's words):
+    the same sampling, token by token."""
 
     hook_name: str
     feature: int
     value: float
     positions: list[int] | None  # prompt positions clamped; None: every position, generated ones included
     original: Generation
-    changed: Generation
+    edited: Generation
     original_labels: list[str]
-    changed_labels: list[str]
+    edited_labels: list[str]
     differs: list[bool]  # per step of the longer one: the tokens differ (or one has none)
 
     def rows(self) -> list[dict]:
         n = len(self.differs)
-        pad = [*self.original_labels, *[""] * n][:n], [*self.changed_labels, *[""] * n][:n]
-        return [{"step": i, "original": pad[0][i], "changed": pad[1][i], "differs": self.differs[i]} for i in range(n)]
+        pad = [*self.original_labels, *[""] * n][:n], [*self.edited_labels, *[""] * n][:n]
+        return [{"step": i, "original": pad[0][i], "edited": pad[1][i], "differs": self.differs[i]} for i in range(n)]
 
 
 GREEDY = Sampling(max_new_tokens=20)
@@ -598,12 +599,12 @@ def intervene(
         positions = sorted({check_position(n, p) for p in positions})
         edits = [sae.clamp_edit(f, value, p) for p in positions]
     original = generate(model, prompt, sampling)
-    changed = generate(model, prompt, sampling, edits=edits)
+    edited = generate(model, prompt, sampling, edits=edits)
     a = [s.chosen_label for s in original.steps]
-    b = [s.chosen_label for s in changed.steps]
+    b = [s.chosen_label for s in edited.steps]
     n = max(len(a), len(b))
-    differs = [i >= len(a) or i >= len(b) or original.steps[i].chosen_id != changed.steps[i].chosen_id for i in range(n)]
-    return Intervention(sae.hook_name, f, float(value), positions, original, changed, a, b, differs)
+    differs = [i >= len(a) or i >= len(b) or original.steps[i].chosen_id != edited.steps[i].chosen_id for i in range(n)]
+    return Intervention(sae.hook_name, f, float(value), positions, original, edited, a, b, differs)
 
 
 # ---- the SAEs a view works with, by name (a view's cache is keyed by names, not tensors) ---------

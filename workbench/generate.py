@@ -203,6 +203,6 @@ def generate(
             [prompt],
             **dataclasses.asdict(s),
             **({"edits": [repr(e) for e in edits]} if edits else {}),
-            path="engine, key/value cache" if next_logits.cached else "model hooks, whole sequence each step",
+            backend="engine, key/value cache" if next_logits.cached else "model hooks, whole sequence each step",
         ),
     )

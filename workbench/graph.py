@@ -70,6 +70,7 @@ from workbench.tokens import token_labels
 THRESHOLD = 0.04  # the llm-transparency-tool's default
 CHUNK_ELEMENTS = 2**24  # floats per chunk of (query, key, head, d_model) parts: 64 MB
 ABLATIONS = ("mean", "zero")
+REFERENCE_RUNS = 8  # mean ablation's reference: runs of random tokens, the prompt's length
 GRAPH_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_pattern", "attn.hook_v", "hook_mlp_out")
 
 
@@ -77,7 +78,7 @@ GRAPH_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook
 
 
 @dataclass(frozen=True)
-class Step:
+class Update:
     """One update of the residual stream: from point `source` to point `destination` inside block `layer`."""
 
     layer: int
@@ -94,15 +95,15 @@ class Step:
         return self.kind in ("mlp", "block")
 
 
-def steps(model: LoadedModel) -> list[Step]:
+def steps(model: LoadedModel) -> list[Update]:
     """The updates in order, following the architecture (no resid_mid in a parallel block: LTT's issue #24)."""
     out, point = [], 0
     for layer in range(model.info.n_layers):
         if has_hook(model, f"blocks.{layer}.hook_resid_mid"):
-            out += [Step(layer, "attn", point, point + 1), Step(layer, "mlp", point + 1, point + 2)]
+            out += [Update(layer, "attn", point, point + 1), Update(layer, "mlp", point + 1, point + 2)]
             point += 2
         else:
-            out.append(Step(layer, "block", point, point + 1))
+            out.append(Update(layer, "block", point, point + 1))
             point += 1
     return out
 
@@ -145,7 +146,7 @@ class Incoming:
     parts. Steps without attention or without an MLP hold zeros there.
     """
 
-    step: Step
+    step: Update
     positions: torch.Tensor  # (query,) the destination positions
     residual: torch.Tensor  # (query,)
     attention: torch.Tensor  # (query, key)
@@ -157,7 +158,7 @@ class Incoming:
     error: float  # largest |Σ parts − the model's residual| at these positions
 
 
-def incoming(model: LoadedModel, run: Run, step: Step, positions: torch.Tensor, direction: torch.Tensor | None = None) -> Incoming:
+def incoming(model: LoadedModel, run: Run, step: Update, positions: torch.Tensor, direction: torch.Tensor | None = None) -> Incoming:
     """Importances of the parts of `step`'s update at `positions`; `direction` (d_model,): measure along it (contrastive)."""
     points = lens.lens_points(model)
     layer, n, heads = step.layer, run.n_tokens, model.info.n_heads
@@ -502,7 +503,7 @@ def top_neurons(model: LoadedModel, run: Run, layer: int, position: int, k: int 
 
 
 @dataclass(frozen=True, eq=False)
-class Scale:
+class Rescale:
     """A map edit's function: the slice times `keep` plus `fill` (broadcast); data, so an edit set can be shown."""
 
     keep: torch.Tensor
@@ -548,7 +549,7 @@ class Reference:
     mlp_out: list[torch.Tensor]  # per layer (query, d_model), the mean
 
 
-def reference(model: LoadedModel, tokens: torch.Tensor, n: int = 8, seed: int = 0) -> Reference:
+def reference(model: LoadedModel, tokens: torch.Tensor, n: int = REFERENCE_RUNS, seed: int = 0) -> Reference:
     """`n` reference runs of random tokens (no special tokens; BOS kept first), the prompt's length (module doc: why not shuffles)."""
     gen = torch.Generator().manual_seed(seed)
     keep = 1 if model.bos_id is not None and int(tokens[0]) == model.bos_id else 0
@@ -588,14 +589,14 @@ def ablation_edits(
             edits.append(engine.Edit("replace", "pattern", layer, rows=rows, value=held.to(model.device)))
         if cut.any():
             if clean is None:  # the pattern edit sees (rows, query, head, key): zero the pairs for every head
-                edits.append(engine.Edit("map", "pattern", layer, rows=rows, fn=Scale((1 - cut)[:, None, :])))
+                edits.append(engine.Edit("map", "pattern", layer, rows=rows, fn=Rescale((1 - cut)[:, None, :])))
             if ref is not None:  # the removed entries' mean contribution to z, per (query, head)
                 fill = torch.einsum("rhqk,qk,rkhe->qhe", ref.pattern[layer], cut, ref.v[layer]) / len(ref.v[layer])
                 edits.append(engine.Edit("add", "z", layer, rows=rows, value=fill.to(model.device)))
         gone = ablation.mlps[layer].float()[:, None]  # (pos, 1)
         if gone.any():
             fill = None if ref is None else gone * ref.mlp_out[layer]
-            edits.append(engine.Edit("map", "mlp_out", layer, rows=rows, fn=Scale(1 - gone, fill)))
+            edits.append(engine.Edit("map", "mlp_out", layer, rows=rows, fn=Rescale(1 - gone, fill)))
     return edits
 
 
@@ -672,6 +673,7 @@ class Faithfulness:
 
     metric: str
     ablation: str  # "mean" or "zero"
+    reference: str  # what the ablation puts in a part's place, in words (ablation_reference): its mean over what, or zero
     full: float  # the metric of the model's own run
     empty: float  # every attention edge and MLP ablated
     kept: float  # everything outside the graph ablated
@@ -754,17 +756,27 @@ def faithfulness(
     random_drop = sum((full - r) / span for r in random_k) / len(random_k) if random_k and abs(span) > 1e-9 else float("nan")
     answer_top1 = int(logits[2].argmax()) == g.answer
     survives = share == share and share >= min_share
+    fill = ablation_reference(ablation)
+    how = f"{ablation}-ablated" + (f" ({fill})" if ablation == "mean" else "")
     if survives:
-        verdict = f"the graph keeps {share:.0%} of the metric with everything outside it {ablation}-ablated"
+        verdict = f"the graph keeps {share:.0%} of the metric with everything outside it {how}"
     else:
         verdict = (
-            f"the graph does NOT survive its own check: with everything outside it {ablation}-ablated only {share:.0%} of "
+            f"the graph does NOT survive its own check: with everything outside it {how} only {share:.0%} of "
             f"the metric is left (below {min_share:.0%}); lower the threshold to keep more of the model"
         )
     metric = "logit difference (answer − wrong)" if g.contrastive else "answer logit − mean logit"
     return Faithfulness(
-        metric, ablation, full, empty, kept, share, answer_top1, len(top), top_k, random_k, top_drop, random_drop, survives, verdict
+        metric, ablation, fill, full, empty, kept, share, answer_top1, len(top), top_k, random_k, top_drop, random_drop, survives, verdict
     )
+
+
+def ablation_reference(ablation: str) -> str:
+    """What `ablation` puts in place of a removed part, in words: the graph's mean is over random-token runs (module doc: why),
+    not the Intervene page's mean over held-out text (interventions.mean_reference)."""
+    if ablation == "mean":
+        return f"mean over {REFERENCE_RUNS} random-token runs of the prompt's length"
+    return "zero"
 
 
 def quick_check(model: LoadedModel, n_tokens: int) -> bool:
@@ -772,7 +784,7 @@ def quick_check(model: LoadedModel, n_tokens: int) -> bool:
     return model.info.d_model * model.info.n_layers * n_tokens <= 2**18
 
 
-def check(
+def faithfulness_of(
     model: LoadedModel, prompt: str, position: int = -1, threshold: float = THRESHOLD, answer: int | None = None, wrong: int | None = None,
     ablation: str = "mean", k: int = 5, truncate: bool = False, progress=None,
 ) -> Faithfulness:  # fmt: skip

@@ -137,14 +137,14 @@ class Steer:
     minus: tuple[str, ...] = ()  # ... and away from
     feature: int | None = None  # feature: its decoder row
     sae: str | None = None
-    path: str | None = None  # file: a saved vector
+    file: str | None = None  # file: a saved vector's file ("path" is path patching's word; older specs' path= still reads)
     site: str = "resid_pre"  # one of STEER_SITES (feature vectors: the SAE's site)
     positions: tuple[int, ...] | None = None
     kind: ClassVar[str] = "steer"
 
     def label(self) -> str:
         what = {"prompts": f"difference of {len(self.plus)} and {len(self.minus)} prompts", "feature": f"feature {self.feature}"}
-        source = what.get(self.vector, f"vector {self.path}")
+        source = what.get(self.vector, f"vector {self.file}")
         layer = "" if self.layer is None else f" at layer {self.layer}"
         return f"steer {self.coefficient:+g} × {source}{layer}{_at(self.positions)}"
 
@@ -168,7 +168,7 @@ class EditSet:
     # ---- the compact line for the URL: items separated by ';' ----
     # ablate head 1.2 mean | ablate mlp 0 zero | ablate neuron 0.37 resample | ablate feature 12 zero sae=...
     # clamp neuron 0.37 3.5 | clamp feature 12 5 sae=... | steer 1 4 prompts plus=a|b minus=c|d
-    # steer 1 -2 file path=v.npy | steer - 3 feature feature=12 sae=... | resample <prompt> | reference <a|b>
+    # steer 1 -2 file file=v.npy | steer - 3 feature feature=12 sae=... | resample <prompt> | reference <a|b>
     # Free text is percent-quoted, so that ';', ' ', '=' and '|' inside a prompt stay inside it.
 
     def __str__(self) -> str:
@@ -247,6 +247,8 @@ def _fields(e: EditSpec) -> dict:
 def _build(kind: str, values: dict, where: str) -> EditSpec:
     """An edit from a mapping of its fields, every value checked for type; InputError otherwise."""
     cls = KINDS[kind]
+    if kind == "steer" and "path" in values and "file" not in values:  # a steering file was written path= before #25's words
+        values = {("file" if k == "path" else k): v for k, v in values.items()}
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -321,7 +323,7 @@ def _line(e: EditSpec) -> str:
     """The compact form of one edit (EditSet.parse reads it back)."""
     if isinstance(e, Steer):
         words = ["steer", "-" if e.layer is None else str(e.layer), f"{e.coefficient:g}", e.vector]
-        extra = {"feature": e.feature, "sae": e.sae, "path": e.path, "site": None if e.site == "resid_pre" else e.site}
+        extra = {"feature": e.feature, "sae": e.sae, "file": e.file, "site": None if e.site == "resid_pre" else e.site}
         if e.plus:
             words.append("plus=" + "|".join(quote(p, safe="") for p in e.plus))
         if e.minus:
@@ -437,6 +439,15 @@ def reference_prompts(model: LoadedModel) -> tuple[str, ...]:
     gen = torch.Generator().manual_seed(0)
     n = min(REFERENCE_TOKENS, model.info.n_ctx - 1)
     return tuple(model.tokenizer.decode(words[torch.randint(len(words), (n,), generator=gen)]) for _ in range(REFERENCE_WINDOWS))
+
+
+def mean_reference(model: LoadedModel, reference: tuple[str, ...] = ()) -> str:
+    """What a mean ablation here averages over, in words (the graph's mean is another: graph.ablation_reference)."""
+    if reference:
+        return f"mean over {len(reference)} given reference prompt(s)"
+    if any(Path(model.info.source).glob("heldout_*.txt")):
+        return f"mean over {REFERENCE_WINDOWS} windows of {REFERENCE_TOKENS} tokens of the model's held-out text"
+    return f"mean over {REFERENCE_WINDOWS} random sequences of the model's ordinary tokens (it has no held-out text)"
 
 
 def _activations(model: LoadedModel, prompts: Sequence[str], hooks: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -588,9 +599,9 @@ def check(model: LoadedModel, edits: EditSet) -> None:
                     raise InputError(f"{what}: steer at one of {', '.join(STEER_SITES)}, not {e.site!r}")
                 _check_site(model, e.site, _check_layer(model, e.layer, what))
                 if e.vector == "file":
-                    if not e.path:
-                        raise InputError(f"{what}: give the vector file (path=...)")
-                    load_vector(e.path, i.d_model)
+                    if not e.file:
+                        raise InputError(f"{what}: give the vector file (file=...)")
+                    load_vector(e.file, i.d_model)
                 elif not e.plus or not e.minus:
                     raise InputError(f"{what}: a difference vector needs prompts on both sides (plus and minus)")
             continue
@@ -636,7 +647,7 @@ def compile_edits(model: LoadedModel, edits: EditSet) -> list[engine.Edit]:
             else:
                 site, layer = e.site, e.layer
                 vector = (
-                    load_vector(e.path, model.info.d_model)
+                    load_vector(e.file, model.info.d_model)
                     if e.vector == "file"
                     else difference_vector(model, e.plus, e.minus, layer, site)
                 )
@@ -739,7 +750,8 @@ class Intervention:
     after: float
     original: Generation
     edited: Generation
-    changed: list[bool]  # per generated step: the edited continuation's token differs from the original's there
+    differs: list[bool]  # per generated step: the edited continuation's token differs from the original's there
+    reference: str = ""  # what the edit set's mean ablations average over (mean_reference); "" when it has none
     provenance: dict = field(default_factory=dict, repr=False)
 
     def rows(self) -> list[dict]:
@@ -751,8 +763,8 @@ class Intervention:
 
     def continuation_rows(self) -> list[dict]:
         return [
-            dict(step=n, position=a.position, original=a.chosen_label, edited=b.chosen_label, changed=c)
-            for n, (a, b, c) in enumerate(zip(self.original.steps, self.edited.steps, self.changed, strict=False))
+            dict(step=n, position=a.position, original=a.chosen_label, edited=b.chosen_label, differs=c)
+            for n, (a, b, c) in enumerate(zip(self.original.steps, self.edited.steps, self.differs, strict=False))
         ]
 
 
@@ -773,8 +785,8 @@ def intervene(
     top = list(dict.fromkeys([*q.topk(k).indices.tolist(), *p.topk(k).indices.tolist()]))
     gen_a = generate(model, prompt, sampling)
     gen_b = generate(model, prompt, sampling, engine_edits) if engine_edits else gen_a  # the same seed: the same draws
-    changed = [a.chosen_id != b.chosen_id for a, b in zip(gen_a.steps, gen_b.steps, strict=False)]
-    changed += [True] * (len(gen_b.steps) - len(changed))
+    differs = [a.chosen_id != b.chosen_id for a, b in zip(gen_a.steps, gen_b.steps, strict=False)]
+    differs += [True] * (len(gen_b.steps) - len(differs))
     return Intervention(
         prompt=prompt,
         edits=edits,
@@ -791,10 +803,11 @@ def intervene(
         after=float(metric.value(edited[-1:])),
         original=gen_a,
         edited=gen_b,
-        changed=changed,
+        differs=differs,
+        reference=mean_reference(model, edits.reference) if any(isinstance(e, Ablate) and e.how == "mean" for e in edits.edits) else "",
         provenance=provenance(
             model, [prompt], edits=str(edits), metric=metric.kind, answer=metric.answer, wrong=metric.wrong,
-            sampling=dataclasses.asdict(sampling), path="bridge hooks",
+            sampling=dataclasses.asdict(sampling), backend="bridge hooks",
             conventions=[e.convention for e in edits.edits if isinstance(e, Ablate)], residual=conventions.RESIDUAL,
         ),
     )  # fmt: skip
@@ -812,8 +825,9 @@ class AblationSweep:
     metric_label: str
     values: torch.Tensor  # (layer, head) the metric with that head ablated
     before: float
-    path: str  # "engine" (one batched pass) or "bridge hooks"
+    backend: str  # "engine" (one batched pass) or "bridge hooks"
     note: str = ""
+    reference: str = ""  # for `how` "mean": what the mean is over (mean_reference); else ""
     provenance: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -862,7 +876,7 @@ def ablation_sweep(model: LoadedModel, prompt: str, metric: Metric, how: str = "
     if w is not None:
         logits = _engine_sweep(w, ids, values, L, H)  # (L * H, d_vocab)
         before = float(metric.value(logits[-1:].float().cpu()))  # the last row: nothing ablated
-        logits, path = logits[:-1], "engine"
+        logits, backend = logits[:-1], "engine"
     else:
         plain, _ = run_edited(model, ids[None], last_only=True)
         before = float(metric.value(plain[:, -1].float().cpu()))
@@ -870,12 +884,13 @@ def ablation_sweep(model: LoadedModel, prompt: str, metric: Metric, how: str = "
             engine.Edit("map", "z", layer, rows=torch.arange(layer * H, (layer + 1) * H), fn=_RowHeads(values[layer])) for layer in range(L)
         ]
         logits, _ = run_edited(model, ids[None].expand(L * H, -1), batch_edits, last_only=True)
-        logits, path = logits[:, -1], "bridge hooks"
+        logits, backend = logits[:, -1], "bridge hooks"
     result = metric.value(logits.float().cpu()).reshape(L, H)
     return AblationSweep(
-        how, metric, metric.label(model.tokenizer), result, before, path, note,
+        how, metric, metric.label(model.tokenizer), result, before, backend, note,
+        mean_reference(model, edits.reference) if how == "mean" else "",
         provenance(model, [prompt], how=how, convention=conventions.convention(how), metric=metric.kind, answer=metric.answer,
-                   wrong=metric.wrong, edits=str(edits), path=path),
+                   wrong=metric.wrong, edits=str(edits), backend=backend),
     )  # fmt: skip
 
 

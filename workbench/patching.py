@@ -22,7 +22,7 @@ starting at that position with the base run's keys and values before it (nothing
 change either), unembedding only the last position and only the logits the metric reads. The engine's logits are checked against the
 bridge's once per loaded model (engine.checked_weights); on a mismatch, or a model the engine does not know, the sweep runs
 through the bridge's own hooks instead (batched, slower, exact) and the result says so
-(`PatchResult.path`, `PatchResult.note`).
+(`PatchResult.backend`, `PatchResult.note`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from workbench.tokens import Alignment, align, ordinary_token_ids, token_labels
 METRICS = ("logit difference", "probability", "log-probability")
 DIRECTIONS = ("denoising", "noising")
 METHODS = ("exact", "attribution patching")
-PATHS = ("engine", "bridge hooks", "nnsight")
+BACKENDS = ("engine", "bridge hooks", "nnsight")  # how a result was computed ("path" is path patching's word)
 # position-site batches each span 1/SPLIT of the prompt: shorter runs (causality), smaller matmuls
 SPLIT = 8
 BATCH = 64  # patched runs per pass, at most (fewer when one run's intermediates are large: see batch_size)
@@ -248,13 +248,18 @@ class PatchResult:
     corrupted_value: float
     labels: list[str]  # position labels of the clean prompt
     setup: PatchingSetup = field(repr=False)
-    path: str = "engine"  # how the patched runs were computed: "engine" or "bridge hooks"
+    backend: str = "engine"  # how the patched runs were computed: one of BACKENDS
     note: str = ""  # why the bridge's hooks were used, or why values are NaN; shown with the result
     provenance: dict = field(default_factory=dict, repr=False)
     # an estimate's own ranking (AtP*: GradDrop-aware size of each cell's change, normalised; preview.py); None: |values|
     magnitude: torch.Tensor | None = None
     forward: int = 0  # forward and backward passes an estimate took (exact sweeps: 0, their runs are batched)
     backward: int = 0
+
+    @property
+    def path(self) -> str:
+        """The older name of `backend`, read by tests/test_families.py until it says backend (merged in after #25's words)."""
+        return self.backend
 
     def ranked(self, k: int = 10) -> list[dict]:
         """The k cells that move the metric most (by the estimate's magnitude when it has one, else by |normalised
@@ -317,7 +322,7 @@ class _Runs:
     base: dict[str, torch.Tensor]  # hook name -> activation (no batch dim) of the base run: the one being patched
     source: dict[str, torch.Tensor]  # ... of the run the patched values come from
     base_tokens: torch.Tensor  # (pos,)
-    path: str
+    backend: str
     note: str
     weights: engine.Weights | None = None
 
@@ -541,11 +546,11 @@ def _result(model: LoadedModel, setup: PatchingSetup, s: Site, direction: str, m
         corrupted_value=corrupted_value,
         labels=runs.labels,
         setup=setup,
-        path=runs.path,
+        backend=runs.backend,
         note="; ".join(n for n in (runs.note, why) if n),
         provenance=provenance(
             model, [setup.clean, setup.corrupted], site=s.name, direction=direction, metric=setup.metric, method=method,
-            answer=setup.answer, wrong=setup.wrong, path=runs.path,
+            answer=setup.answer, wrong=setup.wrong, backend=runs.backend,
         ),
     )  # fmt: skip
 
@@ -626,7 +631,7 @@ class DatasetPatchResult:
     std: torch.Tensor  # spread over the pairs
     n_pairs: int
     labels: list[str]  # position labels of the first pair
-    path: str = "engine"  # "engine", or "bridge hooks" when any pair's sweep fell back to them
+    backend: str = "engine"  # "engine", or "bridge hooks" when any pair's sweep fell back to them
     note: str = ""  # the pairs' notes, when any
     provenance: dict = field(default_factory=dict, repr=False)
 
@@ -655,7 +660,7 @@ def sweep_dataset(
         stack.std(0) if len(results) > 1 else torch.zeros_like(stack[0]),
         len(results),
         results[0].labels,
-        path="bridge hooks" if any(r.path == "bridge hooks" for r in results) else "engine",
+        backend="bridge hooks" if any(r.backend == "bridge hooks" for r in results) else "engine",
         note="; ".join(notes),
         provenance=provenance(
             model, [p for s in setups for p in (s.clean, s.corrupted)], site=site, direction=direction, metric=setups[0].metric,

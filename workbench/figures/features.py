@@ -148,13 +148,13 @@ def nearest(d: Dashboard) -> go.Figure:
 
 
 def intervention(iv: Intervention) -> go.Figure:
-    """The original and the changed continuation side by side, token by token; tokens that differ in red."""
+    """The original and the edited continuation side by side, token by token; tokens that differ in red."""
     rows = iv.rows()
     fig = go.Figure(
         go.Table(
-            header=dict(values=["step", "original", "changed"]),
+            header=dict(values=["step", "original", "edited"]),
             cells=dict(
-                values=[[r["step"] for r in rows], [repr(r["original"]) for r in rows], [repr(r["changed"]) for r in rows]],
+                values=[[r["step"] for r in rows], [repr(r["original"]) for r in rows], [repr(r["edited"]) for r in rows]],
                 font=dict(color=[["black"] * len(rows), ["black"] * len(rows), [CHANGED if r["differs"] else "black" for r in rows]]),
                 fill_color=[["white"] * len(rows), ["white"] * len(rows), ["#fde0dd" if r["differs"] else "white" for r in rows]],
             ),

@@ -153,4 +153,5 @@ def faithfulness_figure(f: Faithfulness) -> go.Figure:
     colours = ["#333333", "#9aa5b1", "#2ca02c" if f.survives else "#d62728", "#1f77b4"] + ["#c5b0d5"] * len(f.random_k)
     fig = go.Figure(go.Bar(x=names, y=values, marker_color=colours, hovertemplate="%{x}<br>metric %{y:.4f}<extra></extra>"))
     fig.update_yaxes(title=f.metric)
-    return layout(fig, f"Faithfulness ({f.ablation} ablation): the graph keeps {f.share:.0%} of the metric", 320)
+    how = f"{f.ablation} ablation" + (f": {f.reference}" if f.ablation == "mean" else "")  # the mean names what it is over
+    return layout(fig, f"Faithfulness ({how}): the graph keeps {f.share:.0%} of the metric", 320)

@@ -54,7 +54,7 @@ def continuations(r: Intervention) -> go.Figure:
     fig = go.Figure()
     for name, steps in rows:
         labels = [s.chosen_label for s in steps]
-        colours = [EDITED if step < len(r.changed) and r.changed[step] else "#222222" for step in range(len(steps))]
+        colours = [EDITED if step < len(r.differs) and r.differs[step] else "#222222" for step in range(len(steps))]
         probs = [s.chosen_prob for s in steps]
         fig.add_trace(
             go.Scatter(
@@ -70,8 +70,8 @@ def continuations(r: Intervention) -> go.Figure:
         )
     fig.update_xaxes(title="generated step", range=[-0.6, max(n, 1) - 0.4], dtick=1)
     fig.update_yaxes(autorange="reversed")
-    changed = sum(r.changed)
-    return layout(fig, f"Continuations ({changed} of {len(r.changed)} tokens changed, in red)", 220)
+    differ = sum(r.differs)
+    return layout(fig, f"Continuations ({differ} of {len(r.differs)} tokens differ, in red)", 220)
 
 
 def head_ablation(s: AblationSweep) -> go.Figure:

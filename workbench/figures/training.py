@@ -45,7 +45,7 @@ def head_scores_over_training(f: Formation) -> go.Figure:
                 )
         _mark_phase_change(fig, f, row=1, col=col)
     fig.update_xaxes(title="training step", type="log")
-    fig.update_yaxes(range=[0, 1.02], title="score", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], title="head score", row=1, col=1)
     title = f"{f.model}: head scores at each training checkpoint"
     if f.phase_change is not None:
         title += f" (induction phase change between steps {f.phase_change[0]} and {f.phase_change[1]}, shaded)"
