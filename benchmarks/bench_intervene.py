@@ -64,7 +64,7 @@ def _cases(name: str, model, quick: bool) -> list[Row]:
         t = time.perf_counter()
         sweep = iv.ablation_sweep(model, prompt, metric, "zero")
         our_times.append(time.perf_counter() - t)
-    if sweep.path != "engine":
+    if sweep.backend != "engine":
         raise AssertionError(f"{name}: the sweep did not use the engine ({sweep.note})")
     diff = float((sweep.values - theirs).abs().max())
     if diff > 1e-4:

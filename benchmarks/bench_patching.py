@@ -78,7 +78,7 @@ def _case(name: str, build, quick: bool) -> list[Row]:
             ours = patching.sweep(model, setup, "resid_pre")
             ours_times.append(time.perf_counter() - t)
         ours_s = min(ours_times)
-        if ours.path != "engine":
+        if ours.backend != "engine":
             raise AssertionError(f"{name}: the sweep did not use the engine ({ours.note})")
         diff = float((ours.raw - theirs).abs().max())
         if diff > 1e-4:

@@ -139,7 +139,7 @@ with ui.guard("the patching"):
             with ui.progress("The exact sweep") as report:
                 exact = exact_sweep(model, setup, site, direction, progress=report, window=window)
         if exact is not None:
-            if exact.path != "engine":
+            if exact.backend != "engine":
                 st.info(f"Computed through the model's own hooks, not the fast engine: {exact.note}.")
             ui.figure(draw.patching_heatmap(exact), f"patching-{site}", exact, exact.rows())
             if preview is not None:

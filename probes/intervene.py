@@ -86,7 +86,11 @@ def body(model, s, out):
         out.timing("head_sweep", time.time() - t)
         out.figure(draw.head_ablation(sweep), f"intervene-heads-{sweep.how}")
         out.data(f"intervene-heads-{sweep.how}", sweep, sweep.ranked())
-        out.manifest["head_sweep_path"] = {"path": sweep.path, "note": sweep.note, "convention": sweep.provenance["settings"]["convention"]}
+        out.manifest["head_sweep_path"] = {
+            "backend": sweep.backend,
+            "note": sweep.note,
+            "convention": sweep.provenance["settings"]["convention"],
+        }
     if s["steer_answers"]:
         steers = [e for e in edits.edits if isinstance(e, iv.Steer)]
         if not steers:

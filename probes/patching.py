@@ -113,7 +113,7 @@ def body(model, s, out):
             out.figure(draw.patching_heatmap(r), f"patching-{site}-dataset")
             out.data(f"patching-{site}-dataset", r)
         # how the patched runs were computed: the fast engine, or the model's own hooks when the engine did not check out
-        out.manifest.setdefault("patching_path", {})[site] = {"path": r.path, "note": r.note}
+        out.manifest.setdefault("patching_path", {})[site] = {"backend": r.backend, "note": r.note}
         out.timing(site, time.time() - t)
 
 

@@ -287,7 +287,7 @@ def test_the_batched_head_sweep_equals_one_edited_run_per_head(english, how):
     metric = iv.Metric("logit difference", english.tokenizer(" whale")["input_ids"][0], english.tokenizer(" man")["input_ids"][0])
     edits = iv.EditSet(resample="Once upon a time a man walked to the old house by the river. Once upon a")  # shorter than PROMPT
     s = iv.ablation_sweep(english, PROMPT, metric, how, edits)
-    assert s.path == "engine" and s.values.shape == (2, 4)
+    assert s.backend == "engine" and s.values.shape == (2, 4)
     assert torch.allclose(s.values, _per_head(english, PROMPT, metric, how, edits), atol=1e-4)
     plain, _ = run_edited(english, _ids(english), last_only=True)
     assert abs(s.before - float(metric.value(plain[:, -1]))) < 1e-4
@@ -412,7 +412,7 @@ def test_the_head_sweep_on_other_families(tmp_path, family):
     prompt = "apple river stone cloud tiger piano apple river"
     metric = iv.Metric("log-probability", 7)
     s = iv.ablation_sweep(model, prompt, metric, "mean")
-    assert s.path == "engine"
+    assert s.backend == "engine"
     assert torch.allclose(s.values, _per_head(model, prompt, metric, "mean"), atol=1e-4)
 
 
@@ -421,12 +421,12 @@ def test_the_head_sweep_runs_through_the_hooks_when_the_engine_disagrees(circuit
     metric = iv.Metric("probability", circuits.tokenizer(" cloud")["input_ids"][0])
     right = iv.ablation_sweep(circuits, prompt, metric, "zero")
     saved = engine.weights_of(circuits)
-    circuits.derived["engine"] = dataclasses.replace(saved, embed_scale=2.0)
+    circuits.state.weights = dataclasses.replace(saved, embed_scale=2.0)
     try:
         s = iv.ablation_sweep(circuits, prompt, metric, "zero")
     finally:
-        circuits.derived["engine"] = saved
-    assert s.path == "bridge hooks" and "differ from the model's" in s.note
+        circuits.state.weights = saved
+    assert s.backend == "bridge hooks" and "differ from the model's" in s.note
     assert torch.allclose(s.values, right.values, atol=1e-5)
 
 

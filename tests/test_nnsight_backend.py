@@ -87,13 +87,13 @@ def test_patching_sweep(trio, site):
     bridge, local, remote = trio
     setup = _setup(bridge)
     want = patching.sweep(bridge, setup, site)
-    assert want.path == "engine"
+    assert want.backend == "engine"
     # the simulated server costs seconds per request here: two sites check it (a request per sweep, its bytes)
     for model in (local, remote) if site in ("resid_pre", "z_pos") else (local,):
         before = model.backend.traffic.snapshot()
         got = patching.sweep(model, setup, site)
         spent = model.backend.traffic.since(before)
-        assert got.path == "nnsight"
+        assert got.backend == "nnsight"
         assert (got.raw - want.raw).abs().max() < TOL
         assert got.clean_value == pytest.approx(want.clean_value, abs=TOL)
         # a sweep is one trace (one request to a server): the clean, corrupted and patched runs are its invokes, and

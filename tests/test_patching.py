@@ -80,7 +80,7 @@ def test_whole_clean_residual_restores_clean_and_nothing_leaves_corrupted(circui
         assert (untouched - corrupted_value) / (clean_value - corrupted_value) == pytest.approx(0.0, abs=1e-4)
         torch.set_grad_enabled(True)
     r = patching.sweep(circuits, s, "resid_pre")
-    assert r.path == "engine" and r.note == ""
+    assert r.backend == "engine" and r.note == ""
     # positions before the corrupted word carry identical activations: patching them does nothing
     assert r.values[:, :4].abs().max() < 1e-5
 
@@ -163,11 +163,11 @@ def test_an_engine_that_disagrees_with_the_model_is_not_used(circuits):
     s = _setup(circuits)
     right = patching.sweep(circuits, s, "z")
     saved = engine.weights_of(circuits)
-    circuits.derived["engine"] = dataclasses.replace(saved, embed_scale=2.0)
+    circuits.state.weights = dataclasses.replace(saved, embed_scale=2.0)
     try:
         r = patching.sweep(circuits, s, "z")
     finally:
-        circuits.derived["engine"] = saved
-    assert r.path == "bridge hooks" and "differ from the model's" in r.note
+        circuits.state.weights = saved
+    assert r.backend == "bridge hooks" and "differ from the model's" in r.note
     assert torch.allclose(r.raw, right.raw, atol=1e-4)
-    assert r.provenance["settings"]["path"] == "bridge hooks" and r.provenance["prompts"] == [CLEAN, CORRUPTED]
+    assert r.provenance["settings"]["backend"] == "bridge hooks" and r.provenance["prompts"] == [CLEAN, CORRUPTED]

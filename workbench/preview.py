@@ -182,10 +182,10 @@ def preview_sweep(
         magnitude = magnitude / abs(clean_value - corrupted_value)  # on the normalised scale: 1 is the full restoration
     return patching.PatchResult(
         site=s.name, direction=direction, metric=setup.metric, method=method, axes=s.axes, values=values, raw=raw,
-        clean_value=clean_value, corrupted_value=corrupted_value, labels=clean.labels, setup=setup, path="engine", note=why,
+        clean_value=clean_value, corrupted_value=corrupted_value, labels=clean.labels, setup=setup, backend="engine", note=why,
         provenance=provenance(
             model, [setup.clean, setup.corrupted], site=s.name, direction=direction, metric=setup.metric, method=method,
-            answer=setup.answer, wrong=setup.wrong, path="engine", qk_fix=qk_fix, graddrop=star,
+            answer=setup.answer, wrong=setup.wrong, backend="engine", qk_fix=qk_fix, graddrop=star,
         ),
         magnitude=magnitude, forward=2, backward=backward,
     )  # fmt: skip
