@@ -98,34 +98,32 @@ def forward_flops(hf, ids: torch.Tensor) -> int:
 
 # what is worked out once per loaded model, whatever the page: the cost model's FLOP count and calibration, the
 # engine's weights and its check against the model's logits. Done once before the pages and counted apart.
-PER_MODEL = ("cost.flops_per_token", "cost.calibration", "engine", "engine.check")
+PER_MODEL = ("flops_per_token", "calibration", "weights", "checked")  # fields of model.state (workbench.model.ModelState)
 
 
 def per_model_flops(model) -> int:
     """FLOPs of the per-model work (PER_MODEL), done now, once."""
-    import contextlib
-
     from torch.utils.flop_counter import FlopCounterMode
 
     from workbench import cost, engine
 
     with torch.no_grad(), FlopCounterMode(display=False) as mode:
         cost.flops_per_token(model)
-        with contextlib.suppress(engine.Unsupported):
-            engine.checked_weights(model)
+        engine.backend(model)
     return mode.get_total_flops()
 
 
 def reset(model) -> None:
     """Forgets every analysis of `model` held in memory (not the per-model work), so that the next page starts as a first visit."""
     from workbench import ui
+    from workbench.model import ModelState
 
     for cache in ui.server_caches().values():
         with cache._lock:
             cache._items.clear()
     model.run_cache.clear()
-    for key in [k for k in model.derived if k not in PER_MODEL]:
-        del model.derived[key]
+    kept = {name: getattr(model.state, name) for name in PER_MODEL}
+    model.state = ModelState(**kept)
 
 
 def visit(counter: _Counter, page: Path, folder: str, name: str) -> Visit:
@@ -174,7 +172,7 @@ def measure(folder: str, pages: dict[str, Path] | None = None, cold: bool = Fals
             times.append(time.perf_counter() - t)
     ref_s, ref_flops = statistics.median(times), forward_flops(hf, ids)
     del hf
-    model.derived.clear()
+    model.state = type(model.state)()  # a fresh ModelState: the per-model work is counted from nothing
     once = per_model_flops(model)
     print(f"  per-model work, once per loaded model: {once / ref_flops:.1f} passes", flush=True)
     counter = _Counter()

@@ -44,11 +44,11 @@ def test_flops_per_token_are_the_weights_and_the_attention(english):
 
 
 def test_calibration_measures_this_model(circuits):
-    circuits.derived.pop("cost.calibration", None)
+    circuits.state.calibration = None
     cal = measured_calibration(circuits)
     assert cal.per_flop > 0 and cal.per_call >= 0 and cal.forward_s > 0
     assert measured_calibration(circuits) is cal  # once per loaded model
-    circuits.derived.pop("cost.calibration", None)
+    circuits.state.calibration = None
 
 
 def test_estimate_scales_with_passes_tokens_and_backward(english):

@@ -248,22 +248,22 @@ def test_the_engine_is_checked_once_per_set_of_weights_and_a_wrong_one_is_refuse
     import dataclasses
 
     w = engine.checked_weights(circuits)
-    check = circuits.derived["engine.check"]
+    check = circuits.state.checked
     assert check[0] is w and check[1] <= engine.CHECK_TOLERANCE
-    assert engine.checked_weights(circuits) is w and circuits.derived["engine.check"] is check  # not run again
+    assert engine.checked_weights(circuits) is w and circuits.state.checked is check  # not run again
     wrong = dataclasses.replace(w, embed_scale=2.0)
     config = circuits.bridge.original_model.config
     try:
-        circuits.derived["engine"] = wrong
+        circuits.state.weights = wrong
         with pytest.raises(engine.Unsupported, match="differ from the model's"):
             engine.checked_weights(circuits)
-        circuits.derived["engine"] = w
+        circuits.state.weights = w
         config.sliding_window = 4
-        circuits.derived.pop("engine.check")
+        circuits.state.checked = None
         with pytest.raises(engine.Unsupported, match="sliding-window"):
             engine.checked_weights(circuits)
     finally:
-        circuits.derived["engine"] = w
+        circuits.state.weights = w
         del config.sliding_window
-        circuits.derived.pop("engine.check", None)
+        circuits.state.checked = None
     assert engine.checked_weights(circuits) is w

@@ -221,7 +221,7 @@ def test_every_patching_site_equals_forward_hooks_on_the_plain_model(family, sit
     name, model, plain = family
     setup = _setup(model)
     r = patching.sweep(model, setup, site)
-    assert r.path == ("bridge hooks" if name == "bloom" else "engine"), r.note
+    assert r.backend == ("bridge hooks" if name == "bloom" else "engine"), r.note
     cells = [c for c in patching.SITES[site].cells(model, len(r.labels))]
     if site.endswith("_pos"):
         cells = cells[:: max(1, len(cells) // 12)]  # a spread of cells: every one costs two plain forward passes
@@ -247,7 +247,7 @@ def test_pattern_site_and_the_bridge_fallback_equal_transformer_lens(family):
             theirs["pattern"] = tlp.get_act_patch_attn_head_pattern_all_pos(model.bridge, corrupted_ids, clean_cache, metric)
     for site, ref in theirs.items():
         r = patching.sweep(model, setup, site)
-        assert r.path == ("bridge hooks" if name == "bloom" else "engine")
+        assert r.backend == ("bridge hooks" if name == "bloom" else "engine")
         assert torch.allclose(r.raw, ref, atol=1e-4), (site, (r.raw - ref).abs().max())
     if name == "bloom":
         assert "does not know the 'bloom' architecture" in r.note and "own hooks" in r.note
@@ -361,15 +361,15 @@ def test_a_site_whose_hook_does_not_reach_the_output_is_refused(family):
     name, model, _ = family
     if name not in ("opt", "gptj"):
         pytest.skip("the refusal concerns the bridges whose hook_pattern edits are ignored")
-    saved = model.derived.get("engine")
-    model.derived["engine"] = engine.Unsupported("the engine is switched off for this test")
+    saved = model.state.weights
+    model.state.weights = engine.Unsupported("the engine is switched off for this test")
     try:
         with pytest.raises(InputError, match="cannot be patched on this model"):
             patching.sweep(model, _setup(model), "pattern")
         r = patching.sweep(model, _setup(model), "z")  # the heads' output still patches through the hooks
-        assert r.path == "bridge hooks" and "switched off" in r.note
+        assert r.backend == "bridge hooks" and "switched off" in r.note
     finally:
-        model.derived["engine"] = saved
+        model.state.weights = saved
 
 
 def test_an_architecture_transformer_lens_cannot_wrap_is_refused_at_load_naming_it(tmp_path):

@@ -421,11 +421,11 @@ def test_the_head_sweep_runs_through_the_hooks_when_the_engine_disagrees(circuit
     metric = iv.Metric("probability", circuits.tokenizer(" cloud")["input_ids"][0])
     right = iv.ablation_sweep(circuits, prompt, metric, "zero")
     saved = engine.weights_of(circuits)
-    circuits.derived["engine"] = dataclasses.replace(saved, embed_scale=2.0)
+    circuits.state.weights = dataclasses.replace(saved, embed_scale=2.0)
     try:
         s = iv.ablation_sweep(circuits, prompt, metric, "zero")
     finally:
-        circuits.derived["engine"] = saved
+        circuits.state.weights = saved
     assert s.backend == "bridge hooks" and "differ from the model's" in s.note
     assert torch.allclose(s.values, right.values, atol=1e-5)
 

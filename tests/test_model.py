@@ -211,7 +211,7 @@ def test_head_constants_do_not_keep_a_second_copy_of_the_model(tmp_path):
     shutil.copytree(MODELS_DIR / "circuits", tmp_path / "circuits", ignore=shutil.ignore_patterns("checkpoints", "sae"))
     model = load_model(str(tmp_path / "circuits"))
     once = conventions.head_constants(model)
-    assert "conventions.raw_twin" not in model.derived
-    model.derived.pop("conventions.head_constants")
+    assert model.state.raw_twin is None
+    model.state.head_constants = None
     conventions.raw_twin(model)  # a kept twin (the tuned-lens package readings keep one) is reused
-    assert torch.equal(conventions.head_constants(model), once) and "conventions.raw_twin" in model.derived
+    assert torch.equal(conventions.head_constants(model), once) and model.state.raw_twin is not None

@@ -163,11 +163,11 @@ def test_an_engine_that_disagrees_with_the_model_is_not_used(circuits):
     s = _setup(circuits)
     right = patching.sweep(circuits, s, "z")
     saved = engine.weights_of(circuits)
-    circuits.derived["engine"] = dataclasses.replace(saved, embed_scale=2.0)
+    circuits.state.weights = dataclasses.replace(saved, embed_scale=2.0)
     try:
         r = patching.sweep(circuits, s, "z")
     finally:
-        circuits.derived["engine"] = saved
+        circuits.state.weights = saved
     assert r.backend == "bridge hooks" and "differ from the model's" in r.note
     assert torch.allclose(r.raw, right.raw, atol=1e-4)
     assert r.provenance["settings"]["backend"] == "bridge hooks" and r.provenance["prompts"] == [CLEAN, CORRUPTED]

@@ -273,11 +273,11 @@ def test_a_model_the_engine_cannot_run_gets_plain_atp_and_says_so(circuits):
     setup = _setup(circuits)
     right = {site: patching.attribution_sweep(circuits, setup, site) for site in patching.SITES}
     saved = engine.weights_of(circuits)
-    circuits.derived["engine"] = dataclasses.replace(saved, embed_scale=2.0)
+    circuits.state.weights = dataclasses.replace(saved, embed_scale=2.0)
     try:
         found = {site: preview.preview_sweep(circuits, setup, site) for site in patching.SITES}
     finally:
-        circuits.derived["engine"] = saved
+        circuits.state.weights = saved
     for site, r in found.items():
         assert r.method == "AtP" and "plain attribution patching" in r.note and r.backend == "bridge hooks"
         torch.testing.assert_close(r.raw, right[site].raw, atol=1e-4, rtol=1e-4)

@@ -80,6 +80,8 @@ class InputAttribution:
     metric: torch.Tensor  # (answer,) metric at the input
     metric_baseline: torch.Tensor  # (answer,) metric at the baseline
     delta: torch.Tensor  # (answer,) convergence delta (integrated gradients), else NaN
+    # engine.backend's choice for a long prompt's checkpointed gradients ("engine"), else the model's own hooks
+    backend: str = "bridge hooks"
     settings: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict, repr=False)
 
@@ -124,10 +126,10 @@ def checkpointed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wro
     A backward pass through the model keeps every block's insides (a 1,024-token GPT-2 small: ~2 GB
     a sequence, most of it attention scores); checkpointing keeps only the residual stream between
     blocks and recomputes one block's insides when the backward pass reaches it (about one more
-    forward pass of time), so several IG steps fit the budget. Raises engine.Unsupported for a
-    family the engine does not know.
+    forward pass of time), so several IG steps fit the budget. Raises engine.Unsupported when
+    engine.backend does not choose the engine.
     """
-    w = engine.weights_of(model)
+    w = engine.checked_weights(model)
     t = ids.to(w.W_E.device)[None]  # (1, pos)
     with torch.no_grad():
         offset = engine.embed(w, t) - w.W_E[t] * w.embed_scale  # (1, pos, d_model): learned positions, else zeros
@@ -232,7 +234,7 @@ def input_attribution(
     from workbench.long import LONG_TOKENS, ig_batch  # imported here: long imports the views that import this module
 
     n_full = len(ids) + len(answer.tokens) - 1
-    checkpointed = n_full > LONG_TOKENS and method != "feature ablation" and _engine_ok(model)
+    checkpointed = n_full > LONG_TOKENS and method != "feature ablation" and engine.backend(model).engine
     if internal_batch_size is None:
         internal_batch_size = ig_batch(model, n_full, checkpointed=checkpointed)
     full = torch.cat([ids, torch.tensor(answer.tokens[:-1], dtype=torch.long)])
@@ -287,6 +289,7 @@ def input_attribution(
                 metric[t] = forward(inputs.detach())[0].cpu()
                 metric_base[t] = forward(base)[0].cpu()
     answer_labels = token_labels(model.tokenizer, [*answer.tokens, *(() if answer.wrong is None else (answer.wrong,))])
+    ran_on = "engine" if checkpointed else engine.model_hooks(model)
     return InputAttribution(
         method=method,
         baseline=baseline if method in ("integrated gradients", "integrated gradients (adaptive)", "feature ablation") else "",
@@ -298,21 +301,14 @@ def input_attribution(
         metric=metric,
         metric_baseline=metric_base,
         delta=delta,
+        backend=ran_on,
         settings=dict(
             method=method, baseline=baseline, steps=steps, internal_batch_size=internal_batch_size, model=model.info.name, prompt=prompt
         ),
         provenance=provenance(
-            model, [prompt], method=method, baseline=baseline, steps=steps, answer=list(answer.tokens), wrong=answer.wrong
+            model, [prompt], method=method, baseline=baseline, steps=steps, answer=list(answer.tokens), wrong=answer.wrong, backend=ran_on
         ),
     )
-
-
-def _engine_ok(model: LoadedModel) -> bool:
-    try:
-        engine.weights_of(model)
-    except engine.Unsupported:
-        return False
-    return True
 
 
 def suggested_steps(result: InputAttribution, tolerance: float = 0.05) -> int | None:
@@ -348,7 +344,7 @@ class ComponentAttribution:
 
 
 def _direction(model: LoadedModel, answer: int, wrong: int | None) -> torch.Tensor:
-    w_u = model.bridge.W_U.detach().float().cpu()  # (d_model, d_vocab)
+    w_u = engine.readout_of(model).W_U  # (d_model, d_vocab)
     return w_u[:, answer] - (w_u[:, wrong] if wrong is not None else 0.0)
 
 
@@ -405,7 +401,7 @@ def component_attribution(
     # which parallel blocks do not have): centred where the final norm centres, then projected
     points = lens_points(model)
     resid = torch.stack([run[name][position] for _, name in points]).float()  # (point, d_model)
-    if not getattr(model.bridge.ln_final, "uses_rms_norm", False):
+    if engine.readout_of(model).norm.kind == "layer":  # RMSNorm does not centre
         resid = resid - resid.mean(-1, keepdim=True)
     cumulative = resid @ direction / scale  # (point,)
     neurons = []
@@ -416,7 +412,7 @@ def component_attribution(
         for n in contrib.abs().topk(min(top_neurons, len(contrib))).indices.tolist():
             neurons.append(dict(layer=layer, neuron=n, activation=float(post[n]), attribution=float(contrib[n])))
     neurons.sort(key=lambda r: -abs(r["attribution"]))
-    b_u = model.bridge.b_U.detach().float().cpu() if getattr(model.bridge, "b_U", None) is not None else torch.zeros(info.d_vocab)
+    b_u = engine.readout_of(model).b_U if engine.readout_of(model).b_U is not None else torch.zeros(info.d_vocab)
     logit = run.logits[position, answer] - b_u[answer]
     if wrong is not None:
         logit = logit - (run.logits[position, wrong] - b_u[wrong])

@@ -192,12 +192,12 @@ def transcoder_set(model: LoadedModel, folder: str | None = None) -> dict[int, T
         return transcoders_of(model)
     from workbench.transcoder import load_set
 
-    key = ("user-transcoders", str(folder))
-    if key not in model.derived:
+    key = str(folder)
+    if key not in model.state.user_transcoders:
         found = load_set(folder)
         check_fits(found, model.info.d_model, model.info.n_layers)
-        model.derived[key] = found
-    return model.derived[key]
+        model.state.user_transcoders[key] = found
+    return model.state.user_transcoders[key]
 
 
 def transcoders_for(model: LoadedModel, tcs: dict[int, Transcoder] | None) -> dict[int, Transcoder]:
@@ -212,8 +212,9 @@ def transcoders_for(model: LoadedModel, tcs: dict[int, Transcoder] | None) -> di
 
 
 def _weights(model: LoadedModel) -> engine.Weights:
+    """The engine's weights, once `engine.backend` has chosen the engine: attribution graphs run only on it."""
     try:
-        return engine.weights_of(model)
+        return engine.checked_weights(model)
     except engine.Unsupported as err:
         raise InputError(f"attribution graphs run on the forward engine, which cannot run this model: {err}") from None
 
@@ -415,8 +416,8 @@ def top_contexts(model: LoadedModel, layer: int, feature: int, k: int = 8, folde
     tcs = transcoders_for(model, transcoder_set(model, folder) or None)
     tc = tcs[layer]
     f = tc.check_feature(feature)
-    key = ("transcoder-contexts", layer, str(folder))
-    if key not in model.derived:  # each feature's top activations, one pass over the held-out rows per layer
+    key = (layer, str(folder))
+    if key not in model.state.transcoder_contexts:  # each feature's top activations, one pass over the held-out rows per layer
         w = _weights(model)
         name, rows, _ = heldout(model)
         rows = rows[:64]
@@ -431,8 +432,9 @@ def top_contexts(model: LoadedModel, layer: int, feature: int, k: int = 8, folde
                 where.append(top.indices + s * (rows.shape[1] - 1))
         vals_t, where_t = torch.cat(vals), torch.cat(where)
         best = vals_t.topk(k, dim=0)
-        model.derived[key] = (name, rows, best.values, where_t.gather(0, best.indices), active / (len(rows) * (rows.shape[1] - 1)))
-    name, rows, values, where, density = model.derived[key]
+        density = active / (len(rows) * (rows.shape[1] - 1))
+        model.state.transcoder_contexts[key] = (name, rows, best.values, where_t.gather(0, best.indices), density)
+    name, rows, values, where, density = model.state.transcoder_contexts[key]
     width = rows.shape[1] - 1
     top = []
     for v, idx in zip(values[:, f].tolist(), where[:, f].tolist(), strict=True):

@@ -55,7 +55,7 @@ def convention(how: str, unit: str = "head") -> str:
 def raw_twin(model: LoadedModel, keep: bool = True) -> LoadedModel:
     """The same model on raw Hugging Face weights (no compatibility mode): the model itself when it is raw already.
 
-    A second load of the weights, kept on the model (`model.derived`) for the numbers defined in
+    A second load of the weights, kept on the model (`model.state.raw_twin`) for the numbers defined in
     Hugging Face's coordinates; with `keep=False` a kept one is reused, else one is loaded for the
     caller alone (freed with it). It cannot share the loaded model's weights: compatibility mode
     rewrites nearly every one (layer norms folded into the next weights, every writing weight
@@ -68,11 +68,11 @@ def raw_twin(model: LoadedModel, keep: bool = True) -> LoadedModel:
 
     info = model.info
     with model.lock:  # one twin, however many sessions ask at once
-        if "conventions.raw_twin" not in model.derived:
+        if model.state.raw_twin is None:
             if not keep:
                 return load_model(info.name, device=info.device, dtype=info.dtype, compatibility_mode=False)
-            model.derived["conventions.raw_twin"] = load_model(info.name, device=info.device, dtype=info.dtype, compatibility_mode=False)
-    return model.derived["conventions.raw_twin"]
+            model.state.raw_twin = load_model(info.name, device=info.device, dtype=info.dtype, compatibility_mode=False)
+    return model.state.raw_twin
 
 
 def head_constants(model: LoadedModel) -> torch.Tensor:
@@ -81,11 +81,10 @@ def head_constants(model: LoadedModel) -> torch.Tensor:
     Read by running the model once more on raw Hugging Face weights (transformer-lens's bridge
     without compatibility mode: `raw_twin`) and once as
     loaded, on the same tokens: the difference of their `hook_z` is the same at every position
-    (pattern rows sum to one), checked. Kept on the model (`model.derived`).
+    (pattern rows sum to one), checked. Kept on the model (`model.state.head_constants`).
     """
-    key = "conventions.head_constants"
-    if key in model.derived:
-        return model.derived[key]
+    if model.state.head_constants is not None:
+        return model.state.head_constants
     info = model.info
     if not info.compatibility_mode:
         out = torch.zeros(info.n_layers, info.n_heads, info.d_head)
@@ -103,5 +102,5 @@ def head_constants(model: LoadedModel) -> torch.Tensor:
         if spread > 1e-3 * scale:  # an internal invariant: the folding moved a constant, nothing else
             raise AssertionError(f"the head constants differ between positions by {spread:.2e}")
         out = diff.mean(1)  # (layer, head, d_head)
-    model.derived[key] = out
+    model.state.head_constants = out
     return out

@@ -54,7 +54,7 @@ def flops_per_token(model: LoadedModel) -> tuple[float, float]:
     the attention's q·k and weights·v, which grow with the prompt. Counted, not derived from the
     config: what the bridge really runs (compatibility mode splits GPT-2's fused QKV, for one).
     """
-    found = model.derived.get("cost.flops_per_token")
+    found = model.state.flops_per_token
     if found is None:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -70,7 +70,7 @@ def flops_per_token(model: LoadedModel) -> tuple[float, float]:
         per_8, per_16 = counted(8), counted(16)
         b = (per_16 - per_8) / 8
         found = (per_8 - 8 * b, b)
-        model.derived["cost.flops_per_token"] = found
+        model.state.flops_per_token = found
     return found
 
 
@@ -104,7 +104,7 @@ class Calibration:
 
 def calibrate(model: LoadedModel) -> Calibration:
     """Times two forward passes (8 and 64 tokens) once per loaded model; later calls return the same numbers."""
-    found = model.derived.get("cost.calibration")
+    found = model.state.calibration
     if found is not None:
         return found
     short, long_ = CALIBRATION_TOKENS
@@ -129,7 +129,7 @@ def calibrate(model: LoadedModel) -> Calibration:
     else:
         per_call = max(0.0, t_short - per_flop * f_short)
     found = Calibration(per_call, per_flop, t_long)
-    model.derived["cost.calibration"] = found
+    model.state.calibration = found
     return found
 
 

@@ -25,9 +25,10 @@ activation shapes follow transformer-lens's hooks (`SITE_HOOKS`): `q`, `k`, `v` 
 (batch, pos, head, d_head), with key/value heads for grouped-query attention; `pattern`
 (batch, head, query, key); residual-stream sites (batch, pos, d_model).
 
-Nothing here is trusted blindly: patching checks the engine's logits against the bridge's on the
-prompts it sweeps and, on a mismatch or a family the engine does not know (`Unsupported`), falls
-back to the bridge's own hooks (see patching.py).
+Nothing here is trusted blindly: `backend(model)` checks the engine's logits against the model's own
+once per set of weights and, on a mismatch or a family the engine does not know (`Unsupported`),
+chooses the model's own hooks instead; every analysis that can run either way asks it, and records
+the choice on its result (`result.backend`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.model import LoadedModel, offloaded
+from workbench.model import LoadedModel, offloaded, onloaded
 
 # engine site -> transformer-lens hook suffix in block L ("blocks.L." + suffix)
 SITE_HOOKS = {
@@ -280,48 +281,114 @@ def extract(bridge, device="cpu") -> Weights:
 
 
 def weights_of(model: LoadedModel) -> Weights:
-    """The loaded model's Weights, read once and kept in the model's own store (`model.derived`)."""
-    if "engine" not in model.derived and model.backend is not None:
-        model.derived["engine"] = Unsupported("the nnsight backend runs the Hugging Face model itself, not the engine's folded weights")
-    if "engine" not in model.derived:
-        if offloaded(model):  # reading every weight would undo the offloading: views run through the model's hooks
-            model.derived["engine"] = Unsupported("the model is offloaded by accelerate (max_memory/device_map)")
-        try:
-            if "engine" not in model.derived:
-                model.derived["engine"] = extract(model.bridge, model.device)
-        except Unsupported as err:
-            model.derived["engine"] = err
-        except AttributeError as err:  # a known model type with an unexpected layout (a newer transformers)
-            model.derived["engine"] = Unsupported(f"the engine could not read this model's weights ({err})")
-    found = model.derived["engine"]
-    if isinstance(found, Unsupported):
-        raise found
-    return found
+    """The loaded model's Weights, read once and kept in the model's state (`model.state.weights`); unchecked.
 
+    Analyses do not call this to choose how to run: `backend` does, after checking the logits."""
+    state = model.state
+    if state.weights is None and model.backend is not None:
+        state.weights = Unsupported("the nnsight backend runs the Hugging Face model itself, not the engine's folded weights")
+    if state.weights is None and offloaded(model):  # reading every weight would undo the offloading: views run through the model's hooks
+        state.weights = Unsupported("the model is offloaded by accelerate (max_memory/device_map)")
+    if state.weights is None:
+        try:
+            state.weights = extract(model.bridge, model.device)
+        except Unsupported as err:
+            state.weights = err
+        except AttributeError as err:  # a known model type with an unexpected layout (a newer transformers)
+            state.weights = Unsupported(f"the engine could not read this model's weights ({err})")
+    if isinstance(state.weights, Unsupported):
+        raise state.weights
+    return state.weights
+
+
+@dataclass(frozen=True)
+class Readout:
+    """The model's final norm and unembedding, as the logit lens reads them: logits = norm(resid) @ W_U + b_U."""
+
+    norm: Norm
+    W_U: torch.Tensor  # (d_model, d_vocab), float32 on the CPU
+    b_U: torch.Tensor | None  # (d_vocab,)
+
+
+def readout_of(model: LoadedModel) -> Readout:
+    """The model's final norm and unembedding, read once (`model.state.readout`): from the bridge, or from the Hugging
+    Face modules under the nnsight backend. Kept apart from `weights_of`, which reads every block: an offloaded model
+    or a family the engine does not know still has a readout."""
+    if model.state.readout is None and model.backend is not None:  # nnsight: the Hugging Face final norm and lm_head
+        model.state.readout = Readout(*model.backend.readout_weights())
+    if model.state.readout is None:
+        bridge = model.bridge
+        with onloaded(bridge.ln_final, bridge.unembed):  # an offloaded model's final norm and unembedding, read once
+            norm = Norm.of(bridge.ln_final, float(getattr(bridge.cfg, "eps", 1e-5)), "cpu")
+            b_u = getattr(bridge, "b_U", None)
+            model.state.readout = Readout(norm, bridge.W_U.detach().float().cpu(), None if b_u is None else b_u.detach().float().cpu())
+    return model.state.readout
+
+
+# ---- the one choice: the engine, or the model's own hooks ----------------------------------------------
 
 CHECK_TOLERANCE = 1e-4  # the engine's logits must equal the model's within this, relative to the logits' scale
 CHECK_TOKENS = 12  # the check's prompt: random ids, as long as the context allows
+BACKENDS = ("engine", "bridge hooks", "nnsight")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How an analysis runs the model: `name` is "engine" (the forward engine here, batched and edited as data),
+    "bridge hooks" (transformer-lens's hooks on the model: exact, slower) or "nnsight" (the nnsight backend); `reason`
+    says why (the check's gap, or why the engine cannot run this model)."""
+
+    name: str  # one of BACKENDS
+    reason: str
+    weights: Weights | None = field(default=None, repr=False, compare=False)  # the engine's, when name == "engine"
+
+    @property
+    def engine(self) -> bool:
+        return self.name == "engine"
+
+    def note(self) -> str:
+        """What a result says about it: "" for the engine, else why the model's own hooks ran instead."""
+        return "" if self.engine else f"{self.reason}; this ran through the model's own hooks instead (exact, slower)"
+
+
+def model_hooks(model: LoadedModel) -> str:
+    """The backend of a run through the model's own hooks (runs.run_edited): "bridge hooks", or "nnsight" under it.
+    What an analysis that runs only that way records on its result."""
+    return "nnsight" if model.backend is not None else "bridge hooks"
+
+
+def backend(model: LoadedModel) -> Backend:
+    """The engine when its logits equal the model's own within CHECK_TOLERANCE, else the model's own hooks, with why.
+
+    Decided once per set of weights (a loaded model has one dtype and device, and its weights are never edited in
+    place), so it takes no prompt: one short prompt of random tokens through the engine and through the model's
+    hooks (runs.run_tokens), every position's logits compared. A mismatch is a property of the weights and the
+    architecture, not of a prompt: what differs is a family's option the engine misreads, or a reduced precision
+    (the engine computes in float32). The options that act only on long prompts (sliding windows,
+    length-dependent rotary scaling) are refused here, as a short check could not see them. Every analysis that
+    can run either way calls this and records `name` on its result (`result.backend`).
+    """
+    if model.backend is not None:
+        return Backend("nnsight", "the nnsight backend runs the Hugging Face model itself, not the engine's folded weights")
+    try:
+        w = weights_of(model)
+    except Unsupported as err:
+        return Backend("bridge hooks", str(err))
+    found = model.state.checked
+    if found is None or found[0] is not w:  # a new set of weights (or one put in by hand) is checked again
+        found = (w, _check(model, w))
+        model.state.checked = found
+    if isinstance(found[1], Unsupported):
+        return Backend("bridge hooks", str(found[1]))
+    return Backend("engine", f"the engine's logits equal the model's within {found[1]:.1e} (relative)", w)
 
 
 def checked_weights(model: LoadedModel) -> Weights:
-    """The loaded model's Weights, once the engine's logits have been found equal to the model's own (else Unsupported).
-
-    Checked once per set of weights (a loaded model has one dtype and device): one short prompt of
-    random tokens through the engine and through the model's hooks (runs.run_tokens), every
-    position's logits compared within CHECK_TOLERANCE. A mismatch is a property of the weights and
-    the architecture, not of a prompt: what differs is a family's option the engine misreads, or a
-    reduced precision (the engine computes in float32). The options that act only on long prompts
-    (sliding windows, length-dependent rotary scaling) are refused by `extract`'s caller here, as a
-    short check could not see them.
-    """
-    w = weights_of(model)
-    found = model.derived.get("engine.check")
-    if found is None or found[0] is not w:  # a new set of weights (or one put in by hand) is checked again
-        found = (w, _check(model, w))
-        model.derived["engine.check"] = found
-    if isinstance(found[1], Unsupported):
-        raise found[1]
-    return w
+    """The engine's Weights when `backend` chose the engine, else Unsupported (for what runs only on the engine)."""
+    chosen = backend(model)
+    if not chosen.engine:
+        raise Unsupported(chosen.reason)
+    return chosen.weights
 
 
 def _check(model: LoadedModel, w: Weights) -> float | Unsupported:

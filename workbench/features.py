@@ -316,9 +316,9 @@ def stats_for(model: LoadedModel, sae: SAE, folder: str | Path | None = None) ->
     name, text = heldout_text(model)
     rows, _ = windows(model, text)
     digest = text_hash(rows)
-    key = ("dashboards", sae.hook_name, id(sae))
-    if key in model.derived:
-        return model.derived[key]
+    key = (sae.hook_name, id(sae))
+    if key in model.state.dashboards:
+        return model.state.dashboards[key]
     places = [Path(folder)] if folder else []
     weights_id = hashlib.sha256(sae.W_enc[:, :64].numpy().tobytes()).hexdigest()[:12]
     places.append(CACHE_DIR / f"{safe(model.info.name)}-{safe(sae.hook_name)}-{weights_id}")
@@ -337,7 +337,7 @@ def stats_for(model: LoadedModel, sae: SAE, folder: str | Path | None = None) ->
                 break
             except OSError:
                 continue
-    model.derived[key] = stats
+    model.state.dashboards[key] = stats
     return stats
 
 
@@ -435,7 +435,7 @@ def logit_effect(
 
     `effect` (d_vocab,): W_dec[f] @ W_U when the caller computed it for many features at once."""
     if effect is None:
-        effect = sae.W_dec[feature].float() @ model.bridge.W_U.detach().float().cpu()  # (d_vocab,)
+        effect = sae.W_dec[feature].float() @ engine.readout_of(model).W_U  # (d_vocab,)
     up, down = effect.topk(n), (-effect).topk(n)
     labels = token_labels(model.tokenizer, [*up.indices.tolist(), *down.indices.tolist()])
     return (
@@ -499,7 +499,7 @@ def dashboards(model: LoadedModel, sae: SAE, stats: DashboardStats, feature_list
                 lo, hi = max(1, p - before), min(end, p + after + 1)
                 value = float(a[p, column[f]])
                 examples[(f, index)] = Example(index, value, labels[w][lo:hi], a[lo:hi, column[f]].tolist(), p - lo)
-    W_U = model.bridge.W_U.detach().float().cpu()  # (d_model, d_vocab)
+    W_U = engine.readout_of(model).W_U  # (d_model, d_vocab)
     out = []
     for start in range(0, len(fs), 256):  # the logit effects of 256 features at a time: (256, d_vocab)
         block = fs[start : start + 256]
@@ -619,12 +619,7 @@ def sae_set(model: LoadedModel, folders: tuple[str, ...] = ()) -> dict[str, SAE]
 
     out = dict(sae_mod.saes_of(model))
     for folder in folders:
-        key = ("sae folder", str(Path(folder).expanduser().resolve()))
-        if key not in model.derived:
-            loaded = sae_mod.load(folder)
-            sae_mod.check_fits(loaded, model.info.d_model, model.info.n_layers, model.info.n_heads * model.info.d_head)
-            model.derived[key] = loaded
-        out[USER + str(folder)] = model.derived[key]
+        out[USER + str(folder)] = sae_mod.user_sae(model, folder)
     return out
 
 

@@ -10,14 +10,13 @@ the kept probabilities are renormalised, and each `Step` records them as its can
 Each step's logits come from `NextLogits`: on the forward engine with a key/value cache, so that a
 step runs only the new token (the earlier positions' keys and values are kept; by causality
 nothing else about them can change), or -- where the engine does not run this model or does not
-check out against it (engine.checked_weights) -- by a full run of the whole sequence through the
+check out against it (engine.backend) -- by a full run of the whole sequence through the
 model's own hooks. Edits apply inside every step's call either way: one of a prompt position acts
 in the first step and stays in the cache, one of every position acts on each new token too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -99,6 +98,7 @@ class Generation:
     steps: list[Step] = field(default_factory=list)
     stopped: str = ""  # why it stopped
     provenance: dict = field(default_factory=dict, repr=False)
+    backend: str = "engine"  # "engine" (with its key/value cache), else the model's own hooks, the whole sequence each step
 
 
 class NextLogits:
@@ -117,8 +117,7 @@ class NextLogits:
         # the engine computes in float32: a model in another dtype would not check out, and reading its weights
         # would make a float32 copy of them all (5 GB for a 1B model in bfloat16) only to find that out
         if cache and model.info.dtype == "float32":
-            with contextlib.suppress(engine.Unsupported):  # else the model's own hooks, uncached
-                self.weights = engine.checked_weights(model)
+            self.weights = engine.backend(model).weights  # None: the model's own hooks, uncached
         self.ids: torch.Tensor | None = None  # (pos,) the sequence whose keys and values are kept
         self.past: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> ((1, pos, kv_head, d_head) keys, values)
 
@@ -191,6 +190,7 @@ def generate(
             stopped = "the model produced its end-of-text token"
             break
     text = model.tokenizer.decode([st.chosen_id for st in steps], skip_special_tokens=False)
+    backend = "engine" if next_logits.cached else engine.model_hooks(model)
     return Generation(
         prompt,
         s,
@@ -203,6 +203,7 @@ def generate(
             [prompt],
             **dataclasses.asdict(s),
             **({"edits": [repr(e) for e in edits]} if edits else {}),
-            backend="engine, key/value cache" if next_logits.cached else "model hooks, whole sequence each step",
+            backend=backend,
         ),
+        backend=backend,
     )

@@ -319,9 +319,8 @@ def check_threshold(threshold: float) -> float:
 
 def contrast_direction(model: LoadedModel, answer: int, wrong: int) -> torch.Tensor:
     """(d_model,): the final norm's gain times W_U[:, answer] − W_U[:, wrong]: the residual direction of the logit difference."""
-    lens.readout(model, torch.zeros(1, model.info.d_model))  # fills the model's readout store
-    norm, w_u, _ = model.derived["readout"]
-    d = w_u[:, answer] - w_u[:, wrong]  # (d_model,)
+    r = engine.readout_of(model)
+    norm, d = r.norm, r.W_U[:, answer] - r.W_U[:, wrong]  # (d_model,)
     return d if norm.weight is None else d * (norm.offset + norm.weight)
 
 
@@ -448,8 +447,7 @@ def read_node(model: LoadedModel, run: Run, point: int, position: int, k: int = 
     with torch.no_grad():
         probs = lens.readout(model, resid[None])[0].softmax(-1)  # (d_vocab,)
         before = run[points[point - 1][1]][position].float() if point else torch.zeros_like(resid)
-        _, w_u, _ = model.derived["readout"]
-        direct = (resid - before) @ w_u  # (d_vocab,) the update's direct logits (the embedding itself at point 0)
+        direct = (resid - before) @ engine.readout_of(model).W_U  # (d_vocab,) the update's direct logits (the embedding itself at point 0)
     top = probs.topk(k)
     up, down = direct.topk(k), (-direct).topk(k)
     tok = model.tokenizer
@@ -493,9 +491,7 @@ def top_neurons(model: LoadedModel, run: Run, layer: int, position: int, k: int 
     share = prox / total.clamp(min=1e-30)
     top = share.topk(min(k, len(share)))
     ids = top.indices.tolist()
-    lens.readout(model, torch.zeros(1, model.info.d_model))
-    _, w_u, _ = model.derived["readout"]
-    promoted = (w_out[ids] @ w_u).argmax(-1).tolist()
+    promoted = (w_out[ids] @ engine.readout_of(model).W_U).argmax(-1).tolist()
     return Neurons(layer, position, ids, act[ids].tolist(), top.values.tolist(), token_labels(model.tokenizer, promoted))
 
 
@@ -637,9 +633,9 @@ def run_ablations(
 ) -> torch.Tensor:
     """(ablation, d_vocab) logits at `position`, each ablation in its own batch row of one edited run.
 
-    Through the forward engine where it knows the family: some attention bridges (OPT, GPT-J) hand
+    Through the forward engine where engine.backend chooses it: some attention bridges (OPT, GPT-J) hand
     the pattern to Hugging Face's module before its hook fires and discard an edit of it. Elsewhere
-    through the bridge's hooks (runs.run_edited). Positions after `position` cannot change it (causality)
+    through the model's own hooks (runs.run_edited). Positions after `position` cannot change it (causality)
     and are not run. With `progress(done)`, one ablation per call instead, reported after each (long work
     on a large model: a Cancel reaches it between calls).
     """
@@ -652,13 +648,12 @@ def run_ablations(
         return torch.cat(out)
     edits = [e for row, a in enumerate(ablations) for e in ablation_edits(model, n, a.clip(n), row, _clip_ref(ref, n), clean)]
     batch = tokens[:n][None].expand(len(ablations), -1)
+    chosen = engine.backend(model)
     with torch.no_grad():
-        try:
-            w = engine.weights_of(model)
-        except engine.Unsupported:
+        if not chosen.engine:
             logits, _ = run_edited(model, batch, edits, last_only=True)
             return logits[:, -1].float().cpu()
-        return engine.forward(w, batch.to(model.device), edits=edits, last_only=True).logits.float().cpu()
+        return engine.forward(chosen.weights, batch.to(model.device), edits=edits, last_only=True).logits.float().cpu()
 
 
 def _clip_ref(ref: Reference | None, n: int) -> Reference | None:
@@ -686,6 +681,7 @@ class Faithfulness:
     random_drop: float  # the same, averaged over the random draws
     survives: bool
     verdict: str
+    backend: str = "engine"  # engine.backend's choice for the ablated runs (run_ablations)
 
     def rows(self) -> list[dict]:
         rows = [
@@ -767,8 +763,9 @@ def faithfulness(
         )
     metric = "logit difference (answer − wrong)" if g.contrastive else "answer logit − mean logit"
     return Faithfulness(
-        metric, ablation, fill, full, empty, kept, share, answer_top1, len(top), top_k, random_k, top_drop, random_drop, survives, verdict
-    )
+        metric, ablation, fill, full, empty, kept, share, answer_top1, len(top), top_k, random_k, top_drop, random_drop, survives, verdict,
+        backend=engine.backend(model).name,
+    )  # fmt: skip
 
 
 def ablation_reference(ablation: str) -> str:

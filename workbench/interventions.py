@@ -61,7 +61,6 @@ METRICS = ("probability", "logit difference", "log-probability")
 REFERENCE_WINDOWS = 32  # reference prompts cut from the held-out text
 REFERENCE_TOKENS = 64  # tokens per reference window
 CONTINUATION = Sampling(max_new_tokens=12)  # the continuations compared, by default greedy
-CHECK_TOLERANCE = engine.CHECK_TOLERANCE  # the engine's logits must match the bridge's within this (relative) for a sweep to use it
 # the site each ablated unit lives at (engine.SITE_HOOKS)
 UNIT_SITES = {"head": "z", "mlp": "mlp_out", "neuron": "mlp_post"}
 
@@ -465,7 +464,7 @@ def _activations(model: LoadedModel, prompts: Sequence[str], hooks: Sequence[str
 def reference_mean(model: LoadedModel, reference: tuple[str, ...], hook: str, fn: Callable | None = None, key: str = "") -> torch.Tensor:
     """The mean over the reference set's non-BOS positions of `hook`'s activation (or of fn(activation)); kept on the model."""
     prompts = reference or reference_prompts(model)
-    store = model.derived.setdefault("interventions.means", {})
+    store = model.state.reference_means
     k = (hash(prompts), hook, key)
     if k not in store:
         acts = _activations(model, prompts, [hook])[hook]  # (n, ...)
@@ -488,15 +487,9 @@ def load_sae(model: LoadedModel, which: str | None) -> sae.SAE:
     if which in shipped:
         return sae.saes_of(model)[which]
     folder = server_path(which, "SAE folders", also=Path(model.info.source))
-    store = model.derived.setdefault("interventions.saes", {})
-    key = str(Path(folder).expanduser().resolve())
-    if key not in store:
-        if not Path(folder).expanduser().is_dir():
-            raise InputError(f"no SAE '{which}': give one of this model's ({', '.join(shipped) or 'none shipped'}) or an SAE folder")
-        loaded = sae.load(folder)
-        sae.check_fits(loaded, model.info.d_model, model.info.n_layers, model.info.n_heads * model.info.d_head)
-        store[key] = loaded
-    return store[key]
+    if not Path(folder).expanduser().is_dir():
+        raise InputError(f"no SAE '{which}': give one of this model's ({', '.join(shipped) or 'none shipped'}) or an SAE folder")
+    return sae.user_sae(model, folder)
 
 
 def server_path(path: str | Path, what: str, also: Path | None = None) -> Path:
@@ -551,7 +544,7 @@ def difference_vector(model: LoadedModel, plus: Sequence[str], minus: Sequence[s
     if not plus or not minus:
         raise InputError("a difference vector needs prompts on both sides (plus and minus)")
     hook = f"blocks.{layer}.{engine.SITE_HOOKS[site]}"
-    store = model.derived.setdefault("interventions.differences", {})
+    store = model.state.differences
     key = (tuple(plus), tuple(minus), hook)
     if key not in store:
         store[key] = _activations(model, plus, [hook])[hook].mean(0) - _activations(model, minus, [hook])[hook].mean(0)
@@ -752,6 +745,7 @@ class Intervention:
     edited: Generation
     differs: list[bool]  # per generated step: the edited continuation's token differs from the original's there
     reference: str = ""  # what the edit set's mean ablations average over (mean_reference); "" when it has none
+    backend: str = "bridge hooks"  # always the model's own hooks (engine.model_hooks): generation samples through them
     provenance: dict = field(default_factory=dict, repr=False)
 
     def rows(self) -> list[dict]:
@@ -771,7 +765,10 @@ class Intervention:
 def intervene(
     model: LoadedModel, prompt: str, edits: EditSet, metric: Metric | None = None, sampling: Sampling = CONTINUATION, k: int = 10
 ) -> Intervention:
-    """Runs `prompt` without and with `edits`; `metric` None: the probability of the original run's top next token."""
+    """Runs `prompt` without and with `edits`; `metric` None: the probability of the original run's top next token.
+
+    Always through the model's own hooks (runs.run_edited; `backend` records which): one unbatched pair of runs gains
+    nothing from the engine, and the continuations are sampled through the same hooks."""
     ids, _ = encode(model, prompt)
     engine_edits = compile_edits(model, edits)
     original, _ = run_edited(model, ids[None])  # (1, pos, d_vocab)
@@ -805,9 +802,10 @@ def intervene(
         edited=gen_b,
         differs=differs,
         reference=mean_reference(model, edits.reference) if any(isinstance(e, Ablate) and e.how == "mean" for e in edits.edits) else "",
+        backend=engine.model_hooks(model),
         provenance=provenance(
             model, [prompt], edits=str(edits), metric=metric.kind, answer=metric.answer, wrong=metric.wrong,
-            sampling=dataclasses.asdict(sampling), backend="bridge hooks",
+            sampling=dataclasses.asdict(sampling), backend=engine.model_hooks(model),
             conventions=[e.convention for e in edits.edits if isinstance(e, Ablate)], residual=conventions.RESIDUAL,
         ),
     )  # fmt: skip
@@ -825,7 +823,7 @@ class AblationSweep:
     metric_label: str
     values: torch.Tensor  # (layer, head) the metric with that head ablated
     before: float
-    backend: str  # "engine" (one batched pass) or "bridge hooks"
+    backend: str  # engine.backend's choice: "engine" (one batched pass), "bridge hooks" or "nnsight"
     note: str = ""
     reference: str = ""  # for `how` "mean": what the mean is over (mean_reference); else ""
     provenance: dict = field(default_factory=dict, repr=False)
@@ -872,11 +870,11 @@ def ablation_sweep(model: LoadedModel, prompt: str, metric: Metric, how: str = "
     i = model.info
     L, H, n = i.n_layers, i.n_heads, len(ids)
     values = {layer: _head_values(model, edits, how, n, layer) for layer in range(L)}
-    w, note = _checked_engine(model, ids)
-    if w is not None:
-        logits = _engine_sweep(w, ids, values, L, H)  # (L * H, d_vocab)
+    chosen = engine.backend(model)  # checked against the model's logits once per set of weights
+    if chosen.engine:
+        logits = _engine_sweep(chosen.weights, ids, values, L, H)  # (L * H, d_vocab)
         before = float(metric.value(logits[-1:].float().cpu()))  # the last row: nothing ablated
-        logits, backend = logits[:-1], "engine"
+        logits = logits[:-1]
     else:
         plain, _ = run_edited(model, ids[None], last_only=True)
         before = float(metric.value(plain[:, -1].float().cpu()))
@@ -884,13 +882,13 @@ def ablation_sweep(model: LoadedModel, prompt: str, metric: Metric, how: str = "
             engine.Edit("map", "z", layer, rows=torch.arange(layer * H, (layer + 1) * H), fn=_RowHeads(values[layer])) for layer in range(L)
         ]
         logits, _ = run_edited(model, ids[None].expand(L * H, -1), batch_edits, last_only=True)
-        logits, backend = logits[:, -1], "bridge hooks"
+        logits = logits[:, -1]
     result = metric.value(logits.float().cpu()).reshape(L, H)
     return AblationSweep(
-        how, metric, metric.label(model.tokenizer), result, before, backend, note,
+        how, metric, metric.label(model.tokenizer), result, before, chosen.name, chosen.note(),
         mean_reference(model, edits.reference) if how == "mean" else "",
         provenance(model, [prompt], how=how, convention=conventions.convention(how), metric=metric.kind, answer=metric.answer,
-                   wrong=metric.wrong, edits=str(edits), backend=backend),
+                   wrong=metric.wrong, edits=str(edits), backend=chosen.name),
     )  # fmt: skip
 
 
@@ -923,15 +921,6 @@ def _engine_sweep(w: engine.Weights, ids: torch.Tensor, values: dict[int, torch.
         out.append(engine.forward(w, resid=resid, start=last, edits=edits, last_only=True, past=past).logits)  # (H, d_vocab)
         out.append(base.logits)  # (1, d_vocab)
     return torch.cat(out).float().cpu()
-
-
-def _checked_engine(model: LoadedModel, ids: torch.Tensor) -> tuple[engine.Weights | None, str]:
-    """(the engine's weights, "") when the engine computes this model's logits (engine.checked_weights: checked
-    against the model's own once per loaded model), else (None, why)."""
-    try:
-        return engine.checked_weights(model), ""
-    except engine.Unsupported as err:
-        return None, f"{err}; this sweep ran through the model's own hooks instead (exact, slower)"
 
 
 @dataclass(frozen=True, eq=False)

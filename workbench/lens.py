@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from workbench import engine
 from workbench.errors import InputError
-from workbench.model import LoadedModel, onloaded
+from workbench.model import LoadedModel
 from workbench.runs import Run, check_token_ids, has_hook, provenance, run_prompt, run_tokens
 from workbench.tokens import token_labels
 
@@ -86,17 +86,9 @@ def readout(model: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
     Written out (not called through the bridge's modules) so that the tuned lens can train through
     it; the final norm is the model's own kind (LayerNorm, RMSNorm, Gemma's 1 + w), see engine.Norm.
     """
-    if "readout" not in model.derived and model.backend is not None:  # nnsight: the Hugging Face final norm and lm_head
-        model.derived["readout"] = model.backend.readout_weights()
-    if "readout" not in model.derived:
-        bridge = model.bridge
-        with onloaded(bridge.ln_final, bridge.unembed):  # an offloaded model's final norm and unembedding, read once
-            norm = engine.Norm.of(bridge.ln_final, float(getattr(bridge.cfg, "eps", 1e-5)), "cpu")
-            b_u = getattr(bridge, "b_U", None)
-            model.derived["readout"] = (norm, bridge.W_U.detach().float().cpu(), None if b_u is None else b_u.detach().float().cpu())
-    norm, w_u, b_u = model.derived["readout"]  # (d_model, d_vocab), (d_vocab,)
-    logits = norm(resid) @ w_u
-    return logits if b_u is None else logits + b_u
+    r = engine.readout_of(model)  # read once per model
+    logits = r.norm(resid) @ r.W_U  # (..., d_vocab)
+    return logits if r.b_U is None else logits + r.b_U
 
 
 def read_chunks(

@@ -23,8 +23,8 @@ AtP* here ranks nodes by max(|AtP with the QK fix|, GradDrop): GradDrop only eve
 that cancellation hid. Cost per prompt pair: the source run's forward, the base run's forward and
 L + 1 backward passes on it, whatever the number of nodes (`NodeEffects.forward/backward` count them).
 
-Every number here runs through the forward engine (engine.py), checked against the model's own
-logits on both prompts first; a model the engine does not know gets a clear message.
+Every number here runs through the forward engine only (engine.py; provenance records backend "engine"): it runs
+once `engine.backend` has chosen it for the model's weights; a model the engine does not run gets a clear message.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def site_names(w: engine.Weights, *sites: str) -> list[str]:
 
 
 def prepare(model: LoadedModel, setup: PatchingSetup, direction: str = "denoising") -> Pair:
-    """The pair on the engine, once the engine's logits have been checked against the model's own (once per model)."""
+    """The pair on the engine, once engine.backend has chosen it (its logits checked against the model's once per weights)."""
     if direction not in DIRECTIONS:
         raise InputError(f"unknown direction '{direction}': use denoising or noising")
     clean_ids, corrupted_ids = check_setup(model, setup)
@@ -189,7 +189,8 @@ class NodeEffects:
 def pairs_provenance(model: LoadedModel, pairs: list[Pair], method: str, **settings) -> dict:
     return provenance(
         model, [p for x in pairs for p in (x.setup.clean, x.setup.corrupted)], method=method, direction=pairs[0].direction,
-        metric=pairs[0].setup.metric, answers=[x.setup.answer for x in pairs], wrongs=[x.setup.wrong for x in pairs], **settings,
+        metric=pairs[0].setup.metric, answers=[x.setup.answer for x in pairs], wrongs=[x.setup.wrong for x in pairs], backend="engine",
+        **settings,
     )  # fmt: skip
 
 

@@ -39,11 +39,19 @@ from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from workbench import checkpoints, hub
 from workbench.errors import InputError
+
+if TYPE_CHECKING:  # the state's types only: these modules import this one
+    from workbench.cost import Calibration
+    from workbench.engine import Readout, Unsupported, Weights
+    from workbench.features import DashboardStats
+    from workbench.sae import SAE
+    from workbench.transcoder import Transcoder
 
 ROOT = Path(__file__).resolve().parents[1]
 _INSTALLED_MODELS = Path(__file__).resolve().parent / "models"  # where `pip install .` puts models/ (pyproject.toml)
@@ -109,6 +117,48 @@ class ModelInfo:
 
 
 @dataclass(eq=False)
+class ModelState:
+    """What is computed from a loaded model's weights once and reused by every page and session.
+
+    One typed field per thing, each filled lazily by the one function named beside it, under that
+    function's own checks; nothing else writes it. Every entry is a function of the weights (and of
+    the files beside them), so it is valid as long as the model is: the weights are never edited in
+    place (edits are data applied inside one call). A field that is None has not been computed yet.
+    Tests that swap in other weights (engine.Weights put in by hand) reset `weights` and `checked`.
+    """
+
+    # engine.weights_of: the forward engine's Weights, or the engine.Unsupported that says why it cannot run the model
+    weights: Weights | Unsupported | None = None
+    # engine.backend: (the Weights it checked, the relative gap of their logits from the model's, or Unsupported)
+    checked: tuple[Weights, float | Unsupported] | None = None
+    # engine.readout_of: the final norm and unembedding (lens readout, contrast directions, promoted tokens)
+    readout: Readout | None = None
+    # conventions.raw_twin: the same model loaded on raw Hugging Face weights (numbers in Hugging Face's coordinates)
+    raw_twin: LoadedModel | None = None
+    # conventions.head_constants: (layer, head, d_head) Hugging Face's z minus the workbench's z
+    head_constants: torch.Tensor | None = None
+    # cost.flops_per_token: (a, b) of a forward pass's a + b × tokens FLOPs per token; cost.calibrate: seconds per call and FLOP
+    flops_per_token: tuple[float, float] | None = None
+    calibration: Calibration | None = None
+    # sae.saes_of: hook name -> the SAEs shipped in models/<name>/sae/
+    saes: dict[str, SAE] | None = None
+    # sae.user_sae (features.sae_set, interventions.load_sae): resolved folder -> a user's SAE, checked to fit
+    user_saes: dict[str, SAE] = field(default_factory=dict)
+    # features.stats_for: (hook name, id of the SAE) -> its dashboard stats on the held-out text
+    dashboards: dict[tuple[str, int], DashboardStats] = field(default_factory=dict)
+    # transcoder.transcoders_of: layer -> the transcoders shipped with the model
+    transcoders: dict[int, Transcoder] | None = None
+    # attribution_graph.transcoder_set: a user's folder -> its transcoders, checked to fit
+    user_transcoders: dict[str, dict[int, Transcoder]] = field(default_factory=dict)
+    # attribution_graph.top_contexts: (layer, folder) -> (held-out name, rows, top values, their places, each feature's density)
+    transcoder_contexts: dict[tuple[int, str], tuple] = field(default_factory=dict)
+    # interventions.reference_mean: (reference prompts, hook, key) -> the mean activation a mean ablation writes
+    reference_means: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    # interventions.difference_vector: (plus prompts, minus prompts, hook) -> (d_model,) their mean difference
+    differences: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
 class LoadedModel:
     """A bridge with its tokenizer and summary. Run it only while holding `lock` (see module doc)."""
 
@@ -118,8 +168,8 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # runs of this model, shared by every page and session (see runs.py)
     run_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
-    # what is computed from the weights once and reused (the forward engine's weights, see engine.py)
-    derived: dict = field(default_factory=dict, repr=False)
+    # what is computed from the weights once and reused (ModelState: engine weights, readout, SAEs, reference means)
+    state: ModelState = field(default_factory=ModelState, repr=False)
     # None: the bridge runs the model; else the nnsight backend (nnsight_backend.py) does, here or on an NDIF server
     backend: object | None = field(default=None, repr=False)
 

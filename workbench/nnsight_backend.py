@@ -559,8 +559,9 @@ def component_attribution(
     neuron and the residual points (tests/test_nnsight_backend.py); a head's value differs from the
     bridge's by a constant (its value bias, which the bridge moves into b_O), and so does the remainder.
     """
+    from workbench import engine
     from workbench.attribution import ComponentAttribution
-    from workbench.lens import lens_points, readout
+    from workbench.lens import lens_points
     from workbench.runs import check_position, check_token_ids, hook_names, provenance, run_prompt
     from workbench.tokens import token_labels
 
@@ -571,8 +572,8 @@ def component_attribution(
                        "hook_mlp_out", "attn.hook_z", "mlp.hook_post")  # fmt: skip
     run = run_prompt(model, prompt, names, truncate=truncate)
     position = check_position(run.n_tokens, position)
-    readout(model, torch.zeros(1, info.d_model))  # reads the final norm and unembedding once (model.derived)
-    norm, w_u, b_u = model.derived["readout"]
+    r = engine.readout_of(model)  # the final norm and unembedding, read once per model
+    norm, w_u, b_u = r.norm, r.W_U, r.b_U
     gamma = norm.weight if norm.weight is not None else torch.ones(info.d_model)
     direction = gamma * (w_u[:, answer] - (w_u[:, wrong] if wrong is not None else 0.0))  # (d_model,)
     centre = norm.kind == "layer"

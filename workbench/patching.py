@@ -19,10 +19,10 @@ are tested against) runs one full forward pass per cell. Here the forward engine
 runs many patched runs in one batched pass, each joining the batch at its patched layer from
 the base run's residual stream (the layers before it cannot change) and, for a patched position,
 starting at that position with the base run's keys and values before it (nothing earlier can
-change either), unembedding only the last position and only the logits the metric reads. The engine's logits are checked against the
-bridge's once per loaded model (engine.checked_weights); on a mismatch, or a model the engine does not know, the sweep runs
-through the bridge's own hooks instead (batched, slower, exact) and the result says so
-(`PatchResult.backend`, `PatchResult.note`).
+change either), unembedding only the last position and only the logits the metric reads. Which one runs is `engine.backend`'s
+choice (the engine's logits checked against the model's once per set of weights); on a mismatch, or a model the
+engine does not know, the sweep runs through the bridge's own hooks instead (batched, slower, exact) and the result
+says so (`PatchResult.backend`, `PatchResult.note`).
 """
 
 from __future__ import annotations
@@ -42,11 +42,9 @@ from workbench.tokens import Alignment, align, ordinary_token_ids, token_labels
 METRICS = ("logit difference", "probability", "log-probability")
 DIRECTIONS = ("denoising", "noising")
 METHODS = ("exact", "attribution patching")
-BACKENDS = ("engine", "bridge hooks", "nnsight")  # how a result was computed ("path" is path patching's word)
 # position-site batches each span 1/SPLIT of the prompt: shorter runs (causality), smaller matmuls
 SPLIT = 8
 BATCH = 64  # patched runs per pass, at most (fewer when one run's intermediates are large: see batch_size)
-CHECK_TOLERANCE = engine.CHECK_TOLERANCE  # the engine's logits must equal the bridge's within this, relative to the logits' scale
 # A clean − corrupted span below this share of the logits' size is float noise (float32 keeps ~7 digits,
 # and a patched run's arithmetic differs in order from the clean run's): dividing by it would show noise
 SPAN_FLOOR = 1e-5
@@ -248,18 +246,13 @@ class PatchResult:
     corrupted_value: float
     labels: list[str]  # position labels of the clean prompt
     setup: PatchingSetup = field(repr=False)
-    backend: str = "engine"  # how the patched runs were computed: one of BACKENDS
+    backend: str = "engine"  # how the patched runs were computed (engine.backend): "engine", "bridge hooks" or "nnsight"
     note: str = ""  # why the bridge's hooks were used, or why values are NaN; shown with the result
     provenance: dict = field(default_factory=dict, repr=False)
     # an estimate's own ranking (AtP*: GradDrop-aware size of each cell's change, normalised; preview.py); None: |values|
     magnitude: torch.Tensor | None = None
     forward: int = 0  # forward and backward passes an estimate took (exact sweeps: 0, their runs are batched)
     backward: int = 0
-
-    @property
-    def path(self) -> str:
-        """The older name of `backend`, read by tests/test_families.py until it says backend (merged in after #25's words)."""
-        return self.backend
 
     def ranked(self, k: int = 10) -> list[dict]:
         """The k cells that move the metric most (by the estimate's magnitude when it has one, else by |normalised
@@ -322,7 +315,7 @@ class _Runs:
     base: dict[str, torch.Tensor]  # hook name -> activation (no batch dim) of the base run: the one being patched
     source: dict[str, torch.Tensor]  # ... of the run the patched values come from
     base_tokens: torch.Tensor  # (pos,)
-    backend: str
+    backend: str  # engine.BACKENDS
     note: str
     weights: engine.Weights | None = None
 
@@ -337,15 +330,11 @@ def _prepare(model: LoadedModel, setup: PatchingSetup, site: Site, direction: st
     past_names = [f"blocks.{layer}.attn.hook_{kv}" for layer in layers for kv in "kv"]
     clean = run_prompt(model, setup.clean, names)  # the bridge's run: the reference and the reported baselines
     corrupted = run_prompt(model, setup.corrupted, names)
-    note = ""
-    try:
-        w = engine.checked_weights(model)  # checked against the model's logits once per loaded model
-    except engine.Unsupported as err:
-        note = f"{err}; this sweep ran through the model's own hooks instead (exact, slower)"
-        w = None
+    chosen = engine.backend(model)  # checked against the model's logits once per set of weights
+    w, note = chosen.weights, chosen.note()
     base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
     base_ids = corrupted_ids if direction == "denoising" else clean_ids
-    if w is None and model.backend is not None:  # nnsight: every site it exposes for editing reaches the output
+    if chosen.name == "nnsight":  # every site it exposes for editing reaches the output
         return _Runs(clean.logits, corrupted.logits, clean.labels, base.cache, source.cache, base_ids, "nnsight", "")
     if w is None:
         _check_hook_reaches_output(model, site, base_ids)
@@ -631,7 +620,7 @@ class DatasetPatchResult:
     std: torch.Tensor  # spread over the pairs
     n_pairs: int
     labels: list[str]  # position labels of the first pair
-    backend: str = "engine"  # "engine", or "bridge hooks" when any pair's sweep fell back to them
+    backend: str = "engine"  # "engine", or another of engine.BACKENDS when any pair's sweep ran on it
     note: str = ""  # the pairs' notes, when any
     provenance: dict = field(default_factory=dict, repr=False)
 
@@ -660,7 +649,7 @@ def sweep_dataset(
         stack.std(0) if len(results) > 1 else torch.zeros_like(stack[0]),
         len(results),
         results[0].labels,
-        backend="bridge hooks" if any(r.backend == "bridge hooks" for r in results) else "engine",
+        backend=next((r.backend for r in results if r.backend != "engine"), "engine"),
         note="; ".join(notes),
         provenance=provenance(
             model, [p for s in setups for p in (s.clean, s.corrupted)], site=site, direction=direction, metric=setups[0].metric,

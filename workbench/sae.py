@@ -414,11 +414,21 @@ def _hook_order(hook_name: str) -> tuple[int, int]:
 def saes_of(model) -> dict[str, SAE]:
     """hook_name -> SAE for every SAE that ships with `model` (a LoadedModel): models/<model>/sae/<hook_name>/.
 
-    Empty for a model without SAEs. Loaded once per model and kept in `model.derived`."""
-    key = "saes"
-    if key not in model.derived:
+    Empty for a model without SAEs. Loaded once per model and kept in `model.state.saes`."""
+    if model.state.saes is None:
         loaded = {hook: load(folder) for hook, folder in sae_folders(model.info.source).items()}
         for s in loaded.values():
             check_fits(s, model.info.d_model, model.info.n_layers, model.info.n_heads * model.info.d_head)
-        model.derived[key] = loaded
-    return model.derived[key]
+        model.state.saes = loaded
+    return model.state.saes
+
+
+def user_sae(model, folder: str | Path) -> SAE:
+    """The SAE in a user's `folder` (SAELens's format), checked to fit `model` (a LoadedModel); loaded once per model
+    and folder (`model.state.user_saes`)."""
+    key = str(Path(folder).expanduser().resolve())
+    if key not in model.state.user_saes:
+        loaded = load(folder)
+        check_fits(loaded, model.info.d_model, model.info.n_layers, model.info.n_heads * model.info.d_head)
+        model.state.user_saes[key] = loaded
+    return model.state.user_saes[key]

@@ -312,14 +312,13 @@ def load_set(folder: str | Path) -> dict[int, Transcoder]:
 
 
 def transcoders_of(model) -> dict[int, Transcoder]:
-    """layer -> Transcoder that ship with `model` (a LoadedModel), loaded once and kept in `model.derived`; {} when none."""
-    key = "transcoders"
-    if key not in model.derived:
+    """layer -> Transcoder that ship with `model` (a LoadedModel), loaded once and kept in `model.state.transcoders`; {} when none."""
+    if model.state.transcoders is None:
         found = {layer: load(p) for layer, p in transcoder_folders(model.info.source).items()}
         if found:
             check_fits(found, model.info.d_model, model.info.n_layers)
-        model.derived[key] = found
-    return model.derived[key]
+        model.state.transcoders = found
+    return model.state.transcoders
 
 
 # ---- where a transcoder reads and writes, in the forward engine -----------------------------------
