@@ -252,7 +252,9 @@ def feature_groups(tcs: dict[int, Transcoder], active: torch.Tensor, act_values:
     return found
 
 
-def node_constants(lin: Linear, tcs: dict[int, Transcoder], logit_ids: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def node_constants(
+    lin: Linear, tcs: dict[int, Transcoder], logit_ids: torch.Tensor, feats: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """((n_feat,), (n_logit,)) the constant of each feature node (`feats` (n_feat, 3): layer, position, feature) and logit
     node: the frozen model run on its biases alone."""
     fz = lin.fz
