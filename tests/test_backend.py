@@ -59,7 +59,7 @@ def test_the_choice_is_made_once_per_set_of_weights_and_every_analysis_records_i
         patching.sweep(circuits, _setup(circuits), "z"),
         patching.sweep_dataset(circuits, [_setup(circuits)], "z"),
         iv.ablation_sweep(circuits, CLEAN, iv.Metric("probability", answer), "zero"),
-        graph.check(circuits, CLEAN, k=2),
+        graph.faithfulness_of(circuits, CLEAN, k=2),
         generate.generate(circuits, CLEAN, generate.Sampling(max_new_tokens=2)),
     ]
     assert [r.backend for r in results] == ["engine"] * len(results)
