@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import Row, compare
-from workbench import features, sae
+from workbench import dashboards, features, sae, sae_quality
 from workbench.model import load_model
 from workbench.runs import run_prompt, run_tokens
 from workbench.train import sae as train_sae
@@ -44,7 +44,7 @@ def run(quick: bool = False) -> list[Row]:
 
     # training: a short run on one hook, against the model's runs over the same number of tokens
     # activations of the held-out text (the corpus takes a download cache and a minute to read; the cost per step is the same)
-    ids = np.asarray(model.tokenizer(features.heldout_text(model)[1])["input_ids"] * 4, dtype=np.int64)
+    ids = np.asarray(model.tokenizer(sae_quality.heldout_text(model)[1])["input_ids"] * 4, dtype=np.int64)
     steps = 10 if quick else 60
     cfg = dataclasses.replace(train_sae.CONFIG, hooks=(hooks[0],), tokens=steps * train_sae.CONFIG.batch, buffer=0)
     stream = train_sae.activation_stream(model, ids, cfg.hooks, cfg)
@@ -73,19 +73,19 @@ def run(quick: bool = False) -> list[Row]:
 
     # all dashboards of one layer
     s = saes[hooks[-1]]
-    name, text = features.heldout_text(model)
-    held, _ = features.windows(model, text)
+    name, text = sae_quality.heldout_text(model)
+    held, _ = sae_quality.windows(model, text)
 
     def reads():
-        for chunk in held.split(features.CHUNK):
+        for chunk in held.split(sae_quality.CHUNK):
             run_tokens(model, chunk, names=[s.hook_name])
 
     t = time.perf_counter()
     reads()
     ref = time.perf_counter() - t
     t = time.perf_counter()
-    stats = features.dashboard_stats(model, s, text, name)
-    features.dashboards(model, s, stats)
+    stats = dashboards.dashboard_stats(model, s, text, name)
+    dashboards.dashboards(model, s, stats)
     ours = time.perf_counter() - t
     rows.append(
         Row(

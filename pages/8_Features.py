@@ -4,7 +4,9 @@ import streamlit as st
 
 from workbench import features, ui
 from workbench.figures import features as draw
+from workbench.figures import intervene as draw_intervention
 from workbench.generate import Sampling
+from workbench.sae import USER, sae_set
 
 view = ui.View(
     "Features",
@@ -23,16 +25,16 @@ prompt_features = view.cached(features.prompt_features_of, entries=8)
 stats = view.cached(features.stats_of, entries=8, spinner="Computing every feature's dashboard on held-out text (once)…")
 dashboard = view.cached(features.dashboard_of, entries=32)
 search = view.cached(features.search_of, entries=16)
-intervene = view.cached(features.intervene_of, per_session=True, entries=4)
+intervene = view.cached(features.intervene, per_session=True, entries=4)
 model = view.start()
 
 with st.expander("Open an SAE folder (SAELens's format: cfg.json + sae_weights.safetensors)"):
     typed = st.text_input("SAE folder", key=view.key("sae_folder"), placeholder="~/saes/gpt2-small-res-jb/blocks.8.hook_resid_pre")
-saes, folders = features.sae_set(model), ()
+saes, folders = sae_set(model), ()
 if typed and typed.strip():
     with ui.guard("the SAE folder"):
-        saes, folders = features.sae_set(model, (typed.strip(),)), (typed.strip(),)
-        opened = saes[features.USER + typed.strip()]
+        saes, folders = sae_set(model, (typed.strip(),)), (typed.strip(),)
+        opened = saes[USER + typed.strip()]
         st.success(f"Opened {typed.strip()}: {opened.d_sae:,} features reading {opened.hook_name}.")
 if not saes:
     st.info(
@@ -51,7 +53,7 @@ with ui.guard("the features"):
     sae = saes[name]
     pf = prompt_features(model, prompt, folders)
     ui.figure(draw.strongest_by_layer(pf), "features-every-layer", pf)
-    ui.probe_command("features", model, prompt=prompt, sae=name if not name.startswith(features.USER) else None, sae_folder=folders)
+    ui.probe_command("features", model, prompt=prompt, sae=name if not name.startswith(USER) else None, sae_folder=folders)
     per_position = st.slider("Features per position", 1, 8, 3, key="w.features_per_position")
     chosen, values = pf.strongest(name, per_position)
     if chosen:
@@ -103,7 +105,7 @@ with ui.guard("the intervention"):
     if regenerate and iv is None:
         iv = intervene(*args)
     if iv is not None:
-        ui.figure(draw.intervention(iv), f"feature-{feature}-intervention", iv, iv.rows())
+        ui.figure(draw_intervention.continuations(iv), f"feature-{feature}-intervention", iv, iv.continuation_rows())
         c1, c2 = st.columns(2)
         c1.markdown("**Original**")
         c1.code(prompt + iv.original.text, language=None)
@@ -111,7 +113,7 @@ with ui.guard("the intervention"):
         c2.code(prompt + iv.edited.text, language=None)
 
 card = features.card_of(model)
-if card and not name.startswith(features.USER):
+if card and not name.startswith(USER):
     with st.expander("How good are these SAEs (the card's measurements)"):
         ui.figure(draw.quality_curve(card), "sae-quality-curve", card)
         st.dataframe([{"hook": h, **r["quality"]} for h, r in card["hooks"].items()], hide_index=True)

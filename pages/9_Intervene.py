@@ -9,6 +9,7 @@ from workbench import interventions as iv
 from workbench.errors import InputError
 from workbench.figures import intervene as draw
 from workbench.generate import Sampling
+from workbench.sae import saes_of
 from workbench.tokens import single_token_id
 
 EDITS = "wb.edits"  # the edit set's compact line (the URL carries it); not a widget key: the buttons below change it
@@ -97,7 +98,7 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
     action, what = KINDS[kind]
     i = model.info
     c1, c2, c3, c4 = st.columns(4)
-    saes = list(iv.available_saes(model))
+    saes = list(saes_of(model))
     sae = None
     if what == "feature":
         if saes:

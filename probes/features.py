@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 
-from workbench import features
+from workbench import dashboards, features, sae
 from workbench.errors import InputError
 from workbench.figures import features as draw
+from workbench.figures import intervene as draw_intervention
 from workbench.generate import Sampling
 
 from .common import run_probe
@@ -36,7 +37,7 @@ def add_arguments(p):
 
 def body(model, s, out):
     folders = tuple(s["sae_folder"] if isinstance(s["sae_folder"], list) else [s["sae_folder"]]) if s.get("sae_folder") else ()
-    saes = features.sae_set(model, folders)
+    saes = sae.sae_set(model, folders)
     if not saes:
         raise InputError(f"{model.info.name} has no SAEs: give --sae-folder, or train them with `python -m workbench.train sae`")
     names = list(saes)
@@ -45,7 +46,7 @@ def body(model, s, out):
             raise InputError(f"no SAE {s['sae']!r}; this model has {', '.join(names)}")
         names = [s["sae"]]
     elif folders:
-        names = [n for n in names if n.startswith(features.USER)]
+        names = [n for n in names if n.startswith(sae.USER)]
     t = time.time()
     pf = features.prompt_features_of(model, s["prompt"], folders)
     out.timing("prompt features", time.time() - t)
@@ -55,7 +56,7 @@ def body(model, s, out):
     summary = {}
     for name in names:
         chosen, values = pf.strongest(name, int(s["per_position"]))
-        label = features.safe(name)
+        label = dashboards.safe(name)
         if chosen:
             fig = draw.token_feature_heatmap(pf, name, chosen, values)
             out.figure(fig, f"features-{label}")
@@ -83,16 +84,18 @@ def body(model, s, out):
                 {"feature": d.feature, "max": round(d.max, 4), "density": round(d.density, 6), "promoted": [t for t, _ in d.promoted[:5]]}
             )
         if s.get("clamp") is not None and wanted:
-            iv = features.intervene_of(
-                model, name, s["prompt"], int(wanted[0]), float(s["clamp"]), None, Sampling(max_new_tokens=int(s["new_tokens"])), folders
+            f = int(wanted[0])
+            iv = features.intervene(
+                model, name, s["prompt"], f, float(s["clamp"]), None, Sampling(max_new_tokens=int(s["new_tokens"])), folders
             )
-            fig = draw.intervention(iv)
-            out.figure(fig, f"intervention-{label}-{iv.feature}")
+            fig = draw_intervention.continuations(iv)
+            out.figure(fig, f"intervention-{label}-{f}")
             figures.append(fig)
-            out.data(f"intervention-{label}-{iv.feature}", iv, iv.rows())
+            out.data(f"intervention-{label}-{f}", iv, iv.continuation_rows())
             summary[name]["intervention"] = {
-                "feature": iv.feature,
-                "value": iv.value,
+                "feature": f,
+                "value": float(s["clamp"]),
+                "edits": str(iv.edits),
                 "original": iv.original.text,
                 "edited": iv.edited.text,
             }

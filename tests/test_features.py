@@ -9,7 +9,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 from transformers import AutoModelForCausalLM
 
-from workbench import engine, features, sae
+from workbench import dashboards, engine, features, sae, sae_quality
 from workbench.errors import InputError
 from workbench.generate import Sampling, generate
 from workbench.model import MODELS_DIR
@@ -29,12 +29,12 @@ def saes(english):
 
 @pytest.fixture(scope="module")
 def heldout(english):
-    return features.heldout_text(english)
+    return sae_quality.heldout_text(english)
 
 
 def _all_activations(english, s, text):
     """(flat indices (tokens,), activations (tokens, d_sae)) of every text token, by brute force: every window, encoded."""
-    rows, valid = features.windows(english, text)
+    rows, valid = sae_quality.windows(english, text)
     _, cache = run_tokens(english, rows, names=[s.hook_name])
     flat = (torch.arange(len(rows))[:, None] * rows.shape[1] + torch.arange(rows.shape[1]))[valid]
     return flat, s.encode(cache[s.hook_name].float()[valid])
@@ -138,18 +138,18 @@ def _quality_by_hand(hf, s, rows, valid) -> dict:
 
 
 def test_the_shipped_saes_card_and_quality_equal_plain_transformers_by_hand(english, saes, heldout):
-    """The card's numbers and features.quality's, each against the same numbers computed from plain transformers with
-    hooks at the site and the SAE written out from its weights (not features.quality, which wrote the card)."""
+    """The card's numbers and sae_quality.quality's, each against the same numbers computed from plain transformers with
+    hooks at the site and the SAE written out from its weights (not sae_quality.quality, which wrote the card)."""
     card = json.loads((SAE_DIR / "card.json").read_text())
     _, text = heldout
     assert card["heldout_text"] == heldout[0] == "models/english/heldout_sample.txt + models/english/heldout_author.txt"
     hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "english").eval()
-    rows, valid = features.windows(english, text)
+    rows, valid = sae_quality.windows(english, text)
     for hook, s in saes.items():
         assert s.activation == "topk" and s.normalize == "none" and not s.rescale_by_decoder_norm  # what _hand_topk writes out
         ref = _quality_by_hand(hf, s, rows, valid)
         stated = card["hooks"][hook]["quality"]
-        q = features.quality(english, s, text).row()
+        q = sae_quality.quality(english, s, text).row()
         for key in ("variance_explained", "loss_clean", "loss_spliced", "loss_zero", "loss_recovered", "l0"):
             assert stated[key] == pytest.approx(ref[key], abs=2e-4), (hook, key)  # the card, rounded
             assert q[key] == pytest.approx(ref[key], abs=1e-4), (hook, key)
@@ -162,14 +162,14 @@ def test_quality_by_hand(english, saes, heldout):
     """Variance explained and the three losses computed here from plain transformers and the engine, not run_edited."""
     s = saes["blocks.1.hook_resid_pre"]
     text = heldout[1][:6000]
-    q = features.quality(english, s, text)
-    rows, valid = features.windows(english, text)
+    q = sae_quality.quality(english, s, text)
+    rows, valid = sae_quality.windows(english, text)
     hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "english").eval()
     w = engine.weights_of(english)
     targets = valid[:, 1:]
     with torch.no_grad():
         clean = torch.nn.functional.cross_entropy(hf(rows).logits[:, :-1][targets], rows[:, 1:][targets])
-        spliced = engine.forward(w, rows, edits=[engine.Edit("map", s.site, s.layer, fn=features.Splice(s))]).logits
+        spliced = engine.forward(w, rows, edits=[engine.Edit("map", s.site, s.layer, fn=sae_quality.Splice(s))]).logits
         x = engine.forward(w, rows, capture=[s.hook_name]).captured[s.hook_name][valid]  # (tokens, d_model)
     assert q.loss_clean == pytest.approx(float(clean), abs=1e-4)
     assert q.loss_spliced == pytest.approx(
@@ -183,27 +183,27 @@ def test_quality_by_hand(english, saes, heldout):
 
 def test_dashboard_examples_are_the_top_activations_over_the_stated_text(english, saes, heldout):
     s = saes["blocks.1.hook_resid_pre"]
-    stats = features.stats_for(english, s, SAE_DIR / s.hook_name)
+    stats = dashboards.stats_for(english, s, SAE_DIR / s.hook_name)
     assert stats.text == heldout[0]
     flat, acts = _all_activations(english, s, heldout[1])  # (tokens,), (tokens, d_sae)
     assert stats.tokens == len(flat)
     assert torch.equal(stats.fires, (acts > 0).sum(0))
     assert torch.equal(stats.hist.sum(1), stats.fires)
-    truth = acts.topk(features.N_TOP, dim=0)  # (N_TOP, d_sae)
+    truth = acts.topk(dashboards.N_TOP, dim=0)  # (N_TOP, d_sae)
     assert torch.allclose(stats.top_value, truth.values.T.clamp(min=0), atol=2e-3, rtol=2e-3)  # stored in float16
     position = {int(i): n for n, i in enumerate(flat)}
     for f in range(s.d_sae):
         for i, v in zip(stats.top_index[f], stats.top_value[f], strict=True):
             if i >= 0:
                 assert float(acts[position[int(i)], f]) == pytest.approx(float(v), rel=2e-3, abs=2e-3)
-        for j, lo in enumerate(features.BANDS):  # band samples lie in their band
-            hi = features.BANDS[j + 1] if j + 1 < len(features.BANDS) else 1.0
+        for j, lo in enumerate(dashboards.BANDS):  # band samples lie in their band
+            hi = dashboards.BANDS[j + 1] if j + 1 < len(dashboards.BANDS) else 1.0
             for i in stats.sample_index[f, j]:
                 if i >= 0:
                     a = float(acts[position[int(i)], f]) / float(stats.max[f])
                     assert lo - 1e-3 <= a <= hi + 1e-3
     live = int((stats.fires > 0).nonzero()[0])
-    d = features.dashboard(english, s, stats, live)
+    d = dashboards.dashboard(english, s, stats, live)
     assert [e.index for e in d.top] == [int(i) for i in stats.top_index[live] if i >= 0]
     for e in d.top:  # the shaded context's own token carries the example's activation
         assert e.acts[e.focus] == pytest.approx(e.activation, rel=1e-4, abs=1e-5)
@@ -212,11 +212,11 @@ def test_dashboard_examples_are_the_top_activations_over_the_stated_text(english
 
 def test_logit_effect_and_nearest_by_hand(english, saes):
     s = saes["blocks.0.hook_resid_pre"]
-    promoted, suppressed = features.logit_effect(english, s, 5, n=5)
+    promoted, suppressed = dashboards.logit_effect(english, s, 5, n=5)
     effect = s.W_dec[5] @ english.bridge.W_U.detach().float()
     assert [v for _, v in promoted] == pytest.approx(effect.topk(5).values.tolist(), abs=1e-5)
     assert [v for _, v in suppressed] == pytest.approx((-(-effect).topk(5).values).tolist(), abs=1e-5)
-    near = features.nearest(s, 5, n=3)
+    near = dashboards.nearest(s, 5, n=3)
     cos = torch.nn.functional.cosine_similarity(s.W_dec, s.W_dec[5][None], dim=1)
     cos[5] = -2
     assert [f for f, _ in near] == cos.topk(3).indices.tolist()
@@ -244,20 +244,61 @@ def test_clamping_a_shipped_feature_to_zero_changes_only_downstream(english, sae
     assert not torch.allclose(edited_logits[0, p], logits[0, p])  # downstream it changes
 
 
-def test_intervention_marks_exactly_the_changed_tokens(english, saes):
+@torch.no_grad()
+def _greedy_clamped_by_hand(hf, s, ids: torch.Tensor, f: int, value: float, positions, steps: int) -> list[int]:
+    """Greedy continuation from plain transformers with a hook at the SAE's site that sets feature f to `value`
+    (x + (value - a_f(x)) W_dec[f], a_f by hand from the centred stream: transformer-lens's) at `positions` (None: all),
+    the whole sequence run at every step."""
+
+    def clamp(x):  # (1, pos, d_model)
+        out = x.clone()
+        where = range(x.shape[1]) if positions is None else positions
+        for p in where:
+            a = _hand_topk(s, _centred(x[:, p]))[0][..., f]  # (1,)
+            out[:, p] = x[:, p] + (value - a)[:, None] * s.W_dec[f]
+        return out
+
+    seq, out = ids.clone(), []
+    for _ in range(steps):
+        handle = _site_hook(hf, s.hook_name, clamp)
+        try:
+            nxt = int(hf(seq[None]).logits[0, -1].argmax())
+        finally:
+            handle.remove()
+        out.append(nxt)
+        seq = torch.cat([seq, torch.tensor([nxt])])
+    return out
+
+
+def test_a_feature_intervention_is_an_edit_set_and_matches_plain_transformers(english, saes):
+    """features.intervene is interventions.intervene with one Clamp: its continuations are the old clamp edits' (sae.clamp_edit
+    through generate) and plain transformers' with the clamp written as a hook; `differs` marks exactly the changed steps."""
+    from workbench import interventions
+
     s = saes["blocks.1.hook_resid_pre"]
     pf = features.prompt_features(english, {s.hook_name: s}, PROMPT)
     f = int(pf.acts[s.hook_name][-1].argmax())
-    iv = features.intervene(english, s, PROMPT, f, 30.0, None, Sampling(max_new_tokens=8))
-    plain = generate(english, PROMPT, Sampling(max_new_tokens=8))
-    assert iv.original.text == plain.text
-    assert iv.edited.text == generate(english, PROMPT, Sampling(max_new_tokens=8), edits=[s.clamp_edit(f, 30.0)]).text
-    for i, differs in enumerate(iv.differs):
-        same = i < len(iv.original.steps) and i < len(iv.edited.steps) and iv.original.steps[i].chosen_id == iv.edited.steps[i].chosen_id
-        assert differs == (not same)
+    ids = encode(english, PROMPT)[0]
+    hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "english").eval()
+    greedy = Sampling(max_new_tokens=8)
+    for value, positions in ((30.0, None), (0.0, (len(ids) - 1, len(ids) - 3))):
+        iv = features.intervene(english, s.hook_name, PROMPT, f, value, positions, greedy)
+        assert isinstance(iv, interventions.Intervention) and iv.edits.edits[0] == interventions.Clamp(
+            "feature", None, f, value, None if positions is None else tuple(sorted(positions)), s.hook_name
+        )
+        assert iv.original.text == generate(english, PROMPT, greedy).text
+        old = [s.clamp_edit(f, value, None)] if positions is None else [s.clamp_edit(f, value, p) for p in positions]
+        assert [st.chosen_id for st in iv.edited.steps] == [st.chosen_id for st in generate(english, PROMPT, greedy, edits=old).steps]
+        assert [st.chosen_id for st in iv.edited.steps] == _greedy_clamped_by_hand(hf, s, ids, f, value, positions, 8)
+        for i, differs in enumerate(iv.differs):
+            assert differs == (iv.original.steps[i].chosen_id != iv.edited.steps[i].chosen_id)
+        if positions is None:  # the feature at 30 everywhere turns the continuation
+            assert any(iv.differs)
     assert not english.attached_hooks()
     with pytest.raises(InputError, match="outside the prompt"):
-        features.intervene(english, s, PROMPT, f, 0.0, [999])
+        features.intervene(english, s.hook_name, PROMPT, f, 0.0, [999])
+    with pytest.raises(InputError, match="no SAE called"):
+        features.intervene(english, "blocks.9.hook_resid_pre", PROMPT, f)
 
 
 def test_prompt_features_encode_the_run(english, saes):
@@ -274,8 +315,8 @@ def test_prompt_features_encode_the_run(english, saes):
 
 def test_search_by_token_and_by_text(english, saes):
     s = saes["blocks.1.hook_resid_pre"]
-    stats = features.stats_for(english, s, SAE_DIR / s.hook_name)
-    rows, _ = features.windows(english, features.heldout_text(english)[1])
+    stats = dashboards.stats_for(english, s, SAE_DIR / s.hook_name)
+    rows, _ = sae_quality.windows(english, sae_quality.heldout_text(english)[1])
     token = " the"
     tid = english.tokenizer(token, add_special_tokens=False)["input_ids"][0]
     found = features.search(english, s, stats, token)
@@ -293,17 +334,17 @@ def test_search_by_token_and_by_text(english, saes):
 def test_a_users_saelens_folder_gets_dashboards_cached_beside_it(english, saes, tmp_path):
     folder = tmp_path / "my-sae"
     shutil.copytree(SAE_DIR / "blocks.0.hook_resid_pre", folder, ignore=shutil.ignore_patterns("dashboards.*"))
-    found = features.sae_set(english, (str(folder),))
-    name = features.USER + str(folder)
+    found = sae.sae_set(english, (str(folder),))
+    name = sae.USER + str(folder)
     assert torch.equal(found[name].W_enc, saes["blocks.0.hook_resid_pre"].W_enc)
     stats = features.stats_of(english, name, (str(folder),))
-    assert (folder / features.DASHBOARDS).is_file()
-    again = features.DashboardStats.load(folder)
+    assert (folder / dashboards.DASHBOARDS).is_file()
+    again = dashboards.DashboardStats.load(folder)
     assert torch.equal(again.top_index, stats.top_index) and again.text_hash == stats.text_hash
     narrow = sae.SAE("blocks.0.hook_resid_pre", torch.zeros(64, 8), torch.zeros(8), torch.zeros(8, 64), torch.zeros(64), k=2)
     narrow.save(tmp_path / "narrow")
     with pytest.raises(InputError, match="width 64"):
-        features.sae_set(english, (str(tmp_path / "narrow"),))
+        sae.sae_set(english, (str(tmp_path / "narrow"),))
 
 
 def _page(model="english") -> AppTest:
@@ -347,7 +388,7 @@ def test_features_probe_writes_figures_data_html_and_a_manifest(tmp_path, englis
     assert all((out / f).stat().st_size > 0 for f in manifest["files"])
     d = json.loads((out / "feature-blocks.1.hook_resid_pre-3.json").read_text())
     s = saes["blocks.1.hook_resid_pre"]
-    expected = features.dashboard(english, s, features.stats_for(english, s, SAE_DIR / s.hook_name), 3)
+    expected = dashboards.dashboard(english, s, dashboards.stats_for(english, s, SAE_DIR / s.hook_name), 3)
     assert [e["index"] for e in d["top"]] == [e.index for e in expected.top]
     assert manifest["summary"]["blocks.1.hook_resid_pre"]["intervention"]["feature"] == 3
     assert probes_main(["features", "--sae", "blocks.9.hook_resid_pre", "--out", str(tmp_path / "bad")]) == 2
@@ -362,9 +403,9 @@ def test_the_default_stories_model_ships_saes_measured_on_held_out_stories():
     found = sae.saes_of(stories)
     n = stories.info.n_layers
     assert set(found) == {*(f"blocks.{i}.hook_resid_pre" for i in range(n)), f"blocks.{n - 1}.hook_resid_post"}
-    name, text = features.heldout_text(stories)
+    name, text = sae_quality.heldout_text(stories)
     assert "unseen stories" in name and stories.tokenizer.unk_token_id not in stories.tokenizer(text)["input_ids"]
-    rows, valid = features.windows(stories, text[:8000])
+    rows, valid = sae_quality.windows(stories, text[:8000])
     hf = AutoModelForCausalLM.from_pretrained(MODELS_DIR / "stories").eval()
     with torch.no_grad():
         hidden = hf(rows, output_hidden_states=True).hidden_states  # (n+1) × (rows, pos, d); the last after ln_f
@@ -376,7 +417,7 @@ def test_the_default_stories_model_ships_saes_measured_on_held_out_stories():
         top = pre.topk(s.k, dim=-1)
         acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
         fve = 1 - ((acts @ s.W_dec + s.b_dec - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
-        q = features.quality(stories, s, text[:8000])
+        q = sae_quality.quality(stories, s, text[:8000])
         assert q.variance_explained == pytest.approx(float(fve), abs=2e-3), i
         assert q.variance_explained > 0.8 and q.loss_clean < q.loss_spliced < q.loss_zero
 

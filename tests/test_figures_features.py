@@ -2,9 +2,8 @@
 
 import torch
 
-from workbench import features
+from workbench import dashboards, features
 from workbench.figures import features as draw
-from workbench.generate import Generation, Sampling, Step
 
 
 def _pf():
@@ -34,28 +33,14 @@ def test_every_layer_figure_names_each_positions_strongest_feature():
 
 def test_contexts_line_up_each_examples_token():
     ex = [
-        features.Example(5, 2.0, ["␣x", "␣y", "␣z"], [0.0, 2.0, 0.1], 1),
-        features.Example(9, 1.0, ["␣p", "␣q", "␣r", "␣s", "␣t"], [0.0, 0.0, 0.0, 1.0, 0.0], 3),
+        dashboards.Example(5, 2.0, ["␣x", "␣y", "␣z"], [0.0, 2.0, 0.1], 1),
+        dashboards.Example(9, 1.0, ["␣p", "␣q", "␣r", "␣s", "␣t"], [0.0, 0.0, 0.0, 1.0, 0.0], 3),
     ]
     fig = draw.contexts(ex, 2.0, "t")
     text = fig.data[0].text
     cols = [next(i for i, t in enumerate(row) if t.startswith("▶")) for row in text]
     assert cols[0] == cols[1]  # the examples' tokens share a column
     assert fig.data[0].z[0][cols[0]] == 2.0 and fig.data[0].z[1][cols[1]] == 1.0
-
-
-def _gen(ids):
-    steps = [Step(i, t, f"t{t}", 0.5, [t], [f"t{t}"], [0.5], [0.5]) for i, t in enumerate(ids)]
-    return Generation("p", Sampling(), 1, "", steps)
-
-
-def test_intervention_marks_the_differing_tokens():
-    iv = features.Intervention("blocks.0.hook_resid_pre", 3, 0.0, None, _gen([1, 2, 3]), _gen([1, 5, 3, 4]),
-                               ["t1", "t2", "t3"], ["t1", "t5", "t3", "t4"], [False, True, False, True])  # fmt: skip
-    fig = draw.intervention(iv)
-    colours = fig.data[0].cells.font.color[2]
-    assert [c == draw.CHANGED for c in colours] == iv.differs
-    assert "2 of 4 tokens differ" in fig.layout.title.text
 
 
 def test_quality_curve_has_a_line_per_hook_and_the_search():

@@ -39,7 +39,7 @@ FACADE = ("workbench/__init__.py", "workbench/api.py", "workbench/results.py")
 # (layer, module of a higher layer) -> why that layer may read it; each must still be used
 UPWARD = {
     ("core", "workbench.train.stories"): "the stories model organism's world (names, templates, stories) is the data "
-    "its task pairs and held-out text are made of: tasks.py and features.py read it rather than copy it",
+    "its task pairs and held-out text are made of: tasks.py and sae_quality.py read it rather than copy it",
     ("core", "workbench.train.transcoders"): "the attribution graph's quality check reads held-out activations the way "
     "the transcoders were trained on them (heldout, io_of)",
 }

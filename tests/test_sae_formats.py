@@ -128,7 +128,7 @@ def test_a_hook_z_sae_of_the_wrong_width_is_refused():
 def test_a_users_saelens_folder_opens_in_the_features_views(circuits, name):
     """The Features page's readings of a user's folder (named by the folder, read at its hook): per-prompt features and
     the quality numbers, whose spliced run goes through the SAE's own site (z, per head, for hook_z)."""
-    from workbench import features
+    from workbench import features, sae_quality
 
     folder = str(FIXTURES / name)
     s = sae.load(folder)
@@ -136,5 +136,5 @@ def test_a_users_saelens_folder_opens_in_the_features_views(circuits, name):
     (acts,) = found.acts.values()
     _, run = run_edited(circuits, encode(circuits, PROMPT)[0][None], names=[s.hook_name])
     assert torch.allclose(acts, s.encode(run[s.hook_name][0]), atol=1e-6)
-    q = features.quality(circuits, s, (PROMPT + " ") * 4)
+    q = sae_quality.quality(circuits, s, (PROMPT + " ") * 4)
     assert q.tokens > 0 and q.loss_zero != q.loss_clean and q.variance_explained == q.variance_explained

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from workbench import features
+from workbench import sae_quality
 from workbench.runs import run_tokens
 from workbench.train import sae as train_sae
 
@@ -16,7 +16,7 @@ TINY = dataclasses.replace(
 
 
 def _ids(english) -> np.ndarray:
-    return np.asarray(english.tokenizer(features.heldout_text(english)[1][:20000])["input_ids"], dtype=np.int64)
+    return np.asarray(english.tokenizer(sae_quality.heldout_text(english)[1][:20000])["input_ids"], dtype=np.int64)
 
 
 def test_training_is_deterministic_and_keeps_the_decoder_unit_norm(english):

@@ -39,6 +39,7 @@ from workbench import graph as graph_analysis
 from workbench import interventions as iv
 from workbench import lens as lens_analysis
 from workbench import patching, preview, runs
+from workbench import sae as sae_registry
 from workbench.errors import InputError
 from workbench.generate import Sampling
 from workbench.model import LoadedModel, load_model
@@ -337,7 +338,7 @@ def features(model: LoadedModel, prompt: str, sae: str | None = None, feature: i
     (its hook name, e.g. "blocks.1.hook_resid_post") and `feature` choose what the figure shows."""
     model = _model(model)
     _refuse_edits(model, "features")
-    found = features_analysis.sae_set(model)
+    found = sae_registry.sae_set(model)
     if not found:
         raise InputError(f"{model.info.name} has no SAEs: use wb.load('english'), or train them with `python -m workbench.train sae`")
     focus = {}

@@ -162,7 +162,7 @@ def _activations(model: LoadedModel, tcs: dict[int, Transcoder], wanted: dict[in
     name, rows, _ = heldout(model)
     rows = rows[:ROWS]
     bos = model.bos_id if model.bos_id is not None else -1
-    valid = rows != bos  # BOS and the padding of the last window (features.windows pads with BOS) are no text
+    valid = rows != bos  # BOS and the padding of the last window (sae_quality.windows pads with BOS) are no text
     valid[:, 0] = False
     acts = {layer: [] for layer in wanted}
     with torch.no_grad():

@@ -472,24 +472,21 @@ def reference_mean(model: LoadedModel, reference: tuple[str, ...], hook: str, fn
     return store[k]
 
 
-def available_saes(model: LoadedModel) -> dict[str, Path]:
-    """{hook name: folder} of the SAEs shipped with the model (models/<name>/sae/<hook_name>/)."""
-    return sae.sae_folders(model.info.source)
-
-
 def load_sae(model: LoadedModel, which: str | None) -> sae.SAE:
-    """The SAE named by hook name (one of the model's) or folder; None: the model's only one."""
-    shipped = available_saes(model)
+    """The SAE named by hook name (one of the model's), folder or sae.USER + folder; None: the model's only one.
+
+    Read from the model's one registry (sae.pick); a folder only where this server reads folders (server_path)."""
+    shipped = sae.saes_of(model)
     if which is None:
         if len(shipped) != 1:
             raise InputError(f"name the SAE (sae=HOOK or a folder): this model ships {len(shipped)} ({', '.join(shipped) or 'none'})")
         which = next(iter(shipped))
     if which in shipped:
-        return sae.saes_of(model)[which]
-    folder = server_path(which, "SAE folders", also=Path(model.info.source))
+        return shipped[which]
+    folder = server_path(which.removeprefix(sae.USER), "SAE folders", also=Path(model.info.source))
     if not Path(folder).expanduser().is_dir():
         raise InputError(f"no SAE '{which}': give one of this model's ({', '.join(shipped) or 'none shipped'}) or an SAE folder")
-    return sae.user_sae(model, folder)
+    return sae.pick(model, sae.USER + str(folder), (str(folder),))
 
 
 def server_path(path: str | Path, what: str, also: Path | None = None) -> Path:

@@ -48,8 +48,8 @@ from workbench.errors import InputError
 
 if TYPE_CHECKING:  # the state's types only: these modules import this one
     from workbench.cost import Calibration
+    from workbench.dashboards import DashboardStats
     from workbench.engine import Readout, Unsupported, Weights
-    from workbench.features import DashboardStats
     from workbench.sae import SAE
     from workbench.transcoder import Transcoder
 
@@ -142,9 +142,9 @@ class ModelState:
     calibration: Calibration | None = None
     # sae.saes_of: hook name -> the SAEs shipped in models/<name>/sae/
     saes: dict[str, SAE] | None = None
-    # sae.user_sae (features.sae_set, interventions.load_sae): resolved folder -> a user's SAE, checked to fit
+    # sae.user_sae (sae.sae_set, interventions.load_sae): resolved folder -> a user's SAE, checked to fit
     user_saes: dict[str, SAE] = field(default_factory=dict)
-    # features.stats_for: (hook name, id of the SAE) -> its dashboard stats on the held-out text
+    # dashboards.stats_for: (hook name, id of the SAE) -> its dashboard stats on the held-out text
     dashboards: dict[tuple[str, int], DashboardStats] = field(default_factory=dict)
     # transcoder.transcoders_of: layer -> the transcoders shipped with the model
     transcoders: dict[int, Transcoder] | None = None

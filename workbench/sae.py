@@ -432,3 +432,30 @@ def user_sae(model, folder: str | Path) -> SAE:
         check_fits(loaded, model.info.d_model, model.info.n_layers, model.info.n_heads * model.info.d_head)
         model.state.user_saes[key] = loaded
     return model.state.user_saes[key]
+
+
+# ---- the one registry of a model's SAEs, by name (a view's cache is keyed by names, not tensors) ----
+
+USER = "folder: "  # the name of a user's SAE starts with this, then its folder
+
+
+def sae_set(model, folders: tuple[str, ...] = ()) -> dict[str, SAE]:
+    """name -> SAE: the model's shipped SAEs (by hook name, `saes_of`) and the SAEs in `folders` (SAELens's format,
+    `user_sae`, named USER + folder), checked to fit the model."""
+    out = dict(saes_of(model))
+    for folder in folders:
+        out[USER + str(folder)] = user_sae(model, folder)
+    return out
+
+
+def folder_of(model, name: str) -> Path:
+    """Where the SAE called `name` lives (its dashboards are cached there when it is writable)."""
+    return Path(name[len(USER) :]).expanduser() if name.startswith(USER) else Path(model.info.source) / SAE_FOLDER / name
+
+
+def pick(model, name: str, folders: tuple[str, ...] = ()) -> SAE:
+    """The SAE called `name` among `sae_set(model, folders)`; an InputError naming the choices otherwise."""
+    found = sae_set(model, folders)
+    if name not in found:
+        raise InputError(f"no SAE called {name!r} here; choose one of {', '.join(found) or '(none: open an SAE folder)'}")
+    return found[name]

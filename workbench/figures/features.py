@@ -1,4 +1,5 @@
-"""Figures of the Features view: a prompt's features, one feature's dashboard, an intervention, an SAE's quality."""
+"""Figures of the Features view: a prompt's features, one feature's dashboard, an SAE's quality
+(a feature's intervention is the Intervene view's: figures/intervene.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from workbench.features import Dashboard, Example, Intervention, PromptFeatures
+from workbench.dashboards import Dashboard, Example
+from workbench.features import PromptFeatures
 from workbench.figures.common import diverging, heatmap, layout, magnitude, token_ticks
 from workbench.tokens import unique_labels
-
-CHANGED = "#d62728"  # a continuation's token that differs from the original's
 
 
 def token_feature_heatmap(pf: PromptFeatures, hook: str, features: list[int], values: torch.Tensor) -> go.Figure:
@@ -145,25 +145,6 @@ def nearest(d: Dashboard) -> go.Figure:
     fig.update_yaxes(type="category")
     fig.update_xaxes(title="decoder cosine", range=[min(0.0, min(cos, default=0)), 1])
     return layout(fig, f"Nearest features to f{d.feature}", 60 + 24 * len(cos))
-
-
-def intervention(iv: Intervention) -> go.Figure:
-    """The original and the edited continuation side by side, token by token; tokens that differ in red."""
-    rows = iv.rows()
-    fig = go.Figure(
-        go.Table(
-            header=dict(values=["step", "original", "edited"]),
-            cells=dict(
-                values=[[r["step"] for r in rows], [repr(r["original"]) for r in rows], [repr(r["edited"]) for r in rows]],
-                font=dict(color=[["black"] * len(rows), ["black"] * len(rows), [CHANGED if r["differs"] else "black" for r in rows]]),
-                fill_color=[["white"] * len(rows), ["white"] * len(rows), ["#fde0dd" if r["differs"] else "white" for r in rows]],
-            ),
-        )
-    )
-    where = "every position" if iv.positions is None else "positions " + ", ".join(map(str, iv.positions))
-    verb = "ablated" if iv.value == 0 else f"clamped to {iv.value:g}"
-    return layout(fig, f"Feature {iv.feature} ({iv.hook_name}) {verb} at {where}: {sum(iv.differs)} of {len(rows)} tokens differ",
-                  120 + 24 * len(rows))  # fmt: skip
 
 
 def quality_curve(card: dict) -> go.Figure:

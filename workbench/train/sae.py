@@ -1,8 +1,8 @@
 """TopK SAEs on the residual stream of a shipped model (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
 
 `python -m workbench.train sae [model]` trains one SAE per hook (`SAEConfig.hooks`: the residual
-stream before each layer and after the last), measures it on held-out text (features.quality),
-precomputes every feature's dashboard (features.dashboard_stats) and writes, per hook,
+stream before each layer and after the last), measures it on held-out text (sae_quality.quality),
+precomputes every feature's dashboard (dashboards.dashboard_stats) and writes, per hook,
 models/<model>/sae/<hook_name>/ in SAELens's format (cfg.json + sae_weights.safetensors, with the
 measurements in cfg.json) plus dashboards.*, and the card models/<model>/sae/README.md + card.json.
 
@@ -19,7 +19,7 @@ The recipe, as in the paper:
 Activations are streamed: random BOS-prefixed windows of the training corpus (the model's own
 training split, corpus.py) run through the model, all hooks read in one pass, and pass through a
 shuffle buffer (`buffer` vectors per hook); no more than that is ever held. BOS (position 0) is
-left out (features.py says why). Deterministic for a seed: the windows and shuffles come from
+left out (sae_quality.py says why). Deterministic for a seed: the windows and shuffles come from
 seeded generators and the thread count is fixed.
 """
 
@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench import features
+from workbench import sae_quality
+from workbench.dashboards import dashboard_stats
 from workbench.model import load_model
 from workbench.runs import run_tokens
 from workbench.sae import SAE, SAE_FOLDER
@@ -245,13 +246,13 @@ def build(model_name: str, cache: Path, cfg: SAEConfig = CONFIG, out: Path | Non
     ids = corpus_ids(model, cache)
     log(f"corpus: {len(ids):,} training tokens")
     saes, records = train(model, ids, cfg, log)
-    name, text = features.heldout_text(model)
+    name, text = sae_quality.heldout_text(model)
     card = {"model": model.info.name, "config": dataclasses.asdict(cfg), "heldout_text": name, "hooks": {}}
     for hook, s in saes.items():
-        q = features.quality(model, s, text)
-        curve = [features.quality(model, s, text, k=k).row() for k in KS]
+        q = sae_quality.quality(model, s, text)
+        curve = [sae_quality.quality(model, s, text, k=k).row() for k in KS]
         t0 = time.process_time()
-        stats = features.dashboard_stats(model, s, text, name, seed=cfg.seed)
+        stats = dashboard_stats(model, s, text, name, seed=cfg.seed)
         dash_seconds = time.process_time() - t0
         rec = {**records[hook], "quality": q.row(), "k_curve": curve, "dashboard_cpu_seconds": round(dash_seconds, 1)}
         sub = s.save(out / hook, training={k: v for k, v in rec.items() if k != "log"}, trained_with=dataclasses.asdict(cfg))
@@ -270,13 +271,13 @@ def search(model_name: str, cache: Path, out: Path, tokens: int = 200_000, log=p
     """The short measured runs that chose width and k: one hook, `tokens` each; written to `out` (search.json)."""
     model = load_model(model_name)
     ids = corpus_ids(model, cache)
-    name, text = features.heldout_text(model)
+    name, text = sae_quality.heldout_text(model)
     hook = "blocks.1.hook_resid_pre"
     runs = []
     for width, k in ((512, 32), (1024, 32), (2048, 32), (1024, 16), (1024, 8)):
         cfg = dataclasses.replace(CONFIG, hooks=(hook,), width=width, k=k, tokens=tokens, dead_after=tokens // 4)
         saes, rec = train(model, ids, cfg, log=lambda *_: None)
-        q = features.quality(model, saes[hook], text)
+        q = sae_quality.quality(model, saes[hook], text)
         runs.append({**q.row(), "width": width, "k": k, "train_tokens": tokens, "cpu_seconds": rec[hook]["cpu_seconds"]})
         log(json.dumps(runs[-1]))
     result = {"hook": hook, "heldout_text": name, "runs": runs}

@@ -224,10 +224,10 @@ def heldout(model, seed: int = 12345) -> tuple[str, torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(seed)
         ids, mask = copying.copy_batch(circuits.word_ids(), 64, model.info.n_ctx, model.bos_id or 0, gen, max_span=60)
         return f"64 fresh copying sequences (seed {seed}); loss on the copied positions", ids, mask
-    from workbench import features
+    from workbench import sae_quality
 
-    name, text = features.heldout_text(model)
-    rows, valid = features.windows(model, text)
+    name, text = sae_quality.heldout_text(model)
+    rows, valid = sae_quality.windows(model, text)
     return name, rows, valid[:, 1:] & valid[:, :-1]
 
 
