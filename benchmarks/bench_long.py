@@ -70,7 +70,7 @@ def _prompt(model, seed: int) -> tuple[str, torch.Tensor]:
 
 
 def run(quick: bool = False) -> list[Row]:
-    long.map_large_allocations()  # as the app does (workbench/ui.py): the views' memory measured as served
+    long.map_large_allocations()  # as the app does (workbench/ui/view.py): the views' memory measured as served
     with tempfile.TemporaryDirectory() as tmp:
         gpt2_small_shaped(Path(tmp))
         model = load_model(tmp)

@@ -2,23 +2,23 @@
 
 import streamlit as st
 
-from workbench import training, ui
-from workbench.figures import training as draw
+from workbench import formation, ui
+from workbench.figures import formation as draw
 
 view = ui.View(
     "Training",
     "How the mechanisms formed: every head's score at each shipped checkpoint of a model's training run, the in-context loss, "
     "and the loss curve. Open any checkpoint in the other views as MODEL@STEP.",
     shared=("model",),
-    params=(ui.choice("trained", training.trained_models()),),
+    params=(ui.choice("trained", formation.trained_models()),),
 )
-formation = view.cached(training.formation, entries=4, spinner="Scoring every checkpoint…")
+formed = view.cached(formation.formation, entries=4, spinner="Scoring every checkpoint…")
 model = view.start()
 with ui.guard("the training checkpoints"):
-    trained = training.trained_models()
+    trained = formation.trained_models()
     base = model.info.name.split("@")[0]
     name = st.selectbox("Trained model", trained, index=trained.index(base) if base in trained else 0, key=view.key("trained"))
-    f = formation(name)
+    f = formed(name)
     ui.probe_command("training", ui.cached_model(name))
     if f.phase_change is not None:
         st.success(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from workbench import training
-from workbench.figures import training as draw
+from workbench import formation
+from workbench.figures import formation as draw
 
 from .common import run_probe
 
@@ -19,7 +19,7 @@ def add_arguments(p):
 
 def body(model, s, out):
     t = time.time()
-    f = training.formation(model.info.name, n=int(s["repeat_n"]), seqs=int(s["repeat_seqs"]), seed=int(s["seed"]))
+    f = formation.formation(model.info.name, n=int(s["repeat_n"]), seqs=int(s["repeat_seqs"]), seed=int(s["seed"]))
     out.timing("checkpoints", time.time() - t)
     out.figure(draw.head_scores_over_training(f), "head-scores-over-training")
     out.figure(draw.in_context_loss(f), "in-context-loss")

@@ -18,6 +18,7 @@ from workbench import attention, cost, scoreboard, ui
 from workbench.cost import calibrate as measured_calibration  # the real one: conftest pins cost.calibrate
 from workbench.errors import InputError
 from workbench.model import MODELS_DIR, load_model
+from workbench.ui import jobs
 
 
 def counted(fn) -> int:
@@ -210,13 +211,14 @@ def test_a_gated_job_cancelled_on_its_page_keeps_the_inputs_and_says_so(page, bu
             def update(done, total):
                 reports.append(done)
                 if len(reports) == 2:
-                    ui._cancel(label)  # the Cancel button's on_click
+                    jobs._cancel(label)  # the Cancel button's on_click
                     raise StopException()  # what Streamlit raises from the next drawing call
 
             report.update = update
             yield report
 
-    monkeypatch.setattr(ui, "progress", cancelled_progress)
+    monkeypatch.setattr(ui, "progress", cancelled_progress)  # as pages call it
+    monkeypatch.setattr(jobs, "progress", cancelled_progress)  # as ui.gated calls it
     at = AppTest.from_file(str(PAGES / page), default_timeout=180)
     at.session_state["wb.model"] = "english"
     at.run()

@@ -5,7 +5,7 @@ The layers, as the code is built today (STYLE.md's one-way flow):
 
     core (workbench/*.py)  <-  train (workbench/train)
                            <-  figures (workbench/figures)  <-  pages (pages/, app.py), probes, benchmarks
-                           <-  ui (workbench/ui.py)         <-  pages, benchmarks
+                           <-  ui (workbench/ui/)           <-  pages, benchmarks
                            <-  facade (workbench/__init__.py, api.py, results.py: `import workbench as wb`),
                                which may draw figures; nothing in the house imports it
 
@@ -79,9 +79,7 @@ def layer_of_file(path: Path) -> str:
     if "/".join(parts) in FACADE:
         return "facade"
     if parts[0] == "workbench":
-        if parts[1] in ("figures", "train"):
-            return parts[1]
-        return "ui" if parts[1] == "ui.py" else "core"
+        return parts[1] if parts[1] in ("figures", "train", "ui") else "core"
     return "pages" if parts[0] == "app.py" else parts[0]
 
 
@@ -91,16 +89,14 @@ def layer_of_module(name: str) -> str | None:
     if name in ("workbench", *(f.removesuffix(".py").replace("/", ".") for f in FACADE)):
         return "facade"  # the bare package is the facade (`import workbench as wb`)
     if parts[0] == "workbench":
-        if len(parts) > 1 and parts[1] in ("figures", "train"):
-            return parts[1]
-        return "ui" if parts[1:2] == ["ui"] else "core"
+        return parts[1] if len(parts) > 1 and parts[1] in ("figures", "train", "ui") else "core"
     if parts[0] in ("pages", "probes", "benchmarks", "streamlit"):
         return parts[0]
     return None
 
 
 def imports_of(path: Path, source: str | None = None) -> list[str]:
-    """Every module a file imports, anywhere in it; `from workbench import ui` counts as workbench.ui."""
+    """Every module a file imports, anywhere in it; `from workbench.ui import cache` counts as workbench.ui.cache."""
     modules = _modules()
     own = _module_name(path)
     found = []
@@ -193,6 +189,7 @@ def test_no_private_name_is_used_across_modules():
     "source, bad",
     [
         ("from workbench import ui\n", "workbench.ui"),
+        ("from workbench.ui.widgets import guard\n", "workbench.ui.widgets"),
         ("def f():\n    from workbench.figures import common\n", "workbench.figures.common"),
         ("import streamlit as st\n", "streamlit"),
     ],

@@ -229,12 +229,13 @@ def test_cache_keys_are_values_not_identities():
     import torch
 
     from workbench.patching import PatchingSetup
+    from workbench.ui.cache import _frozen  # the key maker itself, private to the ui's cache
 
     a, b = PatchingSetup("x y", "x z", 1, 2), PatchingSetup("x y", "x z", 1, 2)
-    assert ui._frozen([a, {"k": [1, 2]}]) == ui._frozen([b, {"k": [1, 2]}])
-    assert ui._frozen(a) != ui._frozen(PatchingSetup("x y", "x z", 1, 3))
+    assert _frozen([a, {"k": [1, 2]}]) == _frozen([b, {"k": [1, 2]}])
+    assert _frozen(a) != _frozen(PatchingSetup("x y", "x z", 1, 3))
     with pytest.raises(TypeError, match="cannot be one"):
-        ui._frozen([torch.zeros(2)])  # equal tensors would never hit the cache
+        _frozen([torch.zeros(2)])  # equal tensors would never hit the cache
 
 
 def test_the_graph_page_restores_its_link_and_shows_a_picked_edge():
@@ -277,7 +278,7 @@ def test_importing_the_ui_leaves_the_process_allocator_alone_and_a_page_sets_it(
 
     code = (
         "import workbench.long as l; calls = []; l.map_large_allocations = lambda: calls.append(1)\n"
-        "import workbench.ui as ui; print(len(calls))\n"
+        "from workbench import ui; print(len(calls))\n"
         "ui.serving_allocator(); ui.serving_allocator(); print(len(calls))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()

@@ -1,7 +1,7 @@
 """`workbench-app`: serves the app from any folder, checkout or installed package (`pip install .`).
 
 The probes' command, `workbench-probe`, is probes/__main__.py. This module starts Streamlit as a
-separate process and never imports it, so that ui.py stays the only module of the library that does.
+separate process and never imports it, so that workbench/ui/ stays the only package of the library that does.
 """
 
 from __future__ import annotations

@@ -1,296 +1,43 @@
-"""The Streamlit glue, and the only module of the library that imports streamlit.
-
-Only what every page shares lives here; each page owns the rest of its state.
-
-- one loaded model per (name, device), shared by every session and thread (`st.cache_resource`);
-  its lock keeps concurrent runs from seeing each other's hooks (see model.py);
-- selections shared between pages (model, prompt, prompt pair, layer, head, position) live in
-  `st.session_state` under the keys below, which are not widget keys, because Streamlit forgets a
-  widget's value when a page without it runs;
-- `View`: a page declares its title, the selections and widgets its link carries (URL state) and
-  its cached analyses in one place; nothing here lists the pages or their widgets;
-- `guard()` turns errors into one message on the page: no traceback, and the inputs stay;
-- `progress()`: a progress bar whose Cancel button really stops the work (see there).
+"""What pages draw: the model picker, the prompt and pair forms, the task picker, token chips, figures with their
+downloads, the layer/head and position pickers, the probe command, and `guard`, which turns an error into one
+message on the page (no traceback, and the inputs stay).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import json
-import math
 import shlex
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
-import torch
-from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from workbench import checkpoints, cost, examples, export, hub, long
+from workbench import checkpoints, examples, export, hub
 from workbench.errors import InputError
-from workbench.model import DEFAULT_MODEL, MODELS_DIR, SHIPPED, LoadedModel, allowed_root, load_model
+from workbench.model import DEFAULT_MODEL, MODELS_DIR, SHIPPED, LoadedModel, allowed_root
 from workbench.tokens import unknown_words
-
-# ---- session keys: everything this module keeps in st.session_state, in one place ------------------
-# (a page's own keys are declared at the top of that page)
-
-MODEL = "wb.model"  # name or path of the chosen model
-PROMPT = "wb.prompt"  # the prompt shared by all pages
-TRUNCATE = "wb.truncate"  # keep the end of a prompt longer than the context
-CLEAN, CORRUPTED = "wb.clean", "wb.corrupted"  # the prompt pair of patching
-LAYER, HEAD, POSITION = "wb.layer", "wb.head", "wb.position"
-RESTORED = "wb.restored"  # the pages whose link has been read in this session
-SESSION_CACHES = "wb.caches"  # this session's cached analyses: cache name -> Bounded
-CHECKPOINT = "w.checkpoint"  # the sidebar's training-checkpoint slider
-NOTICE = "wb.notice"  # a message for the next run of the page (what was cancelled)
-DTYPE = "wb.dtype"  # the precision the model is loaded in
-PRECISIONS = ("float32", "bfloat16", "float16")
-
-OTHER = "a local folder or cached hub model…"
-# the example prompts per model and view (workbench/examples.py), under the names pages and tests use
-EXAMPLE_PROMPTS, EXAMPLE_PAIRS, PAGE_PROMPTS = examples.PROMPTS, examples.PAIRS, examples.VIEW_PROMPTS
-example_prompt, example_pair = examples.prompt, examples.pair
-SELECTED = "#d62728"  # the selected position's outline, the same on every page
-
-
-_ALLOCATOR = {"set": False}
-
-
-def serving_allocator() -> None:
-    """Once per process: the server's allocator setting for long prompts (long.map_large_allocations)."""
-    if not _ALLOCATOR["set"]:
-        long.map_large_allocations()
-        _ALLOCATOR["set"] = True
-
-
-# ---- shareable views: a page's state in the URL's query parameters --------------------------------
-
-
-@dataclass(frozen=True)
-class Param:
-    """One URL parameter and the session key it restores; `read` turns the link's text into a value, or None."""
-
-    name: str
-    key: str
-    read: Callable[[str], Any]
-
-
-def text(name: str, key: str | None = None) -> Param:
-    """Any text (a prompt, a typed token). Without `key`, the widget key is `w.<name>`."""
-    return Param(name, key or f"w.{name}", lambda value: value)
-
-
-def choice(name: str, options: Sequence[str], key: str | None = None) -> Param:
-    """One of `options`; anything else in a link is ignored."""
-    allowed = tuple(options)
-    return Param(name, key or f"w.{name}", lambda value: value if value in allowed else None)
-
-
-def number(name: str, kind: type, lo: float, hi: float, key: str | None = None) -> Param:
-    """An int or float within the widget's bounds; a link outside them is ignored (the widget would refuse it)."""
-
-    def read(value: str):
-        try:
-            n = kind(value)
-        except ValueError:
-            return None
-        return n if math.isfinite(n) and lo <= n <= hi else None
-
-    return Param(name, key or f"w.{name}", read)
-
-
-# the selections any page may share: layer, head and position are clamped to the model where they are used
-SHARED = {
-    p.name: p
-    for p in (
-        text("model", MODEL),
-        text("prompt", PROMPT),
-        text("clean", CLEAN),
-        text("corrupted", CORRUPTED),
-        number("layer", int, 0, 10_000, LAYER),
-        number("head", int, 0, 10_000, HEAD),
-        number("pos", int, 0, 1_000_000, POSITION),
-    )
-}
-
-
-class Bounded:
-    """At most `entries` results, the least recently used dropped first; safe to share between threads."""
-
-    MISSING = object()
-
-    def __init__(self, entries: int):
-        assert entries > 0
-        self.entries = entries
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable):
-        with self._lock:
-            if key not in self._items:
-                return Bounded.MISSING
-            self._items.move_to_end(key)
-            return self._items[key]
-
-    def put(self, key: Hashable, value) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-@st.cache_resource
-def server_caches() -> dict[str, Bounded]:
-    """The caches shared by every session of this server (cleared with st.cache_resource.clear())."""
-    return {}
-
-
-def _frozen(value) -> Hashable:
-    """A hashable stand-in for an argument: lists, dicts and dataclasses become tuples of their parts."""
-    if isinstance(value, list | tuple):
-        return tuple(_frozen(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
-    if isinstance(value, LoadedModel):  # the same weights, wherever and however often they were loaded
-        return ("model", value.info.source, value.info.device, value.info.dtype)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return (type(value).__qualname__, *(_frozen(getattr(value, f.name)) for f in dataclasses.fields(value)))
-    if not isinstance(value, Hashable) or isinstance(value, torch.Tensor):  # a tensor hashes by identity: never equal twice
-        raise TypeError(f"a cached analysis is keyed by its arguments; {type(value).__name__} cannot be one (pass its values)")
-    return value
-
-
-@dataclass(frozen=True)
-class Cached:
-    """An analysis remembered by its arguments, for the whole server or for one session, `entries` results at most.
-
-    Called like the analysis; `peek` returns the remembered result or None without computing. A
-    loaded model counts by its weights' source, device and dtype; a `progress` callback is passed on
-    but is not part of the key.
-    """
-
-    fn: Callable
-    entries: int = 8
-    per_session: bool = False
-    spinner: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.fn.__module__}.{self.fn.__qualname__}"
-
-    def _store(self) -> Bounded:
-        caches = st.session_state.setdefault(SESSION_CACHES, {}) if self.per_session else server_caches()
-        return caches.setdefault(self.name, Bounded(self.entries))
-
-    def _key(self, args: tuple, kwargs: dict) -> Hashable:
-        return _frozen(args), _frozen({k: v for k, v in kwargs.items() if k != "progress"})
-
-    def peek(self, *args, **kwargs):
-        found = self._store().get(self._key(args, kwargs))
-        return None if found is Bounded.MISSING else found
-
-    def __call__(self, *args, **kwargs):
-        store, key = self._store(), self._key(args, kwargs)
-        found = store.get(key)
-        if found is not Bounded.MISSING:
-            return found
-        if self.spinner:
-            with st.spinner(self.spinner):
-                result = self.fn(*args, **kwargs)
-        else:
-            result = self.fn(*args, **kwargs)
-        store.put(key, result)
-        return result
-
-
-@dataclass
-class View:
-    """One page's declaration: its title and caption, what its link carries, its cached analyses.
-
-    `shared` names selections of `SHARED` (model, prompt, clean, corrupted, layer, head, pos);
-    `params` are the page's own widgets (`choice`, `number`, `text`); a widget's key is `view.key(name)`.
-    """
-
-    title: str
-    caption: str
-    shared: tuple[str, ...] = ("model", "prompt")
-    params: tuple[Param, ...] = ()
-    _params: dict[str, Param] = field(init=False, repr=False)
-
-    def __post_init__(self):
-        unknown = [name for name in self.shared if name not in SHARED]
-        assert not unknown, f"not shared selections: {unknown}; a page's own widgets go in params"
-        self._params = {name: SHARED[name] for name in self.shared} | {p.name: p for p in self.params}
-
-    def key(self, name: str) -> str:
-        """The session (widget) key of one of this page's parameters."""
-        if name not in self._params:
-            raise KeyError(f"'{name}' is not a parameter of the {self.title} page: declare it in its View(params=...)")
-        return self._params[name].key
-
-    def cached(self, fn: Callable, *, entries: int = 8, per_session: bool = False, spinner: str | None = None) -> Cached:
-        """`fn` remembered by its arguments; per session for results a user asked for (bounded either way)."""
-        return Cached(fn, entries, per_session, spinner)
-
-    def start(self) -> LoadedModel:
-        """The common top of every page: configuration, title, caption, the link's state, the model picker.
-
-        Stops the page if no model loads.
-        """
-        # The app serves long prompts, whose chunked tensors fragment glibc's heap under its default allocation
-        # threshold (see long.map_large_allocations): set for the server's process when a page first runs, not when
-        # this module is imported (a notebook or a test that imports it keeps its allocator).
-        serving_allocator()
-        st.set_page_config(
-            page_title=self.title if "workbench" in self.title else f"{self.title} · workbench", page_icon="🔬", layout="wide"
-        )
-        st.title(self.title)
-        st.caption(self.caption)
-        self.restore()
-        if notice := st.session_state.pop(NOTICE, None):
-            st.info(notice, icon="⏹️")
-        model = model_picker()
-        if model is None:
-            st.stop()
-        return model
-
-    def restore(self) -> None:
-        """Once per page and session, before any widget is drawn: the link's parameters become the selections.
-
-        Only once: afterwards the widgets are the truth, and the link follows them (`share`).
-        """
-        restored = st.session_state.setdefault(RESTORED, set())
-        if self.title in restored:
-            return
-        restored.add(self.title)
-        params = st.query_params
-        for name, p in self._params.items():
-            if name in params and (value := p.read(params[name])) is not None:
-                st.session_state[p.key] = value
-
-    def share(self) -> None:
-        """Writes this page's selections into the URL, so that a reload or a sent link opens the same view."""
-        wanted = {name: str(st.session_state[p.key]) for name, p in self._params.items() if p.key in st.session_state}
-        if dict(st.query_params) != wanted:
-            st.query_params.from_dict(wanted)
-
-
-# ---- what every page draws ----------------------------------------------------------------------------
-
-
-@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def cached_model(name: str, device: str | None = None, trust_remote_code: bool = False, dtype: str = "float32") -> LoadedModel:
-    return load_model(name, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
+from workbench.ui.cache import cached_model
+from workbench.ui.state import (
+    CHECKPOINT,
+    CLEAN,
+    CORRUPTED,
+    DTYPE,
+    HEAD,
+    LAYER,
+    MODEL,
+    OTHER,
+    POSITION,
+    PRECISIONS,
+    PROMPT,
+    SELECTED,
+    TRUNCATE,
+    example_pair,
+    example_prompt,
+)
 
 
 @contextmanager
@@ -604,76 +351,6 @@ def position_picker(labels: list[str], label: str = "Position", key: str = "w.po
     return position
 
 
-class Reporter:
-    """A progress callback for the library: calls `update(done, total)`, and returns False once the page is interrupted.
-
-    Streamlit delivers a click that arrives while the page runs (Cancel, or any other widget) as an
-    exception from the next call that draws, here `update`. The callback keeps that exception and
-    returns False, so the library stops through its own cancel path; `progress()` then lets
-    Streamlit's rerun go ahead.
-    """
-
-    def __init__(self, update: Callable[[int, int], None]):
-        self.update = update
-        self.interrupted: ScriptControlException | None = None
-
-    def __call__(self, done: int, total: int) -> bool:
-        if self.interrupted is not None:
-            return False
-        try:
-            self.update(done, total)
-        except ScriptControlException as stop:
-            self.interrupted = stop
-            return False
-        return True
-
-
-def _cancel(label: str) -> None:
-    st.session_state[NOTICE] = f"{label} cancelled: nothing was kept of it, and the inputs are as they were."
-
-
-@contextmanager
-def progress(label: str):
-    """A progress bar and a Cancel button around long work; yields the callback `progress(done, total)`.
-
-    Cancel stops the work where it is: the callback returns False, the library raises its "cancelled"
-    InputError (swallowed here), and the page reruns with its inputs, saying what was cancelled.
-    """
-    bar = st.progress(0.0, text=label)
-    st.button("Cancel", key=f"cancel-{label}", on_click=_cancel, args=(label,))
-    report = Reporter(lambda done, total: bar.progress(done / total, text=f"{label}: {done} of {total}"))
-    try:
-        yield report
-    except InputError:
-        if report.interrupted is None:
-            raise
-    if report.interrupted is not None:
-        raise report.interrupted  # the rerun (or stop) Streamlit asked for
-
-
-def gate(est: cost.Estimate, label: str, key: str) -> bool:
-    """True when the work `est` describes may run in this run of the page: within the budget, or asked for now.
-
-    Above the budget (cost.BUDGET_S) the page shows a button that carries the estimate
-    ("Score the methods (~40 s)") and the estimate's line; the work runs only on its click. The
-    caller keeps the result (a `Cached`), so that later reruns show it without asking again.
-    """
-    if not est.over_budget:
-        return True
-    st.caption(f"Not run on its own: {est.line()}.")
-    return st.button(f"{label} ({est.label()})", type="primary", key=f"gate-{key}")
-
-
-def gated(est: cost.Estimate, label: str, key: str, fn: Callable, *args):
-    """fn(*args) when `gate` lets it run, else None; above the budget under `progress` (fn takes progress=), so Cancel reaches it."""
-    if not gate(est, label, key):
-        return None
-    if not est.over_budget:
-        return fn(*args)
-    with progress(label) as report:
-        return fn(*args, progress=report)
-
-
 def probe_command(probe: str, model: LoadedModel, **options) -> None:
     """Shows the command that reproduces this view as a probe (lists become repeated flags)."""
     parts = ["workbench-probe", probe, "--model", model.info.name]
@@ -684,11 +361,3 @@ def probe_command(probe: str, model: LoadedModel, **options) -> None:
                 parts += [flag, str(v)]
     with st.expander("Reproduce as a probe"):
         st.code(" ".join(shlex.quote(p) for p in parts), language="bash")
-
-
-def memory_plan(model: LoadedModel, prompt: str, truncate: bool, view: str) -> int:
-    """Says, before the view runs, what it will hold for this prompt and what the budget allows (long.plan); returns the length in tokens."""
-    n = long.n_tokens(model, prompt, truncate)
-    plan = long.plan(model, n, view)
-    (st.caption if plan.fits else st.warning)(plan.message())
-    return n

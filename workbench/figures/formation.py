@@ -1,4 +1,4 @@
-"""Figures of the training view: head scores over training, the in-context loss, the loss curve."""
+"""Figures of the training view (formation.py): head scores over training, the in-context loss, the loss curve."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.figures.common import layout
-from workbench.training import HEAD_TYPES, Formation
+from workbench.formation import HEAD_TYPES, Formation
 
 PHASE = "rgba(255, 170, 0, 0.18)"  # the band marking the induction phase change, the same in every figure
 

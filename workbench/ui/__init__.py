@@ -1,0 +1,120 @@
+"""The Streamlit glue: the only package of the library that imports streamlit. A page imports it once
+(`from workbench import ui`) and reads everything as `ui.<name>`; this file only gathers the rooms:
+
+- `state.py`: the session keys and the URL parameters a page's link carries (`text`, `choice`, `number`);
+- `cache.py`: what the server keeps: loaded models, cached analyses (`Cached`, `Bounded`), the memory plan;
+- `widgets.py`: what pages draw: model picker, prompt/pair forms, task picker, token chips, figures with their
+  downloads, pickers, the probe command, and `guard()` (an error becomes one message: no traceback, the inputs stay);
+- `jobs.py`: long work: `progress()`, whose Cancel button really stops the work, and `gate`/`gated` (work over budget);
+- `view.py`: `View`, a page's declaration (title, link state, cached analyses) and the common top of every page.
+
+Only what every page shares lives here; each page owns the rest of its state.
+"""
+
+from workbench.ui.cache import Bounded, Cached, cached_model, memory_plan, server_caches
+from workbench.ui.jobs import Reporter, gate, gated, progress
+from workbench.ui.state import (
+    CHECKPOINT,
+    CLEAN,
+    CORRUPTED,
+    DTYPE,
+    EXAMPLE_PAIRS,
+    EXAMPLE_PROMPTS,
+    HEAD,
+    LAYER,
+    MODEL,
+    NOTICE,
+    OTHER,
+    PAGE_PROMPTS,
+    POSITION,
+    PRECISIONS,
+    PROMPT,
+    RESTORED,
+    SELECTED,
+    SESSION_CACHES,
+    SHARED,
+    TRUNCATE,
+    Param,
+    choice,
+    example_pair,
+    example_prompt,
+    number,
+    text,
+)
+from workbench.ui.view import View, serving_allocator
+from workbench.ui.widgets import (
+    clicked,
+    figure,
+    guard,
+    head_picker,
+    model_picker,
+    open_model,
+    pair_form,
+    position_picker,
+    probe_command,
+    prompt_form,
+    set_pair,
+    task_picker,
+    token_chips,
+    token_rows,
+    unknown_words_note,
+    use_pair,
+    use_prompt,
+)
+
+__all__ = [
+    "CHECKPOINT",
+    "CLEAN",
+    "CORRUPTED",
+    "DTYPE",
+    "EXAMPLE_PAIRS",
+    "EXAMPLE_PROMPTS",
+    "HEAD",
+    "LAYER",
+    "MODEL",
+    "NOTICE",
+    "OTHER",
+    "PAGE_PROMPTS",
+    "POSITION",
+    "PRECISIONS",
+    "PROMPT",
+    "RESTORED",
+    "SELECTED",
+    "SESSION_CACHES",
+    "SHARED",
+    "TRUNCATE",
+    "Bounded",
+    "Cached",
+    "Param",
+    "Reporter",
+    "View",
+    "cached_model",
+    "choice",
+    "clicked",
+    "example_pair",
+    "example_prompt",
+    "figure",
+    "gate",
+    "gated",
+    "guard",
+    "head_picker",
+    "memory_plan",
+    "model_picker",
+    "number",
+    "open_model",
+    "pair_form",
+    "position_picker",
+    "probe_command",
+    "progress",
+    "prompt_form",
+    "server_caches",
+    "serving_allocator",
+    "set_pair",
+    "task_picker",
+    "text",
+    "token_chips",
+    "token_rows",
+    "unknown_words_note",
+    "use_pair",
+    "use_prompt",
+]
