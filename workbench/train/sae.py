@@ -112,16 +112,13 @@ class Trainer:
         return topk_update(self, pre, top, x, x_hat, mse, lr)
 
     def sae(self, model_name: str) -> SAE:
-        return SAE(
-            hook_name=self.hook,
-            W_enc=self.W_enc.detach().clone(),
-            b_enc=self.b_enc.detach().clone(),
-            W_dec=self.W_dec.detach().clone(),
-            b_dec=self.b_dec.detach().clone(),
-            activation="topk",
-            k=self.cfg.k,
-            meta={"model_name": model_name},
-        )
+        return SAE(hook_name=self.hook, **trained(self, model_name))
+
+
+def trained(trainer, model_name: str) -> dict:
+    """What a trained TopK dictionary (an SAE, a transcoder) is saved with: its weights, detached copies, and its k."""
+    weights = {name: getattr(trainer, name).detach().clone() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    return {**weights, "activation": "topk", "k": trainer.cfg.k, "meta": {"model_name": model_name}}
 
 
 def topk_update(trainer, pre: torch.Tensor, top, target: torch.Tensor, recon: torch.Tensor, mse: torch.Tensor, lr: float) -> dict:

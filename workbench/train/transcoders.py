@@ -28,7 +28,7 @@ import torch
 
 from workbench import engine
 from workbench.model import load_model
-from workbench.train.sae import topk_decode, topk_update
+from workbench.train.sae import topk_decode, topk_update, trained
 from workbench.transcoder import FOLDER, Transcoder, capture_names, mlp_io, splice_edits
 
 
@@ -86,17 +86,8 @@ class Trainer:
         return topk_update(self, pre, top, y, y_hat, mse, lr)  # AuxK and the unit-norm decoder, as the SAEs train
 
     def transcoder(self, model_name: str) -> Transcoder:
-        return Transcoder(
-            layer=self.layer,
-            W_enc=self.W_enc.detach().clone(),
-            b_enc=self.b_enc.detach().clone(),
-            W_dec=self.W_dec.detach().clone(),
-            b_dec=self.b_dec.detach().clone(),
-            W_skip=None if self.W_skip is None else self.W_skip.detach().clone(),
-            activation="topk",
-            k=self.cfg.k,
-            meta={"model_name": model_name},
-        )
+        skip = None if self.W_skip is None else self.W_skip.detach().clone()
+        return Transcoder(layer=self.layer, W_skip=skip, **trained(self, model_name))
 
 
 def io_of(w: engine.Weights, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
