@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from workbench import attribution, graph, interventions, patching, tasks
+from workbench import attribution, graph, interventions, methods, patching, tasks
 from workbench.errors import InputError
 from workbench.metrics import KINDS, METRICS, Metric, metric_for
 from workbench.model import MODELS_DIR
@@ -108,3 +108,15 @@ def test_generated_copying_pairs_by_their_tokens(circuits):
         assert len(clean) == len(corrupted) == length + repeat and clean[length:] == clean[:repeat]
         assert s.answer == clean[repeat]  # the word after the repeated part in the first copy
         assert [i for i in range(len(clean)) if clean[i] != corrupted[i]] == [repeat] and corrupted[repeat] == s.wrong
+
+
+def test_the_dataset_sweep_and_the_methods_take_pairs_of_strings(circuits):
+    tok = circuits.tokenizer
+    corrupted = CLEAN.replace("cloud", "lemon")
+    pair = tasks.Pair(CLEAN, corrupted, " cloud", " lemon")
+    setup = patching.PatchingSetup(CLEAN, corrupted, *_ids(tok, " cloud", " lemon"), "probability")
+    by_pair = patching.sweep_dataset(circuits, [pair], "z", metric="probability")
+    by_setup = patching.sweep_dataset(circuits, [setup], "z")
+    assert torch.equal(by_pair.mean, by_setup.mean) and by_pair.metric == "probability"
+    assert torch.isfinite(by_pair.mean).all() and by_pair.mean.abs().max() > 0.1  # the sweep moved the metric: a real comparison
+    assert methods.prepare_all(circuits, [pair], metric="probability")[0].setup == setup

@@ -38,7 +38,7 @@ import torch
 from workbench import engine
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.patching import DIRECTIONS, PatchingSetup, check_setup
+from workbench.patching import DIRECTIONS, PatchingSetup, as_setup, check_setup
 from workbench.runs import provenance
 
 NODE_METHODS = ("exact", "AtP", "AtP*")
@@ -147,10 +147,11 @@ def prepare(model: LoadedModel, setup: PatchingSetup, direction: str = "denoisin
     return PreparedPair(setup, direction, w, base, source)
 
 
-def prepare_all(model: LoadedModel, setups: list[PatchingSetup], direction: str = "denoising") -> list[PreparedPair]:
+def prepare_all(model: LoadedModel, setups: list, direction: str = "denoising", metric: str = "logit difference") -> list[PreparedPair]:
+    """Every pair (PatchingSetups, or tasks.Pairs read with `metric`) prepared for the engine."""
     if not setups:
         raise InputError("the task has no prompt pairs")
-    return [prepare(model, s, direction) for s in setups]
+    return [prepare(model, as_setup(model, s, metric), direction) for s in setups]
 
 
 # ---- results ----------------------------------------------------------------------------------------

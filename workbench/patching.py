@@ -173,6 +173,11 @@ class PatchingSetup:
         return cls(pair.clean, pair.corrupted, *pair.ids(tokenizer), metric)
 
 
+def as_setup(model: LoadedModel, pair, metric: str = "logit difference") -> PatchingSetup:
+    """A PatchingSetup as it is, or a tasks.Pair (strings) with its answer and wrong tokens resolved for the model."""
+    return pair if isinstance(pair, PatchingSetup) else PatchingSetup.of(pair, model.tokenizer, metric)
+
+
 def compare_tokens(model: LoadedModel, clean: str, corrupted: str) -> Alignment:
     """Both prompts' tokens side by side (`labels_a` clean, `labels_b` corrupted), and where they differ."""
     return align(model.tokenizer, encode(model, clean)[0], encode(model, corrupted)[0])
@@ -630,10 +635,12 @@ class DatasetPatchResult:
 
 
 def sweep_dataset(
-    model: LoadedModel, setups: list[PatchingSetup], site: str = "resid_pre", direction: str = "denoising", progress=None
+    model: LoadedModel, setups: list, site: str = "resid_pre", direction: str = "denoising", progress=None, metric: str = "logit difference"
 ) -> DatasetPatchResult:
+    """The exact sweep of every pair (PatchingSetups, or tasks.Pairs read with `metric`), their mean and spread."""
     if not setups:
         raise InputError("the dataset has no prompt pairs")
+    setups = [as_setup(model, s, metric) for s in setups]
     results = []
     for i, s in enumerate(setups):
         results.append(sweep(model, s, site, direction))
