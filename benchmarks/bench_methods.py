@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Row, compare
-from workbench import edges, engine, families, methods, patching, scoreboard
+from workbench import edges, engine, families, methods, scoreboard, tasks
 from workbench.model import MODELS_DIR, load_model
 from workbench.runs import run_edited
 
@@ -69,7 +69,7 @@ def run(quick: bool = False) -> list[Row]:
     repeats = 1 if quick else 3
     for name in ("circuits", "answer-key"):
         model = load_model(name)
-        setups = patching.induction_pairs(model, PAIRS)
+        setups = tasks.induction_pairs(model, PAIRS)
         pairs = methods.prepare_all(model, setups)
         ref, ours = compare(
             lambda m=model, p=pairs: methods.exact_nodes(m, p), lambda m=model, p=pairs: methods.atp_star(m, p), repeats, warmup=1
@@ -105,7 +105,7 @@ def run(quick: bool = False) -> list[Row]:
                     )
                 )
             )
-            setups = patching.induction_pairs(model, 2, length=6, repeat=3)
+            setups = tasks.induction_pairs(model, 2, length=6, repeat=3)
             n = len(methods.nodes_of(engine.weights_of(model)))
             c = atp_star_passes(model, setups)
             print(f"AtP* on gpt2 {layers} layers × {heads} heads ({n} nodes): {c['forward']:.0f} forward, {c['backward']:.0f} backward passes per pair"

@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.bench_methods import counted
 from benchmarks.common import Row, compare
-from workbench import families, patching, preview
+from workbench import families, patching, preview, tasks
 from workbench.model import MODELS_DIR, load_model
 
 SITES = ("resid_pre", "z_pos", "k", "k_pos")
@@ -26,7 +26,7 @@ def run(quick: bool = False) -> list[Row]:
         )  # fmt: skip
         for name, folder, length in (("circuits", "circuits", 8), ("gpt2 4 layers × 8 heads", str(bigger), 24)):
             model = load_model(folder)
-            setup = patching.induction_pairs(model, 1, length=length, repeat=length // 2)[0]
+            setup = tasks.induction_pairs(model, 1, length=length, repeat=length // 2)[0]
             for site in SITES:
                 with counted() as c:
                     star = preview.preview_sweep(model, setup, site)

@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from workbench import cost, edges, long, methods, mib, patching, paths, ui
+from workbench import cost, edges, long, methods, mib, patching, paths, tasks, ui
 from workbench.errors import InputError
 from workbench.figures import methods as draw_methods
 from workbench.figures import patching as draw
@@ -156,7 +156,7 @@ with ui.guard("the patching"):
     with st.expander("A dataset of prompt pairs (mean and spread)"):
         if model.info.name == "circuits":
             n_pairs = st.number_input("copying pairs (random words, the earlier copy corrupted)", 2, 64, 8, key=view.key("pairs"))
-            pairs = patching.induction_pairs(model, int(n_pairs), seed=0)
+            pairs = tasks.induction_pairs(model, int(n_pairs), seed=0)
             pairs = [patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in pairs]
             result = dataset_sweep.peek(model, pairs, site, direction)
             if result is None and st.button("Sweep the dataset", key="w.run_dataset"):

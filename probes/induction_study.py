@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from workbench import attention, attribution, patching
+from workbench import attention, attribution, patching, tasks
 from workbench.figures import attention as attention_figures
 from workbench.figures import attribution as attribution_figures
 from workbench.figures import patching as patching_figures
@@ -38,7 +38,7 @@ def body(model, s, out):
     out.timing("head scan", time.time() - t)
 
     t = time.time()
-    pairs = patching.induction_pairs(model, int(s["pairs"]), seed=int(s["seed"]))
+    pairs = tasks.induction_pairs(model, int(s["pairs"]), seed=int(s["seed"]))
     resid = patching.sweep_dataset(model, pairs, "resid_pre")
     heads = patching.sweep_dataset(model, pairs, "z")
     out.figure(patching_figures.patching_heatmap(resid), "2-patching-resid")

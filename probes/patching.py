@@ -58,7 +58,7 @@ def setups(model, s) -> list[patching.PatchingSetup]:
     if s["induction_pairs"]:
         return [
             patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, s["metric"])
-            for p in patching.induction_pairs(model, int(s["induction_pairs"]), seed=int(s["seed"]))
+            for p in tasks.induction_pairs(model, int(s["induction_pairs"]), seed=int(s["seed"]))
         ]
     pairs = s["pairs"] or [dict(clean=s["clean"], corrupted=s["corrupted"], answer=s["answer"], wrong=s["wrong"])]
     out = []

@@ -5,14 +5,14 @@ exact edge patching; EAP-IG with one step equal to EAP; circuits from empty (bas
 import pytest
 import torch
 
-from workbench import edges, engine, methods, patching
+from workbench import edges, engine, methods, tasks
 from workbench.runs import run_prompt
 
 
 @pytest.fixture(scope="module", params=["circuits", "answer_key"])
 def case(request):
     model = request.getfixturevalue(request.param)
-    return model, methods.prepare_all(model, patching.induction_pairs(model, 2))
+    return model, methods.prepare_all(model, tasks.induction_pairs(model, 2))
 
 
 def _bridge_cache(model, prompt, w):
@@ -44,7 +44,7 @@ def test_eap_is_the_derivative_of_exact_edge_patching(circuits):
     from tests.references import hf_model
 
     hf = hf_model(circuits)
-    pair = methods.prepare_all(circuits, patching.induction_pairs(circuits, 1))[0]
+    pair = methods.prepare_all(circuits, tasks.induction_pairs(circuits, 1))[0]
     eap = edges.eap(circuits, [pair])
     base, source = _hf_sender_outputs(hf, pair.base_tokens), _hf_sender_outputs(hf, pair.source_tokens)
     h = 1e-2

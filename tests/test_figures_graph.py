@@ -2,13 +2,13 @@
 
 import pytest
 
-from workbench import graph, patching
+from workbench import graph, tasks
 from workbench.figures import graph as draw
 
 
 @pytest.fixture(scope="module")
 def g(circuits):
-    return graph.build(circuits, patching.induction_pairs(circuits, 1, length=12, repeat=5, seed=1)[0].clean)
+    return graph.build(circuits, tasks.induction_pairs(circuits, 1, length=12, repeat=5, seed=1)[0].clean)
 
 
 def _segments(trace) -> int:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from workbench import methods, patching, paths, scoreboard
+from workbench import methods, paths, scoreboard, tasks
 from workbench.figures import methods as draw
 
 
@@ -27,7 +27,7 @@ def test_estimate_against_exact_marks_the_exact_top(sb):
 
 
 def test_path_bars(circuits):
-    setup = patching.induction_pairs(circuits, 1)[0]
+    setup = tasks.induction_pairs(circuits, 1)[0]
     r = paths.path_patch_named(circuits, setup, "denoising", "L0H0", ("L1H3.v", "logits"))
     fig = draw.path_bars(r)
     assert list(fig.data[0].x) == pytest.approx([*r.each.tolist(), r.normalised])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from probes.__main__ import main as probe_main
-from workbench import attention, families, graph, patching
+from workbench import attention, families, graph, tasks
 from workbench.errors import InputError
 from workbench.model import load_model
 from workbench.runs import run_prompt
@@ -48,7 +48,7 @@ def test_the_graph_holds_the_induction_route_and_ablating_it_destroys_the_predic
     # the model's previous-token head, measured independently of the graph (attention on repeated random tokens)
     previous = attention.head_types_on_repeats(model).ranked("previous token", 1)[0]
     assert previous["layer"] == 0
-    for pair in patching.induction_pairs(model, 3, length=LENGTH, repeat=REPEAT, seed=1):
+    for pair in tasks.induction_pairs(model, 3, length=LENGTH, repeat=REPEAT, seed=1):
         k, after, final = _route(pair)
         g = graph.build(model, pair.clean)
         assert g.position == final and g.answer == pair.answer  # the model predicts the copy
@@ -71,7 +71,7 @@ def test_the_graph_holds_the_induction_route_and_ablating_it_destroys_the_predic
             }
             randoms.append(graph.Ablation.of(L, n, picks - {(1, final, after), (0, after, k)}))
         logits = graph.run_ablations(model, g.tokens, final, [graph.nothing(model, n), route, *randoms], None)
-        metric = graph.metric_of(logits, g.answer, None)
+        metric = graph.graph_metric(g.answer, None).value(logits)
         assert int(logits[0].argmax()) == g.answer
         assert int(logits[1].argmax()) != g.answer and metric[1] < 0.2 * metric[0]  # the route ablated: no copy
         kept = [int(row.argmax()) == g.answer for row in logits[2:]]
@@ -79,7 +79,7 @@ def test_the_graph_holds_the_induction_route_and_ablating_it_destroys_the_predic
 
 
 def test_the_graphs_top_links_matter_and_random_ones_do_not(circuits):
-    pair = patching.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT, seed=2)[0]
+    pair = tasks.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT, seed=2)[0]
     g = graph.build(circuits, pair.clean)
     f = graph.faithfulness(circuits, g, "zero", k=2)
     assert f.top_drop > 0.5 and abs(f.random_drop) < 0.2 and f.top_drop > 3 * abs(f.random_drop)
@@ -155,7 +155,7 @@ def test_one_layer_attention_edges_against_a_hand_computation(tmp_path):
 
 
 def test_any_position_and_contrastive_mode(circuits):
-    pair = patching.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT, seed=1)[0]
+    pair = tasks.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT, seed=1)[0]
     g = graph.build(circuits, pair.clean, position=LENGTH + 3)
     assert g.position == LENGTH + 3 and all(edge.destination[1] <= LENGTH + 3 and edge.source[1] <= edge.destination[1] for edge in g.edges)
     f = graph.faithfulness(circuits, g, "zero", k=3, draws=2)
@@ -173,7 +173,7 @@ def test_any_position_and_contrastive_mode(circuits):
 def test_flows_and_the_json_document(circuits):
     import networkx as nx
 
-    g = graph.build(circuits, patching.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT)[0].clean)
+    g = graph.build(circuits, tasks.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT)[0].clean)
     doc = json.loads(json.dumps(g.document()))
     assert {"nodes", "links", "metadata"} <= set(doc) and len(doc["links"]) == len(g.edges)
     # the node-link format: networkx reads it back as the same graph
@@ -334,7 +334,7 @@ def test_ablations_and_the_mean_fill_equal_plain_transformers_by_hand(circuits, 
     from tests.references import hf_model
 
     hf = hf_model(circuits)
-    pair = patching.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT, seed=3)[0]
+    pair = tasks.induction_pairs(circuits, 1, length=LENGTH, repeat=REPEAT, seed=3)[0]
     g = graph.build(circuits, pair.clean)
     n, L = g.position + 1, circuits.info.n_layers
     tokens = g.tokens[:n]
@@ -357,7 +357,7 @@ def test_ablations_and_the_mean_fill_equal_plain_transformers_by_hand(circuits, 
     assert torch.allclose(centred(ours), centred(want), atol=1e-4), (centred(ours) - centred(want)).abs().amax(-1)
     assert (centred(want[1]) - centred(want[0])).abs().max() > 1.0  # the ablations matter, so the comparison can fail
     f = graph.faithfulness(circuits, g, ablation, k=2)
-    m = graph.metric_of(want, g.answer, g.wrong)
+    m = graph.graph_metric(g.answer, g.wrong).value(want)
     full, empty, kept = float(m[0]), float(m[1]), float(m[2])
     assert (f.full, f.empty, f.kept) == (pytest.approx(full, abs=2e-3), pytest.approx(empty, abs=2e-3), pytest.approx(kept, abs=2e-3))
     assert f.share == pytest.approx((kept - empty) / (full - empty), abs=1e-3) and 0.05 < f.share < 1.5

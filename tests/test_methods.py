@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from workbench import engine, families, methods, patching
+from workbench import engine, families, methods, patching, tasks
 from workbench.errors import InputError
 from workbench.model import MODELS_DIR, load_model
 from workbench.runs import run_edited, run_prompt, run_tokens
@@ -11,7 +11,7 @@ from workbench.runs import run_edited, run_prompt, run_tokens
 
 @pytest.fixture(scope="module")
 def pairs(circuits):
-    return methods.prepare_all(circuits, patching.induction_pairs(circuits, 2))
+    return methods.prepare_all(circuits, tasks.induction_pairs(circuits, 2))
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from workbench import edges, engine, families, methods, mib, patching
+from workbench import edges, engine, families, methods, mib, tasks
 from workbench.errors import InputError
 from workbench.model import load_model
 
 
 @pytest.fixture(scope="module")
 def pairs(circuits):
-    return methods.prepare_all(circuits, patching.induction_pairs(circuits, 2))
+    return methods.prepare_all(circuits, tasks.induction_pairs(circuits, 2))
 
 
 def _mib_edge_names(cfg: dict) -> set[str]:

@@ -7,7 +7,7 @@ import transformer_lens.patching as tlp
 from streamlit.testing.v1 import AppTest
 
 from tests.references import constructed_heads, hf_model
-from workbench import engine, patching
+from workbench import engine, patching, tasks
 from workbench.errors import InputError
 from workbench.runs import encode, run_prompt
 
@@ -124,7 +124,7 @@ def test_corrupt_word_checks_the_token_count(english):
 
 
 def test_dataset_sweep_is_the_mean_and_spread_of_the_pairs_sweeps(circuits):
-    pairs = patching.induction_pairs(circuits, n_pairs=4)
+    pairs = tasks.induction_pairs(circuits, n_pairs=4)
     r = patching.sweep_dataset(circuits, pairs, "resid_pre")
     each = torch.stack([patching.sweep(circuits, p, "resid_pre").values for p in pairs])  # (pair, layer, position)
     assert r.n_pairs == 4 and r.mean.shape == r.std.shape == (2, len(r.labels))

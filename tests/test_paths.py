@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from workbench import edges, engine, methods, patching, paths
+from workbench import edges, engine, methods, patching, paths, tasks
 from workbench.errors import InputError
 from workbench.runs import run_edited, run_prompt
 
@@ -13,7 +13,7 @@ from workbench.runs import run_edited, run_prompt
 @pytest.fixture(scope="module", params=["circuits", "answer_key"])
 def case(request):
     model = request.getfixturevalue(request.param)
-    setup = patching.induction_pairs(model, 1)[0]
+    setup = tasks.induction_pairs(model, 1)[0]
     return model, setup, methods.prepare(model, setup)
 
 

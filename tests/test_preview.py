@@ -143,15 +143,18 @@ def test_one_layer_atp_star_is_plain_atp_where_no_fix_applies(one_head, site):
 
 
 @pytest.mark.parametrize("site", list(patching.SITES))
-def test_plain_atp_is_attribution_patching(circuits, site):
+def test_plain_atp_is_attribution_patching_and_atp_star_computes_the_same_linear_term(circuits, site):
+    """AtP has one implementation (patching.attribution_sweep): the preview's plain AtP is its numbers. AtP*'s own passes
+    compute the same linear term where no QK fix applies (their first gradient is the plain one), so the two agree."""
     setup = _setup(circuits)
     for direction in patching.DIRECTIONS:
-        ours, reference = (
-            preview.preview_sweep(circuits, setup, site, direction, "AtP"),
-            patching.attribution_sweep(circuits, setup, site, direction),
-        )
-        torch.testing.assert_close(ours.raw, reference.raw, atol=1e-5, rtol=1e-5)
-        assert (ours.forward, ours.backward) == (2, 1)
+        ours = preview.preview_sweep(circuits, setup, site, direction, "AtP")
+        reference = patching.attribution_sweep(circuits, setup, site, direction)
+        assert torch.equal(ours.raw, reference.raw) and ours.method == "AtP" and (ours.forward, ours.backward) == (2, 1)
+        assert ours.provenance["settings"]["method"] == "AtP" and ours.magnitude is not None
+        if patching.SITES[site].engine_site not in ("q", "k"):
+            star = preview.preview_sweep(circuits, setup, site, direction, "AtP*")
+            torch.testing.assert_close(star.raw, reference.raw, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("site", list(patching.SITES))

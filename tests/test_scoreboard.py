@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from probes.__main__ import main as probes_main
 from tests.references import gpt2_node_effects, hf_model
-from workbench import methods, scoreboard
+from workbench import methods, scoreboard, tasks
 from workbench.errors import InputError
 
 
@@ -58,14 +58,14 @@ def test_scoreboard_on_the_induction_task(request, name):
 
 
 def test_typed_pairs_and_their_mistakes(circuits):
-    pairs = scoreboard.parse_pairs(
+    pairs = tasks.parse_pairs(
         circuits, "apple river stone cloud apple river stone | apple river stone lemon apple river stone | cloud | lemon"
     )
     assert len(pairs) == 1 and pairs[0].answer == circuits.tokenizer(" cloud")["input_ids"][0]
     with pytest.raises(InputError, match="line 1 has 2"):
-        scoreboard.parse_pairs(circuits, "a | b")
+        tasks.parse_pairs(circuits, "a | b")
     with pytest.raises(InputError, match="at least one"):
-        scoreboard.parse_pairs(circuits, "\n")
+        tasks.parse_pairs(circuits, "\n")
     with pytest.raises(InputError, match="unknown task"):
         scoreboard.task_pairs(circuits, "nonsense")
 

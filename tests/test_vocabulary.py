@@ -301,7 +301,6 @@ def test_steering_files_are_written_file_and_path_still_reads():
 SHARED_CLASS_NAMES = {
     "Edge": "one idea, two kinds of node (docs/glossary.md: edge): graph.Edge between residual-stream nodes, edges.Edge sender → receiver",
     "Intervention": "one idea, a run without and with edits (original and edited): interventions (the Features view's too), attribution_graph",
-    "Pair": "methods.Pair (a prepared prompt pair) vs tasks.Pair: issue #25's one prompt Pair, not merged yet",
     "Recipe": "each model's training recipe (train/)",
     "Trainer": "each dictionary's trainer (train/)",
 }

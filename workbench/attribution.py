@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from workbench import cost, engine, ig
 from workbench.errors import InputError
 from workbench.lens import lens_points
+from workbench.metrics import Metric, metric_for
 from workbench.model import LoadedModel
 from workbench.runs import activation_cache, check_position, check_token_ids, encode, hook_names, provenance, run_prompt, run_tokens
 from workbench.tokens import single_token_id, token_labels
@@ -59,11 +60,9 @@ class Answer:
         return "log p(" + " ".join(labels[: len(self.tokens)]) + ")"
 
 
-def metric_of(logits_last: torch.Tensor, answer: int, wrong: int | None) -> torch.Tensor:
-    """(batch,) the metric from next-token logits (batch, d_vocab)."""
-    if wrong is not None:
-        return logits_last[:, answer] - logits_last[:, wrong]
-    return logits_last.log_softmax(-1)[:, answer]
+def attribution_metric(answer: int, wrong: int | None) -> Metric:
+    """The metric attributed: the logit difference with a wrong token, else the answer's log-probability (metrics.metric_for)."""
+    return metric_for(answer, wrong, "log-probability")
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ def embed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wrong: int
 
         batch = ids[None].expand(embeds.shape[0], -1)
         logits, _ = run_tokens(model, batch, hooks=[("hook_embed", swap)], last_only=True, grad=torch.is_grad_enabled())
-        return metric_of(logits[:, -1].float(), answer, wrong)  # only the last position is read
+        return attribution_metric(answer, wrong).value(logits[:, -1].float())  # only the last position is read
 
     return forward
 
@@ -141,7 +140,7 @@ def checkpointed_forward(model: LoadedModel, ids: torch.Tensor, answer: int, wro
         for index in range(w.n_layers):
             x = checkpoint(engine.block, w, index, x, run, index == last, use_reentrant=False)  # (batch, d_model) after the last
         logits = w.ln_final(x) @ w.W_U + (w.b_U if w.b_U is not None else 0)  # (batch, d_vocab)
-        return metric_of(logits.float(), answer, wrong)
+        return attribution_metric(answer, wrong).value(logits.float())
 
     return forward
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workbench import engine
-from workbench.methods import Node, Pair, nodes_of, pairs_provenance, site_names
+from workbench.methods import Node, PreparedPair, nodes_of, pairs_provenance, site_names
 from workbench.model import LoadedModel
 
 EDGE_METHODS = ("exact", "EAP", "EAP-IG")
@@ -193,7 +193,7 @@ class EdgeEffects:
         return [dict(rank=r + 1, edge=self.edges[i].label, effect=float(self.effect[i])) for r, i in enumerate(order)]
 
 
-def _runs(pair: Pair) -> tuple[dict, dict]:
+def _runs(pair: PreparedPair) -> tuple[dict, dict]:
     w = pair.weights
     with torch.no_grad():
         base = pair.run("base", capture=capture_names(w)).captured
@@ -201,7 +201,7 @@ def _runs(pair: Pair) -> tuple[dict, dict]:
     return base, source
 
 
-def exact_edges(model: LoadedModel, pairs: list[Pair], tick=None) -> EdgeEffects:
+def exact_edges(model: LoadedModel, pairs: list[PreparedPair], tick=None) -> EdgeEffects:
     """Every edge patched on its own, exactly (the module docstring): batched engine passes, one row per edge.
 
     `tick()` is called after each pass (a long job's progress; it may raise to cancel).
@@ -244,7 +244,7 @@ def _input_gradients(w: engine.Weights, acts: dict, grads: dict, receivers: list
     return out
 
 
-def _gradient_run(pair: Pair, resid: torch.Tensor | None) -> tuple[dict, dict]:
+def _gradient_run(pair: PreparedPair, resid: torch.Tensor | None) -> tuple[dict, dict]:
     """(activations, their gradients) of the metric summed over the batch: on the base tokens, or from input embeddings `resid`."""
     w = pair.weights
     names = capture_names(w)
@@ -258,7 +258,7 @@ def _gradient_run(pair: Pair, resid: torch.Tensor | None) -> tuple[dict, dict]:
     )
 
 
-def attribution_edges(model: LoadedModel, pairs: list[Pair], steps: int | None = None) -> EdgeEffects:
+def attribution_edges(model: LoadedModel, pairs: list[PreparedPair], steps: int | None = None) -> EdgeEffects:
     """EAP (steps None: the gradient on the base run) or EAP-IG with `steps` points (one batched pass); see the module docstring."""
     t = time.perf_counter()
     w = pairs[0].weights
@@ -281,18 +281,18 @@ def attribution_edges(model: LoadedModel, pairs: list[Pair], steps: int | None =
                        pairs_provenance(model, pairs, method, steps=steps))  # fmt: skip
 
 
-def eap(model: LoadedModel, pairs: list[Pair]) -> EdgeEffects:
+def eap(model: LoadedModel, pairs: list[PreparedPair]) -> EdgeEffects:
     return attribution_edges(model, pairs)
 
 
-def eap_ig(model: LoadedModel, pairs: list[Pair], steps: int = 5) -> EdgeEffects:
+def eap_ig(model: LoadedModel, pairs: list[PreparedPair], steps: int = 5) -> EdgeEffects:
     return attribution_edges(model, pairs, steps)
 
 
 # ---- circuits ---------------------------------------------------------------------------------------
 
 
-def circuit_faithfulness(pair: Pair, edges: list[Edge], keep: torch.Tensor) -> torch.Tensor:
+def circuit_faithfulness(pair: PreparedPair, edges: list[Edge], keep: torch.Tensor) -> torch.Tensor:
     """(circuit,) normalised metric of circuits `keep` (circuit, edge) booleans, MIB-style (module docstring): 0 base, 1 source.
 
     One row per circuit; the receivers are set read point by read point, each pass running the

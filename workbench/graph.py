@@ -63,6 +63,7 @@ import torch
 
 from workbench import cost, engine, lens
 from workbench.errors import InputError
+from workbench.metrics import Metric, metric_for
 from workbench.model import LoadedModel
 from workbench.runs import Run, check_position, check_token_ids, has_hook, hook_names, provenance, run_edited, run_prompt, run_tokens
 from workbench.tokens import token_labels
@@ -617,9 +618,10 @@ def graph_ablation(model: LoadedModel, n_tokens: int, edges: list[Edge]) -> Abla
     )
 
 
-def metric_of(logits: torch.Tensor, answer: int, wrong: int | None) -> torch.Tensor:
-    """(batch, d_vocab) -> (batch,): answer − wrong logit, or the answer's logit above the mean logit."""
-    return logits[:, answer] - (logits[:, wrong] if wrong is not None else logits.mean(-1))
+def graph_metric(answer: int, wrong: int | None) -> Metric:
+    """The faithfulness metric: answer − wrong logit, or without a wrong token the answer's logit above the mean logit
+    (metrics.metric_for: linear in the logits and 0 for a flat distribution, so a share of it kept is meaningful)."""
+    return metric_for(answer, wrong, "logit above mean")
 
 
 def run_ablations(
@@ -744,7 +746,7 @@ def faithfulness(
     clean = clean_patterns(model, g.tokens[:n]) if frozen_patterns else None
     cost.report(progress, 2, total, what)
     logits = run_ablations(model, g.tokens, g.position, ablations, ref, clean, progress=lambda i: cost.report(progress, 2 + i, total, what))
-    m = metric_of(logits, g.answer, g.wrong).tolist()
+    m = graph_metric(g.answer, g.wrong).value(logits).tolist()
     full, empty, kept, top_k, random_k = m[0], m[1], m[2], m[3], m[4:]
     span = full - empty
     share = (kept - empty) / span if abs(span) > 1e-9 else float("nan")

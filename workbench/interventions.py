@@ -44,6 +44,7 @@ import torch
 from workbench import conventions, engine, sae
 from workbench.errors import InputError
 from workbench.generate import Generation, Sampling, generate
+from workbench.metrics import Metric
 from workbench.model import LoadedModel, allowed_root
 from workbench.runs import check_token_ids, encode, has_hook, provenance, run_edited
 from workbench.tokens import ordinary_token_ids, token_labels
@@ -57,7 +58,7 @@ SITE_HELP = (
     "transformer-lens 4, the MLP's input: a vector added there reaches the MLP but not the stream that goes on. "
     f"Vectors are in the workbench's coordinates: {conventions.RESIDUAL}."
 )
-METRICS = ("probability", "logit difference", "log-probability")
+METRICS = ("probability", "logit difference", "log-probability")  # metrics.METRICS, in the page's order (its default first)
 REFERENCE_WINDOWS = 32  # reference prompts cut from the held-out text
 REFERENCE_TOKENS = 64  # tokens per reference window
 CONTINUATION = Sampling(max_new_tokens=12)  # the continuations compared, by default greedy
@@ -680,39 +681,6 @@ def compile_edits(model: LoadedModel, edits: EditSet) -> list[engine.Edit]:
 
 
 # ---- the experiment -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Metric:
-    """What the before/after number reads from the next-token logits."""
-
-    kind: str = "probability"  # one of METRICS
-    answer: int = 0  # the answer token's id
-    wrong: int | None = None  # logit difference: answer − wrong
-
-    def check(self, model: LoadedModel) -> Metric:
-        if self.kind not in METRICS:
-            raise InputError(f"unknown metric '{self.kind}': use one of {', '.join(METRICS)}")
-        check_token_ids(model, [self.answer], "the answer token")
-        if self.kind == "logit difference":
-            if self.wrong is None:
-                raise InputError("the logit difference needs a wrong token")
-            check_token_ids(model, [self.wrong], "the wrong token")
-        return self
-
-    def value(self, logits: torch.Tensor) -> torch.Tensor:
-        """(batch,) the metric of next-token logits (batch, d_vocab)."""
-        if self.kind == "logit difference":
-            return logits[:, self.answer] - logits[:, self.wrong]
-        if self.kind == "probability":
-            return logits.softmax(-1)[:, self.answer]
-        return logits.log_softmax(-1)[:, self.answer]
-
-    def label(self, tokenizer) -> str:
-        a = token_labels(tokenizer, [self.answer])[0]
-        if self.kind == "logit difference":
-            return f"logit({a}) − logit({token_labels(tokenizer, [self.wrong])[0]})"
-        return f"{self.kind} of {a}"
 
 
 def kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

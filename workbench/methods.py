@@ -38,7 +38,7 @@ import torch
 from workbench import engine
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.patching import DIRECTIONS, PatchingSetup, check_setup
+from workbench.patching import DIRECTIONS, PatchingSetup, as_setup, check_setup
 from workbench.runs import provenance
 
 NODE_METHODS = ("exact", "AtP", "AtP*")
@@ -79,8 +79,9 @@ def nodes_of(w: engine.Weights) -> list[Node]:
 
 
 @dataclass(frozen=True)
-class Pair:
-    """One prompt pair ready for the engine: which run is patched (base) and which gives the values (source)."""
+class PreparedPair:
+    """A prompt pair (its PatchingSetup: tasks.Pair with ids) ready for the engine: which run is patched (base) and which gives
+    the values (source)."""
 
     setup: PatchingSetup
     direction: str
@@ -133,7 +134,7 @@ def site_names(w: engine.Weights, *sites: str) -> list[str]:
     return [f"blocks.{layer}.{engine.SITE_HOOKS[s]}" for layer in range(w.n_layers) for s in sites]
 
 
-def prepare(model: LoadedModel, setup: PatchingSetup, direction: str = "denoising") -> Pair:
+def prepare(model: LoadedModel, setup: PatchingSetup, direction: str = "denoising") -> PreparedPair:
     """The pair on the engine, once engine.backend has chosen it (its logits checked against the model's once per weights)."""
     if direction not in DIRECTIONS:
         raise InputError(f"unknown direction '{direction}': use denoising or noising")
@@ -143,13 +144,14 @@ def prepare(model: LoadedModel, setup: PatchingSetup, direction: str = "denoisin
     except engine.Unsupported as err:
         raise InputError(f"the patching methods run on the forward engine, which cannot run this model: {err}") from err
     base, source = (corrupted_ids, clean_ids) if direction == "denoising" else (clean_ids, corrupted_ids)
-    return Pair(setup, direction, w, base, source)
+    return PreparedPair(setup, direction, w, base, source)
 
 
-def prepare_all(model: LoadedModel, setups: list[PatchingSetup], direction: str = "denoising") -> list[Pair]:
+def prepare_all(model: LoadedModel, setups: list, direction: str = "denoising", metric: str = "logit difference") -> list[PreparedPair]:
+    """Every pair (PatchingSetups, or tasks.Pairs read with `metric`) prepared for the engine."""
     if not setups:
         raise InputError("the task has no prompt pairs")
-    return [prepare(model, s, direction) for s in setups]
+    return [prepare(model, as_setup(model, s, metric), direction) for s in setups]
 
 
 # ---- results ----------------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ class NodeEffects:
         ]
 
 
-def pairs_provenance(model: LoadedModel, pairs: list[Pair], method: str, **settings) -> dict:
+def pairs_provenance(model: LoadedModel, pairs: list[PreparedPair], method: str, **settings) -> dict:
     return provenance(
         model, [p for x in pairs for p in (x.setup.clean, x.setup.corrupted)], method=method, direction=pairs[0].direction,
         metric=pairs[0].setup.metric, answers=[x.setup.answer for x in pairs], wrongs=[x.setup.wrong for x in pairs], backend="engine",
@@ -212,7 +214,7 @@ def node_edit(node: Node, source: dict[str, torch.Tensor], rows: torch.Tensor | 
 # ---- exact ------------------------------------------------------------------------------------------
 
 
-def exact_nodes(model: LoadedModel, pairs: list[Pair], nodes: list[Node] | None = None, tick=None) -> NodeEffects:
+def exact_nodes(model: LoadedModel, pairs: list[PreparedPair], nodes: list[Node] | None = None, tick=None) -> NodeEffects:
     """Every node (or only `nodes`) patched on its own, exactly: batched engine passes, one row per node.
 
     `tick()` is called after each pass of at most ROWS rows (a long job's progress; it may raise to cancel).
@@ -255,7 +257,7 @@ def attention_pattern(w: engine.Weights, layer: int, q: torch.Tensor, k: torch.T
     return scores.masked_fill(future, float("-inf")).softmax(-1)
 
 
-def metric_gradients(pair: Pair, names: list[str], graddrop: bool) -> tuple[dict, list[dict], int]:
+def metric_gradients(pair: PreparedPair, names: list[str], graddrop: bool) -> tuple[dict, list[dict], int]:
     """(base activations, [gradients of the metric: plain, then with layer ℓ's output dropped for each ℓ], backward passes).
 
     Activations and gradients are keyed by hook name, without the batch dim. One forward pass of the
@@ -313,7 +315,7 @@ def _estimates(w: engine.Weights, nodes: list[Node], base: dict, source: dict, g
     return torch.stack(out).float().cpu()
 
 
-def attribution_nodes(model: LoadedModel, pairs: list[Pair], qk_fix: bool = False, graddrop: bool = False) -> NodeEffects:
+def attribution_nodes(model: LoadedModel, pairs: list[PreparedPair], qk_fix: bool = False, graddrop: bool = False) -> NodeEffects:
     """AtP (both False) or AtP* (both True) estimates of every node's effect; see the module docstring."""
     t = time.perf_counter()
     w = pairs[0].weights
@@ -341,15 +343,15 @@ def attribution_nodes(model: LoadedModel, pairs: list[Pair], qk_fix: bool = Fals
     return _finish(model, pairs, method, nodes, effects, magnitudes, time.perf_counter() - t, 2, backward, qk_fix=qk_fix, graddrop=graddrop)
 
 
-def atp(model: LoadedModel, pairs: list[Pair]) -> NodeEffects:
+def atp(model: LoadedModel, pairs: list[PreparedPair]) -> NodeEffects:
     return attribution_nodes(model, pairs)
 
 
-def atp_star(model: LoadedModel, pairs: list[Pair]) -> NodeEffects:
+def atp_star(model: LoadedModel, pairs: list[PreparedPair]) -> NodeEffects:
     return attribution_nodes(model, pairs, qk_fix=True, graddrop=True)
 
 
-def exact_check(model: LoadedModel, estimate: NodeEffects, pairs: list[Pair], k: int = 10) -> list[dict]:
+def exact_check(model: LoadedModel, estimate: NodeEffects, pairs: list[PreparedPair], k: int = 10) -> list[dict]:
     """The estimate's top k nodes beside their exact effect, each patched exactly (k patched runs per pair, not one per node)."""
     top = [estimate.nodes[i] for i in estimate.magnitude.argsort(descending=True)[:k].tolist()]
     exact = exact_nodes(model, pairs, top)

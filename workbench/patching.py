@@ -35,11 +35,11 @@ import torch
 
 from workbench import engine
 from workbench.errors import InputError
+from workbench.metrics import METRICS, Metric
 from workbench.model import LoadedModel
 from workbench.runs import check_token_ids, encode, memory_budget, next_token_topk, provenance, run_prompt, run_tokens
-from workbench.tokens import Alignment, align, ordinary_token_ids, token_labels
+from workbench.tokens import Alignment, align, token_labels
 
-METRICS = ("logit difference", "probability", "log-probability")
 DIRECTIONS = ("denoising", "noising")
 METHODS = ("exact", "attribution patching")
 # position-site batches each span 1/SPLIT of the prompt: shorter runs (causality), smaller matmuls
@@ -150,23 +150,32 @@ class PatchingSetup:
     wrong: int  # token id the corrupted prompt points to (for the logit difference)
     metric: str = "logit difference"
 
+    @property
+    def measure(self) -> Metric:
+        """The metric this setup reads (metrics.Metric): its kind, answer and wrong token."""
+        return Metric(self.metric, self.answer, self.wrong)
+
     def columns(self) -> list[int] | None:
         """The only logits the metric reads, when it reads only some (the logit difference)."""
-        return [self.answer, self.wrong] if self.metric == "logit difference" else None
+        return self.measure.columns()
 
     def value_of_columns(self, logits: torch.Tensor) -> torch.Tensor:
         """(batch,) metric from logits restricted to self.columns() (engine.forward(..., columns=...)) or full logits."""
-        if self.metric == "logit difference" and logits.shape[-1] == 2:
-            return logits[:, 0] - logits[:, 1]
-        return self.value(logits)
+        return self.measure.value_of_columns(logits)
 
     def value(self, logits: torch.Tensor) -> torch.Tensor:
         """(batch,) metric of next-token logits (batch, d_vocab)."""
-        if self.metric == "logit difference":
-            return logits[:, self.answer] - logits[:, self.wrong]
-        if self.metric == "probability":
-            return logits.softmax(-1)[:, self.answer]
-        return logits.log_softmax(-1)[:, self.answer]
+        return self.measure.value(logits)
+
+    @classmethod
+    def of(cls, pair, tokenizer, metric: str = "logit difference") -> PatchingSetup:
+        """A task's prompt pair (tasks.Pair: strings) with its answer and wrong tokens resolved to ids (tasks.Pair.ids)."""
+        return cls(pair.clean, pair.corrupted, *pair.ids(tokenizer), metric)
+
+
+def as_setup(model: LoadedModel, pair, metric: str = "logit difference") -> PatchingSetup:
+    """A PatchingSetup as it is, or a tasks.Pair (strings) with its answer and wrong tokens resolved for the model."""
+    return pair if isinstance(pair, PatchingSetup) else PatchingSetup.of(pair, model.tokenizer, metric)
 
 
 def compare_tokens(model: LoadedModel, clean: str, corrupted: str) -> Alignment:
@@ -626,10 +635,12 @@ class DatasetPatchResult:
 
 
 def sweep_dataset(
-    model: LoadedModel, setups: list[PatchingSetup], site: str = "resid_pre", direction: str = "denoising", progress=None
+    model: LoadedModel, setups: list, site: str = "resid_pre", direction: str = "denoising", progress=None, metric: str = "logit difference"
 ) -> DatasetPatchResult:
+    """The exact sweep of every pair (PatchingSetups, or tasks.Pairs read with `metric`), their mean and spread."""
     if not setups:
         raise InputError("the dataset has no prompt pairs")
+    setups = [as_setup(model, s, metric) for s in setups]
     results = []
     for i, s in enumerate(setups):
         results.append(sweep(model, s, site, direction))
@@ -656,23 +667,3 @@ def sweep_dataset(
             method="exact", answers=[s.answer for s in setups], wrongs=[s.wrong for s in setups],
         ),
     )  # fmt: skip
-
-
-def induction_pairs(model: LoadedModel, n_pairs: int = 8, length: int = 8, repeat: int = 4, seed: int = 0) -> list[PatchingSetup]:
-    """Copying prompt pairs for the circuits model: random words, then the first `repeat` again.
-
-    Clean: w1..wL w1..wR -> answer w(R+1). Corrupted: the earlier copy's w(R+1) swapped for another
-    word x, so an induction head now points to x (the wrong token).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    words = ordinary_token_ids(model.tokenizer, model.info.d_vocab)
-    pairs = []
-    for _ in range(n_pairs):
-        pick = words[torch.randperm(len(words), generator=gen)[: length + 1]]
-        seq, other = pick[:length], int(pick[length])
-        clean_ids = torch.cat([seq, seq[:repeat]])
-        corrupted_ids = clean_ids.clone()
-        corrupted_ids[repeat] = other
-        decode = model.tokenizer.decode
-        pairs.append(PatchingSetup(decode(clean_ids), decode(corrupted_ids), int(seq[repeat]), other))
-    return pairs

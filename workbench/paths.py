@@ -24,7 +24,7 @@ import torch
 from workbench import engine
 from workbench.edges import Receiver, Sender, capture_names, receive, receiver_edit, receiver_input, receivers_of, sender_output, senders_of
 from workbench.errors import InputError
-from workbench.methods import Pair, pairs_provenance
+from workbench.methods import PreparedPair, pairs_provenance
 from workbench.model import LoadedModel
 
 
@@ -63,7 +63,7 @@ class PathResult:
         return [dict(receiver=r, normalised=float(v)) for r, v in zip(self.receivers, self.each, strict=True)]
 
 
-def _patched_value(pair: Pair, sender: Sender, receivers: list[Receiver], base: dict, source: dict) -> float:
+def _patched_value(pair: PreparedPair, sender: Sender, receivers: list[Receiver], base: dict, source: dict) -> float:
     w = pair.weights
     change = sender_output(w, sender, source) - sender_output(w, sender, base)  # (1, pos, d_model)
     edits: list[engine.Edit] = []
@@ -79,7 +79,7 @@ def _patched_value(pair: Pair, sender: Sender, receivers: list[Receiver], base: 
     return float(pair.metric(pair.run("base", edits).logits))
 
 
-def path_patch(model: LoadedModel, pair: Pair, sender: Sender, receivers: list[Receiver]) -> PathResult:
+def path_patch(model: LoadedModel, pair: PreparedPair, sender: Sender, receivers: list[Receiver]) -> PathResult:
     """The sender's effect along the paths to `receivers`, exactly (module docstring); each path alone too."""
     w = pair.weights
     allowed = receiver_choices(w, sender)

@@ -40,7 +40,7 @@ PREVIEW_METHODS = ("AtP*", "AtP")  # the first is the default
 K = 5  # recall@K: the page exact-checks the preview's top 5 cells
 
 
-def fixed_patterns(pair: methods.Pair, kind: str, base: dict, source: dict) -> dict[int, torch.Tensor]:
+def fixed_patterns(pair: methods.PreparedPair, kind: str, base: dict, source: dict) -> dict[int, torch.Tensor]:
     """{layer: (head, query, key)} every head's pattern with its queries (kind "q") or keys ("k") from the source run.
 
     `base`, `source`: hook name -> activation without the batch dim. A head's pattern reads only its
@@ -56,7 +56,7 @@ def fixed_patterns(pair: methods.Pair, kind: str, base: dict, source: dict) -> d
     return out
 
 
-def key_patterns_changes(pair: methods.Pair, layer: int, base: dict, source: dict, grads: torch.Tensor) -> torch.Tensor:
+def key_patterns_changes(pair: methods.PreparedPair, layer: int, base: dict, source: dict, grads: torch.Tensor) -> torch.Tensor:
     """(gradient, head, position) Σ ∂metric/∂pattern · Δpattern with the key at one position from the source run.
 
     `grads`: [(head, query, key)] ∂metric/∂pattern of this layer, one per backward pass (or stacked). A key
@@ -81,7 +81,7 @@ def key_patterns_changes(pair: methods.Pair, layer: int, base: dict, source: dic
     return out
 
 
-def _estimate(pair: methods.Pair, s: patching.Site, base: dict, source: dict, grads: list[dict], qk_fix: bool) -> torch.Tensor:
+def _estimate(pair: methods.PreparedPair, s: patching.Site, base: dict, source: dict, grads: list[dict], qk_fix: bool) -> torch.Tensor:
     """(gradient, layer, ...cells) linear estimates of each cell's change of the metric, one per gradient; QK-fixed if asked.
 
     QK fix: a head's queries (all positions) or one query change its pattern's rows, read off the
@@ -93,7 +93,7 @@ def _estimate(pair: methods.Pair, s: patching.Site, base: dict, source: dict, gr
 
 
 def _estimate_layer(
-    pair: methods.Pair, s: patching.Site, layer: int, base: dict, source: dict, grads: list[dict], qk_fix: bool
+    pair: methods.PreparedPair, s: patching.Site, layer: int, base: dict, source: dict, grads: list[dict], qk_fix: bool
 ) -> torch.Tensor:
     """(gradient, ...cells) the estimates of one layer's cells (see _estimate); reads only this layer's activations."""
     w = pair.weights
@@ -118,7 +118,9 @@ def _estimate_layer(
     return per_head
 
 
-def _estimate_by_block(pair: methods.Pair, s: patching.Site, names: list[str], source: dict, star: bool, qk_fix: bool) -> torch.Tensor:
+def _estimate_by_block(
+    pair: methods.PreparedPair, s: patching.Site, names: list[str], source: dict, star: bool, qk_fix: bool
+) -> torch.Tensor:
     """As _estimate, with the gradients taken block by block and each layer reduced as soon as its block is done.
 
     For long prompts: every layer's patterns and their n_layers + 1 gradients are never held at once.
@@ -152,6 +154,8 @@ def preview_sweep(
         plain = patching.attribution_sweep(model, setup, site, direction)
         note = f"{err}; the preview is plain attribution patching through the model's own hooks"
         return dataclasses.replace(plain, method="AtP", note="; ".join(n for n in (note, plain.note) if n), forward=2, backward=1)
+    if method == "AtP" and len(pair.base_tokens) <= LONG_TOKENS:  # plain AtP is patching's attribution sweep, on the same engine
+        return _as_preview(patching.attribution_sweep(model, setup, site, direction))
     s = patching.SITES[site]
     star = method == "AtP*"
     w = pair.weights
@@ -189,6 +193,16 @@ def preview_sweep(
         ),
         magnitude=magnitude, forward=2, backward=backward,
     )  # fmt: skip
+
+
+def _as_preview(plain: patching.PatchResult) -> patching.PatchResult:
+    """patching.attribution_sweep's result as the preview's plain AtP: its magnitude (on the normalised scale) and passes."""
+    base_value = plain.corrupted_value if plain.direction == "denoising" else plain.clean_value
+    magnitude = (plain.raw - base_value).abs()
+    if torch.isfinite(plain.values).any():
+        magnitude = magnitude / abs(plain.clean_value - plain.corrupted_value)
+    how = plain.provenance | {"settings": plain.provenance["settings"] | {"method": "AtP", "qk_fix": False, "graddrop": False}}
+    return dataclasses.replace(plain, method="AtP", provenance=how, magnitude=magnitude, forward=2, backward=1)
 
 
 def change(r: patching.PatchResult) -> torch.Tensor:

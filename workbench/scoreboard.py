@@ -30,9 +30,8 @@ import torch
 from workbench import cost, edges, engine, methods, tasks
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.patching import PatchingSetup, check_setup, induction_pairs
+from workbench.patching import PatchingSetup, check_setup
 from workbench.runs import encode
-from workbench.tokens import single_token_id
 
 TASKS = ("induction pairs", "typed pairs")
 K = 10  # recall@K
@@ -42,40 +41,13 @@ FLOOR = 1e-6
 MIB_SHARES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # the benchmark's circuit sizes, as shares of all edges
 
 
-def parse_pairs(model: LoadedModel, text: str, metric: str = "logit difference") -> list[PatchingSetup]:
-    """Prompt pairs typed one per line as `clean | corrupted | answer | wrong` (answer and wrong: single tokens, with their space)."""
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split("|")
-        if len(parts) != 4:
-            raise InputError(
-                f"line {n} has {len(parts)} field(s): write clean | corrupted | answer | wrong, e.g. 'a b c a b | a x c a b | c | x'"
-            )
-        clean, corrupted, answer, wrong = (p.strip() for p in parts)
-        answer, wrong = " " + answer.lstrip(), " " + wrong.lstrip()  # a word after a space, as in the prompts
-        out.append(
-            PatchingSetup(
-                clean,
-                corrupted,
-                single_token_id(model.tokenizer, answer, "answer"),
-                single_token_id(model.tokenizer, wrong, "wrong"),
-                metric,
-            )
-        )
-    if not out:
-        raise InputError("type at least one prompt pair: clean | corrupted | answer | wrong")
-    return out
-
-
 def task_pairs(
     model: LoadedModel, task: str, n_pairs: int = 8, text: str = "", metric: str = "logit difference", seed: int = 0
 ) -> list[PatchingSetup]:
-    """The task's prompt pairs: generated copying pairs (patching.induction_pairs), typed ones (parse_pairs), or a
-    task dataset shipped beside the model (dataset_pairs)."""
+    """The task's prompt pairs: generated copying pairs (tasks.induction_pairs), typed ones (tasks.parse_pairs), or a
+    task dataset shipped beside the model (tasks.dataset_pairs)."""
     if task == "induction pairs":
-        pairs = [PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in induction_pairs(model, n_pairs, seed=seed)]
+        pairs = [PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in tasks.induction_pairs(model, n_pairs, seed=seed)]
         try:
             for p in pairs:
                 check_setup(model, p)
@@ -86,9 +58,9 @@ def task_pairs(
             ) from err
         return pairs
     if task == "typed pairs":
-        return parse_pairs(model, text, metric)
+        return tasks.parse_pairs(model, text, metric)
     if task in tasks.available(Path(model.info.source)):
-        return dataset_pairs(model, task, n_pairs, metric)
+        return tasks.dataset_pairs(model, task, n_pairs, metric)
     raise InputError(f"unknown task '{task}': use one of {', '.join(tasks_of(model))}")
 
 
@@ -96,23 +68,6 @@ def tasks_of(model: LoadedModel) -> tuple[str, ...]:
     """The tasks the scoreboard can score on this model: generated copying pairs, typed pairs, and the task
     datasets shipped beside its weights (the stories model's ioi, pronoun, ...)."""
     return (*TASKS, *tasks.available(Path(model.info.source)))
-
-
-def dataset_pairs(model: LoadedModel, task: str, n_pairs: int, metric: str = "logit difference") -> list[PatchingSetup]:
-    """The first n pairs of a shipped task dataset whose prompts have as many tokens as its first pair's
-    (the node scores are per position, so the pairs of one scoreboard share a length)."""
-    pairs = tasks.load(Path(model.info.source), task).pairs
-
-    def length(text: str) -> int:
-        return len(model.tokenizer(text)["input_ids"])
-
-    n = length(pairs[0].clean)
-    same = [p for p in pairs if length(p.clean) == n and length(p.corrupted) == n][:n_pairs]
-    tok = model.tokenizer
-    return [
-        PatchingSetup(p.clean, p.corrupted, single_token_id(tok, p.answer, "answer"), single_token_id(tok, p.wrong, "wrong"), metric)
-        for p in same
-    ]
 
 
 def ranks(x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +111,7 @@ def area(sizes: torch.Tensor, faithfulness: torch.Tensor, n: int) -> float:
     return float(torch.trapezoid(faithfulness, sizes.double() / n))
 
 
-def node_faithfulness(pair: methods.Pair, nodes: list[methods.Node], order: list[int], sizes: list[int]) -> torch.Tensor:
+def node_faithfulness(pair: methods.PreparedPair, nodes: list[methods.Node], order: list[int], sizes: list[int]) -> torch.Tensor:
     """(size,) normalised metric with the top-k nodes of `order` patched together, for each k in `sizes`: one engine pass."""
     w = pair.weights
     with torch.no_grad():

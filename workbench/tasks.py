@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from workbench.errors import InputError
+from workbench.patching import PatchingSetup
+from workbench.tokens import ordinary_token_ids, single_token_id
 from workbench.train import stories
 
 TASKS = {
@@ -42,12 +44,19 @@ TASKS = {
 
 @dataclass(frozen=True)
 class Pair:
-    """One clean/corrupted pair; `answer` and `wrong` are token strings (with their leading space)."""
+    """One clean/corrupted prompt pair; `answer` and `wrong` are token strings (with their leading space).
+
+    The one prompt pair of the workbench: `ids` resolves the answer and wrong tokens once for a tokenizer, and
+    patching.PatchingSetup.of(pair, tokenizer, metric) makes it the setup that patching and the node and edge methods read."""
 
     clean: str
     corrupted: str
     answer: str
     wrong: str
+
+    def ids(self, tokenizer) -> tuple[int, int]:
+        """(answer id, wrong id); InputError when either is not exactly one token of this tokenizer."""
+        return single_token_id(tokenizer, self.answer, "answer"), single_token_id(tokenizer, self.wrong, "wrong")
 
 
 @dataclass(frozen=True)
@@ -177,6 +186,64 @@ def load(folder: Path, name: str) -> Task:
         raise InputError(f"this model ships no task datasets (no {path}); the 'stories' model has them")
     data = json.loads(path.read_text())
     return Task(data["name"], data["description"], tuple(Pair(**p) for p in data["pairs"]), data["split"])
+
+
+# ---- prompt pairs for the sweeps: generated, typed, or read from a shipped task dataset ------------------
+
+
+def induction_pairs(model, n_pairs: int = 8, length: int = 8, repeat: int = 4, seed: int = 0) -> list[PatchingSetup]:
+    """Copying prompt pairs for the circuits model: random words, then the first `repeat` again.
+
+    Clean: w1..wL w1..wR -> answer w(R+1). Corrupted: the earlier copy's w(R+1) swapped for another
+    word x, so an induction head now points to x (the wrong token). Made of token ids (a random token's
+    text need not read back as one token), so the setups carry the ids themselves.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    words = ordinary_token_ids(model.tokenizer, model.info.d_vocab)
+    pairs = []
+    for _ in range(n_pairs):
+        pick = words[torch.randperm(len(words), generator=gen)[: length + 1]]
+        seq, other = pick[:length], int(pick[length])
+        clean_ids = torch.cat([seq, seq[:repeat]])
+        corrupted_ids = clean_ids.clone()
+        corrupted_ids[repeat] = other
+        decode = model.tokenizer.decode
+        pairs.append(PatchingSetup(decode(clean_ids), decode(corrupted_ids), int(seq[repeat]), other))
+    return pairs
+
+
+def parse_pairs(model, text: str, metric: str = "logit difference") -> list[PatchingSetup]:
+    """Prompt pairs typed one per line as `clean | corrupted | answer | wrong` (answer and wrong: single tokens, with their space)."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        if len(parts) != 4:
+            raise InputError(
+                f"line {n} has {len(parts)} field(s): write clean | corrupted | answer | wrong, e.g. 'a b c a b | a x c a b | c | x'"
+            )
+        clean, corrupted, answer, wrong = (p.strip() for p in parts)
+        answer, wrong = " " + answer.lstrip(), " " + wrong.lstrip()  # a word after a space, as in the prompts
+        out.append(PatchingSetup.of(Pair(clean, corrupted, answer, wrong), model.tokenizer, metric))
+    if not out:
+        raise InputError("type at least one prompt pair: clean | corrupted | answer | wrong")
+    return out
+
+
+def dataset_pairs(model, task: str, n_pairs: int, metric: str = "logit difference") -> list[PatchingSetup]:
+    """The first n pairs of a shipped task dataset whose prompts have as many tokens as its first pair's
+    (the node scores are per position, so the pairs of one scoreboard share a length)."""
+    pairs = load(Path(model.info.source), task).pairs
+
+    def length(text: str) -> int:
+        return len(model.tokenizer(text)["input_ids"])
+
+    n = length(pairs[0].clean)
+    same = [p for p in pairs if length(p.clean) == n and length(p.corrupted) == n][:n_pairs]
+    return [PatchingSetup.of(p, model.tokenizer, metric) for p in same]
 
 
 @dataclass(frozen=True)
