@@ -29,6 +29,9 @@ Nothing here is trusted blindly: `backend(model)` checks the engine's logits aga
 once per set of weights and, on a mismatch or a family the engine does not know (`Unsupported`),
 chooses the model's own hooks instead; every analysis that can run either way asks it, and records
 the choice on its result (`result.backend`).
+
+Above 500 lines: it is the model file (one forward pass for every family, edits applied as data), read top to bottom;
+split, the forward would be scattered.
 """
 
 from __future__ import annotations

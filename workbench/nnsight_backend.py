@@ -32,6 +32,9 @@ thread" (a trace's code runs in greenlets of the model's one interleaver); none 
 
 Editing an attention pattern needs a hook inside the attention function, which no module
 boundary exposes: patterns are read-only here, and an edit of one is refused.
+
+Above 500 lines: one adapter of every view's model access to nnsight's tracing API, local and on NDIF; its parts
+only make sense together.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ the world, held-out ones included, is one token, and a year is two tokens (" 17"
 splits it. A small vocabulary makes training cheap here (measured on this CPU: a softmax over
 ~4,000 logits blocked induction heads from forming), and it makes every answer of every task one
 token.
+
+Above 500 lines: most of it is the world's data (names, places, objects, templates), kept beside the generator that
+reads it.
 """
 
 from __future__ import annotations
