@@ -15,6 +15,8 @@ import torch
 
 from benchmarks.bench_patching import gpt2_small_shaped
 from benchmarks.common import Row, compare
+from workbench import edit_values as values
+from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
 from workbench.model import load_model
 from workbench.runs import encode, run_edited, run_tokens
@@ -24,7 +26,7 @@ N_TOKENS = 64
 
 def _prompt(model) -> str:
     """A prompt of N_TOKENS tokens (BOS included) from the model's reference text."""
-    ids = model.tokenizer("\n".join(iv.reference_prompts(model)[:4]), add_special_tokens=False)["input_ids"][: N_TOKENS - 1]
+    ids = model.tokenizer("\n".join(values.reference_prompts(model)[:4]), add_special_tokens=False)["input_ids"][: N_TOKENS - 1]
     return model.tokenizer.decode(ids)
 
 
@@ -62,7 +64,7 @@ def _cases(name: str, model, quick: bool) -> list[Row]:
         theirs = per_head()
         ref_times.append(time.perf_counter() - t)
         t = time.perf_counter()
-        sweep = iv.ablation_sweep(model, prompt, metric, "zero")
+        sweep = ivs.ablation_sweep(model, prompt, metric, "zero")
         our_times.append(time.perf_counter() - t)
     if sweep.backend != "engine":
         raise AssertionError(f"{name}: the sweep did not use the engine ({sweep.note})")

@@ -3,8 +3,8 @@
 import streamlit as st
 
 from workbench import lens, tuned_lens_io, ui
+from workbench.edit_values import server_path
 from workbench.figures import lens as draw
-from workbench.interventions import server_path
 from workbench.runs import next_token_topk, run_prompt
 from workbench.tokens import single_token_id
 

@@ -5,7 +5,10 @@ import json
 import streamlit as st
 
 from workbench import conventions, examples, ui
+from workbench import edit_values as values
+from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
+from workbench.edit_specs import HOW, SITE_HELP, STEER_SITES, parse_positions
 from workbench.errors import InputError
 from workbench.figures import intervene as draw
 from workbench.generate import Sampling
@@ -42,8 +45,8 @@ view = ui.View(
     ),
 )
 run = view.cached(iv.intervene, per_session=True, entries=4, spinner="Running both versions…")
-head_sweep = view.cached(iv.ablation_sweep, per_session=True, entries=4)
-steer_sweep = view.cached(iv.steering_sweep, per_session=True, entries=2)
+head_sweep = view.cached(ivs.ablation_sweep, per_session=True, entries=4)
+steer_sweep = view.cached(ivs.steering_sweep, per_session=True, entries=2)
 model = view.start()
 st.session_state.setdefault(EDITS, examples.edits(model.info.name))
 
@@ -62,7 +65,7 @@ def how_label(h: str) -> str:
     """An ablation's choice as the page shows it: a head's two zeros and the mean named by what they put in its place."""
     if h.startswith("zero"):
         return f"{h}: {conventions.convention(h)}"
-    return iv.mean_reference(model, edits.reference) if h == "mean" else h
+    return values.mean_reference(model, edits.reference) if h == "mean" else h
 
 
 def sweep_answers(r: iv.Intervention) -> str:
@@ -120,7 +123,7 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
     positions = c4.text_input("Positions (empty: all)", key="w.add_positions", placeholder="e.g. 3,4,5")
     if action == "ablate":
         how = c3.selectbox(
-            "By", iv.HOW, key="w.add_how", format_func=how_label,
+            "By", HOW, key="w.add_how", format_func=how_label,
             help="zero (a head: its input-dependent output, as transformer-lens) · zero-whole (a head's whole output, as plain "
             "transformers and nnsight) · mean: over the reference prompts (the model's held-out text unless given; not the "
             "Graph page's random-token runs) · resample: the value in another prompt",
@@ -132,31 +135,29 @@ with ui.guard("the new edit"), st.expander("Add an edit", expanded=not edits.edi
             int(layer) if layer is not None else None,
             None if index is None else int(index),
             how,
-            iv.parse_positions(positions),
+            parse_positions(positions),
             sae or None,
         )
     elif action == "clamp":
         value = c3.number_input("Value", value=0.0, key="w.add_value")
-        new = iv.Clamp(
-            what, int(layer) if layer is not None else None, int(index), float(value), iv.parse_positions(positions), sae or None
-        )
+        new = iv.Clamp(what, int(layer) if layer is not None else None, int(index), float(value), parse_positions(positions), sae or None)
     else:
         coefficient = c3.number_input("Coefficient", value=2.0, key="w.add_coefficient")
         plus = minus = ()
         vector_file = feature = site = None
         if what == "prompts":
-            site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site", help=iv.SITE_HELP)
+            site = c2.selectbox("Site", STEER_SITES, key="w.add_site", help=SITE_HELP)
             a, b = st.columns(2)
             plus = tuple(p for p in a.text_area("Towards these prompts (one per line)", key="w.add_plus").splitlines() if p.strip())
             minus = tuple(p for p in b.text_area("Away from these prompts (one per line)", key="w.add_minus").splitlines() if p.strip())
         elif what == "file":
-            site = c2.selectbox("Site", iv.STEER_SITES, key="w.add_site", help=iv.SITE_HELP)
+            site = c2.selectbox("Site", STEER_SITES, key="w.add_site", help=SITE_HELP)
             vector_file = st.text_input("Vector file on the server (.safetensors, .pt, .npy)", key="w.add_path")
         else:
             feature, layer = int(index), None
         new = iv.Steer(
                 None if layer is None else int(layer), float(coefficient), what, plus, minus, feature, sae or None, vector_file or None,
-                site or "resid_pre", iv.parse_positions(positions),
+                site or "resid_pre", parse_positions(positions),
             )  # fmt: skip
     if st.button("Add this edit", type="primary", key="w.add"):
         resample = st.session_state.get("w.add_resample", edits.resample) if action == "ablate" else edits.resample
@@ -229,7 +230,7 @@ with ui.guard("the intervention"):
 
     with st.expander("Which heads matter? Ablate each head alone"):
         how = st.radio(
-            "Ablate by", iv.HOW, key="w.sweep_how", horizontal=True, index=iv.HOW.index("mean"),
+            "Ablate by", HOW, key="w.sweep_how", horizontal=True, index=HOW.index("mean"),
             format_func=lambda h: "mean over the reference prompts" if h == "mean" else h,
         )  # fmt: skip
         st.caption(how_label(how) if how == "mean" else conventions.convention(how))
@@ -258,7 +259,7 @@ with ui.guard("the intervention"):
             except ValueError:
                 raise InputError(f"coefficients are numbers separated by commas, got {coefficients!r}") from None
             answers = tuple(single_token_id(model.tokenizer, " " + t.strip(), "answer") for t in answers_text.split(",") if t.strip())
-            held = iv.reference_prompts(model)
+            held = values.reference_prompts(model)
             args = (model, steers[pick], answers, held[:8], held[8:16], coefs, edits)
             result = steer_sweep.peek(*args) if answers else None
             if not answers:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import time
 
+from workbench import edit_values as values
+from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
+from workbench.edit_specs import HOW
 from workbench.errors import InputError
 from workbench.figures import intervene as draw
 from workbench.generate import Sampling
@@ -42,7 +45,7 @@ def add_arguments(p):
     p.add_argument("--tokens", type=int, help="tokens to generate")
     p.add_argument("--sampling", choices=("greedy", "sampled"), help="greedy (default), or sampled with --seed and --temperature")
     p.add_argument("--temperature", type=float)
-    p.add_argument("--head-sweep", dest="head_sweep", choices=iv.HOW, help="also ablate every head alone, this way, and rank them")
+    p.add_argument("--head-sweep", dest="head_sweep", choices=HOW, help="also ablate every head alone, this way, and rank them")
     p.add_argument(
         "--steer-answer", dest="steer_answers", action="append", help="sweep the first steering edit's coefficient for these tokens"
     )
@@ -82,7 +85,7 @@ def body(model, s, out):
     print(f"original: {r.original.text!r}\nedited:   {r.edited.text!r}")
     if s["head_sweep"]:
         t = time.time()
-        sweep = iv.ablation_sweep(model, s["prompt"], r.metric, s["head_sweep"], edits)
+        sweep = ivs.ablation_sweep(model, s["prompt"], r.metric, s["head_sweep"], edits)
         out.timing("head_sweep", time.time() - t)
         out.figure(draw.head_ablation(sweep), f"intervene-heads-{sweep.how}")
         out.data(f"intervene-heads-{sweep.how}", sweep, sweep.ranked())
@@ -96,9 +99,9 @@ def body(model, s, out):
         if not steers:
             raise InputError("a steering sweep needs a steering edit in the edit set")
         answers = [single_token_id(model.tokenizer, tok, "answer") for tok in s["steer_answers"]]
-        held = iv.reference_prompts(model)
+        held = values.reference_prompts(model)
         t = time.time()
-        sweep = iv.steering_sweep(model, steers[0], answers, held[:8], held[8:16], s["coefficients"], edits)
+        sweep = ivs.steering_sweep(model, steers[0], answers, held[:8], held[8:16], s["coefficients"], edits)
         out.timing("steering_sweep", time.time() - t)
         out.figure(draw.steering(sweep), "intervene-steering")
         out.data("intervene-steering", sweep, sweep.rows())

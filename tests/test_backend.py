@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from workbench import attribution, engine, families, generate, graph, patching
+from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
 from workbench.model import MODELS_DIR, LoadedModel, ModelState, load_model
 from workbench.runs import run_prompt
@@ -58,7 +59,7 @@ def test_the_choice_is_made_once_per_set_of_weights_and_every_analysis_records_i
     results = [
         patching.sweep(circuits, _setup(circuits), "z"),
         patching.sweep_dataset(circuits, [_setup(circuits)], "z"),
-        iv.ablation_sweep(circuits, CLEAN, iv.Metric("probability", answer), "zero"),
+        ivs.ablation_sweep(circuits, CLEAN, iv.Metric("probability", answer), "zero"),
         graph.faithfulness_of(circuits, CLEAN, k=2),
         generate.generate(circuits, CLEAN, generate.Sampling(max_new_tokens=2)),
     ]
@@ -122,11 +123,11 @@ def _hand_z_patching(plain, clean: torch.Tensor, corrupted: torch.Tensor, answer
 def test_both_backends_agree_within_the_tolerance_and_with_plain_transformers(circuits):
     setup = _setup(circuits)
     metric = iv.Metric("probability", setup.answer)
-    on_engine = patching.sweep(circuits, setup, "z"), iv.ablation_sweep(circuits, CLEAN, metric, "zero")
+    on_engine = patching.sweep(circuits, setup, "z"), ivs.ablation_sweep(circuits, CLEAN, metric, "zero")
     saved = _bridge_only(circuits)
     try:
         assert engine.backend(circuits).name == "bridge hooks"
-        on_hooks = patching.sweep(circuits, setup, "z"), iv.ablation_sweep(circuits, CLEAN, metric, "zero")
+        on_hooks = patching.sweep(circuits, setup, "z"), ivs.ablation_sweep(circuits, CLEAN, metric, "zero")
     finally:
         _restore(circuits, saved)
     assert [r.backend for r in on_engine] == ["engine", "engine"] and [r.backend for r in on_hooks] == ["bridge hooks"] * 2
@@ -154,7 +155,7 @@ def test_a_family_the_engine_cannot_run_falls_back_to_the_bridge_and_says_why(tm
         engine.checked_weights(model)  # what runs only on the engine refuses it
     answer = model.tokenizer(" mat")["input_ids"][0]
     prompt = "The cat sat on the mat. The cat sat on the"
-    sweep = iv.ablation_sweep(model, prompt, iv.Metric("probability", answer), "zero")
+    sweep = ivs.ablation_sweep(model, prompt, iv.Metric("probability", answer), "zero")
     assert sweep.backend == "bridge hooks" and chosen.reason in sweep.note
     plain = AutoModelForCausalLM.from_pretrained(folder).eval()
     with torch.no_grad():

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from workbench import conventions, families
+from workbench import conventions, edit_values, families
+from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
 from workbench.model import load_model
 from workbench.runs import encode, run_edited
@@ -91,7 +92,7 @@ def test_zero_whole_on_a_parallel_block_family(tmp_path):
 
 def test_the_sweep_and_the_labels_name_the_convention(circuits):
     metric = iv.Metric("log-probability", circuits.tokenizer(" stone")["input_ids"][0])
-    sweep = iv.ablation_sweep(circuits, PROMPT, metric, "zero-whole")
+    sweep = ivs.ablation_sweep(circuits, PROMPT, metric, "zero-whole")
     ids, _ = encode(circuits, PROMPT)
     one = _ours(circuits, ids, "ablate head 1.1 zero-whole")[-1:]
     assert abs(float(sweep.values[1, 1]) - float(metric.value(one))) < 1e-4
@@ -126,7 +127,7 @@ def test_residual_vectors_are_centred_hf_hidden_states_and_steer_as_in_hf(circui
     vector in plain transformers gives (every layer norm removes the mean)."""
     hf = _hf(circuits.info.source)
     plus, minus = ("apple river stone", "cloud apple river"), ("tiger piano cloud", "piano tiger stone")
-    ours = iv.difference_vector(circuits, plus, minus, 1)  # (d_model,) at blocks.1.hook_resid_pre
+    ours = edit_values.difference_vector(circuits, plus, minus, 1)  # (d_model,) at blocks.1.hook_resid_pre
 
     def hf_mean(prompts):
         rows = []

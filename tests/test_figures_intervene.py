@@ -2,6 +2,7 @@
 
 import torch
 
+from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
 from workbench.figures import intervene as draw
 
@@ -23,10 +24,10 @@ def test_the_figures_draw_the_results_numbers(circuits):
 
 def test_the_sweeps_draw_effects_around_zero_and_the_answer_tokens_against_the_damage(circuits):
     metric = iv.Metric("probability", circuits.tokenizer(" cloud")["input_ids"][0])
-    s = iv.ablation_sweep(circuits, PROMPT, metric, "zero")
+    s = ivs.ablation_sweep(circuits, PROMPT, metric, "zero")
     trace = draw.head_ablation(s).data[0]
     assert trace.zmid == 0 and trace.zmin == -trace.zmax and torch.allclose(torch.tensor(trace.z), s.effect)
     steer = iv.Steer(1, 1.0, "prompts", ("apple river",), ("stone cloud",))
-    sweep = iv.steering_sweep(circuits, steer, [metric.answer], [PROMPT], [PROMPT], (0, 1, 2))
+    sweep = ivs.steering_sweep(circuits, steer, [metric.answer], [PROMPT], [PROMPT], (0, 1, 2))
     line = draw.steering(sweep).data[0]
     assert list(line.x) == sweep.kl_neutral.tolist() and list(line.y) == sweep.answer.tolist() and list(line.text) == ["×0", "×1", "×2"]

@@ -138,7 +138,7 @@ def _cache_edits(model, n_prompt: int, pattern: bool = True) -> list:
     """Edits of every kind and reach: all positions, a prompt position, generated positions (as the Intervene page
     writes them: maps that pick the positions that exist), a query row of the pattern, a map of every value."""
     from workbench import engine
-    from workbench.interventions import AddAt, SetTo
+    from workbench.edit_maps import AddAt, SetTo
 
     i = model.info
     vector = torch.linspace(-1, 1, i.d_model)

@@ -12,8 +12,11 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from workbench import edit_values as values
 from workbench import engine, families, sae
+from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
+from workbench.edit_specs import HOW
 from workbench.errors import InputError
 from workbench.model import load_model
 from workbench.runs import all_hook_names, encode, run_edited, run_tokens
@@ -210,9 +213,9 @@ def test_mean_ablating_the_induction_heads_raises_the_second_copy_loss_to_the_fi
 def test_a_difference_vector_raises_the_answer_tokens_on_held_out_prompts(english):
     tok = english.tokenizer
     answers = [tok(t, add_special_tokens=False)["input_ids"][0] for t in (" sea", " ship", " whale", " boat")]
-    held = iv.reference_prompts(english)
+    held = values.reference_prompts(english)
     steer = iv.Steer(1, 1.0, "prompts", SEA, LAND)
-    s = iv.steering_sweep(english, steer, answers, held[:8], held[8:16], (0, 1, 2, 4))
+    s = ivs.steering_sweep(english, steer, answers, held[:8], held[8:16], (0, 1, 2, 4))
     assert float(s.coefficients[0]) == 0 and float(s.kl_neutral[0]) == 0  # coefficient 0 is the model itself
     assert s.answer[1] > 1.5 * s.answer[0] and s.answer[2] > 2 * s.answer[0]  # the answer tokens' probability rises
     assert (s.kl_neutral[1:] > 0).all() and (s.kl_neutral.diff() > 0).all()  # and the damage on neutral text grows with it
@@ -261,10 +264,10 @@ def test_a_vector_file_of_every_format_is_read_and_checked(english, tmp_path):
     torch.save(v, tmp_path / "v.pt")
     save_file({"vector": v}, str(tmp_path / "v.safetensors"))
     for name in ("v.npy", "v.pt", "v.safetensors"):
-        assert torch.equal(iv.load_vector(tmp_path / name, english.info.d_model), v)
+        assert torch.equal(values.load_vector(tmp_path / name, english.info.d_model), v)
     save_file({"a": v, "b": v.clone()}, str(tmp_path / "two.safetensors"))
     with pytest.raises(InputError, match="name the steering vector 'vector'"):
-        iv.load_vector(tmp_path / "two.safetensors", english.info.d_model)
+        values.load_vector(tmp_path / "two.safetensors", english.info.d_model)
 
 
 # ---- the head sweep -------------------------------------------------------------------------------------
@@ -282,11 +285,11 @@ def _per_head(model, prompt, metric, how, edits=NO_EDITS) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("how", iv.HOW)
+@pytest.mark.parametrize("how", HOW)
 def test_the_batched_head_sweep_equals_one_edited_run_per_head(english, how):
     metric = iv.Metric("logit difference", english.tokenizer(" whale")["input_ids"][0], english.tokenizer(" man")["input_ids"][0])
     edits = iv.EditSet(resample="Once upon a time a man walked to the old house by the river. Once upon a")  # shorter than PROMPT
-    s = iv.ablation_sweep(english, PROMPT, metric, how, edits)
+    s = ivs.ablation_sweep(english, PROMPT, metric, how, edits)
     assert s.backend == "engine" and s.values.shape == (2, 4)
     assert torch.allclose(s.values, _per_head(english, PROMPT, metric, how, edits), atol=1e-4)
     plain, _ = run_edited(english, _ids(english), last_only=True)
@@ -317,7 +320,7 @@ def _hf_z(hf, ids: torch.Tensor) -> list[torch.Tensor]:
     return [seen[i].reshape(ids.shape[1], H, -1) for i in range(len(hf.transformer.h))]
 
 
-@pytest.mark.parametrize("how", iv.HOW)
+@pytest.mark.parametrize("how", HOW)
 def test_the_head_sweep_equals_plain_transformers_with_each_head_set_by_hand(english, how):
     """Each head's slice of c_proj's input set in plain transformers to what the ablation means there: zero keeps the
     head's constant output b_V + β_ln1 · W_V (compatibility mode's z = 0), zero-whole is 0, mean is transformers' own
@@ -328,12 +331,12 @@ def test_the_head_sweep_equals_plain_transformers_with_each_head_set_by_hand(eng
     tok = english.tokenizer
     answer, wrong = tok(" whale")["input_ids"][0], tok(" man")["input_ids"][0]
     resample = "Once upon a time a man walked to the old house by the river. Once upon a"
-    s = iv.ablation_sweep(english, PROMPT, iv.Metric("logit difference", answer, wrong), how, iv.EditSet(resample=resample))
+    s = ivs.ablation_sweep(english, PROMPT, iv.Metric("logit difference", answer, wrong), how, iv.EditSet(resample=resample))
     ids = _hf_ids(english, PROMPT)
     d, H = english.info.d_model, english.info.n_heads
     E = d // H
     if how == "mean":
-        zs = [_hf_z(hf, _hf_ids(english, p)) for p in iv.reference_prompts(english)]
+        zs = [_hf_z(hf, _hf_ids(english, p)) for p in values.reference_prompts(english)]
         means = [torch.cat([z[layer][1:] for z in zs]).mean(0) for layer in range(english.info.n_layers)]  # (head, d_head)
     if how == "resample":
         again = _hf_z(hf, _hf_ids(english, resample))
@@ -378,9 +381,9 @@ def test_the_steering_sweep_equals_plain_transformers_with_the_vector_added_by_h
     hf = hf_model(english)
     tok = english.tokenizer
     answers = [tok(t, add_special_tokens=False)["input_ids"][0] for t in (" sea", " ship", " whale", " boat")]
-    held = iv.reference_prompts(english)
+    held = values.reference_prompts(english)
     coefficients = (0, 1, 2, 4)
-    s = iv.steering_sweep(english, iv.Steer(1, 1.0, "prompts", SEA, LAND), answers, held[:8], held[8:16], coefficients)
+    s = ivs.steering_sweep(english, iv.Steer(1, 1.0, "prompts", SEA, LAND), answers, held[:8], held[8:16], coefficients)
 
     def mean_resid(prompts):
         with torch.no_grad():
@@ -411,7 +414,7 @@ def test_the_head_sweep_on_other_families(tmp_path, family):
     model = load_model(str(families.build(family, tmp_path / family)))
     prompt = "apple river stone cloud tiger piano apple river"
     metric = iv.Metric("log-probability", 7)
-    s = iv.ablation_sweep(model, prompt, metric, "mean")
+    s = ivs.ablation_sweep(model, prompt, metric, "mean")
     assert s.backend == "engine"
     assert torch.allclose(s.values, _per_head(model, prompt, metric, "mean"), atol=1e-4)
 
@@ -419,11 +422,11 @@ def test_the_head_sweep_on_other_families(tmp_path, family):
 def test_the_head_sweep_runs_through_the_hooks_when_the_engine_disagrees(circuits):
     prompt = "apple river stone cloud tiger piano apple river stone"
     metric = iv.Metric("probability", circuits.tokenizer(" cloud")["input_ids"][0])
-    right = iv.ablation_sweep(circuits, prompt, metric, "zero")
+    right = ivs.ablation_sweep(circuits, prompt, metric, "zero")
     saved = engine.weights_of(circuits)
     circuits.state.weights = dataclasses.replace(saved, embed_scale=2.0)
     try:
-        s = iv.ablation_sweep(circuits, prompt, metric, "zero")
+        s = ivs.ablation_sweep(circuits, prompt, metric, "zero")
     finally:
         circuits.state.weights = saved
     assert s.backend == "bridge hooks" and "differ from the model's" in s.note

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
 from workbench import notebook
 from workbench.figures import intervene as draw
@@ -16,7 +17,7 @@ from workbench.runs import hook_names, run_prompt
 @pytest.fixture(scope="module")
 def fig(circuits):
     metric = iv.Metric("log-probability", circuits.tokenizer(" stone")["input_ids"][0])
-    return draw.head_ablation(iv.ablation_sweep(circuits, "apple river stone cloud apple river", metric, "zero"))
+    return draw.head_ablation(ivs.ablation_sweep(circuits, "apple river stone cloud apple river", metric, "zero"))
 
 
 def _external(html: str) -> list[str]:

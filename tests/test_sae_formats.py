@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from workbench import engine, sae
+from workbench import edit_values, engine, sae
 from workbench import interventions as iv
 from workbench.errors import InputError
 from workbench.runs import encode, run_edited
@@ -97,7 +97,7 @@ def test_hook_z_feature_edits_go_through_the_z_site_head_by_head(circuits):
     """The hook_z SAE reads layer 1's four heads' z (4 × 32 = the circuits model's 128); a clamp changes each head by its
     slice of the decoder row, at the engine's z site; the same change typed by hand as a replace edit gives the same logits."""
     folder = FIXTURES / "hook_z"
-    s = iv.load_sae(circuits, str(folder))
+    s = edit_values.load_sae(circuits, str(folder))
     hook = "blocks.1.attn.hook_z"
     ids, _ = encode(circuits, PROMPT)
     _, plain = run_edited(circuits, ids[None], names=[hook])

@@ -224,16 +224,15 @@ def _texts(page: str, *models: str) -> str:
 
 def test_each_mean_ablation_names_its_reference_on_the_page():
     """The graph's mean is over random-token runs, the Intervene page's over held-out text: each page says which."""
-    from workbench import graph
-    from workbench import interventions as iv
+    from workbench import edit_values, graph
     from workbench.model import load_model
 
     graph_text = _texts("pages/7_Graph.py")
     assert graph.ablation_reference("mean") in graph_text and "random-token runs" in graph_text
     english, circuits = load_model("english"), load_model("circuits")
     intervene = _texts("pages/9_Intervene.py", "english")
-    assert iv.mean_reference(english) in intervene and "held-out text" in iv.mean_reference(english)
-    assert iv.mean_reference(circuits) in _texts("pages/9_Intervene.py", "circuits")  # a model without held-out text says so
+    assert edit_values.mean_reference(english) in intervene and "held-out text" in edit_values.mean_reference(english)
+    assert edit_values.mean_reference(circuits) in _texts("pages/9_Intervene.py", "circuits")  # a model without held-out text says so
     # no option or edit reads a bare "mean" without its reference nearby on either page
     for page in ("pages/7_Graph.py", "pages/9_Intervene.py"):
         bare = [(m, w, t) for m in MODELS for w, t in page_words(page, m) if w.endswith(".option") and t.strip() == "mean"]
@@ -241,16 +240,17 @@ def test_each_mean_ablation_names_its_reference_on_the_page():
 
 
 def test_mean_ablation_results_record_their_reference(english):
-    from workbench import graph
+    from workbench import edit_values, graph
+    from workbench import intervention_sweeps as ivs
     from workbench import interventions as iv
 
     prompt = "The cat sat on the mat. The cat"
     mean = iv.intervene(english, prompt, iv.EditSet.parse("ablate head 1.1 mean"))
-    assert mean.reference == iv.mean_reference(english) and "held-out text" in mean.reference
+    assert mean.reference == edit_values.mean_reference(english) and "held-out text" in mean.reference
     given = iv.intervene(english, prompt, iv.EditSet.parse("ablate head 1.1 mean; reference a%20b|c%20d"))
     assert given.reference == "mean over 2 given reference prompt(s)"
     assert iv.intervene(english, prompt, iv.EditSet.parse("ablate head 1.1 zero")).reference == ""
-    sweep = iv.ablation_sweep(english, prompt, iv.Metric("probability", english.tokenizer(" cat")["input_ids"][0]), "mean")
+    sweep = ivs.ablation_sweep(english, prompt, iv.Metric("probability", english.tokenizer(" cat")["input_ids"][0]), "mean")
     assert sweep.reference == mean.reference
     f = graph.faithfulness_of(english, prompt, ablation="mean")
     assert f.reference == graph.ablation_reference("mean") and "random-token" in f.reference and f.reference != mean.reference
@@ -330,5 +330,5 @@ def test_result_fields_use_the_settled_words():
                     if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
                         fields.setdefault(item.target.id, []).append(f"{path.relative_to(ROOT)}:{node.name}")
     assert not [where for word in ("path", "changed", "changed_labels") for where in fields.get(word, [])]
-    assert {"workbench/patching.py:PatchResult", "workbench/interventions.py:AblationSweep"} <= set(fields["backend"])
+    assert {"workbench/patching.py:PatchResult", "workbench/intervention_sweeps.py:AblationSweep"} <= set(fields["backend"])
     assert "workbench/interventions.py:Intervention" in fields["differs"]

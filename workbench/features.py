@@ -109,7 +109,7 @@ def clamp_set(model: LoadedModel, name: str, prompt: str, feature: int, value: f
     if positions is not None:
         n = len(encode(model, prompt)[0])
         positions = tuple(sorted({check_position(n, p) for p in positions}))
-    which = name[len(registry.USER) :] if name.startswith(registry.USER) else name  # a user's SAE: its folder (interventions.load_sae)
+    which = name[len(registry.USER) :] if name.startswith(registry.USER) else name  # a user's SAE: its folder (edit_values.load_sae)
     return interventions.EditSet((interventions.Clamp("feature", None, int(feature), float(value), positions, which),))
 
 

@@ -772,7 +772,7 @@ def faithfulness(
 
 def ablation_reference(ablation: str) -> str:
     """What `ablation` puts in place of a removed part, in words: the graph's mean is over random-token runs (module doc: why),
-    not the Intervene page's mean over held-out text (interventions.mean_reference)."""
+    not the Intervene page's mean over held-out text (edit_values.mean_reference)."""
     if ablation == "mean":
         return f"mean over {REFERENCE_RUNS} random-token runs of the prompt's length"
     return "zero"

@@ -144,7 +144,7 @@ class ModelState:
     calibration: Calibration | None = None
     # sae.saes_of: hook name -> the SAEs shipped in models/<name>/sae/
     saes: dict[str, SAE] | None = None
-    # sae.user_sae (sae.sae_set, interventions.load_sae): resolved folder -> a user's SAE, checked to fit
+    # sae.user_sae (sae.sae_set, edit_values.load_sae): resolved folder -> a user's SAE, checked to fit
     user_saes: dict[str, SAE] = field(default_factory=dict)
     # dashboards.stats_for: (hook name, id of the SAE) -> its dashboard stats on the held-out text
     dashboards: dict[tuple[str, int], DashboardStats] = field(default_factory=dict)
@@ -154,9 +154,9 @@ class ModelState:
     user_transcoders: dict[str, dict[int, Transcoder]] = field(default_factory=dict)
     # attribution_graph.top_contexts: (layer, folder) -> (held-out name, rows, top values, their places, each feature's density)
     transcoder_contexts: dict[tuple[int, str], tuple] = field(default_factory=dict)
-    # interventions.reference_mean: (reference prompts, hook, key) -> the mean activation a mean ablation writes
+    # edit_values.reference_mean: (reference prompts, hook, key) -> the mean activation a mean ablation writes
     reference_means: dict[tuple, torch.Tensor] = field(default_factory=dict)
-    # interventions.difference_vector: (plus prompts, minus prompts, hook) -> (d_model,) their mean difference
+    # edit_values.difference_vector: (plus prompts, minus prompts, hook) -> (d_model,) their mean difference
     differences: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
 

@@ -27,6 +27,7 @@ from workbench import attribution as attribution_analysis
 from workbench import export, notebook, patching
 from workbench import features as features_analysis
 from workbench import graph as graph_analysis
+from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
 from workbench import lens as lens_analysis
 from workbench.errors import InputError
@@ -176,7 +177,7 @@ KINDS: dict[type, Kind] = {
         },
         _rows,
     ),
-    iv.AblationSweep: Kind("intervene", {"heads": _draw("intervene", "head_ablation")}, lambda s, focus: s.ranked()),
+    ivs.AblationSweep: Kind("intervene", {"heads": _draw("intervene", "head_ablation")}, lambda s, focus: s.ranked()),
     features_analysis.PromptFeatures: Kind(
         "features", {"strongest": _draw("features", "strongest_by_layer"), "sae": _features_of_sae, "feature": _one_feature}, _feature_rows
     ),
@@ -375,7 +376,7 @@ def _rebuild(hint, value, dtypes: dict[str, str] | None = None, path: str = ""):
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
-        if isinstance(value, dict):  # a union of dataclasses (interventions.EditSpec): the one whose fields match
+        if isinstance(value, dict):  # a union of dataclasses (edit_specs.EditSpec): the one whose fields match
             options = [
                 a for a in options if dataclasses.is_dataclass(a) and set(value) <= {f.name for f in dataclasses.fields(a)}
             ] or options

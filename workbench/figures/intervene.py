@@ -9,7 +9,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from workbench.figures.common import diverging, layer_head_figure, layout, token_ticks
-from workbench.interventions import AblationSweep, Intervention, SteeringSweep
+from workbench.intervention_sweeps import AblationSweep, SteeringSweep
+from workbench.interventions import Intervention
 from workbench.tokens import unique_labels
 
 ORIGINAL = "#7f7f7f"

@@ -1,0 +1,92 @@
+"""The engine's map functions of an intervention (engine.Edit("map", ..., fn=...)): data, so that an edit set's
+compiled edits can be shown and compared. Each takes the slice of one site, (batch, pos, ...), and returns it edited:
+`SetTo` sets a unit (ablate or clamp a head, an MLP's output, a neuron), `FeatureTo` sets an SAE feature, `AddAt` adds
+a vector (steer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workbench import sae
+
+
+def _pick(n: int, positions: tuple[int, ...] | None, limit: int | None = None) -> torch.Tensor:
+    """(k,) the positions of a run of n that an edit touches (chosen ones that exist, up to `limit`)."""
+    top = n if limit is None else min(n, limit)
+    chosen = range(top) if positions is None else sorted(p for p in set(positions) if p < top)
+    return torch.tensor(list(chosen), dtype=torch.long)
+
+
+@dataclass(frozen=True, eq=False)
+class SetTo:
+    """slice (batch, pos, ...) -> the same with unit `index` of its last axis (None: all of it) set to `values`.
+
+    `values`: one value for every position (shape of the unit), or one per position (pos, ...) when
+    `per_position` (resample: positions past its end are left as they are).
+    """
+
+    values: torch.Tensor
+    per_position: bool = False
+    index: int | None = None
+    positions: tuple[int, ...] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        pos = _pick(x.shape[1], self.positions, len(self.values) if self.per_position else None).to(x.device)
+        v = (self.values[pos.cpu()] if self.per_position else self.values).to(x)
+        if self.index is None:
+            x[:, pos] = v  # (batch, k, ...) <- (k, ...) or (...)
+        else:
+            x[:, pos, self.index] = v  # (batch, k) <- (k,) or ()
+        return x
+
+    def __repr__(self) -> str:
+        return f"SetTo(index={self.index}, per_position={self.per_position}, positions={self.positions})"
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureTo:
+    """slice (batch, pos, d_in) -> the same with SAE feature `feature` set to `values`: x + (v − a_f(x)) W_dec[f].
+
+    As sae.FeatureClamp, with a value per position when `per_position` (a resampled feature).
+    """
+
+    sae: sae.SAE
+    feature: int
+    values: torch.Tensor  # () or (pos,)
+    per_position: bool = False
+    positions: tuple[int, ...] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        pos = _pick(x.shape[1], self.positions, len(self.values) if self.per_position else None).to(x.device)
+        value = (self.values[pos.cpu()] if self.per_position else self.values).to(x)  # () or (k,)
+        x[:, pos] = sae.FeatureClamp(self.sae, self.feature, value)(x[:, pos])  # (batch, k, d_in)
+        return x
+
+    def __repr__(self) -> str:
+        return f"FeatureTo(feature={self.feature}, sae={self.sae.hook_name}, per_position={self.per_position})"
+
+
+@dataclass(frozen=True, eq=False)
+class AddAt:
+    """slice (batch, pos, d_model) -> the same plus `vector` ((d_model,), or (batch, d_model): one per row) at `positions`."""
+
+    vector: torch.Tensor
+    positions: tuple[int, ...] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.vector.to(x)
+        v = v[:, None] if v.ndim == x.ndim - 1 else v  # per row: (batch, 1, d_model); a hook_z row (head, d_head) broadcasts
+        if self.positions is None:
+            return x + v
+        x = x.clone()
+        pos = _pick(x.shape[1], self.positions).to(x.device)
+        x[:, pos] = x[:, pos] + v
+        return x
+
+    def __repr__(self) -> str:
+        return f"AddAt(norm={float(self.vector.norm()):.3g}, positions={self.positions})"
