@@ -1,7 +1,9 @@
 """The engine's map functions of an intervention (engine.Edit("map", ..., fn=...)): data, so that an edit set's
 compiled edits can be shown and compared. Each takes the slice of one site, (batch, pos, ...), and returns it edited:
 `SetTo` sets a unit (ablate or clamp a head, an MLP's output, a neuron), `FeatureTo` sets an SAE feature, `AddAt` adds
-a vector (steer).
+a vector (steer), `Rescale` scales it (the attribution graph's ablations, graph.py), `ZeroAblate` zeroes the stream
+but BOS (sae_quality's loss recovered). The SAE's own (sae.FeatureClamp, sae_quality.Splice) stay with the SAE: they
+call its encoder and decoder, and this module reads sae.py.
 """
 
 from __future__ import annotations
@@ -90,3 +92,25 @@ class AddAt:
 
     def __repr__(self) -> str:
         return f"AddAt(norm={float(self.vector.norm()):.3g}, positions={self.positions})"
+
+
+@dataclass(frozen=True, eq=False)
+class Rescale:
+    """A map edit's function: the slice times `keep` plus `fill` (broadcast); data, so an edit set can be shown."""
+
+    keep: torch.Tensor
+    fill: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.keep.to(x.device, x.dtype)
+        return x if self.fill is None else x + self.fill.to(x.device, x.dtype)
+
+
+@dataclass(frozen=True)
+class ZeroAblate:
+    """An engine `map` function: the stream set to zero, BOS (position 0) kept: loss recovered's 0."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (batch, pos, d_in)
+        out = x.clone()
+        out[:, 1:] = 0.0
+        return out

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workbench import cost, engine, lens
+from workbench.edit_maps import Rescale
 from workbench.errors import InputError
 from workbench.metrics import Metric, metric_for
 from workbench.model import LoadedModel
@@ -497,18 +498,6 @@ def top_neurons(model: LoadedModel, run: Run, layer: int, position: int, k: int 
 
 
 # ---- faithfulness: ablations as edits --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Rescale:
-    """A map edit's function: the slice times `keep` plus `fill` (broadcast); data, so an edit set can be shown."""
-
-    keep: torch.Tensor
-    fill: torch.Tensor | None = None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * self.keep.to(x.device, x.dtype)
-        return x if self.fill is None else x + self.fill.to(x.device, x.dtype)
 
 
 @dataclass(frozen=True, eq=False)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from workbench import engine
+from workbench.edit_maps import ZeroAblate
 from workbench.errors import InputError
 from workbench.model import MODELS_DIR, LoadedModel
 from workbench.runs import run_edited, run_tokens
@@ -88,16 +89,6 @@ class Splice:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (batch, pos, d_in)
         out = x.clone()
         out[:, 1:] = self.sae(x[:, 1:])
-        return out
-
-
-@dataclass(frozen=True)
-class ZeroAblate:
-    """An engine `map` function: the stream set to zero, BOS (position 0) kept: loss recovered's 0."""
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (batch, pos, d_in)
-        out = x.clone()
-        out[:, 1:] = 0.0
         return out
 
 
