@@ -22,6 +22,12 @@ def _pick(n: int, positions: tuple[int, ...] | None, limit: int | None = None) -
     return torch.tensor(list(chosen), dtype=torch.long)
 
 
+def _values_at(x: torch.Tensor, positions, values: torch.Tensor, per_position: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos (k,), the value there): a per-position value (one per position of a resampled run) read at the chosen ones."""
+    pos = _pick(x.shape[1], positions, len(values) if per_position else None).to(x.device)
+    return pos, (values[pos.cpu()] if per_position else values).to(x)
+
+
 @dataclass(frozen=True, eq=False)
 class SetTo:
     """slice (batch, pos, ...) -> the same with unit `index` of its last axis (None: all of it) set to `values`.
@@ -37,8 +43,7 @@ class SetTo:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
-        pos = _pick(x.shape[1], self.positions, len(self.values) if self.per_position else None).to(x.device)
-        v = (self.values[pos.cpu()] if self.per_position else self.values).to(x)
+        pos, v = _values_at(x, self.positions, self.values, self.per_position)
         if self.index is None:
             x[:, pos] = v  # (batch, k, ...) <- (k, ...) or (...)
         else:
@@ -64,8 +69,7 @@ class FeatureTo:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
-        pos = _pick(x.shape[1], self.positions, len(self.values) if self.per_position else None).to(x.device)
-        value = (self.values[pos.cpu()] if self.per_position else self.values).to(x)  # () or (k,)
+        pos, value = _values_at(x, self.positions, self.values, self.per_position)  # value: () or (k,)
         x[:, pos] = sae.FeatureClamp(self.sae, self.feature, value)(x[:, pos])  # (batch, k, d_in)
         return x
 
