@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -75,22 +74,42 @@ def launch(pw):
 GATE_BUTTON = r"\(~[^()]*\)$"
 
 
+def _idle(page, timeout_ms: int) -> None:
+    """Waits until no script run is going on: Streamlit's "Running" indicator is gone, and stays gone for a second."""
+    for _ in range(3):
+        page.wait_for_function("!document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms)
+        page.wait_for_timeout(1000)
+        if not page.locator("[data-testid=stStatusWidget]").count():
+            return
+
+
+# a click in the page's own JavaScript: a run in progress redraws its elements, and a button found by one call
+# may be detached before the next call clicks it (CI saw the Attribution gate detached for 30 s on end)
+CLICK_GATE = """pattern => {
+    const re = new RegExp(pattern);
+    const button = [...document.querySelectorAll('button')].find(b => re.test(b.innerText.trim()) && !b.disabled);
+    if (!button) return false;
+    button.click();
+    return true;
+}"""
+
+
 def ask_for_gated_work(page, timeout_ms: int = 300_000) -> None:
     """Waits until the page shows a figure or a gated button; clicks every gated button it shows."""
-    gate = re.compile(GATE_BUTTON)
     page.wait_for_function(
         "document.querySelectorAll('.js-plotly-plot').length > 0 || "
         f"[...document.querySelectorAll('button')].some(b => new RegExp({json.dumps(GATE_BUTTON)}).test(b.innerText.trim()))",
         timeout=timeout_ms,
     )
-    page.wait_for_function("!document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms)
-    buttons = page.locator("button").filter(has_text=gate)
+    _idle(page, timeout_ms)
     for _ in range(3):  # each click reruns the page, which may then show the next gate
-        if not buttons.count():
+        if not page.evaluate(CLICK_GATE, GATE_BUTTON):
             break
-        buttons.first.click()
-        page.wait_for_timeout(500)
-        page.wait_for_function("!document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms)
+        try:  # the run the click starts: its indicator may come and go before this looks
+            page.wait_for_selector("[data-testid=stStatusWidget]", timeout=10_000)
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError; a run shorter than the poll is fine
+            pass
+        _idle(page, timeout_ms)
 
 
 def main(pages: list[str]) -> None:
