@@ -89,10 +89,10 @@ class AddAt:
         v = v[:, None] if v.ndim == x.ndim - 1 else v  # per row: (batch, 1, d_model); a hook_z row (head, d_head) broadcasts
         if self.positions is None:
             return x + v
-        x = x.clone()
-        pos = _pick(x.shape[1], self.positions).to(x.device)
-        x[:, pos] = x[:, pos] + v
-        return x
+        # a 0/1 weight per position rather than an indexed write: one expression, and a position named twice adds once
+        at = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)  # (pos,)
+        at[_pick(x.shape[1], self.positions).to(x.device)] = 1
+        return x + at.view(1, -1, *[1] * (x.ndim - 2)) * v
 
     def __repr__(self) -> str:
         return f"AddAt(norm={float(self.vector.norm()):.3g}, positions={self.positions})"
