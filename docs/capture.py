@@ -7,6 +7,7 @@ The real-browser test (tests/test_browser.py) drives the app with the same serve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -105,10 +106,10 @@ def ask_for_gated_work(page, timeout_ms: int = 300_000) -> None:
     for _ in range(3):  # each click reruns the page, which may then show the next gate
         if not page.evaluate(CLICK_GATE, GATE_BUTTON):
             break
-        try:  # the run the click starts: its indicator may come and go before this looks
+        from playwright.sync_api import TimeoutError as Timeout
+
+        with contextlib.suppress(Timeout):  # the run the click starts: its indicator may come and go before this looks
             page.wait_for_selector("[data-testid=stStatusWidget]", timeout=10_000)
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError; a run shorter than the poll is fine
-            pass
         _idle(page, timeout_ms)
 
 
