@@ -15,6 +15,7 @@ import probes.__main__ as registry
 import workbench as wb
 from workbench import attention, attribution, features, graph, lens, notebook, patching
 from workbench import interventions as iv
+from workbench import sae as wb_sae
 from workbench.generate import Sampling
 from workbench.runs import encode
 
@@ -382,6 +383,42 @@ def test_nested_blocks_add_their_edits(circuits, hf):
     finally:
         handle.remove()
     assert torch.allclose(both, reference, atol=1e-4)
+
+
+def test_features_under_edits_encode_plain_transformers_stream_with_the_head_removed(english):
+    """An SAE on layer 1's output reads the edited stream: HF's block output with head 0.0's slice of c_proj's input zeroed."""
+    prompt, hook = "The whale swam to the ship", "blocks.1.hook_resid_post"
+    hf_english, ids, d_head, seen = _hf(english), _ids(english, "The whale swam to the ship"), english.info.d_head, {}
+
+    def pre(module, args):
+        x = args[0].clone()
+        x[..., :d_head] = 0.0  # head 0
+        return (x,)
+
+    zero = hf_english.transformer.h[0].attn.c_proj.register_forward_pre_hook(pre)
+
+    def read(module, args, out):  # returns None: the block's output stays as it is
+        seen["stream"] = (out[0] if isinstance(out, tuple) else out)[0]  # (pos, d_model)
+
+    keep = hf_english.transformer.h[1].register_forward_hook(read)
+    try:
+        with torch.no_grad():
+            hf_english(ids[None])
+    finally:
+        zero.remove()
+        keep.remove()
+    sae = wb_sae.sae_set(english)[hook]
+    plain = wb.features(english, prompt, sae=hook)
+    with wb.edits(english, "ablate head 0.0 zero-whole"):
+        edited = wb.features(english, prompt, sae=hook)
+    with torch.no_grad():
+        stream = seen["stream"].float()  # (pos, d_model)
+        # the workbench's stream is HF's centred: the bridge centres the weights that write it (workbench/conventions.py)
+        reference = sae.encode(stream - stream.mean(-1, keepdim=True))  # (pos, d_sae)
+    assert torch.allclose(edited.acts[hook], reference, atol=1e-4)
+    assert not torch.allclose(edited.acts[hook], plain.acts[hook], atol=1e-3)  # the edit reached the SAE
+    assert edited.provenance["settings"]["edits"] == "ablate head 0.0 zero-whole"
+    assert not english.attached_hooks()
 
 
 # ---- the package: cheap to import, the analysis modules as before ------------------------------------------

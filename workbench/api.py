@@ -19,9 +19,9 @@ notebook.py), and `to_json` / `from_json` write and read it, including what the 
 Edits are scoped, in nnsight's spirit: `with wb.edits(model, "ablate head 1.2 mean"):` registers
 nothing on the model. It compiles the edit set once (interventions.compile_edits) and records it
 in a context variable; the facade calls made inside the block for that model (`run`, `attention`,
-`head_types`, `lens`, `intervene`) pass the edits as data into their one model call
+`head_types`, `lens`, `intervene`, `features`) pass the edits as data into their one model call
 (runs.run_edited), as every edit of the workbench is applied. Views whose analysis has no edited
-run (patching, attribution, the graph, features) refuse to run inside the block rather than
+run (patching, attribution, the graph) refuse to run inside the block rather than
 silently ignore it. Leaving the block, by its end or by an exception, forgets the edits.
 """
 
@@ -155,7 +155,7 @@ def _refuse_edits(model: LoadedModel, view: str) -> None:
     if _active(model):
         raise InputError(
             f"wb.{view} does not run under wb.edits: its analysis has no edited run; call it outside the `with` block "
-            "(wb.run, wb.attention, wb.head_types, wb.lens and wb.intervene apply the edits)"
+            "(wb.run, wb.attention, wb.head_types, wb.lens, wb.features and wb.intervene apply the edits)"
         )
 
 
@@ -337,7 +337,6 @@ def features(model: LoadedModel, prompt: str, sae: str | None = None, feature: i
     """Every SAE's feature activations on the prompt (features.PromptFeatures: acts {sae: (position, feature)}); `sae`
     (its hook name, e.g. "blocks.1.hook_resid_post") and `feature` choose what the figure shows."""
     model = _model(model)
-    _refuse_edits(model, "features")
     found = sae_registry.sae_set(model)
     if not found:
         raise InputError(f"{model.info.name} has no SAEs: use wb.load('english'), or train them with `python -m workbench.train sae`")
@@ -348,4 +347,5 @@ def features(model: LoadedModel, prompt: str, sae: str | None = None, feature: i
         focus["sae"] = sae
     if feature is not None:
         focus["feature"] = found[focus.setdefault("sae", next(iter(found)))].check_feature(feature)
-    return Result(features_analysis.prompt_features(model, found, prompt), focus)
+    edited = run(model, prompt, list(dict.fromkeys(s.hook_name for s in found.values()))) if _active(model) else None
+    return Result(_with_edits(features_analysis.prompt_features(model, found, prompt, run=edited), model), focus)

@@ -27,7 +27,7 @@ from workbench.dashboards import Dashboard, DashboardStats, dashboard, stats_for
 from workbench.errors import InputError
 from workbench.generate import Sampling
 from workbench.model import LoadedModel
-from workbench.runs import check_position, encode, provenance, run_prompt
+from workbench.runs import Run, check_position, encode, provenance, run_prompt
 from workbench.sae import SAE
 from workbench.sae_quality import heldout_text, windows
 
@@ -64,9 +64,11 @@ class PromptFeatures:
                 for f in features for p in range(len(self.labels))]  # fmt: skip
 
 
-def prompt_features(model: LoadedModel, saes: dict[str, SAE], prompt: str) -> PromptFeatures:
-    """PromptFeatures of `prompt` for every SAE in `saes`, read from the prompt's (cached) run."""
-    run = run_prompt(model, prompt, names=tuple(dict.fromkeys(s.hook_name for s in saes.values())))  # a user's SAE is named by its folder
+def prompt_features(model: LoadedModel, saes: dict[str, SAE], prompt: str, run: Run | None = None) -> PromptFeatures:
+    """PromptFeatures of `prompt` for every SAE in `saes`, read from the prompt's (cached) run, or from `run` (an edited
+    run of the prompt holding every SAE's hook: the facade's `wb.edits`)."""
+    hooks = tuple(dict.fromkeys(s.hook_name for s in saes.values()))  # a user's SAE is named by its folder
+    run = run_prompt(model, prompt, names=hooks) if run is None else run
     with torch.no_grad():
         # run[hook]: (pos, d_model), or a hook_z SAE's (pos, head, d_head) -> (pos, d_sae)
         acts = {h: s.encode(run[s.hook_name].float()) for h, s in saes.items()}
