@@ -117,18 +117,12 @@ def graph_run(model: LoadedModel, prompt: str, truncate: bool = False) -> Run:
 
 def _value_out(model: LoadedModel, run: Run, layer: int) -> torch.Tensor:
     """(key, head, d_model): what each head would write from each key position at full attention, v · W_O."""
-    attn = model.bridge.blocks[layer].attn
     v = run[f"blocks.{layer}.attn.hook_v"].float()  # (key, kv_head, d_head)
     heads = model.info.n_heads
     if v.shape[1] != heads:  # grouped-query attention: each key/value head serves heads / kv_head query heads
         v = v.repeat_interleave(heads // v.shape[1], 1)
-    w_o = attn.W_O.detach().float().cpu()  # (head, d_head, d_model)
+    w_o = engine.block_weights(model, layer).W_O  # (head, d_head, d_model)
     return torch.einsum("khe,hed->khd", v, w_o)
-
-
-def _bias(module, name: str) -> torch.Tensor | None:
-    b = engine.weight_or_none(module, name)
-    return None if b is None else b.detach().float().cpu()
 
 
 # ---- importances --------------------------------------------------------------------------------------
@@ -166,8 +160,7 @@ def incoming(model: LoadedModel, run: Run, step: Update, positions: torch.Tensor
     layer, n, heads = step.layer, run.n_tokens, model.info.n_heads
     whole_all = run[points[step.destination][1]].float()  # (pos, d_model)
     resid_all = run[points[step.source][1]].float()
-    attn = model.bridge.blocks[layer].attn
-    b_o = _bias(attn, "b_O") if step.attention else None
+    b_o = engine.block_weights(model, layer).b_O if step.attention else None  # (d_model,)
     u = _value_out(model, run, layer) if step.attention else None  # (key, head, d_model)
     pattern = run[f"blocks.{layer}.attn.hook_pattern"].float() if step.attention else None  # (head, query, key)
     mlp_all = run[f"blocks.{layer}.hook_mlp_out"].float() if step.mlp else None
@@ -482,12 +475,12 @@ def top_neurons(model: LoadedModel, run: Run, layer: int, position: int, k: int 
     if not 0 <= layer < model.info.n_layers:
         raise InputError(f"layer {layer} is outside the model: it has layers 0..{model.info.n_layers - 1}")
     position = check_position(run.n_tokens, position)
-    mlp = model.bridge.blocks[layer].mlp
+    weights = engine.block_weights(model, layer)
     act = run[f"blocks.{layer}.mlp.hook_post"][position].float()  # (d_mlp,)
-    w_out = mlp.W_out.detach().float().cpu()  # (d_mlp, d_model)
+    w_out = weights.W_out  # (d_mlp, d_model)
     whole = run[f"blocks.{layer}.hook_mlp_out"][position].float()  # (d_model,)
     parts = act[:, None] * w_out  # (d_mlp, d_model)
-    b_out = _bias(mlp, "b_out")
+    b_out = weights.b_out  # (d_model,) or None
     prox = proximity(whole, parts)  # (d_mlp,)
     total = prox.sum() + (proximity(whole, b_out[None])[0] if b_out is not None else 0)
     share = prox / total.clamp(min=1e-30)
