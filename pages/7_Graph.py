@@ -127,7 +127,8 @@ with ui.guard("the information-flow graph"):
         "(the Methods page's nodes are heads' inputs and MLPs, its edges senders to receivers)."
     )
     c1, c2, _ = st.columns([1, 1, 3])
-    ablation = c1.radio("Ablation", graph_faithfulness.ABLATIONS, key=view.key("ablation"), horizontal=True, format_func=graph_faithfulness.ablation_reference,
+    ablation = c1.radio("Ablation", graph_faithfulness.ABLATIONS, key=view.key("ablation"), horizontal=True,
+                        format_func=graph_faithfulness.ablation_reference,
                         help="mean: each part's mean over runs of random tokens (not the Intervene page's held-out text); zero: remove the parts (patterns held at the clean run's; in "
                         "transformer-lens's folded coordinates a head's constant output (b_V + β·W_V)·W_O stays, as 'zero' on the Intervene page)")  # fmt: skip
     k = int(c2.number_input("k (top vs random edges)", 1, 100, key=view.key("k")))

@@ -151,7 +151,7 @@ def _reference_tokens(model, tokens: torch.Tensor, n: int = 8, seed: int = 0) ->
 
 @pytest.mark.parametrize("ablation", graph_faithfulness.ABLATIONS)
 def test_ablations_and_the_mean_fill_equal_plain_transformers_by_hand(circuits, ablation):
-    """graph_faithfulness.run_ablations (the engine, frozen clean patterns, the mean fill from graph_faithfulness.reference) against the same
+    """run_ablations (the engine, frozen clean patterns, the mean fill from `reference`) against the same
     removals written out on plain transformers, for ablations of every size: none, all, random halves, the graph's
     outside; and faithfulness's numbers at the default threshold (neither 1 nor 0 by construction) recomputed."""
     from tests.references import hf_model

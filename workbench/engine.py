@@ -3,8 +3,10 @@
 Read it top to bottom: `weights_of` reads a loaded model's weights out of its Hugging Face modules
 (after transformer-lens's compatibility-mode processing, which writes the folded weights back
 into those modules, so the plain model and the bridge compute the same logits); `forward` runs
-embed -> blocks -> unembed. Each family's differences are small named branches of one `Weights`
-description rather than separate forward passes:
+embed -> blocks -> unembed. Analyses read weights from here too: `block_weights` (a block's W_O, b_O,
+W_out, b_out) and `readout_of` (the final norm and unembedding), also for a model the engine cannot
+run. Each family's differences are small named branches of one `Weights` description rather than
+separate forward passes:
 
 | family | norm | positions | attention | MLP | block |
 |---|---|---|---|---|---|
