@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Row, compare
-from workbench import families, graph
+from workbench import families, graph, graph_faithfulness, graph_parts
 from workbench.figures import graph as draw
 from workbench.model import MODELS_DIR, load_model
 from workbench.runs import encode, hook_names, run_tokens
@@ -61,8 +61,8 @@ def peak_extra_mb(fn) -> float:
 
 def _case(name: str, model, prompt: str, quick: bool) -> list[Row]:
     tokens, _ = encode(model, prompt)
-    names = hook_names(model, *graph.GRAPH_HOOKS, "mlp.hook_post")
-    graph.graph_run(model, prompt)  # the cached run every view shares
+    names = hook_names(model, *graph_parts.GRAPH_HOOKS, "mlp.hook_post")
+    graph_parts.graph_run(model, prompt)  # the cached run every view shares
 
     def forward():
         with torch.no_grad():
@@ -86,7 +86,7 @@ def _case(name: str, model, prompt: str, quick: bool) -> list[Row]:
     g = graph.build(model, prompt)
 
     def check():
-        graph.faithfulness(model, g, "mean")
+        graph_faithfulness.faithfulness(model, g, "mean")
 
     ref_s, ours_s = compare(forward, check, max(2, repeats // 3), warmup=1)
     rows.append(Row("graph", case, "forward with its cache", ref_s, "faithfulness check (mean, 12 runs)", ours_s))
@@ -96,7 +96,7 @@ def _case(name: str, model, prompt: str, quick: bool) -> list[Row]:
 
     ref_s, ours_s = compare(forward, every_node, max(2, repeats // 3), warmup=1)
     rows.append(Row("graph", case, "forward with its cache", ref_s, "graph + figure, threshold 0 (all nodes)", ours_s))
-    graph.graph_run(model, prompt)
+    graph_parts.graph_run(model, prompt)
     every = peak_extra_mb(every_node)
     extra = peak_extra_mb(ours)
     print(

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench import attention, cost, graph, ui
+from workbench import attention, cost, graph, graph_faithfulness, graph_nodes, graph_parts, ui
 from workbench.figures import attention as draw_attention
 from workbench.figures import graph as draw
 from workbench.tokens import single_token_id
@@ -18,13 +18,13 @@ view = ui.View(
         ui.number("threshold", float, 0.0, 0.99),
         ui.text("answer"),
         ui.text("wrong"),
-        ui.choice("ablation", graph.ABLATIONS),
+        ui.choice("ablation", graph_faithfulness.ABLATIONS),
         ui.number("k", int, 1, 100),
         ui.choice("edges", EDGE_VIEWS),
     ),
 )
 build = view.cached(graph.build, spinner="Tracing the routes…")
-faithfulness_of = view.cached(graph.faithfulness_of, spinner="Checking the graph by ablation…")
+faithfulness_of = view.cached(graph_faithfulness.faithfulness_of, spinner="Checking the graph by ablation…")
 model = view.start()
 
 
@@ -48,7 +48,7 @@ for name, default in (
     st.session_state.setdefault(view.key(name), default)
 
 with ui.guard("the information-flow graph"):
-    run = graph.graph_run(model, prompt, truncate)
+    run = graph_parts.graph_run(model, prompt, truncate)
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
     with c1:
         position = ui.position_picker(run.labels, "Prediction after position")
@@ -109,12 +109,12 @@ with ui.guard("the information-flow graph"):
                 draw_attention.pattern_heatmap(p, picked.layer, head), f"graph-pattern-L{picked.layer}H{head}", p.head(picked.layer, head)
             )
     if isinstance(picked, graph.Edge) and picked.kind == "mlp":
-        n = graph.top_neurons(model, run, picked.layer, picked.destination[1])
+        n = graph_nodes.top_neurons(model, run, picked.layer, picked.destination[1])
         st.markdown(f"**Top neurons of the MLP in layer {picked.layer} at position {picked.destination[1]}** (share of its output)")
         st.dataframe(n.rows(), hide_index=True)
     if picked is not None:
         destination = picked.destination if isinstance(picked, graph.Edge) else picked
-        r = graph.read_node(model, run, destination[0], destination[1])
+        r = graph_nodes.read_node(model, run, destination[0], destination[1])
         st.markdown(
             f"**The logit lens at {g.points[destination[0]]} @ {destination[1]}** and what the update written there promotes and suppresses"
         )
@@ -127,7 +127,8 @@ with ui.guard("the information-flow graph"):
         "(the Methods page's nodes are heads' inputs and MLPs, its edges senders to receivers)."
     )
     c1, c2, _ = st.columns([1, 1, 3])
-    ablation = c1.radio("Ablation", graph.ABLATIONS, key=view.key("ablation"), horizontal=True, format_func=graph.ablation_reference,
+    ablation = c1.radio("Ablation", graph_faithfulness.ABLATIONS, key=view.key("ablation"), horizontal=True,
+                        format_func=graph_faithfulness.ablation_reference,
                         help="mean: each part's mean over runs of random tokens (not the Intervene page's held-out text); zero: remove the parts (patterns held at the clean run's; in "
                         "transformer-lens's folded coordinates a head's constant output (b_V + β·W_V)·W_O stays, as 'zero' on the Intervene page)")  # fmt: skip
     k = int(c2.number_input("k (top vs random edges)", 1, 100, key=view.key("k")))

@@ -3,7 +3,7 @@ contrastive mode, and its faithfulness by ablation (everything outside the graph
 
 from __future__ import annotations
 
-from workbench import graph
+from workbench import graph, graph_faithfulness
 from workbench.figures import graph as draw
 from workbench.tokens import single_token_id
 
@@ -26,7 +26,7 @@ def add_arguments(p):
     p.add_argument("--threshold", type=float, help=f"keep edges above this share of their node's update (default {graph.THRESHOLD})")
     p.add_argument("--answer", help="the token the graph explains, e.g. ' whale' (default: the top prediction)")
     p.add_argument("--wrong", help="contrastive mode: the token the answer is compared with")
-    p.add_argument("--ablation", choices=graph.ABLATIONS, help="faithfulness check: mean (over random-token prompts) or zero")
+    p.add_argument("--ablation", choices=graph_faithfulness.ABLATIONS, help="faithfulness check: mean (over random-token prompts) or zero")
     p.add_argument("--k", type=int, help="top-k edges of the graph vs k random edges, ablated (default 5)")
 
 
@@ -38,7 +38,7 @@ def body(model, s, out):
     out.figure(draw.graph_figure(g), name)
     out.figure(draw.graph_figure(g, by_head=True), f"{name}-by-head")
     out.data(name, g.document(), g.rows())
-    f = graph.faithfulness(model, g, s["ablation"], int(s["k"]))
+    f = graph_faithfulness.faithfulness(model, g, s["ablation"], int(s["k"]))
     out.figure(draw.faithfulness_figure(f), f"faithfulness-pos{g.position}")
     out.data(f"faithfulness-pos{g.position}", f, f.rows())
     out.notes.append(f.verdict)

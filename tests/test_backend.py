@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from workbench import attribution, engine, families, generate, graph, patching
+from workbench import attribution, engine, families, generate, graph, graph_faithfulness, patching
 from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
 from workbench.model import MODELS_DIR, LoadedModel, ModelState, load_model
@@ -60,7 +60,7 @@ def test_the_choice_is_made_once_per_set_of_weights_and_every_analysis_records_i
         patching.sweep(circuits, _setup(circuits), "z"),
         patching.sweep_dataset(circuits, [_setup(circuits)], "z"),
         ivs.ablation_sweep(circuits, CLEAN, iv.Metric("probability", answer), "zero"),
-        graph.faithfulness_of(circuits, CLEAN, k=2),
+        graph_faithfulness.faithfulness_of(circuits, CLEAN, k=2),
         generate.generate(circuits, CLEAN, generate.Sampling(max_new_tokens=2)),
     ]
     assert [r.backend for r in results] == ["engine"] * len(results)

@@ -134,7 +134,7 @@ def _stop_after(n: int):
 
 
 def _gated_jobs(english):
-    from workbench import attribution, graph
+    from workbench import attribution, graph_faithfulness
 
     prompt = "It was the best of times, it was the worst of"
     answer = attribution.Answer((english.tokenizer(" times")["input_ids"][0],))
@@ -150,7 +150,7 @@ def _gated_jobs(english):
             "head scores on repeated random tokens",
         ),
         "faithfulness": (
-            lambda p: graph.faithfulness_of(english, prompt, progress=p),
+            lambda p: graph_faithfulness.faithfulness_of(english, prompt, progress=p),
             lambda r: torch.tensor([r.full, r.empty, r.kept, r.top_k, *r.random_k]),
             "the faithfulness check",
         ),

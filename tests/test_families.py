@@ -81,6 +81,24 @@ def test_engine_equals_the_bridge_or_says_it_does_not_know(family):
         assert torch.allclose(out.captured[n][0], run[n], atol=1e-5), n
 
 
+def test_block_weights_equal_transformer_lens_and_rebuild_the_blocks_outputs(family):
+    """engine.block_weights (the engine's copy, or the bridge's on BLOOM) against transformer-lens's own weight properties,
+    and against the run: the heads' z · W_O + b_O is the attention output, the neurons · W_out + b_out the MLP's."""
+    _name, model, _ = family
+    run = run_prompt(model, CLEAN, hook_names(model, "attn.hook_z", "hook_attn_out", "mlp.hook_post", "hook_mlp_out"))
+    for layer in range(model.info.n_layers):
+        w, block = engine.block_weights(model, layer), model.bridge.blocks[layer]
+        assert w.W_O.device.type == "cpu" and w.W_O.dtype == torch.float32
+        assert torch.equal(w.W_O, block.attn.W_O.detach().float()) and torch.equal(w.W_out, block.mlp.W_out.detach().float())
+        for mine, theirs in ((w.b_O, engine.weight_or_none(block.attn, "b_O")), (w.b_out, engine.weight_or_none(block.mlp, "b_out"))):
+            assert (mine is None) == (theirs is None) and (mine is None or torch.equal(mine, theirs.detach().float()))
+        b = f"blocks.{layer}."
+        attn_out = torch.einsum("phe,hed->pd", run[b + "attn.hook_z"], w.W_O) + (0 if w.b_O is None else w.b_O)
+        mlp_out = run[b + "mlp.hook_post"] @ w.W_out + (0 if w.b_out is None else w.b_out)
+        assert torch.allclose(attn_out, run[b + "hook_attn_out"], atol=1e-4)
+        assert torch.allclose(mlp_out, run[b + "hook_mlp_out"], atol=1e-4)
+
+
 # ---- every patching site, patched by hand with forward hooks on the plain model ------------------
 
 

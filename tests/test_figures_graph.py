@@ -2,7 +2,7 @@
 
 import pytest
 
-from workbench import graph, tasks
+from workbench import graph, graph_faithfulness, tasks
 from workbench.figures import graph as draw
 
 
@@ -52,7 +52,7 @@ def test_heads_and_faithfulness_figures(circuits, g):
     edge = g.ranked(1)[0]
     heads = draw.heads_figure(edge, "heads")
     assert list(heads.data[0].y) == list(edge.heads)
-    f = graph.faithfulness(circuits, g, "zero", k=2, draws=3)
+    f = graph_faithfulness.faithfulness(circuits, g, "zero", k=2, draws=3)
     fig = draw.faithfulness_figure(f)
     assert list(fig.data[0].y) == [f.full, f.empty, f.kept, f.top_k, *f.random_k]
 

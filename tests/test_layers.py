@@ -207,6 +207,46 @@ def test_the_reader_sees_a_private_name_in_both_spellings():
     assert sorted(found) == ["workbench.engine._hidden", "workbench.patching._secret"]
 
 
+# the files that read the bridge's blocks: the engine's extraction and its one accessor (engine.block_weights), the loader
+BLOCK_READERS = ("workbench/engine.py", "workbench/model.py")
+
+
+def bridge_block_reads(source: str) -> list[str]:
+    """Every `<...>bridge.blocks` in a source, also through a name the bridge was put in (`b = model.bridge; b.blocks`)."""
+    tree = ast.parse(source)
+    aliases = {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and ast.unparse(node.value).endswith("bridge")
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    return [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "blocks"
+        and (ast.unparse(node.value).endswith("bridge") or (isinstance(node.value, ast.Name) and node.value.id in aliases))
+    ]
+
+
+def test_block_weights_are_read_in_one_place():
+    """Analyses read a block's weights through engine.block_weights (the engine's copy, or the bridge's where the engine
+    cannot run the model), never from the bridge's blocks themselves: one source of weights (issue 25)."""
+    wrong = [
+        f"{path.relative_to(ROOT)}: {read}"
+        for path in _sources()
+        if str(path.relative_to(ROOT)) not in BLOCK_READERS
+        for read in bridge_block_reads(path.read_text())
+    ]
+    assert not wrong, "read these through engine.block_weights(model, layer):\n" + "\n".join(wrong)
+
+
+def test_the_reader_sees_a_block_read_in_both_spellings():
+    source = "w = model.bridge.blocks[0].attn.W_O\nb = model.bridge\nx = b.blocks[1].mlp.W_out\ny = layout.blocks\n"
+    assert bridge_block_reads(source) == ["model.bridge.blocks", "b.blocks"]
+
+
 def _top_level_imports(path: Path) -> set[str]:
     """The project modules a file imports when it is imported (module level, not inside functions)."""
     modules = _modules()

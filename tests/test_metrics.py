@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from workbench import attribution, graph, interventions, methods, patching, tasks
+from workbench import attribution, graph_faithfulness, interventions, methods, patching, tasks
 from workbench.errors import InputError
 from workbench.metrics import KINDS, METRICS, Metric, metric_for
 from workbench.model import MODELS_DIR
@@ -69,8 +69,8 @@ def test_one_fallback_rule():
         metric_for(3, None, "nonsense")
     # each view names its own default without a wrong token, through the one rule
     assert attribution.attribution_metric(3, None) == Metric("log-probability", 3)
-    assert graph.graph_metric(3, None) == Metric("logit above mean", 3)
-    assert attribution.attribution_metric(3, 5) == graph.graph_metric(3, 5) == Metric("logit difference", 3, 5)
+    assert graph_faithfulness.graph_metric(3, None) == Metric("logit above mean", 3)
+    assert attribution.attribution_metric(3, 5) == graph_faithfulness.graph_metric(3, 5) == Metric("logit difference", 3, 5)
     assert interventions.Metric is Metric
 
 

@@ -7,7 +7,7 @@ given here with ~2x room: bfloat16 keeps 8 bits of mantissa, float16 11, so floa
 import pytest
 import torch
 
-from workbench import attribution, lens, patching
+from workbench import attribution, engine, lens, patching
 from workbench.errors import InputError
 from workbench.model import load_model
 from workbench.runs import run_prompt
@@ -61,6 +61,17 @@ def test_a_model_offloaded_past_max_memory_gives_the_whole_models_numbers():
     assert torch.equal(lo.top_probs, lw.top_probs)
     assert (po.values - pw.values).abs().max() < 1e-5  # the offloaded sweep runs through the hooks, the whole one through the engine
     assert (io.scores - iw.scores).nan_to_num().abs().max() < 1e-5
+
+
+def test_an_offloaded_models_block_weights_are_the_whole_models():
+    """engine.block_weights reads an offloaded block from the bridge while onloaded (its MLP bias through the alias's
+    path, not the reference taken at load), and gets the numbers the whole model's engine copy holds."""
+    whole = load_model("english", compatibility_mode=False)
+    off = load_model("english", max_memory={"cpu": "2MB"})
+    for layer in range(whole.info.n_layers):
+        w, o = engine.block_weights(whole, layer), engine.block_weights(off, layer)
+        for name in ("W_O", "b_O", "W_out", "b_out"):
+            assert torch.equal(getattr(o, name), getattr(w, name)), (layer, name)
 
 
 def test_a_dtype_the_device_lacks_is_one_line():

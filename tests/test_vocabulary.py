@@ -224,11 +224,11 @@ def _texts(page: str, *models: str) -> str:
 
 def test_each_mean_ablation_names_its_reference_on_the_page():
     """The graph's mean is over random-token runs, the Intervene page's over held-out text: each page says which."""
-    from workbench import edit_values, graph
+    from workbench import edit_values, graph_faithfulness
     from workbench.model import load_model
 
     graph_text = _texts("pages/7_Graph.py")
-    assert graph.ablation_reference("mean") in graph_text and "random-token runs" in graph_text
+    assert graph_faithfulness.ablation_reference("mean") in graph_text and "random-token runs" in graph_text
     english, circuits = load_model("english"), load_model("circuits")
     intervene = _texts("pages/9_Intervene.py", "english")
     assert edit_values.mean_reference(english) in intervene and "held-out text" in edit_values.mean_reference(english)
@@ -240,7 +240,7 @@ def test_each_mean_ablation_names_its_reference_on_the_page():
 
 
 def test_mean_ablation_results_record_their_reference(english):
-    from workbench import edit_values, graph
+    from workbench import edit_values, graph_faithfulness
     from workbench import intervention_sweeps as ivs
     from workbench import interventions as iv
 
@@ -252,10 +252,10 @@ def test_mean_ablation_results_record_their_reference(english):
     assert iv.intervene(english, prompt, iv.EditSet.parse("ablate head 1.1 zero")).reference == ""
     sweep = ivs.ablation_sweep(english, prompt, iv.Metric("probability", english.tokenizer(" cat")["input_ids"][0]), "mean")
     assert sweep.reference == mean.reference
-    f = graph.faithfulness_of(english, prompt, ablation="mean")
-    assert f.reference == graph.ablation_reference("mean") and "random-token" in f.reference and f.reference != mean.reference
+    f = graph_faithfulness.faithfulness_of(english, prompt, ablation="mean")
+    assert f.reference == graph_faithfulness.ablation_reference("mean") and "random-token" in f.reference and f.reference != mean.reference
     assert f.reference in f.verdict
-    assert graph.faithfulness_of(english, prompt, ablation="zero").reference == "zero"
+    assert graph_faithfulness.faithfulness_of(english, prompt, ablation="zero").reference == "zero"
 
 
 def test_each_page_says_which_nodes_edges_and_faithfulness_it_shows():
@@ -296,8 +296,8 @@ def test_steering_files_are_written_file_and_path_still_reads():
     assert iv.EditSet.from_dict(json.loads(spec.replace('"file": "v.npy"', '"path": "v.npy"'))) == edits  # older spec files
 
 
-# names that stay in two modules, each for one idea (the listed double meanings are renamed: graph.Update, graph.Rescale,
-# graph.faithfulness_of); a new class name defined twice fails here until it is renamed or listed with its reason
+# names that stay in two modules, each for one idea (the listed double meanings are renamed: graph_parts.Update, graph.Rescale,
+# graph_faithfulness.faithfulness_of); a new class name defined twice fails here until it is renamed or listed with its reason
 SHARED_CLASS_NAMES = {
     "Edge": "one idea, two kinds of node (docs/glossary.md: edge): graph.Edge between residual-stream nodes, edges.Edge sender → receiver",
     "Intervention": "one idea, a run without and with edits (original and edited): interventions (the Features view's too), attribution_graph",
@@ -314,9 +314,10 @@ def test_a_class_name_means_one_thing():
                 defined.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
     twice = {name: where for name, where in defined.items() if len(where) > 1}
     assert set(twice) <= set(SHARED_CLASS_NAMES), {n: w for n, w in twice.items() if n not in SHARED_CLASS_NAMES}
-    from workbench import graph, interventions
+    from workbench import graph, graph_faithfulness, interventions
 
-    assert not hasattr(graph, "check") and callable(interventions.check)  # "check" is an edit set's check; the graph's is faithfulness_of
+    # "check" is an edit set's check; the graph's is faithfulness_of
+    assert not hasattr(graph, "check") and not hasattr(graph_faithfulness, "check") and callable(interventions.check)
 
 
 def test_result_fields_use_the_settled_words():

@@ -283,8 +283,7 @@ def head_anatomy(model: LoadedModel, prompt: str, layer: int, head: int, query: 
     weights = masked.softmax(-1)
     weighted = weights[:, None] * v  # (key, d_head)
     z = weighted.sum(0)
-    w_o = model.bridge.blocks[layer].attn.W_O.detach().float().cpu()  # (head, d_head, d_model)
-    w_o = w_o.reshape(info.n_heads, info.d_head, -1)
+    w_o = engine.block_weights(model, layer).W_O  # (head, d_head, d_model)
     return HeadAnatomy(
         layer, head, query, run.labels, q, k, v, scores, scale, scaled, masked, weights, weighted, z, z @ w_o[head],
         run[b + "hook_pattern"][head, query].float(), head_results(model, run, layer)[query, head],

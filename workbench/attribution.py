@@ -406,7 +406,7 @@ def component_attribution(
     neurons = []
     for layer in range(info.n_layers):
         post = run[f"blocks.{layer}.mlp.hook_post"][position].float()  # (d_mlp,) what W_out reads
-        w_out = model.bridge.blocks[layer].mlp.W_out.detach().float().cpu()  # (d_mlp, d_model)
+        w_out = engine.block_weights(model, layer).W_out  # (d_mlp, d_model)
         contrib = post * (w_out @ direction) / scale  # (d_mlp,)
         for n in contrib.abs().topk(min(top_neurons, len(contrib))).indices.tolist():
             neurons.append(dict(layer=layer, neuron=n, activation=float(post[n]), attribution=float(contrib[n])))

@@ -1,7 +1,7 @@
 """The engine's map functions of an intervention (engine.Edit("map", ..., fn=...)): data, so that an edit set's
 compiled edits can be shown and compared. Each takes the slice of one site, (batch, pos, ...), and returns it edited:
 `SetTo` sets a unit (ablate or clamp a head, an MLP's output, a neuron), `FeatureTo` sets an SAE feature, `AddAt` adds
-a vector (steer), `Rescale` scales it (the attribution graph's ablations, graph.py), `ZeroAblate` zeroes the stream
+a vector (steer), `Rescale` scales it (the information-flow graph's ablations, graph_faithfulness.py), `ZeroAblate` zeroes the stream
 but BOS (sae_quality's loss recovered). The SAE's own (sae.FeatureClamp, sae_quality.Splice) stay with the SAE: they
 call its encoder and decoder, and this module reads sae.py.
 """

@@ -39,7 +39,7 @@ def reference_prompts(model: LoadedModel) -> tuple[str, ...]:
 
 
 def mean_reference(model: LoadedModel, reference: tuple[str, ...] = ()) -> str:
-    """What a mean ablation here averages over, in words (the graph's mean is another: graph.ablation_reference)."""
+    """What a mean ablation here averages over, in words (the graph's mean is another: graph_faithfulness.ablation_reference)."""
     if reference:
         return f"mean over {len(reference)} given reference prompt(s)"
     if any(Path(model.info.source).glob("heldout_*.txt")):

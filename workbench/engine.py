@@ -3,8 +3,10 @@
 Read it top to bottom: `weights_of` reads a loaded model's weights out of its Hugging Face modules
 (after transformer-lens's compatibility-mode processing, which writes the folded weights back
 into those modules, so the plain model and the bridge compute the same logits); `forward` runs
-embed -> blocks -> unembed. Each family's differences are small named branches of one `Weights`
-description rather than separate forward passes:
+embed -> blocks -> unembed. Analyses read weights from here too: `block_weights` (a block's W_O, b_O,
+W_out, b_out) and `readout_of` (the final norm and unembedding), also for a model the engine cannot
+run. Each family's differences are small named branches of one `Weights` description rather than
+separate forward passes:
 
 | family | norm | positions | attention | MLP | block |
 |---|---|---|---|---|---|
@@ -751,3 +753,43 @@ def site_gradients(
         for n, a in zip(wanted, found, strict=True):
             acts[n] = a.detach()
     return acts, grads
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """What one block writes with, as the analyses that split its output into parts read it: float32 on the CPU."""
+
+    W_O: torch.Tensor  # (head, d_head, d_model): a head's z -> its share of the attention output
+    b_O: torch.Tensor | None  # (d_model,) the attention output's bias, None where the checkpoint has none
+    W_out: torch.Tensor  # (d_mlp, d_model): a neuron's activation -> its share of the MLP output
+    b_out: torch.Tensor | None  # (d_model,)
+
+
+def block_weights(model: LoadedModel, layer: int) -> BlockWeights:
+    """Block `layer`'s output weights: the one place analyses read per-block weights from.
+
+    From the engine's Weights (`weights_of`, read once) where the engine reads the model; else, for a
+    family it does not know or an offloaded model, from the bridge's own block, the one read of
+    `bridge.blocks` outside the engine's extraction (under the nnsight backend the bridge refuses
+    with its one line). Not kept: the engine's copy is already kept, and the bridge's is cheap to
+    read once per layer of an analysis."""
+    try:
+        w = weights_of(model)
+    except Unsupported:
+        block = model.bridge.blocks[layer]
+        with onloaded(block):  # an offloaded block's weights, on the CPU while read
+            a, m = block.attn, block.mlp
+            return BlockWeights(_t(a.W_O, "cpu"), _t(_read_now(a, "b_O"), "cpu"), _t(m.W_out, "cpu"), _t(_read_now(m, "b_out"), "cpu"))
+    n = w.layers[layer]
+    return BlockWeights(_t(n.W_O.reshape(w.n_heads, w.d_head, -1), "cpu"), _t(n.b_O, "cpu"), _t(n.W_out, "cpu"), _t(n.b_out, "cpu"))
+
+
+def _read_now(module, name: str) -> torch.Tensor | None:
+    """A transformer-lens weight as the module holds it now. A name that is an alias and not a property (the MLP's
+    b_out -> out.bias) is a reference taken at load, which onloading an offloaded module does not update: follow its path."""
+    path = None if isinstance(getattr(type(module), name, None), property) else getattr(module, "property_aliases", {}).get(name)
+    if path is None:
+        return weight_or_none(module, name)
+    for part in path.split("."):
+        module = getattr(module, part, None)
+    return module

@@ -318,7 +318,7 @@ def head_results(model: LoadedModel, run: Run, layer: int) -> torch.Tensor:
     attention bridges do not support.
     """
     z = run[f"blocks.{layer}.attn.hook_z"].float()  # (pos, head, d_head)
-    w_o = model.bridge.blocks[layer].attn.W_O.detach().float().cpu()  # (head, d_head, d_model)
+    w_o = engine.block_weights(model, layer).W_O  # (head, d_head, d_model)
     return torch.einsum("phe,hed->phd", z, w_o)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from workbench.figures.common import layout, token_ticks
-from workbench.graph import Edge, Faithfulness, Graph
+from workbench.graph import Edge, Graph
+from workbench.graph_faithfulness import Faithfulness
 from workbench.tokens import unique_labels
 
 COLOURS = {"residual": "#9aa5b1", "attention": "#1f77b4", "mlp": "#ff7f0e"}
