@@ -11,6 +11,8 @@ hand-built hooks on the plain model.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import transformer_lens.patching as tlp
@@ -86,8 +88,19 @@ def test_block_weights_equal_transformer_lens_and_rebuild_the_blocks_outputs(fam
     and against the run: the heads' z · W_O + b_O is the attention output, the neurons · W_out + b_out the MLP's."""
     _name, model, _ = family
     run = run_prompt(model, CLEAN, hook_names(model, "attn.hook_z", "hook_attn_out", "mlp.hook_post", "hook_mlp_out"))
+    held = model.state.weights
+    model.state.weights = None  # a view that never needed the engine: the bridge's block
+    try:
+        from_bridge = [engine.block_weights(model, layer) for layer in range(model.info.n_layers)]
+    finally:
+        model.state.weights = held
+    with contextlib.suppress(engine.Unsupported):
+        engine.weights_of(model)  # the engine's copy, where it reads the model (not BLOOM)
     for layer in range(model.info.n_layers):
         w, block = engine.block_weights(model, layer), model.bridge.blocks[layer]
+        for name in ("W_O", "b_O", "W_out", "b_out"):
+            mine, theirs = getattr(w, name), getattr(from_bridge[layer], name)
+            assert (mine is None and theirs is None) or torch.equal(mine, theirs), (layer, name)  # both sources agree
         assert w.W_O.device.type == "cpu" and w.W_O.dtype == torch.float32
         assert torch.equal(w.W_O, block.attn.W_O.detach().float()) and torch.equal(w.W_out, block.mlp.W_out.detach().float())
         for mine, theirs in ((w.b_O, engine.weight_or_none(block.attn, "b_O")), (w.b_out, engine.weight_or_none(block.mlp, "b_out"))):

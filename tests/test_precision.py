@@ -68,6 +68,7 @@ def test_an_offloaded_models_block_weights_are_the_whole_models():
     path, not the reference taken at load), and gets the numbers the whole model's engine copy holds."""
     whole = load_model("english", compatibility_mode=False)
     off = load_model("english", max_memory={"cpu": "2MB"})
+    engine.weights_of(whole)  # the whole model's block weights from the engine's copy
     for layer in range(whole.info.n_layers):
         w, o = engine.block_weights(whole, layer), engine.block_weights(off, layer)
         for name in ("W_O", "b_O", "W_out", "b_out"):

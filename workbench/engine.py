@@ -768,14 +768,16 @@ class BlockWeights:
 def block_weights(model: LoadedModel, layer: int) -> BlockWeights:
     """Block `layer`'s output weights: the one place analyses read per-block weights from.
 
-    From the engine's Weights (`weights_of`, read once) where the engine reads the model; else, for a
-    family it does not know or an offloaded model, from the bridge's own block, the one read of
-    `bridge.blocks` outside the engine's extraction (under the nnsight backend the bridge refuses
-    with its one line). Not kept: the engine's copy is already kept, and the bridge's is cheap to
-    read once per layer of an analysis."""
-    try:
-        w = weights_of(model)
-    except Unsupported:
+    From the engine's Weights where the model's state already holds them (`weights_of` ran: a view on
+    the engine); else from the bridge's own block, the one read of `bridge.blocks` outside the
+    engine's extraction: a family the engine does not know, an offloaded model (under the nnsight
+    backend the bridge refuses with its one line), and a view that never needed the engine. Why not
+    build the engine's Weights here: they are a float32 copy of every weight, and the attention view
+    of a multi-billion-parameter fp16 model needs one block's W_O, not a second copy of the model.
+    Not kept: the bridge's block is cheap to read once per layer of an analysis. Both sources are
+    equal (tests/test_families.py)."""
+    w = model.state.weights
+    if not isinstance(w, Weights):
         block = model.bridge.blocks[layer]
         with onloaded(block):  # an offloaded block's weights, on the CPU while read
             a, m = block.attn, block.mlp
