@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.bench_patching import gpt2_small_shaped
 from benchmarks.common import Row
-from workbench import attention, compare, lens, long, patching
+from workbench import attention, compare, lens, long, patching, tasks
 from workbench.attribution import Answer, input_attribution
 from workbench.figures import attention as draw_attention
 from workbench.figures import long as draw
@@ -115,14 +115,14 @@ def _measure(model, quick: bool) -> list[Row]:
         corrupted_ids = tokens.clone()
         corrupted_ids[N_TOKENS - 4] = 2 + (corrupted_ids[N_TOKENS - 4] + 7) % 96
         corrupted = model.tokenizer.decode(corrupted_ids[1:])
-        setup = patching.PatchingSetup(prompt, corrupted, 5, 6)
-        return patching.sweep(model, setup, "resid_pre", window=(N_TOKENS - 8, N_TOKENS))
+        pair = tasks.Pair(prompt, corrupted, 5, 6)
+        return patching.sweep(model, pair, "resid_pre", window=(N_TOKENS - 8, N_TOKENS))
 
     def preview_view():  # the patching page's AtP* preview, its gradients taken block by block
         corrupted_ids = tokens.clone()
         corrupted_ids[N_TOKENS - 4] = 2 + (corrupted_ids[N_TOKENS - 4] + 7) % 96
-        setup = patching.PatchingSetup(prompt, model.tokenizer.decode(corrupted_ids[1:]), 5, 6)
-        return preview_sweep(model, setup, "resid_pre", "denoising", "AtP*")
+        pair = tasks.Pair(prompt, model.tokenizer.decode(corrupted_ids[1:]), 5, 6)
+        return preview_sweep(model, pair, "resid_pre", "denoising", "AtP*")
 
     def compare_view():
         return compare.pattern_diff(model, prompt, other), compare.lens_diff(

@@ -39,17 +39,17 @@ def counted():
         engine.forward, torch.autograd.grad = forward, grad
 
 
-def atp_star_passes(model, setups) -> dict:
+def atp_star_passes(model, prompt_pairs) -> dict:
     """AtP*'s forward and backward passes per prompt pair, counted."""
-    pairs = methods.prepare_all(model, setups)
+    pairs = methods.prepare_all(model, prompt_pairs)
     with counted() as counts:
         methods.atp_star(model, pairs)
     return {k: v / len(pairs) for k, v in counts.items()}
 
 
-def naive_exact(model, setups) -> None:
+def naive_exact(model, prompt_pairs) -> None:
     """Every node and edge patched one run at a time through the model's own hooks (runs.run_edited): the plain way."""
-    pairs = methods.prepare_all(model, setups)
+    pairs = methods.prepare_all(model, prompt_pairs)
     w = pairs[0].weights
     for pair in pairs:
         with torch.no_grad():
@@ -69,8 +69,8 @@ def run(quick: bool = False) -> list[Row]:
     repeats = 1 if quick else 3
     for name in ("circuits", "answer-key"):
         model = load_model(name)
-        setups = tasks.induction_pairs(model, PAIRS)
-        pairs = methods.prepare_all(model, setups)
+        prompt_pairs = tasks.induction_pairs(model, PAIRS)
+        pairs = methods.prepare_all(model, prompt_pairs)
         ref, ours = compare(
             lambda m=model, p=pairs: methods.exact_nodes(m, p), lambda m=model, p=pairs: methods.atp_star(m, p), repeats, warmup=1
         )
@@ -80,10 +80,10 @@ def run(quick: bool = False) -> list[Row]:
         )
         rows.append(Row("methods", f"{name}: edges", "exact edge patching (batched)", ref, "EAP-IG, 5 steps", ours))
         t = time.perf_counter()
-        naive_exact(model, setups)
+        naive_exact(model, prompt_pairs)
         ref = time.perf_counter() - t
         t = time.perf_counter()
-        sb = scoreboard.run(model, setups, "induction pairs")
+        sb = scoreboard.run(model, prompt_pairs, "induction pairs")
         ours = time.perf_counter() - t
         rows.append(Row("methods", f"{name}: scoreboard", "exact, a run per cell (hooks)", ref, f"whole scoreboard ({PAIRS} pairs)", ours))
         print(f"scoreboard on {name}, induction task, {PAIRS} pairs: {ours:.1f} s (the issue's bound: 120 s)")
@@ -105,9 +105,9 @@ def run(quick: bool = False) -> list[Row]:
                     )
                 )
             )
-            setups = tasks.induction_pairs(model, 2, length=6, repeat=3)
+            prompt_pairs = tasks.induction_pairs(model, 2, length=6, repeat=3)
             n = len(methods.nodes_of(engine.weights_of(model)))
-            c = atp_star_passes(model, setups)
+            c = atp_star_passes(model, prompt_pairs)
             print(f"AtP* on gpt2 {layers} layers × {heads} heads ({n} nodes): {c['forward']:.0f} forward, {c['backward']:.0f} backward passes per pair"
                   f" (≤ layers + 2 = {layers + 2} forward-and-backward passes: {max(c['forward'], c['backward']) <= layers + 2 and c['forward'] + c['backward'] <= 2 * (layers + 2)})")  # fmt: skip
     return rows

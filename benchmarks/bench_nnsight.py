@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.bench_patching import gpt2_small_shaped
 from benchmarks.common import Row, compare
-from workbench import attention, attribution, lens, nnsight_backend, patching, runs
+from workbench import attention, attribution, lens, nnsight_backend, patching, runs, tasks
 from workbench import interventions as iv
 from workbench.model import load_model
 
@@ -29,15 +29,15 @@ def _kb(n: int) -> str:
     return f"{n / 1e3:,.0f} KB" if n < 1e6 else f"{n / 1e6:,.1f} MB"
 
 
-def view_costs(server, setup: patching.PatchingSetup) -> list[tuple[str, nnsight_backend.Traffic]]:
+def view_costs(server, pair: tasks.Pair) -> list[tuple[str, nnsight_backend.Traffic]]:
     """(view, traffic) of each view run once through the (simulated) server, from a cold run cache."""
     views = {
         "next token": lambda: runs.next_token_topk(server, runs.run_prompt(server, CLEAN)),
         "attention patterns": lambda: attention.patterns(server, CLEAN),
         "logit lens (with W_U once)": lambda: lens.lens(server, CLEAN),
-        "patching sweep resid_pre": lambda: patching.sweep(server, setup, "resid_pre"),
-        "attribution patching": lambda: patching.attribution_sweep(server, setup, "resid_pre"),
-        "DLA (with W_O, W_out once)": lambda: attribution.component_attribution(server, CLEAN, setup.answer, setup.wrong),
+        "patching sweep resid_pre": lambda: patching.sweep(server, pair, "resid_pre"),
+        "attribution patching": lambda: patching.attribution_sweep(server, pair, "resid_pre"),
+        "DLA (with W_O, W_out once)": lambda: attribution.component_attribution(server, CLEAN, pair.answer, pair.wrong),
         "intervene (ablate MLP 3)": lambda: iv.intervene(
             server, CLEAN, iv.EditSet((iv.Ablate("mlp", 3),)), sampling=iv.Sampling(max_new_tokens=4)
         ),
@@ -63,16 +63,16 @@ def run(quick: bool = False) -> list[Row]:
         local = load_model(f"nnsight:{folder}")
         server = nnsight_backend.load(f"nnsight:{folder}", simulate_remote=True)
         top = runs.next_token_topk(bridge, runs.run_prompt(bridge, CLEAN), 2)
-        setup = patching.PatchingSetup(CLEAN, CORRUPTED, top.ids[0], top.ids[1])
-        want = patching.sweep(bridge, setup, "resid_pre")
+        pair = tasks.Pair(CLEAN, CORRUPTED, top.ids[0], top.ids[1])
+        want = patching.sweep(bridge, pair, "resid_pre")
         rows = []
         for label, model in (("nnsight here", local), ("nnsight via simulated server", server)):
-            got = patching.sweep(model, setup, "resid_pre")
+            got = patching.sweep(model, pair, "resid_pre")
             assert (got.raw - want.raw).abs().max() < 1e-3, "the nnsight sweep must equal the bridge's"
             repeats = 1 if quick else 3
             before = model.backend.traffic.snapshot()
             ref_s, ours_s = compare(
-                lambda: patching.sweep(bridge, setup, "resid_pre"), lambda m=model: patching.sweep(m, setup, "resid_pre"),
+                lambda: patching.sweep(bridge, pair, "resid_pre"), lambda m=model: patching.sweep(m, pair, "resid_pre"),
                 repeats=repeats, warmup=0,
             )  # fmt: skip
             spent = model.backend.traffic.since(before)  # `repeats` sweeps of ours
@@ -81,7 +81,7 @@ def run(quick: bool = False) -> list[Row]:
             )
             rows.append(Row("nnsight", "resid_pre sweep, 192 cells", "bridge engine", ref_s, f"{label} ({per_sweep})", ours_s))
         print("view costs through the simulated server (GPT-2-small shape, 16 tokens):")
-        for name, t in view_costs(server, setup):
+        for name, t in view_costs(server, pair):
             print(f"  {name:<30} {t.requests:>2} requests  {_kb(t.sent_bytes):>9} up  {_kb(t.received_bytes):>9} down  {t.seconds:6.2f} s")
         return rows
 

@@ -16,7 +16,7 @@ import transformer_lens.patching as tlp
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from benchmarks.common import Row
-from workbench import families, patching
+from workbench import families, patching, tasks
 from workbench.model import MODELS_DIR, load_model
 from workbench.runs import encode
 
@@ -58,7 +58,7 @@ def _case(name: str, build, quick: bool) -> list[Row]:
         corrupted = model.tokenizer.decode(corrupted_ids[1:])
         clean_t, corrupted_t = encode(model, clean)[0], encode(model, corrupted)[0]
         assert len(clean_t) == len(corrupted_t), "pick prompts that tokenize to the same length"
-        setup = patching.PatchingSetup(clean, corrupted, answer=11, wrong=12)
+        pair = tasks.Pair(clean, corrupted, answer=11, wrong=12)
 
         with torch.no_grad():
             _, clean_cache = model.bridge.run_with_cache(clean_t[None])
@@ -75,7 +75,7 @@ def _case(name: str, build, quick: bool) -> list[Row]:
         for _ in range(1 if quick else 5):
             model.run_cache.clear()
             t = time.perf_counter()
-            ours = patching.sweep(model, setup, "resid_pre")
+            ours = patching.sweep(model, pair, "resid_pre")
             ours_times.append(time.perf_counter() - t)
         ours_s = min(ours_times)
         if ours.backend != "engine":

@@ -26,22 +26,22 @@ def run(quick: bool = False) -> list[Row]:
         )  # fmt: skip
         for name, folder, length in (("circuits", "circuits", 8), ("gpt2 4 layers × 8 heads", str(bigger), 24)):
             model = load_model(folder)
-            setup = tasks.induction_pairs(model, 1, length=length, repeat=length // 2)[0]
+            pair = tasks.induction_pairs(model, 1, length=length, repeat=length // 2)[0]
             for site in SITES:
                 with counted() as c:
-                    star = preview.preview_sweep(model, setup, site)
-                exact = patching.sweep(model, setup, site)
-                plain = preview.preview_sweep(model, setup, site, method="AtP")
+                    star = preview.preview_sweep(model, pair, site)
+                exact = patching.sweep(model, pair, site)
+                plain = preview.preview_sweep(model, pair, site, method="AtP")
                 cells = star.values.numel()
                 ref, ours = compare(
-                    lambda m=model, p=setup, s=site: patching.sweep(m, p, s),
-                    lambda m=model, p=setup, s=site: preview.preview_sweep(m, p, s),
+                    lambda m=model, p=pair, s=site: patching.sweep(m, p, s),
+                    lambda m=model, p=pair, s=site: preview.preview_sweep(m, p, s),
                     repeats, warmup=1,
                 )  # fmt: skip
                 rows.append(Row("preview", f"{name}: {site}, {cells} cells", "exact sweep (batched engine)", ref, "AtP* preview", ours))
                 ref, ours = compare(
-                    lambda m=model, p=setup, s=site: preview.preview_sweep(m, p, s, method="AtP"),
-                    lambda m=model, p=setup, s=site: preview.preview_sweep(m, p, s),
+                    lambda m=model, p=pair, s=site: preview.preview_sweep(m, p, s, method="AtP"),
+                    lambda m=model, p=pair, s=site: preview.preview_sweep(m, p, s),
                     repeats, warmup=1,
                 )  # fmt: skip
                 rows.append(Row("preview", f"{name}: {site}, {cells} cells", "plain AtP preview", ref, "AtP* preview", ours))

@@ -68,7 +68,7 @@ PLAIN = "plain forward"  # the reference: one forward of the prompt through the 
 
 def views(model, which: tuple[str, ...] = VIEWS) -> dict[str, tuple[object, float, int]]:
     """Each view's (numbers to compare, seconds, peak extra bytes) on one prompt; `which`: a subset of VIEWS."""
-    from workbench import attention, attribution, lens, patching
+    from workbench import attention, attribution, lens, patching, tasks
     from workbench.runs import all_hook_names, encode, hook_names, run_prompt, run_tokens
 
     clean, corrupted = CLEAN, CORRUPTED
@@ -97,9 +97,9 @@ def views(model, which: tuple[str, ...] = VIEWS) -> dict[str, tuple[object, floa
         lambda: attention.patterns_of(run_prompt(model, clean, hook_names(model, "attn.hook_pattern"))).pattern,
     )
     run("lens", "logit lens", lambda: lens.lens(model, clean, k=5).top_probs)
-    answers, wrongs = patching.candidate_answers(model, clean, corrupted) if "patching" in which else ({0: 0}, {0: 0})
-    setup = patching.PatchingSetup(clean, corrupted, next(iter(answers.values())), next(iter(wrongs.values())), "logit difference")
-    run("patching", "patching sweep (resid)", lambda: patching.sweep(model, setup, "resid_pre", "denoising").values)
+    answers, wrongs = tasks.candidate_answers(model, clean, corrupted) if "patching" in which else ({0: 0}, {0: 0})
+    pair = tasks.Pair(clean, corrupted, next(iter(answers.values())), next(iter(wrongs.values())))
+    run("patching", "patching sweep (resid)", lambda: patching.sweep(model, pair, "resid_pre", "denoising").values)
     run(
         "ig",
         "integrated gradients",

@@ -4,6 +4,7 @@ import streamlit as st
 
 from workbench import engine, methods, mib, patching, scoreboard, tasks, ui
 from workbench.figures import methods as draw
+from workbench.metrics import METRICS
 
 view = ui.View(
     "Patching methods",
@@ -14,7 +15,7 @@ view = ui.View(
         ui.choice("task", (*scoreboard.TASKS, *tasks.TASKS)),
         ui.number("pairs", int, 1, 32),
         ui.choice("direction", patching.DIRECTIONS),
-        ui.choice("metric", patching.METRICS),
+        ui.choice("metric", METRICS),
         ui.number("steps", int, 1, 32),
         ui.number("top", int, 1, 50),
     ),
@@ -38,12 +39,12 @@ with ui.guard("the methods scoreboard"):
         )  # fmt: skip
         n_pairs = c2.number_input("Pairs", 1, 32, 8, key=view.key("pairs"), help="generated copying pairs, or the first of a task dataset")
         direction = c3.radio("Direction", patching.DIRECTIONS, key=view.key("direction"), horizontal=True)
-        metric = c4.selectbox("Metric", patching.METRICS, key=view.key("metric"))
+        metric = c4.selectbox("Metric", METRICS, key=view.key("metric"))
         steps = c5.number_input("EAP-IG steps", 1, 32, 5, key=view.key("steps"))
         clean, corrupted = st.session_state.get(ui.CLEAN), st.session_state.get(ui.CORRUPTED)
         if clean is None or corrupted is None:
             clean, corrupted = ui.example_pair(model.info.name)
-        answers, wrongs = patching.candidate_answers(model, clean, corrupted)
+        answers, wrongs = tasks.candidate_answers(model, clean, corrupted)
         typed = st.text_area(
             "Typed pairs, one per line: clean | corrupted | answer | wrong",
             f"{clean} | {corrupted} | {model.tokenizer.decode([next(iter(answers.values()))]).strip()} | "
@@ -52,13 +53,13 @@ with ui.guard("the methods scoreboard"):
             help="answer and wrong are single tokens; every pair of a task should have the same number of tokens per prompt",
         )
         st.form_submit_button("Score the methods", type="primary")
-    setups = scoreboard.task_pairs(model, task, int(n_pairs), typed, metric)
+    pairs = scoreboard.task_pairs(model, task, int(n_pairs), typed)
     ui.probe_command("scoreboard", model, task=task, pairs=int(n_pairs), direction=direction, metric=metric, steps=int(steps))
     # exact patching of every edge: seconds on the shipped models, hours on GPT-2 small: only on request above the budget
-    sb = run_scoreboard.peek(model, setups, task, direction, int(steps))
-    if sb is None and ui.gate(scoreboard.estimate(model, setups, int(steps)), "Score the methods", "methods"):
+    sb = run_scoreboard.peek(model, pairs, task, direction, int(steps), metric=metric)
+    if sb is None and ui.gate(scoreboard.estimate(model, pairs, int(steps)), "Score the methods", "methods"):
         with ui.progress("The methods scoreboard") as report:
-            sb = run_scoreboard(model, setups, task, direction, int(steps), progress=report)
+            sb = run_scoreboard(model, pairs, task, direction, int(steps), progress=report, metric=metric)
     if sb is None:
         st.stop()
 
@@ -95,7 +96,7 @@ with ui.guard("the methods scoreboard"):
             file_name=f"circuit-{method}-top{top}.json", mime="application/json", key=f"dl-mib-{method}", on_click="ignore",
         )  # fmt: skip
     if st.button(f"Exact-check AtP*'s top {top} nodes", key="w.methods_check"):
-        pairs = methods.prepare_all(model, setups, direction)
-        st.dataframe(methods.exact_check(model, star, pairs, top), hide_index=True)
+        prepared = methods.prepare_all(model, pairs, direction, metric=metric)
+        st.dataframe(methods.exact_check(model, star, prepared, top), hide_index=True)
 
 view.share()

@@ -8,6 +8,8 @@ from workbench import cost, edges, long, methods, mib, patching, paths, tasks, u
 from workbench.errors import InputError
 from workbench.figures import methods as draw_methods
 from workbench.figures import patching as draw
+from workbench.metrics import METRICS
+from workbench.patch_sites import SITES
 from workbench.preview import PREVIEW_METHODS, preview_sweep, recall
 from workbench.tokens import single_token_id
 
@@ -17,9 +19,9 @@ view = ui.View(
     "the metric: 0 is the corrupted run's value, 1 the clean run's.",
     shared=("model", "clean", "corrupted"),
     params=(
-        ui.choice("site", list(patching.SITES)),
+        ui.choice("site", list(SITES)),
         ui.choice("direction", patching.DIRECTIONS),
-        ui.choice("metric", patching.METRICS),
+        ui.choice("metric", METRICS),
         ui.number("pairs", int, 2, 64),
         ui.choice("preview", PREVIEW_METHODS),
     ),
@@ -40,7 +42,7 @@ ui.task_picker(model, use_task_pair)
 clean, corrupted = ui.pair_form(model)
 
 with ui.guard("the patching"):
-    cmp = patching.compare_tokens(model, clean, corrupted)
+    cmp = tasks.compare_tokens(model, clean, corrupted)
     ui.token_rows(cmp.labels_a, cmp.labels_b, cmp.differ)
     if not cmp.same_length:
         st.error(
@@ -52,12 +54,12 @@ with ui.guard("the patching"):
         word = c1.text_input("word in the clean prompt", key="w.replace_word")
         replacement = c2.text_input("replacement", key="w.replace_with")
         if c3.button("Replace") and word:
-            ui.set_pair(clean, patching.corrupt_word(model, clean, word, replacement))
+            ui.set_pair(clean, tasks.corrupt_word(model, clean, word, replacement))
             st.rerun()
     if not cmp.same_length:
         st.stop()
 
-    answers, wrongs = patching.candidate_answers(model, clean, corrupted)
+    answers, wrongs = tasks.candidate_answers(model, clean, corrupted)
     if view.key("preview") not in st.session_state:
         # AtP*'s GradDrop takes a backward pass per layer: the default preview only while that stays within half the budget
         star = cost.estimate(model, "AtP*", len(cmp.labels_a), passes=2, backward=model.info.n_layers + 1)
@@ -75,11 +77,9 @@ with ui.guard("the patching"):
         )
         typed_answer = c1.text_input("…or type the answer token", key="w.answer_typed")
         typed_wrong = c2.text_input("…or type the wrong token", key="w.wrong_typed")
-        metric = c3.selectbox("Metric", patching.METRICS, key=view.key("metric"))
+        metric = c3.selectbox("Metric", METRICS, key=view.key("metric"))
         direction = c3.radio("Direction", patching.DIRECTIONS, key=view.key("direction"), horizontal=True)
-        site = c4.selectbox(
-            "Site", list(patching.SITES), format_func=lambda s: f"{s}: {patching.SITES[s].description}", key=view.key("site")
-        )
+        site = c4.selectbox("Site", list(SITES), format_func=lambda s: f"{s}: {SITES[s].description}", key=view.key("site"))
         method = c4.radio(
             "Preview", PREVIEW_METHODS, key=view.key("preview"), horizontal=True,
             help="AtP*: attribution patching with the QK fix (queries, keys) and GradDrop; AtP: plain attribution patching",
@@ -87,7 +87,7 @@ with ui.guard("the patching"):
         st.form_submit_button("Preview", type="primary")
     answer = single_token_id(model.tokenizer, typed_answer, "answer") if typed_answer else answers[answer_label]
     wrong = single_token_id(model.tokenizer, typed_wrong, "wrong") if typed_wrong else wrongs[wrong_label]
-    setup = patching.PatchingSetup(clean, corrupted, answer, wrong, metric)
+    pair = tasks.Pair(clean, corrupted, answer, wrong)
     decode = model.tokenizer.decode
     ui.probe_command(
         "patching",
@@ -104,7 +104,7 @@ with ui.guard("the patching"):
 
     n = len(cmp.labels_a)
     window = None
-    if n > long.LONG_TOKENS and "position" in patching.SITES[site].axes:
+    if n > long.LONG_TOKENS and "position" in SITES[site].axes:
         # a long prompt: sweep a window of positions (by default the last 32), its cost said before it runs
         w1, w2 = st.columns(2)
         start = int(w1.number_input("Window: first position", 0, n - 1, max(0, n - 32), key="w.window_start"))
@@ -118,11 +118,11 @@ with ui.guard("the patching"):
     if n <= long.LONG_TOKENS or st.checkbox(
         f"Run the {method} preview (backward passes: about {backward_mb:,.0f} MB)", key="w.long_preview"
     ):
-        preview = preview_sweep(model, setup, site, direction, method)
+        preview = preview_sweep(model, pair, site, direction, method, metric=metric)
         st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
         if preview.note:
             st.warning(preview.note[0].upper() + preview.note[1:] + ".")
-    exact = exact_sweep.peek(model, setup, site, direction, window=window)
+    exact = exact_sweep.peek(model, pair, site, direction, metric=metric, window=window)
 
     left, right = st.columns(2)
     with left:
@@ -137,7 +137,7 @@ with ui.guard("the patching"):
         st.markdown("**Exact sweep** (one patched run per cell, batched)")
         if exact is None and st.button("Run the exact sweep", type="primary", key="w.run_exact"):
             with ui.progress("The exact sweep") as report:
-                exact = exact_sweep(model, setup, site, direction, progress=report, window=window)
+                exact = exact_sweep(model, pair, site, direction, metric=metric, progress=report, window=window)
         if exact is not None:
             if exact.backend != "engine":
                 st.info(f"Computed through the model's own hooks, not the fast engine: {exact.note}.")
@@ -157,35 +157,34 @@ with ui.guard("the patching"):
         if model.info.name == "circuits":
             n_pairs = st.number_input("copying pairs (random words, the earlier copy corrupted)", 2, 64, 8, key=view.key("pairs"))
             pairs = tasks.induction_pairs(model, int(n_pairs), seed=0)
-            pairs = [patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in pairs]
-            result = dataset_sweep.peek(model, pairs, site, direction)
+            result = dataset_sweep.peek(model, pairs, site, direction, metric=metric)
             if result is None and st.button("Sweep the dataset", key="w.run_dataset"):
                 with ui.progress("The dataset sweep") as report:
-                    result = dataset_sweep(model, pairs, site, direction, progress=report)
+                    result = dataset_sweep(model, pairs, site, direction, metric=metric, progress=report)
             if result is not None:
                 ui.figure(draw.patching_heatmap(result), f"patching-dataset-{site}", result)
         else:
             st.caption("The circuits model ships a generator of copying pairs; probes take any dataset of pairs from a spec file.")
 
-    # path patching (#18): a self-contained section, reading only `setup` and `direction` from above
+    # path patching (#18): a self-contained section, reading only `pair`, `metric` and `direction` from above
     with st.expander("Path patching: one sender's effect along chosen paths only"):
-        pair = methods.prepare(model, setup, direction)
-        senders = paths.sender_choices(pair.weights)
+        prepared = methods.prepare(model, pair, direction, metric=metric)
+        senders = paths.sender_choices(prepared.weights)
         sender = paths.find(
             senders, st.selectbox("Sender (a head's output or an MLP)", [s.label for s in senders], key="w.path_sender"), "sender"
         )
-        options = paths.receiver_choices(pair.weights, sender)
+        options = paths.receiver_choices(prepared.weights, sender)
         labels = st.multiselect(
             "Receivers (heads' queries, keys or values, MLPs, the logits)", [r.label for r in options], default=[],
             key=f"w.path_receivers.{sender.label}", help="every receiver chosen is ordinary patching of the sender; the logits alone, its direct effect",
         )  # fmt: skip
         if labels:
-            found = path_patch(model, setup, direction, sender.label, tuple(labels))
+            found = path_patch(model, pair, direction, sender.label, tuple(labels), metric=metric)
             st.markdown(f"Along the chosen paths: normalised effect **{found.normalised:.4f}** (metric {found.value:.4f}).")
             ui.figure(draw_methods.path_bars(found), f"path-patching-{sender.label}", found, found.rows())
             paths_chosen = [edges.Edge(sender, r) for r in options if r.label in labels]
             st.download_button(
-                "These paths as a MIB circuit (JSON)", mib.from_edges(pair.weights, paths_chosen).to_json(),
+                "These paths as a MIB circuit (JSON)", mib.from_edges(prepared.weights, paths_chosen).to_json(),
                 file_name=f"circuit-{sender.label}.json", mime="application/json", key="dl-path-mib", on_click="ignore",
             )  # fmt: skip
         else:
@@ -199,9 +198,9 @@ with ui.guard("the patching"):
                 doc = json.loads(upload.getvalue().decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise InputError(f"{upload.name} is not JSON ({str(err).splitlines()[0]})") from None
-            pair = methods.prepare(model, setup, direction)
-            circuit = mib.read(doc, pair.weights)
-            score = float(edges.circuit_faithfulness(pair, list(circuit.edges), circuit.keep)[0])
+            prepared = methods.prepare(model, pair, direction, metric=metric)
+            circuit = mib.read(doc, prepared.weights)
+            score = float(edges.circuit_faithfulness(prepared, list(circuit.edges), circuit.keep)[0])
             st.markdown(
                 f"**{circuit.size}** of {len(circuit.edges)} edges in the circuit; faithfulness **{score:.4f}** "
                 "(0: the base run, 1: the source run; every edge outside the circuit reads the base run's value)."

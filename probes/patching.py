@@ -12,8 +12,9 @@ from tqdm import tqdm
 from workbench import cost, long, patching, preview, tasks
 from workbench.errors import InputError
 from workbench.figures import patching as draw
+from workbench.metrics import METRICS
+from workbench.patch_sites import SITES
 from workbench.runs import encode
-from workbench.tokens import single_token_id
 
 from .common import run_probe
 
@@ -37,49 +38,35 @@ def add_arguments(p):
     p.add_argument("--corrupted")
     p.add_argument("--answer", help="answer token, e.g. ' cloud'")
     p.add_argument("--wrong", help="wrong token, e.g. ' lemon'")
-    p.add_argument("--metric", choices=patching.METRICS)
+    p.add_argument("--metric", choices=METRICS)
     p.add_argument("--direction", choices=patching.DIRECTIONS)
-    p.add_argument("--site", action="append", dest="sites", choices=list(patching.SITES))
+    p.add_argument("--site", action="append", dest="sites", choices=list(SITES))
     p.add_argument("--preview", choices=preview.PREVIEW_METHODS, help="the estimate beside the exact sweep (default AtP*)")
     p.add_argument("--induction-pairs", type=int, dest="induction_pairs", help="average over N generated copying pairs (circuits model)")
     p.add_argument("--task", choices=list(tasks.TASKS), help="average over a shipped task's pairs (the stories model: ioi, pronoun, ...)")
     p.add_argument("--task-pairs", type=int, dest="task_pairs", help="with --task: how many of its pairs (default 16)")
 
 
-def setups(model, s) -> list[patching.PatchingSetup]:
+def prompt_pairs(model, s) -> list[tasks.Pair]:
+    """The spec's prompt pairs (a shipped task's, generated copying pairs, or the spec's own), each checked before any runs."""
     if s.get("task"):
-        task = tasks.load(Path(model.info.source), s["task"])
-        return [
-            patching.PatchingSetup(
-                p.clean, p.corrupted, tasks.token_id(model.tokenizer, p.answer), tasks.token_id(model.tokenizer, p.wrong), s["metric"]
-            )
-            for p in task.pairs[: int(s.get("task_pairs") or 16)]
-        ]
-    if s["induction_pairs"]:
-        return [
-            patching.PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, s["metric"])
-            for p in tasks.induction_pairs(model, int(s["induction_pairs"]), seed=int(s["seed"]))
-        ]
-    pairs = s["pairs"] or [dict(clean=s["clean"], corrupted=s["corrupted"], answer=s["answer"], wrong=s["wrong"])]
-    out = []
-    for i, pair in enumerate(pairs):
-        missing = {"clean", "corrupted", "answer", "wrong"} - set(pair)
-        if missing:
-            raise InputError(f"pair {i} of the spec lacks {sorted(missing)}")
-        out.append(
-            patching.PatchingSetup(
-                pair["clean"],
-                pair["corrupted"],
-                single_token_id(model.tokenizer, pair["answer"], "answer"),
-                single_token_id(model.tokenizer, pair["wrong"], "wrong"),
-                s["metric"],
-            )
-        )
-    return out
+        pairs = list(tasks.load(Path(model.info.source), s["task"]).pairs[: int(s.get("task_pairs") or 16)])
+    elif s["induction_pairs"]:
+        pairs = tasks.induction_pairs(model, int(s["induction_pairs"]), seed=int(s["seed"]))
+    else:
+        pairs = []
+        for i, pair in enumerate(s["pairs"] or [dict(clean=s["clean"], corrupted=s["corrupted"], answer=s["answer"], wrong=s["wrong"])]):
+            missing = {"clean", "corrupted", "answer", "wrong"} - set(pair)
+            if missing:
+                raise InputError(f"pair {i} of the spec lacks {sorted(missing)}")
+            pairs.append(tasks.Pair(pair["clean"], pair["corrupted"], pair["answer"], pair["wrong"]))
+    for pair in pairs:
+        tasks.check_pair(model, pair, s["metric"])
+    return pairs
 
 
 def body(model, s, out):
-    pairs = setups(model, s)
+    pairs = prompt_pairs(model, s)
     n = len(encode(model, pairs[0].clean)[0])
     for site in s["sites"]:
         t = time.time()
@@ -88,7 +75,7 @@ def body(model, s, out):
                             passes=sweep.cells * len(pairs), calls=sweep.passes * len(pairs)).line(), flush=True)  # fmt: skip
         if len(pairs) == 1:
             # the preview first: it takes seconds, and bad input stops the probe before the exact sweep
-            estimate = preview.preview_sweep(model, pairs[0], site, s["direction"], s["preview"])
+            estimate = preview.preview_sweep(model, pairs[0], site, s["direction"], s["preview"], metric=s["metric"])
             with tqdm(total=1, desc=f"{site}", unit="cell") as bar:
 
                 def progress(done, total, bar=bar):
@@ -96,7 +83,7 @@ def body(model, s, out):
                     bar.n = done
                     bar.refresh()
 
-                r = patching.sweep(model, pairs[0], site, s["direction"], progress=progress)
+                r = patching.sweep(model, pairs[0], site, s["direction"], metric=s["metric"], progress=progress)
             out.figure(draw.patching_heatmap(r), f"patching-{site}")
             out.figure(draw.patching_heatmap(estimate, f"{estimate.method} estimate"), f"patching-{site}-estimate")
             out.data(f"patching-{site}", r, r.rows())
@@ -109,7 +96,9 @@ def body(model, s, out):
             )
         else:
             with tqdm(total=len(pairs), desc=f"{site}", unit="pair") as bar:
-                r = patching.sweep_dataset(model, pairs, site, s["direction"], progress=lambda done, total: bar.update(done - bar.n))
+                r = patching.sweep_dataset(
+                    model, pairs, site, s["direction"], metric=s["metric"], progress=lambda done, total: bar.update(done - bar.n)
+                )
             out.figure(draw.patching_heatmap(r), f"patching-{site}-dataset")
             out.data(f"patching-{site}-dataset", r)
         # how the patched runs were computed: the fast engine, or the model's own hooks when the engine did not check out

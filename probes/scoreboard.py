@@ -7,6 +7,7 @@ import time
 
 from workbench import engine, mib, patching, paths, scoreboard, tasks
 from workbench.figures import methods as draw
+from workbench.metrics import METRICS
 
 from .common import run_probe
 
@@ -29,7 +30,7 @@ def add_arguments(p):
     )
     p.add_argument("--pairs", type=int, help="pairs: generated (task 'induction pairs') or the first of a task dataset")
     p.add_argument("--typed", action="append", help="a pair 'clean | corrupted | answer | wrong' (task 'typed pairs'); repeat for more")
-    p.add_argument("--metric", choices=patching.METRICS)
+    p.add_argument("--metric", choices=METRICS)
     p.add_argument("--direction", choices=patching.DIRECTIONS)
     p.add_argument("--steps", type=int, help="EAP-IG's points (default 5)")
     p.add_argument("--sender", help="path patching: a head 'L0H1' or an MLP 'L0 MLP', on the task's first pair")
@@ -38,11 +39,11 @@ def add_arguments(p):
 
 def body(model, s, out):
     t = time.time()
-    setups = scoreboard.task_pairs(model, s["task"], int(s["pairs"]), "\n".join(s["typed"] or []), s["metric"], int(s["seed"]))
-    est = scoreboard.estimate(model, setups, int(s["steps"]))
+    pairs = scoreboard.task_pairs(model, s["task"], int(s["pairs"]), "\n".join(s["typed"] or []), int(s["seed"]))
+    est = scoreboard.estimate(model, pairs, int(s["steps"]))
     print(f"{est.line()} (Ctrl-C stops it)", flush=True)
     out.manifest["estimate_s"] = est.seconds
-    sb = scoreboard.run(model, setups, s["task"], s["direction"], int(s["steps"]))
+    sb = scoreboard.run(model, pairs, s["task"], s["direction"], int(s["steps"]), metric=s["metric"])
     out.figure(draw.faithfulness_curves(sb), "methods-faithfulness")
     out.figure(draw.estimate_vs_exact(sb.nodes["AtP*"], sb.nodes["exact"]), "methods-atp-star-vs-exact")
     out.figure(draw.estimate_vs_exact(sb.edges["EAP-IG"], sb.edges["exact"]), "methods-eap-ig-vs-exact")
@@ -61,7 +62,7 @@ def body(model, s, out):
               f"area {row['area']:.3f}  {row['seconds']:.2f} s  passes/pair {row['forward']} fwd {row['backward']} bwd")  # fmt: skip
     if s["sender"]:
         t = time.time()
-        r = paths.path_patch_named(model, setups[0], s["direction"], s["sender"], tuple(s["receivers"] or ["logits"]))
+        r = paths.path_patch_named(model, pairs[0], s["direction"], s["sender"], tuple(s["receivers"] or ["logits"]), metric=s["metric"])
         out.figure(draw.path_bars(r), "path-patching")
         out.data("path-patching", r, r.rows())
         out.timing("path patching", time.time() - t)

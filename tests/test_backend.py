@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from workbench import attribution, engine, families, generate, graph, graph_faithfulness, patching
+from workbench import attribution, engine, families, generate, graph, graph_faithfulness, patching, tasks
 from workbench import intervention_sweeps as ivs
 from workbench import interventions as iv
 from workbench.model import MODELS_DIR, LoadedModel, ModelState, load_model
@@ -30,9 +30,9 @@ CLEAN = "apple river stone cloud tiger piano candle garden apple river stone"
 CORRUPTED = "apple river stone lemon tiger piano candle garden apple river stone"
 
 
-def _setup(model) -> patching.PatchingSetup:
+def _setup(model) -> tasks.Pair:
     tok = model.tokenizer
-    return patching.PatchingSetup(CLEAN, CORRUPTED, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0])
+    return tasks.Pair(CLEAN, CORRUPTED, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0])
 
 
 def _bridge_only(model: LoadedModel) -> tuple:

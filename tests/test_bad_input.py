@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 
 from probes.__main__ import main as probes_main
-from workbench import attention, attribution, generate, heads, lens, patching, runs
+from workbench import attention, attribution, generate, heads, lens, patching, runs, tasks
 from workbench.errors import InputError
 from workbench.model import MODELS_DIR, load_model, resolve
 from workbench.tokens import single_token_id
@@ -53,7 +53,7 @@ CASES = [
     ("not text at all", lambda m, t: runs.run_prompt(m["english"], ["a list"]), "must be text"),
     (
         "pair of different token lengths",
-        lambda m, t: patching.sweep(m["circuits"], patching.PatchingSetup(CLEAN, CLEAN + " tiger", 5, 6)),
+        lambda m, t: patching.sweep(m["circuits"], tasks.Pair(CLEAN, CLEAN + " tiger", 5, 6)),
         "same number of tokens",
     ),
     ("answer of several tokens", lambda m, t: single_token_id(m["english"].tokenizer, " unquestionably"), "not one"),
@@ -87,12 +87,12 @@ CASES = [
     ),
     (
         "unknown patching site",
-        lambda m, t: patching.sweep(m["circuits"], patching.PatchingSetup(CLEAN, CLEAN, 5, 6), "neurons"),
+        lambda m, t: patching.sweep(m["circuits"], tasks.Pair(CLEAN, CLEAN, 5, 6), "neurons"),
         "unknown site",
     ),
     (
         "unknown patching metric",
-        lambda m, t: patching.sweep(m["circuits"], patching.PatchingSetup(CLEAN, CLEAN, 5, 6, "accuracy")),
+        lambda m, t: patching.sweep(m["circuits"], tasks.Pair(CLEAN, CLEAN, 5, 6), metric="accuracy"),
         "unknown metric",
     ),
     ("lens k of zero", lambda m, t: lens.lens(m["english"], "Hi", k=0), "k must be"),
@@ -224,7 +224,7 @@ def test_fuzzed_prompts_run_or_get_a_message(circuits, prompt):
 @given(st.text(max_size=40), st.text(max_size=40))
 def test_fuzzed_prompt_pairs_check_or_get_a_message(circuits, clean, corrupted):
     try:
-        a, b = patching.check_setup(circuits, patching.PatchingSetup(clean, corrupted, 5, 6))
+        a, b, _ = tasks.check_pair(circuits, tasks.Pair(clean, corrupted, 5, 6))
     except InputError as err:
         assert str(err)
     else:

@@ -5,7 +5,7 @@ import threading
 
 import torch
 
-from workbench import attention, attribution, compare, generate, heads, lens, patching
+from workbench import attention, attribution, compare, generate, heads, lens, patching, tasks
 from workbench.runs import run_prompt
 
 STARTS = ["The", "A", "My", "His", "Her", "One", "That", "This"]
@@ -41,7 +41,7 @@ def _views(model, i: int) -> list[torch.Tensor]:
             compare.pattern_diff(model, clean, corrupted).diff,
         ]
     if kind == 2:
-        s = patching.PatchingSetup(clean, corrupted, tok(" mat")["input_ids"][0], tok(" bed")["input_ids"][0])
+        s = tasks.Pair(clean, corrupted, tok(" mat")["input_ids"][0], tok(" bed")["input_ids"][0])
         return [patching.sweep(model, s, "z").raw, patching.attribution_sweep(model, s, "resid_pre").raw]
     answer = attribution.Answer((tok(" mat")["input_ids"][0],))
     a = attribution.input_attribution(model, clean, answer, steps=8)

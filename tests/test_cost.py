@@ -82,8 +82,8 @@ def test_head_types_on_repeats_come_back_from_disk_unchanged(tmp_path):
 
 
 def test_scoreboard_estimate_counts_the_exact_edges(circuits):
-    setups = scoreboard.task_pairs(circuits, "induction pairs", 2)
-    one, two = scoreboard.estimate(circuits, setups[:1], 5), scoreboard.estimate(circuits, setups, 5)
+    pairs = scoreboard.task_pairs(circuits, "induction pairs", 2)
+    one, two = scoreboard.estimate(circuits, pairs[:1], 5), scoreboard.estimate(circuits, pairs, 5)
     assert two.forward_tokens == 2 * one.forward_tokens and two.seconds > one.seconds
 
 
@@ -107,7 +107,7 @@ def test_no_page_starts_more_than_the_budget_on_gpt2_small(gpt2_small):
 
 def test_a_cancelled_scoreboard_stops_with_one_line(circuits):
     """Cancel: the progress callback returns False after the first engine pass, and the scoreboard stops there."""
-    setups = scoreboard.task_pairs(circuits, "induction pairs", 1)
+    pairs = scoreboard.task_pairs(circuits, "induction pairs", 1)
     calls = []
 
     def cancel(done, total):
@@ -115,7 +115,7 @@ def test_a_cancelled_scoreboard_stops_with_one_line(circuits):
         return False
 
     with pytest.raises(InputError, match="the methods scoreboard was cancelled"):
-        scoreboard.run(circuits, setups, progress=cancel)
+        scoreboard.run(circuits, pairs, progress=cancel)
     assert len(calls) == 1 and calls[0][1] > 10  # stopped at the first report, of many
 
 

@@ -33,7 +33,7 @@ def test_edges_respect_the_order_of_reading_and_writing(circuits):
 def test_receivers_recompute_the_bridges_activations(case):
     model, pairs = case
     w = pairs[0].weights
-    cache = _bridge_cache(model, pairs[0].setup.clean, w)
+    cache = _bridge_cache(model, pairs[0].pair.clean, w)
     for r in edges.receivers_of(w):
         ours = edges.receive(w, r, edges.receiver_input(w, r, cache))
         torch.testing.assert_close(ours, edges.receiver_activation(w, r, cache), atol=1e-5, rtol=1e-4)
@@ -117,7 +117,7 @@ def _hf_metric(hf, pair, extra=None, r=None, embeds=None) -> torch.Tensor:
     finally:
         for h in hooks:
             h.remove()
-    return logits[:, pair.setup.answer] - logits[:, pair.setup.wrong]
+    return logits[:, pair.measure.answer] - logits[:, pair.measure.wrong]
 
 
 @torch.no_grad()
@@ -157,7 +157,7 @@ def _hf_edges(hf, pair, es, steps: int | None):
     with torch.no_grad():
         base_value = float(_hf_metric(hf, pair)[0])
         source_logits = hf(source_ids[None]).logits[0, -1]
-        source_value = float(source_logits[pair.setup.answer] - source_logits[pair.setup.wrong])
+        source_value = float(source_logits[pair.measure.answer] - source_logits[pair.measure.wrong])
     span = source_value - base_value
     wte = hf.transformer.wte.weight
     if steps is not None:
@@ -219,7 +219,7 @@ def _hf_circuit(hf, pair, es, keep: torch.Tensor) -> float:
         for h in grab:
             h.remove()
     source_logits = hf(pair.source_tokens[None]).logits[0, -1]
-    source_value = float(source_logits[pair.setup.answer] - source_logits[pair.setup.wrong])
+    source_value = float(source_logits[pair.measure.answer] - source_logits[pair.measure.wrong])
     kept: dict = {}
     for e, k in zip(es, keep.tolist(), strict=True):
         if k:

@@ -223,12 +223,11 @@ def test_site_gradients_block_by_block_equal_one_backward_pass(model):
 
 
 def test_graddrop_streams_block_by_block_equal_methods_whole_graph_gradients(circuits):
-    from workbench import methods, patching
+    from workbench import methods, tasks
 
     clean = "apple river stone cloud tiger apple river stone"
     ids = [circuits.tokenizer(" " + x)["input_ids"][0] for x in ("cloud", "lemon")]
-    setup = patching.PatchingSetup(clean, clean.replace("cloud", "lemon"), *ids)
-    pair = methods.prepare(circuits, setup)
+    pair = methods.prepare(circuits, tasks.Pair(clean, clean.replace("cloud", "lemon"), *ids))
     w = pair.weights
     names = methods.site_names(w, "resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid", "mlp_post", "mlp_out", "resid_post")
     base, want, passes = methods.metric_gradients(pair, names, graddrop=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from streamlit.testing.v1 import AppTest
 
-from workbench import attention, heads, lens, patching, ui
+from workbench import attention, heads, lens, patching, tasks, ui
 from workbench.runs import encode, hook_names, run_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +56,8 @@ def test_the_lens_shows_the_answer_forming(english):
 
 def test_the_patching_default_has_a_clear_metric_and_lights_the_earlier_copy(english):
     clean, corrupted = ui.EXAMPLE_PAIRS["english"]
-    answers, wrongs = patching.candidate_answers(english, clean, corrupted)
-    setup = patching.PatchingSetup(clean, corrupted, next(iter(answers.values())), next(iter(wrongs.values())))
+    answers, wrongs = tasks.candidate_answers(english, clean, corrupted)
+    setup = tasks.Pair(clean, corrupted, next(iter(answers.values())), next(iter(wrongs.values())))
     r = patching.sweep(english, setup, "resid_pre")
     assert r.clean_value >= 2 and r.corrupted_value < 0
     ids_a, ids_b = encode(english, clean)[0], encode(english, corrupted)[0]

@@ -13,7 +13,7 @@ import torch
 
 import probes.__main__ as registry
 import workbench as wb
-from workbench import attention, attribution, features, graph, lens, notebook, patching
+from workbench import attention, attribution, features, graph, lens, notebook, patching, tasks
 from workbench import interventions as iv
 from workbench import sae as wb_sae
 from workbench.generate import Sampling
@@ -107,7 +107,8 @@ def test_the_lens_is_the_analysis_and_its_last_point_is_plain_transformers_logit
 def test_patching_is_the_analysis_and_its_clean_metric_is_plain_transformers(circuits, hf):
     r = wb.patch(circuits, CLEAN, CORRUPTED, answer=" cloud", wrong=" lemon")
     answer, wrong = (circuits.tokenizer(t)["input_ids"][0] for t in (" cloud", " lemon"))
-    same(r.data, patching.sweep(circuits, patching.PatchingSetup(CLEAN, CORRUPTED, answer, wrong), "resid_pre"))
+    same(r.data, patching.sweep(circuits, tasks.Pair(CLEAN, CORRUPTED, " cloud", " lemon"), "resid_pre"))
+    assert (r.provenance["settings"]["answer"], r.provenance["settings"]["wrong"]) == (answer, wrong)  # the tokenizer's ids
     with torch.no_grad():
         clean, corrupted = (hf(_ids(circuits, p)[None]).logits[0, -1] for p in (CLEAN, CORRUPTED))
     assert r.clean_value == pytest.approx(float(clean[answer] - clean[wrong]), abs=1e-4)

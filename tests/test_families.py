@@ -18,9 +18,11 @@ import torch
 import transformer_lens.patching as tlp
 from transformers import AutoModelForCausalLM
 
-from workbench import attention, attribution, compare, engine, families, generate, lens, patching
+from workbench import attention, attribution, compare, engine, families, generate, lens, patching, tasks
 from workbench.errors import InputError
+from workbench.metrics import Metric
 from workbench.model import load_model
+from workbench.patch_sites import SITES
 from workbench.runs import encode, hook_names, run_prompt
 
 CLEAN = "The cat sat on the mat. The cat sat on the"
@@ -40,9 +42,9 @@ def family(request, tmp_path_factory):
     return request.param, load_model(str(folder)), plain
 
 
-def _setup(model, metric="logit difference"):
+def _setup(model) -> tasks.Pair:
     tok = model.tokenizer
-    return patching.PatchingSetup(CLEAN, CORRUPTED, tok(" mat")["input_ids"][0], tok(" bed")["input_ids"][0], metric)
+    return tasks.Pair(CLEAN, CORRUPTED, tok(" mat")["input_ids"][0], tok(" bed")["input_ids"][0])
 
 
 def test_logits_and_patterns_equal_plain_transformers(family):
@@ -184,7 +186,7 @@ def _reference(name, plain, model, site: str, cell: tuple[int, ...], setup) -> f
     clean_ids, corrupted_ids = encode(model, CLEAN)[0], encode(model, CORRUPTED)[0]
     layer = cell[0]
     m = _modules(name, plain, layer)
-    s = patching.SITES[site]
+    s = SITES[site]
     head = cell[s.axes.index("head")] if "head" in s.axes else None
     position = cell[s.axes.index("position")] if "position" in s.axes else None
 
@@ -243,17 +245,17 @@ def _reference(name, plain, model, site: str, cell: tuple[int, ...], setup) -> f
 
         return [module.register_forward_hook(qkv_hook)]
 
-    return _hand_patched(name, plain, clean_ids, corrupted_ids, lambda lg: setup.value(lg), install)
+    return _hand_patched(name, plain, clean_ids, corrupted_ids, Metric("logit difference", setup.answer, setup.wrong).value, install)
 
 
-@pytest.mark.parametrize("site", [s for s in patching.SITES if s != "pattern"])  # pattern: against transformer-lens below
+@pytest.mark.parametrize("site", [s for s in SITES if s != "pattern"])  # pattern: against transformer-lens below
 def test_every_patching_site_equals_forward_hooks_on_the_plain_model(family, site):
     """Every site of every family, BLOOM's bridge-hook fallback included, against the plain model patched by hand."""
     name, model, plain = family
     setup = _setup(model)
     r = patching.sweep(model, setup, site)
     assert r.backend == ("bridge hooks" if name == "bloom" else "engine"), r.note
-    cells = [c for c in patching.SITES[site].cells(model, len(r.labels))]
+    cells = [c for c in SITES[site].cells(model, len(r.labels))]
     if site.endswith("_pos"):
         cells = cells[:: max(1, len(cells) // 12)]  # a spread of cells: every one costs two plain forward passes
     for cell in cells:
@@ -331,7 +333,7 @@ def test_attribution_patching_equals_a_gradient_taken_with_plain_transformers(fa
     logits = plain(inputs_embeds=embeds).logits[:, -1]
     for h in captured:
         h.retain_grad()
-    setup.value(logits).sum().backward()
+    Metric("logit difference", setup.answer, setup.wrong).value(logits).sum().backward()
     for handle in handles:
         handle.remove()
     ref = torch.stack([((c - h.detach()) * h.grad)[0].sum(-1) for c, h in zip(clean_h, captured, strict=True)])  # (layer, pos)

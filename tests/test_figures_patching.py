@@ -2,13 +2,13 @@
 
 import torch
 
-from workbench import patching
+from workbench import patching, tasks
 from workbench.figures import patching as draw
 
 
 def _setup(model):
     tok = model.tokenizer
-    return patching.PatchingSetup(
+    return tasks.Pair(
         "apple river stone cloud apple river",
         "apple river stone lemon apple river",
         tok(" cloud")["input_ids"][0],

@@ -108,12 +108,12 @@ def test_too_long_prompt_is_an_input_error(english):
 
 
 def test_windowed_sweep_equals_the_full_sweep_on_its_positions(circuits):
-    from workbench import patching
+    from workbench import patching, tasks
 
     clean = "apple river stone cloud tiger piano candle garden apple river stone"
     corrupted = "apple river stone lemon tiger piano candle garden apple river stone"
     tok = circuits.tokenizer
-    setup = patching.PatchingSetup(clean, corrupted, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0])
+    setup = tasks.Pair(clean, corrupted, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0])
     full = patching.sweep(circuits, setup, "resid_pre")
     n = full.values.shape[1]
     part = patching.sweep(circuits, setup, "resid_pre", window=(n - 6, n - 1))
@@ -222,7 +222,7 @@ def test_lens_diff_of_long_prompts_equals_the_cached_one(english):
 
 @pytest.mark.parametrize("site", ["resid_pre", "k_pos", "q_pos", "k"])
 def test_a_long_prompts_preview_taken_block_by_block_equals_the_whole_graph(deep, site, monkeypatch):
-    from workbench import patching
+    from workbench import tasks
     from workbench.preview import preview_sweep
 
     clean = long_prompt(deep, 300, seed=3)
@@ -234,7 +234,7 @@ def test_a_long_prompts_preview_taken_block_by_block_equals_the_whole_graph(deep
         if other != words[-3] and long.n_tokens(deep, corrupted) == n:
             break
     ids = [deep.tokenizer(" " + w)["input_ids"][0] for w in ("apple", "river")]
-    setup = patching.PatchingSetup(clean, corrupted, *ids)
+    setup = tasks.Pair(clean, corrupted, *ids)
     blockwise = preview_sweep(deep, setup, site, "denoising", "AtP*")
     from workbench import preview
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from workbench import engine, families, methods, patching, tasks
+from workbench import engine, families, methods, tasks
 from workbench.errors import InputError
 from workbench.model import MODELS_DIR, load_model
 from workbench.runs import run_edited, run_prompt, run_tokens
@@ -25,7 +25,7 @@ def one_head(tmp_path_factory):
 
 def _bridge_source(model, pair, names):
     """The source run's activations from the bridge's own cache, batch first."""
-    prompt = pair.setup.clean if pair.direction == "denoising" else pair.setup.corrupted
+    prompt = pair.pair.clean if pair.direction == "denoising" else pair.pair.corrupted
     cache = run_prompt(model, prompt, names).cache
     return {n: cache[n][None] for n in names}
 
@@ -82,14 +82,12 @@ def test_qk_fix_pattern_is_the_exact_patched_pattern(one_head):
     """A single attention-score change: the pair differs in one token, so in a one-layer model only that position's key
     changes, i.e. one column of scores. The QK fix's pattern equals the pattern of the exactly patched run (bridge hooks)."""
     words = "apple river stone cloud tiger piano candle apple river stone"
-    setup = patching.PatchingSetup(
-        words, words.replace("cloud", "lemon"), *(one_head.tokenizer(" " + x)["input_ids"][0] for x in ("cloud", "lemon"))
-    )
-    pair = methods.prepare(one_head, setup)
+    prompt_pair = tasks.Pair(words, words.replace("cloud", "lemon"), " cloud", " lemon")
+    pair = methods.prepare(one_head, prompt_pair)
     w = pair.weights
     names = ["blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.0.attn.hook_pattern"]
     source = _bridge_source(one_head, pair, names)
-    base = run_prompt(one_head, setup.corrupted, names).cache
+    base = run_prompt(one_head, prompt_pair.corrupted, names).cache
     changed = (source["blocks.0.attn.hook_k"][0] - base["blocks.0.attn.hook_k"]).abs().amax((1, 2))  # (pos,)
     assert int((changed > 0).sum()) == 1  # one key changed: one column of scores
     fixed = methods.attention_pattern(w, 0, base["blocks.0.attn.hook_q"], source["blocks.0.attn.hook_k"][0])
@@ -131,8 +129,8 @@ def test_exact_check_lists_the_top_k_with_their_exact_effect(circuits, pairs):
 
 def test_bad_pairs_are_one_message(circuits):
     with pytest.raises(InputError, match="same number of tokens"):
-        methods.prepare(circuits, patching.PatchingSetup("apple river", "apple river stone", 5, 6))
+        methods.prepare(circuits, tasks.Pair("apple river", "apple river stone", 5, 6))
     with pytest.raises(InputError, match="direction"):
-        methods.prepare(circuits, patching.PatchingSetup("apple river", "apple stone", 5, 6), "sideways")
+        methods.prepare(circuits, tasks.Pair("apple river", "apple stone", 5, 6), "sideways")
     with pytest.raises(InputError, match="no prompt pairs"):
         methods.prepare_all(circuits, [])

@@ -55,9 +55,9 @@ def test_the_workbench_run_reads_the_same_metric(plain, circuits):
     tok, logits = plain
     a, w = _ids(tok, " cloud", " lemon")
     ours = run_prompt(circuits, CLEAN).logits[-1:].double()  # (1, d_vocab), the bridge's run
-    setup = patching.PatchingSetup(CLEAN, CLEAN, a, w, "log-probability")
-    assert setup.measure == Metric("log-probability", a, w)
-    assert float(setup.value(ours)) == pytest.approx(float(Metric("log-probability", a).value(logits)), abs=1e-4)
+    _, _, measure = tasks.check_pair(circuits, tasks.Pair(CLEAN, CLEAN, " cloud", " lemon"), "log-probability")
+    assert measure == Metric("log-probability", a, w)
+    assert float(measure.value(ours)) == pytest.approx(float(Metric("log-probability", a).value(logits)), abs=1e-4)
 
 
 def test_one_fallback_rule():
@@ -88,15 +88,9 @@ def test_a_pair_resolves_its_tokens_with_the_tokenizer():
     pair = tasks.load(MODELS_DIR / "stories", "ioi").pairs[0]
     answer, wrong = pair.ids(tok)
     assert tok.decode([answer]) == pair.answer and tok.decode([wrong]) == pair.wrong and answer != wrong
-    setup = patching.PatchingSetup.of(pair, tok, "probability")
-    assert (setup.clean, setup.corrupted, setup.answer, setup.wrong, setup.metric) == (
-        pair.clean,
-        pair.corrupted,
-        answer,
-        wrong,
-        "probability",
-    )
-    with pytest.raises(InputError):
+    assert Metric.of(pair, tok, "probability") == Metric("probability", answer, wrong)
+    assert tasks.Pair(pair.clean, pair.corrupted, answer, wrong).ids(tok) == (answer, wrong)  # ids as given
+    with pytest.raises(InputError, match="is 2 tokens"):
         tasks.Pair(pair.clean, pair.corrupted, pair.answer + pair.wrong, pair.wrong).ids(tok)  # two tokens: not an answer
 
 
@@ -114,9 +108,10 @@ def test_the_dataset_sweep_and_the_methods_take_pairs_of_strings(circuits):
     tok = circuits.tokenizer
     corrupted = CLEAN.replace("cloud", "lemon")
     pair = tasks.Pair(CLEAN, corrupted, " cloud", " lemon")
-    setup = patching.PatchingSetup(CLEAN, corrupted, *_ids(tok, " cloud", " lemon"), "probability")
+    by_ids = tasks.Pair(CLEAN, corrupted, *_ids(tok, " cloud", " lemon"))
     by_pair = patching.sweep_dataset(circuits, [pair], "z", metric="probability")
-    by_setup = patching.sweep_dataset(circuits, [setup], "z")
-    assert torch.equal(by_pair.mean, by_setup.mean) and by_pair.metric == "probability"
+    by_id_pair = patching.sweep_dataset(circuits, [by_ids], "z", metric="probability")
+    assert torch.equal(by_pair.mean, by_id_pair.mean) and by_pair.metric == "probability"
     assert torch.isfinite(by_pair.mean).all() and by_pair.mean.abs().max() > 0.1  # the sweep moved the metric: a real comparison
-    assert methods.prepare_all(circuits, [pair], metric="probability")[0].setup == setup
+    prepared = methods.prepare_all(circuits, [pair], metric="probability")[0]
+    assert prepared.pair == pair and prepared.measure == Metric("probability", *_ids(tok, " cloud", " lemon"))

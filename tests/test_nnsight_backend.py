@@ -15,7 +15,7 @@ import socket
 import pytest
 import torch
 
-from workbench import attention, attribution, families, lens, nnsight_backend, patching, runs
+from workbench import attention, attribution, families, lens, nnsight_backend, patching, runs, tasks
 from workbench import interventions as iv
 from workbench.errors import InputError
 from workbench.model import load_model
@@ -33,9 +33,9 @@ def trio(request, tmp_path_factory):
     return load_model(str(folder)), load_model(f"nnsight:{folder}"), nnsight_backend.load(f"nnsight:{folder}", simulate_remote=True)
 
 
-def _setup(model) -> patching.PatchingSetup:
+def _setup(model) -> tasks.Pair:
     top = runs.next_token_topk(model, runs.run_prompt(model, CLEAN), 2)
-    return patching.PatchingSetup(CLEAN, CORRUPTED, top.ids[0], top.ids[1])
+    return tasks.Pair(CLEAN, CORRUPTED, top.ids[0], top.ids[1])
 
 
 def _centred(x: torch.Tensor) -> torch.Tensor:

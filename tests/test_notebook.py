@@ -105,7 +105,7 @@ def test_the_notebook_runs_without_errors_and_shows_its_figures_offline(executed
 
 
 def test_the_notebooks_numbers_are_the_analyses(executed, circuits):
-    from workbench import attention, patching
+    from workbench import attention, patching, tasks
 
     clean = "apple river stone cloud tiger piano candle garden apple river stone"
     corrupted = "apple river stone lemon tiger piano candle garden apple river stone"
@@ -117,7 +117,7 @@ def test_the_notebooks_numbers_are_the_analyses(executed, circuits):
     assert "'␣cloud'" in _cell(executed, "row = pattern.pattern").outputs[0].data["text/plain"]  # the last query looks at " cloud"
     # the one-line patching figure is the sweep computed here
     answer, wrong = (circuits.tokenizer(t)["input_ids"][0] for t in (" cloud", " lemon"))
-    sweep = patching.sweep(circuits, patching.PatchingSetup(clean, corrupted, answer, wrong), "resid_pre")
+    sweep = patching.sweep(circuits, tasks.Pair(clean, corrupted, answer, wrong), "resid_pre")
     z = _array(_figure(_cell(executed, 'wb.patch(m, clean, corrupted, answer=" cloud", wrong=" lemon").figure()'))["data"][0]["z"])
     assert np.allclose(z, sweep.values.numpy(), atol=1e-6)
     # ablating the head inside wb.edits left no hook, and lowered p( cloud)

@@ -7,7 +7,7 @@ given here with ~2x room: bfloat16 keeps 8 bits of mantissa, float16 11, so floa
 import pytest
 import torch
 
-from workbench import attribution, engine, lens, patching
+from workbench import attribution, engine, lens, patching, tasks
 from workbench.errors import InputError
 from workbench.model import load_model
 from workbench.runs import run_prompt
@@ -19,9 +19,9 @@ TOLERANCE = {"bfloat16": (0.03, 0.1, 0.03, 0.02, 0.05), "float16": (0.005, 0.01,
 
 
 def _views(model, dla: bool = True):
-    answers, wrongs = patching.candidate_answers(model, CLEAN, CORRUPTED)
+    answers, wrongs = tasks.candidate_answers(model, CLEAN, CORRUPTED)
     answer, wrong = next(iter(answers.values())), next(iter(wrongs.values()))
-    setup = patching.PatchingSetup(CLEAN, CORRUPTED, answer, wrong, "logit difference")
+    setup = tasks.Pair(CLEAN, CORRUPTED, answer, wrong)
     return (
         lens.lens(model, CLEAN, k=5),
         patching.sweep(model, setup, "resid_pre", "denoising"),

@@ -7,18 +7,20 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from workbench import engine, families, methods, patching, preview
+from workbench import engine, families, methods, patching, preview, tasks
 from workbench.errors import InputError
+from workbench.metrics import Metric
 from workbench.model import MODELS_DIR, load_model
+from workbench.patch_sites import SITES
 from workbench.runs import encode, run_prompt, run_tokens
 
 CLEAN = "apple river stone cloud tiger piano candle garden apple river stone"
 CORRUPTED = "apple river stone lemon tiger piano candle garden apple river stone"
 
 
-def _setup(model, metric="logit difference"):
+def _pair(model) -> tasks.Pair:
     tok = model.tokenizer
-    return patching.PatchingSetup(CLEAN, CORRUPTED, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0], metric)
+    return tasks.Pair(CLEAN, CORRUPTED, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0])
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +39,13 @@ def soft_head(tmp_path_factory):
     return load_model(str(folder))
 
 
-def _metric_gradient(model, setup, name):
+def _metric_gradient(model, pair, name):
     """∂metric/∂activation at hook `name` of the corrupted run, read through the bridge's hooks as the gradient of an added zero."""
-    act = run_prompt(model, setup.corrupted, [name]).cache[name][None]
+    act = run_prompt(model, pair.corrupted, [name]).cache[name][None]
     zero = torch.zeros_like(act, requires_grad=True)
-    ids = encode(model, setup.corrupted)[0][None]
+    ids = encode(model, pair.corrupted)[0][None]
     logits, _ = run_tokens(model, ids, hooks=[(name, lambda a, hook: a + zero)], last_only=True, grad=True)
-    (g,) = torch.autograd.grad(setup.value(logits[:, -1].float()).sum(), zero)
+    (g,) = torch.autograd.grad(Metric("logit difference", pair.answer, pair.wrong).value(logits[:, -1].float()).sum(), zero)
     return g[0]
 
 
@@ -51,23 +53,23 @@ def test_qk_fix_of_one_key_cell_is_the_exactly_patched_pattern(one_head):
     """In a one-layer model a pair that differs in one token changes one key: one column of the head's scores. The
     QK-fixed pattern equals the pattern of the run whose keys are patched through the bridge's hook, and the
     estimate is Σ ∂metric/∂pattern · Δpattern."""
-    setup = _setup(one_head)
+    pair = _pair(one_head)
     k, pattern = "blocks.0.attn.hook_k", "blocks.0.attn.hook_pattern"
     clean = run_prompt(one_head, CLEAN, ["blocks.0.attn.hook_q", k, pattern]).cache
     corrupted = run_prompt(one_head, CORRUPTED, ["blocks.0.attn.hook_q", k, pattern]).cache
     assert int(((clean[k] - corrupted[k]).abs().amax((1, 2)) > 0).sum()) == 1  # one key changed
-    fixed = preview.fixed_patterns(methods.prepare(one_head, setup), "k", corrupted, clean)[0]  # (head, query, key)
+    fixed = preview.fixed_patterns(methods.prepare(one_head, pair), "k", corrupted, clean)[0]  # (head, query, key)
     ids = encode(one_head, CORRUPTED)[0][None]
     _, patched = run_tokens(one_head, ids, [pattern], hooks=[(k, lambda act, hook: clean[k][None].to(act.dtype))])
     torch.testing.assert_close(fixed, patched[pattern][0], atol=1e-6, rtol=1e-5)
     assert (fixed - corrupted[pattern]).abs().max() > 0.05  # the key moves the pattern: the check can fail
 
-    star = preview.preview_sweep(one_head, setup, "k")
-    g = _metric_gradient(one_head, setup, pattern)  # (head, query, key)
+    star = preview.preview_sweep(one_head, pair, "k")
+    g = _metric_gradient(one_head, pair, pattern)  # (head, query, key)
     expected = float(((patched[pattern][0] - corrupted[pattern]) * g).sum())
     assert float(star.raw[0, 0] - star.corrupted_value) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     # a saturated softmax: plain AtP, linear in the key, misses some of it
-    plain = preview.preview_sweep(one_head, setup, "k", method="AtP")
+    plain = preview.preview_sweep(one_head, pair, "k", method="AtP")
     assert float(plain.raw[0, 0] - plain.corrupted_value) != pytest.approx(expected, rel=1e-2)
 
 
@@ -82,13 +84,13 @@ def test_qk_fix_of_one_query_or_key_at_one_position_is_exact_up_to_the_pattern(s
     """Per position: a query changes one row of the pattern, a key one column of the scores. For every position, the
     estimate is Σ ∂metric/∂pattern · (pattern of the run patched there through the bridge's hook − the base pattern)."""
     tok = soft_head.tokenizer
-    setup = patching.PatchingSetup(CLEAN, corrupted, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0])
+    pair = tasks.Pair(CLEAN, corrupted, tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0])
     hook, pattern = f"blocks.0.attn.hook_{kind}", "blocks.0.attn.hook_pattern"
     clean = run_prompt(soft_head, CLEAN, [hook]).cache[hook]  # (pos, head, d_head)
     base = run_prompt(soft_head, corrupted, [pattern]).cache[pattern]  # (head, query, key)
-    g = _metric_gradient(soft_head, setup, pattern)
+    g = _metric_gradient(soft_head, pair, pattern)
     ids = encode(soft_head, corrupted)[0][None]
-    star = preview.preview_sweep(soft_head, setup, f"{kind}_pos")
+    star = preview.preview_sweep(soft_head, pair, f"{kind}_pos")
     changed = 0
     for p in range(ids.shape[1]):
 
@@ -111,14 +113,14 @@ def test_qk_fix_of_one_key_under_rotary_and_grouped_heads(tmp_path, family):
     ∂metric/∂pattern · Δpattern, the pattern from the bridge with that key patched through its hook."""
     folder = families.build(family, tmp_path / family, layers=1, heads=4, kv_heads=2, tokenizer=MODELS_DIR / "circuits")
     model = load_model(str(folder))
-    setup = _setup(model)
+    pair = _pair(model)
     hook, pattern = "blocks.0.attn.hook_k", "blocks.0.attn.hook_pattern"
     clean = run_prompt(model, CLEAN, [hook]).cache[hook]  # (pos, kv_head, d_head)
     base = run_prompt(model, CORRUPTED, [pattern]).cache[pattern]  # (head, query, key)
     assert clean.shape[1] == 2 and base.shape[0] == 4
-    g = _metric_gradient(model, setup, pattern)
+    g = _metric_gradient(model, pair, pattern)
     ids = encode(model, CORRUPTED)[0][None]
-    star = preview.preview_sweep(model, setup, "k_pos")
+    star = preview.preview_sweep(model, pair, "k_pos")
     p = int((encode(model, CLEAN)[0] != ids[0]).nonzero()[0])  # the one differing position: its key changes
     for kv_head in range(2):
 
@@ -133,51 +135,49 @@ def test_qk_fix_of_one_key_under_rotary_and_grouped_heads(tmp_path, family):
         assert float(star.raw[0, kv_head, p] - star.corrupted_value) == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("site", [s for s in patching.SITES if patching.SITES[s].engine_site not in ("q", "k")])
+@pytest.mark.parametrize("site", [s for s in SITES if SITES[s].engine_site not in ("q", "k")])
 def test_one_layer_atp_star_is_plain_atp_where_no_fix_applies(one_head, site):
-    setup = _setup(one_head)
-    star, plain = preview.preview_sweep(one_head, setup, site), preview.preview_sweep(one_head, setup, site, method="AtP")
+    pair = _pair(one_head)
+    star, plain = preview.preview_sweep(one_head, pair, site), preview.preview_sweep(one_head, pair, site, method="AtP")
     torch.testing.assert_close(star.raw, plain.raw)
     torch.testing.assert_close(star.magnitude, plain.magnitude)  # one layer: GradDrop has no other path to drop
     assert (star.method, plain.method) == ("AtP*", "AtP")
 
 
-@pytest.mark.parametrize("site", list(patching.SITES))
+@pytest.mark.parametrize("site", list(SITES))
 def test_plain_atp_is_attribution_patching_and_atp_star_computes_the_same_linear_term(circuits, site):
     """AtP has one implementation (patching.attribution_sweep): the preview's plain AtP is its numbers. AtP*'s own passes
     compute the same linear term where no QK fix applies (their first gradient is the plain one), so the two agree."""
-    setup = _setup(circuits)
+    pair = _pair(circuits)
     for direction in patching.DIRECTIONS:
-        ours = preview.preview_sweep(circuits, setup, site, direction, "AtP")
-        reference = patching.attribution_sweep(circuits, setup, site, direction)
+        ours = preview.preview_sweep(circuits, pair, site, direction, "AtP")
+        reference = patching.attribution_sweep(circuits, pair, site, direction)
         assert torch.equal(ours.raw, reference.raw) and ours.method == "AtP" and (ours.forward, ours.backward) == (2, 1)
         assert ours.provenance["settings"]["method"] == "AtP" and ours.magnitude is not None
-        if patching.SITES[site].engine_site not in ("q", "k"):
-            star = preview.preview_sweep(circuits, setup, site, direction, "AtP*")
+        if SITES[site].engine_site not in ("q", "k"):
+            star = preview.preview_sweep(circuits, pair, site, direction, "AtP*")
             torch.testing.assert_close(star.raw, reference.raw, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("site", list(patching.SITES))
+@pytest.mark.parametrize("site", list(SITES))
 def test_graddrop_adds_nothing_for_last_layer_cells_and_only_ranks(circuits, site):
     """A last-layer cell keeps its whole gradient in every GradDrop pass but its own layer's, which gives it none (its output
     is dropped): Σ_ℓ |AtP_ℓ| / (L − 1) = |AtP|. The residual stream before the last block keeps its direct path there,
     so GradDrop may add to it. The signed estimate is AtP with the QK fix; GradDrop only changes the magnitude."""
-    setup = _setup(circuits)
-    star = preview.preview_sweep(circuits, setup, site)
+    pair = _pair(circuits)
+    star = preview.preview_sweep(circuits, pair, site)
     assert bool((star.magnitude >= star.values.abs() - 1e-6).all())
     if site != "resid_pre":
         torch.testing.assert_close(star.magnitude[-1], star.values[-1].abs())
-    if patching.SITES[site].engine_site not in ("q", "k"):
-        torch.testing.assert_close(star.raw, preview.preview_sweep(circuits, setup, site, method="AtP").raw)
+    if SITES[site].engine_site not in ("q", "k"):
+        torch.testing.assert_close(star.raw, preview.preview_sweep(circuits, pair, site, method="AtP").raw)
 
 
 def test_graddrop_finds_what_cancels(circuits):
     """Somewhere on the circuits model an earlier cell's paths cancel: GradDrop raises its magnitude above |AtP|."""
-    setup = _setup(circuits)
+    pair = _pair(circuits)
     grew = [
-        site
-        for site in patching.SITES
-        if (lambda r: bool((r.magnitude > r.values.abs() + 1e-4).any()))(preview.preview_sweep(circuits, setup, site))
+        site for site in SITES if (lambda r: bool((r.magnitude > r.values.abs() + 1e-4).any()))(preview.preview_sweep(circuits, pair, site))
     ]
     assert grew
 
@@ -200,7 +200,7 @@ def test_atp_star_costs_layers_plus_two_passes_whatever_the_cells(circuits, site
     engine.checked_weights(circuits)  # the engine's check against the model's logits: once per loaded model, not per preview
     monkeypatch.setattr(engine, "forward", counting_forward)
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
-    star = preview.preview_sweep(circuits, _setup(circuits), site)
+    star = preview.preview_sweep(circuits, _pair(circuits), site)
     layers = circuits.info.n_layers
     assert (star.forward, star.backward) == (2, layers + 1)
     # the source run's and the base run's (with gradients): nothing else on the engine
@@ -213,16 +213,16 @@ def test_atp_star_costs_layers_plus_two_passes_whatever_the_cells(circuits, site
 @pytest.mark.parametrize("direction", patching.DIRECTIONS)
 def test_atp_star_recalls_the_exact_top_cells_at_least_as_well_as_atp(request, name, direction):
     model = request.getfixturevalue(name)
-    setup = _setup(model)
-    for site in patching.SITES:
-        exact = patching.sweep(model, setup, site, direction)
-        star, plain = (preview.preview_sweep(model, setup, site, direction, m) for m in ("AtP*", "AtP"))
+    pair = _pair(model)
+    for site in SITES:
+        exact = patching.sweep(model, pair, site, direction)
+        star, plain = (preview.preview_sweep(model, pair, site, direction, m) for m in ("AtP*", "AtP"))
         assert preview.recall(star, exact) >= preview.recall(plain, exact), site
 
 
 def test_recall_by_hand(circuits):
-    setup = _setup(circuits)
-    exact = patching.sweep(circuits, setup, "z")
+    pair = _pair(circuits)
+    exact = patching.sweep(circuits, pair, "z")
     top = exact.values.abs().flatten().argsort(descending=True)  # (cells,) denoising: the change is the value
     guess = torch.zeros(exact.values.numel())
     guess[top[:3]] = torch.tensor([3.0, 2.0, 1.0])  # the exact top 3 first,
@@ -235,8 +235,8 @@ def test_recall_by_hand(circuits):
 
 def test_recall_counts_only_the_cells_the_exact_sweep_patched(circuits):
     """A window of positions leaves the exact sweep's other cells NaN: the preview's top cells outside it do not count."""
-    setup = _setup(circuits)
-    star, exact = preview.preview_sweep(circuits, setup, "z_pos"), patching.sweep(circuits, setup, "z_pos")
+    pair = _pair(circuits)
+    star, exact = preview.preview_sweep(circuits, pair, "z_pos"), patching.sweep(circuits, pair, "z_pos")
     inside = torch.zeros(exact.values.shape, dtype=torch.bool)
     inside[..., 5:] = True  # a window after the corrupted word: the preview's strongest cells (at it) fall outside
     nan = torch.tensor(float("nan"))
@@ -247,11 +247,11 @@ def test_recall_counts_only_the_cells_the_exact_sweep_patched(circuits):
 
 
 def test_exact_check_follows_atp_star_ranking(circuits):
-    setup = _setup(circuits)
-    star = preview.preview_sweep(circuits, setup, "z_pos")
+    pair = _pair(circuits)
+    star = preview.preview_sweep(circuits, pair, "z_pos")
     rows = patching.exact_cells(circuits, star, 3)
     order = star.magnitude.flatten().argsort(descending=True)[:3]
-    exact = patching.sweep(circuits, setup, "z_pos")
+    exact = patching.sweep(circuits, pair, "z_pos")
     for row, i in zip(rows, order.tolist(), strict=True):
         index = torch.unravel_index(torch.tensor(i), star.values.shape)
         assert (row["layer"], row["head"], row["position"]) == tuple(int(v) for v in index)
@@ -259,26 +259,26 @@ def test_exact_check_follows_atp_star_ranking(circuits):
 
 
 def test_bad_input_is_one_message(circuits):
-    setup = _setup(circuits)
+    pair = _pair(circuits)
     with pytest.raises(InputError, match="unknown preview"):
-        preview.preview_sweep(circuits, setup, method="AtP**")
+        preview.preview_sweep(circuits, pair, method="AtP**")
     with pytest.raises(InputError, match="unknown site"):
-        preview.preview_sweep(circuits, setup, "nowhere")
+        preview.preview_sweep(circuits, pair, "nowhere")
     with pytest.raises(InputError, match="same number of tokens"):
-        preview.preview_sweep(circuits, patching.PatchingSetup(CLEAN, CORRUPTED + " tiger", 5, 6))
+        preview.preview_sweep(circuits, tasks.Pair(CLEAN, CORRUPTED + " tiger", 5, 6))
     with pytest.raises(InputError, match="same site"):
-        preview.recall(preview.preview_sweep(circuits, setup, "z"), patching.sweep(circuits, setup, "resid_pre"))
+        preview.recall(preview.preview_sweep(circuits, pair, "z"), patching.sweep(circuits, pair, "resid_pre"))
 
 
 def test_a_model_the_engine_cannot_run_gets_plain_atp_and_says_so(circuits):
     """A wrong engine (embeddings scaled by 2) is caught; the preview is plain attribution patching through the bridge's
     hooks, equal to the engine's on every site (heads' q, k, v and z included: their gradient is read through the hook)."""
-    setup = _setup(circuits)
-    right = {site: patching.attribution_sweep(circuits, setup, site) for site in patching.SITES}
+    pair = _pair(circuits)
+    right = {site: patching.attribution_sweep(circuits, pair, site) for site in SITES}
     saved = engine.weights_of(circuits)
     circuits.state.weights = dataclasses.replace(saved, embed_scale=2.0)
     try:
-        found = {site: preview.preview_sweep(circuits, setup, site) for site in patching.SITES}
+        found = {site: preview.preview_sweep(circuits, pair, site) for site in SITES}
     finally:
         circuits.state.weights = saved
     for site, r in found.items():
@@ -327,8 +327,8 @@ def test_patching_probe_writes_the_chosen_preview_and_its_recall(tmp_path, circu
     argv = ["patching", "--model", "circuits", "--site", "k", "--formats", "html", "--out", str(out)]
     assert probes_main(argv + ["--preview", method] * (method != "AtP*")) == 0  # AtP* without the flag: the default
     manifest = json.loads((out / "manifest.json").read_text())
-    setup = _setup(circuits)
-    ours, exact = preview.preview_sweep(circuits, setup, "k", method=method), patching.sweep(circuits, setup, "k")
+    pair = _pair(circuits)
+    ours, exact = preview.preview_sweep(circuits, pair, "k", method=method), patching.sweep(circuits, pair, "k")
     saved = json.loads((out / "patching-k-estimate.json").read_text())
     torch.testing.assert_close(torch.tensor(saved["values"]), ours.values, atol=1e-6, rtol=1e-6)
     layers = circuits.info.n_layers

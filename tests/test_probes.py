@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from probes.__main__ import main as probes_main
-from workbench import attention, export, lens, patching
+from workbench import attention, export, lens, patching, tasks
 from workbench.runs import hook_names, run_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_lens_probe_writes_both_lenses(tmp_path, english):
 def test_patching_probe_one_pair_and_a_dataset(tmp_path, circuits):
     out, manifest = _run(tmp_path, "patching", "--model", "circuits", "--site", "z", "--formats", "html")
     saved = json.loads((out / "patching-z.json").read_text())
-    app = patching.sweep(circuits, patching.PatchingSetup(
+    app = patching.sweep(circuits, tasks.Pair(
         "apple river stone cloud tiger piano candle garden apple river stone",
         "apple river stone lemon tiger piano candle garden apple river stone",
         circuits.tokenizer(" cloud")["input_ids"][0], circuits.tokenizer(" lemon")["input_ids"][0]), "z")  # fmt: skip

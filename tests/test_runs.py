@@ -63,11 +63,11 @@ def test_logits_and_cache_match_plain_transformers(english):
 
 def test_every_result_records_how_it_was_made(circuits):
     """Model and its source, prompt(s), settings, library versions: what a page, an export and a manifest read."""
-    from workbench import attention, attribution, compare, generate, heads, lens, patching
+    from workbench import attention, attribution, compare, generate, heads, lens, patching, tasks
 
     a, b = "apple river stone cloud apple river", "apple river stone lemon apple river"
     tok = circuits.tokenizer
-    setup = patching.PatchingSetup(a, b, tok(" stone")["input_ids"][0], tok(" lemon")["input_ids"][0])
+    setup = tasks.Pair(a, b, tok(" stone")["input_ids"][0], tok(" lemon")["input_ids"][0])
     results = {
         "patterns": (attention.patterns(circuits, a), [a]),
         "lens": (lens.lens(circuits, a, tracked=[5]), [a]),

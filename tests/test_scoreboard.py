@@ -61,7 +61,8 @@ def test_typed_pairs_and_their_mistakes(circuits):
     pairs = tasks.parse_pairs(
         circuits, "apple river stone cloud apple river stone | apple river stone lemon apple river stone | cloud | lemon"
     )
-    assert len(pairs) == 1 and pairs[0].answer == circuits.tokenizer(" cloud")["input_ids"][0]
+    tok = circuits.tokenizer
+    assert len(pairs) == 1 and pairs[0].ids(tok) == (tok(" cloud")["input_ids"][0], tok(" lemon")["input_ids"][0])
     with pytest.raises(InputError, match="line 1 has 2"):
         tasks.parse_pairs(circuits, "a | b")
     with pytest.raises(InputError, match="at least one"):
@@ -140,7 +141,7 @@ def test_scoreboard_probe(tmp_path, circuits):
     nodes = [methods.Node(**n) for n in saved["nodes"]]
     assert len(nodes) == len(methods.nodes_of(engine.weights_of(circuits)))  # every node was scored
     ref = torch.stack([
-        gpt2_node_effects(hf, p.base_tokens, p.source_tokens, nodes, p.setup.answer, p.setup.wrong, p.setup.metric)
+        gpt2_node_effects(hf, p.base_tokens, p.source_tokens, nodes, p.measure.answer, p.measure.wrong, p.measure.kind)
         for p in methods.prepare_all(circuits, scoreboard.task_pairs(circuits, "induction pairs", 2))
     ]).mean(0)  # fmt: skip
     assert torch.allclose(torch.tensor(saved["effect"]), ref, atol=1e-4) and ref.abs().max() > 0.5

@@ -59,14 +59,14 @@ def test_pages_of_a_model_without_task_datasets_show_no_picker():
 def test_the_scoreboard_scores_a_task_dataset_by_its_first_pairs_of_one_length():
     model = load_model("stories")
     assert set(tasks.TASKS) <= set(scoreboard.tasks_of(model))
-    setups = scoreboard.task_pairs(model, "ioi", 6)
+    pairs = scoreboard.task_pairs(model, "ioi", 6)
     data = tasks.load(FOLDER, "ioi").pairs
     tok = model.tokenizer
     n = len(tok(data[0].clean)["input_ids"])
     expected = [p for p in data if len(tok(p.clean)["input_ids"]) == n][:6]
-    assert len(setups) == 6 and [s.clean for s in setups] == [p.clean for p in expected]
-    # the answer and wrong ids are the tokenizer's own single tokens for the dataset's strings
-    assert [(s.answer, s.wrong) for s in setups] == [tuple(tok(x)["input_ids"][0] for x in (p.answer, p.wrong)) for p in expected]
+    assert len(pairs) == 6 and [s.clean for s in pairs] == [p.clean for p in expected]
+    # the answer and wrong ids the pairs resolve to are the tokenizer's own single tokens for the dataset's strings
+    assert [s.ids(tok) for s in pairs] == [tuple(tok(x)["input_ids"][0] for x in (p.answer, p.wrong)) for p in expected]
     assert scoreboard.tasks_of(load_model("circuits")) == scoreboard.TASKS
 
 

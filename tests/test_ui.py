@@ -199,7 +199,7 @@ def test_cancel_stops_the_work_through_its_cancel_path_and_lets_streamlit_stop()
 def test_a_cancelled_sweep_stops_between_batches(circuits):
     from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
 
-    from workbench import patching
+    from workbench import patching, tasks
     from workbench.errors import InputError
 
     seen = []
@@ -211,14 +211,14 @@ def test_a_cancelled_sweep_stops_between_batches(circuits):
 
     report = ui.Reporter(update)
     tok = circuits.tokenizer
-    setup = patching.PatchingSetup(
+    pair = tasks.Pair(
         "apple river stone cloud apple river",
         "apple river stone lemon apple river",
         tok(" cloud")["input_ids"][0],
         tok(" lemon")["input_ids"][0],
     )
     with pytest.raises(InputError, match="cancelled after"):
-        patching.sweep(circuits, setup, "z_pos", progress=report)
+        patching.sweep(circuits, pair, "z_pos", progress=report)
     assert len(seen) == 2 and isinstance(report.interrupted, RerunException) and report(99, 100) is False
 
 
@@ -228,12 +228,13 @@ def test_a_cancelled_sweep_stops_between_batches(circuits):
 def test_cache_keys_are_values_not_identities():
     import torch
 
-    from workbench.patching import PatchingSetup
+    from workbench.tasks import Pair
     from workbench.ui.cache import _frozen  # the key maker itself, private to the ui's cache
 
-    a, b = PatchingSetup("x y", "x z", 1, 2), PatchingSetup("x y", "x z", 1, 2)
+    a, b = Pair("x y", "x z", 1, 2), Pair("x y", "x z", 1, 2)
     assert _frozen([a, {"k": [1, 2]}]) == _frozen([b, {"k": [1, 2]}])
-    assert _frozen(a) != _frozen(PatchingSetup("x y", "x z", 1, 3))
+    assert _frozen(a) != _frozen(Pair("x y", "x z", 1, 3))
+    assert _frozen(Pair("x y", "x z", " y", " z")) != _frozen(Pair("x y", "x z", " y", " w"))  # answers as strings too
     with pytest.raises(TypeError, match="cannot be one"):
         _frozen([torch.zeros(2)])  # equal tensors would never hit the cache
 

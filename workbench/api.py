@@ -38,7 +38,7 @@ from workbench import features as features_analysis
 from workbench import graph as graph_analysis
 from workbench import interventions as iv
 from workbench import lens as lens_analysis
-from workbench import patching, preview, runs
+from workbench import patching, preview, runs, tasks
 from workbench import sae as sae_registry
 from workbench.errors import InputError
 from workbench.generate import Sampling
@@ -257,12 +257,12 @@ def patch(
     "AtP": the attribution-patching estimate (preview.py) instead of the exact sweep."""
     model = _model(model)
     _refuse_edits(model, "patch")
-    setup = patching.PatchingSetup(clean, corrupted, _token(model, answer, "answer"), _token(model, wrong, "wrong"), metric)
+    pair = tasks.Pair(clean, corrupted, answer, wrong)
     if method == "exact":
-        return Result(patching.sweep(model, setup, site, direction))
+        return Result(patching.sweep(model, pair, site, direction, metric=metric))
     if method not in preview.PREVIEW_METHODS:
         raise InputError(f"unknown method {method!r}: use exact or one of {', '.join(preview.PREVIEW_METHODS)}")
-    return Result(preview.preview_sweep(model, setup, site, direction, method))
+    return Result(preview.preview_sweep(model, pair, site, direction, method, metric=metric))
 
 
 def attribute(

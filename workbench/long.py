@@ -104,7 +104,7 @@ def view_bytes(model: LoadedModel, n: int, view: str, chunk: int = 32) -> int:
             return ig_batch(model, n, checkpointed=True) * checkpointed_bytes(model, n) + _forward_bytes(model, n)
         return ig_batch(model, n) * 2 * grad_bytes(model, n)
     if view == "patching":
-        from workbench.patching import batch_size
+        from workbench.patch_sites import batch_size
 
         return batch_size(model, n) * _forward_bytes(model, n) + 2 * 4 * n * i.d_model * (i.n_layers + 1)
     if view == "compare":  # two prompts' float16 patterns and their difference, one layer's in float32; then the lens of both
@@ -213,11 +213,11 @@ class SweepCost:
 
 
 def sweep_cost(model: LoadedModel, n_tokens: int, site: str, window: tuple[int, int] | None = None) -> SweepCost:
-    from workbench import patching  # imported here: patching imports the run layer this module sits beside
+    from workbench import patch_sites  # imported here: patch_sites imports the run layer this module sits beside
 
-    s = patching.site_named(site)
+    s = patch_sites.site_named(site)
     cells = s.cells(model, n_tokens)
-    keep = patching.window_cells(s, cells, window, n_tokens)
-    per_pass = patching.batch_size(model, n_tokens)
-    passes = patching.plan_passes(s, cells, per_pass, n_tokens, keep)
+    keep = patch_sites.window_cells(s, cells, window, n_tokens)
+    per_pass = patch_sites.batch_size(model, n_tokens)
+    passes = patch_sites.plan_passes(s, cells, per_pass, n_tokens, keep)
     return SweepCost(site, window, len(keep), len(passes), per_pass, view_bytes(model, n_tokens, "patching"))

@@ -3,7 +3,7 @@
 A *node* is one component's activation at every position of the prompt: a head's queries, keys or
 values (keys and values per key/value head), or an MLP's output. Patching a node copies its
 activation from the *source* run into the *base* run (denoising: clean into corrupted; noising:
-the other way) and reads the metric (patching.PatchingSetup). Exact patching costs one run per
+the other way) and reads the metric (a prompt pair, tasks.Pair, and a metric's kind: tasks.check_pair). Exact patching costs one run per
 node (batched here: one engine pass for every node).
 
 Attribution patching (AtP) estimates every node at once from one forward and one backward pass on
@@ -37,9 +37,11 @@ import torch
 
 from workbench import engine
 from workbench.errors import InputError
+from workbench.metrics import Metric
 from workbench.model import LoadedModel
-from workbench.patching import DIRECTIONS, PatchingSetup, as_setup, check_setup
+from workbench.patching import DIRECTIONS
 from workbench.runs import provenance
+from workbench.tasks import Pair, check_pair
 
 NODE_METHODS = ("exact", "AtP", "AtP*")
 ROWS = 128  # patched runs per engine pass (a batch of 128 short prompts; progress is reported between passes)
@@ -80,10 +82,11 @@ def nodes_of(w: engine.Weights) -> list[Node]:
 
 @dataclass(frozen=True)
 class PreparedPair:
-    """A prompt pair (its PatchingSetup: tasks.Pair with ids) ready for the engine: which run is patched (base) and which gives
-    the values (source)."""
+    """A prompt pair (tasks.Pair) and the metric it reads, ready for the engine: which run is patched (base) and which
+    gives the values (source)."""
 
-    setup: PatchingSetup
+    pair: Pair
+    measure: Metric  # tasks.check_pair: the metric's kind with the pair's answer and wrong ids
     direction: str
     weights: engine.Weights = field(repr=False)
     base_tokens: torch.Tensor  # (pos,)
@@ -100,7 +103,7 @@ class PreparedPair:
         for which, ids in (("base", self.base_tokens), ("source", self.source_tokens)):
             with torch.no_grad():
                 logits = engine.forward(self.weights, ids[None].to(self.weights.W_U.device)).logits[0, -1:]  # (1, d_vocab)
-            values[which] = float(self.setup.value(logits.float().cpu()))
+            values[which] = float(self.measure.value(logits.float().cpu()))
         return values
 
     @property
@@ -122,7 +125,7 @@ class PreparedPair:
 
     def metric(self, logits: torch.Tensor) -> torch.Tensor:
         """(batch,) metric of next-token logits (batch, d_vocab)."""
-        return self.setup.value(logits.float())
+        return self.measure.value(logits.float())
 
     def run(self, which: str, edits=(), capture=(), batch: int = 1) -> engine.Output:
         """The base or source run on the engine, `batch` copies, with edits; next-token logits."""
@@ -134,24 +137,27 @@ def site_names(w: engine.Weights, *sites: str) -> list[str]:
     return [f"blocks.{layer}.{engine.SITE_HOOKS[s]}" for layer in range(w.n_layers) for s in sites]
 
 
-def prepare(model: LoadedModel, setup: PatchingSetup, direction: str = "denoising") -> PreparedPair:
-    """The pair on the engine, once engine.backend has chosen it (its logits checked against the model's once per weights)."""
+def prepare(model: LoadedModel, pair: Pair, direction: str = "denoising", *, metric: str = "logit difference") -> PreparedPair:
+    """The pair, reading the metric of kind `metric`, on the engine once engine.backend has chosen it (its logits checked
+    against the model's once per weights)."""
     if direction not in DIRECTIONS:
         raise InputError(f"unknown direction '{direction}': use denoising or noising")
-    clean_ids, corrupted_ids = check_setup(model, setup)
+    clean_ids, corrupted_ids, measure = check_pair(model, pair, metric)
     try:
         w = engine.checked_weights(model)
     except engine.Unsupported as err:
         raise InputError(f"the patching methods run on the forward engine, which cannot run this model: {err}") from err
     base, source = (corrupted_ids, clean_ids) if direction == "denoising" else (clean_ids, corrupted_ids)
-    return PreparedPair(setup, direction, w, base, source)
+    return PreparedPair(pair, measure, direction, w, base, source)
 
 
-def prepare_all(model: LoadedModel, setups: list, direction: str = "denoising", metric: str = "logit difference") -> list[PreparedPair]:
-    """Every pair (PatchingSetups, or tasks.Pairs read with `metric`) prepared for the engine."""
-    if not setups:
+def prepare_all(
+    model: LoadedModel, pairs: list[Pair], direction: str = "denoising", *, metric: str = "logit difference"
+) -> list[PreparedPair]:
+    """Every prompt pair, reading the metric of kind `metric`, prepared for the engine."""
+    if not pairs:
         raise InputError("the task has no prompt pairs")
-    return [prepare(model, as_setup(model, s, metric), direction) for s in setups]
+    return [prepare(model, p, direction, metric=metric) for p in pairs]
 
 
 # ---- results ----------------------------------------------------------------------------------------
@@ -190,8 +196,8 @@ class NodeEffects:
 
 def pairs_provenance(model: LoadedModel, pairs: list[PreparedPair], method: str, **settings) -> dict:
     return provenance(
-        model, [p for x in pairs for p in (x.setup.clean, x.setup.corrupted)], method=method, direction=pairs[0].direction,
-        metric=pairs[0].setup.metric, answers=[x.setup.answer for x in pairs], wrongs=[x.setup.wrong for x in pairs], backend="engine",
+        model, [p for x in pairs for p in (x.pair.clean, x.pair.corrupted)], method=method, direction=pairs[0].direction,
+        metric=pairs[0].measure.kind, answers=[x.measure.answer for x in pairs], wrongs=[x.measure.wrong for x in pairs], backend="engine",
         **settings,
     )  # fmt: skip
 

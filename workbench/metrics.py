@@ -7,7 +7,8 @@
   the logits like the logit difference, and 0 for a flat distribution, so that a share of it kept is meaningful
   (the information-flow graph's faithfulness reads it when no wrong token is given).
 
-Patching, the node and edge methods, interventions, input attribution and the graph all read a `Metric`. Where a
+Patching, the node and edge methods, interventions, input attribution and the graph all read a `Metric`; a prompt
+pair (tasks.Pair) and a kind make one with `Metric.of`. Where a
 view lets the wrong token be left out, `metric_for` is the one fallback rule: the logit difference when a wrong
 token is given, else the view's own default (input attribution: the log-probability, whose gradient ranks inputs;
 the graph: the logit above mean, whose share is meaningful).
@@ -33,6 +34,12 @@ class Metric:
     kind: str
     answer: int
     wrong: int | None = None
+
+    @classmethod
+    def of(cls, pair, tokenizer, kind: str = "logit difference") -> Metric:
+        """The metric of kind `kind` that a prompt pair (tasks.Pair) reads, its answer and wrong tokens resolved to ids
+        (Pair.ids); `check(model)` then checks it against the model."""
+        return cls(kind, *pair.ids(tokenizer))
 
     def value(self, logits: torch.Tensor) -> torch.Tensor:
         """(batch,) the metric of next-token logits (batch, d_vocab)."""

@@ -100,11 +100,14 @@ def path_patch(model: LoadedModel, pair: PreparedPair, sender: Sender, receivers
     )  # fmt: skip
 
 
-def path_patch_named(model: LoadedModel, setup, direction: str, sender: str, receivers: tuple[str, ...]) -> PathResult:
-    """path_patch for a prompt pair and labels ("L0H1", "L1H3.k", "logits"), as a page or a probe names them."""
+def path_patch_named(
+    model: LoadedModel, prompt_pair, direction: str, sender: str, receivers: tuple[str, ...], *, metric: str = "logit difference"
+) -> PathResult:
+    """path_patch for a prompt pair (tasks.Pair) read with the metric of kind `metric`, and labels ("L0H1", "L1H3.k",
+    "logits"), as a page or a probe names them."""
     from workbench.methods import prepare
 
-    pair = prepare(model, setup, direction)
+    pair = prepare(model, prompt_pair, direction, metric=metric)
     s = find(sender_choices(pair.weights), sender, "sender")
     options = receiver_choices(pair.weights, s)
     return path_patch(model, pair, s, [find(options, r, "receiver") for r in receivers])

@@ -34,7 +34,9 @@ from workbench import engine, methods, patching, scoreboard
 from workbench.errors import InputError
 from workbench.long import LONG_TOKENS
 from workbench.model import LoadedModel
+from workbench.patch_sites import Site, site_named
 from workbench.runs import provenance, run_prompt
+from workbench.tasks import Pair, check_pair
 
 PREVIEW_METHODS = ("AtP*", "AtP")  # the first is the default
 K = 5  # recall@K: the page exact-checks the preview's top 5 cells
@@ -81,7 +83,7 @@ def key_patterns_changes(pair: methods.PreparedPair, layer: int, base: dict, sou
     return out
 
 
-def _estimate(pair: methods.PreparedPair, s: patching.Site, base: dict, source: dict, grads: list[dict], qk_fix: bool) -> torch.Tensor:
+def _estimate(pair: methods.PreparedPair, s: Site, base: dict, source: dict, grads: list[dict], qk_fix: bool) -> torch.Tensor:
     """(gradient, layer, ...cells) linear estimates of each cell's change of the metric, one per gradient; QK-fixed if asked.
 
     QK fix: a head's queries (all positions) or one query change its pattern's rows, read off the
@@ -93,7 +95,7 @@ def _estimate(pair: methods.PreparedPair, s: patching.Site, base: dict, source: 
 
 
 def _estimate_layer(
-    pair: methods.PreparedPair, s: patching.Site, layer: int, base: dict, source: dict, grads: list[dict], qk_fix: bool
+    pair: methods.PreparedPair, s: Site, layer: int, base: dict, source: dict, grads: list[dict], qk_fix: bool
 ) -> torch.Tensor:
     """(gradient, ...cells) the estimates of one layer's cells (see _estimate); reads only this layer's activations."""
     w = pair.weights
@@ -118,9 +120,7 @@ def _estimate_layer(
     return per_head
 
 
-def _estimate_by_block(
-    pair: methods.PreparedPair, s: patching.Site, names: list[str], source: dict, star: bool, qk_fix: bool
-) -> torch.Tensor:
+def _estimate_by_block(pair: methods.PreparedPair, s: Site, names: list[str], source: dict, star: bool, qk_fix: bool) -> torch.Tensor:
     """As _estimate, with the gradients taken block by block and each layer reduced as soon as its block is done.
 
     For long prompts: every layer's patterns and their n_layers + 1 gradients are never held at once.
@@ -138,58 +138,63 @@ def _estimate_by_block(
 
 
 def preview_sweep(
-    model: LoadedModel, setup: patching.PatchingSetup, site: str = "resid_pre", direction: str = "denoising", method: str = "AtP*"
+    model: LoadedModel,
+    pair: Pair,
+    site: str = "resid_pre",
+    direction: str = "denoising",
+    method: str = "AtP*",
+    *,
+    metric: str = "logit difference",
 ) -> patching.PatchResult:
-    """Every cell of `site` estimated by AtP* or plain AtP, as a PatchResult (values normalised as an exact sweep's)."""
+    """Every cell of `site` estimated by AtP* or plain AtP, reading the metric of kind `metric`, as a PatchResult (values
+    normalised as an exact sweep's)."""
     if method not in PREVIEW_METHODS:
         raise InputError(f"unknown preview '{method}': use one of {', '.join(PREVIEW_METHODS)}")
-    if site not in patching.SITES:
-        raise InputError(f"unknown site '{site}': use one of {', '.join(patching.SITES)}")
+    s = site_named(site)
     if direction not in patching.DIRECTIONS:
         raise InputError(f"unknown direction '{direction}': use denoising or noising")
-    patching.check_setup(model, setup)  # bad prompts or tokens: their own message, before any fallback
+    _, _, measure = check_pair(model, pair, metric)  # bad prompts or tokens: their own message, before any fallback
     try:
-        pair = methods.prepare(model, setup, direction)
+        prepared = methods.prepare(model, pair, direction, metric=metric)
     except InputError as err:  # the engine cannot run this model, or disagrees with it
-        plain = patching.attribution_sweep(model, setup, site, direction)
+        plain = patching.attribution_sweep(model, pair, site, direction, metric=metric)
         note = f"{err}; the preview is plain attribution patching through the model's own hooks"
         return dataclasses.replace(plain, method="AtP", note="; ".join(n for n in (note, plain.note) if n), forward=2, backward=1)
-    if method == "AtP" and len(pair.base_tokens) <= LONG_TOKENS:  # plain AtP is patching's attribution sweep, on the same engine
-        return _as_preview(patching.attribution_sweep(model, setup, site, direction))
-    s = patching.SITES[site]
+    if method == "AtP" and len(prepared.base_tokens) <= LONG_TOKENS:  # plain AtP is patching's attribution sweep, on the same engine
+        return _as_preview(patching.attribution_sweep(model, pair, site, direction, metric=metric))
     star = method == "AtP*"
-    w = pair.weights
+    w = prepared.weights
     qk_fix = star and s.engine_site in ("q", "k")
     names = [s.hook(layer) for layer in range(w.n_layers)]
     names = list(dict.fromkeys(names + (methods.site_names(w, "q", "k", "pattern") if qk_fix else [])))
-    long_prompt = len(pair.base_tokens) > LONG_TOKENS
+    long_prompt = len(prepared.base_tokens) > LONG_TOKENS
     # the source run's patterns are never read: a long prompt's would be every layer's (head, pos, pos)
     source_names = [n for n in names if not (long_prompt and n.endswith("hook_pattern"))]
     with torch.no_grad():
-        source = {n: a[0] for n, a in pair.run("source", capture=source_names).captured.items()}  # forward pass 1
+        source = {n: a[0] for n, a in prepared.run("source", capture=source_names).captured.items()}  # forward pass 1
     if long_prompt:  # gradients block by block, each layer reduced to its cells' estimates at once
-        estimates = _estimate_by_block(pair, s, names, source, star, qk_fix)  # (gradient, layer, ...cells)
+        estimates = _estimate_by_block(prepared, s, names, source, star, qk_fix)  # (gradient, layer, ...cells)
         backward = w.n_layers + 1 if star else 1
     else:
-        base, grads, backward = methods.metric_gradients(pair, names, graddrop=star)  # forward pass 2, then `backward` passes
-        estimates = _estimate(pair, s, base, source, grads, qk_fix)  # (gradient, layer, ...cells): plain, then each layer dropped
+        base, grads, backward = methods.metric_gradients(prepared, names, graddrop=star)  # forward pass 2, then `backward` passes
+        estimates = _estimate(prepared, s, base, source, grads, qk_fix)  # (gradient, layer, ...cells): plain, then each layer dropped
     effect = estimates[0]  # (layer, ...cells)
     magnitude = effect.abs()
     if star and w.n_layers > 1:
         magnitude = torch.maximum(magnitude, estimates[1:].abs().sum(0) / (w.n_layers - 1))
 
-    clean, corrupted = run_prompt(model, setup.clean), run_prompt(model, setup.corrupted)  # cached: the bridge's baselines
-    clean_value, corrupted_value = float(setup.value(clean.logits[-1:])), float(setup.value(corrupted.logits[-1:]))
+    clean, corrupted = run_prompt(model, pair.clean), run_prompt(model, pair.corrupted)  # cached: the bridge's baselines
+    clean_value, corrupted_value = float(measure.value(clean.logits[-1:])), float(measure.value(corrupted.logits[-1:]))
     raw = effect + (corrupted_value if direction == "denoising" else clean_value)  # the estimated patched metric
     values, why = patching.normalise(raw, clean_value, corrupted_value, clean.logits[-1])
     if torch.isfinite(values).any():
         magnitude = magnitude / abs(clean_value - corrupted_value)  # on the normalised scale: 1 is the full restoration
     return patching.PatchResult(
-        site=s.name, direction=direction, metric=setup.metric, method=method, axes=s.axes, values=values, raw=raw,
-        clean_value=clean_value, corrupted_value=corrupted_value, labels=clean.labels, setup=setup, backend="engine", note=why,
+        site=s.name, direction=direction, metric=measure.kind, method=method, axes=s.axes, values=values, raw=raw,
+        clean_value=clean_value, corrupted_value=corrupted_value, labels=clean.labels, pair=pair, backend="engine", note=why,
         provenance=provenance(
-            model, [setup.clean, setup.corrupted], site=s.name, direction=direction, metric=setup.metric, method=method,
-            answer=setup.answer, wrong=setup.wrong, backend="engine", qk_fix=qk_fix, graddrop=star,
+            model, [pair.clean, pair.corrupted], site=s.name, direction=direction, metric=measure.kind, method=method,
+            answer=measure.answer, wrong=measure.wrong, backend="engine", qk_fix=qk_fix, graddrop=star,
         ),
         magnitude=magnitude, forward=2, backward=backward,
     )  # fmt: skip

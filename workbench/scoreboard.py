@@ -30,8 +30,8 @@ import torch
 from workbench import cost, edges, engine, methods, tasks
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.patching import PatchingSetup, check_setup
 from workbench.runs import encode
+from workbench.tasks import Pair, check_pair
 
 TASKS = ("induction pairs", "typed pairs")
 K = 10  # recall@K
@@ -41,16 +41,14 @@ FLOOR = 1e-6
 MIB_SHARES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # the benchmark's circuit sizes, as shares of all edges
 
 
-def task_pairs(
-    model: LoadedModel, task: str, n_pairs: int = 8, text: str = "", metric: str = "logit difference", seed: int = 0
-) -> list[PatchingSetup]:
+def task_pairs(model: LoadedModel, task: str, n_pairs: int = 8, text: str = "", seed: int = 0) -> list[Pair]:
     """The task's prompt pairs: generated copying pairs (tasks.induction_pairs), typed ones (tasks.parse_pairs), or a
     task dataset shipped beside the model (tasks.dataset_pairs)."""
     if task == "induction pairs":
-        pairs = [PatchingSetup(p.clean, p.corrupted, p.answer, p.wrong, metric) for p in tasks.induction_pairs(model, n_pairs, seed=seed)]
+        pairs = tasks.induction_pairs(model, n_pairs, seed=seed)
         try:
             for p in pairs:
-                check_setup(model, p)
+                check_pair(model, p)
         except InputError as err:  # random tokens of a byte-level vocabulary: control bytes, merges at the seams
             raise InputError(
                 f"generated copying pairs need a vocabulary of whole words, as the circuits and answer-key models have ({err}); "
@@ -58,9 +56,9 @@ def task_pairs(
             ) from err
         return pairs
     if task == "typed pairs":
-        return tasks.parse_pairs(model, text, metric)
+        return tasks.parse_pairs(model, text)
     if task in tasks.available(Path(model.info.source)):
-        return tasks.dataset_pairs(model, task, n_pairs, metric)
+        return tasks.dataset_pairs(model, task, n_pairs)
     raise InputError(f"unknown task '{task}': use one of {', '.join(tasks_of(model))}")
 
 
@@ -150,7 +148,7 @@ class Scoreboard:
         return [dict(r) for r in self.rows]
 
 
-def estimate(model: LoadedModel, setups: list[PatchingSetup], steps: int = 5) -> cost.Estimate:
+def estimate(model: LoadedModel, pairs: list[Pair], steps: int = 5) -> cost.Estimate:
     """What `run` will cost, before it runs: every method's passes plus exact patching of every node and edge.
 
     Per pair of n tokens: each method's own forward and backward passes (AtP 2 + 1, AtP* 2 + L + 1,
@@ -162,26 +160,29 @@ def estimate(model: LoadedModel, setups: list[PatchingSetup], steps: int = 5) ->
     sizes = len(edge_sizes(n_edges))
     forward = 2 + n_nodes + 2 + 2 + (2 + n_edges) + 2 + (2 + steps) + 3 * (1 + n_nodes + 1) + 3 * (2 + (2 * layers + 2) * sizes)
     backward = 1 + (layers + 1) + 1 + steps
-    n = max(len(encode(model, s.clean)[0]) for s in setups)
-    calls = len(setups) * (20 + n_nodes // methods.ROWS + n_edges // edges.ROWS + 6 * (2 * layers + 2))
-    return cost.estimate(model, "the methods scoreboard", n, passes=len(setups) * forward, backward=len(setups) * backward, calls=calls)
+    n = max(len(encode(model, p.clean)[0]) for p in pairs)
+    calls = len(pairs) * (20 + n_nodes // methods.ROWS + n_edges // edges.ROWS + 6 * (2 * layers + 2))
+    return cost.estimate(model, "the methods scoreboard", n, passes=len(pairs) * forward, backward=len(pairs) * backward, calls=calls)
 
 
 def run(
     model: LoadedModel,
-    setups: list[PatchingSetup],
+    prompt_pairs: list[Pair],
     task: str = "prompt pairs",
     direction: str = "denoising",
     steps: int = 5,
     progress: Callable[[int, int], bool | None] | None = None,
+    *,
+    metric: str = "logit difference",
 ) -> Scoreboard:
-    """Every method on the task's pairs, scored against exact patching (module docstring).
+    """Every method on the task's pairs, reading the metric of kind `metric`, scored against exact patching (module
+    docstring).
 
     `progress(done, total)` is called after every engine pass of the exact sweeps and after each
     method; returning False cancels (an InputError saying so).
     """
     t = time.perf_counter()
-    pairs = methods.prepare_all(model, setups, direction)
+    pairs = methods.prepare_all(model, prompt_pairs, direction, metric=metric)
     w = pairs[0].weights
     total = (
         len(pairs) * (-(-len(methods.nodes_of(w)) // methods.ROWS) + -(-len(edges.edges_of(w)) // edges.ROWS)) + 6 + 6

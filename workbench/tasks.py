@@ -19,6 +19,12 @@ In every pair the clean and corrupted prompts have the same number of tokens and
 token (induction: one token of the first copy), and the answer and wrong are single tokens.
 The metric of a pair is the logit difference logit(answer) - logit(wrong) at the last position.
 The datasets ship as JSON beside the model (models/stories/tasks/<task>.json); `load` reads them.
+
+`Pair` is the workbench's one prompt pair: patching, the node and edge methods, the scoreboard and the
+task circuits all take it, with the metric's kind beside it (metrics.Metric.of reads a pair with it).
+The pair's helpers live here too: `check_pair` (the one input check of a pair on a model),
+`compare_tokens`, `candidate_answers` and `corrupt_word` (what the Patching page offers), and the
+pair generators and readers (`induction_pairs`, `parse_pairs`, `dataset_pairs`).
 """
 
 from __future__ import annotations
@@ -28,9 +34,13 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from workbench.errors import InputError
-from workbench.patching import PatchingSetup
-from workbench.tokens import ordinary_token_ids, single_token_id
+from workbench.metrics import Metric
+from workbench.model import LoadedModel
+from workbench.runs import encode, next_token_topk, run_prompt
+from workbench.tokens import Alignment, align, ordinary_token_ids, single_token_id, token_labels
 from workbench.train import stories
 
 TASKS = {
@@ -44,19 +54,27 @@ TASKS = {
 
 @dataclass(frozen=True)
 class Pair:
-    """One clean/corrupted prompt pair; `answer` and `wrong` are token strings (with their leading space).
+    """One clean/corrupted prompt pair: two prompts of one length, the answer token the clean one should produce and the
+    wrong token the corrupted one points to, each as a token string (" Mary", with its leading space) or a token id.
 
-    The one prompt pair of the workbench: `ids` resolves the answer and wrong tokens once for a tokenizer, and
-    patching.PatchingSetup.of(pair, tokenizer, metric) makes it the setup that patching and the node and edge methods read."""
+    The one prompt pair of the workbench: patching, the node and edge methods and the scoreboard take a Pair and a
+    metric's kind; `ids` resolves the answer and wrong tokens for a tokenizer, and `metrics.Metric.of(pair, tokenizer,
+    kind)` makes the metric they read."""
 
     clean: str
     corrupted: str
-    answer: str
-    wrong: str
+    answer: str | int
+    wrong: str | int
 
     def ids(self, tokenizer) -> tuple[int, int]:
-        """(answer id, wrong id); InputError when either is not exactly one token of this tokenizer."""
-        return single_token_id(tokenizer, self.answer, "answer"), single_token_id(tokenizer, self.wrong, "wrong")
+        """(answer id, wrong id): ids as given, strings resolved; InputError when a string is not exactly one token."""
+        return _token_id(tokenizer, self.answer, "answer"), _token_id(tokenizer, self.wrong, "wrong")
+
+
+def _token_id(tokenizer, token: str | int, what: str) -> int:
+    if isinstance(token, int) and not isinstance(token, bool):
+        return int(token)
+    return single_token_id(tokenizer, token, what)
 
 
 @dataclass(frozen=True)
@@ -188,18 +206,76 @@ def load(folder: Path, name: str) -> Task:
     return Task(data["name"], data["description"], tuple(Pair(**p) for p in data["pairs"]), data["split"])
 
 
+# ---- a pair on a model: the one input check, its tokens, the answers to offer, a corrupted prompt ------------------
+
+
+def check_pair(model: LoadedModel, pair: Pair, metric: str = "logit difference") -> tuple[torch.Tensor, torch.Tensor, Metric]:
+    """((pos,), (pos,), Metric): the clean and corrupted ids and the metric of kind `metric` the pair reads, or InputError
+    saying what to change."""
+    measure = Metric.of(pair, model.tokenizer, metric).check(model)
+    clean, _ = encode(model, pair.clean)
+    corrupted, _ = encode(model, pair.corrupted)
+    if len(clean) != len(corrupted):
+        cmp = compare_tokens(model, pair.clean, pair.corrupted)
+        raise InputError(
+            f"clean and corrupted prompts must have the same number of tokens ({len(clean)} vs {len(corrupted)}): "
+            f"change words for words of the same token count (first difference at position {cmp.differ[0] if cmp.differ else min(len(clean), len(corrupted))})"
+        )
+    return clean, corrupted, measure
+
+
+def compare_tokens(model: LoadedModel, clean: str, corrupted: str) -> Alignment:
+    """Both prompts' tokens side by side (`labels_a` clean, `labels_b` corrupted), and where they differ."""
+    return align(model.tokenizer, encode(model, clean)[0], encode(model, corrupted)[0])
+
+
+def candidate_answers(model: LoadedModel, clean: str, corrupted: str, k: int = 8) -> tuple[dict[str, int], dict[str, int]]:
+    """({label: id} answers, {label: id} wrongs) to offer, best guesses first.
+
+    Where the prompts differ in one token, that token of each prompt comes first (the usual
+    copying or fact pair: the clean prompt's word is the answer); then each run's top predictions.
+    """
+    clean_ids, corrupted_ids = encode(model, clean)[0], encode(model, corrupted)[0]
+    answers: dict[str, int] = {}
+    wrongs: dict[str, int] = {}
+    if len(clean_ids) == len(corrupted_ids):
+        differ = (clean_ids != corrupted_ids).nonzero().flatten().tolist()
+        if len(differ) == 1:
+            a, w = int(clean_ids[differ[0]]), int(corrupted_ids[differ[0]])
+            answers[token_labels(model.tokenizer, [a])[0]] = a
+            wrongs[token_labels(model.tokenizer, [w])[0]] = w
+    for prompt, out in ((clean, answers), (corrupted, wrongs)):
+        top = next_token_topk(model, run_prompt(model, prompt), k=k)
+        for label, i in zip(top.labels, top.ids, strict=True):
+            out.setdefault(label, i)
+    return answers, wrongs
+
+
+def corrupt_word(model: LoadedModel, clean: str, word: str, replacement: str) -> str:
+    """The clean prompt with every `word` replaced by `replacement`; InputError unless the token count stays the same."""
+    if not word or word not in clean:
+        raise InputError(f"'{word}' does not occur in the clean prompt")
+    corrupted = clean.replace(word, replacement)
+    a, b = encode(model, clean)[0], encode(model, corrupted)[0]
+    if len(a) != len(b):
+        n_word = len(model.tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"])
+        n_rep = len(model.tokenizer(" " + replacement.strip(), add_special_tokens=False)["input_ids"])
+        raise InputError(
+            f"'{word}' is {n_word} token(s) but '{replacement}' is {n_rep}: the prompts would differ in length ({len(a)} vs {len(b)}); pick a replacement of the same token count"
+        )
+    return corrupted
+
+
 # ---- prompt pairs for the sweeps: generated, typed, or read from a shipped task dataset ------------------
 
 
-def induction_pairs(model, n_pairs: int = 8, length: int = 8, repeat: int = 4, seed: int = 0) -> list[PatchingSetup]:
+def induction_pairs(model, n_pairs: int = 8, length: int = 8, repeat: int = 4, seed: int = 0) -> list[Pair]:
     """Copying prompt pairs for the circuits model: random words, then the first `repeat` again.
 
     Clean: w1..wL w1..wR -> answer w(R+1). Corrupted: the earlier copy's w(R+1) swapped for another
     word x, so an induction head now points to x (the wrong token). Made of token ids (a random token's
-    text need not read back as one token), so the setups carry the ids themselves.
+    text need not read back as one token), so the pairs carry the answer and wrong ids themselves.
     """
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     words = ordinary_token_ids(model.tokenizer, model.info.d_vocab)
     pairs = []
@@ -210,12 +286,13 @@ def induction_pairs(model, n_pairs: int = 8, length: int = 8, repeat: int = 4, s
         corrupted_ids = clean_ids.clone()
         corrupted_ids[repeat] = other
         decode = model.tokenizer.decode
-        pairs.append(PatchingSetup(decode(clean_ids), decode(corrupted_ids), int(seq[repeat]), other))
+        pairs.append(Pair(decode(clean_ids), decode(corrupted_ids), int(seq[repeat]), other))
     return pairs
 
 
-def parse_pairs(model, text: str, metric: str = "logit difference") -> list[PatchingSetup]:
-    """Prompt pairs typed one per line as `clean | corrupted | answer | wrong` (answer and wrong: single tokens, with their space)."""
+def parse_pairs(model, text: str) -> list[Pair]:
+    """Prompt pairs typed one per line as `clean | corrupted | answer | wrong` (answer and wrong: single tokens, with their
+    space); InputError at the first line that is not four fields or whose answer or wrong is not one token."""
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -227,13 +304,15 @@ def parse_pairs(model, text: str, metric: str = "logit difference") -> list[Patc
             )
         clean, corrupted, answer, wrong = (p.strip() for p in parts)
         answer, wrong = " " + answer.lstrip(), " " + wrong.lstrip()  # a word after a space, as in the prompts
-        out.append(PatchingSetup.of(Pair(clean, corrupted, answer, wrong), model.tokenizer, metric))
+        pair = Pair(clean, corrupted, answer, wrong)
+        pair.ids(model.tokenizer)  # single tokens, checked while the line is in view
+        out.append(pair)
     if not out:
         raise InputError("type at least one prompt pair: clean | corrupted | answer | wrong")
     return out
 
 
-def dataset_pairs(model, task: str, n_pairs: int, metric: str = "logit difference") -> list[PatchingSetup]:
+def dataset_pairs(model, task: str, n_pairs: int) -> list[Pair]:
     """The first n pairs of a shipped task dataset whose prompts have as many tokens as its first pair's
     (the node scores are per position, so the pairs of one scoreboard share a length)."""
     pairs = load(Path(model.info.source), task).pairs
@@ -242,8 +321,7 @@ def dataset_pairs(model, task: str, n_pairs: int, metric: str = "logit differenc
         return len(model.tokenizer(text)["input_ids"])
 
     n = length(pairs[0].clean)
-    same = [p for p in pairs if length(p.clean) == n and length(p.corrupted) == n][:n_pairs]
-    return [PatchingSetup.of(p, model.tokenizer, metric) for p in same]
+    return [p for p in pairs if length(p.clean) == n and length(p.corrupted) == n][:n_pairs]
 
 
 @dataclass(frozen=True)
@@ -264,8 +342,6 @@ class Score:
 
 def last_logits(model, tokenizer, prompts: list[str]):
     """(prompt, vocab) logits at each prompt's last position, BOS prepended, from a plain transformers model."""
-    import torch
-
     rows = [[tokenizer.bos_token_id, *tokenizer(p)["input_ids"]] for p in prompts]
     out = []
     with torch.no_grad():
@@ -286,8 +362,6 @@ def token_id(tokenizer, piece: str) -> int:
 
 def score(model, tokenizer, task: Task) -> Score:
     """The task measured on `model`: a transformers causal LM (the card: independent of the workbench), or a bridge."""
-    import torch
-
     clean = last_logits(model, tokenizer, [p.clean for p in task.pairs])  # (pair, vocab)
     corrupted = last_logits(model, tokenizer, [p.corrupted for p in task.pairs])
     ans = torch.tensor([token_id(tokenizer, p.answer) for p in task.pairs])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from workbench.figures.common import diverging, head_labels, heatmap, layer_head_labels, layer_labels, layout, token_ticks
-from workbench.patching import SITES, DatasetPatchResult, PatchResult
+from workbench.patch_sites import SITES
+from workbench.patching import DatasetPatchResult, PatchResult
 from workbench.tokens import unique_labels
 
 

@@ -62,11 +62,8 @@ def find_components(model, task: tasks.Task, n_pairs: int = PAIRS_FOR_PATCHING) 
 
     heads, mlps = [], []
     for p in task.pairs[:n_pairs]:
-        setup = patching.PatchingSetup(
-            p.clean, p.corrupted, tasks.token_id(model.tokenizer, p.answer), tasks.token_id(model.tokenizer, p.wrong)
-        )
-        heads.append(patching.sweep(model, setup, "z", "denoising").values)  # (layer, head)
-        mlp = patching.sweep(model, setup, "mlp_out", "denoising").values  # (layer, position)
+        heads.append(patching.sweep(model, p, "z", "denoising").values)  # (layer, head)
+        mlp = patching.sweep(model, p, "mlp_out", "denoising").values  # (layer, position)
         mlps.append(mlp.nan_to_num(0.0).max(-1).values)  # (layer,)
     z = torch.stack(heads).nanmean(0)  # (layer, head)
     m = torch.stack(mlps).mean(0)  # (layer,)
