@@ -39,6 +39,26 @@ from workbench.transcoder import Transcoder, check_fits, is_cross_layer, reconst
 
 
 @dataclass(frozen=True)
+class FinalNorm:
+    """The final norm's scale as a readout of the graph (not a node: nothing in pruning, influence or the export reads it).
+
+    The graph freezes the final norm's divisor σ (the last position's standard deviation or RMS), so that the logit
+    nodes are linear. A change Δx of the last position's stream moves σ too: to first order σ_new / σ = 1 + r · Δx with
+    r = u / (d σ²) (u the norm's input there, centred for a LayerNorm; Linear.norm_direction). That share r · x is, like
+    a logit, a linear readout of the frozen model's last position, so its direct edges come from the same backward pass
+    as the logits' (replacement_model.edge_rows): `edges` + `bias` = `value` at the clean run (|u|² / (d σ²), 1 but
+    for the norm's eps). attribution_graph_checks.predict_live_norm combines it with the logit nodes by the norm's
+    own formula; `scaled` is the part of each logit node that σ divides (the node's value without the norm's and
+    the unembedding's biases)."""
+
+    edges: torch.Tensor  # (node,) direct edge from each node (nodes in the graph's order; zero from logits)
+    bias: float  # the constant part (the frozen model on its biases alone)
+    value: float  # r · x at the clean run
+    unexplained: float  # what features left out of the graph (max_features) contributed
+    scaled: torch.Tensor  # (n_logit,) each logit node's part divided by σ
+
+
+@dataclass(frozen=True)
 class AttributionGraph:
     """Nodes in the order [features, errors (layer-major), tokens, logits]; adjacency[target, source] = direct edge.
 
@@ -69,6 +89,7 @@ class AttributionGraph:
     config: GraphConfig
     provenance: dict
     plan: GraphPlan | None = None  # what it was planned to hold (feature rows cut to the memory budget)
+    final_norm: FinalNorm | None = None  # the final norm's share as a readout (FinalNorm)
 
     @property
     def n_features(self) -> int:
@@ -314,6 +335,8 @@ def build_tokens(
             row_abs[where] = rows.abs().sum(1)
 
     fill(0, [(L, -1, j) for j in range(n_logit)])
+    # the final norm's share (FinalNorm): one more readout of the last position, kept beside the rows
+    norm_row = edge_rows(lin, fz, tcs, [(L, -1, n_logit)], active, groups, err_stack, logit_ids)[0]  # (n_cols,)
     # the features' rows, the most influential first (influence through the rows known so far), until `limit`
     chosen: list[int] = []
     remaining = torch.ones(n_active, dtype=torch.bool)
@@ -350,7 +373,16 @@ def build_tokens(
         unexplained[s : s + ASSEMBLY_ROWS] = block[:, :n_active].sum(1) - block[:, chosen_t].sum(1)
     R = block = None  # the buffer freed before pruning
     # constants and values
-    const_pre, const_logit = node_constants(lin, tcs, logit_ids, active[chosen_t])
+    const_pre, const_logit, const_norm = node_constants(lin, tcs, logit_ids, active[chosen_t])
+    norm_edges = torch.zeros(n)
+    norm_edges[: n - n_logit] = norm_row[cols]
+    with torch.no_grad():
+        last = fz.final[-1:]  # (1, d_model)
+        final_norm = FinalNorm(
+            edges=norm_edges, bias=const_norm, value=float(last[0] @ lin.norm_direction()),
+            unexplained=float(norm_row[:n_active].sum() - norm_row[chosen_t].sum()),
+            scaled=lin.logit_values(last, logit_ids, bias=False)[0].float().cpu(),
+        )  # fmt: skip
     bias = torch.zeros(n)
     value = torch.zeros(n)
     bias[:n_feat] = const_pre
@@ -375,7 +407,33 @@ def build_tokens(
             transcoders={layer: tc.meta.get("model_name", "") or tc.hook_name for layer, tc in tcs.items()},
         ),
         plan=the_plan,
+        final_norm=final_norm,
     )  # fmt: skip
+
+
+def final_stream(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Transcoder] | None = None) -> torch.Tensor:
+    """(d_model, n_feature) the direct edge of each feature node, per unit of its activation, into each coordinate of
+    the final norm's normalised input u / σ at the last position (σ frozen; Linear.normalised): d_model more readouts
+    of the graph's frozen model, by the backward passes that compute its edges (replacement_model.edge_rows).
+
+    Not part of `build`: only the norm-aware prediction needs them (attribution_graph_checks.predict_live_norm: the
+    squared size of the change, which the final norm's divisor sees), and d_model more rows would cost a large model
+    a third of its graph's time."""
+    tcs = {layer: on_device(tc, model.device) for layer, tc in transcoders_for(model, tcs).items()}
+    w = _weights(model)
+    fz = freeze(w, g.tokens.to(w.W_E.device))
+    lin = Linear.of(fz, tcs)
+    L, P, d = w.n_layers, fz.n_pos, fz.emb.shape[-1]
+    ones = torch.ones(g.n_features)  # per unit of activation
+    groups = feature_groups(tcs, g.features, ones, fz.emb.device)
+    err = torch.zeros(L, P, d, device=fz.emb.device)  # error nodes do not change: their columns are not read
+    ids = g.logit_tokens.to(fz.emb.device)
+    first = g.n_logits + 1  # readouts: logits, the final norm's share, then the normalised stream (Linear.readouts)
+    rows = [
+        edge_rows(lin, fz, tcs, [(L, -1, first + k) for k in range(s, min(d, s + g.config.batch))], g.features, groups, err, ids)
+        for s in range(0, d, g.config.batch)
+    ]
+    return torch.cat(rows)[:, : g.n_features]
 
 
 def graph_of(
