@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = dataclasses.replace(transcoders.CONFIG, **{k: v for k, v in given.items() if v})
         if args.checks and args.what == "transcoders":
             checked = transcoders.refresh_checks(args.model, args.out)["task_circuits"]["tasks"]
-            print(json.dumps({name: c["within_tolerance"] for name, c in checked.items()}))
+            print(json.dumps({name: c.get("within_tolerance", c.get("error")) for name, c in checked.items()}))
             return
         build = transcoders.build if args.what == "transcoders" else clt.build
         print(json.dumps(build(args.model, cfg, args.out)["quality"], indent=1))

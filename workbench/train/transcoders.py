@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from workbench import engine
+from workbench.errors import InputError
 from workbench.model import load_model
 from workbench.train.sae import topk_decode, topk_update, trained
 from workbench.transcoder import FOLDER, Transcoder, capture_names, mlp_io, splice_edits
@@ -292,8 +293,13 @@ def task_checks(model, tcs: dict[int, Transcoder] | None = None) -> dict:
     verdicts = json.loads(card.read_text()).get("measured", {}).get("tasks", {}) if card.exists() else {}
     out = {"config": dataclasses.asdict(task_circuits.CHECK), "tasks": {}}
     for name in names:
-        c = task_circuits.check_task(model, name, tcs=tcs)
-        out["tasks"][name] = {**c.summary(), "verdict": verdicts.get(name, {}).get("verdict", ""), "pairs": c.rows()}
+        verdict = verdicts.get(name, {}).get("verdict", "")
+        try:
+            c = task_circuits.check_task(model, name, tcs=tcs)
+        except InputError as err:  # e.g. a graph that keeps no feature: the card says so
+            out["tasks"][name] = {"verdict": verdict, "error": str(err)}
+            continue
+        out["tasks"][name] = {**c.summary(), "verdict": verdict, "pairs": c.rows()}
     return out
 
 
@@ -369,6 +375,8 @@ def _task_checks_text(model_name: str, checks: dict) -> str:
     t = cfg["tolerance"]
 
     def row(name: str, c: dict) -> str:
+        if "error" in c:
+            return f"| {name} | not checked: {c['error']} | | | | | |\n"
         w, pairs = c["within_tolerance"], c["pairs"]
         beats = sum(p["beats_random"] for p in pairs)
         first = ", ".join(
