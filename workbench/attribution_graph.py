@@ -9,7 +9,11 @@ direct contributions from the token embeddings (each with its position's embeddi
 features of earlier layers (activation × decoder row, carried by frozen attention and norms), the
 error nodes, and constants (biases). The graph's nodes are those sources and the targets: the
 features and the top logits (the logit minus the mean logit, as circuit-tracer; up to 10, until
-their probability reaches 0.95). An edge s → t is the direct contribution of s to t, computed by
+their probability reaches 0.95). Beside the nodes, the graph holds the edges into the final norm's
+share (`FinalNorm`: how much a change of the last position's stream moves the final norm's divisor,
+which the graph freezes), from the same backward passes as the logits'; with the edges into the
+normalised stream (`final_stream`, computed on demand) they let the checks predict a change with
+that divisor live (attribution_graph_checks.predict_live_norm). An edge s → t is the direct contribution of s to t, computed by
 one backward pass of the frozen linear model per batch of targets (the gradient of t at the place
 s writes, times what s writes). The direct edges into a node plus its constant sum to its
 pre-activation exactly: the test checks this against the real model's own pre-activation.
@@ -334,9 +338,12 @@ def build_tokens(
             R[where] = rows
             row_abs[where] = rows.abs().sum(1)
 
-    fill(0, [(L, -1, j) for j in range(n_logit)])
-    # the final norm's share (FinalNorm): one more readout of the last position, kept beside the rows
-    norm_row = edge_rows(lin, fz, tcs, [(L, -1, n_logit)], active, groups, err_stack, logit_ids)[0]  # (n_cols,)
+    # the logits' rows, and in the same backward passes the final norm's share's (FinalNorm), kept beside the buffer
+    head = [(L, -1, j) for j in range(n_logit + 1)]
+    rows = torch.cat([edge_rows(lin, fz, tcs, head[s : s + the_plan.batch], active, groups, err_stack, logit_ids)
+                      for s in range(0, len(head), the_plan.batch)])  # fmt: skip
+    R[:n_logit], row_abs[:n_logit], norm_row = rows[:n_logit], rows[:n_logit].abs().sum(1), rows[n_logit]  # norm_row (n_cols,)
+    del rows
     # the features' rows, the most influential first (influence through the rows known so far), until `limit`
     chosen: list[int] = []
     remaining = torch.ones(n_active, dtype=torch.bool)

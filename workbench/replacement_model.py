@@ -6,7 +6,10 @@ the replacement reproduces the real run exactly. Freezing the attention patterns
 scales (each position's standard deviation or RMS, read from the real run: `freeze`) makes
 everything between the transcoders' features linear (`Linear`): the graph's edges are gradients of
 that model, one backward pass per batch of targets (`edge_rows`; attribution_graph.build assembles
-them), and the graph's checks run it with features clamped (attribution_graph_checks.py).
+them), and the graph's checks run it with features clamped (attribution_graph_checks.py). Its
+targets are features' pre-activations and the last position's readouts (`Linear.readouts`): the
+logits, and the final norm's share and normalised stream, which let the checks put the final norm's
+divisor back in the prediction.
 """
 
 from __future__ import annotations
