@@ -436,9 +436,10 @@ def final_stream(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Transco
     err = torch.zeros(L, P, d, device=fz.emb.device)  # error nodes do not change: their columns are not read
     ids = g.logit_tokens.to(fz.emb.device)
     first = g.n_logits + 1  # readouts: logits, the final norm's share, then the normalised stream (Linear.readouts)
+    batch = g.plan.batch if g.plan is not None else g.config.batch  # the graph's batch, cut to its memory budget
     rows = [
-        edge_rows(lin, fz, tcs, [(L, -1, first + k) for k in range(s, min(d, s + g.config.batch))], g.features, groups, err, ids)
-        for s in range(0, d, g.config.batch)
+        edge_rows(lin, fz, tcs, [(L, -1, first + k) for k in range(s, min(d, s + batch))], g.features, groups, err, ids)
+        for s in range(0, d, batch)
     ]
     return torch.cat(rows)[:, : g.n_features]
 

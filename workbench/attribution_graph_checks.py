@@ -223,9 +223,15 @@ def _answer_logit(logits: torch.Tensor, answer: int) -> float:
 
 
 def intervene(
-    model: LoadedModel, g: AttributionGraph, nodes: list[int], factor: float = 0.0, tcs: dict[int, Transcoder] | None = None
+    model: LoadedModel,
+    g: AttributionGraph,
+    nodes: list[int],
+    factor: float = 0.0,
+    tcs: dict[int, Transcoder] | None = None,
+    stream: torch.Tensor | None = None,
 ) -> Intervention:
-    """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc)."""
+    """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc).
+    `stream`: the graph's final_stream, when the caller has it already (computed otherwise)."""
     tcs = {layer: on_device(tc, model.device) for layer, tc in ag.transcoders_for(model, tcs).items()}
     w = ag._weights(model)
     answer = int(g.logit_tokens[0])
@@ -253,7 +259,7 @@ def intervene(
         nodes=[g.node_id(i) for i in nodes],
         factor=float(factor),
         answer=g.logit_labels[0],
-        predicted=predict_live_norm(g, nodes, factor, ag.final_stream(model, g, tcs)),
+        predicted=predict_live_norm(g, nodes, factor, ag.final_stream(model, g, tcs) if stream is None else stream),
         predicted_first_order=predict_live_norm(g, nodes, factor),
         predicted_frozen_norm=predict(g, nodes, factor),
         frozen=frozen_effect(w, g, tcs, nodes, factor),

@@ -205,9 +205,10 @@ def check_pair(model: LoadedModel, pair: tasks.Pair, tcs: dict[int, Transcoder],
     top = g.top_features(cfg.top)
     if not top:
         raise InputError(f"the graph of {pair.clean!r} kept no feature: nothing to check")
-    r = graph_checks.intervene(model, g, top, cfg.factor, tcs)
+    stream = ag.final_stream(model, g, tcs)  # once for the pair's interventions
+    r = graph_checks.intervene(model, g, top, cfg.factor, tcs, stream)
     draws = [
-        graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs)
+        graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs, stream)
         for s in range(cfg.random_draws)
     ]
     random_changes = [abs(d.attention_frozen) for d in draws]
