@@ -149,6 +149,10 @@ with ui.guard("the attribution graph"):
         ui.figure(draw.intervention_figure(r), "ag-intervention", r, r.rows())
         random = graph_checks.intervene(model, g, graph_checks.random_features(g, len(nodes), exclude=nodes), float(factor), tcs)
         st.caption(
+            "Predicted: the graph's edges into the answer's logit, the final norm's share and the normalised stream, "
+            "combined by the norm's formula, so that the final norm's scale moves with the change as the real model's "
+            "does (first order: the share alone); 'norm scales frozen': the logit's edges alone, every scale held as "
+            "the graph is built. "
             f"As many random features set the same way change it by {random.attention_frozen:+.3f} (real model, attention "
             f"frozen: circuit-tracer's default), {random.real:+.3f} (attention live) and {random.replacement:+.3f} "
             "(replacement model)."

@@ -41,14 +41,16 @@ def add_arguments(p):
     p.add_argument("--slug", help="the exported graph's name (letters, digits, - and _)")
     p.add_argument("--task", choices=list(tasks.TASKS), help="check the top supernode's effect on each pair of a task instead of one prompt "
                    "(the model's shipped task datasets; induction is built for any model): measured in the real model with "
-                   "attention frozen (circuit-tracer's default), attention-live and frozen-model changes beside it")  # fmt: skip
+                   "attention frozen (circuit-tracer's default), against the edges' prediction with the final norm live; the frozen-scale "
+                   "prediction, attention-live and frozen-model changes beside it")  # fmt: skip
     p.add_argument("--task-pairs", type=int, dest="task_pairs", help="with --task: how many of its pairs (8)")
     p.add_argument("--random-draws", type=int, dest="random_draws", help="with --task: random supernodes per pair (10)")
 
 
 def task_body(model, s, out):
     """--task: each pair's top supernode ablated (or set to the first factor), predicted against measured (task_circuits:
-    real model, attention frozen; the rows hold the attention-live, replacement-model and frozen-model changes too)."""
+    real model, attention frozen, against the norm-aware prediction; the rows hold the first-order and frozen-scale
+    predictions and the attention-live, replacement-model and frozen-model changes too)."""
     cfg = task_circuits.CheckConfig(
         top=int(s["top"]), factor=float(s["factors"][0]), pairs=int(s["task_pairs"]), random_draws=int(s["random_draws"])
     )

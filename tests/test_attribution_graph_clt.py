@@ -90,6 +90,27 @@ def test_the_graphs_prediction_is_the_frozen_replacement_model(family):
         assert predicted == pytest.approx(frozen, abs=2e-5, rel=3e-3)
 
 
+def test_the_final_norm_readout_composes_and_predicts_the_norms_change_with_cross_layer_writes(family):
+    """The final norm's share r · x (r = u / (d σ²), from transformer-lens's last stream) is its edges plus its
+    constant, and a small clamp of layer-0 features (which write to every later layer) moves the answer as the frozen
+    model with its final norm live does, predicted from the edges into the share and the normalised stream."""
+    model, _plain, tcs = family
+    g = ag.build(model, PROMPT, tcs)
+    name = f"blocks.{model.info.n_layers - 1}.hook_resid_post"
+    _, cache = run_tokens(model, encode(model, PROMPT)[0][None], [name])
+    x = cache[name][0, -1].double()
+    w = engine.weights_of(model)
+    u = x - x.mean() if w.ln_final.kind == "layer" else x
+    ref = float(x @ u / (len(u) * (u.pow(2).mean() + w.ln_final.eps)))
+    assert float(g.final_norm.edges.sum()) + g.final_norm.bias == pytest.approx(ref, abs=1e-5)
+    early = [i for i in g.top_features(g.n_features, pruned=False) if g.features[i, 0] == 0][:3]
+    stream = ag.final_stream(model, g, tcs)
+    for factor in (0.99, 1.01):
+        live = graph_checks.frozen_effect(w, g, tcs, early, factor, live_final_norm=True)
+        assert abs(live) > 1e-5
+        assert graph_checks.predict_live_norm(g, early, factor, stream) == pytest.approx(live, abs=2e-6, rel=3e-3)
+
+
 def test_ablating_a_feature_in_the_real_model_takes_out_all_its_decoder_rows(family):
     model, _plain, tcs = family
     g = ag.build(model, PROMPT, tcs)

@@ -1,9 +1,11 @@
 """Task circuits checked by intervention (workbench/task_circuits.py) on the induction task of the circuits model, whose
-transcoders ship: the graph's top supernode, ablated, changes the answer's logit as its edges predict (within 35% on
-most pairs, measured in the real model with attention frozen, circuit-tracer's feature_intervention default) and as
-many random features far less. The measurements themselves are checked against transformer-lens hooks and a hand
-computation in tests/test_attribution_graph_interventions.py. The stories model's shipped task datasets are read,
-checked, and the gap between prediction and measurement located; other tasks on other models are refused."""
+transcoders ship: the graph's top supernode, ablated, changes the answer's logit as its edges predict (the norm-aware
+prediction: the edges into the logit, the final norm's share and the normalised stream, combined by the norm's formula;
+within 35% on every pair, measured in the real model with attention frozen, circuit-tracer's feature_intervention
+default) and as many random features far less. The measurements themselves are checked against transformer-lens hooks
+and a hand computation in tests/test_attribution_graph_interventions.py, the prediction against the frozen model with
+its final norm live in tests/test_attribution_graph.py. The stories model's shipped task datasets are read, checked,
+and what is left of the gap between prediction and measurement located; other tasks on other models are refused."""
 
 from __future__ import annotations
 
@@ -31,16 +33,22 @@ def induction(circuits):
 
 
 def test_the_top_supernode_moves_the_answer_as_the_edges_predict_and_random_features_do_not(induction):
-    """Measured on 8 pairs: 6 within 35% of the prediction (the two others -0.70 against -1.28 and -2.41 against -1.54;
-    the graph's own frozen model gives the prediction on all 8); every random draw's median change below 0.001."""
+    """Measured on 8 pairs: all 8 within 35% of the norm-aware prediction (equal to 0.01: the top features sit at the
+    last layer, where only the final norm reacts); 6 of the frozen-scale prediction (the two others -0.70 against
+    -1.28 and -2.41 against -1.54), and none of its first order (-0.70 against +0.40: the change's squared size,
+    which the first order leaves out, is what grows the final norm's divisor); every random draw's median change
+    below 0.001."""
     c = induction
     assert c.source.startswith("tasks.induction on 96 single-token words of circuits") and len(c.pairs) == 8
-    assert c.passed >= 0.75, c.rows()
+    assert c.passed == 1.0, c.rows()
     for p in c.pairs:
         assert p.predicted < -0.5 and p.measured < -0.3, p  # ablating what drives the answer lowers it, as predicted
         assert p.beats_random and p.random_median < 0.05 * abs(p.measured), p
-        assert p.frozen == pytest.approx(p.predicted, rel=0.35), p
+        assert p.frozen == pytest.approx(p.predicted_frozen_norm, rel=0.35), p
+        assert p.final_norm_live == pytest.approx(p.predicted, rel=0.02), p
         assert 1 <= len(p.nodes) <= tc.CHECK.top  # the top kept by pruning: fewer where pruning keeps fewer
+    counts = c.within_tolerance()
+    assert counts["measured_frozen_norm"] <= 7 and counts["measured_first_order"] <= 2, counts
 
 
 def test_a_pairs_numbers_are_the_interventions_on_its_graph(induction, circuits):
@@ -48,9 +56,10 @@ def test_a_pairs_numbers_are_the_interventions_on_its_graph(induction, circuits)
     p = induction.pairs[0]
     g = ag.build(circuits, p.prompt, answer=tasks.token_id(circuits.tokenizer, p.answer))
     r = graph_checks.intervene(circuits, g, [g.index_of(n) for n in p.nodes], tc.CHECK.factor)
-    assert (p.predicted, p.measured, p.live, p.replacement, p.frozen, p.final_norm_live) == pytest.approx(
-        (r.predicted, r.attention_frozen, r.real, r.replacement, r.frozen, r.final_norm_live), abs=1e-5
-    )
+    mine = (p.predicted, p.predicted_first_order, p.predicted_frozen_norm, p.measured, p.live, p.replacement, p.frozen, p.final_norm_live)
+    theirs = (r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.attention_frozen, r.real, r.replacement, r.frozen,
+              r.final_norm_live)  # fmt: skip
+    assert mine == pytest.approx(theirs, abs=1e-5)
 
 
 def test_task_pairs_come_from_the_shipped_datasets_or_the_models_own_words(circuits):
@@ -95,41 +104,44 @@ def stories_checks():
     return {name: tc.check_task(model, name, dataclasses.replace(tc.CHECK, pairs=8)) for name in solved}
 
 
-def _within(c: tc.TaskCheck, value: str) -> int:
-    n = sum(abs(getattr(p, value) - p.predicted) <= c.config.tolerance * abs(p.predicted) for p in c.pairs)
-    assert n == c.within_tolerance()[value]  # what the probe's summary reports
-    if value == "measured":
-        assert n == sum(p.within_tolerance for p in c.pairs)
+def _within(c: tc.TaskCheck, value: str, prediction: str = "predicted") -> int:
+    n = sum(abs(getattr(p, value) - getattr(p, prediction)) <= c.config.tolerance * abs(getattr(p, prediction)) for p in c.pairs)
+    if value == "measured" and prediction == "predicted":
+        assert n == sum(p.within_tolerance for p in c.pairs) == c.within_tolerance()["measured"]  # what the probe reports
     return n
 
 
-def test_on_the_stories_tasks_the_top_supernode_beats_random_features_and_pronouns_match_their_edges(stories_checks):
-    """Measured on the shipped stories model (8 pairs a task, real model, attention frozen): the pronoun circuit's top
-    supernode passes on 7 of 8 pairs; on induction, capitals and greater-than it beats random features on 7-8 pairs,
-    but its change is within 35% of the prediction on only 2, 4 and 0 (README). The open point of issue #28: when the
-    last assertion fails, the README's table is out of date."""
+def test_on_the_stories_tasks_the_top_supernode_beats_random_features_and_mostly_matches_its_edges(stories_checks):
+    """Measured on the shipped stories model (8 pairs a task, real model, attention frozen, the norm-aware prediction):
+    the top supernode passes on 7 of 8 pairs of pronouns, 6 of capitals, 5 of greater-than and 4 of induction (the
+    frozen-scale prediction: 7, 4, 0 and 2 within 35%); it beats random features on 7-8 pairs of every task."""
     assert "pronoun" in stories_checks and "induction" in stories_checks
-    assert stories_checks["pronoun"].passed >= 0.75, stories_checks["pronoun"].rows()
+    for name in ("pronoun", "capital"):
+        assert stories_checks[name].passed >= 0.75, (name, stories_checks[name].rows())
+    assert stories_checks["greater_than"].passed >= 0.5, stories_checks["greater_than"].rows()
     for name, c in stories_checks.items():
         beats = sum(p.beats_random for p in c.pairs) / len(c.pairs)
         assert beats >= 0.75, (name, c.rows())
         # ablating what drives the answer lowers it, as predicted, on most pairs
         assert sum(p.predicted < 0 and p.measured < 0 for p in c.pairs) >= 0.75 * len(c.pairs), (name, c.rows())
-    assert stories_checks["greater_than"].passed <= 0.25, stories_checks["greater_than"].rows()
+    # the open point of issue #28: induction on the stories model (4 of 8). When this fails, the README's table and
+    # the card are out of date
+    assert stories_checks["induction"].passed <= 0.5, stories_checks["induction"].rows()
 
 
-def test_on_the_stories_tasks_the_gap_is_the_final_norms_frozen_scale_not_attention(stories_checks):
-    """Where the measurement misses the prediction: the graph's own frozen model meets it (its arithmetic holds: 7-8 of
-    8 pairs within 35% on every task); freezing attention barely changes how many pairs the measurement meets (live and
-    frozen attention within two pairs on every task); holding the final norm's scale too brings the real model within
-    35% on 6-8 pairs (greater-than 8, capitals 8, induction 6, pronouns 7); and making only that scale live in the frozen
-    model brings it closer to the measured change than the prediction is on most pairs of induction, capitals and
-    greater-than."""
+def test_on_the_stories_tasks_the_final_norm_was_the_gap_and_the_real_mlps_are_what_is_left(stories_checks):
+    """The graph's own frozen model meets the frozen-scale prediction (its arithmetic: 7-8 of 8 pairs within 35% on
+    every task), and that model with its final norm live meets the norm-aware prediction on most pairs (5-8: where it
+    does not, a TopK set changes). The norm-aware prediction is met by the measurement on at least as many pairs as
+    the frozen-scale one on every task, and on 9 more over the four. What is left, on induction (4 of 8): the local
+    replacement model (the transcoders with their errors frozen, attention and norms live) meets the prediction on 7,
+    the real model with attention live or frozen on 4: the real MLPs react where the transcoders' frozen errors do
+    not."""
     for name, c in stories_checks.items():
-        assert _within(c, "frozen") >= 7, (name, c.rows())
-        assert abs(_within(c, "measured") - _within(c, "live")) <= 2, (name, c.rows())
-        assert _within(c, "final_norm_frozen") >= 6, (name, c.rows())
-    for name in ("induction", "capital", "greater_than"):
-        c = stories_checks[name]
-        closer = sum(abs(p.final_norm_live - p.measured) < abs(p.predicted - p.measured) for p in c.pairs)
-        assert closer >= 0.75 * len(c.pairs), (name, c.rows())
+        assert _within(c, "frozen", "predicted_frozen_norm") >= 7, (name, c.rows())
+        assert _within(c, "final_norm_live") >= 5, (name, c.rows())
+        assert _within(c, "measured") >= _within(c, "measured", "predicted_frozen_norm"), (name, c.rows())
+    gained = sum(_within(c, "measured") - _within(c, "measured", "predicted_frozen_norm") for c in stories_checks.values())
+    assert gained >= 6, {name: c.rows() for name, c in stories_checks.items()}
+    c = stories_checks["induction"]
+    assert _within(c, "replacement") >= _within(c, "measured") + 2, c.rows()

@@ -107,6 +107,26 @@ def test_the_card_is_its_measurements_reproduced_from_the_shipped_weights(name, 
     assert measured["all_layers"]["loss_recovered"] == pytest.approx(card["quality"]["all_layers"]["loss_recovered"], abs=1e-3)
 
 
+def test_the_cards_task_circuits_are_task_circuits_own_on_the_shipped_transcoders(circuits, tmp_path):
+    """The card's task-circuit section (python -m workbench.train transcoders circuits --checks) holds what
+    task_circuits.check_task measures now with the shipped transcoders, and its table is written from those numbers."""
+    from workbench import task_circuits
+
+    folder = Path(circuits.info.source) / FOLDER
+    card = json.loads((folder / "card.json").read_text())
+    if not transcoders_of(circuits) or "task_circuits" not in card:
+        pytest.skip("circuits has no transcoders or no task checks on its card (python -m workbench.train transcoders circuits --checks)")
+    shown = card["task_circuits"]["tasks"]["induction"]
+    c = task_circuits.check_task(circuits, "induction")
+    assert shown["within_tolerance"] == c.within_tolerance() and shown["passed"] == c.passed
+    for mine, theirs in zip(shown["pairs"], c.rows(), strict=True):
+        assert mine["prompt"] == theirs["prompt"] and mine["nodes"] == theirs["nodes"]
+        for key in ("predicted", "predicted_first_order", "predicted_frozen_norm", "measured", "random_median"):
+            assert mine[key] == pytest.approx(theirs[key], abs=1e-4), key
+    row = next(line for line in (folder / "README.md").read_text().splitlines() if line.startswith("| induction"))
+    assert row.startswith(f"| induction | {sum(p.passed for p in c.pairs)} of 8 | {c.within_tolerance()['measured']} / ")
+
+
 def test_a_short_training_run_learns(circuits):
     cfg = dataclasses.replace(train.CONFIG, width=128, k=8, tokens=40 * 1024, warmup=5, buffer=8192)
     tcs, records = train.train(circuits, cfg, log=lambda *_: None)

@@ -9,7 +9,11 @@ direct contributions from the token embeddings (each with its position's embeddi
 features of earlier layers (activation × decoder row, carried by frozen attention and norms), the
 error nodes, and constants (biases). The graph's nodes are those sources and the targets: the
 features and the top logits (the logit minus the mean logit, as circuit-tracer; up to 10, until
-their probability reaches 0.95). An edge s → t is the direct contribution of s to t, computed by
+their probability reaches 0.95). Beside the nodes, the graph holds the edges into the final norm's
+share (`FinalNorm`: how much a change of the last position's stream moves the final norm's divisor,
+which the graph freezes), from the same backward passes as the logits'; with the edges into the
+normalised stream (`final_stream`, computed on demand) they let the checks predict a change with
+that divisor live (attribution_graph_checks.predict_live_norm). An edge s → t is the direct contribution of s to t, computed by
 one backward pass of the frozen linear model per batch of targets (the gradient of t at the place
 s writes, times what s writes). The direct edges into a node plus its constant sum to its
 pre-activation exactly: the test checks this against the real model's own pre-activation.
@@ -36,6 +40,26 @@ from workbench.replacement_model import Linear, edge_rows, feature_groups, freez
 from workbench.runs import encode, provenance
 from workbench.tokens import token_labels
 from workbench.transcoder import Transcoder, check_fits, is_cross_layer, reconstruction_errors, transcoders_of
+
+
+@dataclass(frozen=True)
+class FinalNorm:
+    """The final norm's scale as a readout of the graph (not a node: nothing in pruning, influence or the export reads it).
+
+    The graph freezes the final norm's divisor σ (the last position's standard deviation or RMS), so that the logit
+    nodes are linear. A change Δx of the last position's stream moves σ too: to first order σ_new / σ = 1 + r · Δx with
+    r = u / (d σ²) (u the norm's input there, centred for a LayerNorm; Linear.norm_direction). That share r · x is, like
+    a logit, a linear readout of the frozen model's last position, so its direct edges come from the same backward pass
+    as the logits' (replacement_model.edge_rows): `edges` + `bias` = `value` at the clean run (|u|² / (d σ²), 1 but
+    for the norm's eps). attribution_graph_checks.predict_live_norm combines it with the logit nodes by the norm's
+    own formula; `scaled` is the part of each logit node that σ divides (the node's value without the norm's and
+    the unembedding's biases)."""
+
+    edges: torch.Tensor  # (node,) direct edge from each node (nodes in the graph's order; zero from logits)
+    bias: float  # the constant part (the frozen model on its biases alone)
+    value: float  # r · x at the clean run
+    unexplained: float  # what features left out of the graph (max_features) contributed
+    scaled: torch.Tensor  # (n_logit,) each logit node's part divided by σ
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,7 @@ class AttributionGraph:
     config: GraphConfig
     provenance: dict
     plan: GraphPlan | None = None  # what it was planned to hold (feature rows cut to the memory budget)
+    final_norm: FinalNorm | None = None  # the final norm's share as a readout (FinalNorm)
 
     @property
     def n_features(self) -> int:
@@ -313,7 +338,12 @@ def build_tokens(
             R[where] = rows
             row_abs[where] = rows.abs().sum(1)
 
-    fill(0, [(L, -1, j) for j in range(n_logit)])
+    # the logits' rows, and in the same backward passes the final norm's share's (FinalNorm), kept beside the buffer
+    head = [(L, -1, j) for j in range(n_logit + 1)]
+    rows = torch.cat([edge_rows(lin, fz, tcs, head[s : s + the_plan.batch], active, groups, err_stack, logit_ids)
+                      for s in range(0, len(head), the_plan.batch)])  # fmt: skip
+    R[:n_logit], row_abs[:n_logit], norm_row = rows[:n_logit], rows[:n_logit].abs().sum(1), rows[n_logit]  # norm_row (n_cols,)
+    del rows
     # the features' rows, the most influential first (influence through the rows known so far), until `limit`
     chosen: list[int] = []
     remaining = torch.ones(n_active, dtype=torch.bool)
@@ -350,7 +380,16 @@ def build_tokens(
         unexplained[s : s + ASSEMBLY_ROWS] = block[:, :n_active].sum(1) - block[:, chosen_t].sum(1)
     R = block = None  # the buffer freed before pruning
     # constants and values
-    const_pre, const_logit = node_constants(lin, tcs, logit_ids, active[chosen_t])
+    const_pre, const_logit, const_norm = node_constants(lin, tcs, logit_ids, active[chosen_t])
+    norm_edges = torch.zeros(n)
+    norm_edges[: n - n_logit] = norm_row[cols]
+    with torch.no_grad():
+        last = fz.final[-1:]  # (1, d_model)
+        final_norm = FinalNorm(
+            edges=norm_edges, bias=const_norm, value=float(last[0] @ lin.norm_direction()),
+            unexplained=float(norm_row[:n_active].sum() - norm_row[chosen_t].sum()),
+            scaled=lin.logit_values(last, logit_ids, bias=False)[0].float().cpu(),
+        )  # fmt: skip
     bias = torch.zeros(n)
     value = torch.zeros(n)
     bias[:n_feat] = const_pre
@@ -375,7 +414,34 @@ def build_tokens(
             transcoders={layer: tc.meta.get("model_name", "") or tc.hook_name for layer, tc in tcs.items()},
         ),
         plan=the_plan,
+        final_norm=final_norm,
     )  # fmt: skip
+
+
+def final_stream(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Transcoder] | None = None) -> torch.Tensor:
+    """(d_model, n_feature) the direct edge of each feature node, per unit of its activation, into each coordinate of
+    the final norm's normalised input u / σ at the last position (σ frozen; Linear.normalised): d_model more readouts
+    of the graph's frozen model, by the backward passes that compute its edges (replacement_model.edge_rows).
+
+    Not part of `build`: only the norm-aware prediction needs them (attribution_graph_checks.predict_live_norm: the
+    squared size of the change, which the final norm's divisor sees), and d_model more rows would cost a large model
+    a third of its graph's time."""
+    tcs = {layer: on_device(tc, model.device) for layer, tc in transcoders_for(model, tcs).items()}
+    w = _weights(model)
+    fz = freeze(w, g.tokens.to(w.W_E.device))
+    lin = Linear.of(fz, tcs)
+    L, P, d = w.n_layers, fz.n_pos, fz.emb.shape[-1]
+    ones = torch.ones(g.n_features)  # per unit of activation
+    groups = feature_groups(tcs, g.features, ones, fz.emb.device)
+    err = torch.zeros(L, P, d, device=fz.emb.device)  # error nodes do not change: their columns are not read
+    ids = g.logit_tokens.to(fz.emb.device)
+    first = g.n_logits + 1  # readouts: logits, the final norm's share, then the normalised stream (Linear.readouts)
+    batch = g.plan.batch if g.plan is not None else g.config.batch  # the graph's batch, cut to its memory budget
+    rows = [
+        edge_rows(lin, fz, tcs, [(L, -1, first + k) for k in range(s, min(d, s + batch))], g.features, groups, err, ids)
+        for s in range(0, d, batch)
+    ]
+    return torch.cat(rows)[:, : g.n_features]
 
 
 def graph_of(

@@ -2,8 +2,14 @@
 
 Interventions check the graph on the model (`intervene`): set features to a multiple of their
 activation (0 ablates, 2 doubles) and compare the answer's logit change with what the graph's edges
-predict (`predict`: the direct edges, carried through the graph's active features linearly). The
-change is measured
+predict. `predict`: the direct edges, carried through the graph's active features linearly, every
+norm's scale frozen as the graph is built (`predicted_frozen_norm`). `predict_live_norm`: the same
+edges into the logit and into the graph's final norm readout (attribution_graph.FinalNorm: the
+first-order change of the final norm's divisor) and into the normalised stream at the last position
+(attribution_graph.final_stream: the change's squared size, the divisor's second-order part),
+combined by the norm's formula, so that the divisor grows or shrinks with the change as the real
+model's does (`predicted`; with the first-order part alone, `predicted_first_order`). The change is
+measured
 - in the real model as circuit-tracer's `ReplacementModel.feature_intervention` does it: every MLP
   computing, each set feature's decoder row × (its value − its activation in that run) added to
   its MLP's output, norms live; with every attention pattern held at the real run's (its default,
@@ -36,23 +42,63 @@ from workbench.tokens import token_labels
 from workbench.transcoder import Transcoder, reconstruction_errors
 
 
-def predict(g: AttributionGraph, nodes: list[int], factor: float, target: int | None = None) -> float:
-    """The change of `target`'s value (default: the answer's logit minus the mean logit) that the graph's edges predict
-    when feature nodes `nodes` are set to `factor` × their activation: their direct edges, carried linearly through the
-    graph's other active features (each active feature passes on a change of its pre-activation one for one)."""
-    target = g.answer_node if target is None else target
+def feature_changes(g: AttributionGraph, nodes: list[int], factor: float) -> torch.Tensor:
+    """(n_feature,) the change of every feature node's activation that the graph's edges predict when feature nodes
+    `nodes` are set to `factor` × their activation: their direct edges, carried linearly through the graph's other
+    active features (each active feature passes on a change of its pre-activation one for one)."""
     nf = g.n_features
     bad = [i for i in nodes if not 0 <= i < nf]
     if bad:
         raise InputError(f"only feature nodes can be clamped; nodes {bad} are not features")
-    per_unit = g.adjacency[:, :nf] / g.activations.clamp(min=1e-12)  # (node, feature): Δ target per unit of the source's activation
+    per_unit = _per_unit(g, g.adjacency[:nf])  # (feature, feature)
     delta = torch.zeros(nf)
     fixed = torch.zeros(nf, dtype=torch.bool)
     fixed[nodes] = True
     delta[nodes] = (factor - 1) * g.activations[nodes]
     for _ in range(g.n_layers):  # one layer deeper each pass: the graph has n_layers feature layers
-        delta = torch.where(fixed, delta, per_unit[:nf] @ delta)
-    return float(per_unit[target] @ delta)
+        delta = torch.where(fixed, delta, per_unit @ delta)
+    return delta
+
+
+def _per_unit(g: AttributionGraph, rows: torch.Tensor) -> torch.Tensor:
+    """(targets, feature): the targets' edges from each feature node per unit of its activation (rows (targets, node))."""
+    return rows[..., : g.n_features] / g.activations.clamp(min=1e-12)
+
+
+def predict(g: AttributionGraph, nodes: list[int], factor: float, target: int | None = None) -> float:
+    """The change of `target`'s value (default: the answer's logit minus the mean logit) that the graph's edges predict
+    when feature nodes `nodes` are set to `factor` × their activation (feature_changes), every norm's scale frozen as the
+    graph is built: exactly the graph's own frozen model's change while no TopK set changes (frozen_effect)."""
+    target = g.answer_node if target is None else target
+    return float(_per_unit(g, g.adjacency[target]) @ feature_changes(g, nodes, factor))
+
+
+def predict_norm_share(g: AttributionGraph, nodes: list[int], factor: float) -> float:
+    """a: the final norm's divisor's relative change (σ_new / σ - 1, first order) that the graph's edges into its final
+    norm readout (attribution_graph.FinalNorm) predict when `nodes` are set to `factor` × their activation."""
+    if g.final_norm is None:
+        raise InputError("this graph was built without its final norm readout: rebuild it (attribution_graph.build)")
+    return float(_per_unit(g, g.final_norm.edges) @ feature_changes(g, nodes, factor))
+
+
+def predict_live_norm(g: AttributionGraph, nodes: list[int], factor: float, stream: torch.Tensor | None = None, logit: int = 0) -> float:
+    """The change of logit node `logit` (default: the answer's, minus the mean logit) predicted with the final norm's
+    scale live: (l_s + Δl) · σ / σ_new - l_s, where Δl is the frozen-scale prediction (predict) and l_s the part of the
+    logit that the divisor σ divides (FinalNorm.scaled): the edges into readouts of the same frozen linear model,
+    combined by the norm's own formula y = γ ⊙ u / σ + β.
+
+    σ_new / σ = sqrt(1 + 2a + b): a = mean(n · Δn) is the graph's final norm readout (predict_norm_share), b =
+    mean(Δn²) the squared size of the change of the normalised stream n = u / σ, carried by `stream` (final_stream:
+    the features' edges into n, (d_model, n_feature)). Without `stream`, first order: σ_new / σ = 1 + a, leaving b out
+    (the part of the change orthogonal to the stream, which a single readout cannot give)."""
+    delta = predict(g, nodes, factor, g.answer_node + logit)
+    a = predict_norm_share(g, nodes, factor)
+    scaled = float(g.final_norm.scaled[logit])
+    if stream is None:
+        return (scaled + delta) / (1 + a) - scaled
+    dn = stream @ feature_changes(g, nodes, factor)  # (d_model,) the change of the normalised stream
+    b = float(dn.pow(2).mean())
+    return (scaled + delta) / max(1 + 2 * a + b, 1e-12) ** 0.5 - scaled
 
 
 @dataclass(frozen=True)
@@ -62,7 +108,9 @@ class Intervention:
     nodes: list[str]  # node ids
     factor: float
     answer: str
-    predicted: float  # by the graph's edges (predict)
+    predicted: float  # by the graph's edges, the final norm's scale live (predict_live_norm with final_stream): checked
+    predicted_first_order: float  # the same, the divisor's change to first order only (predict_live_norm without stream)
+    predicted_frozen_norm: float  # by the graph's edges alone, every norm's scale frozen (predict): `frozen`'s linearisation
     frozen: float  # measured in the graph's own model: transcoders, frozen errors, attention patterns and norm scales
     final_norm_live: float  # the graph's own model with the final norm's scale live (what freezing that one scale hides)
     replacement: float  # measured in the local replacement model (transcoders + frozen errors, attention live)
@@ -74,7 +122,7 @@ class Intervention:
 
     def rows(self) -> list[dict]:
         return [dict(nodes=" ".join(self.nodes), factor=self.factor, answer=self.answer, predicted=self.predicted,
-                     frozen=self.frozen, final_norm_live=self.final_norm_live, replacement=self.replacement,
+                     predicted_first_order=self.predicted_first_order, predicted_frozen_norm=self.predicted_frozen_norm, frozen=self.frozen, final_norm_live=self.final_norm_live, replacement=self.replacement,
                      attention_frozen=self.attention_frozen, final_norm_frozen=self.final_norm_frozen,
                      real=self.real)]  # fmt: skip
 
@@ -175,9 +223,15 @@ def _answer_logit(logits: torch.Tensor, answer: int) -> float:
 
 
 def intervene(
-    model: LoadedModel, g: AttributionGraph, nodes: list[int], factor: float = 0.0, tcs: dict[int, Transcoder] | None = None
+    model: LoadedModel,
+    g: AttributionGraph,
+    nodes: list[int],
+    factor: float = 0.0,
+    tcs: dict[int, Transcoder] | None = None,
+    stream: torch.Tensor | None = None,
 ) -> Intervention:
-    """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc)."""
+    """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc).
+    `stream`: the graph's final_stream, when the caller has it already (computed otherwise)."""
     tcs = {layer: on_device(tc, model.device) for layer, tc in ag.transcoders_for(model, tcs).items()}
     w = ag._weights(model)
     answer = int(g.logit_tokens[0])
@@ -205,7 +259,9 @@ def intervene(
         nodes=[g.node_id(i) for i in nodes],
         factor=float(factor),
         answer=g.logit_labels[0],
-        predicted=predict(g, nodes, factor),
+        predicted=predict_live_norm(g, nodes, factor, ag.final_stream(model, g, tcs) if stream is None else stream),
+        predicted_first_order=predict_live_norm(g, nodes, factor),
+        predicted_frozen_norm=predict(g, nodes, factor),
         frozen=frozen_effect(w, g, tcs, nodes, factor),
         final_norm_live=frozen_effect(w, g, tcs, nodes, factor, live_final_norm=True),
         replacement=_answer_logit(rep, answer) - b,

@@ -6,7 +6,10 @@ the replacement reproduces the real run exactly. Freezing the attention patterns
 scales (each position's standard deviation or RMS, read from the real run: `freeze`) makes
 everything between the transcoders' features linear (`Linear`): the graph's edges are gradients of
 that model, one backward pass per batch of targets (`edge_rows`; attribution_graph.build assembles
-them), and the graph's checks run it with features clamped (attribution_graph_checks.py).
+them), and the graph's checks run it with features clamped (attribution_graph_checks.py). Its
+targets are features' pre-activations and the last position's readouts (`Linear.readouts`): the
+logits, and the final norm's share and normalised stream, which let the checks put the final norm's
+divisor back in the prediction.
 """
 
 from __future__ import annotations
@@ -168,6 +171,27 @@ class Linear:
         y = frozen_norm(self.fz.w.ln_final, self.sf[-1:], x[:, None], bias)[:, 0] @ u
         return y + b if bias else y
 
+    def norm_direction(self) -> torch.Tensor:
+        """(d_model,) r = u / (d σ²), u the final norm's input at the last position of the real run (centred for a
+        LayerNorm), σ its frozen divisor: r · Δx is the first-order relative change of that divisor when the last
+        position's stream changes by Δx (σ_new / σ ≈ 1 + r · Δx; a LayerNorm's centring drops out, as u sums to 0)."""
+        x = self.fz.final[-1]  # (d_model,)
+        u = x - x.mean() if self.fz.w.ln_final.kind == "layer" else x
+        return u / (len(u) * self.sf[-1, 0] ** 2)
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d_model) the last position's stream -> (B, d_model) the final norm's u / σ, σ frozen (before γ and β):
+        linear in x."""
+        u = x - x.mean(-1, keepdim=True) if self.fz.w.ln_final.kind == "layer" else x
+        return u / self.sf[-1]
+
+    def readouts(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, d_model) the last position's stream -> (B, n + 1 + d_model), each linear in x: the logits minus the mean
+        logit without their biases (logit_values), the final norm's share r · x (norm_direction), and the normalised
+        stream u / σ (normalised)."""
+        share = x @ self.norm_direction().to(x)  # (B,)
+        return torch.cat([self.logit_values(x, tokens, bias=False), share[:, None], self.normalised(x)], 1)
+
 
 def on_device(tc: Transcoder, device) -> Transcoder:
     """The transcoder with its tensors on `device` (itself when they are there already)."""
@@ -193,7 +217,11 @@ def edge_rows(
     err: torch.Tensor,
     logit_ids: torch.Tensor,
 ) -> torch.Tensor:
-    """(B, n_active + L·P + P) the direct edges into a batch of targets, by one backward pass of the frozen linear model."""
+    """(B, n_active + L·P + P) the direct edges into a batch of targets, by one backward pass of the frozen linear model.
+
+    A target is (layer, position, feature) for a feature's pre-activation, or (L, -1, j) for the last position's
+    readouts (Linear.readouts): j < len(logit_ids) a logit node, j = len(logit_ids) the final norm's share, j =
+    len(logit_ids) + 1 + k the k-th coordinate of the normalised stream."""
     w = fz.w
     L, P, d = w.n_layers, fz.n_pos, fz.emb.shape[-1]
     B = len(targets)
@@ -220,7 +248,7 @@ def edge_rows(
         if stop == L:
             rows = (layers == L).nonzero()[:, 0]
             j = torch.tensor([targets[r][2] for r in rows.tolist()])
-            vals = lin.logit_values(x[rows.to(device), -1], logit_ids, bias=False)  # (rows, n_logit)
+            vals = lin.readouts(x[rows.to(device), -1], logit_ids)  # (rows, n_logit + 1 + d_model) (Linear.readouts)
             picked = picked.index_add(0, rows.to(device), vals[torch.arange(len(rows)), j.to(device)])
         grads = torch.autograd.grad(picked.sum(), writes, allow_unused=True)
     g = [torch.zeros(B, n, d, device=device) if x is None else x for x in grads]  # ∂target/∂(what is written at each place)
@@ -254,9 +282,10 @@ def feature_groups(tcs: dict[int, Transcoder], active: torch.Tensor, act_values:
 
 def node_constants(
     lin: Linear, tcs: dict[int, Transcoder], logit_ids: torch.Tensor, feats: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """((n_feat,), (n_logit,)) the constant of each feature node (`feats` (n_feat, 3): layer, position, feature) and logit
-    node: the frozen model run on its biases alone."""
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """((n_feat,), (n_logit,), the final norm's share's) the constant of each feature node (`feats` (n_feat, 3): layer,
+    position, feature), logit node and of the final norm's share (Linear.readouts): the frozen model run on its biases
+    alone."""
     fz = lin.fz
     P, d = fz.n_pos, fz.emb.shape[-1]
     zero = torch.zeros(1, P, d, device=fz.emb.device)
@@ -274,4 +303,5 @@ def node_constants(
     with torch.no_grad():
         x = lin.run(writes, bias=True, on_pre=on_pre)
         logit = lin.logit_values(x[:, -1], logit_ids, bias=True)[0]
-    return out, logit.float().cpu()
+        share = x[0, -1] @ lin.norm_direction().to(x)
+    return out, logit.float().cpu(), float(share)

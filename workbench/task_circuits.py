@@ -5,27 +5,44 @@ For each clean prompt of a task (workbench/tasks.py: a pair's clean prompt and i
 attribution graph of the answer (attribution_graph.build with the answer as its first logit node) is
 computed; its `top` most influential features kept by pruning form the supernode, which is set to
 `factor` × its activation (0 ablates). Two things are checked, as the issue's "done when" asks:
-- the answer's logit (minus the mean logit) changes as the graph's edges predict
-  (attribution_graph_checks.predict), within `tolerance` × |predicted|, measured the way circuit-tracer
-  checks a graph's supernodes (its demos and tutorial call `ReplacementModel.feature_intervention`
-  with its defaults, `freeze_attention=True`, `constrained_layers=None`): in the real model, every
-  MLP computing, each set feature's decoder row × (its value − its activation in that run) added
-  to its MLP's output, every attention pattern held at the real run's (engine.frozen_patterns),
-  the norms live (`measured`);
+- the answer's logit (minus the mean logit) changes as the graph's edges predict, within `tolerance`
+  × |predicted|, measured the way circuit-tracer checks a graph's supernodes (its demos and tutorial
+  call `ReplacementModel.feature_intervention` with its defaults, `freeze_attention=True`,
+  `constrained_layers=None`): in the real model, every MLP computing, each set feature's decoder row
+  × (its value − its activation in that run) added to its MLP's output, every attention pattern held
+  at the real run's (engine.frozen_patterns), the norms live (`measured`);
 - as many random features of the same graph, set the same way and measured the same way, change it
   far less: the median of `random_draws` draws below `random_share` × the supernode's measured
   change. The median, not the mean: a random feature that acts through an attention pattern (a
   query or key) can move the answer a lot, which a graph with frozen attention cannot see
   (tests/test_attribution_graph.py).
+
+What the graph predicts (`predicted`: attribution_graph_checks.predict_live_norm). The graph is built
+with every norm's scale frozen, as the paper builds it, so that its edges compose exactly; its logit
+node alone then predicts the change with the final norm's divisor σ held (`predicted_frozen_norm`).
+But σ is computed from the stream the features change, and the measurement keeps it live. The final
+norm is y = γ ⊙ u / σ + β, so the answer's logit is l_s σ / σ_new + (what does not scale): l_s and
+its change are the logit node's value and edges (without the biases), and σ_new / σ = sqrt(1 + 2a +
+b), where a = mean(n · Δn) and b = mean(Δn²) for the normalised stream n = u / σ at the last position.
+n and its share a are linear readouts of the same frozen model as the logit: the graph's edges into
+them (attribution_graph.FinalNorm, final_stream) are computed by the same backward passes, and the
+change of the feature nodes carried through the graph's edges (feature_changes) gives Δn, a and Δl
+together. So the prediction is still the graph's: its edges into three readouts of one frozen linear
+model, combined by the norm's own formula, with no measured quantity in it. Every other norm's scale
+stays frozen, and the prediction carries the features linearly (a TopK set that changes is not seen).
+To first order (σ_new / σ = 1 + a, the graph's share readout alone: `predicted_first_order`) b, the
+part of |Δn|² orthogonal to the stream, is left out; measured, that part is what moves σ when a
+supernode is ablated (the circuits model: b = 0.12-0.31 against 2a = -0.34-0.04 on the induction
+pairs; README), so the check compares with the full formula and reports the first order beside it.
+
 Reported beside them: the same real-model change with attention live (`live`, feature_intervention
 with freeze_attention=False), the local replacement model's (transcoders + frozen errors, attention
 live: what the check measured before), the graph's own frozen model's (`frozen`: patterns, norm
-scales and errors frozen, every feature recomputed; the prediction's arithmetic), and that frozen
-model with only the final norm live (`final_norm_live`), and the real model with attention and the
-final norm's scale frozen (`final_norm_frozen`). Where `measured` misses the prediction, these say
-why: on the stories tasks `frozen` meets the prediction, freezing attention changes little, making
-the final norm's scale live alone takes the frozen model down to what is measured, and holding it
-in the real model brings the measurement back to the prediction (README).
+scales and errors frozen, every feature recomputed; `predicted_frozen_norm`'s arithmetic), that
+frozen model with only the final norm live (`final_norm_live`: `predicted`'s arithmetic), and the real
+model with attention and the final norm's scale frozen (`final_norm_frozen`). `within_tolerance`
+compares the measurements with the final norm live with `predicted`, those with it frozen with
+`predicted_frozen_norm`.
 
 Where the pairs come from: a task dataset shipped beside the model (models/<model>/tasks/*.json:
 the stories model), else, for induction, pairs built by tasks.induction from the model's own
@@ -54,10 +71,10 @@ class CheckConfig:
 
     top: int = 5  # features in the supernode: the graph's most influential kept ones
     factor: float = 0.0  # the supernode set to this × its activation (0 ablates)
-    # measured within this share of |predicted|. Why a third: the prediction is first-order (edges carried linearly,
-    # norm scales frozen, as the graph is built), the measurement is not (TopK sets, the real MLPs and the norms react),
-    # and "as the edges predict" asks for the size, not the digits. Fixed before the stories tasks were measured and
-    # kept: not tuned to make a task pass.
+    # measured within this share of |predicted|. Why a third: the prediction is linear in the features (edges carried
+    # linearly, every norm's scale but the final one's frozen, as the graph is built), the measurement is not (TopK sets,
+    # the real MLPs and the other norms react), and "as the edges predict" asks for the size, not the digits. Fixed
+    # before the stories tasks were measured and kept: not tuned to make a task pass.
     tolerance: float = 0.35
     random_draws: int = 10
     random_share: float = 0.2  # the median random draw moves the answer less than this share of the supernode's change
@@ -74,7 +91,9 @@ class PairCheck:
     prompt: str
     answer: str
     nodes: list[str]  # the supernode's node ids
-    predicted: float  # by the graph's edges
+    predicted: float  # by the graph's edges, the final norm's scale live (predict_live_norm with final_stream): checked
+    predicted_first_order: float  # the same, the final norm's divisor to first order (predict_live_norm without stream)
+    predicted_frozen_norm: float  # by the graph's edges alone, every norm's scale frozen (predict)
     measured: float  # the real model, attention patterns frozen (circuit-tracer's feature_intervention defaults): checked
     live: float  # the real model, attention live
     replacement: float  # the local replacement model (transcoders + frozen errors), attention live
@@ -111,7 +130,8 @@ class TaskCheck:
 
     def rows(self) -> list[dict]:
         return [
-            dict(prompt=p.prompt, answer=p.answer, nodes=" ".join(p.nodes), predicted=p.predicted, measured=p.measured, live=p.live,
+            dict(prompt=p.prompt, answer=p.answer, nodes=" ".join(p.nodes), predicted=p.predicted,
+                 predicted_first_order=p.predicted_first_order, predicted_frozen_norm=p.predicted_frozen_norm, measured=p.measured, live=p.live,
                  replacement=p.replacement, frozen=p.frozen, final_norm_live=p.final_norm_live, final_norm_frozen=p.final_norm_frozen,
                  random_median=p.random_median,
                  within_tolerance=p.within_tolerance, beats_random=p.beats_random, passed=p.passed)
@@ -130,10 +150,21 @@ class TaskCheck:
         }
 
     def within_tolerance(self) -> dict[str, int]:
-        """How many pairs each measurement puts within the tolerance of the prediction (`measured` is the check's)."""
+        """How many pairs each measurement puts within the tolerance of the prediction it is compared with: the
+        norm-aware prediction for the measurements with the final norm's scale live (`measured` is the check's), the
+        frozen-scale prediction for those with it frozen (`*_frozen_norm`: the gap the norm-aware one closes)."""
         t = self.config.tolerance
-        names = ("measured", "live", "final_norm_frozen", "replacement", "frozen", "final_norm_live")
-        return {n: sum(abs(getattr(p, n) - p.predicted) <= t * abs(p.predicted) for p in self.pairs) for n in names}
+
+        def near(value: float, predicted: float) -> bool:
+            return abs(value - predicted) <= t * abs(predicted)
+
+        live = ("measured", "live", "replacement", "final_norm_live")
+        frozen = ("final_norm_frozen", "frozen")
+        out = {n: sum(near(getattr(p, n), p.predicted) for p in self.pairs) for n in live}
+        out |= {n: sum(near(getattr(p, n), p.predicted_frozen_norm) for p in self.pairs) for n in frozen}
+        out["measured_first_order"] = sum(near(p.measured, p.predicted_first_order) for p in self.pairs)
+        out["measured_frozen_norm"] = sum(near(p.measured, p.predicted_frozen_norm) for p in self.pairs)  # the check as it was
+        return out
 
 
 def model_words(model: LoadedModel) -> list[str]:
@@ -174,16 +205,17 @@ def check_pair(model: LoadedModel, pair: tasks.Pair, tcs: dict[int, Transcoder],
     top = g.top_features(cfg.top)
     if not top:
         raise InputError(f"the graph of {pair.clean!r} kept no feature: nothing to check")
-    r = graph_checks.intervene(model, g, top, cfg.factor, tcs)
+    stream = ag.final_stream(model, g, tcs)  # once for the pair's interventions
+    r = graph_checks.intervene(model, g, top, cfg.factor, tcs, stream)
     draws = [
-        graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs)
+        graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs, stream)
         for s in range(cfg.random_draws)
     ]
     random_changes = [abs(d.attention_frozen) for d in draws]
     within = abs(r.attention_frozen - r.predicted) <= cfg.tolerance * abs(r.predicted)
     beats = statistics.median(random_changes) < cfg.random_share * abs(r.attention_frozen) if random_changes else True
     return PairCheck(
-        pair.clean, pair.answer, r.nodes, r.predicted, r.attention_frozen, r.real, r.replacement, r.frozen, r.final_norm_live,
+        pair.clean, pair.answer, r.nodes, r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.attention_frozen, r.real, r.replacement, r.frozen, r.final_norm_live,
         r.final_norm_frozen, random_changes, within, beats,
     )  # fmt: skip
 

@@ -125,11 +125,14 @@ def node_of_selection(selection: dict | None) -> str | None:
 
 
 def intervention_figure(r: Intervention) -> go.Figure:
-    """The answer's logit change: predicted by the graph and measured six ways (attribution_graph's module doc)."""
-    names = ["predicted by the edges", "frozen model", "frozen model, final norm live", "replacement model (attention live)",
-             "real model, attention and final norm frozen", "real model, attention frozen", "real model (attention live)"]  # fmt: skip
-    values = [r.predicted, r.frozen, r.final_norm_live, r.replacement, r.final_norm_frozen, r.attention_frozen, r.real]
-    colors = ["#9467bd", "#8c564b", "#e377c2", "#2ca02c", "#bcbd22", "#17becf", "#1f77b4"]
+    """The answer's logit change: predicted by the graph three ways and measured six ways (attribution_graph_checks'
+    module doc)."""
+    names = ["predicted (final norm live)", "predicted, first order", "predicted, norm scales frozen", "frozen model",
+             "frozen model, final norm live", "replacement model (attention live)", "real model, attention and final norm frozen",
+             "real model, attention frozen", "real model (attention live)"]  # fmt: skip
+    values = [r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.frozen, r.final_norm_live, r.replacement,
+              r.final_norm_frozen, r.attention_frozen, r.real]  # fmt: skip
+    colors = ["#9467bd", "#c5b0d5", "#7f7f7f", "#8c564b", "#e377c2", "#2ca02c", "#bcbd22", "#17becf", "#1f77b4"]
     fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors,
                            text=[f"{v:+.3f}" for v in values], textposition="outside"))  # fmt: skip
     fig.update_yaxes(title=f"Δ logit of {r.answer!r} − mean logit")
@@ -155,10 +158,10 @@ def logit_effect_figure(up: list[str], up_values: list[float], down: list[str], 
 
 def task_check_figure(c: TaskCheck) -> go.Figure:
     """Each pair's supernode change of the answer's logit: measured (real model, attention frozen) against the edges'
-    prediction, with the tolerance band around measured = predicted, the attention-live change and the median random
-    draw's change beside it."""
+    norm-aware prediction, with the tolerance band around measured = predicted, the attention-live change, the median
+    random draw's change and the frozen-scale prediction (at the measured change) beside it."""
     pred = [p.predicted for p in c.pairs]
-    seen = [v for p in c.pairs for v in (p.measured, p.live)]
+    seen = [v for p in c.pairs for v in (p.measured, p.live, p.predicted_frozen_norm)]
     lo, hi = min([0.0, *pred, *seen]), max([0.0, *pred, *seen])
     line = [lo, hi]
     t = c.config.tolerance
@@ -174,10 +177,13 @@ def task_check_figure(c: TaskCheck) -> go.Figure:
     fig.add_trace(go.Scatter(x=pred, y=[p.live for p in c.pairs], mode="markers", name="top supernode, attention live",
                              marker=dict(size=7, color="#1f77b4", symbol="circle-open"), text=text,
                              hovertemplate="%{text}<br>predicted %{x:.3f}, attention live %{y:.3f}<extra></extra>"))  # fmt: skip
+    fig.add_trace(go.Scatter(x=[p.predicted_frozen_norm for p in c.pairs], y=[p.measured for p in c.pairs], mode="markers",
+                             name="frozen-scale prediction (norm scales frozen)", marker=dict(size=7, color="#7f7f7f", symbol="diamond-open"),
+                             text=text, hovertemplate="%{text}<br>frozen-scale prediction %{x:.3f}, measured %{y:.3f}<extra></extra>"))  # fmt: skip
     fig.add_trace(go.Scatter(x=pred, y=[-p.random_median if p.predicted < 0 else p.random_median for p in c.pairs], mode="markers",
                              name="as many random features (median |change|)", marker=dict(size=7, color="#7f7f7f", symbol="x"),
                              text=text, hovertemplate="%{text}<br>random median %{y:.3f}<extra></extra>"))  # fmt: skip
-    fig.update_xaxes(title="Δ answer logit predicted by the edges")
+    fig.update_xaxes(title="Δ answer logit predicted by the edges (final norm live)")
     fig.update_yaxes(title="Δ answer logit measured (real model)")
     title = f"{c.task} on {c.model}: {c.passed:.0%} of {len(c.pairs)} pairs pass (supernode set to ×{c.config.factor:g})"
     return layout(fig, title, 420)

@@ -13,7 +13,9 @@ mean, and a linear skip path W_skip (started at zero) for what is linear in the 
 The card (models/<model>/transcoders/README.md + card.json) is written from measurements on
 held-out data (the English model's held-out text; fresh copying sequences for the circuits model):
 the explained variance of each MLP's output, the loss recovered when the transcoder replaces its
-MLP (alone, and all layers at once) against zero-ablating the MLP, L0 and dead features.
+MLP (alone, and all layers at once) against zero-ablating the MLP, L0 and dead features; and the
+attribution graph's task circuits checked by intervention (task_checks: workbench/task_circuits.py),
+which `refresh_checks` re-measures alone, training nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 
 from workbench import engine
+from workbench.errors import InputError
 from workbench.model import load_model
 from workbench.train.sae import topk_decode, topk_update, trained
 from workbench.transcoder import FOLDER, Transcoder, capture_names, mlp_io, splice_edits
@@ -279,6 +282,39 @@ def quality(model, tcs: dict[int, Transcoder], name: str, rows: torch.Tensor, sc
     return out
 
 
+def task_checks(model, tcs: dict[int, Transcoder] | None = None) -> dict:
+    """The attribution graph's task circuits checked by intervention (workbench/task_circuits.py, its default CheckConfig)
+    on every task the model ships (models/<model>/tasks), else on induction built from its own words: for the card."""
+    from workbench import task_circuits, tasks
+
+    folder = Path(model.info.source)
+    names = tasks.available(folder) or ["induction"]
+    card = folder / "card.json"
+    verdicts = json.loads(card.read_text()).get("measured", {}).get("tasks", {}) if card.exists() else {}
+    out = {"config": dataclasses.asdict(task_circuits.CHECK), "tasks": {}}
+    for name in names:
+        verdict = verdicts.get(name, {}).get("verdict", "")
+        try:
+            c = task_circuits.check_task(model, name, tcs=tcs)
+        except InputError as err:  # e.g. a graph that keeps no feature: the card says so
+            out["tasks"][name] = {"verdict": verdict, "error": str(err)}
+            continue
+        out["tasks"][name] = {**c.summary(), "verdict": verdict, "pairs": c.rows()}
+    return out
+
+
+def refresh_checks(model_name: str, out: Path | None = None) -> dict:
+    """Re-measures the task checks of `model_name`'s shipped transcoders and rewrites their card, training nothing."""
+    from workbench.transcoder import load_set
+
+    model = load_model(model_name)
+    out = out or Path(model.info.source) / FOLDER
+    card = json.loads((out / "card.json").read_text())
+    card["task_circuits"] = task_checks(model, load_set(out))
+    write_card(out, card)
+    return card
+
+
 def build(model_name: str, cfg: TranscoderConfig = CONFIG, out: Path | None = None, log=print) -> dict:
     """Trains, measures and writes the transcoders of `model_name`, with the card; returns the card's record."""
     torch.set_num_threads(cfg.threads)
@@ -287,6 +323,7 @@ def build(model_name: str, cfg: TranscoderConfig = CONFIG, out: Path | None = No
     tcs, records = train(model, cfg, log)
     q = quality(model, tcs, *heldout(model))
     card = {"model": model_name, "config": dataclasses.asdict(cfg), "quality": q, "training": {}}
+    card["task_circuits"] = task_checks(model, tcs)
     for layer, tc in tcs.items():
         rec = {k: v for k, v in records[layer].items() if k != "log"}
         tc.save(out / f"layer{layer}", training=rec, quality=q["layers"][layer], trained_with=dataclasses.asdict(cfg))
@@ -327,4 +364,48 @@ def write_card(out: Path, card: dict) -> None:
         + f"\nEvery layer replaced at once: loss {a['loss_spliced']:.3f} (unchanged {a['loss_clean']:.3f}, every MLP zero-ablated "
         f"{a['loss_zero']:.3f}): **{a['loss_recovered']:.3f}** of the loss recovered.\n"
     )
+    if "task_circuits" in card:
+        text += _task_checks_text(card["model"], card["task_circuits"])
     (out / "README.md").write_text(text)
+
+
+def _task_checks_text(model_name: str, checks: dict) -> str:
+    """The card's section on the task circuits (task_checks), every number from `checks`."""
+    cfg = checks["config"]
+    t = cfg["tolerance"]
+
+    def row(name: str, c: dict) -> str:
+        if "error" in c:
+            return f"| {name} | not checked: {c['error']} | | | | | |\n"
+        w, pairs = c["within_tolerance"], c["pairs"]
+        beats = sum(p["beats_random"] for p in pairs)
+        first = ", ".join(
+            f"{p['predicted']:.2f} ({p['predicted_first_order']:.2f}, {p['predicted_frozen_norm']:.2f}) → {p['measured']:.2f}"
+            for p in pairs[:3]
+        )
+        verdict = f" ({c['verdict']})" if c["verdict"] else ""
+        return (
+            f"| {name}{verdict} | {round(c['passed'] * len(pairs))} of {len(pairs)} | {w['measured']} / {w['live']} / {w['replacement']} / "
+            f"{w['final_norm_live']} | {w['measured_first_order']} | {w['measured_frozen_norm']} / {w['final_norm_frozen']} / {w['frozen']} | "
+            f"{beats} | {first} |\n"
+        )
+
+    return (
+        "\n## Task circuits checked by intervention\n\n"
+        f"Written with the card, and alone by `python -m workbench.train transcoders {model_name} --checks` "
+        "(`workbench/task_circuits.py`). On each task's first "
+        f"{cfg['pairs']} pairs, the attribution graph of the answer is built with these transcoders and its top supernode (the "
+        f"{cfg['top']} most influential features kept by pruning) is set to {cfg['factor']:g} × its activation. A pair passes where "
+        "the answer's logit (minus the mean logit) changes, in the real model with attention patterns frozen and the norms live "
+        f"(circuit-tracer's `feature_intervention` default), within {t:.0%} of the graph's prediction, and the median of "
+        f"{cfg['random_draws']} draws of as many random features moves it less than {cfg['random_share']:g} × as much. The "
+        "prediction is the graph's edges into the answer's logit, the final norm's share and the normalised stream at the last "
+        "position, combined by the norm's formula (the final norm's scale live, as in the measurement); beside it, its first "
+        "order (the share alone) and the frozen-scale prediction (the logit's edges alone, every norm's scale frozen as the "
+        "graph is built).\n\n"
+        f"| task | passes | within {t:.0%} of the prediction: real model, attention frozen (the check) / attention live / "
+        "replacement model (transcoders, errors frozen) / frozen model, final norm live | within of the first order: real, "
+        "attention frozen | within of the frozen-scale prediction: real, attention frozen / real, attention and final norm "
+        "frozen / frozen model | beats random | predicted (first order, frozen scale) → measured, first pairs |\n"
+        "|---|---|---|---|---|---|---|\n" + "".join(row(name, c) for name, c in checks["tasks"].items())
+    )
