@@ -18,7 +18,7 @@ from captum.attr import IntegratedGradients
 
 from benchmarks.common import Row
 from workbench import ig
-from workbench.attribution import embed_forward, token_embeddings
+from workbench.attribution import baseline_embeddings, embed_forward, token_embeddings
 from workbench.model import load_model
 from workbench.runs import encode
 
@@ -41,8 +41,7 @@ def _setup(model, prompt: str):
         answer = int(model.bridge(ids[None])[0, -1].argmax())
     f = embed_forward(model, ids, answer, None)
     x = token_embeddings(model, ids)
-    b = torch.zeros_like(x)
-    b[0, 0] = x[0, 0]  # BOS stays, as the attribution view does
+    b = baseline_embeddings(model, x, None)  # zeros, BOS kept, as the attribution view does
     with torch.no_grad():
         fx, fb = f(torch.cat([x, b])).tolist()
     return f, x, b, abs(fx - fb)

@@ -7,7 +7,7 @@ import torch
 from captum.attr import IntegratedGradients
 
 from workbench import attribution, ig
-from workbench.attribution import Answer, embed_forward, token_embeddings
+from workbench.attribution import Answer, baseline_embeddings, embed_forward, token_embeddings
 from workbench.runs import encode
 
 PROMPT = "Once upon a time there was a little girl who lived in a"
@@ -51,8 +51,7 @@ def test_adaptive_ig_matches_captum_and_reaches_one_percent(english):
         answer = int(english.bridge(ids[None])[0, -1].argmax())
     f = embed_forward(english, ids, answer, None)
     x = token_embeddings(english, ids)
-    b = torch.zeros_like(x)
-    b[0, 0] = x[0, 0]
+    b = baseline_embeddings(english, x, None)
     r = ig.integrated_gradients(f, x, b, tolerance=0.01)
     assert r.relative_error <= 0.01 and r.points < 50  # fewer gradient evaluations than captum's default
     reference, _ = IntegratedGradients(f).attribute(x, baselines=b, n_steps=300, return_convergence_delta=True)

@@ -151,6 +151,18 @@ def token_embeddings(model: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     return cache["hook_embed"].float()
 
 
+def baseline_embeddings(model: LoadedModel, inputs: torch.Tensor, base_id: int | None) -> torch.Tensor:
+    """(1, pos, d_model) the baseline the attributions start from, for `inputs` (1, pos, d_model) the prompt's embeddings:
+    the zero vector (`base_id` None) or token `base_id`'s embedding at every position but the first, which keeps the
+    prompt's: BOS stays BOS, since the path changes the prompt, not the start marker."""
+    if base_id is None:
+        base = torch.zeros_like(inputs).detach()
+    else:
+        base = token_embeddings(model, torch.full(inputs.shape[1:2], base_id, dtype=torch.long))  # (pos,) ids, as the prompt's
+    base[0, 0] = inputs[0, 0].detach()
+    return base
+
+
 def baseline_token(model: LoadedModel, baseline: str) -> int | None:
     """The token a baseline puts at every position but the first, or None for the zero embedding."""
     if baseline == "zeros":
@@ -256,9 +268,7 @@ def input_attribution(
                 forward = checkpointed_forward(model, ctx, token, answer.wrong)
             forward = calls.counting(forward)
             inputs = token_embeddings(model, ctx).requires_grad_(True)  # (1, pos_t, d_model)
-            zeros = base_id is None
-            base = torch.zeros_like(inputs).detach() if zeros else token_embeddings(model, torch.full_like(ctx, base_id))
-            base[0, 0] = inputs[0, 0].detach()  # BOS stays BOS: the path changes the prompt, not the start marker
+            base = baseline_embeddings(model, inputs, base_id)
             if method == "feature ablation":
                 # one position at a time set to the baseline's embedding (zeros really is the zero vector)
                 positions = torch.arange(len(ctx), device=inputs.device)[None, :, None].expand_as(inputs)  # (1, pos_t, d_model)
