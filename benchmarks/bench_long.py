@@ -122,7 +122,7 @@ def _measure(model, quick: bool) -> list[Row]:
         corrupted_ids = tokens.clone()
         corrupted_ids[N_TOKENS - 4] = 2 + (corrupted_ids[N_TOKENS - 4] + 7) % 96
         pair = tasks.Pair(prompt, model.tokenizer.decode(corrupted_ids[1:]), 5, 6)
-        return preview_sweep(model, pair, "resid_pre", "denoising", "AtP*")
+        return preview_sweep(model, pair, "resid_pre", method="AtP*", direction="denoising")
 
     def compare_view():
         return compare.pattern_diff(model, prompt, other), compare.lens_diff(

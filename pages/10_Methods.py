@@ -8,8 +8,9 @@ from workbench.metrics import METRICS
 
 view = ui.View(
     "Patching methods",
-    "Cheap estimates of activation patching (AtP, AtP* on nodes; EAP, EAP-IG on edges) scored against exact patching on a "
-    "task: rank correlation, recall of the exact top 10, the faithfulness of the circuits each ranking builds, and time.",
+    "Cheap estimates of activation patching (AtP, AtP* on nodes; EAP, EAP-IG on edges) "
+    "scored against exact patching on a task: rank correlation, recall of the exact top 10, "
+    "the faithfulness of the circuits each ranking builds, and time.",
     shared=("model", "clean", "corrupted"),
     params=(
         ui.choice("task", (*scoreboard.TASKS, *tasks.TASKS)),

@@ -118,7 +118,7 @@ with ui.guard("the patching"):
     if n <= long.LONG_TOKENS or st.checkbox(
         f"Run the {method} preview (backward passes: about {backward_mb:,.0f} MB)", key="w.long_preview"
     ):
-        preview = preview_sweep(model, pair, site, direction, method, metric=metric)
+        preview = preview_sweep(model, pair, site, method=method, direction=direction, metric=metric)
         st.markdown(f"**Baselines** ({metric}): clean run **{preview.clean_value:.4f}**, corrupted run **{preview.corrupted_value:.4f}**.")
         if preview.note:
             st.warning(preview.note[0].upper() + preview.note[1:] + ".")

@@ -75,7 +75,7 @@ def body(model, s, out):
                             passes=sweep.cells * len(pairs), calls=sweep.passes * len(pairs)).line(), flush=True)  # fmt: skip
         if len(pairs) == 1:
             # the preview first: it takes seconds, and bad input stops the probe before the exact sweep
-            estimate = preview.preview_sweep(model, pairs[0], site, s["direction"], s["preview"], metric=s["metric"])
+            estimate = preview.preview_sweep(model, pairs[0], site, method=s["preview"], direction=s["direction"], metric=s["metric"])
             with tqdm(total=1, desc=f"{site}", unit="cell") as bar:
 
                 def progress(done, total, bar=bar):

@@ -235,11 +235,11 @@ def test_a_long_prompts_preview_taken_block_by_block_equals_the_whole_graph(deep
             break
     ids = [deep.tokenizer(" " + w)["input_ids"][0] for w in ("apple", "river")]
     setup = tasks.Pair(clean, corrupted, *ids)
-    blockwise = preview_sweep(deep, setup, site, "denoising", "AtP*")
+    blockwise = preview_sweep(deep, setup, site, method="AtP*", direction="denoising")
     from workbench import preview
 
     monkeypatch.setattr(preview, "LONG_TOKENS", 10**6)  # the same preview through one graph of the whole run
-    whole = preview_sweep(deep, setup, site, "denoising", "AtP*")
+    whole = preview_sweep(deep, setup, site, method="AtP*", direction="denoising")
     assert torch.allclose(blockwise.raw, whole.raw, atol=1e-4, rtol=1e-3)
     assert torch.allclose(blockwise.magnitude, whole.magnitude, atol=1e-4, rtol=1e-3)
     assert float(whole.magnitude.max()) > 0

@@ -150,12 +150,12 @@ def test_plain_atp_is_attribution_patching_and_atp_star_computes_the_same_linear
     compute the same linear term where no QK fix applies (their first gradient is the plain one), so the two agree."""
     pair = _pair(circuits)
     for direction in patching.DIRECTIONS:
-        ours = preview.preview_sweep(circuits, pair, site, direction, "AtP")
+        ours = preview.preview_sweep(circuits, pair, site, method="AtP", direction=direction)
         reference = patching.attribution_sweep(circuits, pair, site, direction)
         assert torch.equal(ours.raw, reference.raw) and ours.method == "AtP" and (ours.forward, ours.backward) == (2, 1)
         assert ours.provenance["settings"]["method"] == "AtP" and ours.magnitude is not None
         if SITES[site].engine_site not in ("q", "k"):
-            star = preview.preview_sweep(circuits, pair, site, direction, "AtP*")
+            star = preview.preview_sweep(circuits, pair, site, method="AtP*", direction=direction)
             torch.testing.assert_close(star.raw, reference.raw, atol=1e-5, rtol=1e-5)
 
 
@@ -216,7 +216,7 @@ def test_atp_star_recalls_the_exact_top_cells_at_least_as_well_as_atp(request, n
     pair = _pair(model)
     for site in SITES:
         exact = patching.sweep(model, pair, site, direction)
-        star, plain = (preview.preview_sweep(model, pair, site, direction, m) for m in ("AtP*", "AtP"))
+        star, plain = (preview.preview_sweep(model, pair, site, method=m, direction=direction) for m in ("AtP*", "AtP"))
         assert preview.recall(star, exact) >= preview.recall(plain, exact), site
 
 
@@ -345,3 +345,9 @@ def test_patching_probe_refuses_an_unknown_preview_in_one_line(tmp_path, capsys)
     assert probes_main(["patching", "--spec", str(spec), "--out", str(tmp_path / "x")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "unknown preview 'AtP**'" in errors[0]
+
+
+def test_the_methods_annotation_names_the_preview_methods():
+    import typing
+
+    assert typing.get_args(typing.get_type_hints(preview.preview_sweep)["method"]) == preview.PREVIEW_METHODS

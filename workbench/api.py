@@ -262,7 +262,7 @@ def patch(
         return Result(patching.sweep(model, pair, site, direction, metric=metric))
     if method not in preview.PREVIEW_METHODS:
         raise InputError(f"unknown method {method!r}: use exact or one of {', '.join(preview.PREVIEW_METHODS)}")
-    return Result(preview.preview_sweep(model, pair, site, direction, method, metric=metric))
+    return Result(preview.preview_sweep(model, pair, site, method=method, direction=direction, metric=metric))
 
 
 def attribute(

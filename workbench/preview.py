@@ -27,6 +27,7 @@ cells among the preview's top k.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 
@@ -38,7 +39,7 @@ from workbench.patch_sites import Site, site_named
 from workbench.runs import provenance, run_prompt
 from workbench.tasks import Pair, check_pair
 
-PREVIEW_METHODS = ("AtP*", "AtP")  # the first is the default
+PREVIEW_METHODS = ("AtP*", "AtP")  # the first is the default; preview_sweep's `method` annotation names them too
 K = 5  # recall@K: the page exact-checks the preview's top 5 cells
 
 
@@ -141,13 +142,14 @@ def preview_sweep(
     model: LoadedModel,
     pair: Pair,
     site: str = "resid_pre",
-    direction: str = "denoising",
-    method: str = "AtP*",
     *,
+    method: Literal["AtP*", "AtP"] = "AtP*",  # one of PREVIEW_METHODS
+    direction: str = "denoising",
     metric: str = "logit difference",
 ) -> patching.PatchResult:
-    """Every cell of `site` estimated by AtP* or plain AtP, reading the metric of kind `metric`, as a PatchResult (values
-    normalised as an exact sweep's)."""
+    """Every cell of `site` estimated by `method`, AtP* or plain AtP, reading the metric of kind `metric`, as a
+    PatchResult (values normalised as an exact sweep's). The method and direction by name: a call says which estimate
+    it reads."""
     if method not in PREVIEW_METHODS:
         raise InputError(f"unknown preview '{method}': use one of {', '.join(PREVIEW_METHODS)}")
     s = site_named(site)
