@@ -6,7 +6,7 @@ import streamlit as st
 
 from workbench import attribution_graph as ag
 from workbench import attribution_graph_checks as graph_checks
-from workbench import graph_files, ui
+from workbench import graph_files, transcoder_contexts, ui
 from workbench.errors import InputError
 from workbench.figures import attribution_graph as draw
 from workbench.tokens import single_token_id
@@ -29,7 +29,7 @@ view = ui.View(
     ),
 )
 build = view.cached(ag.graph_of, spinner="Computing the attribution graph…")
-contexts = view.cached(ag.top_contexts, entries=64)
+contexts = view.cached(transcoder_contexts.top_contexts, entries=64)
 model = view.start()
 prompt, truncate = ui.prompt_form(model)
 for name, default in (

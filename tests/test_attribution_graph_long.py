@@ -100,7 +100,7 @@ def test_a_graph_computed_in_batches_equals_the_one_computed_at_once(small):
 def test_a_long_prompt_stays_under_its_planned_peak(english):
     text = (Path(english.info.source) / "heldout_prose.txt").read_text()
     tokens = encode(english, text, truncate=True)[0][:250]
-    w = ag._weights(english)
+    w = ag.engine_weights(english)
     tcs = ag.transcoders_for(english, None) if ag.transcoders_of(english) else None
     if tcs is None:
         pytest.skip("english has no transcoders")
@@ -123,7 +123,7 @@ def test_a_long_prompt_stays_under_its_planned_peak(english):
 
 def test_a_budget_too_small_for_any_graph_is_one_line(small):
     model, tcs = small
-    w = ag._weights(model)
+    w = ag.engine_weights(model)
     tokens = encode(model, "the cat sat on the mat")[0]
     with pytest.raises(InputError, match=r"does NOT fit.*WORKBENCH_MEMORY_MB"):
         ag.build_tokens(model, w, tokens, tcs, ag.CONFIG, None, "x", budget=10_000)

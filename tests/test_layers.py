@@ -45,13 +45,7 @@ UPWARD = {
 }
 
 # (file, module.name) -> why a private name crosses; each must still exist
-PRIVATE_CROSSINGS = {
-    ("workbench/graph_files.py", "workbench.attribution_graph._weights"): "the backend branch rewrites how weights "
-    "are read this session; make it public (or replace it) there",
-    ("workbench/attribution_graph_checks.py", "workbench.attribution_graph._weights"): "as graph_files",
-    ("workbench/tasks.py", "workbench.train.stories._pick_two"): "train/stories.py is being retrained by the "
-    "lead this session; make it public there",
-}
+PRIVATE_CROSSINGS: dict[tuple[str, str], str] = {}
 
 
 def _sources() -> list[Path]:

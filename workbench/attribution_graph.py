@@ -236,7 +236,7 @@ def transcoders_for(model: LoadedModel, tcs: dict[int, Transcoder] | None) -> di
     return found
 
 
-def _weights(model: LoadedModel) -> engine.Weights:
+def engine_weights(model: LoadedModel) -> engine.Weights:
     """The engine's weights, once `engine.backend` has chosen the engine: attribution graphs run only on it."""
     try:
         return engine.checked_weights(model)
@@ -254,7 +254,7 @@ def build(
 ) -> AttributionGraph:
     """The attribution graph of the next-token prediction after `prompt` (module doc); `answer` forces the first logit node."""
     tcs = transcoders_for(model, tcs)
-    w = _weights(model)
+    w = engine_weights(model)
     tokens, _ = encode(model, prompt, truncate)
     tokens = tokens.to(model.device)
     return build_tokens(model, w, tokens, tcs, cfg, answer, prompt)
@@ -264,7 +264,7 @@ def plan(model: LoadedModel, n_tokens: int, tcs: dict[int, Transcoder] | None = 
     """The plan of a graph of a prompt of n_tokens, before it runs: TopK transcoders' active features are k per layer
     and position at most; others' are taken as 5% of their width (the shipped and random ones fire far less)."""
     tcs = transcoders_for(model, tcs)
-    w = _weights(model)
+    w = engine_weights(model)
     per_pos = sum(tc.k if tc.activation == "topk" else max(1, tc.d_sae // 20) for tc in tcs.values())
     return plan_graph(w, n_tokens, per_pos * n_tokens, max(tc.d_sae for tc in tcs.values()), cfg)
 
@@ -427,7 +427,7 @@ def final_stream(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Transco
     squared size of the change, which the final norm's divisor sees), and d_model more rows would cost a large model
     a third of its graph's time."""
     tcs = {layer: on_device(tc, model.device) for layer, tc in transcoders_for(model, tcs).items()}
-    w = _weights(model)
+    w = engine_weights(model)
     fz = freeze(w, g.tokens.to(w.W_E.device))
     lin = Linear.of(fz, tcs)
     L, P, d = w.n_layers, fz.n_pos, fz.emb.shape[-1]
@@ -458,56 +458,3 @@ def graph_of(
     return build(
         model, prompt, tcs, dataclasses.replace(CONFIG, node_threshold=node_threshold, edge_threshold=edge_threshold), answer, truncate
     )
-
-
-@dataclass(frozen=True)
-class Contexts:
-    """A feature's strongest activations on held-out data: (text before, token, activation) each."""
-
-    layer: int
-    feature: int
-    data: str
-    top: list[tuple[str, str, float]]
-    density: float  # share of held-out tokens where it is active
-
-    def rows(self) -> list[dict]:
-        return [dict(context=c, token=t, activation=a) for c, t, a in self.top]
-
-
-def top_contexts(model: LoadedModel, layer: int, feature: int, k: int = 8, folder: str | None = None) -> Contexts:
-    """The `k` held-out tokens where `feature` of layer `layer`'s transcoder (shipped, or in `folder`) is strongest
-    (train/transcoders.heldout)."""
-    from workbench.train.transcoders import heldout, io_of
-
-    tcs = transcoders_for(model, transcoder_set(model, folder) or None)
-    tc = tcs[layer]
-    f = tc.check_feature(feature)
-    key = (layer, str(folder))
-    if key not in model.state.transcoder_contexts:  # each feature's top activations, one pass over the held-out rows per layer
-        w = _weights(model)
-        name, rows, _ = heldout(model)
-        rows = rows[:64]
-        vals, where, active = [], [], torch.zeros(tc.d_sae)
-        with torch.no_grad():
-            for s in range(0, len(rows), 16):
-                x, _ = io_of(w, rows[s : s + 16].to(model.device))[layer]
-                a = tc.encode(x)[:, 1:].float().cpu()  # (b, pos - 1, d_sae): BOS left out
-                active += (a > 0).flatten(0, 1).sum(0)
-                top = a.flatten(0, 1).topk(min(k, a.shape[0] * a.shape[1]), dim=0)  # (k, d_sae)
-                vals.append(top.values)
-                where.append(top.indices + s * (rows.shape[1] - 1))
-        vals_t, where_t = torch.cat(vals), torch.cat(where)
-        best = vals_t.topk(k, dim=0)
-        density = active / (len(rows) * (rows.shape[1] - 1))
-        model.state.transcoder_contexts[key] = (name, rows, best.values, where_t.gather(0, best.indices), density)
-    name, rows, values, where, density = model.state.transcoder_contexts[key]
-    width = rows.shape[1] - 1
-    top = []
-    for v, idx in zip(values[:, f].tolist(), where[:, f].tolist(), strict=True):
-        if v <= 0:
-            continue
-        r, p = divmod(int(idx), width)
-        p += 1
-        before = model.tokenizer.decode(rows[r, max(1, p - 12) : p].tolist())
-        top.append((before, token_labels(model.tokenizer, [int(rows[r, p])])[0], float(v)))
-    return Contexts(layer, f, name, top, float(density[f]))

@@ -233,7 +233,7 @@ def intervene(
     """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc).
     `stream`: the graph's final_stream, when the caller has it already (computed otherwise)."""
     tcs = {layer: on_device(tc, model.device) for layer, tc in ag.transcoders_for(model, tcs).items()}
-    w = ag._weights(model)
+    w = ag.engine_weights(model)
     answer = int(g.logit_tokens[0])
     tokens = g.tokens.to(model.device)[None]
     final = [f"blocks.{w.n_layers - 1}.hook_resid_post"]  # the stream the final norm reads
@@ -281,7 +281,7 @@ def continuations(
     from workbench.generate import Sampling, generate
 
     tcs = ag.transcoders_for(model, tcs)
-    w = ag._weights(model)
+    w = ag.engine_weights(model)
     s = Sampling(max_new_tokens=new_tokens)
     return generate(model, g.prompt, s), generate(model, g.prompt, s, clamp_edits(w, g, tcs, nodes, factor))
 

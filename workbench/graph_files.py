@@ -122,7 +122,7 @@ def feature_details(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Tran
     """node_id -> a feature detail file (circuit-tracer's frontend reads one per feature): its activation on this
     prompt at every position and the tokens its decoder row promotes and suppresses through the unembedding."""
     tcs = ag.transcoders_for(model, tcs)
-    w = ag._weights(model)
+    w = ag.engine_weights(model)
     fz = freeze(w, g.tokens.to(model.device))
     out = {}
     for i in g.node_mask[: g.n_features].nonzero()[:, 0].tolist():
@@ -158,7 +158,7 @@ def _activations(model: LoadedModel, tcs: dict[int, Transcoder], wanted: dict[in
     """(rows (n, pos), valid (n, pos) bool, {layer: (n, pos, len(wanted[layer])) activations}) on the held-out rows."""
     from workbench.train.transcoders import heldout, io_of
 
-    w = ag._weights(model)
+    w = ag.engine_weights(model)
     name, rows, _ = heldout(model)
     rows = rows[:ROWS]
     bos = model.bos_id if model.bos_id is not None else -1
@@ -221,7 +221,7 @@ def feature_file(model: LoadedModel, rows: torch.Tensor, valid: torch.Tensor, ac
         hist = torch.histc(values, bins=BINS, min=0.0, max=act_max).tolist()
     else:
         qv, hist = [0.0] * 100, [0.0] * BINS
-    w = ag._weights(model)
+    w = ag.engine_weights(model)
     with torch.no_grad():
         effect = (tc.total_row(feature).to(w.W_U) @ w.W_U).float().cpu()  # (d_vocab,) what it writes, through the unembedding
     k = min(10, len(effect))

@@ -152,7 +152,7 @@ class ModelState:
     transcoders: dict[int, Transcoder] | None = None
     # attribution_graph.transcoder_set: a user's folder -> its transcoders, checked to fit
     user_transcoders: dict[str, dict[int, Transcoder]] = field(default_factory=dict)
-    # attribution_graph.top_contexts: (layer, folder) -> (held-out name, rows, top values, their places, each feature's density)
+    # transcoder_contexts.top_contexts: (layer, folder) -> (held-out name, rows, top values, their places, each feature's density)
     transcoder_contexts: dict[tuple[int, str], tuple] = field(default_factory=dict)
     # edit_values.reference_mean: (reference prompts, hook, key) -> the mean activation a mean ablation writes
     reference_means: dict[tuple, torch.Tensor] = field(default_factory=dict)

@@ -104,7 +104,7 @@ def ioi(rng: random.Random, w: stories.World, names, templates) -> Pair:
 
 
 def pronoun(rng: random.Random, w: stories.World, names, templates) -> Pair:
-    (n1, g1), (n2, g2) = stories._pick_two(rng, names, different_gender=True)
+    (n1, g1), (n2, g2) = stories.pick_two(rng, names, different_gender=True)
     if rng.random() < 0.5:
         (n1, g1), (n2, g2) = (n2, g2), (n1, g1)
     template = _cut(rng.choice(templates), "p")

@@ -486,7 +486,8 @@ def year_pair(rng: random.Random, lo: int = 11, hi: int = 18) -> tuple[int, int]
     return century * 100 + start, century * 100 + end
 
 
-def _pick_two(rng: random.Random, names, different_gender: bool = False):
+def pick_two(rng: random.Random, names, different_gender: bool = False):
+    """Two different (name, gender) entries of `names`, of different genders when asked (a pronoun must tell them apart)."""
     a_, b_ = rng.sample(names, 2)
     while different_gender and a_[1] == b_[1]:
         a_, b_ = rng.sample(names, 2)
@@ -498,13 +499,13 @@ def fill(template: str, **slots) -> str:
 
 
 def ioi_sentence(rng, w: World, names, templates) -> str:
-    (n1, _), (n2, _) = _pick_two(rng, names)
+    (n1, _), (n2, _) = pick_two(rng, names)
     s, io = (n1, n2) if rng.random() < 0.5 else (n2, n1)
     return fill(rng.choice(templates), A=n1, B=n2, S=s, IO=io, place=rng.choice(PLACES), obj=a(rng.choice(OBJECTS)))
 
 
 def pronoun_sentence(rng, w: World, names, templates) -> str:
-    (n1, g1), (n2, g2) = _pick_two(rng, names, different_gender=True)
+    (n1, g1), (n2, g2) = pick_two(rng, names, different_gender=True)
     x, gx = (n1, g1) if rng.random() < 0.5 else (n2, g2)
     slots = dict(A=n1, B=n2, X=x, p=PRON[gx][0], place=rng.choice(PLACES), obj=a(rng.choice(OBJECTS)), animal=rng.choice(ANIMALS))
     return fill(rng.choice(templates), **slots)
@@ -544,7 +545,7 @@ def list_sentence(rng, w: World, names) -> str:
 
 
 def dialogue_sentence(rng, w: World, names) -> str:
-    (n1, _), (n2, _) = _pick_two(rng, names)
+    (n1, _), (n2, _) = pick_two(rng, names)
     slots = dict(obj=rng.choice(OBJECTS), animal=rng.choice(ANIMALS), place=rng.choice(PLACES))
     q = fill(rng.choice(QUESTIONS), **slots)
     ans = fill(rng.choice(ANSWERS), **slots)
