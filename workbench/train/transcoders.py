@@ -60,7 +60,9 @@ CONFIG = TranscoderConfig()
 
 # A model's own recipe where the search (`search`, its table in the model's card) chose one on held-out quality; every
 # other model is trained with CONFIG, as its shipped transcoders were.
-RECIPES: dict[str, TranscoderConfig] = {}
+RECIPES: dict[str, TranscoderConfig] = {
+    "stories": dataclasses.replace(CONFIG, tokens=1_200_000),  # its search: twice the data, +0.009 variance explained
+}
 
 
 def recipe(model_name: str, cfg: TranscoderConfig = CONFIG) -> TranscoderConfig:
