@@ -16,6 +16,10 @@ the explained variance of each MLP's output, the loss recovered when the transco
 MLP (alone, and all layers at once) against zero-ablating the MLP, L0 and dead features; and the
 attribution graph's task circuits checked by intervention (task_checks: workbench/task_circuits.py),
 which `refresh_checks` re-measures alone, training nothing.
+
+A model may have a recipe of its own (RECIPES; else CONFIG), chosen by `search`: a few greedy steps over the recipe,
+each trained in full and kept only where the card's held-out quality improves (`better`), never by the task checks;
+its table goes into the card (search.json, read by `build`).
 """
 
 from __future__ import annotations
