@@ -83,13 +83,14 @@ def _quality_by_hand(hf, tcs, rows: torch.Tensor, scored: torch.Tensor) -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", ["circuits", "english"])
+@pytest.mark.parametrize("name", ["circuits", "english", "stories"])
 def test_the_card_is_its_measurements_reproduced_from_the_shipped_weights(name, english, circuits, tmp_path):
     """The card's README is written from card.json; card.json's quality numbers are recomputed with plain transformers
     and the transcoders written out (not train.quality, which wrote them)."""
     from tests.references import hf_model
+    from workbench.model import load_model
 
-    model = {"english": english, "circuits": circuits}[name]
+    model = {"english": english, "circuits": circuits}[name] if name != "stories" else load_model("stories")
     tcs = transcoders_of(model)
     if not tcs:
         pytest.skip(f"{name} has no transcoders")
@@ -125,6 +126,71 @@ def test_the_cards_task_circuits_are_task_circuits_own_on_the_shipped_transcoder
             assert mine[key] == pytest.approx(theirs[key], abs=1e-4), key
     row = next(line for line in (folder / "README.md").read_text().splitlines() if line.startswith("| induction"))
     assert row.startswith(f"| induction | {sum(p.passed for p in c.pairs)} of 8 | {c.within_tolerance()['measured']} / ")
+
+
+@pytest.mark.parametrize("name", ["circuits", "english", "stories"])
+def test_each_shipped_set_was_trained_with_its_models_recipe(name):
+    """The card's recorded config is what `python -m workbench.train transcoders MODEL` trains with now (train.recipe):
+    the stories model's own recipe (RECIPES), the others' the default (cards written before enc_init existed read as
+    its default)."""
+    from workbench.model import resolve
+
+    card = resolve(name)[1] / FOLDER / "card.json"
+    if not card.is_file():
+        pytest.skip(f"{name} has no transcoders")
+    assert train.TranscoderConfig(**json.loads(card.read_text())["config"]) == train.recipe(name)
+
+
+def test_the_recipe_search_chose_by_its_rule_and_the_shipped_set_is_its_choice():
+    """The stories card's recipe search (search.json): each step is the best recipe so far with the step's changes, kept
+    exactly where `better` says so; the recipe kept last is the stories model's recipe, and the shipped transcoders,
+    trained with it by `build`, measure as the search's run of it did (same seed, same data: the same training)."""
+    from workbench.model import resolve
+
+    folder = resolve("stories")[1] / FOLDER
+    if not (folder / "search.json").is_file():
+        pytest.skip("stories has no recipe search (workbench.train.transcoders.search)")
+    search = json.loads((folder / "search.json").read_text())
+    runs, best = search["runs"], 0
+    assert runs[0]["step"] == "shipped" and [r["step"] for r in runs[1:]] == [name for name, _ in train.SEARCH_STEPS]
+    for i, (run, (_, changes)) in enumerate(zip(runs[1:], train.SEARCH_STEPS, strict=True), start=1):
+        before = train.TranscoderConfig(**runs[best]["config"])
+        assert train.TranscoderConfig(**run["config"]) == dataclasses.replace(before, **changes)
+        assert run["summary"] == train._summary(run["quality"])
+        same_cost = run["config"]["width"] == before.width and run["config"]["tokens"] <= before.tokens
+        kept = train.better(run["summary"], runs[best]["summary"], same_cost)
+        best = i if kept else best
+    assert [r["chosen"] for r in runs] == [i == best for i in range(len(runs))]
+    chosen = train.TranscoderConfig(**runs[best]["config"])
+    assert chosen == train.recipe("stories")
+    card = json.loads((folder / "card.json").read_text())
+    assert card["search"] == search
+    if best:  # retrained with the chosen recipe: the same numbers as the search's run
+        for layer, q in card["quality"]["layers"].items():
+            for key in ("variance_explained", "loss_recovered", "l0", "dead"):
+                assert q[key] == pytest.approx(runs[best]["quality"]["layers"][layer][key], abs=1e-4), (layer, key)
+
+
+def test_better_is_the_stated_rule():
+    """`better` by hand-made summaries: a gain beyond the margin counts; within it, 5 points fewer dead features count
+    only at no more cost; neither counts where the loss with every layer replaced drifts past 0.02 of the gap."""
+    old = {"variance_explained": 0.96, "dead_fraction": 0.5, "loss_recovered_all": 1.001}
+    assert train.better({**old, "variance_explained": 0.963}, old, same_cost=False)
+    assert not train.better({**old, "variance_explained": 0.9615}, old, same_cost=True)
+    assert train.better({**old, "variance_explained": 0.959, "dead_fraction": 0.44}, old, same_cost=True)
+    assert not train.better({**old, "variance_explained": 0.959, "dead_fraction": 0.44}, old, same_cost=False)
+    assert not train.better({**old, "variance_explained": 0.99, "loss_recovered_all": 0.97}, old, same_cost=True)
+    assert train.better({**old, "variance_explained": 0.99, "loss_recovered_all": 1.015}, old, same_cost=True)
+
+
+def test_the_encoder_can_start_at_the_decoders_transpose():
+    x, y = torch.randn(64, 16), torch.randn(64, 16)
+    cfg = dataclasses.replace(train.CONFIG, width=32, k=4, enc_init="decoder")
+    t = train.Trainer(0, x, y, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(t.W_enc.detach(), t.W_dec.detach().T)
+    assert torch.allclose(t.W_dec.norm(dim=1), torch.ones(32))
+    plain = train.Trainer(0, x, y, dataclasses.replace(cfg, enc_init="random"), torch.Generator().manual_seed(0))
+    assert torch.equal(plain.W_dec, t.W_dec) and not torch.equal(plain.W_enc, t.W_enc)
 
 
 def test_a_short_training_run_learns(circuits):
