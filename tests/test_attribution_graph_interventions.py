@@ -94,9 +94,25 @@ def test_frozen_patterns_are_the_runs_own_and_change_nothing_by_themselves(circu
 def test_a_clamp_to_the_features_own_values_changes_nothing(circuits, graph):
     r = graph_checks.intervene(circuits, graph, graph.top_features(5), 1.0)
     values = (r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.frozen, r.final_norm_live, r.replacement,
-              r.attention_frozen, r.final_norm_frozen, r.real)  # fmt: skip
+              r.replacement_attention_frozen, r.attention_frozen, r.final_norm_frozen, r.real)  # fmt: skip
     for v in values:
         assert v == pytest.approx(0.0, abs=1e-4), r
+
+
+def test_holding_attention_changes_nothing_for_features_no_attention_reads(circuits, graph):
+    """Features of the last layer write after every attention layer: with only those set, the replacement model's change
+    is the same with attention held or live; with an earlier layer's feature among them, holding attention matters
+    wherever the later attention reads what it wrote (one of the top features' layers is earlier on this graph)."""
+    last = circuits.info.n_layers - 1
+    final = len(graph.tokens) - 1  # the prediction's position: what a last-layer feature elsewhere writes never reaches it
+    late = [i for i in range(graph.n_features) if graph.features[i][:2].tolist() == [last, final]][:5]
+    assert late, "the graph has no last-layer feature"
+    r = graph_checks.intervene(circuits, graph, late, 0.0)
+    assert abs(r.replacement) > 1e-3, r
+    assert r.replacement_attention_frozen == pytest.approx(r.replacement, abs=1e-5)
+    early = [i for i in range(graph.n_features) if int(graph.features[i][0]) < last]
+    changes = [graph_checks.intervene(circuits, graph, [i], 0.0) for i in early[:8]]
+    assert any(abs(c.replacement_attention_frozen - c.replacement) > 1e-3 for c in changes), changes
 
 
 @pytest.mark.parametrize("factor", [0.0, 2.0])

@@ -57,9 +57,19 @@ def test_a_pairs_numbers_are_the_interventions_on_its_graph(induction, circuits)
     p = induction.pairs[0]
     g = ag.build(circuits, p.prompt, answer=tasks.token_id(circuits.tokenizer, p.answer))
     r = graph_checks.intervene(circuits, g, [g.index_of(n) for n in p.nodes], tc.CHECK.factor)
-    mine = (p.predicted, p.predicted_first_order, p.predicted_frozen_norm, p.measured, p.live, p.replacement, p.frozen, p.final_norm_live)
-    theirs = (r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.attention_frozen, r.real, r.replacement, r.frozen,
-              r.final_norm_live)  # fmt: skip
+    mine = (
+        p.predicted,
+        p.predicted_first_order,
+        p.predicted_frozen_norm,
+        p.measured,
+        p.live,
+        p.replacement,
+        p.replacement_frozen,
+        p.frozen,
+        p.final_norm_live,
+    )
+    theirs = (r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.attention_frozen, r.real, r.replacement,
+              r.replacement_attention_frozen, r.frozen, r.final_norm_live)  # fmt: skip
     assert mine == pytest.approx(theirs, abs=1e-5)
 
 

@@ -18,7 +18,9 @@ measured
   everything frozen (`constrained_layers` over every layer: patterns, norm scales, MLP outputs).
   Beside them, `final_norm_frozen`: attention frozen and the final norm's scale held too;
 - in the local replacement model (transcoders in place of the MLPs, the error nodes frozen,
-  attention and norms live: `replacement`);
+  attention and norms live: `replacement`), and that model with every attention pattern held
+  (`replacement_attention_frozen`: the check's setting with the transcoders in place of the MLPs, so that
+  it and `attention_frozen` differ only by how the real MLPs react where the transcoders' errors stay frozen);
 - in the graph's own frozen model (`frozen_effect`: patterns, norm scales and errors frozen, every
   feature recomputed: the prediction's arithmetic, equal to it while no TopK set changes), and in
   that model with only the final norm's scale live (`final_norm_live`). A frozen scale leaves out
@@ -114,6 +116,8 @@ class Intervention:
     frozen: float  # measured in the graph's own model: transcoders, frozen errors, attention patterns and norm scales
     final_norm_live: float  # the graph's own model with the final norm's scale live (what freezing that one scale hides)
     replacement: float  # measured in the local replacement model (transcoders + frozen errors, attention live)
+    replacement_attention_frozen: float  # the local replacement model with attention patterns held: attention_frozen's
+    # setting with the transcoders in the MLPs' place, so that the two differ only by the real MLPs' own reaction
     attention_frozen: float  # measured in the real model, attention patterns held (circuit-tracer's feature_intervention default)
     final_norm_frozen: float  # as attention_frozen, the final norm's scale held at the real run's too (what that scale adds)
     real: float  # measured in the real model, attention live (feature_intervention with freeze_attention=False)
@@ -122,7 +126,7 @@ class Intervention:
 
     def rows(self) -> list[dict]:
         return [dict(nodes=" ".join(self.nodes), factor=self.factor, answer=self.answer, predicted=self.predicted,
-                     predicted_first_order=self.predicted_first_order, predicted_frozen_norm=self.predicted_frozen_norm, frozen=self.frozen, final_norm_live=self.final_norm_live, replacement=self.replacement,
+                     predicted_first_order=self.predicted_first_order, predicted_frozen_norm=self.predicted_frozen_norm, frozen=self.frozen, final_norm_live=self.final_norm_live, replacement=self.replacement, replacement_attention_frozen=self.replacement_attention_frozen,
                      attention_frozen=self.attention_frozen, final_norm_frozen=self.final_norm_frozen,
                      real=self.real)]  # fmt: skip
 
@@ -240,7 +244,9 @@ def intervene(
     with torch.no_grad():
         plain = engine.forward(w, tokens, capture=final, last_only=True)
         base = plain.logits[0].float().cpu()
-        rep = engine.forward(w, tokens, edits=replacement_edits(w, g, tcs, nodes, factor), last_only=True).logits[0].float().cpu()
+        spliced = replacement_edits(w, g, tcs, nodes, factor)
+        rep = engine.forward(w, tokens, edits=spliced, last_only=True).logits[0].float().cpu()
+        held_rep = engine.forward(w, tokens, edits=spliced + engine.frozen_patterns(w, tokens), last_only=True).logits[0].float().cpu()
         real = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, False), last_only=True).logits[0].float().cpu()
         out = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, True), capture=final, last_only=True)
         held = out.logits[0].float().cpu()
@@ -265,6 +271,7 @@ def intervene(
         frozen=frozen_effect(w, g, tcs, nodes, factor),
         final_norm_live=frozen_effect(w, g, tcs, nodes, factor, live_final_norm=True),
         replacement=_answer_logit(rep, answer) - b,
+        replacement_attention_frozen=_answer_logit(held_rep, answer) - b,
         attention_frozen=_answer_logit(held, answer) - b,
         final_norm_frozen=_answer_logit(held_norm[1], answer) - _answer_logit(held_norm[0], answer),
         real=_answer_logit(real, answer) - b,

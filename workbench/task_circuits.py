@@ -37,7 +37,9 @@ pairs; README), so the check compares with the full formula and reports the firs
 
 Reported beside them: the same real-model change with attention live (`live`, feature_intervention
 with freeze_attention=False), the local replacement model's (transcoders + frozen errors, attention
-live: what the check measured before), the graph's own frozen model's (`frozen`: patterns, norm
+live: what the check measured before), that model with attention held (`replacement_frozen`: the
+check's setting with the transcoders in the MLPs' place, so that it and `measured` differ only by the
+real MLPs' reaction where the transcoders' errors stay frozen), the graph's own frozen model's (`frozen`: patterns, norm
 scales and errors frozen, every feature recomputed; `predicted_frozen_norm`'s arithmetic), that
 frozen model with only the final norm live (`final_norm_live`: `predicted`'s arithmetic), and the real
 model with attention and the final norm's scale frozen (`final_norm_frozen`). `within_tolerance`
@@ -97,6 +99,7 @@ class PairCheck:
     measured: float  # the real model, attention patterns frozen (circuit-tracer's feature_intervention defaults): checked
     live: float  # the real model, attention live
     replacement: float  # the local replacement model (transcoders + frozen errors), attention live
+    replacement_frozen: float  # the local replacement model, attention frozen: `measured` with transcoders for the MLPs
     frozen: float  # the graph's own frozen model
     final_norm_live: float  # the graph's own frozen model with the final norm's scale live
     final_norm_frozen: float  # the real model with attention and the final norm's scale frozen
@@ -132,7 +135,7 @@ class TaskCheck:
         return [
             dict(prompt=p.prompt, answer=p.answer, nodes=" ".join(p.nodes), predicted=p.predicted,
                  predicted_first_order=p.predicted_first_order, predicted_frozen_norm=p.predicted_frozen_norm, measured=p.measured, live=p.live,
-                 replacement=p.replacement, frozen=p.frozen, final_norm_live=p.final_norm_live, final_norm_frozen=p.final_norm_frozen,
+                 replacement=p.replacement, replacement_frozen=p.replacement_frozen, frozen=p.frozen, final_norm_live=p.final_norm_live, final_norm_frozen=p.final_norm_frozen,
                  random_median=p.random_median,
                  within_tolerance=p.within_tolerance, beats_random=p.beats_random, passed=p.passed)
             for p in self.pairs
@@ -158,7 +161,7 @@ class TaskCheck:
         def near(value: float, predicted: float) -> bool:
             return abs(value - predicted) <= t * abs(predicted)
 
-        live = ("measured", "live", "replacement", "final_norm_live")
+        live = ("measured", "live", "replacement", "replacement_frozen", "final_norm_live")
         frozen = ("final_norm_frozen", "frozen")
         out = {n: sum(near(getattr(p, n), p.predicted) for p in self.pairs) for n in live}
         out |= {n: sum(near(getattr(p, n), p.predicted_frozen_norm) for p in self.pairs) for n in frozen}
@@ -215,7 +218,7 @@ def check_pair(model: LoadedModel, pair: tasks.Pair, tcs: dict[int, Transcoder],
     within = abs(r.attention_frozen - r.predicted) <= cfg.tolerance * abs(r.predicted)
     beats = statistics.median(random_changes) < cfg.random_share * abs(r.attention_frozen) if random_changes else True
     return PairCheck(
-        pair.clean, pair.answer, r.nodes, r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.attention_frozen, r.real, r.replacement, r.frozen, r.final_norm_live,
+        pair.clean, pair.answer, r.nodes, r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.attention_frozen, r.real, r.replacement, r.replacement_attention_frozen, r.frozen, r.final_norm_live,
         r.final_norm_frozen, random_changes, within, beats,
     )  # fmt: skip
 

@@ -125,14 +125,15 @@ def node_of_selection(selection: dict | None) -> str | None:
 
 
 def intervention_figure(r: Intervention) -> go.Figure:
-    """The answer's logit change: predicted by the graph three ways and measured six ways (attribution_graph_checks'
+    """The answer's logit change: predicted by the graph three ways and measured seven ways (attribution_graph_checks'
     module doc)."""
     names = ["predicted (final norm live)", "predicted, first order", "predicted, norm scales frozen", "frozen model",
-             "frozen model, final norm live", "replacement model (attention live)", "real model, attention and final norm frozen",
+             "frozen model, final norm live", "replacement model (attention live)", "replacement model, attention frozen",
+             "real model, attention and final norm frozen",
              "real model, attention frozen", "real model (attention live)"]  # fmt: skip
     values = [r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.frozen, r.final_norm_live, r.replacement,
-              r.final_norm_frozen, r.attention_frozen, r.real]  # fmt: skip
-    colors = ["#9467bd", "#c5b0d5", "#7f7f7f", "#8c564b", "#e377c2", "#2ca02c", "#bcbd22", "#17becf", "#1f77b4"]
+              r.replacement_attention_frozen, r.final_norm_frozen, r.attention_frozen, r.real]  # fmt: skip
+    colors = ["#9467bd", "#c5b0d5", "#7f7f7f", "#8c564b", "#e377c2", "#2ca02c", "#98df8a", "#bcbd22", "#17becf", "#1f77b4"]
     fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors,
                            text=[f"{v:+.3f}" for v in values], textposition="outside"))  # fmt: skip
     fig.update_yaxes(title=f"Δ logit of {r.answer!r} − mean logit")

@@ -523,7 +523,7 @@ def _task_checks_text(model_name: str, checks: dict) -> str:
         verdict = f" ({c['verdict']})" if c["verdict"] else ""
         return (
             f"| {name}{verdict} | {round(c['passed'] * len(pairs))} of {len(pairs)} | {w['measured']} / {w['live']} / {w['replacement']} / "
-            f"{w['final_norm_live']} | {w['measured_first_order']} | {w['measured_frozen_norm']} / {w['final_norm_frozen']} / {w['frozen']} | "
+            f"{w['replacement_frozen']} / {w['final_norm_live']} | {w['measured_first_order']} | {w['measured_frozen_norm']} / {w['final_norm_frozen']} / {w['frozen']} | "
             f"{beats} | {first} |\n"
         )
 
@@ -541,7 +541,8 @@ def _task_checks_text(model_name: str, checks: dict) -> str:
         "order (the share alone) and the frozen-scale prediction (the logit's edges alone, every norm's scale frozen as the "
         "graph is built).\n\n"
         f"| task | passes | within {t:.0%} of the prediction: real model, attention frozen (the check) / attention live / "
-        "replacement model (transcoders, errors frozen) / frozen model, final norm live | within of the first order: real, "
+        "replacement model (transcoders, errors frozen), attention live / replacement model, attention frozen / frozen model, "
+        "final norm live | within of the first order: real, "
         "attention frozen | within of the frozen-scale prediction: real, attention frozen / real, attention and final norm "
         "frozen / frozen model | beats random | predicted (first order, frozen scale) → measured, first pairs |\n"
         "|---|---|---|---|---|---|---|\n" + "".join(row(name, c) for name, c in checks["tasks"].items())
