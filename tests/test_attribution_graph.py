@@ -147,9 +147,14 @@ def test_the_norm_aware_prediction_is_the_final_norms_own_change(family):
         frozen_scale = graph_checks.predict(g, top, factor)
         first = graph_checks.predict_live_norm(g, top, factor)
         assert abs(ref) > 1e-5
-        assert graph_checks.predict_live_norm(g, top, factor, stream) == pytest.approx(ref, abs=2e-6, rel=3e-3)
+        assert graph_checks.predict_live_norm(g, top, factor, stream @ graph_checks.feature_changes(g, top, factor)) == pytest.approx(
+            ref, abs=2e-6, rel=3e-3
+        )
         assert first == pytest.approx(ref, rel=0.03)
         assert abs(first - ref) < 0.25 * abs(frozen_scale - ref), (first, frozen_scale, ref)
+        # the same change carried in one forward pass of the frozen model, not d_model backward rows
+        changes = graph_checks.feature_changes(g, top, factor)
+        assert torch.allclose(ag.stream_change(model, g, changes, tcs), stream @ changes, atol=1e-5, rtol=1e-4)
 
 
 def test_pruning_keeps_the_logits_and_tokens_and_the_scores_are_shares(family):

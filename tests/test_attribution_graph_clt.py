@@ -108,7 +108,11 @@ def test_the_final_norm_readout_composes_and_predicts_the_norms_change_with_cros
     for factor in (0.99, 1.01):
         live = graph_checks.frozen_effect(w, g, tcs, early, factor, live_final_norm=True)
         assert abs(live) > 1e-5
-        assert graph_checks.predict_live_norm(g, early, factor, stream) == pytest.approx(live, abs=2e-6, rel=3e-3)
+        assert graph_checks.predict_live_norm(g, early, factor, stream @ graph_checks.feature_changes(g, early, factor)) == pytest.approx(
+            live, abs=2e-6, rel=3e-3
+        )
+        changes = graph_checks.feature_changes(g, early, factor)  # a cross-layer feature's later writes go in too
+        assert torch.allclose(ag.stream_change(model, g, changes, tcs), stream @ changes, atol=1e-5, rtol=1e-4)
 
 
 def test_ablating_a_feature_in_the_real_model_takes_out_all_its_decoder_rows(family):

@@ -444,6 +444,33 @@ def final_stream(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Transco
     return torch.cat(rows)[:, : g.n_features]
 
 
+def stream_change(model: LoadedModel, g: AttributionGraph, changes: torch.Tensor, tcs: dict[int, Transcoder] | None = None) -> torch.Tensor:
+    """(d_model,) the change of the final norm's normalised input u / σ at the last position (σ frozen) when the graph's
+    feature nodes change their activations by `changes` (n_feature,): `final_stream(...) @ changes`, by one pass of the
+    graph's frozen linear model instead of d_model backward rows (on a GPT-2-small shape those cost ~9 graphs).
+
+    The features' decoder writes (and a cross-layer feature's writes to later MLP outputs) go in where their MLPs
+    write; nothing else does, and no feature is recomputed: these are the features' direct edges, as in
+    final_stream. The frozen model is linear without its biases, so the pass gives the change itself."""
+    tcs = {layer: on_device(tc, model.device) for layer, tc in transcoders_for(model, tcs).items()}
+    w = engine_weights(model)
+    fz = freeze(w, g.tokens.to(w.W_E.device))
+    lin = Linear.of(fz, tcs)
+    P, d = fz.n_pos, fz.emb.shape[-1]
+    writes = [torch.zeros(1, P, d, device=fz.emb.device) for _ in range(w.n_layers + 1)]  # [embedding, MLP 0, ...]
+    for i, change in enumerate(changes.tolist()):
+        if change == 0.0:
+            continue
+        layer, pos, f = g.features[i].tolist()
+        tc = tcs[layer]
+        rows = [tc.W_dec[f]] + ([] if tc.W_dec_later is None else list(tc.W_dec_later[f]))  # its own layer, then later ones
+        for j, row in enumerate(rows):
+            writes[layer + 1 + j][0, pos] += change * row.to(writes[0])
+    with torch.no_grad():
+        last = lin.run(writes, bias=False)[:, -1]  # (1, d_model)
+    return lin.normalised(last)[0].float().cpu()
+
+
 def graph_of(
     model: LoadedModel,
     prompt: str,

@@ -6,7 +6,7 @@ predict. `predict`: the direct edges, carried through the graph's active feature
 norm's scale frozen as the graph is built (`predicted_frozen_norm`). `predict_live_norm`: the same
 edges into the logit and into the graph's final norm readout (attribution_graph.FinalNorm: the
 first-order change of the final norm's divisor) and into the normalised stream at the last position
-(attribution_graph.final_stream: the change's squared size, the divisor's second-order part),
+(attribution_graph.final_stream, or stream_change for one change: its squared size, the divisor's second-order part),
 combined by the norm's formula, so that the divisor grows or shrinks with the change as the real
 model's does (`predicted`; with the first-order part alone, `predicted_first_order`). The change is
 measured
@@ -83,22 +83,22 @@ def predict_norm_share(g: AttributionGraph, nodes: list[int], factor: float) -> 
     return float(_per_unit(g, g.final_norm.edges) @ feature_changes(g, nodes, factor))
 
 
-def predict_live_norm(g: AttributionGraph, nodes: list[int], factor: float, stream: torch.Tensor | None = None, logit: int = 0) -> float:
+def predict_live_norm(g: AttributionGraph, nodes: list[int], factor: float, dn: torch.Tensor | None = None, logit: int = 0) -> float:
     """The change of logit node `logit` (default: the answer's, minus the mean logit) predicted with the final norm's
     scale live: (l_s + Δl) · σ / σ_new - l_s, where Δl is the frozen-scale prediction (predict) and l_s the part of the
     logit that the divisor σ divides (FinalNorm.scaled): the edges into readouts of the same frozen linear model,
     combined by the norm's own formula y = γ ⊙ u / σ + β.
 
     σ_new / σ = sqrt(1 + 2a + b): a = mean(n · Δn) is the graph's final norm readout (predict_norm_share), b =
-    mean(Δn²) the squared size of the change of the normalised stream n = u / σ, carried by `stream` (final_stream:
-    the features' edges into n, (d_model, n_feature)). Without `stream`, first order: σ_new / σ = 1 + a, leaving b out
-    (the part of the change orthogonal to the stream, which a single readout cannot give)."""
+    mean(Δn²) the squared size of the change of the normalised stream n = u / σ: `dn` (d_model,), the change the
+    features' edges into n carry (final_stream(...) @ feature_changes(...), or attribution_graph.stream_change: the
+    same in one pass). Without `dn`, first order: σ_new / σ = 1 + a, leaving b out (the part of the change
+    orthogonal to the stream, which a single readout cannot give)."""
     delta = predict(g, nodes, factor, g.answer_node + logit)
     a = predict_norm_share(g, nodes, factor)
     scaled = float(g.final_norm.scaled[logit])
-    if stream is None:
+    if dn is None:
         return (scaled + delta) / (1 + a) - scaled
-    dn = stream @ feature_changes(g, nodes, factor)  # (d_model,) the change of the normalised stream
     b = float(dn.pow(2).mean())
     return (scaled + delta) / max(1 + 2 * a + b, 1e-12) ** 0.5 - scaled
 
@@ -110,8 +110,8 @@ class Intervention:
     nodes: list[str]  # node ids
     factor: float
     answer: str
-    predicted: float  # by the graph's edges, the final norm's scale live (predict_live_norm with final_stream): checked
-    predicted_first_order: float  # the same, the divisor's change to first order only (predict_live_norm without stream)
+    predicted: float  # by the graph's edges, the final norm's scale live (predict_live_norm with stream_change): checked
+    predicted_first_order: float  # the same, the divisor's change to first order only (predict_live_norm without dn)
     predicted_frozen_norm: float  # by the graph's edges alone, every norm's scale frozen (predict): `frozen`'s linearisation
     frozen: float  # measured in the graph's own model: transcoders, frozen errors, attention patterns and norm scales
     final_norm_live: float  # the graph's own model with the final norm's scale live (what freezing that one scale hides)
@@ -232,10 +232,8 @@ def intervene(
     nodes: list[int],
     factor: float = 0.0,
     tcs: dict[int, Transcoder] | None = None,
-    stream: torch.Tensor | None = None,
 ) -> Intervention:
-    """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc).
-    `stream`: the graph's final_stream, when the caller has it already (computed otherwise)."""
+    """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc)."""
     tcs = {layer: on_device(tc, model.device) for layer, tc in ag.transcoders_for(model, tcs).items()}
     w = ag.engine_weights(model)
     answer = int(g.logit_tokens[0])
@@ -265,7 +263,7 @@ def intervene(
         nodes=[g.node_id(i) for i in nodes],
         factor=float(factor),
         answer=g.logit_labels[0],
-        predicted=predict_live_norm(g, nodes, factor, ag.final_stream(model, g, tcs) if stream is None else stream),
+        predicted=predict_live_norm(g, nodes, factor, ag.stream_change(model, g, feature_changes(g, nodes, factor), tcs)),
         predicted_first_order=predict_live_norm(g, nodes, factor),
         predicted_frozen_norm=predict(g, nodes, factor),
         frozen=frozen_effect(w, g, tcs, nodes, factor),

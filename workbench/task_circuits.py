@@ -25,7 +25,7 @@ norm is y = γ ⊙ u / σ + β, so the answer's logit is l_s σ / σ_new + (what
 its change are the logit node's value and edges (without the biases), and σ_new / σ = sqrt(1 + 2a +
 b), where a = mean(n · Δn) and b = mean(Δn²) for the normalised stream n = u / σ at the last position.
 n and its share a are linear readouts of the same frozen model as the logit: the graph's edges into
-them (attribution_graph.FinalNorm, final_stream) are computed by the same backward passes, and the
+them (attribution_graph.FinalNorm, final_stream; stream_change carries one change through them in a single pass), and the
 change of the feature nodes carried through the graph's edges (feature_changes) gives Δn, a and Δl
 together. So the prediction is still the graph's: its edges into three readouts of one frozen linear
 model, combined by the norm's own formula, with no measured quantity in it. Every other norm's scale
@@ -93,8 +93,8 @@ class PairCheck:
     prompt: str
     answer: str
     nodes: list[str]  # the supernode's node ids
-    predicted: float  # by the graph's edges, the final norm's scale live (predict_live_norm with final_stream): checked
-    predicted_first_order: float  # the same, the final norm's divisor to first order (predict_live_norm without stream)
+    predicted: float  # by the graph's edges, the final norm's scale live (predict_live_norm with stream_change): checked
+    predicted_first_order: float  # the same, the final norm's divisor to first order (predict_live_norm without dn)
     predicted_frozen_norm: float  # by the graph's edges alone, every norm's scale frozen (predict)
     measured: float  # the real model, attention patterns frozen (circuit-tracer's feature_intervention defaults): checked
     live: float  # the real model, attention live
@@ -208,10 +208,9 @@ def check_pair(model: LoadedModel, pair: tasks.Pair, tcs: dict[int, Transcoder],
     top = g.top_features(cfg.top)
     if not top:
         raise InputError(f"the graph of {pair.clean!r} kept no feature: nothing to check")
-    stream = ag.final_stream(model, g, tcs)  # once for the pair's interventions
-    r = graph_checks.intervene(model, g, top, cfg.factor, tcs, stream)
+    r = graph_checks.intervene(model, g, top, cfg.factor, tcs)
     draws = [
-        graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs, stream)
+        graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs)
         for s in range(cfg.random_draws)
     ]
     random_changes = [abs(d.attention_frozen) for d in draws]
