@@ -1,4 +1,6 @@
 """python -m workbench.train {english,circuits,answer-key,stories} -- retrain a shipped model (and write its card);
+python -m workbench.train stories-english [--out DIR] -- the stories recipe with public-domain English mixed in
+(stories_english.py; default out: runs/stories-english/model, not shipped: the stories card's table of what was tried reads it);
 python -m workbench.train search -- the short measured runs that chose the English recipe;
 python -m workbench.train lens MODEL [--text FILE] -- train a tuned lens for a model and save it beside its weights;
 python -m workbench.train card MODEL -- rewrite a shipped model's card from its weights;
@@ -27,13 +29,30 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m workbench.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "what",
-        choices=["english", "circuits", "answer-key", "stories", "search", "lens", "card", "sae", "sae-search", "transcoders", "clt"],
+        choices=[
+            "english",
+            "circuits",
+            "answer-key",
+            "stories",
+            "stories-english",
+            "search",
+            "lens",
+            "card",
+            "sae",
+            "sae-search",
+            "transcoders",
+            "clt",
+        ],
     )
     p.add_argument("model", nargs="?", default="english", help="with lens and card: the model (shipped name or folder)")
     p.add_argument("--text", type=Path, help="with lens: training text (default: the model's held-out samples, or copying sequences)")
     p.add_argument("--out", type=Path, help="output folder (default: models/<model>)")
     p.add_argument("--run-dir", type=Path, help="where a training run keeps its resumable state (default: runs/<model>)")
-    p.add_argument("--steps", type=int, help="override the number of steps (circuits; English: of the English stage)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="override the number of steps (circuits; English: of the English stage; stories-english: of the stories stage)",
+    )
     p.add_argument("--threads", type=int, help="override the number of CPU threads")
     p.add_argument("--seed", type=int, help="override the seed")
     p.add_argument("--checks", action="store_true", help="with transcoders: re-measure only the card's task checks, training nothing")
@@ -87,6 +106,14 @@ def main(argv: list[str] | None = None) -> None:
         from workbench.train import search
 
         search.main(args.cache, args.out or ROOT / "models" / "english" / "search.json")
+        return
+    if args.what == "stories-english":
+        from workbench.train import stories_english
+
+        run_dir = args.run_dir or ROOT / "runs" / args.what
+        recipe = dataclasses.replace(stories_english.RECIPE, **({"second_steps": args.steps} if args.steps else {}))
+        stories_english.build(args.out or run_dir / "model", stories_english.english_text(args.cache), recipe, run_dir=run_dir)
+        print(f"wrote {args.out or run_dir / 'model'}")
         return
     out = args.out or ROOT / "models" / args.what
     run_dir = args.run_dir or ROOT / "runs" / args.what

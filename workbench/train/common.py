@@ -46,7 +46,7 @@ class TrainConfig:
     threads: int = 2  # fixed, so that a rerun reproduces the same floating-point sums
     log_every: int = 50
     # bf16 autocast of each step's forward (weights, gradients and optimiser stay fp32): this CPU has AVX-512 BF16;
-    # stories_card.bf16_training measures its speed and loss against fp32 on the stories recipe
+    # bf16.training measures its speed and loss against fp32 on the stories recipe
     autocast: bool = False
 
 

@@ -824,7 +824,9 @@ def answer_rows(tok, w: World, rows: int, n_positions: int, seed: int):
     return torch.tensor(all_ids), torch.tensor(all_masks)
 
 
-def stages(recipe: Recipe, cfg, tok, w: World):
+def stages(recipe: Recipe, cfg, tok, w: World, extra=None):
+    """The copying stage, then stories + answer rows + copies; `extra(generator)` adds parts to every mixed step
+    (stories_english: English windows)."""
     import torch
 
     from workbench.train import common, copying
@@ -832,7 +834,7 @@ def stages(recipe: Recipe, cfg, tok, w: World):
     eot = tok.bos_token_id
     vocab = len(tok)
     order = torch.randperm(vocab, generator=torch.Generator().manual_seed(cfg.seed))
-    everyone = order[(order != eot) & (order != tok.unk_token_id)]
+    everyone = order[(order != eot) & (order != (tok.unk_token_id if tok.unk_token_id is not None else -1))]
 
     def mixed(pool):
         def batch(g: torch.Generator):
@@ -844,6 +846,8 @@ def stages(recipe: Recipe, cfg, tok, w: World):
                 parts.append(common.Part(answers, mask, recipe.answer_weight, name="answer_loss"))
             if recipe.copy_batch:
                 parts.append(copying.copy_part(pool, recipe.copy_batch, recipe.copy_length, eot, g, recipe.copy_weight, True, 24))
+            if extra is not None:
+                parts += extra(g)
             return parts
 
         return batch
@@ -861,8 +865,8 @@ def stages(recipe: Recipe, cfg, tok, w: World):
     return [stage for stage in out if stage.steps]
 
 
-def quick_eval(tok, w: World, n: int = 48):
-    """Held-out task scores and the induction check, logged during training."""
+def quick_eval(tok, w: World, extra=None, n: int = 48):
+    """Held-out task scores and the induction check, logged during training, with `extra(model)`'s measurements."""
     from workbench import tasks
     from workbench.train import english
 
@@ -875,12 +879,15 @@ def quick_eval(tok, w: World, n: int = 48):
             out[f"{name}_acc"] = s.accuracy
             out[f"{name}_ld"] = s.logit_diff
         ind = english.induction_check(model, len(tok), tok.bos_token_id, n=50, seqs=4)
+        out |= extra(model) if extra is not None else {}
         return out | {"induction_layer_sum": ind["induction_best_layer_sum"], "second_copy_loss": ind["second_copy_loss"]}
 
     return evaluate
 
 
-def build(out, recipe: Recipe = Recipe(), run_dir=None, log=print, until: int | None = None) -> dict:
+def build(out, recipe: Recipe = Recipe(), run_dir=None, log=print, until: int | None = None, tok=None, extra=None, extra_eval=None) -> dict:
+    """Trains the stories model of `recipe` into `out`. `tok`, `extra` and `extra_eval` (stories_english): another
+    tokenizer, parts added to every mixed step, and measurements added to every held-out evaluation."""
     import dataclasses
 
     import torch
@@ -889,21 +896,21 @@ def build(out, recipe: Recipe = Recipe(), run_dir=None, log=print, until: int | 
     from workbench.train import common
 
     w = world(recipe.world_seed)
-    tok = tokenizer(w)
+    tok = tok or tokenizer(w)
     cfg = dataclasses.replace(recipe.model or shape(), vocab_size=len(tok))
     torch.manual_seed(cfg.seed)
     model = GPT2LMHeadModel(common.gpt2_config(cfg, tok.bos_token_id, tok.eos_token_id))
     if recipe.sinusoidal_positions:
         common.sinusoidal_positions_(model)
     total = recipe.copy_steps + recipe.first_steps + recipe.second_steps
-    snaps = sorted({recipe.copy_steps // 2, recipe.copy_steps, *range(0, total + 1, total // 6)} - {0})
+    snaps = sorted({recipe.copy_steps // 2, recipe.copy_steps, *range(0, total + 1, max(1, total // 6))} - {0})
     record = common.run_stages(
         model,
-        stages(recipe, cfg, tok, w),
+        stages(recipe, cfg, tok, w, extra),
         cfg,
         run_dir,
         snaps,
-        quick_eval(tok, w),
+        quick_eval(tok, w, extra_eval),
         eval_every=200,
         log=log,
         snapshot_precision="int8",

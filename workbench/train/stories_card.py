@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from workbench import tasks
+from workbench.train import bf16, stories_english
 
 FIND = 0.15  # a component restores at least this share of the clean logit difference on its own
 MAX_HEADS = 6
@@ -246,6 +247,10 @@ def met(name: str, row: dict, induction: dict) -> bool:
 
 
 ROOT = Path(__file__).resolve().parents[2]
+MIXED = (
+    "J: the shipped recipe under bf16 autocast with public-domain English mixed in: 8 rows of English windows a step, one 4,096-id BPE for both "
+    "(stories_english.py; `python -m workbench.train stories-english`)"
+)
 # the runs tried on the way to the shipped recipe (their folders stay on the machine that trained them; the
 # card keeps what it measured from them when they are gone)
 TRIED = {
@@ -269,6 +274,7 @@ TRIED = {
     "H: 2 x 128, the copying stage alone, learned positions instead of sinusoids (phase change at ~650 steps)": ROOT / "runs" / "stories-H",
     "I: 2 x 128, learned positions, copying 1,000 steps, then stories + answer rows + copies 8,000 steps; an everyday sentence "
     "taught 'while it' (not shipped: pronouns on held-out phrasings at chance)": ROOT / "runs" / "stories-final",
+    MIXED: ROOT / "runs" / "stories-english",
 }
 
 
@@ -281,8 +287,15 @@ def write(folder: Path, speed: bool = True) -> dict:
     kept = {row["run"]: row for row in old.get("measured", {}).get("attempts", [])}
     found = {row["run"]: row for row in attempts(TRIED)}
     measured["attempts"] = [found.get(run) or kept[run] for run in TRIED if run in found or run in kept]
+    mixed = TRIED[MIXED] / "model"
+    if (mixed / "model.safetensors").exists():
+        measured["mixed"] = stories_english.measure(mixed, folder)
+    elif "mixed" in old.get("measured", {}):
+        measured["mixed"] = old["measured"]["mixed"]
     if speed:
-        measured["bf16"] = bf16_training()
+        measured["bf16"] = bf16.training()
+    elif "bf16" in old.get("measured", {}):
+        measured["bf16"] = old["measured"]["bf16"]
     card = {"kind": "stories", "training": {k: v for k, v in training.items() if k != "history"}, "measured": measured}
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     (folder / "README.md").write_text(readme(training, measured))
@@ -290,10 +303,10 @@ def write(folder: Path, speed: bool = True) -> dict:
 
 
 def refresh_bf16(folder: Path, measured_bf16: dict | None = None) -> dict:
-    """Re-measures bf16 autocast (bf16_training) alone and rewrites the card and its README, the rest kept."""
+    """Re-measures bf16 autocast (bf16.training) alone and rewrites the card and its README, the rest kept."""
     folder = Path(folder)
     card = json.loads((folder / "card.json").read_text())
-    card["measured"]["bf16"] = measured_bf16 or bf16_training()
+    card["measured"]["bf16"] = measured_bf16 or bf16.training()
     training = json.loads((folder / "training.json").read_text())
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     (folder / "README.md").write_text(readme(training, card["measured"]))
@@ -304,10 +317,11 @@ def _random(row: dict) -> str:
     """The random control's cut, with how many components it ablated where that is fewer than the named ones."""
     named = len(row.get("components", []))
     size = row.get("random_size", named)
-    return _pct(row.get("random_cut")) + (f" ({size})" if size < named else "")
+    return pct(row.get("random_cut")) + (f" ({size})" if size < named else "")
 
 
-def _pct(x) -> str:
+def pct(x) -> str:
+    """A share as a percentage, or a dash where there is none."""
     return "–" if x is None else f"{x:.0%}"
 
 
@@ -330,8 +344,8 @@ def readme(training: dict, m: dict) -> str:
         comps = ", ".join(f"{c['label']} ({c['effect']:.2f})" for c in row.get("components", [])) or "–"
         target = TARGETS[name][0]
         lines.append(
-            f"| {name} | {h['pairs']} | {h['accuracy']:.1%} | {_pct(target)} | {h['logit_diff']:.2f} | {h['corrupted_logit_diff']:.2f} | "
-            f"{s['accuracy']:.1%}, {s['logit_diff']:.2f} | {comps} | {_pct(row.get('ablation_cut'))} | {_random(row)} | "
+            f"| {name} | {h['pairs']} | {h['accuracy']:.1%} | {pct(target)} | {h['logit_diff']:.2f} | {h['corrupted_logit_diff']:.2f} | "
+            f"{s['accuracy']:.1%}, {s['logit_diff']:.2f} | {comps} | {pct(row.get('ablation_cut'))} | {_random(row)} | "
             f"{row['verdict']} |\n"
         )
     lines.append(
@@ -381,6 +395,7 @@ def readme(training: dict, m: dict) -> str:
         )
     if m.get("attempts"):
         cols = ["run", "step", "tokens", "story_loss", "ioi_acc", "pronoun_acc", "greater_than_acc", "capital_acc", "induction_layer_sum"]
+        cols += ["english_bpc"] if any("english_bpc" in r for r in m["attempts"]) else []
         lines.append(
             "\n## What was tried (the last held-out evaluation of each run)\n\n| "
             + " | ".join(cols)
@@ -389,95 +404,15 @@ def readme(training: dict, m: dict) -> str:
             + "\n"
             + "".join("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n" for r in m["attempts"])
         )
+    if m.get("mixed"):
+        lines.append(stories_english.card_text(m["mixed"], m))
     if m.get("bf16"):
-        lines.append("\n" + bf16_sentence(m["bf16"], training) + "\n")
+        lines.append("\n" + bf16.sentence(m["bf16"], training) + "\n")
     if training.get("checkpoints"):
         lines.append(
             f"\nCheckpoints in `checkpoints/` (int8): steps {', '.join(map(str, training['checkpoints']))}; open e.g. `stories@{training['checkpoints'][0]}`.\n"
         )
     return "".join(lines)
-
-
-def bf16_sentence(b: dict, training: dict) -> str:
-    """The card's line on bf16 autocast (bf16_training's measurement), and what the shipped run used."""
-    if "curve" not in b:  # an older card: one timing only
-        return f"bf16 autocast on this CPU: {b['bf16_s_per_step']:.3f} s a step against {b['fp32_s_per_step']:.3f} s in fp32; equal loss was not measured."
-    first, last = b["curve"][0], b["curve"][-1]
-    gap = last["bf16"] - last["fp32"]
-    faster, equal = b["bf16_over_fp32"] < 0.9, abs(gap) <= 0.01 * last["fp32"]
-    used = "bf16 autocast" if training.get("recipe", {}).get("model", {}).get("autocast") else "fp32"
-    verdict = "faster at equal loss" if faster and equal else "faster, but not at equal loss" if faster else "not faster"
-    return (
-        f"bf16 autocast on this CPU, measured on this recipe's stories stage trained twice from one initialisation on the same "
-        f"batches ({b['steps']} steps, timed alternately step by step): {b['bf16_s_per_step']:.3f} s a step against "
-        f"{b['fp32_s_per_step']:.3f} s in fp32 (ratio {b['bf16_over_fp32']:.2f}); loss on unseen stories "
-        f"{first['fp32']:.3f} → {last['fp32']:.3f} in fp32, {first['bf16']:.3f} → {last['bf16']:.3f} under bf16 "
-        f"(steps {first['step']} → {last['step']}): {verdict}. The shipped run used {used}"
-        + (
-            ": it predates this measurement, and `TrainConfig(autocast=True)` (workbench/train/common.py) turns bf16 on for a new run."
-            if used == "fp32" and faster and equal
-            else "."
-        )
-    )
-
-
-# ---- what was tried: measured, not typed ----------------------------------------------------------
-
-
-def bf16_training(steps: int = 400, eval_every: int = 100, seed: int = 0) -> dict:
-    """The shipped recipe's stories stage trained from one initialisation in fp32 and under bf16 autocast, side by side.
-
-    Both models see the same batches (stories.stages' last stage: stories, answer rows and copies) and
-    the same learning rates; their steps (forward, backward, clip, AdamW) are timed alternately, step by
-    step, because the machine is shared, and the ratio is of the medians. Every `eval_every` steps both
-    are scored, in fp32, on the same unseen story rows: equal loss means bf16 lost nothing."""
-    import copy
-    import statistics
-    import time
-
-    from transformers import GPT2LMHeadModel
-
-    from workbench.train import common, stories
-
-    w = stories.world()
-    tok = stories.tokenizer(w)
-    cfg = type(stories.shape())(**{**stories.shape().__dict__, "vocab_size": len(tok)})
-    torch.manual_seed(cfg.seed)
-    first = GPT2LMHeadModel(common.gpt2_config(cfg, tok.bos_token_id, tok.eos_token_id))
-    models = {"fp32": first, "bf16": copy.deepcopy(first)}
-    opts = {mode: common.optimizer(m, cfg.weight_decay) for mode, m in models.items()}
-    stage = stories.stages(stories.Recipe(), cfg, tok, w)[-1]
-    unseen = stories.story_rows(tok, w, 16, cfg.n_positions, seed=10**6 + seed)  # (16, pos) rows no step draws
-    torch.set_num_threads(cfg.threads)
-    times: dict[str, list[float]] = {mode: [] for mode in models}
-    curve = []
-    for step in range(steps):
-        parts = stage.batch(common.step_generator(cfg.seed + seed, step))
-        lr = common.stage_lr(stage, step)
-        for mode, model in models.items():
-            for group in opts[mode].param_groups:
-                group["lr"] = lr
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
-                loss = sum(p.weight * common.masked_loss(model, p.ids, p.mask, p.vocab).float() for p in parts)
-            opts[mode].zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opts[mode].step()
-            times[mode].append(time.perf_counter() - start)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            with torch.no_grad():
-                held = {mode: round(float(common.masked_loss(m, unseen, torch.ones(unseen.shape[0], unseen.shape[1] - 1, dtype=torch.bool))), 4)
-                        for mode, m in models.items()}  # fmt: skip
-            curve.append({"step": step + 1, **held})
-    fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
-    return {
-        "fp32_s_per_step": round(fp32, 4),
-        "bf16_s_per_step": round(bf16, 4),
-        "bf16_over_fp32": round(bf16 / fp32, 3),
-        "steps": steps,
-        "curve": curve,
-    }
 
 
 def attempts(runs: dict[str, Path]) -> list[dict]:
@@ -494,6 +429,21 @@ def attempts(runs: dict[str, Path]) -> list[dict]:
     return out
 
 
+def targets_met(m: dict) -> list[str]:
+    """The targets a measured model (measure) meets, by name."""
+    ind = m["induction"]
+    return [name for name, row in m["tasks"].items() if met(name, row, ind)]
+
+
 def _scores(rec: dict) -> dict:
-    keys = ("story_loss", "ioi_acc", "pronoun_acc", "greater_than_acc", "capital_acc", "induction_acc", "induction_layer_sum")
+    keys = (
+        "story_loss",
+        "english_bpc",
+        "ioi_acc",
+        "pronoun_acc",
+        "greater_than_acc",
+        "capital_acc",
+        "induction_acc",
+        "induction_layer_sum",
+    )
     return {k: rec[k] for k in keys if k in rec}
