@@ -577,6 +577,12 @@ def write_card(out: Path, card: dict) -> None:
         f"activation in {cfg['dead_after']:,} tokens), decoder rows unit-norm; {first['tokens']:,} training activations per layer, batch "
         f"{cfg['batch']}, Adam {cfg['lr']:g}; seed {cfg['seed']}, {cfg['threads']} thread(s)"
         + (", the encoder started at the decoder's transpose" if cfg.get("enc_init", "random") == "decoder" else "")
+        + (
+            f", with the Jacobian-matching term at λ {cfg['jacobian']:g} (the real MLP's response to a change of its input, "
+            "matched along the differences between training inputs: `workbench/train/jacobian.py`)"
+            if cfg.get("jacobian", 0)
+            else ""
+        )
         + ".\n\n"
         f"## Quality on held-out data\n\nData: {q['heldout']}. Variance explained = 1 - Σ|y - ŷ|² / Σ|y - mean y|² of the MLP's output; "
         "loss recovered = (loss with the MLP zero-ablated - loss with the transcoder in its place) / (zero-ablated - unchanged), "
