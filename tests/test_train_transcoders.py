@@ -159,6 +159,8 @@ def _replay(search: dict) -> int:
     returns the index of the run it kept last."""
     runs, best = search["runs"], 0
     steps = [(name, changes) for name, changes in train.SEARCH_STEPS if "only" not in search or name in search["only"]]
+    if "response_explained" not in runs[0]["summary"]:  # a search written before the Jacobian steps existed
+        steps = [(name, changes) for name, changes in steps if "jacobian" not in changes]
     assert runs[0]["step"] == "shipped" and [r["step"] for r in runs[1:]] == [name for name, _ in steps]
     for i, (run, (_, changes)) in enumerate(zip(runs[1:], steps, strict=True), start=1):
         before = train.TranscoderConfig(**runs[best]["config"])
