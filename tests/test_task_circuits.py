@@ -126,10 +126,7 @@ def test_on_the_stories_tasks_the_card_holds_the_checks_and_the_top_supernode_be
     """Measured on the shipped stories model (8 pairs a task, real model, attention frozen, the norm-aware prediction):
     the transcoders' card holds these measurements (written by `python -m workbench.train transcoders stories`; its
     table gives the pairs that pass); the top supernode beats random features on at least 6 of 8 pairs of every task,
-    and ablating it moves the answer the way the graph predicts (the same sign) on at least 6. The supernode is the
-    most influential features by their influence's size, so it may hold features that hold the answer down: with the
-    transcoders trained with the Jacobian term, greater_than's top supernode raises the answer on 6 of 8 pairs, as
-    predicted."""
+    and ablating it lowers the answer, as predicted, on at least 6."""
     from workbench.model import load_model
 
     assert "pronoun" in stories_checks and "induction" in stories_checks
@@ -143,20 +140,18 @@ def test_on_the_stories_tasks_the_card_holds_the_checks_and_the_top_supernode_be
                 assert mine[key] == pytest.approx(theirs[key], abs=1e-4), (name, key)
         beats = sum(p.beats_random for p in c.pairs) / len(c.pairs)
         assert beats >= 0.75, (name, c.rows())
-        # ablating the most influential features moves the answer the way the graph predicts on most pairs
-        assert sum((p.predicted < 0) == (p.measured < 0) for p in c.pairs) >= 0.75 * len(c.pairs), (name, c.rows())
+        # ablating what drives the answer lowers it, as predicted, on most pairs
+        assert sum(p.predicted < 0 and p.measured < 0 for p in c.pairs) >= 0.75 * len(c.pairs), (name, c.rows())
 
 
 def test_on_the_stories_tasks_the_final_norm_was_the_gap(stories_checks):
-    """The graph's own frozen model meets the frozen-scale prediction (its arithmetic: within 35% on 5-8 of 8 pairs of
-    every task), and that model with its final norm live meets the norm-aware prediction on 3-8 (where they do not, a
-    TopK set changes: the transcoders trained without the Jacobian term met them on 7-8 and 5-7; those trained with it,
-    whose response with the TopK set held is closer to the real MLP's, on fewer pairs of pronoun, greater_than and
-    induction: the TopK sets switch on more pairs there; the transcoders' card gives each count). The norm-aware prediction is met by the measurement on at least as many pairs as
+    """The graph's own frozen model meets the frozen-scale prediction (its arithmetic: 7-8 of 8 pairs within 35% on
+    every task), and that model with its final norm live meets the norm-aware prediction on most pairs (5-7: where it
+    does not, a TopK set changes). The norm-aware prediction is met by the measurement on at least as many pairs as
     the frozen-scale one on every task, and on 9 more over the four (the transcoders' card gives each count)."""
     for name, c in stories_checks.items():
-        assert _within(c, "frozen", "predicted_frozen_norm") >= 5, (name, c.rows())
-        assert _within(c, "final_norm_live") >= 3, (name, c.rows())
+        assert _within(c, "frozen", "predicted_frozen_norm") >= 7, (name, c.rows())
+        assert _within(c, "final_norm_live") >= 5, (name, c.rows())
         assert _within(c, "measured") >= _within(c, "measured", "predicted_frozen_norm"), (name, c.rows())
     gained = sum(_within(c, "measured") - _within(c, "measured", "predicted_frozen_norm") for c in stories_checks.values())
     assert gained >= 6, {name: c.rows() for name, c in stories_checks.items()}

