@@ -28,7 +28,12 @@ def _quality_by_hand(hf, tcs, rows: torch.Tensor, scored: torch.Tensor) -> dict:
     """The card's quality numbers from plain transformers' GPT-2 with hooks: a transcoder reads the MLP's input before
     the norm's gain and bias (transformer-lens folds them into W_in: ln_2's input, normalised) and replaces the MLP's
     output (transformer-lens centres it: compared centred; a layer norm reads every residual, so splicing it is the
-    same edit); BOS's position is left out of the reconstruction, as in training."""
+    same edit); BOS's position is left out of the reconstruction, as in training. The response explained: plain
+    transformers' MLP module (its input x·g + b of ln_2) differentiated forward-mode along v·g, centred as its output is,
+    against the transcoder's response written out with its TopK set held; v = x[perm] - x per chunk (jacobian.directions,
+    one generator per layer seeded with the layer, as quality draws them)."""
+    from workbench.train import jacobian
+
     blocks = hf.transformer.h
     eps = blocks[0].ln_2.eps
 
@@ -64,16 +69,23 @@ def _quality_by_hand(hf, tcs, rows: torch.Tensor, scored: torch.Tensor) -> dict:
     clean = loss({})
     out = {"layers": {}}
     for layer, tc in tcs.items():
-        ys, preds, acts = [], [], []
+        ys, preds, acts, j_mlps, j_tcs = [], [], [], [], []
+        gen, ln = torch.Generator().manual_seed(layer), blocks[layer].ln_2
         for s in range(0, len(rows), 16):
             _, seen = run(rows[s : s + 16], {})
             x, y = seen[("x", layer)][:, 1:].flatten(0, 1), seen[("y", layer)][:, 1:].flatten(0, 1)  # BOS left out
             a, pred = _hand(tc, x)
             ys, preds, acts = [*ys, y.double()], [*preds, pred.double()], [*acts, a]
+            v = jacobian.directions(x, gen)
+            j = torch.func.jvp(blocks[layer].mlp, (x * ln.weight + ln.bias,), (v * ln.weight,))[1]
+            j_mlps.append((j - j.mean(-1, keepdim=True)).double())
+            j_tcs.append(((((v @ tc.W_enc) * (a > 0)) @ tc.W_dec) + (0 if tc.W_skip is None else v @ tc.W_skip)).double())
         y, pred, a = torch.cat(ys), torch.cat(preds), torch.cat(acts)
+        j_mlp, j_tc = torch.cat(j_mlps), torch.cat(j_tcs)
         zero, spliced = loss({layer: None}), loss({layer: tc})
         out["layers"][layer] = {
             "variance_explained": float(1 - ((pred - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()),
+            "response_explained": float(1 - ((j_tc - j_mlp) ** 2).sum() / ((j_mlp - j_mlp.mean(0)) ** 2).sum()),
             "loss_recovered": (zero - spliced) / (zero - clean),
             "l0": float((a > 0).sum(-1).double().mean()),
             "dead": int(((a > 0).sum(0) == 0).sum()),
@@ -103,8 +115,9 @@ def test_the_card_is_its_measurements_reproduced_from_the_shipped_weights(name, 
     assert card["quality"]["heldout"] == heldout_name
     measured = _quality_by_hand(hf_model(model), tcs, rows, scored)
     for layer, q in card["quality"]["layers"].items():
-        for key in ("variance_explained", "loss_recovered", "l0", "dead"):
-            assert measured["layers"][int(layer)][key] == pytest.approx(q[key], abs=1e-3), (layer, key)
+        for key in ("variance_explained", "response_explained", "loss_recovered", "l0", "dead"):
+            if key in q or key != "response_explained":  # cards written before it was measured lack it
+                assert measured["layers"][int(layer)][key] == pytest.approx(q[key], abs=1e-3), (layer, key)
     assert measured["all_layers"]["loss_recovered"] == pytest.approx(card["quality"]["all_layers"]["loss_recovered"], abs=1e-3)
 
 
@@ -141,9 +154,28 @@ def test_each_shipped_set_was_trained_with_its_models_recipe(name):
     assert train.TranscoderConfig(**json.loads(card.read_text())["config"]) == train.recipe(name)
 
 
+def _replay(search: dict) -> int:
+    """Checks one search (search.json, or the search before a search of given steps) step by step against `better`;
+    returns the index of the run it kept last."""
+    runs, best = search["runs"], 0
+    steps = [(name, changes) for name, changes in train.SEARCH_STEPS if "only" not in search or name in search["only"]]
+    if "response_explained" not in runs[0]["summary"]:  # a search written before the Jacobian steps existed
+        steps = [(name, changes) for name, changes in steps if "jacobian" not in changes]
+    assert runs[0]["step"] == "shipped" and [r["step"] for r in runs[1:]] == [name for name, _ in steps]
+    for i, (run, (_, changes)) in enumerate(zip(runs[1:], steps, strict=True), start=1):
+        before = train.TranscoderConfig(**runs[best]["config"])
+        assert train.TranscoderConfig(**run["config"]) == dataclasses.replace(before, **changes)
+        assert run["summary"] == train._summary(run["quality"])
+        kept = train.better(run["summary"], runs[best]["summary"], train.same_cost(train.TranscoderConfig(**run["config"]), before))
+        best = i if kept else best
+    assert [r["chosen"] for r in runs] == [i == best for i in range(len(runs))]
+    return best
+
+
 def test_the_recipe_search_chose_by_its_rule_and_the_shipped_set_is_its_choice():
     """The stories card's recipe search (search.json): each step is the best recipe so far with the step's changes, kept
-    exactly where `better` says so; the recipe kept last is the stories model's recipe, and the shipped transcoders,
+    exactly where `better` says so (a search of given steps alone: those, on top of the recipe shipped then, and the
+    search before it likewise); the recipe kept last is the stories model's recipe, and the shipped transcoders,
     trained with it by `build`, measure as the search's run of it did (same seed, same data: the same training)."""
     from workbench.model import resolve
 
@@ -151,23 +183,17 @@ def test_the_recipe_search_chose_by_its_rule_and_the_shipped_set_is_its_choice()
     if not (folder / "search.json").is_file():
         pytest.skip("stories has no recipe search (workbench.train.transcoders.search)")
     search = json.loads((folder / "search.json").read_text())
-    runs, best = search["runs"], 0
-    assert runs[0]["step"] == "shipped" and [r["step"] for r in runs[1:]] == [name for name, _ in train.SEARCH_STEPS]
-    for i, (run, (_, changes)) in enumerate(zip(runs[1:], train.SEARCH_STEPS, strict=True), start=1):
-        before = train.TranscoderConfig(**runs[best]["config"])
-        assert train.TranscoderConfig(**run["config"]) == dataclasses.replace(before, **changes)
-        assert run["summary"] == train._summary(run["quality"])
-        same_cost = run["config"]["width"] == before.width and run["config"]["tokens"] <= before.tokens
-        kept = train.better(run["summary"], runs[best]["summary"], same_cost)
-        best = i if kept else best
-    assert [r["chosen"] for r in runs] == [i == best for i in range(len(runs))]
+    best, runs = _replay(search), search["runs"]
+    if "previous" in search:  # the recipe shipped when the given steps ran is the one the search before chose
+        before = search["previous"]
+        assert train.TranscoderConfig(**runs[0]["config"]) == train.TranscoderConfig(**before["runs"][_replay(before)]["config"])
     chosen = train.TranscoderConfig(**runs[best]["config"])
     assert chosen == train.recipe("stories")
     card = json.loads((folder / "card.json").read_text())
     assert card["search"] == search
     if best:  # retrained with the chosen recipe: the same numbers as the search's run
         for layer, q in card["quality"]["layers"].items():
-            for key in ("variance_explained", "loss_recovered", "l0", "dead"):
+            for key in ("variance_explained", "response_explained", "loss_recovered", "l0", "dead"):
                 assert q[key] == pytest.approx(runs[best]["quality"]["layers"][layer][key], abs=1e-4), (layer, key)
 
 
@@ -181,6 +207,24 @@ def test_better_is_the_stated_rule():
     assert not train.better({**old, "variance_explained": 0.959, "dead_fraction": 0.44}, old, same_cost=False)
     assert not train.better({**old, "variance_explained": 0.99, "loss_recovered_all": 0.97}, old, same_cost=True)
     assert train.better({**old, "variance_explained": 0.99, "loss_recovered_all": 1.015}, old, same_cost=True)
+
+
+def test_better_reports_the_response_explained_without_counting_it():
+    """The response explained does not move the choice either way (better's docstring says why): the same summaries are
+    judged alike with it and without it, whichever side gains it."""
+    old = {"variance_explained": 0.96, "dead_fraction": 0.5, "loss_recovered_all": 1.001}
+    for new, kept in (({**old, "variance_explained": 0.963}, True), ({**old, "variance_explained": 0.956}, False)):
+        for gained in (-0.3, 0.0, 0.3):
+            assert train.better({**new, "response_explained": 0.5 + gained}, {**old, "response_explained": 0.5}, False) == kept
+        assert train.better(new, old, False) == kept
+
+
+def test_same_cost_counts_the_jacobian_term():
+    base = train.CONFIG
+    assert train.same_cost(dataclasses.replace(base, dead_after=20_000), base)
+    assert not train.same_cost(dataclasses.replace(base, jacobian=0.1), base)
+    assert not train.same_cost(dataclasses.replace(base, tokens=2 * base.tokens), base)
+    assert train.same_cost(base, dataclasses.replace(base, jacobian=0.1))
 
 
 def test_the_encoder_can_start_at_the_decoders_transpose():
@@ -225,3 +269,15 @@ def test_the_stories_model_trains_on_its_own_stories_and_its_tasks_can_be_checke
     assert sorted(tcs) == list(range(stories.info.n_layers)) and tcs[0].d_sae == 64
     c = task_circuits.check_task(stories, "induction", task_circuits.CheckConfig(pairs=1, random_draws=2), tcs=tcs)
     assert c.source == "stories/tasks/induction.json" and len(c.pairs) == 1
+    # a search of one given step on top of what was just shipped: the Jacobian term trains on the real model, its
+    # response explained is measured, and the choice is `better`'s
+    from workbench.errors import InputError
+
+    with pytest.raises(InputError, match="no search step"):
+        train.search("stories", tmp_path, only=("no such step",))
+    found = train.search("stories", tmp_path, log=lambda *_: None, only=("Jacobian matching, λ 1",))
+    assert [r["step"] for r in found["runs"]] == ["shipped", "Jacobian matching, λ 1"] and found["only"] == ["Jacobian matching, λ 1"]
+    assert found["runs"][1]["config"] == {**dataclasses.asdict(train.recipe("stories", cfg)), "jacobian": 1.0}
+    assert all(q["response_explained"] <= 1 for q in found["runs"][1]["quality"]["layers"].values())  # 64 features, 512 tokens: any
+    _replay(found)
+    assert "only the steps *Jacobian matching, λ 1*" in train._search_text(found)

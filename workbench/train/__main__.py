@@ -8,7 +8,7 @@ python -m workbench.train sae [MODEL] -- TopK SAEs on its residual stream, measu
 python -m workbench.train sae-search [MODEL] -- the short measured runs that chose the SAEs' width and k;
 python -m workbench.train transcoders [MODEL] [--checks | --search] -- per-layer TopK transcoders (MLP in -> MLP out),
 measured (models/MODEL/transcoders/); --checks re-measures only their card's task circuits; --search runs the recipe
-search on held-out quality (search.json);
+search on held-out quality (search.json), `--search --only STEP` only the named steps on top of the shipped recipe;
 python -m workbench.train clt [MODEL] -- a cross-layer transcoder (each layer's features write to every later MLP output too),
 measured (models/MODEL/transcoders-clt/).
 
@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, help="override the seed")
     p.add_argument("--checks", action="store_true", help="with transcoders: re-measure only the card's task checks, training nothing")
     p.add_argument("--search", action="store_true", help="with transcoders: the recipe search on held-out quality (search.json)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="with --search: only this search step (repeatable), on top of the shipped recipe",
+    )
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "workbench-corpus", help="corpus download cache")
     args = p.parse_args(argv)
     if args.what == "lens":
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         given = {"threads": args.threads, "seed": args.seed, "tokens": args.steps and args.steps * transcoders.CONFIG.batch}
         cfg = dataclasses.replace(transcoders.CONFIG, **{k: v for k, v in given.items() if v})
         if args.search and args.what == "transcoders":
-            found = transcoders.search(args.model, args.out)["runs"]
+            found = transcoders.search(args.model, args.out, only=tuple(args.only))["runs"]
             print(json.dumps(next(r["config"] for r in found if r["chosen"]), indent=1))
             return
         if args.checks and args.what == "transcoders":
