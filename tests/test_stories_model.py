@@ -155,6 +155,20 @@ def test_card_quotes_greedy_continuations_of_five_story_openings(hf, card):
     assert all(f"`{p}`" in readme for p in stories_card.OPENINGS)
 
 
+def test_the_card_reports_the_stories_and_english_run_from_its_own_measurements(card):
+    """The run that mixed English in is not shipped: its section and row are what the code wrote from its measurements."""
+    from workbench.train import stories_english
+
+    mixed = card["mixed"]
+    readme = (FOLDER / "README.md").read_text()
+    assert stories_english.card_text(mixed, card) in readme
+    assert set(mixed["tasks"]) == set(card["tasks"])
+    english = json.loads((MODELS_DIR / "english" / "card.json").read_text())["measured"]["heldout_sample"]
+    assert mixed["english_model_bpc"] == english["bits_per_char"]
+    row = next(r for r in card["attempts"] if r["run"] == stories_card.MIXED)
+    assert "english_bpc" in row and row["step"] == mixed["steps"]
+
+
 def test_links_open_the_pair_in_other_pages_with_its_settings():
     task = tasks.load(FOLDER, "ioi")
     pair = task.pairs[0]

@@ -134,6 +134,7 @@ def measure(model_folder: Path, stories_folder: Path) -> dict:
         "vocab_size": training["config"]["vocab_size"],
         "train_seconds": training["train_seconds"],
         "tokens_seen": training["tokens_seen"],
+        "steps": sum(s["steps"] for s in training["stages"]),
         "machine": training["machine"],
     }
 
