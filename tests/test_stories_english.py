@@ -99,3 +99,22 @@ def test_the_runs_card_measures_it_as_the_shipped_model_and_reads_the_english_mo
     text = se.card_text(m, shipped)
     met = stories_card.targets_met(m)
     assert f"run J {len(met)} of {len(m['tasks'])}" in text and f"{m['english_bpc']:.3f} bits per character" in text
+
+
+def test_the_card_keeps_the_shipped_model_unless_the_run_is_ahead_on_targets_or_circuits_and_behind_on_neither():
+    shipped = json.loads((MODELS_DIR / "stories" / "card.json").read_text())["measured"]
+    if "mixed" not in shipped:
+        pytest.skip("the stories card has no stories-and-English run")
+    mixed = shipped["mixed"]
+    found = {name: row["verdict"] == "found" for name, row in shipped["tasks"].items()}
+    swapped = {**mixed, "tasks": shipped["tasks"], "induction": shipped["induction"]}
+    as_run = {**shipped, "tasks": mixed["tasks"], "induction": mixed["induction"]}
+    ahead = len(stories_card.targets_met(shipped)) >= len(stories_card.targets_met(mixed)) and sum(found.values()) > sum(
+        row["verdict"] == "found" for row in mixed["tasks"].values()
+    )
+    assert ahead  # what the shipped card says: the shipped model confirms more circuits and meets as many targets
+    assert "The shipped model stays the default" in se.card_text(mixed, shipped)
+    assert "Run J is ahead: it should replace the shipped model." in se.card_text(swapped, as_run)
+    assert "stays the default: run J meets no more targets and confirms no more circuits" in se.card_text(
+        mixed, {**shipped, "tasks": mixed["tasks"]}
+    )

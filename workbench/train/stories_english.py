@@ -152,6 +152,7 @@ def card_text(mixed: dict, shipped: dict) -> str:
     )
     better = mixed["english_bpc"] <= mixed["english_model_bpc"]
     a, b = targets_met(mixed), targets_met(shipped)
+    fa, fb = (sum(row["verdict"] == "found" for row in m["tasks"].values()) for m in (mixed, shipped))
     return (
         f"\n## Stories mixed with English (run J, not shipped)\n\n{MIXED}: {mixed['tokens_seen']:,} tokens in "
         f"{mixed['train_seconds'] / 60:.1f} min ({mixed['machine']}), {mixed['vocab_size']:,} ids, {mixed['n_positions']} positions. "
@@ -162,6 +163,21 @@ def card_text(mixed: dict, shipped: dict) -> str:
         f"{ind['first_copy_loss']:.2f} → {ind['second_copy_loss']:.2f}. English: {mixed['english_bpc']:.3f} bits per character on "
         f"the English model's `heldout_sample.txt` against its {mixed['english_model_bpc']:.3f} "
         f"({'no worse' if better else 'worse'}; windows of {mixed['n_positions']} tokens against its 256). Targets met: run J "
-        f"{len(a)} of {len(mixed['tasks'])} ({', '.join(a) or 'none'}), the shipped model {len(b)} ({', '.join(b) or 'none'}).\n\n"
+        f"{len(a)} of {len(mixed['tasks'])} ({', '.join(a) or 'none'}), the shipped model {len(b)} ({', '.join(b) or 'none'}); "
+        f"circuits confirmed by ablation (verdict *found*): run J {fa}, the shipped model {fb}. "
+        + _verdict(len(a), fa, len(b), fb)
+        + "\n\n"
         "Greedy continuations of run J:\n\n" + "".join(f"- `{p}` → `{t}`\n" for p, t in mixed["samples"].items())
     )
+
+
+def _verdict(met_j: int, found_j: int, met_shipped: int, found_shipped: int) -> str:
+    """Which model the issue's rule ("the default becomes the best model that meets the targets") keeps: run J only
+    where it is ahead on the targets met or the circuits confirmed and behind on neither."""
+    if met_j >= met_shipped and found_j >= found_shipped and (met_j, found_j) != (met_shipped, found_shipped):
+        return "Run J is ahead: it should replace the shipped model."
+    if met_j <= met_shipped and found_j <= found_shipped:
+        targets = "fewer" if met_j < met_shipped else "no more"
+        circuits = "fewer" if found_j < found_shipped else "no more"
+        return f"The shipped model stays the default: run J meets {targets} targets and confirms {circuits} circuits."
+    return "Neither is ahead on both counts; the shipped model stays the default."
