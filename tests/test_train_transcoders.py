@@ -184,6 +184,9 @@ def test_the_recipe_search_chose_by_its_rule_and_the_shipped_set_is_its_choice()
         pytest.skip("stories has no recipe search (workbench.train.transcoders.search)")
     search = json.loads((folder / "search.json").read_text())
     best, runs = _replay(search), search["runs"]
+    # a search that ran the Jacobian steps carries the rule's history as the code writes it
+    ran = {r["step"] for r in runs}
+    assert search.get("note") == (train.JACOBIAN_NOTE if any("Jacobian" in step for step in ran) else None)
     if "previous" in search:  # the recipe shipped when the given steps ran is the one the search before chose
         before = search["previous"]
         assert train.TranscoderConfig(**runs[0]["config"]) == train.TranscoderConfig(**before["runs"][_replay(before)]["config"])

@@ -15,8 +15,9 @@ their circuits. Two things make the mix possible here:
   `english_batch` rows of English windows (english.english_batch) added to every mixed step, and the held-out
   English's bits per character measured at every evaluation (the English model's card gives its own).
 
-`python -m workbench.train stories-english --out DIR` trains one; its measurements go to the stories card's table
-of what was tried (stories_card.TRIED) whether or not it is shipped.
+`python -m workbench.train stories-english` trains one into runs/stories-english (the model in its `model/`): there
+`stories_card.write` finds it, puts its evaluations in the table of what was tried and measures its final model beside
+the shipped one, whether or not it is shipped (with `--out`/`--run-dir` elsewhere, the card does not see it).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from workbench.train import common, corpus, english, stories
 # the stories recipe under bf16 autocast: the stories card measured it faster at equal loss on this recipe (0.79 of
 # fp32's step time), and the issue asks a new run to use it where it is
 RECIPE = stories.Recipe(model=dataclasses.replace(stories.shape(), autocast=True))
-PIECE_WEIGHT = 3000  # counts of each world piece among the BPE's training words (module doc: 200 left 150 split)
+PIECE_WEIGHT = 3000  # counts of each world piece among the BPE's training words (measured: 200 left 150 pieces split)
 STORIES_FOR_BPE = 20_000  # stories whose words the BPE counts beside the English
 
 
