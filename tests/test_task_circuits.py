@@ -155,3 +155,18 @@ def test_on_the_stories_tasks_the_final_norm_was_the_gap(stories_checks):
         assert _within(c, "measured") >= _within(c, "measured", "predicted_frozen_norm"), (name, c.rows())
     gained = sum(_within(c, "measured") - _within(c, "measured", "predicted_frozen_norm") for c in stories_checks.values())
     assert gained >= 6, {name: c.rows() for name, c in stories_checks.items()}
+
+
+def test_smaller_clamps_are_the_check_repeated_at_each_factor_and_the_card_holds_them(circuits):
+    """dose_response: each factor's counts are check_task's at that factor (another config, the same pairs); the circuits
+    transcoders' card holds them as measured (written by `python -m workbench.train transcoders circuits --checks`)."""
+    doses = tc.dose_response(circuits, ["induction"], factors=(0.9,))
+    again = tc.check_task(circuits, "induction", dataclasses.replace(tc.CHECK, factor=0.9, random_draws=1))
+    assert doses == {"0.9": {"induction": again.within_tolerance() | {"pairs": tc.CHECK.pairs}}}
+    # the factor changes what is measured: a 10% clamp moves the answer about a tenth as much as the ablation
+    ablated = tc.check_task(circuits, "induction", dataclasses.replace(tc.CHECK, random_draws=1))
+    for small, full in zip(again.pairs, ablated.pairs, strict=True):
+        assert abs(small.predicted_frozen_norm) == pytest.approx(0.1 * abs(full.predicted_frozen_norm), rel=1e-3)
+    card = json.loads((Path(circuits.info.source) / "transcoders" / "card.json").read_text())
+    assert card["task_circuits"]["doses"]["0.9"] == doses["0.9"]
+    assert set(card["task_circuits"]["doses"]) == {f"{f:g}" for f in tc.DOSES}

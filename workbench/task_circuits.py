@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from workbench import attribution_graph as ag
@@ -233,3 +233,24 @@ def check_task(
         model.info.name, name, source, cfg, checked,
         provenance(model, [p.clean for p in pairs], method="task circuits checked by intervention", **asdict(cfg), source=source),
     )  # fmt: skip
+
+
+# smaller clamps than the check's, measured beside it: whether the misses shrink with the intervention's size (TopK
+# switches and curvature would) or stay (a first-order difference between the real model and the graph would)
+DOSES = (0.5, 0.9, 0.99)
+
+
+def dose_response(
+    model: LoadedModel, names: list[str], cfg: CheckConfig = CHECK, tcs: dict[int, Transcoder] | None = None, factors=DOSES
+) -> dict[str, dict[str, dict[str, int]]]:
+    """{factor: {task: within_tolerance counts and "pairs"}}: the check of each task repeated with the supernode set to
+    each factor × its activation (one random draw: only the agreement with the prediction is read)."""
+    tcs = ag.transcoders_for(model, tcs)
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for factor in factors:
+        step = replace(cfg, factor=factor, random_draws=1)
+        out[f"{factor:g}"] = {}
+        for name in names:
+            c = check_task(model, name, step, tcs)
+            out[f"{factor:g}"][name] = c.within_tolerance() | {"pairs": len(c.pairs)}
+    return out

@@ -347,6 +347,8 @@ def task_checks(model, tcs: dict[int, Transcoder] | None = None) -> dict:
             out["tasks"][name] = {"verdict": verdict, "error": str(err)}
             continue
         out["tasks"][name] = {**c.summary(), "verdict": verdict, "pairs": c.rows()}
+    checked = [name for name in names if "error" not in out["tasks"][name]]
+    out["doses"] = task_circuits.dose_response(model, checked, tcs=tcs)
     return out
 
 
@@ -657,5 +659,26 @@ def _task_checks_text(model_name: str, checks: dict) -> str:
         "final norm live | within of the first order: real, "
         "attention frozen | within of the frozen-scale prediction: real, attention frozen / real, attention and final norm "
         "frozen / frozen model | beats random | predicted (first order, frozen scale) → measured, first pairs |\n"
-        "|---|---|---|---|---|---|---|\n" + "".join(row(name, c) for name, c in checks["tasks"].items())
+        "|---|---|---|---|---|---|---|\n" + "".join(row(name, c) for name, c in checks["tasks"].items()) + _doses_text(checks)
+    )
+
+
+def _doses_text(checks: dict) -> str:
+    """The card's table of the same check with smaller clamps (task_circuits.dose_response), every number from `checks`."""
+    if "doses" not in checks:
+        return ""
+    names = list(next(iter(checks["doses"].values())))
+    rows = "".join(
+        f"| {factor} | "
+        + " | ".join(f"{d[n]['measured']} / {d[n]['final_norm_live']} / {d[n]['frozen']} of {d[n]['pairs']}" for n in names)
+        + " |\n"
+        for factor, d in checks["doses"].items()
+    )
+    return (
+        "\nThe same check with smaller clamps (the supernode set to the factor × its activation; one random draw): pairs "
+        "within the tolerance of the prediction, real model with attention frozen (the check) / the graph's frozen model "
+        "with the final norm live (against the norm-aware prediction) / the graph's frozen model (against the frozen-scale "
+        "prediction). Where the first stays low as the clamp shrinks while the others rise, the difference is of first "
+        "order: the real model's response (its MLPs, its intermediate norms) is not the graph's, however small the "
+        "change.\n\n| factor | " + " | ".join(names) + " |\n|" + "---|" * (len(names) + 1) + "\n" + rows
     )
