@@ -547,6 +547,19 @@ def embed(w: Weights, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
     return x
 
 
+def mlp_hidden(L: Layer, mlp_in: torch.Tensor) -> torch.Tensor:
+    """(..., d_model) the MLP's input (after its norm) -> (..., d_mlp) its hidden activations (hook_post)."""
+    if L.W_gate_in is not None:  # gated (SwiGLU, GeGLU): act(x W_gate) * (x W_in + b_in)
+        gate, hidden = (mlp_in @ L.W_gate_in).chunk(2, -1)  # (..., d_mlp) each
+        return L.act(gate) * (hidden + (L.b_in if L.b_in is not None else 0))
+    return L.act(mlp_in @ L.W_in + (L.b_in if L.b_in is not None else 0))
+
+
+def mlp_output(L: Layer, hidden: torch.Tensor) -> torch.Tensor:
+    """(..., d_mlp) hidden activations -> (..., d_model) the MLP's output (hook_mlp_out)."""
+    return hidden @ L.W_out + (L.b_out if L.b_out is not None else 0)
+
+
 def block(
     w: Weights,
     index: int,
@@ -601,13 +614,8 @@ def block(
         # as transformer-lens 4's bridge: an edit at resid_mid reaches the MLP's input, not the skip path
         mid = run(index, "resid_mid", resid + attn_out)
         mlp_in = L.ln2(mid)
-    if L.W_gate_in is not None:  # gated (SwiGLU, GeGLU): act(x W_gate) * (x W_in + b_in)
-        gate, hidden = (mlp_in @ L.W_gate_in).chunk(2, -1)  # (batch, pos, d_mlp) each
-        hidden = L.act(gate) * (hidden + (L.b_in if L.b_in is not None else 0))
-    else:
-        hidden = L.act(mlp_in @ L.W_in + (L.b_in if L.b_in is not None else 0))  # (batch, pos, d_mlp)
-    hidden = run(index, "mlp_post", hidden)
-    mlp_out = run(index, "mlp_out", hidden @ L.W_out + (L.b_out if L.b_out is not None else 0))
+    hidden = run(index, "mlp_post", mlp_hidden(L, mlp_in))  # (batch, pos, d_mlp)
+    mlp_out = run(index, "mlp_out", mlp_output(L, hidden))
     out = run(index, "resid_post", resid + attn_out + mlp_out)
     return out[:, -1] if last_only else out
 

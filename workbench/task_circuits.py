@@ -153,21 +153,24 @@ class TaskCheck:
         }
 
     def within_tolerance(self) -> dict[str, int]:
-        """How many pairs each measurement puts within the tolerance of the prediction it is compared with: the
-        norm-aware prediction for the measurements with the final norm's scale live (`measured` is the check's), the
-        frozen-scale prediction for those with it frozen (`*_frozen_norm`: the gap the norm-aware one closes)."""
-        t = self.config.tolerance
+        return within_tolerance(self.pairs, self.config.tolerance)
 
-        def near(value: float, predicted: float) -> bool:
-            return abs(value - predicted) <= t * abs(predicted)
 
-        live = ("measured", "live", "replacement", "replacement_frozen", "final_norm_live")
-        frozen = ("final_norm_frozen", "frozen")
-        out = {n: sum(near(getattr(p, n), p.predicted) for p in self.pairs) for n in live}
-        out |= {n: sum(near(getattr(p, n), p.predicted_frozen_norm) for p in self.pairs) for n in frozen}
-        out["measured_first_order"] = sum(near(p.measured, p.predicted_first_order) for p in self.pairs)
-        out["measured_frozen_norm"] = sum(near(p.measured, p.predicted_frozen_norm) for p in self.pairs)  # the check as it was
-        return out
+def within_tolerance(pairs: list[PairCheck], tolerance: float) -> dict[str, int]:
+    """How many pairs each measurement puts within `tolerance` of the prediction it is compared with: the norm-aware
+    prediction for the measurements with the final norm's scale live (`measured` is the check's), the frozen-scale
+    prediction for those with it frozen (`*_frozen_norm`: the gap the norm-aware one closes)."""
+
+    def near(value: float, predicted: float) -> bool:
+        return abs(value - predicted) <= tolerance * abs(predicted)
+
+    live = ("measured", "live", "replacement", "replacement_frozen", "final_norm_live")
+    frozen = ("final_norm_frozen", "frozen")
+    out = {n: sum(near(getattr(p, n), p.predicted) for p in pairs) for n in live}
+    out |= {n: sum(near(getattr(p, n), p.predicted_frozen_norm) for p in pairs) for n in frozen}
+    out["measured_first_order"] = sum(near(p.measured, p.predicted_first_order) for p in pairs)
+    out["measured_frozen_norm"] = sum(near(p.measured, p.predicted_frozen_norm) for p in pairs)  # the check as it was
+    return out
 
 
 def model_words(model: LoadedModel) -> list[str]:
@@ -201,10 +204,16 @@ def task_pairs(model: LoadedModel, name: str, n: int, seed: int = 0) -> tuple[li
     return pairs, f"tasks.induction on {len(words)} single-token words of {model.info.name} (seed {seed})"
 
 
-def check_pair(model: LoadedModel, pair: tasks.Pair, tcs: dict[int, Transcoder], cfg: CheckConfig = CHECK) -> PairCheck:
-    """One pair's check (module doc)."""
-    answer = tasks.token_id(model.tokenizer, pair.answer)
-    g = ag.build(model, pair.clean, tcs, answer=answer)
+def pair_graph(model: LoadedModel, pair: tasks.Pair, tcs: dict[int, Transcoder]) -> ag.AttributionGraph:
+    """The attribution graph of the pair's answer on its clean prompt: what every check of the pair reads."""
+    return ag.build(model, pair.clean, tcs, answer=tasks.token_id(model.tokenizer, pair.answer))
+
+
+def check_pair(
+    model: LoadedModel, pair: tasks.Pair, tcs: dict[int, Transcoder], cfg: CheckConfig = CHECK, g: ag.AttributionGraph | None = None
+) -> PairCheck:
+    """One pair's check (module doc); `g`: its graph (pair_graph) where it is built already."""
+    g = g if g is not None else pair_graph(model, pair, tcs)
     top = g.top_features(cfg.top)
     if not top:
         raise InputError(f"the graph of {pair.clean!r} kept no feature: nothing to check")
@@ -244,13 +253,15 @@ def dose_response(
     model: LoadedModel, names: list[str], cfg: CheckConfig = CHECK, tcs: dict[int, Transcoder] | None = None, factors=DOSES
 ) -> dict[str, dict[str, dict[str, int]]]:
     """{factor: {task: within_tolerance counts and "pairs"}}: the check of each task repeated with the supernode set to
-    each factor × its activation (one random draw: only the agreement with the prediction is read)."""
+    each factor × its activation, on the same graphs (built once a pair) and without random draws (only the agreement
+    with the prediction is read)."""
     tcs = ag.transcoders_for(model, tcs)
-    out: dict[str, dict[str, dict[str, int]]] = {}
-    for factor in factors:
-        step = replace(cfg, factor=factor, random_draws=1)
-        out[f"{factor:g}"] = {}
-        for name in names:
-            c = check_task(model, name, step, tcs)
-            out[f"{factor:g}"][name] = c.within_tolerance() | {"pairs": len(c.pairs)}
+    out: dict[str, dict[str, dict[str, int]]] = {f"{factor:g}": {} for factor in factors}
+    for name in names:
+        pairs, _ = task_pairs(model, name, cfg.pairs)
+        graphs = [pair_graph(model, p, tcs) for p in pairs]
+        for factor in factors:
+            step = replace(cfg, factor=factor, random_draws=0)
+            checked = [check_pair(model, p, tcs, step, g) for p, g in zip(pairs, graphs, strict=True)]
+            out[f"{factor:g}"][name] = within_tolerance(checked, cfg.tolerance) | {"pairs": len(checked)}
     return out

@@ -26,13 +26,8 @@ from workbench.transcoder import Transcoder
 
 
 def mlp(L: engine.Layer, x: torch.Tensor) -> torch.Tensor:
-    """(..., d_model) MLP input (after its norm) -> (..., d_model) the MLP's output, as engine.block computes it."""
-    if L.W_gate_in is not None:  # gated (SwiGLU, GeGLU): act(x W_gate) * (x W_in + b_in)
-        gate, hidden = (x @ L.W_gate_in).chunk(2, -1)  # (..., d_mlp) each
-        hidden = L.act(gate) * (hidden + (L.b_in if L.b_in is not None else 0))
-    else:
-        hidden = L.act(x @ L.W_in + (L.b_in if L.b_in is not None else 0))  # (..., d_mlp)
-    return hidden @ L.W_out + (L.b_out if L.b_out is not None else 0)
+    """(..., d_model) MLP input (after its norm) -> (..., d_model) the MLP's output: the engine's own arithmetic."""
+    return engine.mlp_output(L, engine.mlp_hidden(L, x))
 
 
 def mlp_jvp(L: engine.Layer, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

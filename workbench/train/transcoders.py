@@ -675,7 +675,7 @@ def _doses_text(checks: dict) -> str:
         for factor, d in checks["doses"].items()
     )
     return (
-        "\nThe same check with smaller clamps (the supernode set to the factor × its activation; one random draw): pairs "
+        "\nThe same check with smaller clamps (the supernode set to the factor × its activation, on the same graphs; no random draws): pairs "
         "within the tolerance of the prediction, real model with attention frozen (the check) / the graph's frozen model "
         "with the final norm live (against the norm-aware prediction) / the graph's frozen model (against the frozen-scale "
         "prediction). Where the first stays low as the clamp shrinks while the others rise, the difference is of first "
