@@ -26,6 +26,13 @@ measured
   that model with only the final norm's scale live (`final_norm_live`). A frozen scale leaves out
   that a change along the stream's own direction is divided away by the norm; for features that
   write straight to the logits at the last position this can undo most of the predicted change.
+
+Two references that are not the graph's (`tangent`): the last position's stream carried along its tangent in the
+clamp factor (a central difference at 1) to the factor, then the final norm and unembedding applied exactly, in the
+real model (`tangent`) and in the local replacement model (`replacement_tangent`), both with attention frozen. The
+first is what a prediction linear in the features could give at best where it is exact to first order (the real
+MLPs' and norms' response); the second what these transcoders' response gives. Where the measurement meets the first
+and misses the second, the graph misses because its transcoders do not respond as the MLPs do.
 """
 
 from __future__ import annotations
@@ -121,6 +128,11 @@ class Intervention:
     attention_frozen: float  # measured in the real model, attention patterns held (circuit-tracer's feature_intervention default)
     final_norm_frozen: float  # as attention_frozen, the final norm's scale held at the real run's too (what that scale adds)
     real: float  # measured in the real model, attention live (feature_intervention with freeze_attention=False)
+    # first-order predictions, not the graph's: the stream's tangent along the clamp, carried to `factor`, then the final
+    # norm exact (`tangent`): the real model's own (attention frozen: what any graph exact to first order would predict)
+    # and the local replacement model's (attention frozen: these transcoders' response, the intermediate norms reacting)
+    tangent: float
+    replacement_tangent: float
     top_before: list[tuple[str, float]]  # (token, probability) of the real run
     top_after: list[tuple[str, float]]  # of the real model with the edit (attention live)
 
@@ -128,7 +140,7 @@ class Intervention:
         return [dict(nodes=" ".join(self.nodes), factor=self.factor, answer=self.answer, predicted=self.predicted,
                      predicted_first_order=self.predicted_first_order, predicted_frozen_norm=self.predicted_frozen_norm, frozen=self.frozen, final_norm_live=self.final_norm_live, replacement=self.replacement, replacement_attention_frozen=self.replacement_attention_frozen,
                      attention_frozen=self.attention_frozen, final_norm_frozen=self.final_norm_frozen,
-                     real=self.real)]  # fmt: skip
+                     real=self.real, tangent=self.tangent, replacement_tangent=self.replacement_tangent)]  # fmt: skip
 
 
 def clamp_edits(w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcoder], nodes: list[int], factor: float) -> list[engine.Edit]:
@@ -149,13 +161,15 @@ def clamp_edits(w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcode
 
 
 def replacement_edits(
-    w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcoder], nodes: list[int], factor: float
+    w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcoder], nodes: list[int], factor: float, errors: dict | None = None
 ) -> list[engine.Edit]:
-    """Engine edits for the local replacement model (transcoders in place of the MLPs, errors frozen), `nodes` clamped."""
+    """Engine edits for the local replacement model (transcoders in place of the MLPs, errors frozen), `nodes` clamped;
+    `errors` {layer: (pos, d_model)}: the graph's error nodes where they are computed already."""
     from workbench.transcoder import splice_edits
 
-    fz = freeze(w, g.tokens.to(w.W_E.device))
-    errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
+    if errors is None:
+        fz = freeze(w, g.tokens.to(w.W_E.device))
+        errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
     clamp = _clamps(g, nodes, factor)
     return splice_edits(w, tcs, errors, clamp)
 
@@ -226,6 +240,30 @@ def _answer_logit(logits: torch.Tensor, answer: int) -> float:
     return float(logits[answer] - logits.mean())
 
 
+TANGENT_STEP = 1e-3  # the factor's step either side of 1: small enough that no TopK set changes, large against float32
+
+
+def tangent(w: engine.Weights, tokens: torch.Tensor, edits_at, factor: float, answer: int) -> float:
+    """The answer's logit change (minus the mean logit) predicted to first order in the stream: x(f), the last
+    position's stream before the final norm with the features set to f × their activation (`edits_at(f)`: engine edits),
+    is carried from f = 1 along its tangent there (a central difference) to `factor`; the final norm and the unembedding
+    are then applied exactly, as `predicted` applies them to the graph's change. Not the graph's: a reference for it,
+    the best any prediction linear in the features (the graph's edges) could do where it is exact to first order."""
+    final = [f"blocks.{w.n_layers - 1}.hook_resid_post"]
+
+    def stream(f: float) -> torch.Tensor:  # (1, d_model)
+        return engine.forward(w, tokens, edits=edits_at(f), capture=final, last_only=True).captured[final[0]][0, -1:].double()
+
+    with torch.no_grad():
+        x1, up, down = stream(1.0), stream(1 + TANGENT_STEP), stream(1 - TANGENT_STEP)
+        x = x1 + (up - down) / (2 * TANGENT_STEP) * (factor - 1)
+
+        def logits(s: torch.Tensor) -> torch.Tensor:
+            return (w.ln_final(s.float()) @ w.W_U + (0 if w.b_U is None else w.b_U))[0].float().cpu()
+
+        return _answer_logit(logits(x), answer) - _answer_logit(logits(x1), answer)
+
+
 def intervene(
     model: LoadedModel,
     g: AttributionGraph,
@@ -242,9 +280,12 @@ def intervene(
     with torch.no_grad():
         plain = engine.forward(w, tokens, capture=final, last_only=True)
         base = plain.logits[0].float().cpu()
-        spliced = replacement_edits(w, g, tcs, nodes, factor)
+        fz = freeze(w, g.tokens.to(w.W_E.device))
+        errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
+        spliced = replacement_edits(w, g, tcs, nodes, factor, errors)
         rep = engine.forward(w, tokens, edits=spliced, last_only=True).logits[0].float().cpu()
-        held_rep = engine.forward(w, tokens, edits=spliced + engine.frozen_patterns(w, tokens), last_only=True).logits[0].float().cpu()
+        patterns = engine.frozen_patterns(w, tokens)  # every attention pattern held at the real run's
+        held_rep = engine.forward(w, tokens, edits=spliced + patterns, last_only=True).logits[0].float().cpu()
         real = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, False), last_only=True).logits[0].float().cpu()
         out = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, True), capture=final, last_only=True)
         held = out.logits[0].float().cpu()
@@ -273,6 +314,8 @@ def intervene(
         attention_frozen=_answer_logit(held, answer) - b,
         final_norm_frozen=_answer_logit(held_norm[1], answer) - _answer_logit(held_norm[0], answer),
         real=_answer_logit(real, answer) - b,
+        tangent=tangent(w, tokens, lambda f: real_edits(w, g, tcs, nodes, f, False) + patterns, factor, answer),
+        replacement_tangent=tangent(w, tokens, lambda f: replacement_edits(w, g, tcs, nodes, f, errors) + patterns, factor, answer),
         top_before=top(base),
         top_after=top(real),
     )

@@ -46,6 +46,14 @@ model with attention and the final norm's scale frozen (`final_norm_frozen`). `w
 compares the measurements with the final norm live with `predicted`, those with it frozen with
 `predicted_frozen_norm`.
 
+Two references that are not the graph's, measured beside it (`tangent`, `replacement_tangent`:
+attribution_graph_checks.tangent): the last position's stream carried along its tangent in the clamp factor, then
+the final norm applied exactly, as `predicted` applies it to the graph's change. The real model's tangent (attention
+frozen) is what any prediction linear in the features could give if it were exact to first order; the local
+replacement model's is what these transcoders' response gives (errors frozen), with the intermediate norms reacting.
+Where the measurement agrees with the first and not with the second, the misses are the transcoders' response, not
+the graph's arithmetic or the ablation's size.
+
 Where the pairs come from: a task dataset shipped beside the model (models/<model>/tasks/*.json:
 the stories model), else, for induction, pairs built by tasks.induction from the model's own
 single-token words (any model can be asked to continue a repeated sequence).
@@ -103,6 +111,8 @@ class PairCheck:
     frozen: float  # the graph's own frozen model
     final_norm_live: float  # the graph's own frozen model with the final norm's scale live
     final_norm_frozen: float  # the real model with attention and the final norm's scale frozen
+    tangent: float  # first order in the stream, the real model's own (attention frozen): a reference, not the graph's
+    replacement_tangent: float  # the same, the local replacement model's (these transcoders' response, attention frozen)
     random: list[float]  # |change| of each random draw, measured as `measured`
     within_tolerance: bool
     beats_random: bool
@@ -136,7 +146,7 @@ class TaskCheck:
             dict(prompt=p.prompt, answer=p.answer, nodes=" ".join(p.nodes), predicted=p.predicted,
                  predicted_first_order=p.predicted_first_order, predicted_frozen_norm=p.predicted_frozen_norm, measured=p.measured, live=p.live,
                  replacement=p.replacement, replacement_frozen=p.replacement_frozen, frozen=p.frozen, final_norm_live=p.final_norm_live, final_norm_frozen=p.final_norm_frozen,
-                 random_median=p.random_median,
+                 tangent=p.tangent, replacement_tangent=p.replacement_tangent, random_median=p.random_median,
                  within_tolerance=p.within_tolerance, beats_random=p.beats_random, passed=p.passed)
             for p in self.pairs
         ]  # fmt: skip
@@ -170,6 +180,9 @@ def within_tolerance(pairs: list[PairCheck], tolerance: float) -> dict[str, int]
     out |= {n: sum(near(getattr(p, n), p.predicted_frozen_norm) for p in pairs) for n in frozen}
     out["measured_first_order"] = sum(near(p.measured, p.predicted_first_order) for p in pairs)
     out["measured_frozen_norm"] = sum(near(p.measured, p.predicted_frozen_norm) for p in pairs)  # the check as it was
+    # the references (module doc): the measurement against first-order predictions that are not the graph's
+    out["measured_tangent"] = sum(near(p.measured, p.tangent) for p in pairs)
+    out["measured_replacement_tangent"] = sum(near(p.measured, p.replacement_tangent) for p in pairs)
     return out
 
 
@@ -227,7 +240,7 @@ def check_pair(
     beats = statistics.median(random_changes) < cfg.random_share * abs(r.attention_frozen) if random_changes else True
     return PairCheck(
         pair.clean, pair.answer, r.nodes, r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.attention_frozen, r.real, r.replacement, r.replacement_attention_frozen, r.frozen, r.final_norm_live,
-        r.final_norm_frozen, random_changes, within, beats,
+        r.final_norm_frozen, r.tangent, r.replacement_tangent, random_changes, within, beats,
     )  # fmt: skip
 
 

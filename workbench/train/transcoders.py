@@ -627,7 +627,7 @@ def _task_checks_text(model_name: str, checks: dict) -> str:
 
     def row(name: str, c: dict) -> str:
         if "error" in c:
-            return f"| {name} | not checked: {c['error']} | | | | | |\n"
+            return f"| {name} | not checked: {c['error']} | | | | | | |\n"
         w, pairs = c["within_tolerance"], c["pairs"]
         beats = sum(p["beats_random"] for p in pairs)
         first = ", ".join(
@@ -638,7 +638,7 @@ def _task_checks_text(model_name: str, checks: dict) -> str:
         return (
             f"| {name}{verdict} | {round(c['passed'] * len(pairs))} of {len(pairs)} | {w['measured']} / {w['live']} / {w['replacement']} / "
             f"{w['replacement_frozen']} / {w['final_norm_live']} | {w['measured_first_order']} | {w['measured_frozen_norm']} / {w['final_norm_frozen']} / {w['frozen']} | "
-            f"{beats} | {first} |\n"
+            f"{w['measured_tangent']} / {w['measured_replacement_tangent']} | {beats} | {first} |\n"
         )
 
     return (
@@ -653,13 +653,17 @@ def _task_checks_text(model_name: str, checks: dict) -> str:
         "prediction is the graph's edges into the answer's logit, the final norm's share and the normalised stream at the last "
         "position, combined by the norm's formula (the final norm's scale live, as in the measurement); beside it, its first "
         "order (the share alone) and the frozen-scale prediction (the logit's edges alone, every norm's scale frozen as the "
-        "graph is built).\n\n"
+        "graph is built). Two references that are not the graph's, against the same measurement: the stream's tangent "
+        "along the clamp, carried to the factor, with the final norm applied exactly (attribution_graph_checks.tangent), "
+        "of the real model (attention frozen: what any prediction linear in the features could give where it is exact to "
+        "first order) and of the local replacement model (attention frozen: what these transcoders' response gives, the "
+        "intermediate norms reacting to first order).\n\n"
         f"| task | passes | within {t:.0%} of the prediction: real model, attention frozen (the check) / attention live / "
         "replacement model (transcoders, errors frozen), attention live / replacement model, attention frozen / frozen model, "
         "final norm live | within of the first order: real, "
         "attention frozen | within of the frozen-scale prediction: real, attention frozen / real, attention and final norm "
-        "frozen / frozen model | beats random | predicted (first order, frozen scale) → measured, first pairs |\n"
-        "|---|---|---|---|---|---|---|\n" + "".join(row(name, c) for name, c in checks["tasks"].items()) + _doses_text(checks)
+        "frozen / frozen model | within of the references: real model's tangent / replacement model's tangent | beats random | predicted (first order, frozen scale) → measured, first pairs |\n"
+        "|---|---|---|---|---|---|---|---|\n" + "".join(row(name, c) for name, c in checks["tasks"].items()) + _doses_text(checks)
     )
 
 
