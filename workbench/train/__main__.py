@@ -64,6 +64,17 @@ def main(argv: list[str] | None = None) -> None:
         metavar="STEP",
         help="with --search: only this search step (repeatable), on top of the shipped recipe",
     )
+    p.add_argument("--k", type=int, help="with transcoders or clt: active features per token (default: the model's recipe)")
+    p.add_argument("--width", type=int, help="with transcoders or clt: features per layer")
+    p.add_argument("--jacobian", type=float, help="with transcoders: λ of the Jacobian-matching term (train/jacobian.py)")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="with transcoders: measure another transcoder set on the shipped set's checks (repeatable; compare.json)",
+    )
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "workbench-corpus", help="corpus download cache")
     args = p.parse_args(argv)
     if args.what == "lens":
@@ -96,8 +107,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in ("transcoders", "clt"):
         from workbench.train import clt, transcoders
 
-        given = {"threads": args.threads, "seed": args.seed, "tokens": args.steps and args.steps * transcoders.CONFIG.batch}
+        given = {"threads": args.threads, "seed": args.seed, "tokens": args.steps and args.steps * transcoders.CONFIG.batch,
+                 "k": args.k, "width": args.width, "jacobian": args.jacobian}  # fmt: skip
         cfg = dataclasses.replace(transcoders.CONFIG, **{k: v for k, v in given.items() if v})
+        if args.compare and args.what == "transcoders":
+            from workbench.train import transcoder_compare
+
+            found = transcoder_compare.compare(args.model, args.compare, args.out)["sets"]
+            print(json.dumps({s["folder"]: {n: c["passed"] for n, c in s["checks"].items()} for s in found}))
+            return
         if args.search and args.what == "transcoders":
             found = transcoders.search(args.model, args.out, only=tuple(args.only))["runs"]
             print(json.dumps(next(r["config"] for r in found if r["chosen"]), indent=1))

@@ -616,7 +616,9 @@ def write_card(out: Path, card: dict) -> None:
     if "search" in card:
         text += _search_text(card["search"])
     if "task_circuits" in card:
-        text += _task_checks_text(card["model"], card["task_circuits"])
+        from workbench.train import transcoder_compare
+
+        text += _task_checks_text(card["model"], card["task_circuits"]) + transcoder_compare.section(out, card)
     (out / "README.md").write_text(text)
 
 
