@@ -155,7 +155,9 @@ with ui.guard("the attribution graph"):
             "the graph is built. "
             f"As many random features set the same way change it by {random.attention_frozen:+.3f} (real model, attention "
             f"frozen: circuit-tracer's default), {random.real:+.3f} (attention live) and {random.replacement:+.3f} "
-            "(replacement model)."
+            "(replacement model). The two references are not the graph's: the stream carried along its tangent to this "
+            "factor, the final norm exact, in the real model and in the replacement model (attention frozen); where the "
+            "measurement meets the first and not the second, the transcoders do not respond as the MLPs do."
         )
         t1, t2 = st.columns(2)
         t1.markdown("**Next token, before**")

@@ -32,3 +32,18 @@ def test_every_drawn_node_is_found_again_from_the_selection_a_click_on_it_makes(
     edge = {"curve_number": 0, "point_number": 3, "point_index": 3, "x": 1.0, "y": 0.0}
     assert draw.node_of_selection({"points": [edge]}) is None
     assert draw.node_of_selection({"points": []}) is None and draw.node_of_selection(None) is None
+
+
+def test_the_intervention_figure_draws_every_prediction_measurement_and_reference_once(circuits):
+    """One bar per number of the intervention, each labelled with its value, the references last."""
+    from workbench import attribution_graph_checks as graph_checks
+
+    if not transcoders_of(circuits):
+        pytest.skip("circuits has no transcoders")
+    g = ag.build(circuits, PROMPT)
+    r = graph_checks.intervene(circuits, g, g.top_features(3), 0.0)
+    bars = draw.intervention_figure(r).data[0]
+    numbers = {k: v for k, v in r.rows()[0].items() if isinstance(v, float) and k != "factor"}
+    assert sorted(bars.y) == pytest.approx(sorted(numbers.values()))
+    assert list(bars.y[-2:]) == pytest.approx([r.tangent, r.replacement_tangent])
+    assert list(bars.text) == [f"{v:+.3f}" for v in bars.y]

@@ -125,15 +125,18 @@ def node_of_selection(selection: dict | None) -> str | None:
 
 
 def intervention_figure(r: Intervention) -> go.Figure:
-    """The answer's logit change: predicted by the graph three ways and measured seven ways (attribution_graph_checks'
-    module doc)."""
+    """The answer's logit change: predicted by the graph three ways, measured seven ways, and the two first-order
+    references that are not the graph's (attribution_graph_checks' module doc)."""
     names = ["predicted (final norm live)", "predicted, first order", "predicted, norm scales frozen", "frozen model",
              "frozen model, final norm live", "replacement model (attention live)", "replacement model, attention frozen",
              "real model, attention and final norm frozen",
-             "real model, attention frozen", "real model (attention live)"]  # fmt: skip
+             "real model, attention frozen", "real model (attention live)",
+             "reference: real model's tangent", "reference: replacement model's tangent"]  # fmt: skip
     values = [r.predicted, r.predicted_first_order, r.predicted_frozen_norm, r.frozen, r.final_norm_live, r.replacement,
-              r.replacement_attention_frozen, r.final_norm_frozen, r.attention_frozen, r.real]  # fmt: skip
-    colors = ["#9467bd", "#c5b0d5", "#7f7f7f", "#8c564b", "#e377c2", "#2ca02c", "#98df8a", "#bcbd22", "#17becf", "#1f77b4"]
+              r.replacement_attention_frozen, r.final_norm_frozen, r.attention_frozen, r.real, r.tangent,
+              r.replacement_tangent]  # fmt: skip
+    colors = ["#9467bd", "#c5b0d5", "#7f7f7f", "#8c564b", "#e377c2", "#2ca02c", "#98df8a", "#bcbd22", "#17becf", "#1f77b4",
+              "#ff7f0e", "#ffbb78"]  # fmt: skip
     fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors,
                            text=[f"{v:+.3f}" for v in values], textposition="outside"))  # fmt: skip
     fig.update_yaxes(title=f"Δ logit of {r.answer!r} − mean logit")
