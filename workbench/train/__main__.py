@@ -9,6 +9,8 @@ python -m workbench.train sae-search [MODEL] -- the short measured runs that cho
 python -m workbench.train transcoders [MODEL] [--checks | --search] -- per-layer TopK transcoders (MLP in -> MLP out),
 measured (models/MODEL/transcoders/); --checks re-measures only their card's task circuits; --search runs the recipe
 search on held-out quality (search.json), `--search --only STEP` only the named steps on top of the shipped recipe;
+--k, --width, --jacobian train another set (with --out DIR), and `--compare DIR` measures such a set on the shipped
+set's task checks (compare.json, shown in the shipped card);
 python -m workbench.train clt [MODEL] -- a cross-layer transcoder (each layer's features write to every later MLP output too),
 measured (models/MODEL/transcoders-clt/).
 
