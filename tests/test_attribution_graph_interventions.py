@@ -186,6 +186,7 @@ def test_the_tangent_references_are_exact_where_the_stream_moves_linearly_and_fi
     which is what the reference leaves out) while the replacement model, holding its TopK sets, stays within 10%."""
     L, last = circuits.info.n_layers - 1, graph.n_pos - 1
     here = [i for i in range(graph.n_features) if graph.features[i, 0] == L and graph.features[i, 1] == last]
+    assert here, "no feature of the last layer is active at the last position"
     i = max(here, key=lambda j: float(graph.activations[j]))
     r = graph_checks.intervene(circuits, graph, [i], 0.0)
     assert r.tangent == pytest.approx(r.attention_frozen, abs=1e-4) and r.replacement_tangent == pytest.approx(r.attention_frozen, abs=1e-4)

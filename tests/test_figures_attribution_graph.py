@@ -47,3 +47,5 @@ def test_the_intervention_figure_draws_every_prediction_measurement_and_referenc
     assert sorted(bars.y) == pytest.approx(sorted(numbers.values()))
     assert list(bars.y[-2:]) == pytest.approx([r.tangent, r.replacement_tangent])
     assert list(bars.text) == [f"{v:+.3f}" for v in bars.y]
+    bare = graph_checks.intervene(circuits, g, g.top_features(3), 0.0, references=False)  # the references left out: not drawn
+    assert bare.tangent is None and list(draw.intervention_figure(bare).data[0].y) == pytest.approx(list(bars.y[:-2]))

@@ -30,13 +30,15 @@ measured
 Two references that are not the graph's (`tangent`): the last position's stream carried along its tangent in the
 clamp factor (a central difference at 1) to the factor, then the final norm and unembedding applied exactly, in the
 real model (`tangent`) and in the local replacement model (`replacement_tangent`), both with attention frozen. The
-first is what a prediction linear in the features could give at best where it is exact to first order (the real
-MLPs' and norms' response); the second what these transcoders' response gives. Where the measurement meets the first
-and misses the second, the graph misses because its transcoders do not respond as the MLPs do.
+first is what a prediction linear in the features gives where it is exact to first order (the real MLPs' and norms'
+response: not a bound, as a linear prediction can come nearer a large change by chance); the second what these
+transcoders' response gives. Where, over a task's pairs, the measurement meets the first far more often than the
+second, the graph's misses there are its transcoders' response, not the ablation's size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -131,8 +133,8 @@ class Intervention:
     # first-order predictions, not the graph's: the stream's tangent along the clamp, carried to `factor`, then the final
     # norm exact (`tangent`): the real model's own (attention frozen: what any graph exact to first order would predict)
     # and the local replacement model's (attention frozen: these transcoders' response, the intermediate norms reacting)
-    tangent: float
-    replacement_tangent: float
+    tangent: float | None
+    replacement_tangent: float | None
     top_before: list[tuple[str, float]]  # (token, probability) of the real run
     top_after: list[tuple[str, float]]  # of the real model with the edit (attention live)
 
@@ -240,28 +242,36 @@ def _answer_logit(logits: torch.Tensor, answer: int) -> float:
     return float(logits[answer] - logits.mean())
 
 
-TANGENT_STEP = 1e-3  # the factor's step either side of 1: small enough that no TopK set changes, large against float32
+# The factor's step either side of 1. Small against the activations (a TopK set that changes within ±0.1% of a clamp
+# would show as a kink of one pair, not a trend), large against float32 rounding of the stream (~1e-7 of its size).
+TANGENT_STEP = 1e-3
 
 
-def tangent(w: engine.Weights, tokens: torch.Tensor, edits_at, factor: float, answer: int) -> float:
+def final_hook(w: engine.Weights) -> str:
+    """The hook of the stream the final norm reads."""
+    return f"blocks.{w.n_layers - 1}.hook_resid_post"
+
+
+def unembed(w: engine.Weights, x: torch.Tensor) -> torch.Tensor:
+    """(1, d_model) the last position's stream -> (d_vocab,) the logits: the final norm (live) and the unembedding."""
+    return (w.ln_final(x) @ w.W_U + (0 if w.b_U is None else w.b_U))[0].float().cpu()
+
+
+def tangent(w: engine.Weights, tokens: torch.Tensor, edits_at: Callable[[float], list[engine.Edit]], factor: float, answer: int) -> float:
     """The answer's logit change (minus the mean logit) predicted to first order in the stream: x(f), the last
-    position's stream before the final norm with the features set to f × their activation (`edits_at(f)`: engine edits),
-    is carried from f = 1 along its tangent there (a central difference) to `factor`; the final norm and the unembedding
-    are then applied exactly, as `predicted` applies them to the graph's change. Not the graph's: a reference for it,
-    the best any prediction linear in the features (the graph's edges) could do where it is exact to first order."""
-    final = [f"blocks.{w.n_layers - 1}.hook_resid_post"]
+    position's stream before the final norm with the features set to f × their activation (`edits_at(f)`: engine edits
+    on `tokens` (1, pos)), is carried from f = 1 along its tangent there (a central difference) to `factor`; the final
+    norm and the unembedding are then applied exactly, as `predicted` applies them to the graph's change. Not the
+    graph's: a reference for it, what a prediction linear in the features gives where it is exact to first order."""
+    final = final_hook(w)
 
     def stream(f: float) -> torch.Tensor:  # (1, d_model)
-        return engine.forward(w, tokens, edits=edits_at(f), capture=final, last_only=True).captured[final[0]][0, -1:].double()
+        return engine.forward(w, tokens, edits=edits_at(f), capture=[final], last_only=True).captured[final][0, -1:]
 
     with torch.no_grad():
         x1, up, down = stream(1.0), stream(1 + TANGENT_STEP), stream(1 - TANGENT_STEP)
         x = x1 + (up - down) / (2 * TANGENT_STEP) * (factor - 1)
-
-        def logits(s: torch.Tensor) -> torch.Tensor:
-            return (w.ln_final(s.float()) @ w.W_U + (0 if w.b_U is None else w.b_U))[0].float().cpu()
-
-        return _answer_logit(logits(x), answer) - _answer_logit(logits(x1), answer)
+        return _answer_logit(unembed(w, x), answer) - _answer_logit(unembed(w, x1), answer)
 
 
 def intervene(
@@ -270,13 +280,15 @@ def intervene(
     nodes: list[int],
     factor: float = 0.0,
     tcs: dict[int, Transcoder] | None = None,
+    references: bool = True,
 ) -> Intervention:
-    """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc)."""
+    """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc);
+    `references`: the two first-order references too (6 more forward passes; None without)."""
     tcs = {layer: on_device(tc, model.device) for layer, tc in ag.transcoders_for(model, tcs).items()}
     w = ag.engine_weights(model)
     answer = int(g.logit_tokens[0])
     tokens = g.tokens.to(model.device)[None]
-    final = [f"blocks.{w.n_layers - 1}.hook_resid_post"]  # the stream the final norm reads
+    final = [final_hook(w)]
     with torch.no_grad():
         plain = engine.forward(w, tokens, capture=final, last_only=True)
         base = plain.logits[0].float().cpu()
@@ -293,7 +305,7 @@ def intervene(
         scale = norm_scale(w.ln_final, x0)  # the real run's divisor, held: the final norm made linear as in the graph
         held_norm = [
             (frozen_norm(w.ln_final, scale, x, bias=True) @ w.W_U + (0 if w.b_U is None else w.b_U))[0].float().cpu() for x in (x0, x1)
-        ]
+        ]  # unembed with the norm's scale held
 
     def top(logits: torch.Tensor) -> list[tuple[str, float]]:
         p = logits.softmax(-1).topk(5)
@@ -314,8 +326,10 @@ def intervene(
         attention_frozen=_answer_logit(held, answer) - b,
         final_norm_frozen=_answer_logit(held_norm[1], answer) - _answer_logit(held_norm[0], answer),
         real=_answer_logit(real, answer) - b,
-        tangent=tangent(w, tokens, lambda f: real_edits(w, g, tcs, nodes, f, False) + patterns, factor, answer),
-        replacement_tangent=tangent(w, tokens, lambda f: replacement_edits(w, g, tcs, nodes, f, errors) + patterns, factor, answer),
+        tangent=tangent(w, tokens, lambda f: real_edits(w, g, tcs, nodes, f, False) + patterns, factor, answer) if references else None,
+        replacement_tangent=(
+            tangent(w, tokens, lambda f: replacement_edits(w, g, tcs, nodes, f, errors) + patterns, factor, answer) if references else None
+        ),
         top_before=top(base),
         top_after=top(real),
     )

@@ -49,10 +49,11 @@ compares the measurements with the final norm live with `predicted`, those with 
 Two references that are not the graph's, measured beside it (`tangent`, `replacement_tangent`:
 attribution_graph_checks.tangent): the last position's stream carried along its tangent in the clamp factor, then
 the final norm applied exactly, as `predicted` applies it to the graph's change. The real model's tangent (attention
-frozen) is what any prediction linear in the features could give if it were exact to first order; the local
-replacement model's is what these transcoders' response gives (errors frozen), with the intermediate norms reacting.
-Where the measurement agrees with the first and not with the second, the misses are the transcoders' response, not
-the graph's arithmetic or the ablation's size.
+frozen) is what a prediction linear in the features gives where it is exact to first order (not a bound: a linear
+prediction can come nearer a large change by chance); the local replacement model's is what these transcoders'
+response gives (errors frozen), with the intermediate norms reacting. Where, over a task's pairs, the measurement
+meets the first far more often than the second, the misses there are the transcoders' response, not the graph's
+arithmetic or the ablation's size. They are computed for the supernode only, not for the random draws.
 
 Where the pairs come from: a task dataset shipped beside the model (models/<model>/tasks/*.json:
 the stories model), else, for induction, pairs built by tasks.induction from the model's own
@@ -166,10 +167,16 @@ class TaskCheck:
         return within_tolerance(self.pairs, self.config.tolerance)
 
 
+def pairs_passed(record: dict) -> int:
+    """The pairs that pass in a task's record as the card keeps it (TaskCheck.summary() with its rows as "pairs")."""
+    return round(record["passed"] * len(record["pairs"]))
+
+
 def within_tolerance(pairs: list[PairCheck], tolerance: float) -> dict[str, int]:
     """How many pairs each measurement puts within `tolerance` of the prediction it is compared with: the norm-aware
     prediction for the measurements with the final norm's scale live (`measured` is the check's), the frozen-scale
-    prediction for those with it frozen (`*_frozen_norm`: the gap the norm-aware one closes)."""
+    prediction for those with it frozen (`*_frozen_norm`: the gap the norm-aware one closes); and the check's
+    measurement against the first-order references (`measured_tangent`, `measured_replacement_tangent`)."""
 
     def near(value: float, predicted: float) -> bool:
         return abs(value - predicted) <= tolerance * abs(predicted)
@@ -232,7 +239,7 @@ def check_pair(
         raise InputError(f"the graph of {pair.clean!r} kept no feature: nothing to check")
     r = graph_checks.intervene(model, g, top, cfg.factor, tcs)
     draws = [
-        graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs)
+        graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=s, exclude=top), cfg.factor, tcs, references=False)
         for s in range(cfg.random_draws)
     ]
     random_changes = [abs(d.attention_frozen) for d in draws]

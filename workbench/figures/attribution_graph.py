@@ -137,6 +137,8 @@ def intervention_figure(r: Intervention) -> go.Figure:
               r.replacement_tangent]  # fmt: skip
     colors = ["#9467bd", "#c5b0d5", "#7f7f7f", "#8c564b", "#e377c2", "#2ca02c", "#98df8a", "#bcbd22", "#17becf", "#1f77b4",
               "#ff7f0e", "#ffbb78"]  # fmt: skip
+    drawn = [i for i, v in enumerate(values) if v is not None]  # the references where the intervention computed them
+    names, values, colors = ([xs[i] for i in drawn] for xs in (names, values, colors))
     fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors,
                            text=[f"{v:+.3f}" for v in values], textposition="outside"))  # fmt: skip
     fig.update_yaxes(title=f"Δ logit of {r.answer!r} − mean logit")

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workbench.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "what",
@@ -78,7 +78,24 @@ def main(argv: list[str] | None = None) -> None:
         help="with transcoders: measure another transcoder set on the shipped set's checks (repeatable; compare.json)",
     )
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "workbench-corpus", help="corpus download cache")
+    return p
+
+
+def transcoder_config(args: argparse.Namespace):
+    """The TranscoderConfig the command line asks for: CONFIG with the flags given (the model's recipe goes under them
+    in train/transcoders.build)."""
+    from workbench.train import transcoders
+
+    given = {"threads": args.threads, "seed": args.seed, "tokens": args.steps and args.steps * transcoders.CONFIG.batch,
+             "k": args.k, "width": args.width, "jacobian": args.jacobian}  # fmt: skip
+    return dataclasses.replace(transcoders.CONFIG, **{k: v for k, v in given.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser()
     args = p.parse_args(argv)
+    if args.what == "clt" and (args.compare or args.jacobian is not None):
+        p.error("--compare and --jacobian go with transcoders (a cross-layer set is compared with `transcoders MODEL --compare DIR`)")
     if args.what == "lens":
         from workbench.train import tuned_lens
 
@@ -109,9 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in ("transcoders", "clt"):
         from workbench.train import clt, transcoders
 
-        given = {"threads": args.threads, "seed": args.seed, "tokens": args.steps and args.steps * transcoders.CONFIG.batch,
-                 "k": args.k, "width": args.width, "jacobian": args.jacobian}  # fmt: skip
-        cfg = dataclasses.replace(transcoders.CONFIG, **{k: v for k, v in given.items() if v})
+        cfg = transcoder_config(args)
         if args.compare and args.what == "transcoders":
             from workbench.train import transcoder_compare
 

@@ -624,6 +624,8 @@ def write_card(out: Path, card: dict) -> None:
 
 def _task_checks_text(model_name: str, checks: dict) -> str:
     """The card's section on the task circuits (task_checks), every number from `checks`."""
+    from workbench import task_circuits
+
     cfg = checks["config"]
     t = cfg["tolerance"]
 
@@ -638,7 +640,7 @@ def _task_checks_text(model_name: str, checks: dict) -> str:
         )
         verdict = f" ({c['verdict']})" if c["verdict"] else ""
         return (
-            f"| {name}{verdict} | {round(c['passed'] * len(pairs))} of {len(pairs)} | {w['measured']} / {w['live']} / {w['replacement']} / "
+            f"| {name}{verdict} | {task_circuits.pairs_passed(c)} of {len(pairs)} | {w['measured']} / {w['live']} / {w['replacement']} / "
             f"{w['replacement_frozen']} / {w['final_norm_live']} | {w['measured_first_order']} | {w['measured_frozen_norm']} / {w['final_norm_frozen']} / {w['frozen']} | "
             f"{w['measured_tangent']} / {w['measured_replacement_tangent']} | {beats} | {first} |\n"
         )
