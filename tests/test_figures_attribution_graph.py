@@ -11,10 +11,15 @@ from workbench.transcoder import transcoders_of
 PROMPT = "apple river stone cloud tiger lemon apple river stone"
 
 
-def test_every_drawn_node_is_found_again_from_the_selection_a_click_on_it_makes(circuits):
+@pytest.fixture(scope="module")
+def graph(circuits):
     if not transcoders_of(circuits):
         pytest.skip("circuits has no transcoders")
-    g = ag.build(circuits, PROMPT)
+    return ag.build(circuits, PROMPT)
+
+
+def test_every_drawn_node_is_found_again_from_the_selection_a_click_on_it_makes(graph):
+    g = graph
     fig = draw.graph_figure(g)
     xy = draw.positions(g, g.node_mask.nonzero()[:, 0].tolist())
     found = 0
@@ -34,13 +39,11 @@ def test_every_drawn_node_is_found_again_from_the_selection_a_click_on_it_makes(
     assert draw.node_of_selection({"points": []}) is None and draw.node_of_selection(None) is None
 
 
-def test_the_intervention_figure_draws_every_prediction_measurement_and_reference_once(circuits):
+def test_the_intervention_figure_draws_every_prediction_measurement_and_reference_once(circuits, graph):
     """One bar per number of the intervention, each labelled with its value, the references last."""
     from workbench import attribution_graph_checks as graph_checks
 
-    if not transcoders_of(circuits):
-        pytest.skip("circuits has no transcoders")
-    g = ag.build(circuits, PROMPT)
+    g = graph
     r = graph_checks.intervene(circuits, g, g.top_features(3), 0.0)
     bars = draw.intervention_figure(r).data[0]
     numbers = {k: v for k, v in r.rows()[0].items() if isinstance(v, float) and k != "factor"}
