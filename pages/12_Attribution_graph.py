@@ -145,9 +145,12 @@ with ui.guard("the attribution graph"):
     factor = c2.number_input("Set to × its activation (0 ablates)", -100.0, 100.0, step=0.5, key=view.key("factor"))
     nodes = targets[which]
     if nodes:
-        r = graph_checks.intervene(model, g, nodes, float(factor), tcs)
+        # the references cost 6 forward passes more: on a large model, only on request
+        refs = st.checkbox("Also the two first-order references (6 more forward passes)", key="w.ag_references")
+        r = graph_checks.intervene(model, g, nodes, float(factor), tcs, references=refs)
         ui.figure(draw.intervention_figure(r), "ag-intervention", r, r.rows())
-        random = graph_checks.intervene(model, g, graph_checks.random_features(g, len(nodes), exclude=nodes), float(factor), tcs)
+        others = graph_checks.random_features(g, len(nodes), exclude=nodes)
+        random = graph_checks.intervene(model, g, others, float(factor), tcs, references=False)
         st.caption(
             "Predicted: the graph's edges into the answer's logit, the final norm's share and the normalised stream, "
             "combined by the norm's formula, so that the final norm's scale moves with the change as the real model's "
@@ -155,9 +158,14 @@ with ui.guard("the attribution graph"):
             "the graph is built. "
             f"As many random features set the same way change it by {random.attention_frozen:+.3f} (real model, attention "
             f"frozen: circuit-tracer's default), {random.real:+.3f} (attention live) and {random.replacement:+.3f} "
-            "(replacement model). The two references are not the graph's: the stream carried along its tangent to this "
-            "factor, the final norm exact, in the real model and in the replacement model (attention frozen); where the "
-            "measurement meets the first and not the second, the transcoders do not respond as the MLPs do."
+            "(replacement model)."
+            + (
+                " The two references are not the graph's: the stream carried along its tangent to this factor, the final "
+                "norm exact, in the real model and in the replacement model (attention frozen); where the measurement "
+                "meets the first and not the second, the transcoders do not respond as the MLPs do."
+                if refs
+                else ""
+            )
         )
         t1, t2 = st.columns(2)
         t1.markdown("**Next token, before**")

@@ -40,6 +40,16 @@ def test_the_page_draws_the_graph_opens_a_feature_and_keeps_supernodes_in_the_li
     assert any(a.get("text") == "pair" for a in spec["layout"].get("annotations", []))  # the supernode drawn
     assert at.dataframe  # contexts, edges, next tokens
 
+    def bars() -> list[str]:  # the intervention figure's bars
+        return json.loads(at.get("plotly_chart")[3].proto.spec)["data"][0]["x"]
+
+    assert not any(x.startswith("reference") for x in bars())  # the references only on request
+    at.checkbox(key="w.ag_references").check().run()
+    assert not at.exception and [x for x in bars() if x.startswith("reference")] == [
+        "reference: real model's tangent",
+        "reference: replacement model's tangent",
+    ]
+
 
 def test_a_bad_supernode_is_one_line_not_a_traceback():
     at = _page(model="circuits", prompt=PROMPT, supernodes="pair: 9_9_9")
