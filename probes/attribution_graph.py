@@ -77,7 +77,9 @@ def body(model, s, out):
         r = graph_checks.intervene(model, g, top, float(factor))
         out.figure(draw.intervention_figure(r), f"intervention-top-x{factor:g}")
         randoms = [
-            graph_checks.intervene(model, g, graph_checks.random_features(g, len(top), seed=k, exclude=top), float(factor))
+            graph_checks.intervene(
+                model, g, graph_checks.random_features(g, len(top), seed=k, exclude=top), float(factor), references=False
+            )
             for k in range(5)
         ]
         checks.append({**r.rows()[0], "random_attention_frozen": [x.attention_frozen for x in randoms],
