@@ -40,7 +40,7 @@ def peak_bytes(fn) -> int:
     return top
 
 
-def _prompt(model, n: int, gen: torch.Generator) -> str:
+def word_prompt(model, n: int, gen: torch.Generator) -> str:
     """A prompt of random word tokens that encodes to exactly n tokens (BOS included): single-token words only."""
     tok = model.tokenizer
     words = tok.convert_ids_to_tokens(list(range(len(tok))))
@@ -97,12 +97,12 @@ def run(quick: bool = False) -> list[Row]:
         d = default.info.d_model
         tcs = {layer: Transcoder.random(layer, d, 8 * d, 16, skip=True) for layer in range(default.info.n_layers)}
     for n in (64, min(512, default.info.n_ctx)):
-        rows.append(_case(DEFAULT_MODEL, default, tcs, _prompt(default, n, gen), ag.CONFIG, repeats))
+        rows.append(_case(DEFAULT_MODEL, default, tcs, word_prompt(default, n, gen), ag.CONFIG, repeats))
     with tempfile.TemporaryDirectory() as tmp:
         families.build("gpt2", Path(tmp), layers=12, width=768, heads=12, mlp=3072, positions=1024, tokenizer=WORDS, vocab=50257, init=0.02)
         model = load_model(tmp)
         tcs = {layer: Transcoder.random(layer, 768, 3072, 16, skip=True) for layer in range(12)}
         cfg = dataclasses.replace(ag.CONFIG, max_features=64)  # each feature row costs ~4 P L d² multiply-adds per pass here
         for n in (64, 512):
-            rows.append(_case("GPT-2 small shape", model, tcs, _prompt(model, n, gen), cfg, 1 if n > 64 else repeats))
+            rows.append(_case("GPT-2 small shape", model, tcs, word_prompt(model, n, gen), cfg, 1 if n > 64 else repeats))
     return rows

@@ -29,6 +29,23 @@ view = ui.View(
     ),
 )
 build = view.cached(ag.graph_of, spinner="Computing the attribution graph…")
+
+
+def intervention(model, prompt, answer, node_threshold, edge_threshold, truncate, folder, node_ids, factor, references):
+    """(the nodes set to factor × their activation, as many random features set alike): attribution_graph_checks.intervene
+    on the graph `build` remembers, keyed by values so that a rerun of the page (a click, a supernode typed) does not run
+    the model again (about 8 forward passes each)."""
+    g = build(model, prompt, answer, node_threshold, edge_threshold, truncate, folder)
+    tcs = ag.transcoder_set(model, folder)
+    nodes = [g.index_of(n) for n in node_ids]
+    others = graph_checks.random_features(g, len(nodes), exclude=nodes)
+    return (
+        graph_checks.intervene(model, g, nodes, factor, tcs, references=references),
+        graph_checks.intervene(model, g, others, factor, tcs, references=False),
+    )
+
+
+checked = view.cached(intervention, per_session=True, spinner="Setting the features on the model…")
 contexts = view.cached(transcoder_contexts.top_contexts, entries=64)
 model = view.start()
 prompt, truncate = ui.prompt_form(model)
@@ -145,12 +162,13 @@ with ui.guard("the attribution graph"):
     factor = c2.number_input("Set to × its activation (0 ablates)", -100.0, 100.0, step=0.5, key=view.key("factor"))
     nodes = targets[which]
     if nodes:
-        # the references cost 6 forward passes more: on a large model, only on request
-        refs = st.checkbox("Also the two first-order references (6 more forward passes)", key="w.ag_references")
-        r = graph_checks.intervene(model, g, nodes, float(factor), tcs, references=refs)
+        # the references cost 4 forward passes more: on a large model, only on request
+        refs = st.checkbox("Also the two first-order references (4 more forward passes)", key="w.ag_references")
+        node_ids = [g.node_id(i) for i in nodes]
+        r, random = checked(
+            model, prompt, answer, float(node_threshold), float(edge_threshold), truncate, folder, node_ids, float(factor), refs
+        )
         ui.figure(draw.intervention_figure(r), "ag-intervention", r, r.rows())
-        others = graph_checks.random_features(g, len(nodes), exclude=nodes)
-        random = graph_checks.intervene(model, g, others, float(factor), tcs, references=False)
         st.caption(
             "Predicted: the graph's edges into the answer's logit, the final norm's share and the normalised stream, "
             "combined by the norm's formula, so that the final norm's scale moves with the change as the real model's "

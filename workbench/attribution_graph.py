@@ -36,7 +36,7 @@ from workbench.attribution_graph_plan import ASSEMBLY_ROWS, CONFIG, GraphConfig,
 from workbench.attribution_graph_pruning import prune, scores, spread
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.replacement_model import Linear, edge_rows, feature_groups, freeze, node_constants, on_device
+from workbench.replacement_model import Frozen, Linear, edge_rows, feature_groups, freeze, node_constants, on_device
 from workbench.runs import encode, provenance
 from workbench.tokens import token_labels
 from workbench.transcoder import Transcoder, check_fits, is_cross_layer, reconstruction_errors, transcoders_of
@@ -444,17 +444,20 @@ def final_stream(model: LoadedModel, g: AttributionGraph, tcs: dict[int, Transco
     return torch.cat(rows)[:, : g.n_features]
 
 
-def stream_change(model: LoadedModel, g: AttributionGraph, changes: torch.Tensor, tcs: dict[int, Transcoder] | None = None) -> torch.Tensor:
+def stream_change(
+    model: LoadedModel, g: AttributionGraph, changes: torch.Tensor, tcs: dict[int, Transcoder] | None = None, fz: Frozen | None = None
+) -> torch.Tensor:
     """(d_model,) the change of the final norm's normalised input u / σ at the last position (σ frozen) when the graph's
     feature nodes change their activations by `changes` (n_feature,): `final_stream(...) @ changes`, by one pass of the
     graph's frozen linear model instead of d_model backward rows (on a GPT-2-small shape those cost ~9 graphs).
 
     The features' decoder writes (and a cross-layer feature's writes to later MLP outputs) go in where their MLPs
     write; nothing else does, and no feature is recomputed: these are the features' direct edges, as in
-    final_stream. The frozen model is linear without its biases, so the pass gives the change itself."""
+    final_stream. The frozen model is linear without its biases, so the pass gives the change itself. `fz`: the
+    graph's real run frozen (replacement_model.freeze), where the caller holds it already."""
     tcs = {layer: on_device(tc, model.device) for layer, tc in transcoders_for(model, tcs).items()}
     w = engine_weights(model)
-    fz = freeze(w, g.tokens.to(w.W_E.device))
+    fz = fz if fz is not None else freeze(w, g.tokens.to(w.W_E.device))
     lin = Linear.of(fz, tcs)
     P, d = fz.n_pos, fz.emb.shape[-1]
     writes = [torch.zeros(1, P, d, device=fz.emb.device) for _ in range(w.n_layers + 1)]  # [embedding, MLP 0, ...]

@@ -48,7 +48,7 @@ from workbench import engine
 from workbench.attribution_graph import AttributionGraph
 from workbench.errors import InputError
 from workbench.model import LoadedModel
-from workbench.replacement_model import Linear, freeze, frozen_norm, norm_scale, on_device
+from workbench.replacement_model import Frozen, Linear, freeze, frozen_norm, norm_scale, on_device
 from workbench.tokens import token_labels
 from workbench.transcoder import Transcoder, reconstruction_errors
 
@@ -199,14 +199,21 @@ def _clamps(g: AttributionGraph, nodes: list[int], factor: float) -> dict[int, l
 
 
 def frozen_effect(
-    w: engine.Weights, g: AttributionGraph, tcs: dict[int, Transcoder], nodes: list[int], factor: float, live_final_norm: bool = False
+    w: engine.Weights,
+    g: AttributionGraph,
+    tcs: dict[int, Transcoder],
+    nodes: list[int],
+    factor: float,
+    live_final_norm: bool = False,
+    fz: Frozen | None = None,
 ) -> float:
     """The answer's logit change in the frozen replacement model (patterns, norm scales and errors from the real run;
     every feature recomputed by its transcoder, `nodes` clamped): what `predict` linearises.
 
     `live_final_norm`: the final norm computes its scale from the changed stream, the rest stays frozen (what that one
-    scale adds: the frozen scale leaves out that a change along the stream's own direction is divided away)."""
-    fz = freeze(w, g.tokens.to(w.W_E.device))
+    scale adds: the frozen scale leaves out that a change along the stream's own direction is divided away). `fz`: the
+    graph's real run frozen (freeze), where the caller holds it already."""
+    fz = fz if fz is not None else freeze(w, g.tokens.to(w.W_E.device))
     lin = Linear.of(fz, tcs)
     clamp = _clamps(g, nodes, factor)
     errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
@@ -257,20 +264,22 @@ def unembed(w: engine.Weights, x: torch.Tensor) -> torch.Tensor:
     return (w.ln_final(x) @ w.W_U + (0 if w.b_U is None else w.b_U))[0].float().cpu()
 
 
-def tangent(w: engine.Weights, tokens: torch.Tensor, edits_at: Callable[[float], list[engine.Edit]], factor: float, answer: int) -> float:
+def tangent(
+    w: engine.Weights, tokens: torch.Tensor, edits_at: Callable[[float], list[engine.Edit]], factor: float, answer: int, x1: torch.Tensor
+) -> float:
     """The answer's logit change (minus the mean logit) predicted to first order in the stream: x(f), the last
     position's stream before the final norm with the features set to f × their activation (`edits_at(f)`: engine edits
-    on `tokens` (1, pos)), is carried from f = 1 along its tangent there (a central difference) to `factor`; the final
-    norm and the unembedding are then applied exactly, as `predicted` applies them to the graph's change. Not the
-    graph's: a reference for it, what a prediction linear in the features gives where it is exact to first order."""
+    on `tokens` (1, pos)), is carried from x1 = x(1) (1, d_model: the real run's, which every model here reproduces at
+    f = 1) along its tangent there (a central difference) to `factor`; the final norm and the unembedding are then
+    applied exactly, as `predicted` applies them to the graph's change. Not the graph's: a reference for it, what a
+    prediction linear in the features gives where it is exact to first order."""
     final = final_hook(w)
 
     def stream(f: float) -> torch.Tensor:  # (1, d_model)
         return engine.forward(w, tokens, edits=edits_at(f), capture=[final], last_only=True).captured[final][0, -1:]
 
     with torch.no_grad():
-        x1, up, down = stream(1.0), stream(1 + TANGENT_STEP), stream(1 - TANGENT_STEP)
-        x = x1 + (up - down) / (2 * TANGENT_STEP) * (factor - 1)
+        x = x1 + (stream(1 + TANGENT_STEP) - stream(1 - TANGENT_STEP)) / (2 * TANGENT_STEP) * (factor - 1)
         return _answer_logit(unembed(w, x), answer) - _answer_logit(unembed(w, x1), answer)
 
 
@@ -283,25 +292,25 @@ def intervene(
     references: bool = True,
 ) -> Intervention:
     """Sets feature nodes `nodes` to `factor` × their activation and measures the answer's logit (module doc);
-    `references`: the two first-order references too (6 more forward passes; None without)."""
+    `references`: the two first-order references too (4 more forward passes; None without)."""
     tcs = {layer: on_device(tc, model.device) for layer, tc in ag.transcoders_for(model, tcs).items()}
     w = ag.engine_weights(model)
     answer = int(g.logit_tokens[0])
     tokens = g.tokens.to(model.device)[None]
     final = [final_hook(w)]
     with torch.no_grad():
-        plain = engine.forward(w, tokens, capture=final, last_only=True)
-        base = plain.logits[0].float().cpu()
+        # the real run once: its logits, the stream the final norm reads, its patterns and the graph's error nodes
         fz = freeze(w, g.tokens.to(w.W_E.device))
+        base = fz.logits.float().cpu()
+        patterns = engine.pattern_edits(fz.patterns)  # every attention pattern held at the real run's
         errors = reconstruction_errors(tcs, fz.mlp_in, fz.mlp_out)
         spliced = replacement_edits(w, g, tcs, nodes, factor, errors)
         rep = engine.forward(w, tokens, edits=spliced, last_only=True).logits[0].float().cpu()
-        patterns = engine.frozen_patterns(w, tokens)  # every attention pattern held at the real run's
         held_rep = engine.forward(w, tokens, edits=spliced + patterns, last_only=True).logits[0].float().cpu()
         real = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, False), last_only=True).logits[0].float().cpu()
-        out = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, True), capture=final, last_only=True)
+        out = engine.forward(w, tokens, edits=real_edits(w, g, tcs, nodes, factor, False) + patterns, capture=final, last_only=True)
         held = out.logits[0].float().cpu()
-        x0, x1 = plain.captured[final[0]][0, -1:], out.captured[final[0]][0, -1:]  # (1, d_model) before and after
+        x0, x1 = fz.final[-1:], out.captured[final[0]][0, -1:]  # (1, d_model) before and after
         scale = norm_scale(w.ln_final, x0)  # the real run's divisor, held: the final norm made linear as in the graph
         held_norm = [
             (frozen_norm(w.ln_final, scale, x, bias=True) @ w.W_U + (0 if w.b_U is None else w.b_U))[0].float().cpu() for x in (x0, x1)
@@ -316,19 +325,21 @@ def intervene(
         nodes=[g.node_id(i) for i in nodes],
         factor=float(factor),
         answer=g.logit_labels[0],
-        predicted=predict_live_norm(g, nodes, factor, ag.stream_change(model, g, feature_changes(g, nodes, factor), tcs)),
+        predicted=predict_live_norm(g, nodes, factor, ag.stream_change(model, g, feature_changes(g, nodes, factor), tcs, fz)),
         predicted_first_order=predict_live_norm(g, nodes, factor),
         predicted_frozen_norm=predict(g, nodes, factor),
-        frozen=frozen_effect(w, g, tcs, nodes, factor),
-        final_norm_live=frozen_effect(w, g, tcs, nodes, factor, live_final_norm=True),
+        frozen=frozen_effect(w, g, tcs, nodes, factor, fz=fz),
+        final_norm_live=frozen_effect(w, g, tcs, nodes, factor, live_final_norm=True, fz=fz),
         replacement=_answer_logit(rep, answer) - b,
         replacement_attention_frozen=_answer_logit(held_rep, answer) - b,
         attention_frozen=_answer_logit(held, answer) - b,
         final_norm_frozen=_answer_logit(held_norm[1], answer) - _answer_logit(held_norm[0], answer),
         real=_answer_logit(real, answer) - b,
-        tangent=tangent(w, tokens, lambda f: real_edits(w, g, tcs, nodes, f, False) + patterns, factor, answer) if references else None,
+        tangent=tangent(w, tokens, lambda f: real_edits(w, g, tcs, nodes, f, False) + patterns, factor, answer, x0) if references else None,
         replacement_tangent=(
-            tangent(w, tokens, lambda f: replacement_edits(w, g, tcs, nodes, f, errors) + patterns, factor, answer) if references else None
+            tangent(w, tokens, lambda f: replacement_edits(w, g, tcs, nodes, f, errors) + patterns, factor, answer, x0)
+            if references
+            else None
         ),
         top_before=top(base),
         top_after=top(real),

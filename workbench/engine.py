@@ -686,7 +686,13 @@ def frozen_patterns(w: Weights, tokens: torch.Tensor) -> list[Edit]:
     names = [f"blocks.{layer}.{SITE_HOOKS['pattern']}" for layer in range(w.n_layers)]
     with torch.no_grad():
         found = forward(w, tokens, capture=names).captured  # name -> (1, head, query, key)
-    return [Edit("replace", "pattern", layer, value=found[n][0].transpose(0, 1)) for layer, n in enumerate(names)]
+    return pattern_edits([found[n][0] for n in names])
+
+
+def pattern_edits(patterns: Sequence[torch.Tensor]) -> list[Edit]:
+    """Edits that hold each layer's attention pattern at `patterns[layer]` (head, query, key), captured already (a run
+    that captured them need not run again): `frozen_patterns`' edits."""
+    return [Edit("replace", "pattern", layer, value=p.transpose(0, 1)) for layer, p in enumerate(patterns)]
 
 
 SKIP_SITES = ("resid_pre", "resid_post")  # on the skip path (resid_mid feeds only the MLP, see block): GradDrop keeps their gradient
